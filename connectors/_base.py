@@ -1,0 +1,80 @@
+"""The shape every connector shares: a small base class with a fixed lifecycle.
+
+``start()`` opens connections, ``stop()`` closes them; in between a *target* receives
+transfers (``deliver`` then ``confirm``) and a *source* answers for the record a transfer
+came from (``state``, ``close``). A reader who knows one connector knows them all.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar, Self
+
+from contracts import CaseSystem, RecordState, TransferMessage
+from mappings import Route
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The target's word that it holds the transfer (its own reference for it)."""
+
+    system: CaseSystem
+    reference: str
+    created: bool = True
+    acknowledged: bool = False
+
+
+@dataclass(frozen=True)
+class SourceState:
+    state: RecordState
+    #: the transfer that closed the record, when casebridge closed it (idempotent re-runs)
+    closed_by_transfer: str | None = None
+
+
+class Connector(ABC):
+    system: ClassVar[CaseSystem]
+
+    async def start(self) -> None:
+        """Open connections. The default has none to open."""
+
+    async def stop(self) -> None:
+        """Close connections. The default has none to close."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class Target(Connector):
+    """A system that receives transfers."""
+
+    @abstractmethod
+    async def deliver(self, transfer: TransferMessage, route: Route) -> Receipt:
+        """Hand the transfer over, idempotently on ``transfer.transfer_id``."""
+
+    @abstractmethod
+    async def confirm(self, transfer: TransferMessage) -> Receipt:
+        """Ask the target whether it holds the transfer now (its acknowledgement)."""
+
+    async def leader_away(self, locality: str) -> bool | None:
+        """NS-2 fact: is the locality's Support Leader away? ``None`` where the target does not say."""
+        return None
+
+
+class Source(Connector):
+    """A system transfers come from, whose record casebridge closes after delivery."""
+
+    @abstractmethod
+    async def state(self, transfer: TransferMessage) -> SourceState:
+        """The source record's state now."""
+
+    @abstractmethod
+    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
+        """Close the source record after the target acknowledged; idempotent. Returns its reference."""

@@ -1,0 +1,70 @@
+"""The HTTP boundary every connector shares: auth, timeouts, and translation of failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from ._errors import TargetRefused, TargetUnavailable
+
+
+class HttpClient:
+    """A case system reached by base URL and bearer token, as the real one is."""
+
+    def __init__(self, system: str, base_url: str, token: SecretStr, timeout: float = 10.0) -> None:
+        self.system = system
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {token.get_secret_value()}"},
+            timeout=timeout,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send; translate transport failures, 5xx and 429 to TargetUnavailable, other 4xx to TargetRefused."""
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise TargetUnavailable(f"{self.system}: {method} {_template(path)} timed out") from exc
+        except httpx.TransportError as exc:
+            raise TargetUnavailable(f"{self.system}: {method} {_template(path)} failed: {type(exc).__name__}") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TargetUnavailable(
+                f"{self.system}: {method} {_template(path)} answered {response.status_code}",
+                retry_after=_retry_after(response),
+            )
+        if response.status_code >= 400:
+            rule = _rule_of(response)
+            raise TargetRefused(
+                f"{self.system}: {method} {_template(path)} refused with {response.status_code}"
+                + (f" ({rule})" if rule else ""),
+                status=response.status_code,
+                rule_ids=(rule,) if rule else (),
+            )
+        return response
+
+
+def _template(path: str) -> str:
+    """The path with ids blanked, so no identifier reaches an error message."""
+    return "/".join("{id}" if any(c.isdigit() for c in part) else part for part in path.split("/"))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _rule_of(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    rule = body.get("rule") if isinstance(body, dict) else None
+    return rule if isinstance(rule, str) else None

@@ -1,0 +1,151 @@
+"""The router's events: every step of a transfer is one of these on the events topic.
+
+Events carry no personal data: ids, council, pathway, rule ids and outcomes only, so
+they can be shown on overview pages and kept in monitoring stores.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from ._common import AwareDatetime, CaseSystem, Council, Direction, Identifier, RuleId, ServiceLevel, Strict, utcnow
+
+
+class FieldError(Strict):
+    """One reason a message was refused: the field's dotted path and the rule it broke."""
+
+    field: str
+    rule: str
+    message: str
+
+
+class RuleViolation(Strict):
+    rule_id: RuleId
+    message: str
+    fix: str
+
+
+class _Event(Strict):
+    event_id: Identifier
+    transfer_id: Identifier | None
+    correlation_id: Identifier | None = None
+    council: Council | None = None
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class TransferRequested(_Event):
+    event_type: Literal["requested"] = "requested"
+    direction: Direction
+    from_level: ServiceLevel
+    to_level: ServiceLevel
+    from_system: CaseSystem
+    to_system: CaseSystem
+
+
+class TransferValidated(_Event):
+    event_type: Literal["validated"] = "validated"
+
+
+class TransferRejected(_Event):
+    """The message broke the contract (not a protocol rule): it goes to the dead-letter topic."""
+
+    event_type: Literal["rejected"] = "rejected"
+    errors: list[FieldError] = Field(min_length=1)
+
+
+class TransferHeld(_Event):
+    """A protocol rule is not met: the transfer waits, visible, until the cause is fixed."""
+
+    event_type: Literal["held"] = "held"
+    violations: list[RuleViolation] = Field(min_length=1)
+
+
+class TransferDelivered(_Event):
+    event_type: Literal["delivered"] = "delivered"
+    target_system: CaseSystem
+    target_reference: Identifier
+    assigned_role: str | None = None
+    rule_ids: list[RuleId] = Field(default_factory=list, description="routing rules applied, e.g. NS-2")
+
+
+class TransferAcknowledged(_Event):
+    event_type: Literal["acknowledged"] = "acknowledged"
+    target_system: CaseSystem
+    target_reference: Identifier
+
+
+class TransferAllocated(_Event):
+    event_type: Literal["allocated"] = "allocated"
+    target_system: CaseSystem
+    target_reference: Identifier
+    episode_reference: Identifier
+
+
+class SourceClosed(_Event):
+    event_type: Literal["source-closed"] = "source-closed"
+    source_system: CaseSystem
+    source_reference: Identifier
+
+
+class SourceKeptOpen(_Event):
+    """The protocol keeps the source record open after the handover (e.g. SW26-3, BA-13)."""
+
+    event_type: Literal["source-kept-open"] = "source-kept-open"
+    source_system: CaseSystem
+    rule_ids: list[RuleId] = Field(min_length=1)
+
+
+class TransferCompletedNoRecord(_Event):
+    """NS-14 / G4: a step-down to universal in a Family Hub sends no case record."""
+
+    event_type: Literal["completed-no-record"] = "completed-no-record"
+    rule_ids: list[RuleId] = Field(min_length=1)
+
+
+class TransferDeadLettered(_Event):
+    event_type: Literal["dead-lettered"] = "dead-lettered"
+    stage: str
+    error_class: str
+    reason: str
+    rule_ids: list[RuleId] = Field(default_factory=list)
+
+
+class TransferReplayed(_Event):
+    event_type: Literal["replayed"] = "replayed"
+    operator: str
+    dead_letter_offset: int
+
+
+class AlertRaised(_Event):
+    """Something an operator must act on (raised once per state change, not per attempt)."""
+
+    event_type: Literal["alert"] = "alert"
+    severity: Literal["warning", "critical"]
+    rule_ids: list[RuleId] = Field(default_factory=list)
+    summary: str
+
+
+TransferEvent = Annotated[
+    TransferRequested
+    | TransferValidated
+    | TransferRejected
+    | TransferHeld
+    | TransferDelivered
+    | TransferAcknowledged
+    | TransferAllocated
+    | SourceClosed
+    | SourceKeptOpen
+    | TransferCompletedNoRecord
+    | TransferDeadLettered
+    | TransferReplayed
+    | AlertRaised,
+    Field(discriminator="event_type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[TransferEvent] = TypeAdapter(TransferEvent)
+
+
+def parse_event(raw: bytes | str) -> TransferEvent:
+    return EVENT_ADAPTER.validate_json(raw)

@@ -1,0 +1,112 @@
+"""Everything the router writes to Kafka goes through here: events and dead letters.
+
+One idempotent producer (acks=all). Writes are sent without waiting; ``flush()`` waits
+for the broker's acknowledgement of all of them, and the consumer commits its offsets
+only after that, so a message's outcome is on the broker before its offset moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from contracts import TransferEvent
+
+from . import __version__
+
+DLQ_PREFIX = "casebridge.dlq."
+
+
+class OutputFailed(Exception):
+    """The broker did not acknowledge an event or a dead letter: processing must stop."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a message is dead-lettered. ``message`` carries no personal data."""
+
+    stage: str
+    error_class: str
+    message: str
+    attempts: int = 1
+    rule_ids: Sequence[str] = ()
+    first_failure: datetime = field(default_factory=lambda: datetime.now(UTC))
+    last_failure: datetime = field(default_factory=lambda: datetime.now(UTC))
+    transfer_id: str | None = None
+    council: str | None = None
+
+
+def dead_letter_headers(record: ConsumerRecord[bytes, bytes], group_id: str, failure: Failure) -> list[tuple[str, bytes]]:
+    """The original headers byte for byte, then the context (Kafka Connect ``__connect.errors.*`` facts)."""
+    context = {
+        "original.topic": record.topic,
+        "original.partition": str(record.partition),
+        "original.offset": str(record.offset),
+        "original.timestamp": str(record.timestamp),
+        "consumer.group": group_id,
+        "stage": failure.stage,
+        "error.class": failure.error_class,
+        "error.message": failure.message,
+        "attempts": str(failure.attempts),
+        "first.failure": failure.first_failure.isoformat(),
+        "last.failure": failure.last_failure.isoformat(),
+        "rule.ids": ",".join(failure.rule_ids),
+        "transfer.id": failure.transfer_id or "",
+        "council": failure.council or "",
+        "version": __version__,
+    }
+    original = [(k, bytes(v)) for k, v in (record.headers or ())]
+    return original + [(DLQ_PREFIX + k, v.encode()) for k, v in context.items()]
+
+
+class Outbox:
+    def __init__(self, bootstrap_servers: str, events_topic: str, dead_letter_topic: str, group_id: str) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+        )
+        self._events_topic = events_topic
+        self._dead_letter_topic = dead_letter_topic
+        self._group_id = group_id
+        self._pending: list[asyncio.Future[object]] = []
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def emit(self, event: TransferEvent) -> None:
+        key = (event.transfer_id or event.event_id).encode()
+        fut = await self._producer.send(
+            self._events_topic,
+            value=event.model_dump_json().encode(),
+            key=key,
+            headers=[("event_type", event.event_type.encode())],
+        )
+        self._pending.append(fut)
+
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
+        fut = await self._producer.send(
+            self._dead_letter_topic,
+            value=record.value,
+            key=record.key,
+            headers=dead_letter_headers(record, self._group_id, failure),
+        )
+        self._pending.append(fut)
+
+    async def flush(self) -> None:
+        """Wait until the broker acknowledged every write so far; raise OutputFailed if any failed."""
+        pending, self._pending = self._pending, []
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise OutputFailed(f"{len(failed)} of {len(results)} writes were not acknowledged: {type(failed[0]).__name__}")

@@ -1,0 +1,275 @@
+"""The flow of one transfer, top to bottom. Read this file to know what casebridge does.
+
+    raw bytes from the transfers topic
+      1. decode against the contract            -> rejected + dead letter     (bad input)
+      2. requested, validated
+      3. ask the source whether its record is still open, and the target who is away
+      4. check the council's protocol rules      -> held + dead letter (+ alert for NS-7)
+      5. NS-14: nothing to send                  -> completed-no-record, source closed
+      6. route (NS-2), deliver to the target     -> delivered
+      7. the target confirms it holds it         -> acknowledged
+      8. only then close the source record       -> source-closed
+
+Transient failures of a case system are retried here with backoff and jitter (tenacity);
+when retries run out, or on a permanent failure, the message is dead-lettered with the
+error class and stage. The flow never drops a message: every path ends in an event and,
+where the transfer did not complete, a dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import structlog
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity.wait import wait_random_exponential
+
+from connectors import CasebridgeError, Receipt, Source, Target
+from contracts import (
+    AlertRaised,
+    CaseSystem,
+    Council,
+    RecordState,
+    SourceClosed,
+    TransferAcknowledged,
+    TransferCompletedNoRecord,
+    TransferDeadLettered,
+    TransferDelivered,
+    TransferEvent,
+    TransferHeld,
+    TransferMessage,
+    TransferRejected,
+    TransferRequested,
+    TransferValidated,
+    field_errors,
+)
+from mappings import Facts, MappingError, Protocol as CouncilProtocol
+
+from ._outbox import Failure
+from .settings import RetrySettings
+
+log = structlog.get_logger("casebridge.router")
+_EVENT_NS = uuid.UUID("6f1c8f64-3b7e-4d1e-9a55-0c2b8c1d7e10")
+T = TypeVar("T")
+
+
+class Sink(Protocol):
+    """Where the flow's outputs go (the router's Outbox, or a list in a test)."""
+
+    async def emit(self, event: TransferEvent) -> None: ...
+
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """What became of one message: its last state, and the rule ids behind it if held."""
+
+    state: str
+    transfer_id: str | None = None
+    rule_ids: list[str] = field(default_factory=list)
+
+
+class TransferFlow:
+    def __init__(
+        self,
+        protocols: dict[Council, CouncilProtocol],
+        targets: dict[CaseSystem, Target],
+        sources: dict[CaseSystem, Source],
+        retry: RetrySettings,
+        group_id: str,
+    ) -> None:
+        self.protocols = protocols
+        self.targets = targets
+        self.sources = sources
+        self.retry = retry
+        self.group_id = group_id
+
+    async def run(self, record: ConsumerRecord[bytes, bytes], sink: Sink) -> Outcome:
+        # 1. the contract
+        try:
+            transfer = TransferMessage.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            return await self._reject(record, exc, sink)
+
+        emit = _Emitter(transfer, sink)
+        log.info("transfer_received", transfer_id=transfer.transfer_id, council=transfer.council.value)
+        # 2. requested, validated
+        p = transfer.pathway
+        await emit(TransferRequested, direction=p.direction, from_level=p.from_level, to_level=p.to_level,
+                   from_system=p.from_system, to_system=p.to_system)
+        await emit(TransferValidated)
+
+        try:
+            protocol = self._protocol(transfer)
+            target = self._connector(self.targets, p.to_system, "target")
+            source = self._connector(self.sources, p.from_system, "source")
+            # 3. facts from the systems
+            source_state = await self._retrying(lambda: source.state(transfer))
+            closed_by_us = source_state.closed_by_transfer == transfer.transfer_id
+            facts = Facts(
+                source_state=RecordState.OPEN if closed_by_us else source_state.state,
+                leader_away=await self._retrying(lambda: target.leader_away(transfer.child.locality or "")),
+            )
+            # 4. the council's protocol
+            violations = protocol.check(transfer, facts)
+            if violations:
+                rule_ids = [v.rule_id for v in violations]
+                await emit(TransferHeld, violations=violations)
+                alerting = protocol.alerting(violations)
+                if alerting:
+                    await emit(AlertRaised, severity="critical", rule_ids=alerting,
+                               summary="source record closed before its transfer; transfer held, reopen the record")
+                log.warning("transfer_held", transfer_id=transfer.transfer_id, rule_ids=rule_ids)
+                await self._dead_letter(record, sink, emit, transfer, stage="protocol",
+                                        error_class="ProtocolRuleNotMet",
+                                        message="protocol rules not met: " + ", ".join(rule_ids), rule_ids=rule_ids)
+                return Outcome("held", transfer.transfer_id, rule_ids)
+
+            # 5. NS-14: a step-down that keeps no record sends nothing
+            no_record_rule = protocol.sends_no_record(transfer)
+            if no_record_rule is not None:
+                await emit(TransferCompletedNoRecord, rule_ids=[no_record_rule])
+                receipt = Receipt(p.to_system, "no-record", created=False, acknowledged=True)
+            else:
+                # 6. route and deliver
+                route = protocol.route(transfer, facts)
+                receipt = await self._retrying(lambda: target.deliver(transfer, route))
+                await emit(TransferDelivered, target_system=receipt.system, target_reference=receipt.reference,
+                           assigned_role=route.role, rule_ids=route.rule_ids)
+                # 7. the target's acknowledgement
+                async def confirmed() -> Receipt:
+                    confirmation = await target.confirm(transfer)
+                    if not confirmation.acknowledged:
+                        raise _NotAcknowledged(f"{p.to_system.value} does not confirm it holds the transfer")
+                    return confirmation
+
+                receipt = await self._retrying(confirmed)
+                await emit(TransferAcknowledged, target_system=receipt.system, target_reference=receipt.reference)
+
+            # 8. only now: close the source record
+            closed_ref = await self._retrying(lambda: source.close(transfer, receipt))
+            await emit(SourceClosed, source_system=p.from_system, source_reference=closed_ref)
+            log.info("transfer_completed", transfer_id=transfer.transfer_id)
+            return Outcome("completed", transfer.transfer_id)
+        except (CasebridgeError, MappingError) as exc:
+            rule_ids = list(getattr(exc, "rule_ids", ()))
+            attempts = getattr(exc, "attempts", 1)
+            log.warning("transfer_failed", transfer_id=transfer.transfer_id, error_class=type(exc).__name__,
+                        retriable=getattr(exc, "retriable", False), attempts=attempts)
+            await self._dead_letter(record, sink, emit, transfer, stage="deliver", error_class=type(exc).__name__,
+                                    message=str(exc), rule_ids=rule_ids, attempts=attempts)
+            return Outcome("dead-lettered", transfer.transfer_id, rule_ids)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _protocol(self, transfer: TransferMessage) -> CouncilProtocol:
+        protocol = self.protocols.get(transfer.council)
+        if protocol is None:
+            raise _NoRoute(f"no protocol is configured for council {transfer.council.value!r}")
+        return protocol
+
+    @staticmethod
+    def _connector(registry: dict[CaseSystem, Any], system: CaseSystem, kind: str) -> Any:
+        connector = registry.get(system)
+        if connector is None:
+            raise _NoRoute(f"no {kind} connector is configured for {system.value!r}")
+        return connector
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry transient failures (tenacity: exponential backoff with jitter, bounded attempts and time)."""
+        r = self.retry
+        jitter = wait_random_exponential(multiplier=r.initial_seconds, max=r.max_seconds)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            retry_after = getattr(exc, "retry_after", None) or 0.0
+            return max(float(retry_after), jitter(state))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(r.attempts) | stop_after_delay(r.total_seconds),
+            wait=wait,
+            retry=retry_if_exception(lambda e: getattr(e, "retriable", False)),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    return await call()
+                except CasebridgeError as exc:
+                    exc.attempts = attempt.retry_state.attempt_number  # type: ignore[attr-defined]
+                    raise
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _reject(self, record: ConsumerRecord[bytes, bytes], exc: ValidationError, sink: Sink) -> Outcome:
+        errors = field_errors(exc)
+        transfer_id = _peek_transfer_id(record.value)
+        event_id = _event_id(f"{record.topic}/{record.partition}/{record.offset}", "rejected")
+        await sink.emit(TransferRejected(event_id=event_id, transfer_id=transfer_id, errors=errors))
+        reason = "; ".join(f"{e.field}: {e.rule}" for e in errors[:10])
+        error_class = "MalformedJson" if any(e.rule == "json_invalid" for e in errors) else "ContractViolation"
+        log.warning("transfer_rejected", transfer_id=transfer_id, error_class=error_class, fields=[e.field for e in errors[:10]])
+        failure = Failure(stage="validate", error_class=error_class, message=reason, transfer_id=transfer_id)
+        await sink.dead_letter(record, failure)
+        await sink.emit(TransferDeadLettered(event_id=_event_id(event_id, "dlq"), transfer_id=transfer_id,
+                                             stage="validate", error_class=error_class, reason=reason))
+        return Outcome("rejected", transfer_id)
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], sink: Sink, emit: _Emitter, transfer: TransferMessage, *,
+        stage: str, error_class: str, message: str, rule_ids: list[str], attempts: int = 1,
+    ) -> None:
+        failure = Failure(stage=stage, error_class=error_class, message=message, attempts=attempts,
+                          rule_ids=rule_ids, transfer_id=transfer.transfer_id, council=transfer.council.value)
+        await sink.dead_letter(record, failure)
+        await emit(TransferDeadLettered, stage=stage, error_class=error_class, reason=message, rule_ids=rule_ids)
+
+
+class _NoRoute(CasebridgeError):
+    """Nothing is configured to carry this transfer: permanent until configuration changes."""
+
+
+class _NotAcknowledged(CasebridgeError):
+    retriable = True
+
+
+class _Emitter:
+    """Builds a transfer's events with deterministic ids (a re-run yields the same ids)."""
+
+    def __init__(self, transfer: TransferMessage, sink: Sink) -> None:
+        self.transfer = transfer
+        self.sink = sink
+
+    async def __call__(self, kind: type[Any], **fields: Any) -> None:
+        t = self.transfer
+        event = kind(
+            event_id=_event_id(t.message_id, kind.__name__),
+            transfer_id=t.transfer_id,
+            correlation_id=t.correlation_id,
+            council=t.council,
+            occurred_at=datetime.now(UTC),
+            **fields,
+        )
+        await self.sink.emit(event)
+
+
+def _event_id(base: str, kind: str) -> str:
+    return str(uuid.uuid5(_EVENT_NS, f"{base}/{kind}"))
+
+
+def _peek_transfer_id(raw: bytes | None) -> str | None:
+    """The transfer id of a refused message, when it has a well-formed one (for operators' filters)."""
+    try:
+        value = json.loads(raw or b"").get("transfer_id")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(value, str) and 0 < len(value) <= 128 and value.replace("-", "").replace("_", "").replace(".", "").replace(":", "").isalnum():
+        return value
+    return None

@@ -1,0 +1,61 @@
+"""Typed settings, read from ``CASEBRIDGE_*`` environment variables; secrets never print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one casebridge deployment, all under one prefix."""
+
+    prefix: str = "casebridge"
+
+    @property
+    def transfers(self) -> str:
+        """Transfer requests from source connectors, keyed by child."""
+        return f"{self.prefix}.transfers"
+
+    @property
+    def events(self) -> str:
+        """Every step of every transfer (contracts.TransferEvent), keyed by transfer id."""
+        return f"{self.prefix}.events"
+
+    @property
+    def dead_letter(self) -> str:
+        """Messages that could not be handled, byte for byte, with the reason in headers."""
+        return f"{self.prefix}.dlq"
+
+
+class RetrySettings(BaseModel):
+    """In-process retries of a transient failure (timeouts, 5xx, 429) before dead-lettering."""
+
+    attempts: int = Field(default=5, ge=1, le=50)
+    initial_seconds: float = Field(default=0.2, gt=0)
+    max_seconds: float = Field(default=5.0, gt=0)
+    total_seconds: float = Field(default=30.0, gt=0)
+
+
+class CaseSystemSettings(BaseModel):
+    url: str
+    token: SecretStr
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CASEBRIDGE_", env_nested_delimiter="__", extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = "casebridge"
+    group_id: str = "casebridge-router"
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    concurrency: int = Field(default=32, ge=1, le=1_000)
+    retry: RetrySettings = RetrySettings()
+    lcs: CaseSystemSettings | None = None
+    ehm: CaseSystemSettings | None = None
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
