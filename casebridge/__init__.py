@@ -1,0 +1,1 @@
+"""casebridge's operator side: the CLI, the local Kafka broker, the demo, logging set-up."""

@@ -1,0 +1,596 @@
+"""A local single-node Apache Kafka broker that needs no Docker.
+
+The broker runs in KRaft mode (one process that is both broker and controller) on the
+machine's Java 17+. Its jars are fetched once from Maven Central with ``mvn``, using the
+pinned release in ``casebridge/kafka/pom.xml``; later fetches come from the local Maven
+cache (``~/.m2``). Everything the broker writes lives under one *home* directory::
+
+    <home>/server.properties   broker configuration, rewritten on every start
+    <home>/log4j2.yaml         logging configuration, rewritten on every start
+    <home>/data/               topics and messages; formatted once, kept across restarts
+    <home>/logs/server.log     the broker's own log (rotated)
+    <home>/kafka.out           the JVM's stdout and stderr
+    <home>/kafka.pid           process id while the broker runs
+
+Process control uses POSIX signals, so this module targets Linux and macOS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError as AIOKafkaError  # type: ignore[import-untyped]
+
+__all__ = [
+    "BrokerStartTimeout",
+    "JavaNotFound",
+    "KafkaError",
+    "KafkaStatus",
+    "LocalKafka",
+    "MavenNotFound",
+    "PortInUse",
+    "default_home",
+    "default_jars_dir",
+    "kafka_version",
+]
+
+POM_PATH = Path(__file__).with_name("kafka") / "pom.xml"
+HOST = "127.0.0.1"
+
+_POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
+_MARKER_JAR_GLOB = "kafka_2.13-*.jar"
+_LOG_TAIL_LINES = 40
+_POLL_INTERVAL = 0.25
+_MVN_TIMEOUT = 600.0
+_FORMAT_TIMEOUT = 120.0
+
+# Logging goes to a rotated file under <home>/logs; the directory is passed to the JVM as
+# the system property kafka.logs.dir, so this text never needs path quoting.
+_LOG4J2_YAML = """\
+Configuration:
+  Appenders:
+    RollingFile:
+      - name: ServerLog
+        fileName: "${sys:kafka.logs.dir}/server.log"
+        filePattern: "${sys:kafka.logs.dir}/server.log.%i"
+        PatternLayout:
+          pattern: "[%d] %p %m (%c)%n"
+        SizeBasedTriggeringPolicy:
+          size: 10MB
+        DefaultRolloverStrategy:
+          max: 3
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: ServerLog
+    Logger:
+      - name: org.apache.kafka.common.config.AbstractConfig
+        level: WARN
+      - name: kafka.request.logger
+        level: WARN
+      - name: state.change.logger
+        level: WARN
+      - name: kafka.log.LogCleaner
+        level: WARN
+      - name: org.apache.kafka.controller
+        level: WARN
+"""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class KafkaError(Exception):
+    """The local Kafka broker could not be prepared, started or stopped."""
+
+
+class JavaNotFound(KafkaError):
+    """No ``java`` executable was found."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Java 17 or newer is needed to run the local Kafka broker, but no `java` was "
+            "found on PATH or in $JAVA_HOME/bin. Install a JDK or JRE (for example "
+            "`sudo apt-get install openjdk-17-jre-headless` on Debian/Ubuntu, "
+            "`brew install openjdk@17` on macOS), make sure `java -version` works, "
+            "then retry."
+        )
+
+
+class MavenNotFound(KafkaError):
+    """The Kafka jars are missing and ``mvn`` is not available to fetch them."""
+
+    def __init__(self, jars_dir: Path) -> None:
+        self.jars_dir = jars_dir
+        super().__init__(
+            f"The Kafka {kafka_version()} jars are not in {jars_dir}, and Maven (`mvn`), "
+            "which fetches them once, was not found on PATH. Install Maven (for example "
+            "`sudo apt-get install maven` or `brew install maven`) and retry, or set "
+            "CASEBRIDGE_KAFKA_JARS to a directory that already holds the jars."
+        )
+
+
+class PortInUse(KafkaError):
+    """A port the broker needs is already taken by another program."""
+
+    def __init__(self, port: int, listener: str) -> None:
+        self.port = port
+        self.listener = listener
+        super().__init__(
+            f"Port {port} on {HOST} (the Kafka {listener} listener) is already in use. "
+            "Stop the program that holds it, or pick other ports with --port "
+            "(the controller listener uses the next port unless --controller-port is "
+            "given), e.g. `casebridge kafka start --port 19092`."
+        )
+
+
+class BrokerStartTimeout(KafkaError):
+    """The broker did not answer in time, or its process exited during start-up."""
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+@cache
+def kafka_version() -> str:
+    """The Kafka release pinned by ``<kafka.version>`` in ``casebridge/kafka/pom.xml``."""
+    element = ET.parse(POM_PATH).getroot().find("m:properties/m:kafka.version", _POM_NS)
+    if element is None or not (element.text or "").strip():
+        raise KafkaError(f"{POM_PATH} has no <kafka.version> property.")
+    return (element.text or "").strip()
+
+
+def default_home() -> Path:
+    """``$CASEBRIDGE_HOME/kafka`` if that variable is set, else ``~/.casebridge/kafka``."""
+    base = os.environ.get("CASEBRIDGE_HOME")
+    root = Path(base).expanduser() if base else Path.home() / ".casebridge"
+    return root / "kafka"
+
+
+def default_jars_dir() -> Path:
+    """``$CASEBRIDGE_KAFKA_JARS`` if set, else ``~/.casebridge/kafka-jars/<kafka version>``."""
+    configured = os.environ.get("CASEBRIDGE_KAFKA_JARS")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".casebridge" / "kafka-jars" / kafka_version()
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class KafkaStatus:
+    """A snapshot of the local broker: whether it runs, its process id and address."""
+
+    running: bool
+    pid: int | None
+    bootstrap: str | None
+    home: Path
+
+
+# --------------------------------------------------------------------------- manager
+
+
+class LocalKafka:
+    """Formats, starts, stops and reports on one local single-node Kafka broker."""
+
+    def __init__(
+        self,
+        home: Path,
+        port: int = 9092,
+        controller_port: int | None = None,
+        jars_dir: Path | None = None,
+        heap_mb: int = 512,
+    ) -> None:
+        self.home = Path(home).expanduser().resolve()
+        self.port = port
+        self.controller_port = port + 1 if controller_port is None else controller_port
+        self.jars_dir = (jars_dir or default_jars_dir()).expanduser()
+        self.heap_mb = heap_mb
+        for value in (self.port, self.controller_port):
+            if not 0 < value < 65536:
+                raise ValueError(f"Port {value} is outside 1-65535.")
+        if self.port == self.controller_port:
+            raise ValueError("The broker port and the controller port must differ.")
+        if heap_mb < 128:
+            raise ValueError("heap_mb must be at least 128.")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # ----------------------------------------------------------------- paths
+
+    @property
+    def bootstrap(self) -> str:
+        """The address clients connect to, ``127.0.0.1:<port>``."""
+        return f"{HOST}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_file(self) -> Path:
+        """The broker's own log file."""
+        return self.home / "logs" / "server.log"
+
+    @property
+    def _stdout_file(self) -> Path:
+        return self.home / "kafka.out"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.home / "kafka.pid"
+
+    @property
+    def _properties_file(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def _log4j_file(self) -> Path:
+        return self.home / "log4j2.yaml"
+
+    # ----------------------------------------------------------------- public API
+
+    def ensure_jars(self) -> Path:
+        """Return the jars directory, fetching the pinned Kafka release with Maven if needed."""
+        _find_java()
+        if _has_kafka_jars(self.jars_dir):
+            return self.jars_dir
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise MavenNotFound(self.jars_dir)
+        self.jars_dir.mkdir(parents=True, exist_ok=True)
+        # Download beside the target, then move the jars in with the Kafka jar last: its
+        # presence is what marks the directory complete, so an interrupted fetch is redone.
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=self.jars_dir) as tmp:
+            command = [
+                mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM_PATH),
+                "dependency:copy-dependencies", f"-DoutputDirectory={tmp}",
+                "-DincludeScope=runtime",
+            ]  # fmt: skip
+            result = _run(command, timeout=_MVN_TIMEOUT, what="Maven")
+            fetched = sorted(
+                Path(tmp).glob("*.jar"), key=lambda p: p.match(_MARKER_JAR_GLOB)
+            )
+            if not any(p.match(_MARKER_JAR_GLOB) for p in fetched):
+                raise KafkaError(
+                    f"Maven finished but fetched no Kafka jar into {self.jars_dir}.\n"
+                    f"{_tail_text(result)}"
+                )
+            for jar in fetched:
+                os.replace(jar, self.jars_dir / jar.name)
+        return self.jars_dir
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start the broker unless it runs already; return its bootstrap address.
+
+        Raises PortInUse before launching anything if a port is taken, and
+        BrokerStartTimeout (with the tail of the broker log) if the broker does not
+        answer a metadata request within ``timeout`` seconds or its process exits.
+        """
+        current = self.status()
+        if current.running and current.bootstrap is not None:
+            return current.bootstrap
+        self._pid_file.unlink(missing_ok=True)  # stale: its process is gone
+
+        java = _find_java()
+        _check_port_free(self.port, "broker")
+        _check_port_free(self.controller_port, "controller")
+        jars = self.ensure_jars()
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._properties_file.write_text(self._server_properties(), encoding="utf-8")
+        self._log4j_file.write_text(_LOG4J2_YAML, encoding="utf-8")
+        if not (self.data_dir / "meta.properties").exists():
+            self._format_storage(java, jars)
+
+        process = self._launch(java, jars)
+        self._wait_until_ready(process, timeout)
+        return self.bootstrap
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the broker: SIGTERM, then SIGKILL after ``timeout`` seconds. Idempotent."""
+        pid = self._read_pid()
+        if pid is not None and self._is_alive(pid):
+            _signal(pid, signal.SIGTERM)
+            if not self._wait_for_exit(pid, timeout):
+                _signal(pid, signal.SIGKILL)
+                self._wait_for_exit(pid, 10.0)
+        if self._process is not None and self._process.pid == pid:
+            self._process = None
+        self._pid_file.unlink(missing_ok=True)
+
+    def status(self) -> KafkaStatus:
+        """Report whether the broker of this home runs, and where clients reach it."""
+        pid = self._read_pid()
+        if pid is None or not self._is_alive(pid):
+            return KafkaStatus(running=False, pid=None, bootstrap=None, home=self.home)
+        return KafkaStatus(
+            running=True,
+            pid=pid,
+            bootstrap=self._running_bootstrap() or self.bootstrap,
+            home=self.home,
+        )
+
+    # ----------------------------------------------------------------- start-up steps
+
+    def _server_properties(self) -> str:
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"{HOST}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": self.data_dir.as_posix(),
+            "num.partitions": "3",
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+        }
+        lines = ["# Written by casebridge on every start; edits here are overwritten."]
+        lines += [f"{key}={value}" for key, value in settings.items()]
+        return "\n".join(lines) + "\n"
+
+    def _format_storage(self, java: str, jars: Path) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        command = [
+            java, "-cp", _classpath(jars), "kafka.tools.StorageTool", "format",
+            "--standalone", "-t", cluster_id, "-c", str(self._properties_file),
+        ]  # fmt: skip
+        _run(command, timeout=_FORMAT_TIMEOUT, what="Formatting the Kafka storage")
+
+    def _launch(self, java: str, jars: Path) -> subprocess.Popen[bytes]:
+        command = [
+            java,
+            f"-Xms{min(256, self.heap_mb)}m",
+            f"-Xmx{self.heap_mb}m",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.log_file.parent}",
+            f"-Dlog4j2.configurationFile={self._log4j_file}",
+            "-cp",
+            _classpath(jars),
+            "kafka.Kafka",
+            str(self._properties_file),
+        ]
+        with open(self._stdout_file, "ab") as out:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+                start_new_session=True,  # survives the caller and its terminal
+            )
+        self._process = process
+        tmp_pid = self._pid_file.with_suffix(".pid.tmp")
+        tmp_pid.write_text(f"{process.pid}\n", encoding="utf-8")
+        os.replace(tmp_pid, self._pid_file)
+        return process
+
+    def _wait_until_ready(
+        self, process: subprocess.Popen[bytes], timeout: float
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            code = process.poll()
+            if code is not None:
+                self._process = None
+                self._pid_file.unlink(missing_ok=True)
+                raise BrokerStartTimeout(
+                    f"The Kafka broker exited with code {code} during start-up.\n"
+                    f"{self._log_tail()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if _accepts_connections(self.port) and _broker_answers(
+                self.bootstrap, min(remaining, 5.0)
+            ):
+                return
+            time.sleep(_POLL_INTERVAL)
+        self.stop()
+        raise BrokerStartTimeout(
+            f"The Kafka broker did not answer on {self.bootstrap} within {timeout:g} s, "
+            "so it was stopped. Retry with a longer timeout, or see the log below.\n"
+            f"{self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        parts = []
+        for path in (self._stdout_file, self.log_file):
+            lines = _tail_lines(path, _LOG_TAIL_LINES)
+            if lines:
+                parts.append(
+                    f"--- last lines of {path} ---\n" + "".join(lines).rstrip()
+                )
+        return "\n".join(parts) if parts else f"(no broker output in {self.home})"
+
+    # ----------------------------------------------------------------- process state
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self._pid_file.read_text(encoding="utf-8").strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _is_alive(self, pid: int) -> bool:
+        """True if ``pid`` is this home's broker process and it has not exited."""
+        if self._process is not None and self._process.pid == pid:
+            return self._process.poll() is None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by someone else
+        proc = Path("/proc") / str(pid)
+        if not proc.is_dir():  # no procfs (macOS): trust the signal check
+            return True
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            return False
+        if state in ("Z", "X"):
+            return False
+        # Guard against a recycled pid: the process must run this home's properties.
+        return (
+            b"kafka.Kafka" in cmdline and os.fsencode(self._properties_file) in cmdline
+        )
+
+    def _wait_for_exit(self, pid: int, timeout: float) -> bool:
+        if self._process is not None and self._process.pid == pid:
+            try:
+                self._process.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while self._is_alive(pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _running_bootstrap(self) -> str | None:
+        """The advertised address in the properties the running broker was started with."""
+        try:
+            text = self._properties_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "advertised.listeners":
+                for listener in value.split(","):
+                    name, _, address = listener.strip().partition("://")
+                    if name == "PLAINTEXT" and address:
+                        return address
+        return None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _find_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        java_home = os.environ.get("JAVA_HOME")
+        if java_home:
+            java = shutil.which("java", path=str(Path(java_home) / "bin"))
+    if java is None:
+        raise JavaNotFound()
+    return java
+
+
+def _has_kafka_jars(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.glob(_MARKER_JAR_GLOB))
+
+
+def _classpath(jars: Path) -> str:
+    return str(jars / "*")  # expanded by the JVM itself
+
+
+def _run(
+    command: list[str], timeout: float, what: str
+) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise KafkaError(f"{what} did not finish within {timeout:g} s.") from exc
+    if result.returncode != 0:
+        raise KafkaError(
+            f"{what} failed (exit code {result.returncode}):\n{_tail_text(result)}\n"
+            f"Command: {' '.join(command)}"
+        )
+    return result
+
+
+def _tail_text(result: subprocess.CompletedProcess[str]) -> str:
+    output = (result.stdout or "") + (result.stderr or "")
+    return "\n".join(output.strip().splitlines()[-_LOG_TAIL_LINES:]) or "(no output)"
+
+
+def _tail_lines(path: Path, count: int) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return list(deque(handle, maxlen=count))
+    except FileNotFoundError:
+        return []
+
+
+def _check_port_free(port: int, listener: str) -> None:
+    if _accepts_connections(port):
+        raise PortInUse(port, listener)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if sys.platform != "win32":
+            # Like the JVM: tolerate TIME_WAIT leftovers of a broker that just stopped.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError as exc:
+            raise PortInUse(port, listener) from exc
+
+
+def _accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _broker_answers(bootstrap: str, timeout: float) -> bool:
+    """True if the broker at ``bootstrap`` answers a metadata request listing a broker."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_probe_metadata(bootstrap, timeout))
+    # Called from inside an event loop: probe on a worker thread with its own loop.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, _probe_metadata(bootstrap, timeout)).result()
+
+
+async def _probe_metadata(bootstrap: str, timeout: float) -> bool:
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000))
+    )
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout)
+        return bool(client.cluster.brokers())
+    except (TimeoutError, AIOKafkaError, OSError):
+        return False
+    finally:
+        await client.close()

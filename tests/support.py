@@ -1,0 +1,95 @@
+"""Test helpers: producing to and reading from the real broker, running a router."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from connectors import Source, Target
+from contracts import CaseSystem, TransferEvent, parse_event
+from router import Router, Settings, build_router
+
+EXAMPLES = Path(__file__).parent.parent / "contracts" / "examples"
+
+
+def example(name: str = "north-somerset.step-down.lcs-ehm.json", **changes: Any) -> dict[str, Any]:
+    """A synthetic example transfer, as a dict, with top-level changes applied."""
+    doc: dict[str, Any] = json.loads((EXAMPLES / name).read_text())
+    doc = copy.deepcopy(doc)
+    doc.update(changes)
+    return doc
+
+
+def ns_transfer(n: int, **changes: Any) -> dict[str, Any]:
+    """The n-th distinct North Somerset step-down (its own child, transfer and record ids)."""
+    doc = example()
+    doc.update(transfer_id=f"ns-{n}", message_id=f"ns-{n}-m1", correlation_id=f"ns-{n}")
+    doc["child"]["identifiers"] = [{"system": "lcs", "id": f"LCS-{n}"}]
+    doc["source_record"] = {**doc["source_record"], "record_id": f"LCS-{n}", "request_id": f"SDR-{n}"}
+    doc.update(changes)
+    return doc
+
+
+async def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]], headers: list[tuple[str, bytes]] | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k, headers=headers) for k, v in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read(
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[ConsumerRecord[bytes, bytes]]], bool],
+    timeout: float = 60.0,
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read a topic from the beginning until ``until(records)`` holds (or the timeout; then return what came)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not until(records) and loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                records.extend(recs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def events_of(records: list[ConsumerRecord[bytes, bytes]]) -> list[TransferEvent]:
+    return [parse_event(r.value) for r in records if r.value is not None]
+
+
+def count_type(event_type: str, n: int) -> Callable[[list[ConsumerRecord[bytes, bytes]]], bool]:
+    def enough(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        return sum(1 for r in records if dict(r.headers).get("event_type") == event_type.encode()) >= n
+
+    return enough
+
+
+@asynccontextmanager
+async def running_router(
+    bootstrap: str, prefix: str, targets: dict[CaseSystem, Target], sources: dict[CaseSystem, Source], **settings: Any
+) -> AsyncIterator[Router]:
+    config = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, group_id=f"{prefix}-router", **settings)
+    router = build_router(config, targets, sources)
+    task = asyncio.create_task(router.run_until_stopped())
+    try:
+        yield router
+    finally:
+        router.stopped.set()
+        await task

@@ -1,0 +1,113 @@
+"""North Somerset's protocol (seed 004) as data: each rule checked without a broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from contracts import Council, RecordState, TransferMessage
+from mappings import Facts, MappingError, load_protocol
+from tests.support import example
+
+NS = load_protocol(Council.NORTH_SOMERSET)
+
+
+def _t(**changes: Any) -> TransferMessage:
+    return TransferMessage.model_validate(example(**changes))
+
+
+def _violated(t: TransferMessage, facts: Facts = Facts()) -> list[str]:
+    return [v.rule_id for v in NS.check(t, facts)]
+
+
+def test_valid_step_down_meets_every_rule() -> None:
+    """The synthetic North Somerset example breaks no rule."""
+    assert [] == _violated(_t())
+
+
+def test_ns01_step_down_without_management_oversight_is_held() -> None:
+    """NS-1: no manager's decision and rationale on LCS, no step-down."""
+    assert ["NS-1"] == _violated(_t(management_decision=None))
+
+
+def test_ns06_ns08_step_down_without_notes_and_plan_is_held() -> None:
+    """NS-6 and NS-8: meeting notes and plan must travel with the step-down."""
+    doc = example()
+    doc["documents"] = [d for d in doc["documents"] if d["type"] != "plan"]
+    assert ["NS-6", "NS-8"] == _violated(TransferMessage.model_validate(doc))
+
+
+def test_ns06_step_down_without_support_leader_name_is_held() -> None:
+    """NS-6: the Support Leader's name is required."""
+    doc = example()
+    doc["professionals"].pop("support_leader")
+    assert ["NS-6"] == _violated(TransferMessage.model_validate(doc))
+
+
+def test_ns07_closed_lcs_record_cannot_be_stepped_down() -> None:
+    """NS-7: a record closed on LCS (in the message or now, on LCS) holds the transfer and alerts."""
+    closed_now = NS.check(_t(), Facts(source_state=RecordState.CLOSED))
+    assert ["NS-7"] == [v.rule_id for v in closed_now]
+    assert ["NS-7"] == NS.alerting(closed_now)
+    doc = example()
+    doc["source_record"]["state"] = "closed"
+    assert ["NS-7"] == _violated(TransferMessage.model_validate(doc))
+
+
+def test_g1_step_down_without_consent_or_exemption_is_held() -> None:
+    """G1: consent (with information sharing in scope) or a recorded exemption."""
+    assert ["G1"] == _violated(_t(consent=None))
+    doc = example()
+    doc["consent"]["scope"] = ["referral"]
+    assert ["G1"] == _violated(TransferMessage.model_validate(doc))
+
+
+def test_ns11_consent_not_required_where_significant_harm_exemption_recorded() -> None:
+    """NS-11: a manager's s.47 exemption stands in for consent on a step-down from child protection."""
+    doc = example(consent=None)
+    doc["pathway"]["from_level"] = "child-protection-s47"
+    doc["consent_exemption"] = {
+        "reason": "significant-harm-s47",
+        "decided_by": {"name": "Dana Dutymanager", "role": "Team Manager"},
+        "decided_on": "2026-10-30",
+    }
+    assert [] == _violated(TransferMessage.model_validate(doc))
+
+
+def test_ns02_routes_to_locality_support_leader_or_team_manager_when_away() -> None:
+    """NS-2: the locality's Support Leader; the locality team manager while the leader is away."""
+    t = _t()
+    present = NS.route(t, Facts(leader_away=False))
+    away = NS.route(t, Facts(leader_away=True))
+    assert ("support-leader", "North", ["NS-2"]) == (present.role, present.locality, present.rule_ids)
+    assert ("team-manager", "North", ["NS-2"]) == (away.role, away.locality, away.rule_ids)
+
+
+def test_ns02_unknown_locality_is_an_error_naming_the_rule() -> None:
+    """NS-2: a locality outside North, East, South cannot be routed."""
+    doc = example()
+    doc["child"]["locality"] = "West"
+    with pytest.raises(MappingError, match="NS-2"):
+        NS.route(TransferMessage.model_validate(doc), Facts())
+
+
+def test_ns14_family_hub_universal_step_down_sends_no_record() -> None:
+    """NS-14: a supported step-down to universal in a Family Hub needs no notes and sends no record."""
+    doc = example(family_hub_universal=True, documents=[])
+    doc["pathway"]["to_level"] = "universal"
+    doc["professionals"] = {}
+    t = TransferMessage.model_validate(doc)
+    assert ([], "NS-14") == (_violated(t), NS.sends_no_record(t))
+    assert NS.sends_no_record(_t()) is None
+
+
+def test_protocol_file_errors_name_the_file_and_the_rule(tmp_path: Any) -> None:
+    """A protocol file with a bad rule is refused at load, naming the file and the rule."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'id = "x"\ncouncil = "north-somerset"\nseed = "004"\n'
+        '[[rule]]\nid = "NS-6"\ncheck = "documents"\ndocuments = ["napkin"]\nmessage = "m"\nfix = "f"\n'
+    )
+    with pytest.raises(MappingError, match=r"bad\.toml: rule NS-6 \(#1\): documents"):
+        load_protocol(bad)
