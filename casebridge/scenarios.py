@@ -1,0 +1,108 @@
+"""Synthetic children and step-down requests, created through the sandbox systems' own APIs.
+
+Every name here is invented; nothing comes from the seed documents.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+
+GIVEN = ["Robin", "Alex", "Jamie", "Charlie", "Frankie", "Sasha", "Remy", "Toby", "Nell", "Ira"]
+FAMILY = ["Exampleton", "Testwood", "Sampleford", "Mockbury", "Fictionby", "Placeholt"]
+_counter = itertools.count(1)
+
+
+def synthetic_child(locality: str = "North", **changes: Any) -> dict[str, Any]:
+    n = next(_counter)
+    child = {
+        "given_name": GIVEN[n % len(GIVEN)],
+        "family_name": f"{FAMILY[n % len(FAMILY)]}-{n}",
+        "date_of_birth": f"20{10 + n % 10}-0{1 + n % 9}-1{n % 10}",
+        "gender": "unknown",
+        "nhs_number": f"9{n:09d}"[-10:],
+        "locality": locality,
+    }
+    child.update(changes)
+    return child
+
+
+def good_request(**changes: Any) -> dict[str, Any]:
+    """A North Somerset step-down request that meets every rule."""
+    req: dict[str, Any] = {
+        "meeting_notes": "Step-down meeting held; the family agree to early help.",
+        "plan": "Weekly family support worker visits; school attendance support.",
+        "support_leader": "Avery Support-North",
+        "family_support_worker": None,
+        "target_level": "early_help",
+        "consent": {"given_by": "Parent (synthetic)", "given_on": "2026-11-01", "scope": ["referral", "information-sharing"]},
+        "management_decision": {
+            "decided_by": "Morgan Testmanager",
+            "role": "Team Manager",
+            "forum": "Step-down meeting",
+            "rationale": "Risks reduced; needs can be met by early help.",
+            "decided_on": "2026-11-02",
+        },
+        "requested_by": "Sam Fictional (Social Worker)",
+    }
+    req.update(changes)
+    return req
+
+
+class LcsSandboxClient:
+    """What a social worker does on LCS, through its HTTP API."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _ok(self, response: httpx.Response) -> dict[str, Any]:
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def create_child(self, **changes: Any) -> str:
+        return str(self._ok(self.http.post("/api/children", json=synthetic_child(**changes)))["id"])
+
+    def request_stepdown(self, child_id: str, **changes: Any) -> str:
+        return str(self._ok(self.http.post(f"/api/children/{child_id}/stepdown-requests", json=good_request(**changes)))["request_id"])
+
+    def child(self, child_id: str) -> dict[str, Any]:
+        return self._ok(self.http.get(f"/api/children/{child_id}"))
+
+    def close_record(self, child_id: str, reason: str = "closed by mistake (out of band)") -> None:
+        self._ok(self.http.post(f"/api/children/{child_id}/close", json={"reason": reason, "closed_by": "a social worker"}))
+
+    def reopen(self, child_id: str) -> None:
+        self._ok(self.http.post(f"/api/children/{child_id}/reopen", json={"reopened_by": "a team manager"}))
+
+
+class EhmSandboxClient:
+    """What an early-help manager does on EHM, through its HTTP API."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def tray(self) -> list[dict[str, Any]]:
+        response = self.http.get("/api/stepdown-tray")
+        response.raise_for_status()
+        return list(response.json()["items"])
+
+    def set_away(self, locality: str, away: bool) -> None:
+        self.http.put(f"/api/localities/{locality}/support-leader/away", json={"away": away}).raise_for_status()
+
+    def staff(self, locality: str) -> dict[str, Any]:
+        response = self.http.get(f"/api/localities/{locality}/staff")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def allocate(self, transfer_id: str, worker: str = "Kit Supportworker") -> None:
+        self.http.post(f"/api/stepdown-tray/{transfer_id}/allocate", json={"family_support_worker": worker}).raise_for_status()

@@ -1,0 +1,81 @@
+"""One casebridge deployment in a process: router, LCS publisher, EHM allocation reporter.
+
+Used by ``casebridge run`` and ``casebridge demo`` (with loops) and by the end-to-end
+tests (polling by hand, to control timing). The case systems are reached by URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from connectors.ehm import AllocationReporter, EhmConnector
+from connectors.lcs import LcsConnector, LcsPublisher
+from contracts import CaseSystem
+from router import Router, Settings, build_router
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    lcs_url: str
+    lcs_token: SecretStr
+    ehm_url: str
+    ehm_token: SecretStr
+    state_dir: Path
+    loops: bool = True
+    poll_interval: float = 0.3
+    router: Router = field(init=False)
+    publisher: LcsPublisher = field(init=False)
+    reporter: AllocationReporter = field(init=False)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    _stopping: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        topics = self.settings.topics
+        self.router = build_router(
+            self.settings,
+            targets={CaseSystem.EHM: EhmConnector(self.ehm_url, self.ehm_token)},
+            sources={CaseSystem.LCS: LcsConnector(self.lcs_url, self.lcs_token)},
+        )
+        self.publisher = LcsPublisher(
+            LcsConnector(self.lcs_url, self.lcs_token),
+            self.settings.bootstrap_servers,
+            topics.transfers,
+            topics.dead_letter,
+            cursor=self.state_dir / "lcs-cursor.json",
+        )
+        self.reporter = AllocationReporter(
+            EhmConnector(self.ehm_url, self.ehm_token),
+            self.settings.bootstrap_servers,
+            topics.events,
+            cursor=self.state_dir / "ehm-allocations-cursor.json",
+        )
+
+    async def start(self) -> None:
+        await self.router.start()
+        await self.publisher.start()
+        await self.reporter.start()
+        if self.loops:
+            stop = lambda: self._stopping  # noqa: E731
+            self._tasks = [
+                asyncio.create_task(self.publisher.run(self.poll_interval, stop)),
+                asyncio.create_task(self.reporter.run(self.poll_interval, stop)),
+            ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.reporter.stop()
+        await self.publisher.stop()
+        await self.router.stop()
+
+    async def __aenter__(self) -> Stack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

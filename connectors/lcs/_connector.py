@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import SecretStr
+
+from contracts import CaseSystem, RecordState, TransferMessage
+
+from .._base import Receipt, Source, SourceState
+from .._errors import TargetRefused
+from .._http import HttpClient
+
+CLOSURE_REASON = "Stepped down to early help (EHM)"
+CLOSED_BY = "casebridge"
+
+
+class LcsConnector(Source):
+    system: ClassVar[CaseSystem] = CaseSystem.LCS
+
+    def __init__(self, base_url: str, token: SecretStr, timeout: float = 10.0) -> None:
+        self.base_url = base_url
+        self._token = token
+        self._timeout = timeout
+        self._http: HttpClient | None = None
+
+    async def start(self) -> None:
+        self._http = HttpClient("lcs", self.base_url, self._token, self._timeout)
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    @property
+    def http(self) -> HttpClient:
+        if self._http is None:
+            raise RuntimeError("LcsConnector used before start()")
+        return self._http
+
+    async def child(self, child_id: str) -> dict[str, Any]:
+        child: dict[str, Any] = (await self.http.request("GET", f"/api/children/{child_id}")).json()
+        return child
+
+    async def request(self, request_id: str) -> dict[str, Any]:
+        req: dict[str, Any] = (await self.http.request("GET", f"/api/stepdown-requests/{request_id}")).json()
+        return req
+
+    async def pending_requests(self, child_id: str) -> list[dict[str, Any]]:
+        found = (await self.http.request("GET", f"/api/children/{child_id}/stepdown-requests")).json()
+        return [r for r in found["requests"] if r["status"] == "pending"]
+
+    async def changes(self, after: int) -> tuple[list[dict[str, Any]], int]:
+        feed = (await self.http.request("GET", "/api/changes", params={"after": after, "limit": 500})).json()
+        return list(feed["changes"]), int(feed["last_seq"])
+
+    async def state(self, transfer: TransferMessage) -> SourceState:
+        child = await self.child(transfer.source_record.record_id)
+        return SourceState(RecordState(child["record_state"]), closed_by_transfer=child.get("closure_transfer_id"))
+
+    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
+        """Mark the step-down request completed, then close the record (NS-7: only after delivery)."""
+        record_id = transfer.source_record.record_id
+        if transfer.source_record.request_id:
+            await self.http.request(
+                "POST",
+                f"/api/stepdown-requests/{transfer.source_record.request_id}/complete",
+                json={"transfer_id": transfer.transfer_id, "ehm_reference": receipt.reference},
+            )
+        try:
+            await self.http.request(
+                "POST",
+                f"/api/children/{record_id}/close",
+                json={"reason": CLOSURE_REASON, "closed_by": CLOSED_BY, "transfer_id": transfer.transfer_id},
+            )
+        except TargetRefused as exc:
+            if exc.status != 409 or (await self.state(transfer)).closed_by_transfer != transfer.transfer_id:
+                raise
+        return record_id

@@ -1,0 +1,585 @@
+"""Sandbox Liquidlogic EHM (early help), as a real HTTP service.
+
+A locality staff directory (Support Leader with an away flag, team manager), the
+Step-Down tray (idempotent on transfer id), allocation to a family support worker
+that opens an early-help episode, a durable allocation feed, and case notes.
+Vendor behaviour from the North Somerset protocol is enforced: a step-down without
+meeting notes and plan cannot progress (NS-8).
+
+Run it: ``python -m sandboxes ehm --db ehm.sqlite3 --token T --port 8102``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
+from pydantic import Field, StringConstraints
+
+from sandboxes._common import (
+    Clock,
+    Database,
+    SandboxError,
+    StrictModel,
+    bearer_auth,
+    dump_json,
+    install_common,
+    lifespan_closing,
+    parse_prefixed_id,
+    run_forever,
+    utcnow,
+)
+
+__all__ = [
+    "LOCALITIES",
+    "AllocateIn",
+    "Allocation",
+    "AllocationFeed",
+    "AssignedTo",
+    "AwayIn",
+    "CaseNote",
+    "CaseNoteIn",
+    "Episode",
+    "EpisodeCloseIn",
+    "LocalityList",
+    "StaffDirectory",
+    "SupportLeader",
+    "TeamManager",
+    "TrayChild",
+    "TrayItem",
+    "TrayItemIn",
+    "TrayList",
+    "TrayPutResult",
+    "create_app",
+    "main",
+]
+
+logger = logging.getLogger("sandboxes.ehm")
+
+TRAY_PREFIX = "TRAY-"
+EPISODE_PREFIX = "EHM-EP-"
+NOTE_PREFIX = "NOTE-"
+
+# Seeded staff directory: obviously fictional names (never the seeds' real staff).
+# locality -> (support leader id, name, team manager id, name)
+LOCALITIES: Mapping[str, tuple[str, str, str, str]] = {
+    "North": (
+        "STAFF-SL-N1",
+        "Avery Support-North",
+        "STAFF-TM-N1",
+        "Morgan Manager-North",
+    ),
+    "East": ("STAFF-SL-E1", "Blake Support-East", "STAFF-TM-E1", "Casey Manager-East"),
+    "South": (
+        "STAFF-SL-S1",
+        "Drew Support-South",
+        "STAFF-TM-S1",
+        "Emerson Manager-South",
+    ),
+}
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+TransferId = Annotated[str, PathParam(min_length=1, max_length=200)]
+TrayStatus = Literal["in_tray", "allocated"]
+EpisodeStatus = Literal["open", "closed"]
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class SupportLeader(StrictModel):
+    id: str
+    name: str
+    away: bool
+
+
+class TeamManager(StrictModel):
+    id: str
+    name: str
+
+
+class StaffDirectory(StrictModel):
+    locality: str
+    support_leader: SupportLeader
+    team_manager: TeamManager
+
+
+class LocalityList(StrictModel):
+    localities: list[str]
+
+
+class AwayIn(StrictModel):
+    away: bool
+
+
+class TrayChild(StrictModel):
+    given_name: Text
+    family_name: Text
+    date_of_birth: date
+    lcs_id: Text
+    nhs_number: str | None = Field(default=None, pattern=r"^[0-9]{10}$")
+    locality: Text
+
+
+class AssignedTo(StrictModel):
+    id: Text
+    name: Text
+    role: Text
+
+
+class TrayItemIn(StrictModel):
+    child: TrayChild
+    assigned_to: AssignedTo
+    meeting_notes: LongText = Field(description="required: NS-8")
+    plan: LongText = Field(description="required: NS-8")
+    support_leader: Text
+    family_support_worker: Text | None = None
+    source_reference: Text
+    received_from: Text
+
+
+class TrayPutResult(StrictModel):
+    tray_item_id: str
+    transfer_id: str
+    status: TrayStatus
+    created: bool
+
+
+class TrayItem(TrayItemIn):
+    tray_item_id: str
+    transfer_id: str
+    status: TrayStatus
+    received_at: datetime
+    allocated_to: str | None = None
+    allocated_at: datetime | None = None
+    episode_id: str | None = None
+
+
+class TrayList(StrictModel):
+    items: list[TrayItem]
+
+
+class AllocateIn(StrictModel):
+    family_support_worker: Text
+
+
+class CaseNoteIn(StrictModel):
+    text: LongText
+    author: Text
+
+
+class CaseNote(StrictModel):
+    note_id: str
+    episode_id: str
+    text: str
+    author: str
+    created_at: datetime
+
+
+class Episode(StrictModel):
+    episode_id: str
+    child: TrayChild
+    status: EpisodeStatus
+    transfer_id: str
+    tray_item_id: str
+    family_support_worker: str
+    opened_at: datetime
+    closed_at: datetime | None = None
+    closed_by: str | None = None
+    closure_reason: str | None = None
+    case_notes: list[CaseNote]
+
+
+class EpisodeCloseIn(StrictModel):
+    closed_by: Text
+    reason: Text
+
+
+class Allocation(StrictModel):
+    seq: int
+    transfer_id: str
+    tray_item_id: str
+    episode_id: str
+    at: datetime
+
+
+class AllocationFeed(StrictModel):
+    allocations: list[Allocation]
+    last_seq: int = Field(
+        description="cursor to pass as ?after= next: the last seq returned, or the given after when the page is empty"
+    )
+    has_more: bool
+
+
+# ---------------------------------------------------------------------------- storage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS localities (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    support_leader_id TEXT NOT NULL,
+    support_leader_name TEXT NOT NULL,
+    away INTEGER NOT NULL DEFAULT 0,
+    team_manager_id TEXT NOT NULL,
+    team_manager_name TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tray_items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    transfer_id TEXT NOT NULL UNIQUE,
+    data TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'in_tray',
+    received_at TEXT NOT NULL,
+    allocated_to TEXT,
+    allocated_at TEXT,
+    episode_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS episodes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tray_item_id INTEGER NOT NULL REFERENCES tray_items(id),
+    transfer_id TEXT NOT NULL,
+    child TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open',
+    family_support_worker TEXT NOT NULL,
+    opened_at TEXT NOT NULL,
+    closed_at TEXT,
+    closed_by TEXT,
+    closure_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS case_notes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    episode_id INTEGER NOT NULL REFERENCES episodes(id),
+    text TEXT NOT NULL,
+    author TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS allocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    transfer_id TEXT NOT NULL,
+    tray_item_id INTEGER NOT NULL,
+    episode_id INTEGER NOT NULL,
+    at TEXT NOT NULL
+);
+"""
+
+
+def _seed(db: Database) -> None:
+    with db.transaction() as conn:
+        for name, (sl_id, sl_name, tm_id, tm_name) in LOCALITIES.items():
+            conn.execute(
+                "INSERT OR IGNORE INTO localities (name, support_leader_id,"
+                " support_leader_name, team_manager_id, team_manager_name)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (name, sl_id, sl_name, tm_id, tm_name),
+            )
+
+
+def _directory(conn: sqlite3.Connection, locality: str) -> StaffDirectory:
+    row = conn.execute("SELECT * FROM localities WHERE name = ?", (locality,)).fetchone()
+    if row is None:
+        raise SandboxError(404, "locality_not_found", locality=locality)
+    return StaffDirectory(
+        locality=row["name"],
+        support_leader=SupportLeader(
+            id=row["support_leader_id"],
+            name=row["support_leader_name"],
+            away=bool(row["away"]),
+        ),
+        team_manager=TeamManager(id=row["team_manager_id"], name=row["team_manager_name"]),
+    )
+
+
+def _tray_row(conn: sqlite3.Connection, transfer_id: str) -> sqlite3.Row:
+    row: sqlite3.Row | None = conn.execute("SELECT * FROM tray_items WHERE transfer_id = ?", (transfer_id,)).fetchone()
+    if row is None:
+        raise SandboxError(404, "tray_item_not_found", transfer_id=transfer_id)
+    return row
+
+
+def _tray_item(row: sqlite3.Row) -> TrayItem:
+    base = TrayItemIn.model_validate_json(row["data"])
+    episode = row["episode_id"]
+    return TrayItem(
+        **base.model_dump(),
+        tray_item_id=f"{TRAY_PREFIX}{row['id']}",
+        transfer_id=row["transfer_id"],
+        status=row["status"],
+        received_at=row["received_at"],
+        allocated_to=row["allocated_to"],
+        allocated_at=row["allocated_at"],
+        episode_id=None if episode is None else f"{EPISODE_PREFIX}{episode}",
+    )
+
+
+def _episode_row(conn: sqlite3.Connection, episode_id: str) -> sqlite3.Row:
+    n = parse_prefixed_id(episode_id, EPISODE_PREFIX)
+    row: sqlite3.Row | None = None
+    if n is not None:
+        row = conn.execute("SELECT * FROM episodes WHERE id = ?", (n,)).fetchone()
+    if row is None:
+        raise SandboxError(404, "episode_not_found", episode_id=episode_id)
+    return row
+
+
+def _case_note(row: sqlite3.Row) -> CaseNote:
+    return CaseNote(
+        note_id=f"{NOTE_PREFIX}{row['id']}",
+        episode_id=f"{EPISODE_PREFIX}{row['episode_id']}",
+        text=row["text"],
+        author=row["author"],
+        created_at=row["created_at"],
+    )
+
+
+def _episode(conn: sqlite3.Connection, row: sqlite3.Row) -> Episode:
+    notes = conn.execute("SELECT * FROM case_notes WHERE episode_id = ? ORDER BY id", (row["id"],)).fetchall()
+    return Episode(
+        episode_id=f"{EPISODE_PREFIX}{row['id']}",
+        child=TrayChild.model_validate_json(row["child"]),
+        status=row["status"],
+        transfer_id=row["transfer_id"],
+        tray_item_id=f"{TRAY_PREFIX}{row['tray_item_id']}",
+        family_support_worker=row["family_support_worker"],
+        opened_at=row["opened_at"],
+        closed_at=row["closed_at"],
+        closed_by=row["closed_by"],
+        closure_reason=row["closure_reason"],
+        case_notes=[_case_note(n) for n in notes],
+    )
+
+
+def _ns08_hint(request: Request, errors: Sequence[Mapping[str, Any]]) -> str | None:
+    """Tag a refused tray item whose notes or plan are missing/empty with NS-8."""
+    if request.method != "PUT" or not request.url.path.startswith("/api/stepdown-tray/"):
+        return None
+    if any(e.get("field") in {"meeting_notes", "plan"} for e in errors):
+        return "NS-8"
+    return None
+
+
+# ------------------------------------------------------------------------------- app
+
+
+def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
+    """The EHM sandbox app, storing everything in the sqlite file ``db_path``.
+
+    Localities North, East and South are seeded on first use of the file (an
+    existing file keeps its state, e.g. a Support Leader marked away). Every route
+    needs ``Authorization: Bearer <token>``.
+    """
+    db = Database(db_path, SCHEMA)
+    _seed(db)
+    app = FastAPI(
+        title="casebridge sandbox: Liquidlogic EHM",
+        version="1",
+        dependencies=[Depends(bearer_auth(token))],
+        lifespan=lifespan_closing(db),
+    )
+    app.state.db = db
+    app.state.faults = install_common(app, clock=clock, rule_hint=_ns08_hint)
+    api = APIRouter(prefix="/api")
+
+    # -- staff directory
+
+    @api.get("/localities")
+    def list_localities() -> LocalityList:
+        with db.read() as conn:
+            rows = conn.execute("SELECT name FROM localities ORDER BY name").fetchall()
+        return LocalityList(localities=[str(r["name"]) for r in rows])
+
+    @api.get("/localities/{locality}/staff")
+    def locality_staff(locality: str) -> StaffDirectory:
+        with db.read() as conn:
+            return _directory(conn, locality)
+
+    @api.put("/localities/{locality}/support-leader/away")
+    def set_support_leader_away(locality: str, body: AwayIn) -> StaffDirectory:
+        with db.transaction() as conn:
+            directory = _directory(conn, locality)
+            conn.execute(
+                "UPDATE localities SET away = ? WHERE name = ?",
+                (int(body.away), directory.locality),
+            )
+            directory = _directory(conn, locality)
+        logger.info("support leader away=%s locality=%s", body.away, directory.locality)
+        return directory
+
+    # -- step-down tray
+
+    @api.put("/stepdown-tray/{transfer_id}", status_code=201)
+    def put_tray_item(transfer_id: TransferId, body: TrayItemIn, response: Response) -> TrayPutResult:
+        with db.transaction() as conn:
+            row = conn.execute("SELECT * FROM tray_items WHERE transfer_id = ?", (transfer_id,)).fetchone()
+            created = row is None
+            if created:
+                conn.execute(
+                    "INSERT INTO tray_items (transfer_id, data, received_at) VALUES (?, ?, ?)",
+                    (transfer_id, dump_json(body), clock().isoformat()),
+                )
+                row = _tray_row(conn, transfer_id)
+        if not created:
+            response.status_code = 200
+        result = TrayPutResult(
+            tray_item_id=f"{TRAY_PREFIX}{row['id']}",
+            transfer_id=transfer_id,
+            status=row["status"],
+            created=created,
+        )
+        logger.info(
+            "tray item %s tray_item_id=%s",
+            "created" if created else "already present",
+            result.tray_item_id,
+        )
+        return result
+
+    @api.get("/stepdown-tray")
+    def list_tray(status: TrayStatus | None = None) -> TrayList:
+        with db.read() as conn:
+            if status is None:
+                rows = conn.execute("SELECT * FROM tray_items ORDER BY id").fetchall()
+            else:
+                rows = conn.execute("SELECT * FROM tray_items WHERE status = ? ORDER BY id", (status,)).fetchall()
+        return TrayList(items=[_tray_item(r) for r in rows])
+
+    @api.get("/stepdown-tray/{transfer_id}")
+    def get_tray_item(transfer_id: TransferId) -> TrayItem:
+        with db.read() as conn:
+            return _tray_item(_tray_row(conn, transfer_id))
+
+    @api.post("/stepdown-tray/{transfer_id}/allocate")
+    def allocate(transfer_id: TransferId, body: AllocateIn) -> TrayItem:
+        now = clock()
+        with db.transaction() as conn:
+            row = _tray_row(conn, transfer_id)
+            if row["status"] == "allocated":
+                if row["allocated_to"] == body.family_support_worker:
+                    return _tray_item(row)
+                raise SandboxError(
+                    409,
+                    "already_allocated",
+                    transfer_id=transfer_id,
+                    episode_id=f"{EPISODE_PREFIX}{row['episode_id']}",
+                )
+            item = TrayItemIn.model_validate_json(row["data"])
+            cur = conn.execute(
+                "INSERT INTO episodes (tray_item_id, transfer_id, child,"
+                " family_support_worker, opened_at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    row["id"],
+                    transfer_id,
+                    dump_json(item.child),
+                    body.family_support_worker,
+                    now.isoformat(),
+                ),
+            )
+            episode_pk = int(cur.lastrowid or 0)
+            conn.execute(
+                "UPDATE tray_items SET status = 'allocated', allocated_to = ?,"
+                " allocated_at = ?, episode_id = ? WHERE id = ?",
+                (body.family_support_worker, now.isoformat(), episode_pk, row["id"]),
+            )
+            conn.execute(
+                "INSERT INTO allocations (transfer_id, tray_item_id, episode_id, at) VALUES (?, ?, ?, ?)",
+                (transfer_id, row["id"], episode_pk, now.isoformat()),
+            )
+            row = _tray_row(conn, transfer_id)
+        logger.info(
+            "tray item allocated tray_item_id=%s%s episode_id=%s%s",
+            TRAY_PREFIX,
+            row["id"],
+            EPISODE_PREFIX,
+            episode_pk,
+        )
+        return _tray_item(row)
+
+    @api.get("/allocations")
+    def allocations(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> AllocationFeed:
+        with db.read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM allocations WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit + 1),
+            ).fetchall()
+        page = [
+            Allocation(
+                seq=r["seq"],
+                transfer_id=r["transfer_id"],
+                tray_item_id=f"{TRAY_PREFIX}{r['tray_item_id']}",
+                episode_id=f"{EPISODE_PREFIX}{r['episode_id']}",
+                at=r["at"],
+            )
+            for r in rows[:limit]
+        ]
+        return AllocationFeed(
+            allocations=page,
+            last_seq=page[-1].seq if page else after,
+            has_more=len(rows) > limit,
+        )
+
+    # -- episodes
+
+    @api.get("/episodes/{episode_id}")
+    def get_episode(episode_id: str) -> Episode:
+        with db.read() as conn:
+            return _episode(conn, _episode_row(conn, episode_id))
+
+    @api.post("/episodes/{episode_id}/case-notes", status_code=201)
+    def add_case_note(episode_id: str, body: CaseNoteIn) -> CaseNote:
+        with db.transaction() as conn:
+            episode = _episode_row(conn, episode_id)
+            if episode["status"] == "closed":
+                raise SandboxError(409, "episode_closed", episode_id=episode_id)
+            cur = conn.execute(
+                "INSERT INTO case_notes (episode_id, text, author, created_at) VALUES (?, ?, ?, ?)",
+                (episode["id"], body.text, body.author, clock().isoformat()),
+            )
+            note = conn.execute("SELECT * FROM case_notes WHERE id = ?", (cur.lastrowid,)).fetchone()
+        logger.info("case note added episode_id=%s", episode_id)
+        return _case_note(note)
+
+    @api.post("/episodes/{episode_id}/close")
+    def close_episode(episode_id: str, body: EpisodeCloseIn) -> Episode:
+        with db.transaction() as conn:
+            row = _episode_row(conn, episode_id)
+            if row["status"] == "closed":
+                raise SandboxError(409, "episode_already_closed", episode_id=episode_id)
+            conn.execute(
+                "UPDATE episodes SET status = 'closed', closed_at = ?, closed_by = ?, closure_reason = ? WHERE id = ?",
+                (clock().isoformat(), body.closed_by, body.reason, row["id"]),
+            )
+            episode = _episode(conn, _episode_row(conn, episode_id))
+        logger.info("episode closed episode_id=%s", episode_id)
+        return episode
+
+    app.include_router(api)
+    return app
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m sandboxes ehm --db FILE [--token T] [--host H] [--port P]``."""
+    parser = argparse.ArgumentParser(prog="python -m sandboxes ehm", description=__doc__)
+    parser.add_argument("--db", type=Path, required=True, help="sqlite file")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("EHM_SANDBOX_TOKEN"),
+        help="bearer token (default: $EHM_SANDBOX_TOKEN)",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8102)
+    args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("a token is needed: --token or $EHM_SANDBOX_TOKEN")
+    logging.basicConfig(level=logging.INFO)
+    run_forever(create_app(args.db, args.token), args.host, args.port)

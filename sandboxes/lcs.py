@@ -1,0 +1,525 @@
+"""Sandbox Liquidlogic LCS (children's social care), as a real HTTP service.
+
+Children's records, closure/reopening, step-down transfer requests and a durable,
+ordered change feed a connector can resume from a cursor. Vendor behaviour from
+the North Somerset protocol is enforced: a closed record cannot be stepped down
+(NS-7).
+
+Run it: ``python -m sandboxes lcs --db lcs.sqlite3 --token T --port 8101``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sqlite3
+from collections.abc import Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Literal, get_args
+
+from fastapi import APIRouter, Depends, FastAPI, Query
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator
+
+from sandboxes._common import (
+    Clock,
+    Database,
+    SandboxError,
+    StrictModel,
+    bearer_auth,
+    dump_json,
+    install_common,
+    lifespan_closing,
+    parse_prefixed_id,
+    run_forever,
+    utcnow,
+)
+
+__all__ = [
+    "CHANGE_KINDS",
+    "Change",
+    "ChangeFeed",
+    "Child",
+    "ChildIn",
+    "CloseIn",
+    "CompleteIn",
+    "Consent",
+    "ConsentExemption",
+    "ManagementDecision",
+    "ReopenIn",
+    "StepdownCancelIn",
+    "StepdownIn",
+    "StepdownList",
+    "StepdownRequest",
+    "create_app",
+    "main",
+]
+
+logger = logging.getLogger("sandboxes.lcs")
+
+CHILD_PREFIX = "LCS-"
+REQUEST_PREFIX = "SDR-"
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+Gender = Literal["female", "male", "other", "unknown"]
+RecordState = Literal["open", "closed"]
+TargetLevel = Literal["early_help", "intensive_early_help", "universal"]
+StepdownStatus = Literal["pending", "completed", "cancelled"]
+ChangeKind = Literal[
+    "child_created",
+    "record_closed",
+    "record_reopened",
+    "stepdown_requested",
+    "stepdown_completed",
+    "stepdown_cancelled",
+]
+CHANGE_KINDS: tuple[str, ...] = get_args(ChangeKind)
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class ChildIn(StrictModel):
+    given_name: Text
+    family_name: Text
+    date_of_birth: date
+    gender: Gender
+    nhs_number: str | None = Field(default=None, pattern=r"^[0-9]{10}$")
+    upn: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]{13}$")
+    locality: Text
+    disabled: bool = False
+    direct_payment: bool = False
+    postcode: Annotated[str, StringConstraints(min_length=1, max_length=10)] | None = None
+
+
+class Child(ChildIn):
+    id: str
+    record_state: RecordState
+    closure_reason: str | None = None
+    closed_at: datetime | None = None
+    closed_by: str | None = None
+    closure_transfer_id: str | None = None
+    created_at: datetime
+
+
+class CloseIn(StrictModel):
+    reason: Text
+    closed_by: Text
+    transfer_id: Text | None = None
+
+
+class ReopenIn(StrictModel):
+    reopened_by: Text
+
+
+class Consent(StrictModel):
+    given_by: Text
+    given_on: date
+    scope: list[Text]
+
+
+class ConsentExemption(StrictModel):
+    reason: LongText
+    decided_by: Text
+    decided_by_role: Text
+    decided_on: date
+
+
+class ManagementDecision(StrictModel):
+    decided_by: Text
+    role: Text
+    forum: Text | None = None
+    rationale: LongText
+    decided_on: date
+
+
+class StepdownIn(StrictModel):
+    meeting_notes: LongText | None = None
+    plan: LongText | None = None
+    support_leader: Text | None = None
+    family_support_worker: Text | None = None
+    target_level: TargetLevel
+    family_hub_universal: bool = False
+    consent: Consent | None = None
+    consent_exemption: ConsentExemption | None = None
+    management_decision: ManagementDecision | None = None
+    requested_by: Text
+
+    @field_validator("family_hub_universal")
+    @classmethod
+    def _family_hub_is_universal(cls, value: bool, info: ValidationInfo) -> bool:
+        level = info.data.get("target_level")
+        if value and level is not None and level != "universal":
+            raise ValueError("family_hub_universal applies only to target_level 'universal' (NS-14)")
+        return value
+
+
+class StepdownRequest(StepdownIn):
+    request_id: str
+    child_id: str
+    status: StepdownStatus
+    created_at: datetime
+    transfer_id: str | None = None
+    ehm_reference: str | None = None
+    completed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
+    cancel_reason: str | None = None
+
+
+class StepdownList(StrictModel):
+    requests: list[StepdownRequest]
+
+
+class CompleteIn(StrictModel):
+    transfer_id: Text
+    ehm_reference: Text
+
+
+class StepdownCancelIn(StrictModel):
+    cancelled_by: Text
+    reason: Text
+
+
+class Change(StrictModel):
+    seq: int
+    kind: ChangeKind
+    child_id: str
+    request_id: str | None
+    at: datetime
+
+
+class ChangeFeed(StrictModel):
+    changes: list[Change]
+    last_seq: int = Field(
+        description="cursor to pass as ?after= next: the last seq returned, or the given after when the page is empty"
+    )
+    has_more: bool
+
+
+# ---------------------------------------------------------------------------- storage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS children (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    data TEXT NOT NULL,
+    record_state TEXT NOT NULL DEFAULT 'open',
+    closure_reason TEXT,
+    closed_at TEXT,
+    closed_by TEXT,
+    closure_transfer_id TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stepdown_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    child_id INTEGER NOT NULL REFERENCES children(id),
+    data TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    created_at TEXT NOT NULL,
+    transfer_id TEXT,
+    ehm_reference TEXT,
+    completed_at TEXT,
+    cancelled_at TEXT,
+    cancelled_by TEXT,
+    cancel_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS stepdown_requests_child ON stepdown_requests(child_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    child_id INTEGER NOT NULL,
+    request_id INTEGER,
+    at TEXT NOT NULL
+);
+"""
+
+
+def _child_from_row(row: sqlite3.Row) -> Child:
+    base = ChildIn.model_validate_json(row["data"])
+    return Child(
+        **base.model_dump(),
+        id=f"{CHILD_PREFIX}{row['id']}",
+        record_state=row["record_state"],
+        closure_reason=row["closure_reason"],
+        closed_at=row["closed_at"],
+        closed_by=row["closed_by"],
+        closure_transfer_id=row["closure_transfer_id"],
+        created_at=row["created_at"],
+    )
+
+
+def _request_from_row(row: sqlite3.Row) -> StepdownRequest:
+    base = StepdownIn.model_validate_json(row["data"])
+    return StepdownRequest(
+        **base.model_dump(),
+        request_id=f"{REQUEST_PREFIX}{row['id']}",
+        child_id=f"{CHILD_PREFIX}{row['child_id']}",
+        status=row["status"],
+        created_at=row["created_at"],
+        transfer_id=row["transfer_id"],
+        ehm_reference=row["ehm_reference"],
+        completed_at=row["completed_at"],
+        cancelled_at=row["cancelled_at"],
+        cancelled_by=row["cancelled_by"],
+        cancel_reason=row["cancel_reason"],
+    )
+
+
+def _child_row(conn: sqlite3.Connection, child_id: str) -> sqlite3.Row:
+    n = parse_prefixed_id(child_id, CHILD_PREFIX)
+    row: sqlite3.Row | None = None
+    if n is not None:
+        row = conn.execute("SELECT * FROM children WHERE id = ?", (n,)).fetchone()
+    if row is None:
+        raise SandboxError(404, "child_not_found", child_id=child_id)
+    return row
+
+
+def _request_row(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row:
+    n = parse_prefixed_id(request_id, REQUEST_PREFIX)
+    row: sqlite3.Row | None = None
+    if n is not None:
+        row = conn.execute("SELECT * FROM stepdown_requests WHERE id = ?", (n,)).fetchone()
+    if row is None:
+        raise SandboxError(404, "stepdown_request_not_found", request_id=request_id)
+    return row
+
+
+def _record_change(
+    conn: sqlite3.Connection,
+    kind: ChangeKind,
+    child_pk: int,
+    request_pk: int | None,
+    at: datetime,
+) -> None:
+    conn.execute(
+        "INSERT INTO changes (kind, child_id, request_id, at) VALUES (?, ?, ?, ?)",
+        (kind, child_pk, request_pk, at.isoformat()),
+    )
+
+
+# ------------------------------------------------------------------------------- app
+
+
+def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
+    """The LCS sandbox app, storing everything in the sqlite file ``db_path``.
+
+    Every route (``/api/...`` and ``/_sandbox/faults``) needs
+    ``Authorization: Bearer <token>``. ``clock`` stamps records (tests may fix it).
+    """
+    db = Database(db_path, SCHEMA)
+    app = FastAPI(
+        title="casebridge sandbox: Liquidlogic LCS",
+        version="1",
+        dependencies=[Depends(bearer_auth(token))],
+        lifespan=lifespan_closing(db),
+    )
+    app.state.db = db
+    app.state.faults = install_common(app, clock=clock)
+    api = APIRouter(prefix="/api")
+
+    @api.post("/children", status_code=201)
+    def create_child(body: ChildIn) -> Child:
+        now = clock()
+        with db.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO children (data, created_at) VALUES (?, ?)",
+                (dump_json(body), now.isoformat()),
+            )
+            pk = int(cur.lastrowid or 0)
+            _record_change(conn, "child_created", pk, None, now)
+            row = conn.execute("SELECT * FROM children WHERE id = ?", (pk,)).fetchone()
+        logger.info("child created id=%s%s", CHILD_PREFIX, pk)
+        return _child_from_row(row)
+
+    @api.get("/children/{child_id}")
+    def get_child(child_id: str) -> Child:
+        with db.read() as conn:
+            return _child_from_row(_child_row(conn, child_id))
+
+    @api.post("/children/{child_id}/close")
+    def close_child(child_id: str, body: CloseIn) -> Child:
+        now = clock()
+        with db.transaction() as conn:
+            row = _child_row(conn, child_id)
+            if row["record_state"] == "closed":
+                raise SandboxError(409, "record_already_closed", child_id=child_id)
+            conn.execute(
+                "UPDATE children SET record_state = 'closed', closure_reason = ?,"
+                " closed_at = ?, closed_by = ?, closure_transfer_id = ? WHERE id = ?",
+                (
+                    body.reason,
+                    now.isoformat(),
+                    body.closed_by,
+                    body.transfer_id,
+                    row["id"],
+                ),
+            )
+            _record_change(conn, "record_closed", row["id"], None, now)
+            row = _child_row(conn, child_id)
+        logger.info("record closed id=%s", child_id)
+        return _child_from_row(row)
+
+    @api.post("/children/{child_id}/reopen")
+    def reopen_child(child_id: str, body: ReopenIn) -> Child:
+        now = clock()
+        with db.transaction() as conn:
+            row = _child_row(conn, child_id)
+            if row["record_state"] == "open":
+                raise SandboxError(409, "record_already_open", child_id=child_id)
+            conn.execute(
+                "UPDATE children SET record_state = 'open', closure_reason = NULL,"
+                " closed_at = NULL, closed_by = NULL, closure_transfer_id = NULL"
+                " WHERE id = ?",
+                (row["id"],),
+            )
+            _record_change(conn, "record_reopened", row["id"], None, now)
+            row = _child_row(conn, child_id)
+        logger.info("record reopened id=%s", child_id)
+        return _child_from_row(row)
+
+    @api.post("/children/{child_id}/stepdown-requests", status_code=201)
+    def request_stepdown(child_id: str, body: StepdownIn) -> StepdownRequest:
+        now = clock()
+        with db.transaction() as conn:
+            child = _child_row(conn, child_id)
+            if child["record_state"] == "closed":
+                # NS-7: a closed LCS record can no longer be stepped down to EHM.
+                raise SandboxError(409, "record_closed", rule="NS-7", child_id=child_id)
+            cur = conn.execute(
+                "INSERT INTO stepdown_requests (child_id, data, created_at) VALUES (?, ?, ?)",
+                (child["id"], dump_json(body), now.isoformat()),
+            )
+            pk = int(cur.lastrowid or 0)
+            _record_change(conn, "stepdown_requested", child["id"], pk, now)
+            row = conn.execute("SELECT * FROM stepdown_requests WHERE id = ?", (pk,)).fetchone()
+        logger.info(
+            "stepdown requested request_id=%s%s child_id=%s",
+            REQUEST_PREFIX,
+            pk,
+            child_id,
+        )
+        return _request_from_row(row)
+
+    @api.get("/children/{child_id}/stepdown-requests")
+    def list_child_stepdowns(child_id: str) -> StepdownList:
+        with db.read() as conn:
+            child = _child_row(conn, child_id)
+            rows = conn.execute(
+                "SELECT * FROM stepdown_requests WHERE child_id = ? ORDER BY id",
+                (child["id"],),
+            ).fetchall()
+        return StepdownList(requests=[_request_from_row(r) for r in rows])
+
+    @api.get("/stepdown-requests/{request_id}")
+    def get_stepdown(request_id: str) -> StepdownRequest:
+        with db.read() as conn:
+            return _request_from_row(_request_row(conn, request_id))
+
+    @api.post("/stepdown-requests/{request_id}/complete")
+    def complete_stepdown(request_id: str, body: CompleteIn) -> StepdownRequest:
+        now = clock()
+        with db.transaction() as conn:
+            row = _request_row(conn, request_id)
+            if row["status"] == "completed":
+                if row["transfer_id"] == body.transfer_id:
+                    return _request_from_row(row)
+                raise SandboxError(
+                    409,
+                    "stepdown_already_completed",
+                    request_id=request_id,
+                    transfer_id=row["transfer_id"],
+                )
+            if row["status"] == "cancelled":
+                raise SandboxError(409, "stepdown_cancelled", request_id=request_id)
+            child = conn.execute("SELECT * FROM children WHERE id = ?", (row["child_id"],)).fetchone()
+            closed_by_other = child["record_state"] == "closed" and child["closure_transfer_id"] != body.transfer_id
+            if closed_by_other:
+                # NS-7: closed out of band before the step-down completed.
+                raise SandboxError(
+                    409,
+                    "record_closed",
+                    rule="NS-7",
+                    child_id=f"{CHILD_PREFIX}{child['id']}",
+                )
+            conn.execute(
+                "UPDATE stepdown_requests SET status = 'completed', transfer_id = ?,"
+                " ehm_reference = ?, completed_at = ? WHERE id = ?",
+                (body.transfer_id, body.ehm_reference, now.isoformat(), row["id"]),
+            )
+            _record_change(conn, "stepdown_completed", row["child_id"], row["id"], now)
+            row = _request_row(conn, request_id)
+        logger.info("stepdown completed request_id=%s", request_id)
+        return _request_from_row(row)
+
+    @api.post("/stepdown-requests/{request_id}/cancel")
+    def cancel_stepdown(request_id: str, body: StepdownCancelIn) -> StepdownRequest:
+        now = clock()
+        with db.transaction() as conn:
+            row = _request_row(conn, request_id)
+            if row["status"] == "cancelled":
+                return _request_from_row(row)
+            if row["status"] == "completed":
+                raise SandboxError(409, "stepdown_already_completed", request_id=request_id)
+            conn.execute(
+                "UPDATE stepdown_requests SET status = 'cancelled', cancelled_at = ?,"
+                " cancelled_by = ?, cancel_reason = ? WHERE id = ?",
+                (now.isoformat(), body.cancelled_by, body.reason, row["id"]),
+            )
+            _record_change(conn, "stepdown_cancelled", row["child_id"], row["id"], now)
+            row = _request_row(conn, request_id)
+        logger.info("stepdown cancelled request_id=%s", request_id)
+        return _request_from_row(row)
+
+    @api.get("/changes")
+    def changes(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> ChangeFeed:
+        with db.read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit + 1),
+            ).fetchall()
+        page = rows[:limit]
+        feed = [
+            Change(
+                seq=r["seq"],
+                kind=r["kind"],
+                child_id=f"{CHILD_PREFIX}{r['child_id']}",
+                request_id=(None if r["request_id"] is None else f"{REQUEST_PREFIX}{r['request_id']}"),
+                at=r["at"],
+            )
+            for r in page
+        ]
+        return ChangeFeed(
+            changes=feed,
+            last_seq=feed[-1].seq if feed else after,
+            has_more=len(rows) > limit,
+        )
+
+    app.include_router(api)
+    return app
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m sandboxes lcs --db FILE [--token T] [--host H] [--port P]``."""
+    parser = argparse.ArgumentParser(prog="python -m sandboxes lcs", description=__doc__)
+    parser.add_argument("--db", type=Path, required=True, help="sqlite file")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("LCS_SANDBOX_TOKEN"),
+        help="bearer token (default: $LCS_SANDBOX_TOKEN)",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8101)
+    args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("a token is needed: --token or $LCS_SANDBOX_TOKEN")
+    logging.basicConfig(level=logging.INFO)
+    run_forever(create_app(args.db, args.token), args.host, args.port)
