@@ -1,0 +1,154 @@
+"""The ``casebridge`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import SecretStr
+
+from .localkafka import KafkaError, LocalKafka, default_home
+from .logs import configure_logging
+
+app = typer.Typer(help="casebridge: step-up / step-down handovers between children's case systems, over Kafka.",
+                  no_args_is_help=True, add_completion=False)
+kafka_app = typer.Typer(help="A local single-node Apache Kafka (KRaft) that needs no Docker.", no_args_is_help=True)
+sandbox_app = typer.Typer(help="Sandbox case systems (real HTTP services with their own storage).", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(sandbox_app, name="sandbox")
+
+HomeOpt = Annotated[Path | None, typer.Option(help="broker home (data, logs); default $CASEBRIDGE_HOME/kafka or ~/.casebridge/kafka")]
+PortOpt = Annotated[int, typer.Option(help="client port; the controller listens on port+1")]
+
+
+def _broker(home: Path | None, port: int) -> LocalKafka:
+    return LocalKafka(home or default_home(), port=port)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code=2)
+
+
+@kafka_app.command("start")
+def kafka_start(home: HomeOpt = None, port: PortOpt = 9092, timeout: float = 120.0) -> None:
+    """Start the broker (fetching Kafka's jars with Maven the first time) and print its bootstrap address."""
+    try:
+        typer.echo(_broker(home, port).start(timeout=timeout))
+    except KafkaError as exc:
+        raise _fail(exc) from exc
+
+
+@kafka_app.command("stop")
+def kafka_stop(home: HomeOpt = None, port: PortOpt = 9092) -> None:
+    """Stop the broker; its data stays for the next start."""
+    _broker(home, port).stop()
+    typer.echo("stopped")
+
+
+@kafka_app.command("status")
+def kafka_status(home: HomeOpt = None, port: PortOpt = 9092) -> None:
+    """Say whether the broker runs, and where."""
+    s = _broker(home, port).status()
+    typer.echo(f"running at {s.bootstrap} (pid {s.pid})" if s.running else f"not running (home {s.home})")
+    if not s.running:
+        raise typer.Exit(code=1)
+
+
+def _serve_sandbox(kind: str, db: Path, host: str, port: int, token: str | None) -> None:
+    from sandboxes import create_ehm_app, create_lcs_app, run_forever
+
+    token = token or os.environ.get(f"{kind.upper()}_SANDBOX_TOKEN")
+    if not token:
+        raise _fail(ValueError(f"a token is required: --token or ${kind.upper()}_SANDBOX_TOKEN"))
+    factory = create_lcs_app if kind == "lcs" else create_ehm_app
+    run_forever(factory(db, token), host, port)
+
+
+@sandbox_app.command("lcs")
+def sandbox_lcs(db: Path = Path("lcs.db"), host: str = "127.0.0.1", port: int = 8101, token: str | None = None) -> None:
+    """Serve the sandbox Liquidlogic LCS (social care)."""
+    _serve_sandbox("lcs", db, host, port, token)
+
+
+@sandbox_app.command("ehm")
+def sandbox_ehm(db: Path = Path("ehm.db"), host: str = "127.0.0.1", port: int = 8102, token: str | None = None) -> None:
+    """Serve the sandbox Liquidlogic EHM (early help)."""
+    _serve_sandbox("ehm", db, host, port, token)
+
+
+@app.command("run")
+def run(state_dir: Annotated[Path, typer.Option(help="where connector cursors are kept")] = Path(".casebridge/state")) -> None:
+    """Run the router with the LCS publisher and EHM reporter, configured by CASEBRIDGE_* variables.
+
+    Needs CASEBRIDGE_BOOTSTRAP_SERVERS, CASEBRIDGE_LCS__URL, CASEBRIDGE_LCS__TOKEN,
+    CASEBRIDGE_EHM__URL and CASEBRIDGE_EHM__TOKEN.
+    """
+    from router import Settings
+
+    from .stack import Stack
+
+    configure_logging()
+    settings = Settings()
+    if settings.lcs is None or settings.ehm is None:
+        raise _fail(ValueError("CASEBRIDGE_LCS__URL/__TOKEN and CASEBRIDGE_EHM__URL/__TOKEN are required"))
+
+    async def main() -> None:
+        assert settings.lcs is not None and settings.ehm is not None
+        stack = Stack(settings, settings.lcs.url, settings.lcs.token, settings.ehm.url, settings.ehm.token, state_dir)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stack.router.stopped.set)
+        async with stack:
+            await stack.router.stopped.wait()
+        if stack.router.halted:
+            sys.exit(3)
+
+    asyncio.run(main())
+
+
+@app.command("demo")
+def demo(
+    home: HomeOpt = None,
+    port: PortOpt = 9092,
+    bootstrap: Annotated[str | None, typer.Option(help="use this broker instead of starting the local one")] = None,
+    keep_kafka: Annotated[bool, typer.Option(help="leave the local broker running afterwards")] = False,
+) -> None:
+    """A real end-to-end step-down: local Kafka, sandbox LCS and EHM, router; prints each case's outcome."""
+    from .demo import run_demo
+
+    configure_logging(level=os.environ.get("CASEBRIDGE_LOG_LEVEL", "WARNING"), json=False)
+    broker = None
+    if bootstrap is None:
+        broker = _broker(home, port)
+        was_running = broker.status().running
+        typer.echo("starting the local Kafka broker (the first start fetches Kafka's jars from Maven Central) ...")
+        try:
+            bootstrap = broker.start(timeout=180)
+        except KafkaError as exc:
+            raise _fail(exc) from exc
+        if was_running:
+            broker = None  # not ours to stop
+    try:
+        ok = asyncio.run(run_demo(bootstrap, out=typer.echo))
+    finally:
+        if broker is not None and not keep_kafka:
+            broker.stop()
+    raise typer.Exit(code=0 if ok else 1)
+
+
+@app.command("schema")
+def schema() -> None:
+    """Write the contracts' JSON Schema files (contracts/schemas)."""
+    from contracts.schema import main as export
+
+    export()
+
+
+def main() -> None:
+    app()
