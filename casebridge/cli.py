@@ -10,19 +10,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import SecretStr
 
 from .localkafka import KafkaError, LocalKafka, default_home
 from .logs import configure_logging
 
-app = typer.Typer(help="casebridge: step-up / step-down handovers between children's case systems, over Kafka.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="casebridge: step-up / step-down handovers between children's case systems, over Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 kafka_app = typer.Typer(help="A local single-node Apache Kafka (KRaft) that needs no Docker.", no_args_is_help=True)
-sandbox_app = typer.Typer(help="Sandbox case systems (real HTTP services with their own storage).", no_args_is_help=True)
+sandbox_app = typer.Typer(
+    help="Sandbox case systems (real HTTP services with their own storage).", no_args_is_help=True
+)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(sandbox_app, name="sandbox")
 
-HomeOpt = Annotated[Path | None, typer.Option(help="broker home (data, logs); default $CASEBRIDGE_HOME/kafka or ~/.casebridge/kafka")]
+HomeOpt = Annotated[
+    Path | None, typer.Option(help="broker home (data, logs); default $CASEBRIDGE_HOME/kafka or ~/.casebridge/kafka")
+]
 PortOpt = Annotated[int, typer.Option(help="client port; the controller listens on port+1")]
 
 
@@ -83,7 +89,9 @@ def sandbox_ehm(db: Path = Path("ehm.db"), host: str = "127.0.0.1", port: int = 
 
 
 @app.command("run")
-def run(state_dir: Annotated[Path, typer.Option(help="where connector cursors are kept")] = Path(".casebridge/state")) -> None:
+def run(
+    state_dir: Annotated[Path, typer.Option(help="where connector cursors are kept")] = Path(".casebridge/state"),
+) -> None:
     """Run the router with the LCS publisher and EHM reporter, configured by CASEBRIDGE_* variables.
 
     Needs CASEBRIDGE_BOOTSTRAP_SERVERS, CASEBRIDGE_LCS__URL, CASEBRIDGE_LCS__TOKEN,

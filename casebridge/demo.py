@@ -47,7 +47,9 @@ class EventWatch:
     """Reads the events topic into per-transfer timelines."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+        self.consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        )
         self.by_transfer: dict[str, list[TransferEvent]] = {}
 
     async def start(self) -> None:
@@ -80,10 +82,12 @@ def _describe(case: Case, lcs: LcsSandboxClient, tray: dict[str, dict[str, Any]]
     lines.append(f"    outcome: {'completed' if completed else 'HELD (dead letter kept for replay)'}")
     if held:
         verb = "was held" if completed else "held"
-        for v in held[-1].violations:  # type: ignore[union-attr]
+        for v in held[-1].violations:
             lines.append(f"    {verb} by {v.rule_id}: {v.message}\n      fix: {v.fix}")
     if item:
-        lines.append(f"    EHM tray: {item['tray_item_id']} ({item['status']}), assigned to {item['assigned_to']['role']}")
+        lines.append(
+            f"    EHM tray: {item['tray_item_id']} ({item['status']}), assigned to {item['assigned_to']['role']}"
+        )
     else:
         lines.append("    EHM tray: nothing")
     lines.append(f"    LCS record: {lcs.child(case.child_id)['record_state']}")
@@ -94,13 +98,19 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
     """Run the demo against the broker at ``bootstrap``; returns whether every case ended as expected."""
     token = secrets.token_urlsafe(16)
     prefix = f"demo-{int(time.time())}"
-    with tempfile.TemporaryDirectory(prefix="casebridge-demo-") as work, serve(
-        create_lcs_app(Path(work) / "lcs.db", token), "127.0.0.1", 0
-    ) as lcs_server, serve(create_ehm_app(Path(work) / "ehm.db", token), "127.0.0.1", 0) as ehm_server:
-        out(f"sandbox LCS at {lcs_server.url}, sandbox EHM at {ehm_server.url}, Kafka at {bootstrap}, topics {prefix}.*")
+    with (
+        tempfile.TemporaryDirectory(prefix="casebridge-demo-") as work,
+        serve(create_lcs_app(Path(work) / "lcs.db", token), "127.0.0.1", 0) as lcs_server,
+        serve(create_ehm_app(Path(work) / "ehm.db", token), "127.0.0.1", 0) as ehm_server,
+    ):
+        out(
+            f"sandbox LCS at {lcs_server.url}, sandbox EHM at {ehm_server.url}, Kafka at {bootstrap}, topics {prefix}.*"
+        )
         lcs, ehm = LcsSandboxClient(lcs_server.url, token), EhmSandboxClient(ehm_server.url, token)
         settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, group_id=f"{prefix}-router")
-        stack = Stack(settings, lcs_server.url, SecretStr(token), ehm_server.url, SecretStr(token), Path(work) / "state")
+        stack = Stack(
+            settings, lcs_server.url, SecretStr(token), ehm_server.url, SecretStr(token), Path(work) / "state"
+        )
         watch = EventWatch(bootstrap, settings.topics.events)
         async with stack:
             await watch.start()
@@ -135,18 +145,33 @@ def _scenarios(lcs: LcsSandboxClient, ehm: EhmSandboxClient) -> list[Case]:
     cases.append(Case("good step-down, North", child, tid(lcs.request_stepdown(child)), "source-closed"))
     ehm.set_away("East", True)
     child = lcs.create_child(locality="East")
-    cases.append(Case("good step-down, East, Support Leader away (NS-2)", child, tid(lcs.request_stepdown(child)), "source-closed"))
+    cases.append(
+        Case(
+            "good step-down, East, Support Leader away (NS-2)", child, tid(lcs.request_stepdown(child)), "source-closed"
+        )
+    )
     child = lcs.create_child(locality="South")
     cases.append(Case("missing plan (NS-6, NS-8)", child, tid(lcs.request_stepdown(child, plan=None)), "dead-lettered"))
     child = lcs.create_child(locality="North")
-    cases.append(Case("no consent recorded (G1)", child, tid(lcs.request_stepdown(child, consent=None)), "dead-lettered"))
+    cases.append(
+        Case("no consent recorded (G1)", child, tid(lcs.request_stepdown(child, consent=None)), "dead-lettered")
+    )
     child = lcs.create_child(locality="South")
-    cases.append(Case("no management decision (NS-1)", child, tid(lcs.request_stepdown(child, management_decision=None)), "dead-lettered"))
+    cases.append(
+        Case(
+            "no management decision (NS-1)",
+            child,
+            tid(lcs.request_stepdown(child, management_decision=None)),
+            "dead-lettered",
+        )
+    )
     child = lcs.create_child(locality="East")
     request = lcs.request_stepdown(child)
     lcs.close_record(child)
     cases.append(Case("LCS record closed out of band before the transfer (NS-7)", child, tid(request), "source-closed"))
     child = lcs.create_child(locality="North")
-    req = lcs.request_stepdown(child, target_level="universal", family_hub_universal=True, meeting_notes=None, plan=None)
+    req = lcs.request_stepdown(
+        child, target_level="universal", family_hub_universal=True, meeting_notes=None, plan=None
+    )
     cases.append(Case("supported step-down to universal in a Family Hub (NS-14)", child, tid(req), "source-closed"))
     return cases

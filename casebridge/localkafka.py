@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -35,8 +36,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError as AIOKafkaError  # type: ignore[import-untyped]
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError as AIOKafkaError
 
 __all__ = [
     "BrokerStartTimeout",
@@ -266,14 +267,9 @@ class LocalKafka:
                 "-DincludeScope=runtime",
             ]  # fmt: skip
             result = _run(command, timeout=_MVN_TIMEOUT, what="Maven")
-            fetched = sorted(
-                Path(tmp).glob("*.jar"), key=lambda p: p.match(_MARKER_JAR_GLOB)
-            )
+            fetched = sorted(Path(tmp).glob("*.jar"), key=lambda p: p.match(_MARKER_JAR_GLOB))
             if not any(p.match(_MARKER_JAR_GLOB) for p in fetched):
-                raise KafkaError(
-                    f"Maven finished but fetched no Kafka jar into {self.jars_dir}.\n"
-                    f"{_tail_text(result)}"
-                )
+                raise KafkaError(f"Maven finished but fetched no Kafka jar into {self.jars_dir}.\n{_tail_text(result)}")
             for jar in fetched:
                 os.replace(jar, self.jars_dir / jar.name)
         return self.jars_dir
@@ -391,9 +387,7 @@ class LocalKafka:
         os.replace(tmp_pid, self._pid_file)
         return process
 
-    def _wait_until_ready(
-        self, process: subprocess.Popen[bytes], timeout: float
-    ) -> None:
+    def _wait_until_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             code = process.poll()
@@ -401,15 +395,12 @@ class LocalKafka:
                 self._process = None
                 self._pid_file.unlink(missing_ok=True)
                 raise BrokerStartTimeout(
-                    f"The Kafka broker exited with code {code} during start-up.\n"
-                    f"{self._log_tail()}"
+                    f"The Kafka broker exited with code {code} during start-up.\n{self._log_tail()}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if _accepts_connections(self.port) and _broker_answers(
-                self.bootstrap, min(remaining, 5.0)
-            ):
+            if _accepts_connections(self.port) and _broker_answers(self.bootstrap, min(remaining, 5.0)):
                 return
             time.sleep(_POLL_INTERVAL)
         self.stop()
@@ -424,9 +415,7 @@ class LocalKafka:
         for path in (self._stdout_file, self.log_file):
             lines = _tail_lines(path, _LOG_TAIL_LINES)
             if lines:
-                parts.append(
-                    f"--- last lines of {path} ---\n" + "".join(lines).rstrip()
-                )
+                parts.append(f"--- last lines of {path} ---\n" + "".join(lines).rstrip())
         return "\n".join(parts) if parts else f"(no broker output in {self.home})"
 
     # ----------------------------------------------------------------- process state
@@ -458,9 +447,7 @@ class LocalKafka:
         if state in ("Z", "X"):
             return False
         # Guard against a recycled pid: the process must run this home's properties.
-        return (
-            b"kafka.Kafka" in cmdline and os.fsencode(self._properties_file) in cmdline
-        )
+        return b"kafka.Kafka" in cmdline and os.fsencode(self._properties_file) in cmdline
 
     def _wait_for_exit(self, pid: int, timeout: float) -> bool:
         if self._process is not None and self._process.pid == pid:
@@ -514,19 +501,14 @@ def _classpath(jars: Path) -> str:
     return str(jars / "*")  # expanded by the JVM itself
 
 
-def _run(
-    command: list[str], timeout: float, what: str
-) -> subprocess.CompletedProcess[str]:
+def _run(command: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
     try:
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise KafkaError(f"{what} did not finish within {timeout:g} s.") from exc
     if result.returncode != 0:
         raise KafkaError(
-            f"{what} failed (exit code {result.returncode}):\n{_tail_text(result)}\n"
-            f"Command: {' '.join(command)}"
+            f"{what} failed (exit code {result.returncode}):\n{_tail_text(result)}\nCommand: {' '.join(command)}"
         )
     return result
 
@@ -566,10 +548,8 @@ def _accepts_connections(port: int) -> bool:
 
 
 def _signal(pid: int, signum: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _broker_answers(bootstrap: str, timeout: float) -> bool:
@@ -584,9 +564,7 @@ def _broker_answers(bootstrap: str, timeout: float) -> bool:
 
 
 async def _probe_metadata(bootstrap: str, timeout: float) -> bool:
-    client = AIOKafkaClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000))
-    )
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000)))
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         return bool(client.cluster.brokers())

@@ -17,9 +17,26 @@ import structlog
 
 PERSONAL_KEYS = frozenset(
     {
-        "given_name", "family_name", "name", "full_name", "date_of_birth", "dob", "nhs_number", "upn",
-        "address", "postcode", "email", "phone", "content", "notes", "meeting_notes", "plan", "text",
-        "child", "consent", "rationale",
+        "given_name",
+        "family_name",
+        "name",
+        "full_name",
+        "date_of_birth",
+        "dob",
+        "nhs_number",
+        "upn",
+        "address",
+        "postcode",
+        "email",
+        "phone",
+        "content",
+        "notes",
+        "meeting_notes",
+        "plan",
+        "text",
+        "child",
+        "consent",
+        "rationale",
     }
 )
 REDACTED = "[redacted]"
@@ -65,8 +82,11 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
-        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -37,7 +37,11 @@ def good_request(**changes: Any) -> dict[str, Any]:
         "support_leader": "Avery Support-North",
         "family_support_worker": None,
         "target_level": "early_help",
-        "consent": {"given_by": "Parent (synthetic)", "given_on": "2026-11-01", "scope": ["referral", "information-sharing"]},
+        "consent": {
+            "given_by": "Parent (synthetic)",
+            "given_on": "2026-11-01",
+            "scope": ["referral", "information-sharing"],
+        },
         "management_decision": {
             "decided_by": "Morgan Testmanager",
             "role": "Team Manager",
@@ -69,13 +73,19 @@ class LcsSandboxClient:
         return str(self._ok(self.http.post("/api/children", json=synthetic_child(**changes)))["id"])
 
     def request_stepdown(self, child_id: str, **changes: Any) -> str:
-        return str(self._ok(self.http.post(f"/api/children/{child_id}/stepdown-requests", json=good_request(**changes)))["request_id"])
+        return str(
+            self._ok(self.http.post(f"/api/children/{child_id}/stepdown-requests", json=good_request(**changes)))[
+                "request_id"
+            ]
+        )
 
     def child(self, child_id: str) -> dict[str, Any]:
         return self._ok(self.http.get(f"/api/children/{child_id}"))
 
     def close_record(self, child_id: str, reason: str = "closed by mistake (out of band)") -> None:
-        self._ok(self.http.post(f"/api/children/{child_id}/close", json={"reason": reason, "closed_by": "a social worker"}))
+        self._ok(
+            self.http.post(f"/api/children/{child_id}/close", json={"reason": reason, "closed_by": "a social worker"})
+        )
 
     def reopen(self, child_id: str) -> None:
         self._ok(self.http.post(f"/api/children/{child_id}/reopen", json={"reopened_by": "a team manager"}))
@@ -105,4 +115,6 @@ class EhmSandboxClient:
         return body
 
     def allocate(self, transfer_id: str, worker: str = "Kit Supportworker") -> None:
-        self.http.post(f"/api/stepdown-tray/{transfer_id}/allocate", json={"family_support_worker": worker}).raise_for_status()
+        self.http.post(
+            f"/api/stepdown-tray/{transfer_id}/allocate", json={"family_support_worker": worker}
+        ).raise_for_status()

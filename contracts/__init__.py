@@ -88,4 +88,5 @@ __all__ = [
     "Urgency",
     "field_errors",
     "parse_event",
+    "utcnow",
 ]

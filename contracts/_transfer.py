@@ -67,7 +67,9 @@ class Child(Strict):
     family_name: NonEmpty
     date_of_birth: date
     gender: Gender = Gender.UNKNOWN
-    upn: str | None = Field(default=None, pattern=r"^[A-Z]\d{11}[0-9A-Z]$", description="Unique Pupil Number (13 characters)")
+    upn: str | None = Field(
+        default=None, pattern=r"^[A-Z]\d{11}[0-9A-Z]$", description="Unique Pupil Number (13 characters)"
+    )
     nhs_number: str | None = Field(default=None, pattern=r"^\d{10}$")
     locality: str | None = Field(default=None, max_length=64)
     disabled: bool = False
@@ -110,7 +112,9 @@ class ConsentExemption(Strict):
 
 class ManagementDecision(Strict):
     decided_by: Person
-    forum: str | None = Field(default=None, description="panel or meeting that ratified it, e.g. 'Transfer Meeting', 'CIN Panel'")
+    forum: str | None = Field(
+        default=None, description="panel or meeting that ratified it, e.g. 'Transfer Meeting', 'CIN Panel'"
+    )
     rationale: NonEmpty
     decided_on: date
 
@@ -196,9 +200,15 @@ class TransferMessage(Strict):
     professionals: Professionals = Field(default_factory=Professionals)
     source_record: SourceRecord
     deadlines: list[Deadline] = Field(default_factory=list)
-    assessment_outcome: str | None = Field(default=None, max_length=128, description="Care Director assessment outcome (SW22-7)")
-    purpose: str | None = Field(default=None, max_length=256, description="why the step is made; 'monitoring' is refused by BA-5")
-    family_hub_universal: bool = Field(default=False, description="NS-14: supported step-down to universal in a Family Hub")
+    assessment_outcome: str | None = Field(
+        default=None, max_length=128, description="Care Director assessment outcome (SW22-7)"
+    )
+    purpose: str | None = Field(
+        default=None, max_length=256, description="why the step is made; 'monitoring' is refused by BA-5"
+    )
+    family_hub_universal: bool = Field(
+        default=False, description="NS-14: supported step-down to universal in a Family Hub"
+    )
 
     @property
     def child_key(self) -> str:

@@ -9,8 +9,9 @@ A mapping file (TOML) is data, not code. Each ``[[field]]`` names a target path 
   replaced by the value at that path (``"$child.id"``), recursively.
 
 ``values = { vendor_code = "canonical" }`` translates the resolved value through a table
-(a value not in the table is an error naming it). ``optional = true`` skips the field when any referenced source value is missing or null
-(otherwise a missing value is an error naming the mapping, the field and the path).
+(a value not in the table is an error naming it). ``optional = true`` skips the field
+when any referenced source value is missing or null (otherwise a missing value is an
+error naming the mapping, the field and the path).
 Mappings are pure: no I/O beyond loading the file, no logging.
 """
 
@@ -142,7 +143,8 @@ def load_mapping(name_or_path: str | Path) -> FieldMapping:
         spec = MappingSpec.model_validate(raw.get("mapping", {}) | {"field": raw.get("field", [])})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False, include_input=False)
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
         )
         raise MappingError(f"{path.name}: {problems}") from exc
     return FieldMapping(spec=spec, origin=path.name)

@@ -41,7 +41,9 @@ class Failure:
     council: str | None = None
 
 
-def dead_letter_headers(record: ConsumerRecord[bytes, bytes], group_id: str, failure: Failure) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    record: ConsumerRecord[bytes, bytes], group_id: str, failure: Failure
+) -> list[tuple[str, bytes]]:
     """The original headers byte for byte, then the context (Kafka Connect ``__connect.errors.*`` facts)."""
     context = {
         "original.topic": record.topic,
@@ -109,4 +111,6 @@ class Outbox:
         results = await asyncio.gather(*pending, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
-            raise OutputFailed(f"{len(failed)} of {len(results)} writes were not acknowledged: {type(failed[0]).__name__}")
+            raise OutputFailed(
+                f"{len(failed)} of {len(results)} writes were not acknowledged: {type(failed[0]).__name__}"
+            )

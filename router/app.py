@@ -17,6 +17,7 @@ Commit scheme (what makes "nothing is lost" true):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -51,10 +52,8 @@ async def ensure_topics(bootstrap_servers: str, names: Sequence[str], partitions
         existing = set(await admin.list_topics())
         missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 
@@ -91,7 +90,7 @@ class Router:
     async def _on_batch(self, body: list[bytes], msg: KafkaMessage) -> None:
         if self.halted:
             raise RouterHalted("the router halted after an output failure; restart it")
-        records: tuple[ConsumerRecord[bytes, bytes], ...] = tuple(msg.raw_message)  # type: ignore[arg-type]
+        records: tuple[ConsumerRecord[bytes, bytes], ...] = tuple(msg.raw_message)
         by_child: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
         for record in records:
             by_child[record.key].append(record)
@@ -117,12 +116,15 @@ class Router:
         except Exception as exc:  # a bug must not lose the message: dead-letter it and go on
             log.exception("transfer_internal_error", error_class=type(exc).__name__)
             await self.outbox.dead_letter(
-                record, Failure(stage="internal", error_class=type(exc).__name__, message="internal error in the router")
+                record,
+                Failure(stage="internal", error_class=type(exc).__name__, message="internal error in the router"),
             )
             return Outcome("dead-lettered")
 
     async def start(self) -> None:
-        await ensure_topics(self.settings.bootstrap_servers, [self.topics.transfers, self.topics.events, self.topics.dead_letter])
+        await ensure_topics(
+            self.settings.bootstrap_servers, [self.topics.transfers, self.topics.events, self.topics.dead_letter]
+        )
         for connector in [*self.flow.targets.values(), *self.flow.sources.values()]:
             await connector.start()
         await self.outbox.start()

@@ -50,7 +50,8 @@ from contracts import (
     TransferValidated,
     field_errors,
 )
-from mappings import Facts, MappingError, Protocol as CouncilProtocol
+from mappings import Facts, MappingError
+from mappings import Protocol as CouncilProtocol
 
 from ._outbox import Failure
 from .settings import RetrySettings
@@ -103,14 +104,20 @@ class TransferFlow:
         log.info("transfer_received", transfer_id=transfer.transfer_id, council=transfer.council.value)
         # 2. requested, validated
         p = transfer.pathway
-        await emit(TransferRequested, direction=p.direction, from_level=p.from_level, to_level=p.to_level,
-                   from_system=p.from_system, to_system=p.to_system)
+        await emit(
+            TransferRequested,
+            direction=p.direction,
+            from_level=p.from_level,
+            to_level=p.to_level,
+            from_system=p.from_system,
+            to_system=p.to_system,
+        )
         await emit(TransferValidated)
 
         try:
             protocol = self._protocol(transfer)
-            target = self._connector(self.targets, p.to_system, "target")
-            source = self._connector(self.sources, p.from_system, "source")
+            target = self._target(p.to_system)
+            source = self._source(p.from_system)
             # 3. facts from the systems
             source_state = await self._retrying(lambda: source.state(transfer))
             closed_by_us = source_state.closed_by_transfer == transfer.transfer_id
@@ -125,12 +132,23 @@ class TransferFlow:
                 await emit(TransferHeld, violations=violations)
                 alerting = protocol.alerting(violations)
                 if alerting:
-                    await emit(AlertRaised, severity="critical", rule_ids=alerting,
-                               summary="source record closed before its transfer; transfer held, reopen the record")
+                    await emit(
+                        AlertRaised,
+                        severity="critical",
+                        rule_ids=alerting,
+                        summary="source record closed before its transfer; transfer held, reopen the record",
+                    )
                 log.warning("transfer_held", transfer_id=transfer.transfer_id, rule_ids=rule_ids)
-                await self._dead_letter(record, sink, emit, transfer, stage="protocol",
-                                        error_class="ProtocolRuleNotMet",
-                                        message="protocol rules not met: " + ", ".join(rule_ids), rule_ids=rule_ids)
+                await self._dead_letter(
+                    record,
+                    sink,
+                    emit,
+                    transfer,
+                    stage="protocol",
+                    error_class="ProtocolRuleNotMet",
+                    message="protocol rules not met: " + ", ".join(rule_ids),
+                    rule_ids=rule_ids,
+                )
                 return Outcome("held", transfer.transfer_id, rule_ids)
 
             # 5. NS-14: a step-down that keeps no record sends nothing
@@ -142,8 +160,14 @@ class TransferFlow:
                 # 6. route and deliver
                 route = protocol.route(transfer, facts)
                 receipt = await self._retrying(lambda: target.deliver(transfer, route))
-                await emit(TransferDelivered, target_system=receipt.system, target_reference=receipt.reference,
-                           assigned_role=route.role, rule_ids=route.rule_ids)
+                await emit(
+                    TransferDelivered,
+                    target_system=receipt.system,
+                    target_reference=receipt.reference,
+                    assigned_role=route.role,
+                    rule_ids=route.rule_ids,
+                )
+
                 # 7. the target's acknowledgement
                 async def confirmed() -> Receipt:
                     confirmation = await target.confirm(transfer)
@@ -162,10 +186,24 @@ class TransferFlow:
         except (CasebridgeError, MappingError) as exc:
             rule_ids = list(getattr(exc, "rule_ids", ()))
             attempts = getattr(exc, "attempts", 1)
-            log.warning("transfer_failed", transfer_id=transfer.transfer_id, error_class=type(exc).__name__,
-                        retriable=getattr(exc, "retriable", False), attempts=attempts)
-            await self._dead_letter(record, sink, emit, transfer, stage="deliver", error_class=type(exc).__name__,
-                                    message=str(exc), rule_ids=rule_ids, attempts=attempts)
+            log.warning(
+                "transfer_failed",
+                transfer_id=transfer.transfer_id,
+                error_class=type(exc).__name__,
+                retriable=getattr(exc, "retriable", False),
+                attempts=attempts,
+            )
+            await self._dead_letter(
+                record,
+                sink,
+                emit,
+                transfer,
+                stage="deliver",
+                error_class=type(exc).__name__,
+                message=str(exc),
+                rule_ids=rule_ids,
+                attempts=attempts,
+            )
             return Outcome("dead-lettered", transfer.transfer_id, rule_ids)
 
     # -- helpers -------------------------------------------------------------------------
@@ -176,12 +214,15 @@ class TransferFlow:
             raise _NoRoute(f"no protocol is configured for council {transfer.council.value!r}")
         return protocol
 
-    @staticmethod
-    def _connector(registry: dict[CaseSystem, Any], system: CaseSystem, kind: str) -> Any:
-        connector = registry.get(system)
-        if connector is None:
-            raise _NoRoute(f"no {kind} connector is configured for {system.value!r}")
-        return connector
+    def _target(self, system: CaseSystem) -> Target:
+        if system not in self.targets:
+            raise _NoRoute(f"no target connector is configured for {system.value!r}")
+        return self.targets[system]
+
+    def _source(self, system: CaseSystem) -> Source:
+        if system not in self.sources:
+            raise _NoRoute(f"no source connector is configured for {system.value!r}")
+        return self.sources[system]
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retry transient failures (tenacity: exponential backoff with jitter, bounded attempts and time)."""
@@ -215,19 +256,44 @@ class TransferFlow:
         await sink.emit(TransferRejected(event_id=event_id, transfer_id=transfer_id, errors=errors))
         reason = "; ".join(f"{e.field}: {e.rule}" for e in errors[:10])
         error_class = "MalformedJson" if any(e.rule == "json_invalid" for e in errors) else "ContractViolation"
-        log.warning("transfer_rejected", transfer_id=transfer_id, error_class=error_class, fields=[e.field for e in errors[:10]])
+        log.warning(
+            "transfer_rejected", transfer_id=transfer_id, error_class=error_class, fields=[e.field for e in errors[:10]]
+        )
         failure = Failure(stage="validate", error_class=error_class, message=reason, transfer_id=transfer_id)
         await sink.dead_letter(record, failure)
-        await sink.emit(TransferDeadLettered(event_id=_event_id(event_id, "dlq"), transfer_id=transfer_id,
-                                             stage="validate", error_class=error_class, reason=reason))
+        await sink.emit(
+            TransferDeadLettered(
+                event_id=_event_id(event_id, "dlq"),
+                transfer_id=transfer_id,
+                stage="validate",
+                error_class=error_class,
+                reason=reason,
+            )
+        )
         return Outcome("rejected", transfer_id)
 
     async def _dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], sink: Sink, emit: _Emitter, transfer: TransferMessage, *,
-        stage: str, error_class: str, message: str, rule_ids: list[str], attempts: int = 1,
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        sink: Sink,
+        emit: _Emitter,
+        transfer: TransferMessage,
+        *,
+        stage: str,
+        error_class: str,
+        message: str,
+        rule_ids: list[str],
+        attempts: int = 1,
     ) -> None:
-        failure = Failure(stage=stage, error_class=error_class, message=message, attempts=attempts,
-                          rule_ids=rule_ids, transfer_id=transfer.transfer_id, council=transfer.council.value)
+        failure = Failure(
+            stage=stage,
+            error_class=error_class,
+            message=message,
+            attempts=attempts,
+            rule_ids=rule_ids,
+            transfer_id=transfer.transfer_id,
+            council=transfer.council.value,
+        )
         await sink.dead_letter(record, failure)
         await emit(TransferDeadLettered, stage=stage, error_class=error_class, reason=message, rule_ids=rule_ids)
 
@@ -270,6 +336,10 @@ def _peek_transfer_id(raw: bytes | None) -> str | None:
         value = json.loads(raw or b"").get("transfer_id")
     except (ValueError, AttributeError):
         return None
-    if isinstance(value, str) and 0 < len(value) <= 128 and value.replace("-", "").replace("_", "").replace(".", "").replace(":", "").isalnum():
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= 128
+        and value.replace("-", "").replace("_", "").replace(".", "").replace(":", "").isalnum()
+    ):
         return value
     return None

@@ -38,7 +38,12 @@ def ns_transfer(n: int, **changes: Any) -> dict[str, Any]:
     return doc
 
 
-async def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]], headers: list[tuple[str, bytes]] | None = None) -> None:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    items: Iterable[tuple[bytes | None, bytes]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:

@@ -87,7 +87,9 @@ def test_schema_version_other_than_1_is_refused() -> None:
 
 def test_events_round_trip_through_json() -> None:
     """An event serialises and parses back to the same typed event."""
-    event = TransferDelivered(event_id="e1", transfer_id="t1", target_system="ehm", target_reference="TRAY-1", rule_ids=["NS-2"])
+    event = TransferDelivered(
+        event_id="e1", transfer_id="t1", target_system="ehm", target_reference="TRAY-1", rule_ids=["NS-2"]
+    )
     assert event == parse_event(event.model_dump_json())
 
 

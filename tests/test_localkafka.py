@@ -26,10 +26,7 @@ from casebridge.localkafka import (
 def _free_ports(count: int) -> list[int]:
     """Ports nothing listens on, found by letting the OS pick them."""
     with contextlib.ExitStack() as stack:
-        sockets = [
-            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            for _ in range(count)
-        ]
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
         return [sock.getsockname()[1] for sock in sockets]
@@ -113,9 +110,7 @@ def test_restart_keeps_produced_messages(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("busy", ["broker", "controller"])
-def test_port_in_use_names_the_port(
-    tmp_path: Path, listening_socket: socket.socket, busy: str
-) -> None:
+def test_port_in_use_names_the_port(tmp_path: Path, listening_socket: socket.socket, busy: str) -> None:
     """start() refuses a port that already has a listener, naming it and --port."""
     taken = listening_socket.getsockname()[1]
     (other,) = _free_ports(1)
@@ -131,9 +126,7 @@ def test_port_in_use_names_the_port(
     assert not kafka.status().running
 
 
-def test_java_not_found_says_how_to_install(
-    tmp_path: Path, no_java_on_path: Path
-) -> None:
+def test_java_not_found_says_how_to_install(tmp_path: Path, no_java_on_path: Path) -> None:
     """Without java on PATH, start() and ensure_jars() raise JavaNotFound with a fix."""
     kafka = LocalKafka(tmp_path / "kafka", jars_dir=tmp_path / "jars")
     for action in (kafka.start, kafka.ensure_jars):
@@ -145,9 +138,7 @@ def test_java_not_found_says_how_to_install(
     assert not (tmp_path / "kafka").exists()
 
 
-def test_maven_not_found_when_jars_missing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_maven_not_found_when_jars_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With java but no mvn and no jars, ensure_jars() raises MavenNotFound naming the dir."""
     java = shutil.which("java")
     assert java is not None, "this test needs java installed"

@@ -12,7 +12,9 @@ from tests.support import count_type, events_of, ns_transfer, produce, read, run
 N = 1000
 
 
-async def test_router_validates_1000_transfers_and_keeps_consuming_past_bad_ones(kafka_bootstrap: str, topic_prefix: str) -> None:
+async def test_router_validates_1000_transfers_and_keeps_consuming_past_bad_ones(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
     """1,000 transfers in, 1,000 validated and completed; malformed and invalid ones dead-lettered in between."""
     topics = Topics(topic_prefix)
     good = [(f"lcs:LCS-{n}".encode(), json.dumps(ns_transfer(n)).encode()) for n in range(N)]
@@ -44,7 +46,9 @@ async def test_dead_letter_keeps_key_value_and_headers_byte_for_byte(kafka_boots
     topics = Topics(topic_prefix)
     value = b"\xff\xfe not json at all \x00"
     original_headers = [("trace", b"\x00\x01\x02"), ("source", b"lcs")]
-    async with running_router(kafka_bootstrap, topic_prefix, {CaseSystem.EHM: MemoryTarget()}, {CaseSystem.LCS: MemorySource()}):
+    async with running_router(
+        kafka_bootstrap, topic_prefix, {CaseSystem.EHM: MemoryTarget()}, {CaseSystem.LCS: MemorySource()}
+    ):
         await produce(kafka_bootstrap, topics.transfers, [(b"\x01key", value)], headers=original_headers)
         dead = await read(kafka_bootstrap, topics.dead_letter, lambda r: len(r) >= 1)
 

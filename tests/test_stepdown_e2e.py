@@ -30,9 +30,10 @@ class Systems:
 
 @pytest.fixture
 def systems(tmp_path: Path) -> Iterator[Systems]:
-    with serve(create_lcs_app(tmp_path / "lcs.db", TOKEN), "127.0.0.1", 0) as lcs, serve(
-        create_ehm_app(tmp_path / "ehm.db", TOKEN), "127.0.0.1", 0
-    ) as ehm:
+    with (
+        serve(create_lcs_app(tmp_path / "lcs.db", TOKEN), "127.0.0.1", 0) as lcs,
+        serve(create_ehm_app(tmp_path / "ehm.db", TOKEN), "127.0.0.1", 0) as ehm,
+    ):
         s = Systems(lcs, ehm, LcsSandboxClient(lcs.url, TOKEN), EhmSandboxClient(ehm.url, TOKEN))
         yield s
         s.lcs_client.close()
@@ -42,7 +43,9 @@ def systems(tmp_path: Path) -> Iterator[Systems]:
 @pytest.fixture
 async def stack(systems: Systems, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> AsyncIterator[Stack]:
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-router")
-    s = Stack(settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state", loops=False)
+    s = Stack(
+        settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state", loops=False
+    )
     async with s:
         yield s
 
@@ -157,10 +160,14 @@ async def test_publisher_restart_misses_no_request(stack: Stack, systems: System
     finally:
         await restarted.stop()
     await _events(stack, f"north-somerset-lcs-{second}".lower(), "source-closed")
-    assert {f"north-somerset-lcs-{r}".lower() for r in (first, second)} == {i["transfer_id"] for i in systems.ehm_client.tray()}
+    assert {f"north-somerset-lcs-{r}".lower() for r in (first, second)} == {
+        i["transfer_id"] for i in systems.ehm_client.tray()
+    }
 
 
-async def test_ns02_routes_to_locality_support_leader_and_team_manager_when_away(stack: Stack, systems: Systems) -> None:
+async def test_ns02_routes_to_locality_support_leader_and_team_manager_when_away(
+    stack: Stack, systems: Systems
+) -> None:
     """NS-2: East goes to East's Support Leader; South, whose leader is away, to South's team manager."""
     systems.ehm_client.set_away("South", True)
     east = systems.lcs_client.request_stepdown(systems.lcs_client.create_child(locality="East"))
@@ -198,3 +205,21 @@ async def test_ns05_allocation_in_ehm_is_reported_back_as_an_event(stack: Stack,
     events = await _events(stack, transfer_id, "allocated")
     assert "allocated" == _types(events)[-1]
     await asyncio.sleep(0)
+
+
+async def test_lcs_request_that_breaks_the_contract_is_dead_lettered_by_the_connector(
+    stack: Stack, systems: Systems
+) -> None:
+    """A request LCS accepts but the contract refuses (a malformed UPN) reaches the dead-letter topic, named."""
+    request = systems.lcs_client.request_stepdown(systems.lcs_client.create_child(upn="abc1234567890"))
+    await stack.publisher.poll_once()
+    dead = await read(stack.settings.bootstrap_servers, stack.settings.topics.dead_letter, lambda r: len(r) >= 1)
+
+    [letter] = dead
+    headers = dict(letter.headers)
+    assert (b"map", b"ContractViolation", b"child.upn: string_pattern_mismatch") == (
+        headers["casebridge.dlq.stage"],
+        headers["casebridge.dlq.error.class"],
+        headers["casebridge.dlq.error.message"],
+    )
+    assert f"north-somerset-lcs-{request}".lower().encode() == headers["casebridge.dlq.transfer.id"]

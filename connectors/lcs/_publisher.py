@@ -5,7 +5,7 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydantic import ValidationError
@@ -92,24 +92,31 @@ class LcsPublisher:
         }
         key = f"lcs:{child['id']}".encode()
         try:
-            transfer = TransferMessage.model_validate(_MAPPING.apply({"child": child, "request": request, "envelope": envelope}))
-        except (MappingError, ValidationError) as exc:
-            reason = str(exc) if isinstance(exc, MappingError) else "; ".join(
-                f"{e.field}: {e.rule}" for e in field_errors(exc)
+            transfer = TransferMessage.model_validate(
+                _MAPPING.apply({"child": child, "request": request, "envelope": envelope})
             )
-            log.warning("lcs_request_unmappable", transfer_id=transfer_id, error_class=type(exc).__name__)
+        except (MappingError, ValidationError) as exc:
+            reason = (
+                str(exc)
+                if isinstance(exc, MappingError)
+                else "; ".join(f"{e.field}: {e.rule}" for e in field_errors(exc))
+            )
+            error_class = "MappingError" if isinstance(exc, MappingError) else "ContractViolation"
+            log.warning("lcs_request_unmappable", transfer_id=transfer_id, error_class=error_class)
             raw = json.dumps({"child": child, "request": request}).encode()
-            return await self.producer.send(
+            sent = await self.producer.send(
                 self.dead_letter_topic,
                 value=raw,
                 key=key,
                 headers=[
                     ("casebridge.dlq.stage", b"map"),
-                    ("casebridge.dlq.error.class", type(exc).__name__.encode()),
+                    ("casebridge.dlq.error.class", error_class.encode()),
                     ("casebridge.dlq.error.message", reason.encode()),
                     ("casebridge.dlq.transfer.id", transfer_id.encode()),
                     ("casebridge.dlq.council", self.council.value.encode()),
                 ],
             )
+            return cast(Awaitable[Any], sent)
         log.info("lcs_request_published", transfer_id=transfer_id)
-        return await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(), key=key)
+        sent = await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(), key=key)
+        return cast(Awaitable[Any], sent)

@@ -1,0 +1,12 @@
+# The casebridge image for docker-compose.yml (the tests and the demo need no Docker).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY contracts contracts
+COPY connectors connectors
+COPY mappings mappings
+COPY router router
+COPY sandboxes sandboxes
+COPY casebridge casebridge
+RUN pip install --no-cache-dir .
+ENTRYPOINT ["casebridge"]
