@@ -23,7 +23,11 @@ def test_personal_data_is_redacted_at_any_depth(capsys: pytest.CaptureFixture[st
         "careless_call",
         transfer_id="t-1",
         nhs_number="9434765919",
-        payload={"child": {"given_name": "Robin"}, "documents": [{"content": "private notes"}], "date_of_birth": "2016-04-09"},
+        payload={
+            "child": {"given_name": "Robin"},
+            "documents": [{"content": "private notes"}],
+            "date_of_birth": "2016-04-09",
+        },
     )
     line = capsys.readouterr().err.strip()
     assert not any(secret in line for secret in ("9434765919", "Robin", "private notes", "2016-04-09"))
