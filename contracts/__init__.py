@@ -23,6 +23,7 @@ from ._events import (
     TransferRejected,
     TransferReplayed,
     TransferRequested,
+    TransferRetryScheduled,
     TransferValidated,
     parse_event,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "TransferRejected",
     "TransferReplayed",
     "TransferRequested",
+    "TransferRetryScheduled",
     "TransferValidated",
     "Urgency",
     "field_errors",

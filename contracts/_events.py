@@ -6,7 +6,7 @@ they can be shown on overview pages and kept in monitoring stores.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import Field, TypeAdapter
 
@@ -112,6 +112,19 @@ class TransferDeadLettered(_Event):
     rule_ids: list[RuleId] = Field(default_factory=list)
 
 
+class TransferRetryScheduled(_Event):
+    """The target was unavailable after in-process retries: the transfer waits in a delayed retry tier."""
+
+    event_type: Literal["retry-scheduled"] = "retry-scheduled"
+    tier: int = Field(ge=0)
+    due_at: AwareDatetime
+    attempts: int = Field(ge=1)
+    error_class: str
+    behind_earlier_transfer: bool = Field(
+        default=False, description="waits only to keep the order of the child's transfers, not because it failed"
+    )
+
+
 class TransferReplayed(_Event):
     event_type: Literal["replayed"] = "replayed"
     operator: str
@@ -122,7 +135,7 @@ class AlertRaised(_Event):
     """Something an operator must act on (raised once per state change, not per attempt)."""
 
     event_type: Literal["alert"] = "alert"
-    severity: Literal["warning", "critical"]
+    severity: Literal["info", "warning", "critical"]
     rule_ids: list[RuleId] = Field(default_factory=list)
     summary: str
 
@@ -139,13 +152,14 @@ TransferEvent = Annotated[
     | SourceKeptOpen
     | TransferCompletedNoRecord
     | TransferDeadLettered
+    | TransferRetryScheduled
     | TransferReplayed
     | AlertRaised,
     Field(discriminator="event_type"),
 ]
 
-# mypy does not see an Annotated discriminated union as a type form; pydantic does
-EVENT_ADAPTER: TypeAdapter[TransferEvent] = TypeAdapter(TransferEvent)  # type: ignore[arg-type]
+# mypy versions disagree on whether an Annotated union is a type form; pydantic takes it either way
+EVENT_ADAPTER: TypeAdapter[TransferEvent] = TypeAdapter(cast(Any, TransferEvent))
 
 
 def parse_event(raw: bytes | str) -> TransferEvent:

@@ -18,6 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from contracts import TransferEvent
 
 from . import __version__
+from ._retry import H_REPLAY_OF, Origin, header, original_headers
 
 DLQ_PREFIX = "casebridge.dlq."
 
@@ -44,11 +45,15 @@ class Failure:
 def dead_letter_headers(
     record: ConsumerRecord[bytes, bytes], group_id: str, failure: Failure
 ) -> list[tuple[str, bytes]]:
-    """The original headers byte for byte, then the context (Kafka Connect ``__connect.errors.*`` facts)."""
+    """The original headers byte for byte, then the context (Kafka Connect ``__connect.errors.*`` facts).
+
+    For a message that went through retry tiers, "original" is where it first entered.
+    """
+    origin = Origin.of(record)
     context = {
-        "original.topic": record.topic,
-        "original.partition": str(record.partition),
-        "original.offset": str(record.offset),
+        "original.topic": origin.topic,
+        "original.partition": str(origin.partition),
+        "original.offset": str(origin.offset),
         "original.timestamp": str(record.timestamp),
         "consumer.group": group_id,
         "stage": failure.stage,
@@ -62,12 +67,18 @@ def dead_letter_headers(
         "council": failure.council or "",
         "version": __version__,
     }
-    original = [(k, bytes(v)) for k, v in (record.headers or ())]
-    return original + [(DLQ_PREFIX + k, v.encode()) for k, v in context.items()]
+    return original_headers(record) + [(DLQ_PREFIX + k, v.encode()) for k, v in context.items()]
 
 
 class Outbox:
-    def __init__(self, bootstrap_servers: str, events_topic: str, dead_letter_topic: str, group_id: str) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        events_topic: str,
+        dead_letter_topic: str,
+        group_id: str,
+        parking_topic: str | None = None,
+    ) -> None:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             acks="all",
@@ -77,6 +88,7 @@ class Outbox:
         )
         self._events_topic = events_topic
         self._dead_letter_topic = dead_letter_topic
+        self._parking_topic = parking_topic or dead_letter_topic
         self._group_id = group_id
         self._pending: list[asyncio.Future[object]] = []
 
@@ -97,13 +109,13 @@ class Outbox:
         self._pending.append(fut)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
-        fut = await self._producer.send(
-            self._dead_letter_topic,
-            value=record.value,
-            key=record.key,
-            headers=dead_letter_headers(record, self._group_id, failure),
-        )
-        self._pending.append(fut)
+        """To the dead-letter topic; a replayed message that failed again goes to the parking topic instead."""
+        topic = self._parking_topic if header(record, H_REPLAY_OF) is not None else self._dead_letter_topic
+        await self.send(topic, record.key, record.value, dead_letter_headers(record, self._group_id, failure))
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        """Any other write (retry tiers, retry state); acknowledged at the next ``flush()``."""
+        self._pending.append(await self._producer.send(topic, value=value, key=key, headers=headers))
 
     async def flush(self) -> None:
         """Wait until the broker acknowledged every write so far; raise OutputFailed if any failed."""

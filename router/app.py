@@ -1,17 +1,21 @@
 """Wiring the flow to Kafka: consume in batches, outcome first, offsets after.
 
 Commit scheme (what makes "nothing is lost" true):
-- The subscriber uses FastStream's MANUAL ack policy with auto-commit off. FastStream's
+- Every subscriber uses FastStream's MANUAL ack policy with auto-commit off. FastStream's
   ACK and REJECT_ON_ERROR would commit even when a handler failed; NACK_ON_ERROR would
   redeliver in a tight loop.
 - A batch (up to ``batch_size`` records) is processed; different children's messages run
   concurrently, one child's messages strictly in order (records are keyed by child).
-- Every output of the batch (events, dead letters) is acknowledged by the broker
-  (idempotent producer, acks=all) before the batch's offsets are committed, once.
-- A message whose handling fails for any reason is dead-lettered; the flow never raises.
-  If an output cannot be written (the dead-letter write itself failed), the router halts
-  without committing: on restart the batch is read again and, every step being
-  idempotent on transfer id, completes without duplicates in the target.
+- Every output of the batch (events, retry-tier writes, retry state, dead letters) is
+  acknowledged by the broker (idempotent producer, acks=all) before the batch's offsets
+  are committed, once per batch.
+- A message whose handling fails for any reason ends in an event and a retry tier or the
+  dead-letter topic; the flow never raises. If an output cannot be written (the dead-letter
+  write itself failed), the router halts without committing: on restart the batch is read
+  again and, every step being idempotent on transfer id, completes without duplicates.
+
+Retry tiers (see ``_retry.py``): a transfer whose target stays unavailable moves to tier
+0, then 1, ..., then the dead-letter topic; the child's later messages follow it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeAlias
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -30,11 +35,12 @@ from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
 
 from connectors import Source, Target
-from contracts import CaseSystem, Council
+from contracts import AlertRaised, CaseSystem, Council, TransferRetryScheduled
 from mappings import Protocol, load_protocol
 
 from ._outbox import Failure, Outbox, OutputFailed
-from .flow import Outcome, TransferFlow
+from ._retry import Origin, RetryState, due_at
+from .flow import Outcome, TransferFlow, event_id
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router")
@@ -44,13 +50,24 @@ class RouterHalted(RuntimeError):
     """Raised for every batch after an output failed: nothing more is committed."""
 
 
-async def ensure_topics(bootstrap_servers: str, names: Sequence[str], partitions: int = 3) -> None:
+async def ensure_topics(
+    bootstrap_servers: str, names: Sequence[str], compacted: Sequence[str] = (), partitions: int = 3
+) -> None:
     """Create the topics if they do not exist (single-node default: replication factor 1)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        missing = [
+            NewTopic(
+                n,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs={"cleanup.policy": "compact"} if n in compacted else {},
+            )
+            for n in [*names, *compacted]
+            if n not in existing
+        ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
@@ -63,38 +80,61 @@ async def _raw_body(msg: Any) -> Any:
     return msg.body
 
 
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
 class Router:
     def __init__(self, settings: Settings, flow: TransferFlow) -> None:
         self.settings = settings
         self.flow = flow
         self.topics = settings.topics
+        self.tiers = list(settings.retry.tiers)
         self.halted = False
         self.stopped = asyncio.Event()
         self.outcomes: dict[str, int] = defaultdict(int)
-        self.outbox = Outbox(settings.bootstrap_servers, self.topics.events, self.topics.dead_letter, settings.group_id)
+        self.retry_state = RetryState()
+        self.outbox = Outbox(
+            settings.bootstrap_servers,
+            self.topics.events,
+            self.topics.dead_letter,
+            settings.group_id,
+            parking_topic=self.topics.parking,
+        )
         self.broker = KafkaBroker(settings.bootstrap_servers, logger=None)
         self.app = FastStream(self.broker)
         self._gate = asyncio.Semaphore(settings.concurrency)
+        self._subscribe(self.topics.transfers, settings.group_id, None)
+        for tier, delay in enumerate(self.tiers):
+            self._subscribe(self.topics.retry(tier), f"{settings.group_id}-retry-{tier}", tier, delay)
+
+    def _subscribe(self, topic: str, group_id: str, tier: int | None, delay: float = 0.0) -> None:
         subscriber = self.broker.subscriber(
-            self.topics.transfers,
-            group_id=settings.group_id,
+            topic,
+            group_id=group_id,
             batch=True,
-            max_records=settings.batch_size,
+            max_records=self.settings.batch_size,
             batch_timeout_ms=50,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
             decoder=_raw_body,
+            max_poll_interval_ms=int((delay + 300) * 1000),
         )
-        subscriber(self._on_batch)
 
-    async def _on_batch(self, body: list[bytes], msg: KafkaMessage) -> None:
+        async def on_batch(body: list[bytes], msg: KafkaMessage) -> None:
+            await self._on_batch(msg, tier)
+
+        subscriber(on_batch)
+
+    # -- one batch -------------------------------------------------------------------------
+
+    async def _on_batch(self, msg: KafkaMessage, tier: int | None) -> None:
         if self.halted:
             raise RouterHalted("the router halted after an output failure; restart it")
-        records: tuple[ConsumerRecord[bytes, bytes], ...] = tuple(msg.raw_message)
-        by_child: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+        records: tuple[Record, ...] = tuple(msg.raw_message)
+        by_child: dict[bytes | None, list[Record]] = defaultdict(list)
         for record in records:
             by_child[record.key].append(record)
-        await asyncio.gather(*(self._in_order(group) for group in by_child.values()))
+        await asyncio.gather(*(self._in_order(group, tier) for group in by_child.values()))
         try:
             await self.outbox.flush()
         except OutputFailed as exc:
@@ -104,39 +144,135 @@ class Router:
             raise
         await msg.ack()
 
-    async def _in_order(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        async with self._gate:
-            for record in records:
-                outcome = await self._one(record)
-                self.outcomes[outcome.state] += 1
+    async def _in_order(self, records: list[Record], tier: int | None) -> None:
+        for record in records:
+            if tier is not None:  # wait until due, holding no concurrency slot
+                wait = (due_at(record) - datetime.now(UTC)).total_seconds()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            async with self._gate:
+                outcome = await self._one(record, tier)
+            self.outcomes[outcome.state] += 1
 
-    async def _one(self, record: ConsumerRecord[bytes, bytes]) -> Outcome:
+    # -- one message -----------------------------------------------------------------------
+
+    async def _one(self, record: Record, tier: int | None) -> Outcome:
+        origin = Origin.of(record)
+        head_tier = self.retry_state.tier_of(record.key)
+        if record.key is not None and head_tier is not None and (tier is None or head_tier > tier):
+            # an earlier transfer of this child waits in a retry tier: this one queues behind it
+            await self._to_tier(record, origin, head_tier, attempts=origin.attempts, behind=True)
+            return Outcome("deferred")
+        outcome = await self._run(record)
+        if outcome.state == "transient":
+            attempts = origin.attempts + outcome.attempts
+            next_tier = 0 if tier is None else tier + 1
+            if next_tier < len(self.tiers):
+                await self._to_tier(record, origin, next_tier, attempts=attempts, outcome=outcome)
+                if tier is None:
+                    await self._alert(outcome, "warning", "target unavailable: transfer entered the retry tiers")
+                return outcome
+            failure = Failure(
+                stage="deliver",
+                error_class=outcome.error_class or "TransientError",
+                message=outcome.message or "target unavailable",
+                attempts=attempts,
+                first_failure=origin.first_failure or datetime.now(UTC),
+                transfer_id=outcome.transfer_id,
+                council=outcome.council,
+            )
+            await self.outbox.dead_letter(record, failure)
+            await self._alert(outcome, "critical", "target unavailable through every retry tier: dead-lettered")
+            outcome = Outcome("dead-lettered", outcome.transfer_id)
+        if tier is not None and record.key is not None:
+            remaining = self.retry_state.resolve(record.key, origin.retry_id)
+            await self.outbox.send(self.topics.retry_state, record.key, RetryState.encode(remaining), [])
+            if outcome.state == "completed":
+                await self._alert(outcome, "info", "transfer recovered after retry and completed")
+        return outcome
+
+    async def _run(self, record: Record) -> Outcome:
         try:
             return await self.flow.run(record, self.outbox)
         except Exception as exc:  # a bug must not lose the message: dead-letter it and go on
             log.exception("transfer_internal_error", error_class=type(exc).__name__)
-            await self.outbox.dead_letter(
-                record,
-                Failure(stage="internal", error_class=type(exc).__name__, message="internal error in the router"),
-            )
+            failure = Failure(stage="internal", error_class=type(exc).__name__, message="internal error in the router")
+            await self.outbox.dead_letter(record, failure)
             return Outcome("dead-lettered")
 
-    async def start(self) -> None:
-        await ensure_topics(
-            self.settings.bootstrap_servers, [self.topics.transfers, self.topics.events, self.topics.dead_letter]
+    async def _to_tier(
+        self,
+        record: Record,
+        origin: Origin,
+        tier: int,
+        *,
+        attempts: int,
+        outcome: Outcome | None = None,
+        behind: bool = False,
+    ) -> None:
+        now = datetime.now(UTC)
+        due = now + timedelta(seconds=self.tiers[tier])
+        headers = [(k, bytes(v)) for k, v in (record.headers or ()) if not k.startswith("casebridge.retry.")]
+        headers += origin.retry_headers(tier, due, attempts, origin.first_failure or now)
+        await self.outbox.send(self.topics.retry(tier), record.key, record.value, headers)
+        if record.key is not None:
+            parked = self.retry_state.park(record.key, origin.retry_id, tier)
+            await self.outbox.send(self.topics.retry_state, record.key, RetryState.encode(parked), [])
+        transfer_id = outcome.transfer_id if outcome else None
+        if transfer_id is not None:
+            await self.outbox.emit(
+                TransferRetryScheduled(
+                    event_id=event_id(f"{origin.retry_id}/{tier}", "retry-scheduled"),
+                    transfer_id=transfer_id,
+                    tier=tier,
+                    due_at=due,
+                    attempts=max(attempts, 1),
+                    error_class=(outcome.error_class if outcome else None) or "TransientError",
+                    behind_earlier_transfer=behind,
+                )
+            )
+        log.info("transfer_retry_scheduled", transfer_id=transfer_id, tier=tier, behind_earlier_transfer=behind)
+
+    async def _alert(self, outcome: Outcome, severity: Literal["info", "warning", "critical"], summary: str) -> None:
+        """Raised once per state change of a transfer (entered retry, dead-lettered, recovered)."""
+        if outcome.transfer_id is None:
+            return
+        await self.outbox.emit(
+            AlertRaised(
+                event_id=event_id(f"{outcome.transfer_id}/{summary}", "alert"),
+                transfer_id=outcome.transfer_id,
+                severity=severity,
+                summary=summary,
+            )
         )
-        for connector in [*self.flow.targets.values(), *self.flow.sources.values()]:
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        t = self.topics
+        await ensure_topics(
+            self.settings.bootstrap_servers,
+            [t.transfers, t.events, t.dead_letter, t.parking, t.audit, *(t.retry(i) for i in range(len(self.tiers)))],
+            compacted=[t.retry_state],
+        )
+        await self.retry_state.load(self.settings.bootstrap_servers, t.retry_state)
+        for connector in self._connectors():
             await connector.start()
         await self.outbox.start()
         await self.broker.start()
-        log.info("router_started", topic=self.topics.transfers, group_id=self.settings.group_id)
+        log.info(
+            "router_started", topic=t.transfers, group_id=self.settings.group_id, parked=len(self.retry_state.parked)
+        )
 
     async def stop(self) -> None:
         await self.broker.stop()
         await self.outbox.stop()
-        for connector in [*self.flow.targets.values(), *self.flow.sources.values()]:
+        for connector in self._connectors():
             await connector.stop()
         log.info("router_stopped", outcomes=dict(self.outcomes))
+
+    def _connectors(self) -> list[Target | Source]:
+        return [*self.flow.targets.values(), *self.flow.sources.values()]
 
     async def run_until_stopped(self) -> None:
         await self.start()

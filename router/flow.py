@@ -71,11 +71,19 @@ class Sink(Protocol):
 
 @dataclass
 class Outcome:
-    """What became of one message: its last state, and the rule ids behind it if held."""
+    """What became of one message: its last state, and the rule ids behind it if held.
+
+    ``transient`` means the target stayed unavailable through the in-process retries: the
+    router moves the message to a delayed retry tier (or, after the last, dead-letters it).
+    """
 
     state: str
     transfer_id: str | None = None
     rule_ids: list[str] = field(default_factory=list)
+    error_class: str | None = None
+    message: str | None = None
+    attempts: int = 1
+    council: str | None = None
 
 
 class TransferFlow:
@@ -186,13 +194,24 @@ class TransferFlow:
         except (CasebridgeError, MappingError) as exc:
             rule_ids = list(getattr(exc, "rule_ids", ()))
             attempts = getattr(exc, "attempts", 1)
+            retriable = getattr(exc, "retriable", False)
             log.warning(
                 "transfer_failed",
                 transfer_id=transfer.transfer_id,
                 error_class=type(exc).__name__,
-                retriable=getattr(exc, "retriable", False),
+                retriable=retriable,
                 attempts=attempts,
             )
+            if retriable:
+                return Outcome(
+                    "transient",
+                    transfer.transfer_id,
+                    rule_ids,
+                    error_class=type(exc).__name__,
+                    message=str(exc),
+                    attempts=attempts,
+                    council=transfer.council.value,
+                )
             await self._dead_letter(
                 record,
                 sink,
@@ -252,8 +271,8 @@ class TransferFlow:
     async def _reject(self, record: ConsumerRecord[bytes, bytes], exc: ValidationError, sink: Sink) -> Outcome:
         errors = field_errors(exc)
         transfer_id = _peek_transfer_id(record.value)
-        event_id = _event_id(f"{record.topic}/{record.partition}/{record.offset}", "rejected")
-        await sink.emit(TransferRejected(event_id=event_id, transfer_id=transfer_id, errors=errors))
+        rejected_id = event_id(f"{record.topic}/{record.partition}/{record.offset}", "rejected")
+        await sink.emit(TransferRejected(event_id=rejected_id, transfer_id=transfer_id, errors=errors))
         reason = "; ".join(f"{e.field}: {e.rule}" for e in errors[:10])
         error_class = "MalformedJson" if any(e.rule == "json_invalid" for e in errors) else "ContractViolation"
         log.warning(
@@ -263,7 +282,7 @@ class TransferFlow:
         await sink.dead_letter(record, failure)
         await sink.emit(
             TransferDeadLettered(
-                event_id=_event_id(event_id, "dlq"),
+                event_id=event_id(rejected_id, "dlq"),
                 transfer_id=transfer_id,
                 stage="validate",
                 error_class=error_class,
@@ -316,7 +335,7 @@ class _Emitter:
     async def __call__(self, kind: type[Any], **fields: Any) -> None:
         t = self.transfer
         event = kind(
-            event_id=_event_id(t.message_id, kind.__name__),
+            event_id=event_id(t.message_id, kind.__name__),
             transfer_id=t.transfer_id,
             correlation_id=t.correlation_id,
             council=t.council,
@@ -326,7 +345,7 @@ class _Emitter:
         await self.sink.emit(event)
 
 
-def _event_id(base: str, kind: str) -> str:
+def event_id(base: str, kind: str) -> str:
     return str(uuid.uuid5(_EVENT_NS, f"{base}/{kind}"))
 
 

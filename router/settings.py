@@ -29,6 +29,25 @@ class Topics:
         """Messages that could not be handled, byte for byte, with the reason in headers."""
         return f"{self.prefix}.dlq"
 
+    def retry(self, tier: int) -> str:
+        """Delayed retry tier ``tier`` (0 first): transfers whose target was unavailable wait here."""
+        return f"{self.prefix}.retry.{tier}"
+
+    @property
+    def retry_state(self) -> str:
+        """Compacted: which children have transfers waiting in a retry tier (keeps per-child order)."""
+        return f"{self.prefix}.retry-state"
+
+    @property
+    def parking(self) -> str:
+        """Replayed messages that failed again: kept here for a person, never looped back."""
+        return f"{self.prefix}.parking"
+
+    @property
+    def audit(self) -> str:
+        """Operators' actions (replays), keyed by the dead letter they acted on."""
+        return f"{self.prefix}.audit"
+
 
 class RetrySettings(BaseModel):
     """In-process retries of a transient failure (timeouts, 5xx, 429) before dead-lettering."""
@@ -37,6 +56,8 @@ class RetrySettings(BaseModel):
     initial_seconds: float = Field(default=0.2, gt=0)
     max_seconds: float = Field(default=5.0, gt=0)
     total_seconds: float = Field(default=30.0, gt=0)
+    #: delays of the delayed retry topics, in order; after the last, the dead-letter topic
+    tiers: list[float] = Field(default_factory=lambda: [30.0, 300.0], min_length=1, max_length=10)
 
 
 class CaseSystemSettings(BaseModel):

@@ -12,12 +12,19 @@ import os
 import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from casebridge.localkafka import LocalKafka
+from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
+from casebridge.stack import Stack
+from router import Settings
+from router.settings import RetrySettings
+from sandboxes import create_ehm_app, create_lcs_app, serve
+from tests.support import TOKEN, Systems
 
 
 def _docker_answers() -> bool:
@@ -69,3 +76,41 @@ def kafka_bootstrap() -> Iterator[str]:
 def topic_prefix() -> str:
     """A fresh topic prefix (and consumer group) per test, so tests never share state."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+# -- the sandbox case systems and a casebridge stack on them ---------------------------------
+
+
+@pytest.fixture
+def systems(tmp_path: Path) -> Iterator[Systems]:
+    with (
+        serve(create_lcs_app(tmp_path / "lcs.db", TOKEN), "127.0.0.1", 0) as lcs,
+        serve(create_ehm_app(tmp_path / "ehm.db", TOKEN), "127.0.0.1", 0) as ehm,
+    ):
+        s = Systems(lcs, ehm, LcsSandboxClient(lcs.url, TOKEN), EhmSandboxClient(ehm.url, TOKEN))
+        yield s
+        s.lcs_client.close()
+        s.ehm_client.close()
+
+
+@pytest.fixture
+def retry_settings() -> RetrySettings:
+    """Quick in-process retries and short delayed tiers, so retry paths run in seconds."""
+    return RetrySettings(attempts=2, initial_seconds=0.05, max_seconds=0.2, total_seconds=2.0, tiers=[3.0, 6.0])
+
+
+@pytest.fixture
+async def stack(
+    systems: Systems, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, retry_settings: RetrySettings
+) -> AsyncIterator[Stack]:
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        group_id=f"{topic_prefix}-router",
+        retry=retry_settings,
+    )
+    s = Stack(
+        settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state", loops=False
+    )
+    async with s:
+        yield s

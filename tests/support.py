@@ -7,15 +7,19 @@ import copy
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
+from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
+from casebridge.stack import Stack
 from connectors import Source, Target
 from contracts import CaseSystem, TransferEvent, parse_event
 from router import Router, Settings, build_router
+from sandboxes import ServerHandle
 
 EXAMPLES = Path(__file__).parent.parent / "contracts" / "examples"
 
@@ -98,3 +102,25 @@ async def running_router(
     finally:
         router.stopped.set()
         await task
+
+
+TOKEN = "sandbox-test-token"
+
+
+@dataclass
+class Systems:
+    lcs: ServerHandle
+    ehm: ServerHandle
+    lcs_client: LcsSandboxClient
+    ehm_client: EhmSandboxClient
+
+
+async def transfer_events(stack: Stack, transfer_id: str, last: str, n: int = 1) -> list[TransferEvent]:
+    """The transfer's events, read until ``n`` of type ``last`` arrived."""
+
+    def done(records: list[object]) -> bool:
+        mine = [e for e in events_of(records) if e.transfer_id == transfer_id]  # type: ignore[arg-type]
+        return sum(1 for e in mine if e.event_type == last) >= n
+
+    records = await read(stack.settings.bootstrap_servers, stack.settings.topics.events, done, timeout=60)
+    return [e for e in events_of(records) if e.transfer_id == transfer_id]

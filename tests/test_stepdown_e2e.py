@@ -3,62 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
 from casebridge.stack import Stack
 from contracts import TransferEvent
-from router import Settings
-from sandboxes import ServerHandle, create_ehm_app, create_lcs_app, serve
-from tests.support import events_of, read
-
-TOKEN = "sandbox-test-token"
-
-
-@dataclass
-class Systems:
-    lcs: ServerHandle
-    ehm: ServerHandle
-    lcs_client: LcsSandboxClient
-    ehm_client: EhmSandboxClient
-
-
-@pytest.fixture
-def systems(tmp_path: Path) -> Iterator[Systems]:
-    with (
-        serve(create_lcs_app(tmp_path / "lcs.db", TOKEN), "127.0.0.1", 0) as lcs,
-        serve(create_ehm_app(tmp_path / "ehm.db", TOKEN), "127.0.0.1", 0) as ehm,
-    ):
-        s = Systems(lcs, ehm, LcsSandboxClient(lcs.url, TOKEN), EhmSandboxClient(ehm.url, TOKEN))
-        yield s
-        s.lcs_client.close()
-        s.ehm_client.close()
-
-
-@pytest.fixture
-async def stack(systems: Systems, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-router")
-    s = Stack(
-        settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state", loops=False
-    )
-    async with s:
-        yield s
-
-
-async def _events(stack: Stack, transfer_id: str, last: str, n: int = 1) -> list[TransferEvent]:
-    """The transfer's events, read until ``n`` of type ``last`` arrived."""
-
-    def done(records: list[object]) -> bool:
-        mine = [e for e in events_of(records) if e.transfer_id == transfer_id]  # type: ignore[arg-type]
-        return sum(1 for e in mine if e.event_type == last) >= n
-
-    records = await read(stack.settings.bootstrap_servers, stack.settings.topics.events, done, timeout=60)
-    return [e for e in events_of(records) if e.transfer_id == transfer_id]
+from tests.support import TOKEN, Systems, read, transfer_events
 
 
 def _types(events: list[TransferEvent]) -> list[str]:
@@ -73,7 +25,7 @@ async def test_valid_step_down_lands_once_in_tray_and_lcs_closes_only_after_ehm_
     request = systems.lcs_client.request_stepdown(child)
     assert 1 == await stack.publisher.poll_once()
     transfer_id = f"north-somerset-lcs-{request}".lower()
-    events = await _events(stack, transfer_id, "source-closed")
+    events = await transfer_events(stack, transfer_id, "source-closed")
 
     types = _types(events)
     assert ["requested", "validated", "delivered", "acknowledged", "source-closed"] == types
@@ -93,7 +45,7 @@ async def test_ns06_ns08_missing_notes_or_plan_is_held_nothing_in_tray_lcs_open(
     child = systems.lcs_client.create_child()
     request = systems.lcs_client.request_stepdown(child, **{missing: None})
     await stack.publisher.poll_once()
-    events = await _events(stack, f"north-somerset-lcs-{request}".lower(), "held")
+    events = await transfer_events(stack, f"north-somerset-lcs-{request}".lower(), "held")
 
     [held] = [e for e in events if e.event_type == "held"]
     assert ["NS-6", "NS-8"] == [v.rule_id for v in held.violations]  # type: ignore[union-attr]
@@ -111,7 +63,7 @@ async def test_ns07_closed_out_of_band_is_held_with_alert_then_completes_once_re
     systems.lcs_client.close_record(child)
     transfer_id = f"north-somerset-lcs-{request}".lower()
     await stack.publisher.poll_once()
-    held = await _events(stack, transfer_id, "alert")
+    held = await transfer_events(stack, transfer_id, "alert")
     assert {"held", "alert", "dead-lettered"} <= set(_types(held))
     alert = next(e for e in held if e.event_type == "alert")
     assert ["NS-7"] == alert.rule_ids  # type: ignore[union-attr]
@@ -119,7 +71,7 @@ async def test_ns07_closed_out_of_band_is_held_with_alert_then_completes_once_re
 
     systems.lcs_client.reopen(child)
     assert 1 == await stack.publisher.poll_once()
-    events = await _events(stack, transfer_id, "source-closed")
+    events = await transfer_events(stack, transfer_id, "source-closed")
     assert 1 == len(systems.ehm_client.tray())
     assert "closed" == systems.lcs_client.child(child)["record_state"]
     assert _types(events).index("acknowledged") < _types(events).index("source-closed")
@@ -131,10 +83,10 @@ async def test_same_transfer_published_twice_is_one_tray_item(stack: Stack, syst
     request = systems.lcs_client.request_stepdown(child)
     transfer_id = f"north-somerset-lcs-{request}".lower()
     await stack.publisher.poll_once()
-    await _events(stack, transfer_id, "source-closed")
+    await transfer_events(stack, transfer_id, "source-closed")
     stack.publisher.cursor.save(0)  # as if the publisher restarted without its cursor
     await stack.publisher.poll_once()
-    events = await _events(stack, transfer_id, "validated", n=2)
+    events = await transfer_events(stack, transfer_id, "validated", n=2)
 
     assert 2 == _types(events).count("validated")
     assert [transfer_id] == [i["transfer_id"] for i in systems.ehm_client.tray()]
@@ -159,7 +111,7 @@ async def test_publisher_restart_misses_no_request(stack: Stack, systems: System
         assert 1 == await restarted.poll_once()
     finally:
         await restarted.stop()
-    await _events(stack, f"north-somerset-lcs-{second}".lower(), "source-closed")
+    await transfer_events(stack, f"north-somerset-lcs-{second}".lower(), "source-closed")
     assert {f"north-somerset-lcs-{r}".lower() for r in (first, second)} == {
         i["transfer_id"] for i in systems.ehm_client.tray()
     }
@@ -173,8 +125,8 @@ async def test_ns02_routes_to_locality_support_leader_and_team_manager_when_away
     east = systems.lcs_client.request_stepdown(systems.lcs_client.create_child(locality="East"))
     south = systems.lcs_client.request_stepdown(systems.lcs_client.create_child(locality="South"))
     await stack.publisher.poll_once()
-    await _events(stack, f"north-somerset-lcs-{south}".lower(), "source-closed")
-    await _events(stack, f"north-somerset-lcs-{east}".lower(), "source-closed")
+    await transfer_events(stack, f"north-somerset-lcs-{south}".lower(), "source-closed")
+    await transfer_events(stack, f"north-somerset-lcs-{east}".lower(), "source-closed")
 
     assigned = {i["transfer_id"]: i["assigned_to"]["id"] for i in systems.ehm_client.tray()}
     assert systems.ehm_client.staff("East")["support_leader"]["id"] == assigned[f"north-somerset-lcs-{east}".lower()]
@@ -188,7 +140,7 @@ async def test_ns14_family_hub_universal_step_down_sends_no_record_to_ehm(stack:
         child, target_level="universal", family_hub_universal=True, meeting_notes=None, plan=None, support_leader=None
     )
     await stack.publisher.poll_once()
-    events = await _events(stack, f"north-somerset-lcs-{request}".lower(), "source-closed")
+    events = await transfer_events(stack, f"north-somerset-lcs-{request}".lower(), "source-closed")
     assert "completed-no-record" in _types(events) and "delivered" not in _types(events)
     assert [] == systems.ehm_client.tray()
 
@@ -198,11 +150,11 @@ async def test_ns05_allocation_in_ehm_is_reported_back_as_an_event(stack: Stack,
     request = systems.lcs_client.request_stepdown(systems.lcs_client.create_child())
     transfer_id = f"north-somerset-lcs-{request}".lower()
     await stack.publisher.poll_once()
-    await _events(stack, transfer_id, "source-closed")
+    await transfer_events(stack, transfer_id, "source-closed")
     assert "in_tray" == systems.ehm_client.tray()[0]["status"]
     systems.ehm_client.allocate(transfer_id)
     assert 1 == await stack.reporter.poll_once()
-    events = await _events(stack, transfer_id, "allocated")
+    events = await transfer_events(stack, transfer_id, "allocated")
     assert "allocated" == _types(events)[-1]
     await asyncio.sleep(0)
 

@@ -1,0 +1,170 @@
+"""Delayed retry tiers, and the per-child order across them.
+
+A transfer whose target stays unavailable through the in-process retries moves to retry
+tier 0 (e.g. 30 s later), then tier 1 (e.g. 5 min), then the dead-letter topic. While one
+of a child's transfers waits in a tier, that child is *parked*: its later messages follow
+it into the same tier instead of overtaking it; other children keep flowing.
+
+Which children are parked, with which messages pending, is kept in a compacted topic so
+a restarted router knows it. Updates are idempotent (sets of message ids), so a batch
+processed twice after a crash leaves the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+
+RETRY_PREFIX = "casebridge.retry."
+H_ID = RETRY_PREFIX + "id"
+H_TIER = RETRY_PREFIX + "tier"
+H_DUE = RETRY_PREFIX + "due"
+H_ATTEMPTS = RETRY_PREFIX + "attempts"
+H_FIRST = RETRY_PREFIX + "first.failure"
+H_ORIG_TOPIC = RETRY_PREFIX + "original.topic"
+H_ORIG_PARTITION = RETRY_PREFIX + "original.partition"
+H_ORIG_OFFSET = RETRY_PREFIX + "original.offset"
+H_REPLAY_OF = "casebridge.replay.of"
+H_REPLAY_OPERATOR = "casebridge.replay.operator"
+
+
+def header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
+    for k, v in record.headers or ():
+        if k == name:
+            return bytes(v).decode()
+    return None
+
+
+def original_headers(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, bytes]]:
+    """The record's headers as the source published them (without casebridge's retry bookkeeping)."""
+    return [(k, bytes(v)) for k, v in (record.headers or ()) if not k.startswith(RETRY_PREFIX)]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message first entered casebridge, and what it has been through since."""
+
+    retry_id: str
+    topic: str
+    partition: int
+    offset: int
+    attempts: int
+    first_failure: datetime | None
+
+    @classmethod
+    def of(cls, record: ConsumerRecord[bytes, bytes]) -> Origin:
+        rid = header(record, H_ID)
+        if rid is None:
+            return cls(
+                f"{record.topic}/{record.partition}/{record.offset}",
+                record.topic,
+                record.partition,
+                record.offset,
+                0,
+                None,
+            )
+        first = header(record, H_FIRST)
+        return cls(
+            rid,
+            header(record, H_ORIG_TOPIC) or record.topic,
+            int(header(record, H_ORIG_PARTITION) or record.partition),
+            int(header(record, H_ORIG_OFFSET) or record.offset),
+            int(header(record, H_ATTEMPTS) or 0),
+            datetime.fromisoformat(first) if first else None,
+        )
+
+    def retry_headers(
+        self, tier: int, due: datetime, attempts: int, first_failure: datetime
+    ) -> list[tuple[str, bytes]]:
+        values = {
+            H_ID: self.retry_id,
+            H_TIER: str(tier),
+            H_DUE: due.isoformat(),
+            H_ATTEMPTS: str(attempts),
+            H_FIRST: first_failure.isoformat(),
+            H_ORIG_TOPIC: self.topic,
+            H_ORIG_PARTITION: str(self.partition),
+            H_ORIG_OFFSET: str(self.offset),
+        }
+        return [(k, v.encode()) for k, v in values.items()]
+
+
+def due_at(record: ConsumerRecord[bytes, bytes]) -> datetime:
+    value = header(record, H_DUE)
+    return datetime.fromisoformat(value) if value else datetime.now(UTC)
+
+
+@dataclass
+class Parked:
+    tier: int
+    pending: set[str] = field(default_factory=set)
+
+
+class RetryState:
+    """Children with transfers in retry tiers: the tier their earliest waits in, and what is pending."""
+
+    def __init__(self) -> None:
+        self.parked: dict[bytes, Parked] = {}
+
+    def tier_of(self, key: bytes | None) -> int | None:
+        p = self.parked.get(key) if key is not None else None
+        return p.tier if p is not None else None
+
+    def park(self, key: bytes, retry_id: str, tier: int) -> Parked:
+        p = self.parked.setdefault(key, Parked(tier))
+        p.tier = max(p.tier, tier)
+        p.pending.add(retry_id)
+        return p
+
+    def resolve(self, key: bytes, retry_id: str) -> Parked | None:
+        """Forget a message that left the tiers; returns the remaining state (None: the child flows again)."""
+        p = self.parked.get(key)
+        if p is None:
+            return None
+        p.pending.discard(retry_id)
+        if not p.pending:
+            del self.parked[key]
+            return None
+        return p
+
+    @staticmethod
+    def encode(p: Parked | None) -> bytes | None:
+        return None if p is None else json.dumps({"tier": p.tier, "pending": sorted(p.pending)}).encode()
+
+    def apply(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
+        """Rebuild from the compacted state topic (last value per key wins; a tombstone unparks)."""
+        for r in records:
+            if r.key is None:
+                continue
+            if r.value is None:
+                self.parked.pop(r.key, None)
+            else:
+                doc = json.loads(r.value)
+                self.parked[r.key] = Parked(int(doc["tier"]), set(doc["pending"]))
+
+    async def load(self, bootstrap_servers: str, topic: str, timeout: float = 30.0) -> None:
+        """Read the state topic to its end (it must exist; the router creates it at start)."""
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap_servers, group_id=None, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while not consumer.assignment():
+                if loop.time() > deadline:
+                    raise TimeoutError(f"no partitions of {topic} were assigned")
+                await asyncio.sleep(0.05)
+            partitions = list(consumer.assignment())
+            end = await consumer.end_offsets(partitions)
+            while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    self.apply(records)
+        finally:
+            await consumer.stop()
