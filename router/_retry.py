@@ -12,14 +12,14 @@ processed twice after a crash leaves the same state.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
+
+from ._reading import read_all
 
 RETRY_PREFIX = "casebridge.retry."
 H_ID = RETRY_PREFIX + "id"
@@ -148,23 +148,6 @@ class RetryState:
                 doc = json.loads(r.value)
                 self.parked[r.key] = Parked(int(doc["tier"]), set(doc["pending"]))
 
-    async def load(self, bootstrap_servers: str, topic: str, timeout: float = 30.0) -> None:
+    async def load(self, bootstrap_servers: str, topic: str) -> None:
         """Read the state topic to its end (it must exist; the router creates it at start)."""
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap_servers, group_id=None, auto_offset_reset="earliest"
-        )
-        await consumer.start()
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            while not consumer.assignment():
-                if loop.time() > deadline:
-                    raise TimeoutError(f"no partitions of {topic} were assigned")
-                await asyncio.sleep(0.05)
-            partitions = list(consumer.assignment())
-            end = await consumer.end_offsets(partitions)
-            while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    self.apply(records)
-        finally:
-            await consumer.stop()
+        self.apply(sorted(await read_all(bootstrap_servers, topic), key=lambda rec: (rec.partition, rec.offset)))

@@ -40,7 +40,7 @@ from mappings import Protocol, load_protocol
 
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at
-from .flow import Outcome, TransferFlow, event_id
+from .flow import Outcome, TransferFlow, event_id, peek_transfer_id
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router")
@@ -187,7 +187,7 @@ class Router:
         if tier is not None and record.key is not None:
             remaining = self.retry_state.resolve(record.key, origin.retry_id)
             await self.outbox.send(self.topics.retry_state, record.key, RetryState.encode(remaining), [])
-            if outcome.state == "completed":
+            if outcome.state == "completed" and origin.attempts > 0:  # it had failed, not only waited its turn
                 await self._alert(outcome, "info", "transfer recovered after retry and completed")
         return outcome
 
@@ -218,7 +218,7 @@ class Router:
         if record.key is not None:
             parked = self.retry_state.park(record.key, origin.retry_id, tier)
             await self.outbox.send(self.topics.retry_state, record.key, RetryState.encode(parked), [])
-        transfer_id = outcome.transfer_id if outcome else None
+        transfer_id = outcome.transfer_id if outcome else peek_transfer_id(record.value)
         if transfer_id is not None:
             await self.outbox.emit(
                 TransferRetryScheduled(

@@ -270,7 +270,7 @@ class TransferFlow:
 
     async def _reject(self, record: ConsumerRecord[bytes, bytes], exc: ValidationError, sink: Sink) -> Outcome:
         errors = field_errors(exc)
-        transfer_id = _peek_transfer_id(record.value)
+        transfer_id = peek_transfer_id(record.value)
         rejected_id = event_id(f"{record.topic}/{record.partition}/{record.offset}", "rejected")
         await sink.emit(TransferRejected(event_id=rejected_id, transfer_id=transfer_id, errors=errors))
         reason = "; ".join(f"{e.field}: {e.rule}" for e in errors[:10])
@@ -349,7 +349,7 @@ def event_id(base: str, kind: str) -> str:
     return str(uuid.uuid5(_EVENT_NS, f"{base}/{kind}"))
 
 
-def _peek_transfer_id(raw: bytes | None) -> str | None:
+def peek_transfer_id(raw: bytes | None) -> str | None:
     """The transfer id of a refused message, when it has a well-formed one (for operators' filters)."""
     try:
         value = json.loads(raw or b"").get("transfer_id")
