@@ -118,3 +118,10 @@ class EhmSandboxClient:
         self.http.post(
             f"/api/stepdown-tray/{transfer_id}/allocate", json={"family_support_worker": worker}
         ).raise_for_status()
+
+    def inject_fault(self, **spec: Any) -> None:
+        """Make EHM fail (sandbox fault injection): status, count or seconds, path_prefix, delay_ms, retry_after."""
+        self.http.post("/_sandbox/faults", json=spec).raise_for_status()
+
+    def clear_faults(self) -> None:
+        self.http.delete("/_sandbox/faults").raise_for_status()
