@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from router.deadletters import Filters, ReplayRefused, list_dead_letters
+from router.deadletters import replay as replay_dead_letters
+from router.settings import Topics
 
 from .localkafka import KafkaError, LocalKafka, default_home
 from .logs import configure_logging
@@ -23,8 +29,10 @@ kafka_app = typer.Typer(help="A local single-node Apache Kafka (KRaft) that need
 sandbox_app = typer.Typer(
     help="Sandbox case systems (real HTTP services with their own storage).", no_args_is_help=True
 )
+dlq_app = typer.Typer(help="The dead-letter topic: list and inspect what could not be handled.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(dlq_app, name="dlq")
 
 HomeOpt = Annotated[
     Path | None, typer.Option(help="broker home (data, logs); default $CASEBRIDGE_HOME/kafka or ~/.casebridge/kafka")
@@ -148,6 +156,119 @@ def demo(
         if broker is not None and not keep_kafka:
             broker.stop()
     raise typer.Exit(code=0 if ok else 1)
+
+
+BootstrapOpt = Annotated[
+    str | None, typer.Option(help="Kafka bootstrap servers (default $CASEBRIDGE_BOOTSTRAP_SERVERS)")
+]
+PrefixOpt = Annotated[str | None, typer.Option(help="topic prefix (default $CASEBRIDGE_TOPIC_PREFIX or casebridge)")]
+CouncilOpt = Annotated[str | None, typer.Option(help="only this council, e.g. north-somerset")]
+PathwayOpt = Annotated[str | None, typer.Option(help="only step-up or step-down")]
+RuleOpt = Annotated[str | None, typer.Option("--rule", help="only dead letters naming this rule id, e.g. NS-7")]
+ErrorOpt = Annotated[str | None, typer.Option("--error-class", help="only this error class, e.g. TargetRefused")]
+TransferOpt = Annotated[str | None, typer.Option("--transfer", help="only this transfer id")]
+SinceOpt = Annotated[datetime | None, typer.Option(help="last failure at or after (ISO 8601, UTC if no zone)")]
+UntilOpt = Annotated[datetime | None, typer.Option(help="last failure at or before")]
+
+
+def _where(bootstrap: str | None, prefix: str | None) -> tuple[str, Topics]:
+    from router import Settings
+
+    settings = Settings()
+    return bootstrap or settings.bootstrap_servers, Topics(prefix or settings.topic_prefix)
+
+
+def _filters(
+    council: str | None, pathway: str | None, rule: str | None, error_class: str | None, transfer: str | None,
+    since: datetime | None, until: datetime | None,
+) -> Filters:  # fmt: skip
+    return Filters(
+        council=council, pathway=pathway, rule_id=rule, error_class=error_class, transfer_id=transfer,
+        since=since, until=until,
+    )  # fmt: skip
+
+
+@dlq_app.command("list")
+def dlq_list(
+    bootstrap: BootstrapOpt = None,
+    prefix: PrefixOpt = None,
+    council: CouncilOpt = None,
+    pathway: PathwayOpt = None,
+    rule: RuleOpt = None,
+    error_class: ErrorOpt = None,
+    transfer: TransferOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """List dead letters (no personal data: ids, council, pathway, stage, error, rules, reason)."""
+    servers, topics = _where(bootstrap, prefix)
+    found = asyncio.run(
+        list_dead_letters(servers, topics, _filters(council, pathway, rule, error_class, transfer, since, until))
+    )
+    rows = [d.summary() for d in found]
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    columns = ["id", "last_failure", "council", "pathway", "transfer_id", "stage", "error_class", "rule_ids", "reason"]
+    table = [[", ".join(r[c]) if isinstance(r[c], list) else str(r[c]) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(columns)]
+    for line in [columns, *table]:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    typer.echo(f"{len(rows)} dead letter(s)")
+
+
+@dlq_app.command("show")
+def dlq_show(
+    dead_letter_id: Annotated[str, typer.Argument(metavar="ID", help="PARTITION:OFFSET, as `dlq list` shows")],
+    bootstrap: BootstrapOpt = None,
+    prefix: PrefixOpt = None,
+    value: Annotated[bool, typer.Option(help="also print the message itself (it may hold personal data)")] = False,
+) -> None:
+    """One dead letter: its context headers, and with --value the original message."""
+    servers, topics = _where(bootstrap, prefix)
+    found = [d for d in asyncio.run(list_dead_letters(servers, topics)) if d.id == dead_letter_id]
+    if not found:
+        raise _fail(LookupError(f"no dead letter {dead_letter_id} in {topics.dead_letter}"))
+    d = found[0]
+    typer.echo(json.dumps({"id": d.id, "key": (d.key or b"").decode(errors="replace"), "context": d.context}, indent=2))
+    if value:
+        typer.echo((d.value or b"").decode(errors="replace"))
+
+
+@app.command("replay")
+def replay_cmd(
+    operator: Annotated[str | None, typer.Option(help="who replays (required: every replay is audited)")] = None,
+    bootstrap: BootstrapOpt = None,
+    prefix: PrefixOpt = None,
+    council: CouncilOpt = None,
+    pathway: PathwayOpt = None,
+    rule: RuleOpt = None,
+    error_class: ErrorOpt = None,
+    transfer: TransferOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be replayed; change nothing")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="replay at most this many")] = None,
+    rate: Annotated[float, typer.Option(min=0.1, help="messages per second at most")] = 20.0,
+) -> None:
+    """Replay dead letters through every check again, once each, audited; failures go to the parking topic."""
+    servers, topics = _where(bootstrap, prefix)
+    filters = _filters(council, pathway, rule, error_class, transfer, since, until)
+    try:
+        report = asyncio.run(
+            replay_dead_letters(
+                servers, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit, rate_per_second=rate
+            )
+        )
+    except ReplayRefused as exc:
+        raise _fail(exc) from exc
+    verb = "would replay" if dry_run else "replayed"
+    done = report.selected if dry_run else report.replayed
+    typer.echo(f"{verb} {len(done)}: {', '.join(done) or '-'}")
+    if report.already_replayed:
+        typer.echo(f"skipped {len(report.already_replayed)} already replayed: {', '.join(report.already_replayed)}")
 
 
 @app.command("schema")

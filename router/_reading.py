@@ -16,7 +16,7 @@ async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0) ->
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not consumer.assignment() and loop.time() < deadline:  # noqa: ASYNC110 (aiokafka offers no event)
+        while not consumer.assignment() and loop.time() < deadline:
             await asyncio.sleep(0.05)
         partitions = list(consumer.assignment())
         end = await consumer.end_offsets(partitions) if partitions else {}
