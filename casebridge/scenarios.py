@@ -55,14 +55,23 @@ def good_request(**changes: Any) -> dict[str, Any]:
     return req
 
 
-class LcsSandboxClient:
-    """What a social worker does on LCS, through its HTTP API."""
-
+class _SandboxClient:
     def __init__(self, url: str, token: str) -> None:
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
     def close(self) -> None:
         self.http.close()
+
+    def inject_fault(self, **spec: Any) -> None:
+        """Inject a fault: status, count or seconds, path_prefix, delay_ms, retry_after."""
+        self.http.post("/_sandbox/faults", json=spec).raise_for_status()
+
+    def clear_faults(self) -> None:
+        self.http.delete("/_sandbox/faults").raise_for_status()
+
+
+class LcsSandboxClient(_SandboxClient):
+    """What a social worker does on LCS, through its HTTP API."""
 
     def _ok(self, response: httpx.Response) -> dict[str, Any]:
         response.raise_for_status()
@@ -91,14 +100,8 @@ class LcsSandboxClient:
         self._ok(self.http.post(f"/api/children/{child_id}/reopen", json={"reopened_by": "a team manager"}))
 
 
-class EhmSandboxClient:
+class EhmSandboxClient(_SandboxClient):
     """What an early-help manager does on EHM, through its HTTP API."""
-
-    def __init__(self, url: str, token: str) -> None:
-        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-
-    def close(self) -> None:
-        self.http.close()
 
     def tray(self) -> list[dict[str, Any]]:
         response = self.http.get("/api/stepdown-tray")
@@ -118,10 +121,3 @@ class EhmSandboxClient:
         self.http.post(
             f"/api/stepdown-tray/{transfer_id}/allocate", json={"family_support_worker": worker}
         ).raise_for_status()
-
-    def inject_fault(self, **spec: Any) -> None:
-        """Make EHM fail (sandbox fault injection): status, count or seconds, path_prefix, delay_ms, retry_after."""
-        self.http.post("/_sandbox/faults", json=spec).raise_for_status()
-
-    def clear_faults(self) -> None:
-        self.http.delete("/_sandbox/faults").raise_for_status()

@@ -125,3 +125,11 @@ async def test_replay_that_fails_again_goes_to_parking_not_back_to_the_dead_lett
     assert 1 == len(parked)
     assert b"ops-tester" == dict(parked[0].headers)["casebridge.replay.operator"]
     assert 1 == len(await list_dead_letters(bootstrap, topics))
+
+
+async def test_lcs_publisher_waits_out_an_lcs_outage_and_then_publishes(stack: Stack, systems: Systems) -> None:
+    """LCS answering 503 does not stop the publisher loop: it backs off, then publishes the waiting request."""
+    request = systems.lcs_client.request_stepdown(systems.lcs_client.create_child())
+    systems.lcs_client.inject_fault(status=503, count=3, path_prefix="/api/changes")
+    await asyncio.wait_for(stack.publisher.run(0.1, stop=lambda: stack.publisher.published > 0), timeout=60)
+    await _closed(stack, {_tid(request)})

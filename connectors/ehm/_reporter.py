@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from .._feed import FileCursor, idempotent_producer
+from .._feed import FileCursor, idempotent_producer, poll_forever
 from ._connector import EhmConnector, allocation_events
 
 
@@ -45,6 +44,4 @@ class AllocationReporter:
         return len(events)
 
     async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
-        while not stop():
-            if await self.poll_once() == 0:
-                await asyncio.sleep(interval)
+        await poll_forever(self.poll_once, interval, stop, "ehm-allocations")

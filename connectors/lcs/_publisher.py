@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -13,7 +12,7 @@ from pydantic import ValidationError
 from contracts import Council, TransferMessage, field_errors
 from mappings import MappingError, load_mapping
 
-from .._feed import FileCursor, idempotent_producer
+from .._feed import FileCursor, idempotent_producer, poll_forever
 from ._connector import LcsConnector
 
 log = structlog.get_logger("casebridge.connectors.lcs")
@@ -76,9 +75,7 @@ class LcsPublisher:
         return len(pending)
 
     async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
-        while not stop():
-            if await self.poll_once() == 0:
-                await asyncio.sleep(interval)
+        await poll_forever(self.poll_once, interval, stop, "lcs-changes")
 
     async def _publish(self, request_id: str, seq: int) -> Awaitable[Any]:
         request = await self.lcs.request(request_id)
