@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import SecretStr
+
+from contracts import CaseSystem
 
 from ._errors import TargetRefused, TargetUnavailable
 
@@ -68,3 +70,28 @@ def _rule_of(response: httpx.Response) -> str | None:
         return None
     rule = body.get("rule") if isinstance(body, dict) else None
     return rule if isinstance(rule, str) else None
+
+
+class HttpConnection:
+    """The lifecycle every HTTP connector shares: a client opened at ``start()``, closed at ``stop()``."""
+
+    system: ClassVar[CaseSystem]
+
+    def __init__(self, base_url: str, token: SecretStr, timeout: float = 10.0) -> None:
+        self.base_url = base_url
+        self._token = token
+        self._timeout = timeout
+        self._http: HttpClient | None = None
+
+    async def start(self) -> None:
+        self._http = HttpClient(self.system.value, self.base_url, self._token, self._timeout)
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    @property
+    def http(self) -> HttpClient:
+        if self._http is None:
+            raise RuntimeError(f"{type(self).__name__} used before start()")
+        return self._http

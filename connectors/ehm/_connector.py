@@ -3,40 +3,19 @@ from __future__ import annotations
 import uuid
 from typing import Any, ClassVar
 
-from pydantic import SecretStr
-
 from contracts import CaseSystem, TransferAllocated, TransferMessage
 from mappings import Route, load_mapping
 
 from .._base import Receipt, Target
-from .._http import HttpClient
+from .._http import HttpConnection
 
 _TRAY = load_mapping("ehm-stepdown-tray")
 _ROLE_KEY = {"support-leader": "support_leader", "team-manager": "team_manager"}
 _EVENT_NS = uuid.UUID("0b8e8a7e-2f0c-4a43-8d7c-4f1f9a3e5b21")
 
 
-class EhmConnector(Target):
+class EhmConnector(HttpConnection, Target):
     system: ClassVar[CaseSystem] = CaseSystem.EHM
-
-    def __init__(self, base_url: str, token: SecretStr, timeout: float = 10.0) -> None:
-        self.base_url = base_url
-        self._token = token
-        self._timeout = timeout
-        self._http: HttpClient | None = None
-
-    async def start(self) -> None:
-        self._http = HttpClient("ehm", self.base_url, self._token, self._timeout)
-
-    async def stop(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-
-    @property
-    def http(self) -> HttpClient:
-        if self._http is None:
-            raise RuntimeError("EhmConnector used before start()")
-        return self._http
 
     async def _staff(self, locality: str) -> dict[str, Any]:
         staff: dict[str, Any] = (await self.http.request("GET", f"/api/localities/{locality}/staff")).json()

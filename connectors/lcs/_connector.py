@@ -2,39 +2,18 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import SecretStr
-
 from contracts import CaseSystem, RecordState, TransferMessage
 
 from .._base import Receipt, Source, SourceState
 from .._errors import TargetRefused
-from .._http import HttpClient
+from .._http import HttpConnection
 
 CLOSURE_REASON = "Stepped down to early help (EHM)"
 CLOSED_BY = "casebridge"
 
 
-class LcsConnector(Source):
+class LcsConnector(HttpConnection, Source):
     system: ClassVar[CaseSystem] = CaseSystem.LCS
-
-    def __init__(self, base_url: str, token: SecretStr, timeout: float = 10.0) -> None:
-        self.base_url = base_url
-        self._token = token
-        self._timeout = timeout
-        self._http: HttpClient | None = None
-
-    async def start(self) -> None:
-        self._http = HttpClient("lcs", self.base_url, self._token, self._timeout)
-
-    async def stop(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-
-    @property
-    def http(self) -> HttpClient:
-        if self._http is None:
-            raise RuntimeError("LcsConnector used before start()")
-        return self._http
 
     async def child(self, child_id: str) -> dict[str, Any]:
         child: dict[str, Any] = (await self.http.request("GET", f"/api/children/{child_id}")).json()
