@@ -315,6 +315,8 @@ class TransferFlow:
         )
         await sink.dead_letter(record, failure)
         await emit(TransferDeadLettered, stage=stage, error_class=error_class, reason=message, rule_ids=rule_ids)
+        if stage != "protocol":  # a held transfer is shown as held; a failed delivery needs a person now
+            await emit(AlertRaised, severity="critical", rule_ids=rule_ids, summary=f"dead-lettered: {error_class}")
 
 
 class _NoRoute(CasebridgeError):

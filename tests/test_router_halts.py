@@ -1,0 +1,67 @@
+"""If the router cannot write an outcome (the dead-letter write itself failed), it stops and commits nothing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from connectors.memory import MemorySource, MemoryTarget
+from contracts import CaseSystem, TransferEvent
+from router import Settings, build_router
+from router._outbox import Failure, OutputFailed
+from router.app import RouterHalted
+from tests.support import ns_transfer
+
+
+class BrokerRefusingOutbox:
+    """Stands in for the outbox when the broker refuses every write."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    async def emit(self, event: TransferEvent) -> None:
+        self.writes += 1
+
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
+        self.writes += 1
+
+    async def send(self, *args: Any) -> None:
+        self.writes += 1
+
+    async def flush(self) -> None:
+        raise OutputFailed(f"{self.writes} writes were not acknowledged: KafkaTimeoutError")
+
+
+@dataclass
+class Batch:
+    raw_message: tuple[ConsumerRecord[bytes, bytes], ...]
+    acked: list[bool] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        self.acked.append(True)
+
+
+def _record(offset: int, value: bytes) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord("t.transfers", 0, offset, 0, 0, b"k", value, None, len(b"k"), len(value), [])
+
+
+async def test_output_failure_halts_the_router_without_committing() -> None:
+    """A batch whose outputs the broker did not acknowledge is not committed; later batches are refused too."""
+    router = build_router(
+        Settings(bootstrap_servers="127.0.0.1:1", topic_prefix="t"),
+        {CaseSystem.EHM: MemoryTarget()},
+        {CaseSystem.LCS: MemorySource()},
+    )
+    await router.outbox.stop()  # the real one is never started here
+    router.outbox = BrokerRefusingOutbox()  # type: ignore[assignment]
+    batch = Batch((_record(0, b"{not json"), _record(1, json.dumps(ns_transfer(1)).encode())))
+
+    with pytest.raises(OutputFailed):
+        await router._on_batch(batch, None)  # type: ignore[arg-type]
+    assert (True, True, []) == (router.halted, router.stopped.is_set(), batch.acked)
+    with pytest.raises(RouterHalted):
+        await router._on_batch(Batch((_record(2, b"{}"),)), None)  # type: ignore[arg-type]
