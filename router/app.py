@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import traceback
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -195,7 +196,9 @@ class Router:
         try:
             return await self.flow.run(record, self.outbox)
         except Exception as exc:  # a bug must not lose the message: dead-letter it and go on
-            log.exception("transfer_internal_error", error_class=type(exc).__name__)
+            # no traceback text: an exception's message may quote personal data; file:line is enough to find it
+            frames = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in traceback.extract_tb(exc.__traceback__)]
+            log.error("transfer_internal_error", error_class=type(exc).__name__, where=frames[-5:])
             failure = Failure(stage="internal", error_class=type(exc).__name__, message="internal error in the router")
             await self.outbox.dead_letter(record, failure)
             return Outcome("dead-lettered")
