@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -139,6 +140,8 @@ def demo(
     from .demo import run_demo
 
     configure_logging(level=os.environ.get("CASEBRIDGE_LOG_LEVEL", "WARNING"), json=False)
+    # fresh demo topics make aiokafka log leader elections as errors for a second; not news for a demo
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     broker = None
     if bootstrap is None:
         broker = _broker(home, port)
