@@ -6,14 +6,12 @@ that opens an early-help episode, a durable allocation feed, and case notes.
 Vendor behaviour from the North Somerset protocol is enforced: a step-down without
 meeting notes and plan cannot progress (NS-8).
 
-Run it: ``python -m sandboxes ehm --db ehm.sqlite3 --token T --port 8102``.
+Run it: ``casebridge sandbox ehm --db ehm.sqlite3 --token T --port 8102``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
@@ -34,7 +32,6 @@ from sandboxes._common import (
     install_common,
     lifespan_closing,
     parse_prefixed_id,
-    run_forever,
     utcnow,
 )
 
@@ -59,7 +56,6 @@ __all__ = [
     "TrayList",
     "TrayPutResult",
     "create_app",
-    "main",
 ]
 
 logger = logging.getLogger("sandboxes.ehm")
@@ -562,24 +558,3 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     app.include_router(api)
     return app
-
-
-# ------------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m sandboxes ehm --db FILE [--token T] [--host H] [--port P]``."""
-    parser = argparse.ArgumentParser(prog="python -m sandboxes ehm", description=__doc__)
-    parser.add_argument("--db", type=Path, required=True, help="sqlite file")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("EHM_SANDBOX_TOKEN"),
-        help="bearer token (default: $EHM_SANDBOX_TOKEN)",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8102)
-    args = parser.parse_args(argv)
-    if not args.token:
-        parser.error("a token is needed: --token or $EHM_SANDBOX_TOKEN")
-    logging.basicConfig(level=logging.INFO)
-    run_forever(create_app(args.db, args.token), args.host, args.port)

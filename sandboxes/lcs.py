@@ -5,16 +5,13 @@ ordered change feed a connector can resume from a cursor. Vendor behaviour from
 the North Somerset protocol is enforced: a closed record cannot be stepped down
 (NS-7).
 
-Run it: ``python -m sandboxes lcs --db lcs.sqlite3 --token T --port 8101``.
+Run it: ``casebridge sandbox lcs --db lcs.sqlite3 --token T --port 8101``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import sqlite3
-from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal, get_args
@@ -32,7 +29,6 @@ from sandboxes._common import (
     install_common,
     lifespan_closing,
     parse_prefixed_id,
-    run_forever,
     utcnow,
 )
 
@@ -53,7 +49,6 @@ __all__ = [
     "StepdownList",
     "StepdownRequest",
     "create_app",
-    "main",
 ]
 
 logger = logging.getLogger("sandboxes.lcs")
@@ -502,24 +497,3 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     app.include_router(api)
     return app
-
-
-# ------------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m sandboxes lcs --db FILE [--token T] [--host H] [--port P]``."""
-    parser = argparse.ArgumentParser(prog="python -m sandboxes lcs", description=__doc__)
-    parser.add_argument("--db", type=Path, required=True, help="sqlite file")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("LCS_SANDBOX_TOKEN"),
-        help="bearer token (default: $LCS_SANDBOX_TOKEN)",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8101)
-    args = parser.parse_args(argv)
-    if not args.token:
-        parser.error("a token is needed: --token or $LCS_SANDBOX_TOKEN")
-    logging.basicConfig(level=logging.INFO)
-    run_forever(create_app(args.db, args.token), args.host, args.port)
