@@ -274,12 +274,50 @@ def replay_cmd(
         typer.echo(f"skipped {len(report.already_replayed)} already replayed: {', '.join(report.already_replayed)}")
 
 
+@app.command("monitor")
+def monitor_cmd(
+    bootstrap: BootstrapOpt = None,
+    prefix: PrefixOpt = None,
+    host: Annotated[
+        str | None, typer.Option(help="listen address (default $CASEBRIDGE_MONITOR__HOST or 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="listen port (default $CASEBRIDGE_MONITOR__PORT or 8100)")] = None,
+    db: Annotated[Path | None, typer.Option(help="tracker database (default $CASEBRIDGE_MONITOR__DB)")] = None,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="drop the tracker database and re-read the events topic")
+    ] = False,
+) -> None:
+    """Serve the monitoring page, its JSON API, /metrics and /asyncapi.json, tracking the events topic.
+
+    Tokens come from CASEBRIDGE_MONITOR__TOKENS, a JSON list of {"token", "name", "role"}
+    with role viewer or operator; without any token nobody can sign in.
+    """
+    from monitor import Monitor, MonitorSettings, create_app
+    from sandboxes import run_forever
+
+    configure_logging()
+    servers, topics = _where(bootstrap, prefix)
+    settings = MonitorSettings()
+    settings = settings.model_copy(
+        update={k: v for k, v in {"host": host, "port": port, "db": db}.items() if v is not None}
+    )
+    if not settings.tokens:
+        typer.echo("warning: CASEBRIDGE_MONITOR__TOKENS is empty, so nobody can sign in", err=True)
+    monitor = Monitor(settings, servers, topics, rebuild=rebuild)
+    typer.echo(
+        f"casebridge monitor on http://{settings.host}:{settings.port}/ (events {topics.events}, db {settings.db})"
+    )
+    run_forever(create_app(monitor), settings.host, settings.port)
+
+
 @app.command("schema")
 def schema() -> None:
-    """Write the contracts' JSON Schema files (contracts/schemas)."""
+    """Write the contracts' JSON Schema files (contracts/schemas) and contracts/asyncapi.json."""
     from contracts.schema import main as export
+    from monitor.asyncapi import main as export_asyncapi
 
     export()
+    export_asyncapi()
 
 
 def main() -> None:

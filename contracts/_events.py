@@ -140,6 +140,19 @@ class AlertRaised(_Event):
     summary: str
 
 
+class MilestoneRecorded(_Event):
+    """A step no router event marks, recorded by an operator or a connector (e.g. NS-4's meeting held).
+
+    Protocol deadlines (mappings/data/deadlines.toml) start or are met by milestones. It names
+    the step only: who recorded it and any notes stay out (no personal data in events).
+    """
+
+    event_type: Literal["milestone"] = "milestone"
+    milestone: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
+    rule_ids: list[RuleId] = Field(default_factory=list)
+    recorded_via: Literal["operator", "connector"] = "operator"
+
+
 TransferEvent = Annotated[
     TransferRequested
     | TransferValidated
@@ -154,7 +167,8 @@ TransferEvent = Annotated[
     | TransferDeadLettered
     | TransferRetryScheduled
     | TransferReplayed
-    | AlertRaised,
+    | AlertRaised
+    | MilestoneRecorded,
     Field(discriminator="event_type"),
 ]
 

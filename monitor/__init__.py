@@ -1,0 +1,33 @@
+"""casebridge's monitor: the flow tracker, the monitoring page and JSON API, metrics, AsyncAPI.
+
+The tracker reads ``<prefix>.events`` into SQLite (each transfer's state and timeline,
+no personal data), rebuildable from Kafka. ``casebridge monitor`` serves the page, the
+API, ``/metrics`` for Prometheus and ``/asyncapi.json``, behind viewer/operator tokens.
+"""
+
+from ._asyncapi import asyncapi_document
+from ._lag import Watch, group_lag
+from ._service import Monitor
+from ._settings import MonitorSettings, Principal, TokenGrant
+from ._store import Store
+from ._tracker import Tracker, drop_store
+from ._views import deadlines, overview, transfer_detail
+from ._web import create_app, milestones
+
+__all__ = [
+    "Monitor",
+    "MonitorSettings",
+    "Principal",
+    "TokenGrant",
+    "Store",
+    "Tracker",
+    "Watch",
+    "drop_store",
+    "group_lag",
+    "create_app",
+    "milestones",
+    "overview",
+    "transfer_detail",
+    "deadlines",
+    "asyncapi_document",
+]

@@ -1,0 +1,79 @@
+"""Prometheus metrics, collected from the tracker's store and the watch at each scrape.
+
+Computed from the store rather than counted in memory, so the figures survive a restart
+and a rebuild gives the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ._lag import Watch
+from ._store import Store
+from ._views import deadlines
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600)
+
+
+class StoreCollector(Collector):
+    def __init__(self, store: Store, watch: Watch) -> None:
+        self.store = store
+        self.watch = watch
+
+    def collect(self) -> Iterator[Metric]:
+        transfers = GaugeMetricFamily(
+            "casebridge_transfers", "Transfers by council, pathway and state", labels=["council", "pathway", "state"]
+        )
+        for row in self.store.counts():
+            transfers.add_metric([row["council"], row["pathway"], row["state"]], row["n"])
+        yield transfers
+
+        latencies = sorted(self.store.latencies())
+        buckets = [(str(float(b)), float(sum(1 for v in latencies if v <= b))) for b in LATENCY_BUCKETS]
+        buckets.append(("+Inf", float(len(latencies))))
+        yield HistogramMetricFamily(
+            "casebridge_handover_latency_seconds",
+            "From requested to acknowledged by the target (or completed with no record to send)",
+            buckets=buckets,
+            sum_value=sum(latencies),
+        )
+
+        yield CounterMetricFamily(
+            "casebridge_retries", "Transfers scheduled into a delayed retry tier", value=self.store.retry_count()
+        )
+        dead = CounterMetricFamily("casebridge_dead_letters", "Transfers dead-lettered, by council", labels=["council"])
+        for council, n in sorted(self.store.dead_letter_counts().items()):
+            dead.add_metric([council], n)
+        yield dead
+        yield GaugeMetricFamily(
+            "casebridge_dead_letters_waiting",
+            "Messages on the dead-letter topic not yet replayed",
+            value=sum(1 for d in self.watch.dead_letters if not d["replayed"]),
+        )
+
+        lag = GaugeMetricFamily("casebridge_consumer_lag", "Messages not yet consumed", labels=["group", "topic"])
+        for row in self.watch.lag:
+            lag.add_metric([row["group"], row["topic"]], row["lag"])
+        yield lag
+
+        states: dict[tuple[str, str], int] = {}
+        for _, status in deadlines(self.store, datetime.now(UTC)):
+            key = (status.rule_id, str(status.state))
+            states[key] = states.get(key, 0) + 1
+        timed = GaugeMetricFamily(
+            "casebridge_deadlines", "Protocol deadlines by rule and state", labels=["rule_id", "state"]
+        )
+        for (rule_id, state), n in sorted(states.items()):
+            timed.add_metric([rule_id, state], n)
+        yield timed
+
+
+def registry_for(store: Store, watch: Watch) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, watch))
+    return registry

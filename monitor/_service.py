@@ -1,0 +1,52 @@
+"""One monitor: the tracker, the watch (lag, dead letters) and the metrics over one store."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from router.settings import Topics
+
+from ._lag import Watch
+from ._metrics import registry_for
+from ._settings import MonitorSettings
+from ._store import Store
+from ._tracker import Tracker, drop_store
+
+
+@dataclass
+class Monitor:
+    settings: MonitorSettings
+    bootstrap_servers: str
+    topics: Topics
+    rebuild: bool = False
+    store: Store = field(init=False)
+    tracker: Tracker = field(init=False)
+    watch: Watch = field(init=False)
+    registry: CollectorRegistry = field(init=False)
+    _stopped: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.rebuild:
+            drop_store(self.settings.db)
+        self.store = Store(self.settings.db)
+        self.tracker = Tracker(self.store, self.bootstrap_servers, self.topics)
+        self.watch = Watch(self.bootstrap_servers, self.topics, self.tracker, self.settings.lag_interval_seconds)
+        self.registry = registry_for(self.store, self.watch)
+
+    async def start(self) -> None:
+        self._stopped = asyncio.Event()
+        await self.tracker.start()
+        self._tasks = [
+            asyncio.create_task(self.tracker.run(self._stopped)),
+            asyncio.create_task(self.watch.run(self._stopped)),
+        ]
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tracker.stop()
+        self.store.close()

@@ -1,0 +1,243 @@
+"""The flow tracker's store: each transfer's state and timeline in SQLite, no personal data.
+
+Events arrive at least once: ``event_id`` is the primary key, so a duplicate changes
+nothing. The events topic's next offsets are kept in the same database and written in the
+same transaction as the events they cover, so a restart resumes exactly where the store
+is, and deleting the file rebuilds everything from the topic's beginning.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from contracts import TransferEvent, TransferRequested, TransferRetryScheduled
+
+#: the state a transfer enters with each event type (alerts, milestones, allocations do not move it)
+STATE_OF = {
+    "requested": "in-flight",
+    "validated": "in-flight",
+    "delivered": "delivered",
+    "acknowledged": "acknowledged",
+    "retry-scheduled": "retrying",
+    "held": "held",
+    "rejected": "rejected",
+    "dead-lettered": "dead-lettered",
+    "replayed": "replayed",
+    "source-closed": "completed",
+    "source-kept-open": "completed",
+    "completed-no-record": "completed",
+}
+IN_FLIGHT = ("in-flight", "delivered", "acknowledged", "retrying", "replayed")
+#: the handover is done (for the latency histogram): the target acknowledged it, or no record was to be sent
+HANDED_OVER = ("acknowledged", "completed-no-record")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    transfer_id TEXT,
+    event_type TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_transfer ON events (transfer_id, occurred_at);
+CREATE INDEX IF NOT EXISTS events_type ON events (event_type);
+CREATE TABLE IF NOT EXISTS transfers (
+    transfer_id TEXT PRIMARY KEY,
+    council TEXT,
+    direction TEXT,
+    from_system TEXT,
+    to_system TEXT,
+    state TEXT NOT NULL,
+    requested_at TEXT,
+    updated_at TEXT NOT NULL,
+    latency_seconds REAL,
+    retries INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS transfers_state ON transfers (state);
+CREATE TABLE IF NOT EXISTS offsets (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Position:
+    topic: str
+    partition: int
+    next_offset: int
+
+
+class Store:
+    """SQLite, one connection, serialised by a lock (the web app and the tracker share it)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, tuple(params)))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def apply(self, events: Iterable[TransferEvent], positions: Iterable[Position] = ()) -> int:
+        """Store events (duplicates ignored) and the topic positions they bring us to; returns how many were new."""
+        new = 0
+        with self._tx() as db:
+            for event in events:
+                new += self._apply_one(db, event)
+            for p in positions:
+                db.execute(
+                    "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
+                    "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                    (p.topic, p.partition, p.next_offset),
+                )
+        return new
+
+    def _apply_one(self, db: sqlite3.Connection, e: TransferEvent) -> int:
+        at = e.occurred_at.isoformat()
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO events (event_id, transfer_id, event_type, occurred_at, body) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (e.event_id, e.transfer_id, e.event_type, at, e.model_dump_json()),
+        )
+        if cursor.rowcount == 0 or e.transfer_id is None:
+            return cursor.rowcount
+        row = db.execute("SELECT * FROM transfers WHERE transfer_id = ?", (e.transfer_id,)).fetchone()
+        if row is None:
+            db.execute(
+                "INSERT INTO transfers (transfer_id, state, updated_at) VALUES (?, 'in-flight', ?)", (e.transfer_id, at)
+            )
+            row = db.execute("SELECT * FROM transfers WHERE transfer_id = ?", (e.transfer_id,)).fetchone()
+        state = row["state"]
+        new_state = STATE_OF.get(e.event_type)
+        completed = state == "completed" and new_state != "completed"  # completion sticks
+        held = state == "held" and new_state == "dead-lettered"  # a hold is also dead-lettered: "held" says more
+        if new_state is not None and not completed and not held:
+            state = new_state
+        fields: dict[str, Any] = {"state": state, "updated_at": max(at, row["updated_at"])}
+        if e.council is not None and row["council"] is None:
+            fields["council"] = e.council.value
+        if isinstance(e, TransferRequested) and row["requested_at"] is None:
+            fields.update(
+                direction=e.direction.value,
+                from_system=e.from_system.value,
+                to_system=e.to_system.value,
+                requested_at=at,
+            )
+        if isinstance(e, TransferRetryScheduled) and not e.behind_earlier_transfer:
+            fields["retries"] = row["retries"] + 1
+        requested_at = fields.get("requested_at", row["requested_at"])
+        if e.event_type in HANDED_OVER and row["latency_seconds"] is None and requested_at is not None:
+            fields["latency_seconds"] = max(0.0, (e.occurred_at - datetime.fromisoformat(requested_at)).total_seconds())
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        db.execute(f"UPDATE transfers SET {assignments} WHERE transfer_id = ?", (*fields.values(), e.transfer_id))
+        return 1
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def positions(self, topic: str) -> dict[int, int]:
+        return {r["partition"]: r["next_offset"] for r in self._query("SELECT * FROM offsets WHERE topic = ?", [topic])}
+
+    def counts(self) -> list[dict[str, Any]]:
+        """Transfers by council, pathway and state."""
+        rows = self._query(
+            "SELECT COALESCE(council, '') AS council, COALESCE(direction, '') AS pathway, state, COUNT(*) AS n "
+            "FROM transfers GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )
+        return [dict(r) for r in rows]
+
+    def by_state(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self._query("SELECT state, COUNT(*) AS n FROM transfers GROUP BY state")}
+
+    def transfers(
+        self, *, states: Iterable[str] | None = None, prefix: str | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM transfers WHERE 1 = 1", []
+        if states is not None:
+            wanted = list(states)
+            sql += f" AND state IN ({', '.join('?' for _ in wanted)})"
+            params += wanted
+        if prefix:
+            sql += " AND transfer_id LIKE ? ESCAPE '\\'"
+            params.append(prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        sql += " ORDER BY updated_at DESC LIMIT ?"
+        params.append(str(limit))
+        return [dict(r) for r in self._query(sql, params)]
+
+    def transfer(self, transfer_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM transfers WHERE transfer_id = ?", [transfer_id])
+        return dict(rows[0]) if rows else None
+
+    def timeline(self, transfer_id: str) -> list[dict[str, Any]]:
+        rows = self._query("SELECT body FROM events WHERE transfer_id = ? ORDER BY occurred_at, seq", [transfer_id])
+        return [json.loads(r["body"]) for r in rows]
+
+    def timelines(self, transfer_ids: Iterable[str]) -> dict[str, list[tuple[str, datetime]]]:
+        """Each transfer's ``(event key, occurred at)`` list, milestones keyed ``milestone:<name>`` (for deadlines)."""
+        ids = list(transfer_ids)
+        out: dict[str, list[tuple[str, datetime]]] = {i: [] for i in ids}
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+            rows = self._query(
+                "SELECT transfer_id, event_type, occurred_at, body FROM events "
+                f"WHERE transfer_id IN ({', '.join('?' for _ in chunk)}) ORDER BY occurred_at, seq",
+                chunk,
+            )
+            for r in rows:
+                key = r["event_type"]
+                if key == "milestone":
+                    key = "milestone:" + json.loads(r["body"])["milestone"]
+                out[r["transfer_id"]].append((key, datetime.fromisoformat(r["occurred_at"])))
+        return out
+
+    def event_count(self, event_type: str) -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM events WHERE event_type = ?", [event_type])[0]["n"])
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead-lettered events by council (the tracker's view; the topic itself is read for reasons)."""
+        rows = self._query(
+            "SELECT COALESCE(t.council, '') AS council, COUNT(*) AS n FROM events e "
+            "LEFT JOIN transfers t ON t.transfer_id = e.transfer_id WHERE e.event_type = 'dead-lettered' GROUP BY 1"
+        )
+        return {r["council"]: r["n"] for r in rows}
+
+    def latencies(self) -> list[float]:
+        rows = self._query("SELECT latency_seconds FROM transfers WHERE latency_seconds IS NOT NULL")
+        return [float(r["latency_seconds"]) for r in rows]
+
+    def retry_count(self) -> int:
+        return self.event_count("retry-scheduled")
