@@ -31,7 +31,7 @@ from router.deadletters import Filters, replay
 
 from ._asyncapi import asyncapi_document
 from ._service import Monitor
-from ._settings import Principal
+from ._settings import MonitorSettings, Principal
 from ._views import overview, transfer_detail
 
 log = structlog.get_logger("casebridge.monitor")
@@ -66,6 +66,30 @@ class MilestoneRequest(BaseModel):
     milestone: str = Field(min_length=1, max_length=64)
 
 
+def _who(request: Request) -> Principal | None:
+    settings: MonitorSettings = request.app.state.monitor.settings
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
+    return settings.principal(token)
+
+
+def _viewer(request: Request) -> Principal:
+    principal = _who(request)
+    if principal is None:
+        raise HTTPException(401, "a viewer or operator token is required", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+def _operator(principal: Annotated[Principal, Depends(_viewer)]) -> Principal:
+    if not principal.is_operator:
+        raise HTTPException(403, "this needs the operator role")
+    return principal
+
+
+Viewer = Annotated[Principal, Depends(_viewer)]
+Operator = Annotated[Principal, Depends(_operator)]
+
+
 def create_app(monitor: Monitor) -> FastAPI:
     settings = monitor.settings
 
@@ -78,31 +102,13 @@ def create_app(monitor: Monitor) -> FastAPI:
             await monitor.stop()
 
     app = FastAPI(title="casebridge monitor", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-
-    def who(request: Request) -> Principal | None:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
-        return settings.principal(token)
-
-    def viewer(request: Request) -> Principal:
-        principal = who(request)
-        if principal is None:
-            raise HTTPException(401, "a viewer or operator token is required", headers={"WWW-Authenticate": "Bearer"})
-        return principal
-
-    def operator(principal: Annotated[Principal, Depends(viewer)]) -> Principal:
-        if not principal.is_operator:
-            raise HTTPException(403, "this needs the operator role")
-        return principal
-
-    Viewer = Annotated[Principal, Depends(viewer)]
-    Operator = Annotated[Principal, Depends(operator)]
+    app.state.monitor = monitor
 
     # -- the page ------------------------------------------------------------------------
 
     @app.get("/", response_model=None)
     async def page(request: Request) -> Response:
-        if who(request) is None:
+        if _who(request) is None:
             return RedirectResponse("/login", status_code=303)
         return HTMLResponse(_page("index.html"), headers={"Cache-Control": "no-store"})
 

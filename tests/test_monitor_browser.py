@@ -1,0 +1,114 @@
+"""A real headless Chromium (Debian's chromium + chromium-driver) against a running system.
+
+Real broker, sandbox LCS and EHM, router with its loops, tracker and monitor web server on
+a free port: the page loads after signing in, its counts change once transfers flow, and a
+transfer's timeline opens. The screenshot is saved under tests/artifacts/ (not committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from casebridge.stack import Stack
+from router import Settings
+from router.settings import RetrySettings
+from tests.monitor_support import OPERATOR_TOKEN, running_monitor
+from tests.support import TOKEN, Systems
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1600",
+    ]:
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def text_of(driver: webdriver.Chrome, element_id: str) -> str:
+    return str(driver.find_element(By.ID, element_id).text)
+
+
+def wait_text(driver: webdriver.Chrome, element_id: str, expected: str, timeout: float = 90) -> None:
+    WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: text_of(d, element_id) == expected)
+
+
+async def test_monitor_page_in_chromium_counts_change_and_timeline_opens(
+    browser: webdriver.Chrome,
+    systems: Systems,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    retry_settings: RetrySettings,
+) -> None:
+    """Sign in, see zero; transfers flow; the counts change; a transfer's timeline opens; screenshot saved."""
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        group_id=f"{topic_prefix}-router",
+        retry=retry_settings,
+    )
+    stack = Stack(settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state")
+    lcs = systems.lcs_client
+    async with stack:
+        with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
+
+            def sign_in() -> None:
+                browser.get(server.url + "/")
+                assert browser.current_url.endswith("/login")  # no token, no page
+                browser.find_element(By.ID, "token").send_keys(OPERATOR_TOKEN)
+                browser.find_element(By.ID, "sign-in").click()
+                wait_text(browser, "total-transfers", "0")
+                assert "ops-duty-1 (operator)" == text_of(browser, "me")
+
+            await asyncio.to_thread(sign_in)
+
+            requests = [lcs.request_stepdown(lcs.create_child(locality="North")) for _ in range(2)]
+            lcs.request_stepdown(lcs.create_child(locality="East"), consent=None)  # G1: held
+            transfer_id = f"north-somerset-lcs-{requests[0]}".lower()
+
+            def counts_change_and_timeline_opens() -> list[str]:
+                wait_text(browser, "total-transfers", "3")
+                wait_text(browser, "count-completed", "2")
+                wait_text(browser, "count-held", "1")
+                browser.find_element(By.ID, "search-input").send_keys(transfer_id)
+                browser.find_element(By.ID, "search-button").click()
+                WebDriverWait(browser, 30).until(
+                    lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline .timeline-event")
+                )
+                assert transfer_id == text_of(browser, "timeline-transfer-id")
+                rows = browser.find_elements(By.CSS_SELECTOR, "#timeline .timeline-event")
+                ARTIFACTS.mkdir(exist_ok=True)
+                shot = ARTIFACTS / "monitor-page.png"
+                assert browser.save_screenshot(str(shot))
+                print(f"screenshot: {shot}")
+                return [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+
+            events = await asyncio.to_thread(counts_change_and_timeline_opens)
+    assert ["requested", "validated", "delivered", "acknowledged", "source-closed"] == events[:5]
+    assert (ARTIFACTS / "monitor-page.png").stat().st_size > 10_000

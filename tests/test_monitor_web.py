@@ -1,0 +1,74 @@
+"""The monitor's access rules: no token, no page; viewers look; only operators replay (audited)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from router.settings import Topics
+from tests.monitor_support import OPERATOR_NAME, OPERATOR_TOKEN, VIEWER_TOKEN, auth, running_monitor, wait_for
+from tests.support import ns_transfer, produce, read
+
+
+async def test_no_token_no_page_and_no_api(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """Without a token the page redirects to the login form and the API, metrics and AsyncAPI answer 401."""
+    with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            page = await client.get("/", follow_redirects=False)
+            assert (303, "/login") == (page.status_code, page.headers["location"])
+            for path in ["/api/overview", "/api/transfers", "/api/dead-letters", "/metrics", "/asyncapi.json"]:
+                assert 401 == (await client.get(path)).status_code, path
+            assert 401 == (await client.get("/api/overview", headers=auth("not-a-real-token-at-all"))).status_code
+            refused = await client.post("/login", data={"token": "wrong-token-wrong-token"}, follow_redirects=False)
+            assert 401 == refused.status_code
+            assert "casebridge_monitor" not in refused.cookies
+
+
+async def test_login_sets_a_cookie_that_opens_the_page(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """A valid token at the login form gives an HttpOnly cookie; with it the page and API open."""
+    with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            login = await client.post("/login", data={"token": VIEWER_TOKEN}, follow_redirects=False)
+            assert 303 == login.status_code
+            assert "httponly" in login.headers["set-cookie"].lower()
+            page = await client.get("/")
+            assert 200 == page.status_code
+            assert 'id="total-transfers"' in page.text
+            me = (await client.get("/api/me")).json()
+            assert ("viewer-1", "viewer") == (me["name"], me["role"])
+
+
+async def test_g3_viewer_cannot_replay_operator_replay_is_audited_with_their_name(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """G3: replay from the monitor needs the operator role (viewer: 403) and writes the audit record."""
+    topics = Topics(topic_prefix)
+    doc = ns_transfer(1)
+    headers = [
+        ("casebridge.dlq.transfer.id", b"ns-1"),
+        ("casebridge.dlq.council", b"north-somerset"),
+        ("casebridge.dlq.stage", b"protocol"),
+        ("casebridge.dlq.error.class", b"ProtocolRuleNotMet"),
+        ("casebridge.dlq.error.message", b"protocol rules not met: NS-6"),
+        ("casebridge.dlq.rule.ids", b"NS-6"),
+    ]
+    await produce(kafka_bootstrap, topics.dead_letter, [(b"lcs:LCS-1", json.dumps(doc).encode())], headers=headers)
+    await produce(kafka_bootstrap, topics.audit, [])  # the topic exists, empty
+    with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
+        waiting = await wait_for(f"{server.url}/api/dead-letters", lambda b: len(b["dead_letters"]) == 1)
+        assert "ProtocolRuleNotMet (NS-6): protocol rules not met: NS-6" == waiting["top_reasons"][0]["reason"]
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            denied = await client.post("/api/replay", json={"transfer_id": "ns-1"}, headers=auth(VIEWER_TOKEN))
+            assert 403 == denied.status_code
+            done = await client.post("/api/replay", json={"transfer_id": "ns-1"}, headers=auth(OPERATOR_TOKEN))
+            assert 200 == done.status_code
+            assert 1 == len(done.json()["replayed"])
+            again = await client.post("/api/replay", json={"transfer_id": "ns-1"}, headers=auth(OPERATOR_TOKEN))
+            assert ([], done.json()["replayed"]) == (again.json()["replayed"], again.json()["already_replayed"])
+    [audit] = await read(kafka_bootstrap, topics.audit, lambda rs: len(rs) >= 1, timeout=30)
+    record = json.loads(audit.value)
+    assert (OPERATOR_NAME, "ns-1") == (record["operator"], record["transfer_id"])
+    [replayed] = await read(kafka_bootstrap, topics.transfers, lambda rs: len(rs) >= 1, timeout=30)
+    assert doc == json.loads(replayed.value)
