@@ -1,15 +1,18 @@
 """Logging, configured once at start-up: structlog, JSON lines, personal data redacted.
 
-Every line carries the event name and, where known, a correlation id (the transfer id,
-bound with ``structlog.contextvars``). The redaction processor replaces the value of any
-key that can hold personal data, at any depth, so that a careless ``log.info(...,
-child=...)`` still leaks nothing.
+Every line carries the event name and a correlation id: the transfer's id while the
+router handles it (bound with ``structlog.contextvars``), else the process's run id. The
+redaction processor replaces the value of any key that can hold personal data, at any
+depth, so that a careless ``log.info(..., child=...)`` still leaks nothing, and masks
+NHS numbers, UPNs and postcodes inside any string (exception texts, library lines).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -37,12 +40,35 @@ PERSONAL_KEYS = frozenset(
         "child",
         "consent",
         "rationale",
+        "address_line",
+        "address_lines",
+        "line1",
+        "line2",
+        "town",
+        "given_by",
+        "decided_by",
+        "requested_by",
+        "case_notes",
+        "note",
+        "comment",
+        "comments",
+        "free_text",
+        "description",
     }
 )
 REDACTED = "[redacted]"
+#: personal data that has a shape, caught inside any string (an exception text, a third-party log line):
+#: NHS numbers (10 digits, maybe spaced 3-3-4), UPNs (a letter, 11 digits, a digit or letter), UK postcodes
+_PERSONAL_PATTERNS = re.compile(
+    r"(?<![\w])(?:\d{3} ?\d{3} ?\d{4}|[A-Z]\d{11}[0-9A-Z]|[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2})(?![\w])"
+)
+#: lines logged outside any transfer carry the process's run id as their correlation id
+RUN_ID = f"run-{uuid.uuid4().hex[:12]}"
 
 
 def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _PERSONAL_PATTERNS.sub(REDACTED, value)
     if isinstance(value, dict):
         return {k: REDACTED if k in PERSONAL_KEYS else _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -61,7 +87,8 @@ def redact_personal_data(_: Any, __: str, event_dict: MutableMapping[str, Any]) 
 
 
 def _correlation(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    event_dict.setdefault("correlation_id", event_dict.get("transfer_id"))
+    if event_dict.get("correlation_id") is None:
+        event_dict["correlation_id"] = event_dict.get("transfer_id") or RUN_ID
     return event_dict
 
 

@@ -158,6 +158,12 @@ class Router:
     # -- one message -----------------------------------------------------------------------
 
     async def _one(self, record: Record, tier: int | None) -> Outcome:
+        # every log line about this record carries its correlation id (this task's context only)
+        correlation = peek_transfer_id(record.value) or f"{record.topic}:{record.partition}:{record.offset}"
+        with structlog.contextvars.bound_contextvars(correlation_id=correlation):
+            return await self._one_correlated(record, tier)
+
+    async def _one_correlated(self, record: Record, tier: int | None) -> Outcome:
         origin = Origin.of(record)
         head_tier = self.retry_state.tier_of(record.key)
         if record.key is not None and head_tier is not None and (tier is None or head_tier > tier):

@@ -10,6 +10,7 @@ import httpx
 from router.settings import Topics
 from tests.monitor_support import OPERATOR_NAME, OPERATOR_TOKEN, VIEWER_TOKEN, auth, running_monitor, wait_for
 from tests.support import ns_transfer, produce, read
+from tests.test_monitor_tracker import _events
 
 
 async def test_no_token_no_page_and_no_api(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
@@ -72,3 +73,34 @@ async def test_g3_viewer_cannot_replay_operator_replay_is_audited_with_their_nam
     assert (OPERATOR_NAME, "ns-1") == (record["operator"], record["transfer_id"])
     [replayed] = await read(kafka_bootstrap, topics.transfers, lambda rs: len(rs) >= 1, timeout=30)
     assert doc == json.loads(replayed.value)
+
+
+async def test_ns04_overdue_meeting_shows_then_operator_records_it_met(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """NS-4: a step-down requested weeks ago is overdue; an operator's milestone meets it (late); viewers cannot."""
+    topics = Topics(topic_prefix)
+    events = _events("ns-old")  # requested on 2 Nov 2026: the meeting was due by 16 Nov
+    await produce(kafka_bootstrap, topics.events, [(b"ns-old", e.model_dump_json().encode()) for e in events])
+    with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
+        overview = await wait_for(f"{server.url}/api/overview", lambda o: o["total"] == 1)
+        [overdue] = overview["overdue"]
+        assert ("ns-old", "NS-4", "2026-11-16T09:00:00Z") == (
+            overdue["transfer_id"],
+            overdue["rule_id"],
+            overdue["due_at"],
+        )
+        url = f"{server.url}/api/transfers/ns-old/milestones"
+        async with httpx.AsyncClient(timeout=30) as client:
+            meeting = {"milestone": "step-down-meeting-held"}
+            assert 403 == (await client.post(url, json=meeting, headers=auth(VIEWER_TOKEN))).status_code
+            unknown = await client.post(url, json={"milestone": "tea-break"}, headers=auth(OPERATOR_TOKEN))
+            assert 422 == unknown.status_code
+            assert unknown.json()["detail"].startswith("milestone:")
+            recorded = await client.post(url, json=meeting, headers=auth(OPERATOR_TOKEN))
+            assert (201, ["NS-4"]) == (recorded.status_code, recorded.json()["rule_ids"])
+        detail = await wait_for(
+            f"{server.url}/api/transfers/ns-old", lambda d: d["deadlines"] and d["deadlines"][0]["state"] == "met"
+        )
+        assert (True, "milestone") == (detail["deadlines"][0]["met_late"], detail["timeline"][-1]["event_type"])
+        assert [] == (await wait_for(f"{server.url}/api/overview", lambda o: o["overdue"] == []))["overdue"]
