@@ -8,5 +8,6 @@ COPY mappings mappings
 COPY router router
 COPY sandboxes sandboxes
 COPY casebridge casebridge
+COPY monitor monitor
 RUN pip install --no-cache-dir .
 ENTRYPOINT ["casebridge"]
