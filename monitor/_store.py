@@ -89,6 +89,7 @@ class Store:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self.version = 0  #: grows with every new event applied (for caches of derived views)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
@@ -126,6 +127,7 @@ class Store:
                     "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                     (p.topic, p.partition, p.next_offset),
                 )
+        self.version += new
         return new
 
     def _apply_one(self, db: sqlite3.Connection, e: TransferEvent) -> int:

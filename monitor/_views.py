@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,10 +11,28 @@ from mappings import DeadlineState, DeadlineStatus, deadlines_for, load_deadline
 from ._lag import Watch
 from ._store import IN_FLIGHT, Store
 
+#: computing every transfer's deadlines costs ~50 ms per 1,000 transfers: reuse for a few seconds
+_CACHE_SECONDS = 5.0
+_cache: dict[int, tuple[int, float, list[tuple[dict[str, Any], DeadlineStatus]]]] = {}
+
 
 def deadlines(store: Store, now: datetime | None = None) -> list[tuple[dict[str, Any], DeadlineStatus]]:
-    """Every started deadline of every transfer of a council that has deadlines, with its transfer."""
-    now = now or datetime.now(UTC)
+    """Every started deadline of every transfer of a council that has deadlines, with its transfer.
+
+    Without an explicit ``now`` the result is cached per store until a new event arrives
+    or a few seconds pass (the page and the metrics ask often).
+    """
+    if now is not None:
+        return _deadlines(store, now)
+    hit = _cache.get(id(store))
+    if hit is not None and hit[0] == store.version and time.monotonic() - hit[1] < _CACHE_SECONDS:
+        return hit[2]
+    result = _deadlines(store, datetime.now(UTC))
+    _cache[id(store)] = (store.version, time.monotonic(), result)
+    return result
+
+
+def _deadlines(store: Store, now: datetime) -> list[tuple[dict[str, Any], DeadlineStatus]]:
     rules = load_deadlines()
     councils = {r.council for r in rules}
     candidates = [t for t in store.transfers(limit=1_000_000) if t["council"] in councils]
