@@ -43,13 +43,13 @@ def _page(name: str) -> str:
     return resources.files("monitor").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def milestones() -> dict[str, list[str]]:
-    """Milestones an operator may record, each with the deadline rules it starts or meets."""
-    out: dict[str, list[str]] = {}
+def milestones() -> dict[str, dict[str, list[str]]]:
+    """Milestones an operator may record: for each, the councils whose deadline rules it starts or meets."""
+    out: dict[str, dict[str, list[str]]] = {}
     for rule in load_deadlines():
         for key in (rule.start, rule.met_by):
             if key.startswith("milestone:"):
-                out.setdefault(key.removeprefix("milestone:"), []).append(rule.rule_id)
+                out.setdefault(key.removeprefix("milestone:"), {}).setdefault(rule.council, []).append(rule.rule_id)
     return out
 
 
@@ -195,20 +195,20 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     @app.post("/api/transfers/{transfer_id}/milestones")
     async def api_milestone(_: Operator, transfer_id: str, body: MilestoneRequest) -> JSONResponse:
-        known = milestones()
-        if body.milestone not in known:
-            raise HTTPException(
-                422, f"milestone: {body.milestone!r} is not a milestone of any deadline rule (known: {sorted(known)})"
-            )
         row = monitor.store.transfer(transfer_id)
         if row is None:
             raise HTTPException(404, f"no transfer {transfer_id!r} in the tracker")
+        rule_ids = milestones().get(body.milestone, {}).get(row["council"] or "", [])
+        if not rule_ids:
+            raise HTTPException(
+                422, f"milestone: {body.milestone!r} marks no deadline rule of council {row['council']!r}"
+            )
         event = MilestoneRecorded(
             event_id=str(uuid.uuid5(_MILESTONE_NS, f"{transfer_id}/{body.milestone}")),
             transfer_id=transfer_id,
             council=row["council"],
             milestone=body.milestone,
-            rule_ids=known[body.milestone],
+            rule_ids=rule_ids,
         )
         producer = AIOKafkaProducer(bootstrap_servers=monitor.bootstrap_servers, acks="all", enable_idempotence=True)
         await producer.start()

@@ -66,7 +66,7 @@ async def test_monitor_page_in_chromium_counts_change_and_timeline_opens(
     tmp_path: Path,
     retry_settings: RetrySettings,
 ) -> None:
-    """Sign in, see zero; transfers flow; the counts change; a transfer's timeline opens; screenshot saved."""
+    """Sign in, see zero; transfers flow; counts change; a timeline opens; no personal data shown; screenshot saved."""
     settings = Settings(
         bootstrap_servers=kafka_bootstrap,
         topic_prefix=topic_prefix,
@@ -88,8 +88,15 @@ async def test_monitor_page_in_chromium_counts_change_and_timeline_opens(
 
             await asyncio.to_thread(sign_in)
 
-            requests = [lcs.request_stepdown(lcs.create_child(locality="North")) for _ in range(2)]
-            lcs.request_stepdown(lcs.create_child(locality="East"), consent=None)  # G1: held
+            children = [lcs.create_child(locality="North") for _ in range(2)]
+            requests = [lcs.request_stepdown(child) for child in children]
+            children.append(lcs.create_child(locality="East"))
+            lcs.request_stepdown(children[-1], consent=None)  # G1: held
+            personal = {
+                str(record[k])
+                for record in map(lcs.child, children)
+                for k in ("given_name", "family_name", "date_of_birth", "nhs_number")
+            }
             transfer_id = f"north-somerset-lcs-{requests[0]}".lower()
 
             def counts_change_and_timeline_opens() -> list[str]:
@@ -107,6 +114,8 @@ async def test_monitor_page_in_chromium_counts_change_and_timeline_opens(
                 shot = ARTIFACTS / "monitor-page.png"
                 assert browser.save_screenshot(str(shot))
                 print(f"screenshot: {shot}")
+                shown = browser.page_source
+                assert [] == sorted(p for p in personal if p in shown)  # no personal data on the page
                 return [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
 
             events = await asyncio.to_thread(counts_change_and_timeline_opens)

@@ -97,6 +97,8 @@ async def test_ns04_overdue_meeting_shows_then_operator_records_it_met(
             unknown = await client.post(url, json={"milestone": "tea-break"}, headers=auth(OPERATOR_TOKEN))
             assert 422 == unknown.status_code
             assert unknown.json()["detail"].startswith("milestone:")
+            swindons = await client.post(url, json={"milestone": "handover-held"}, headers=auth(OPERATOR_TOKEN))
+            assert 422 == swindons.status_code  # SW26-6's milestone marks nothing for North Somerset
             recorded = await client.post(url, json=meeting, headers=auth(OPERATOR_TOKEN))
             assert (201, ["NS-4"]) == (recorded.status_code, recorded.json()["rule_ids"])
         detail = await wait_for(
