@@ -27,6 +27,18 @@ def _hoist(schema: dict[str, Any], into: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _asyncapi_discriminators(node: Any) -> Any:
+    """AsyncAPI's Schema Object names the discriminator property by a string (pydantic writes OpenAPI's object)."""
+    if isinstance(node, dict):
+        return {
+            k: v["propertyName"] if k == "discriminator" and isinstance(v, dict) else _asyncapi_discriminators(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_asyncapi_discriminators(v) for v in node]
+    return node
+
+
 class _Audit(BaseModel):
     """One record of ``<prefix>.audit``: who replayed which dead letter, when, and its summary."""
 
@@ -180,7 +192,7 @@ def asyncapi_document() -> dict[str, Any]:
         },
         "channels": channels,
         "operations": operations,
-        "components": {"messages": messages, "schemas": dict(sorted(schemas.items()))},
+        "components": {"messages": messages, "schemas": _asyncapi_discriminators(dict(sorted(schemas.items())))},
     }
 
 

@@ -62,12 +62,13 @@ class Watch:
         self.refreshed_at = 0.0
 
     async def refresh(self) -> None:
+        """Lag first (cheap), then the dead-letter and audit topics (read whole, like ``casebridge dlq list``)."""
         rows = await group_lag(self.bootstrap_servers, self.topics)
         tracker_lag = await self.tracker.lag()
         rows.append({"group": TRACKER_GROUP, "topic": self.topics.events, "lag": sum(tracker_lag.values())})
+        self.lag = rows
         letters = await list_dead_letters(self.bootstrap_servers, self.topics)
         done = await replayed_ids(self.bootstrap_servers, self.topics)
-        self.lag = rows
         self.dead_letters = [{**d.summary(), "replayed": d.id in done} for d in letters]
         self.refreshed_at = time.time()
 
