@@ -40,8 +40,13 @@ def load_outcomes(text: str | None = None) -> Mapping[str, AssessmentOutcome]:
         text = (resources.files("mappings") / "data" / OUTCOMES_FILE).read_text(encoding="utf-8")
     try:
         parsed = _File.model_validate(tomllib.loads(text))
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise MappingError(f"{OUTCOMES_FILE}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)
+        )
+        raise MappingError(f"{OUTCOMES_FILE}: {problems} (SW22-7)") from exc
     by_label = {o.label: o for o in parsed.outcome}
     if len(by_label) != len(parsed.outcome) or len({o.code for o in parsed.outcome}) != len(parsed.outcome):
         raise MappingError(f"{OUTCOMES_FILE}: outcome codes and labels must be unique (SW22-7)")
