@@ -361,14 +361,14 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
             raise SandboxError(422, "stepdown_not_decided_by_team_manager", field="decided_by.role", rule="BA-5")
         with db.transaction() as conn:
             case = _case_row(conn, case_id)
-            if case["record_state"] == "closed":
-                raise SandboxError(409, "record_closed", case_id=case_id)
             existing = conn.execute("SELECT * FROM stepdowns WHERE transfer_id = ?", (transfer_id,)).fetchone()
             if existing is not None:
                 if existing["case_id"] != case["id"]:
                     raise SandboxError(409, "transfer_belongs_to_another_case", transfer_id=transfer_id)
                 response.status_code = 200
                 return _stepdown(existing)
+            if case["record_state"] == "closed":
+                raise SandboxError(409, "record_closed", case_id=case_id)
             conn.execute(
                 "INSERT INTO stepdowns (transfer_id, case_id, data, sent_at) VALUES (?, ?, ?, ?)",
                 (transfer_id, case["id"], dump_json(body), clock().isoformat()),

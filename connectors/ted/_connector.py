@@ -70,9 +70,17 @@ class TedConnector(HttpConnection, Source, Target):
             return await self._close_eha(transfer)
         check_stepdown(transfer)
         case_id = transfer.source_record.record_id
-        await self._record_sent(transfer, receipt)
         case = await self.case(case_id)
-        if keeps_open(transfer) or (case["disabled"] and case["direct_payment"]):
+        ted_keeps_open = bool(case["disabled"] and case["direct_payment"])
+        if keeps_open(transfer) and not ted_keeps_open:
+            # TED holds the direct payment: if the transfer says there is one and TED does not, close nothing.
+            raise RuleRefused(
+                "ted: the transfer says the child has a direct payment but TED does not; the case is left open "
+                "for a person to check (field child.direct_payment, BA-13)",
+                rule_ids=("BA-13",),
+            )
+        await self._record_sent(transfer, receipt)
+        if ted_keeps_open:
             body = {"rule": "BA-13", "transfer_id": transfer.transfer_id, "open_to": DCT_FSW}
             await self.http.request("POST", f"/api/cases/{case_id}/keep-open", json=body)
             return case_id
