@@ -117,6 +117,31 @@ def sandbox_ted(db: Path = Path("ted.db"), host: str = "127.0.0.1", port: int = 
     _serve_sandbox("ted", db, host, port, token)
 
 
+@sandbox_app.command("smtp")
+def sandbox_smtp(
+    directory: Annotated[Path, typer.Option("--dir", help="Maildir and ca.pem go here")] = Path("smtp-sandbox"),
+    host: str = "127.0.0.1",
+    port: int = 8025,
+    user: str = "casebridge",
+    password: str | None = None,
+) -> None:
+    """Serve a sandbox SMTP relay: STARTTLS and AUTH required, mail kept in a Maildir; prints the CA file to trust."""
+    import time
+
+    from sandboxes import SmtpSandbox
+
+    password = password or os.environ.get("SMTP_SANDBOX_PASSWORD")
+    if not password:
+        raise _fail(ValueError("a password is required: --password or $SMTP_SANDBOX_PASSWORD"))
+    with SmtpSandbox(directory, user, password, host, port) as relay:
+        typer.echo(f"smtp sandbox on {host}:{relay.port}; trust {relay.ca_file}; mail in {relay.maildir_path}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
 @app.command("run")
 def run(
     state_dir: Annotated[Path, typer.Option(help="where connector cursors are kept")] = Path(".casebridge/state"),

@@ -1,4 +1,4 @@
-"""Sandbox case systems for casebridge: Liquidlogic LCS and EHM, Care Director and TED stand-ins.
+"""Sandbox case systems for casebridge: Liquidlogic LCS and EHM, Care Director, TED, and an SMTP relay.
 
 Real HTTP services (FastAPI on uvicorn) with their own sqlite storage and a
 bearer token, reached by base URL exactly as a connector reaches the real
@@ -25,6 +25,7 @@ from sandboxes._common import (
 from sandboxes.care_director import create_app as create_care_director_app
 from sandboxes.ehm import create_app as create_ehm_app
 from sandboxes.lcs import create_app as create_lcs_app
+from sandboxes.smtp import SmtpSandbox
 from sandboxes.ted import create_app as create_ted_app
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "FaultSpec",
     "SandboxError",
     "ServerHandle",
+    "SmtpSandbox",
     "bearer_auth",
     "care_director",
     "create_care_director_app",

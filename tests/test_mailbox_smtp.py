@@ -22,6 +22,8 @@ from connectors import PermanentError, TargetRefused, TargetUnavailable
 from connectors.mailbox import InsecureChannel, MailboxConnector, MailboxSettings, mailbox_keys, message_id
 from contracts import TransferMessage
 from mappings import Route
+from sandboxes import SmtpSandbox
+from sandboxes.smtp import RCPT_HEADER
 from tests.conftest import free_port
 from tests.support import example
 
@@ -283,3 +285,23 @@ def test_sw22_7_team_mailbox_follows_the_route_and_the_pathway(ca_file: Path) ->
     unknown = TransferMessage.model_validate(example())
     with pytest.raises(PermanentError, match="no team mailbox is configured"):
         mailbox.mailbox_for(unknown, DEFAULT_ROUTE)
+
+
+async def test_smtp_sandbox_keeps_the_mail_byte_for_byte_and_refuses_clear_text(tmp_path: Path) -> None:
+    """`casebridge sandbox smtp`'s relay: STARTTLS and AUTH required, the accepted mail kept in its Maildir."""
+    import smtplib
+
+    transfer = barnsley()
+    with SmtpSandbox(tmp_path / "relay", USER, PASSWORD) as relay:
+        server = SmtpServer(Handler(), relay.port, relay.ca_file)
+        async with MailboxConnector(settings(server)) as mailbox:
+            await mailbox.deliver(transfer, DEFAULT_ROUTE)
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as clear:
+            clear.ehlo()
+            code, _ = clear.mail("casebridge@council.example")
+        [raw] = relay.messages()
+    assert 530 == code  # nothing but STARTTLS before TLS
+    message = parse(raw)
+    assert "earlyhelp@barnsley.example" == message[RCPT_HEADER]
+    sent = [d.content.encode("utf-8") for d in transfer.documents if d.content is not None]
+    assert sent == [a.get_payload(decode=True) for a in message.iter_attachments()]
