@@ -203,6 +203,18 @@ async def test_mailbox_is_idempotent_per_transfer_across_restarts(smtp: SmtpServ
     assert first.reference == again.reference == after_restart.reference
 
 
+async def test_concurrent_deliveries_send_one_mail_per_transfer(smtp: SmtpServer) -> None:
+    """40 transfers, each delivered three times at once: 40 mails, one per transfer."""
+    import asyncio
+
+    transfers = [barnsley(transfer_id=f"ba-c{n}") for n in range(40)]
+    async with MailboxConnector(settings(smtp, max_connections=4)) as mailbox:
+        receipts = await asyncio.gather(*(mailbox.deliver(t, DEFAULT_ROUTE) for t in transfers * 3))
+    assert 40 == len(smtp.handler.received) == sum(r.created for r in receipts)
+    ids = sorted(parse(m.data)["X-Casebridge-Transfer-Id"] for m in smtp.handler.received)
+    assert sorted(t.transfer_id for t in transfers) == ids
+
+
 async def test_unsent_transfer_is_not_confirmed(smtp: SmtpServer) -> None:
     """confirm() is true only once the relay accepted the mail for the mailbox."""
     async with MailboxConnector(settings(smtp)) as mailbox:

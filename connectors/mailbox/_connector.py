@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import ssl
+import weakref
 from pathlib import Path
 from typing import ClassVar
 
@@ -39,6 +40,8 @@ class MailboxSettings(BaseModel):
     mailboxes: dict[str, Address] = Field(min_length=1)
     #: where sent transfers are remembered (sqlite); None keeps them in memory only
     ledger: Path | None = None
+    #: SMTP sessions open at once (each transfer is sent on its own session)
+    max_connections: int = Field(default=4, ge=1, le=64)
 
 
 class InsecureChannel(PermanentError):
@@ -97,7 +100,9 @@ class MailboxConnector(Target):
         self.settings = settings
         self._ledger: _Ledger | None = None
         self._tls: ssl.SSLContext | None = None
-        self._lock = asyncio.Lock()
+        #: one lock per transfer being sent, alive while anyone holds or awaits it
+        self._sending: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._sessions = asyncio.Semaphore(settings.max_connections)
 
     async def start(self) -> None:
         self._tls = ssl.create_default_context(cafile=self.settings.ca_file)
@@ -124,14 +129,16 @@ class MailboxConnector(Target):
 
     async def deliver(self, transfer: TransferMessage, route: Route) -> Receipt:
         """Send the summary and documents once per transfer; a transfer already accepted is not sent again."""
-        async with self._lock:
+        lock = self._sending.setdefault(transfer.transfer_id, asyncio.Lock())
+        async with lock:  # the same transfer twice at once: one mail
             reference = self.ledger.get(transfer.transfer_id)
             if reference is not None:
                 return Receipt(self.system, reference, created=False)
             key, address = self.mailbox_for(transfer, route)
             team = key.split(":", 1)[1] if ":" in key else key
             message = build_message(transfer, sender=self.settings.sender, recipient=address, team=team)
-            await self._send(message, address)
+            async with self._sessions:
+                await self._send(message, address)
             reference = message_reference(transfer.transfer_id)
             self.ledger.put(transfer.transfer_id, reference, key)
         log.info("mail_sent", transfer_id=transfer.transfer_id, mailbox_key=key, reference=reference)
