@@ -54,6 +54,8 @@ __all__ = [
     "OutcomeList",
     "Person",
     "PersonIn",
+    "StepdownReferral",
+    "StepdownReferralIn",
     "create_app",
 ]
 
@@ -62,6 +64,7 @@ logger = logging.getLogger("sandboxes.care_director")
 PERSON_PREFIX = "CD-"
 ASSESSMENT_PREFIX = "CDA-"
 CONTACT_PREFIX = "CDC-"
+REFERRAL_PREFIX = "CDR-"
 
 #: The vendor's assessment outcome pick list (code -> label, as the ACP selects it; seed 001).
 ASSESSMENT_OUTCOMES: Mapping[str, str] = {
@@ -75,7 +78,9 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=1_000_000)]
 TransferId = Annotated[str, PathParam(min_length=1, max_length=200)]
 Team = Literal["ACP", "FST", "DCT", "SWIS"]
-ChangeKind = Literal["person_created", "assessment_completed", "record_closed", "record_reopened", "contact_created"]
+ChangeKind = Literal[
+    "person_created", "assessment_completed", "stepdown_referred", "record_closed", "record_reopened", "contact_created"
+]
 
 
 # ---------------------------------------------------------------------------- models
@@ -137,6 +142,36 @@ class Assessment(AssessmentIn):
 
 class AssessmentList(StrictModel):
     assessments: list[Assessment]
+
+
+class ReferralConsent(StrictModel):
+    given_by: Text
+    given_on: date
+    scope: list[Literal["referral", "information-sharing", "statutory-assessment", "recommendations"]]
+    signed: bool = False
+
+
+class ReferralDocumentIn(StrictModel):
+    type: Text
+    title: Text | None = None
+    content: LongText
+
+
+class StepdownReferralIn(StrictModel):
+    """The social worker's referral to early help, made with consent and case-noted (seed 001, section 3/4)."""
+
+    assessment_id: Text
+    consent: ReferralConsent | None = None
+    lead_professional: Professional | None = None
+    early_help_worker: Professional | None = None
+    documents: list[ReferralDocumentIn] = Field(default_factory=list)
+    requested_by: Text
+
+
+class StepdownReferral(StepdownReferralIn):
+    referral_id: str
+    person_id: str
+    created_at: datetime
 
 
 class OutcomeItem(StrictModel):
@@ -220,6 +255,12 @@ CREATE TABLE IF NOT EXISTS assessments (
     data TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS referrals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    person_id INTEGER NOT NULL REFERENCES persons(id),
+    data TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS contacts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     transfer_id TEXT NOT NULL UNIQUE,
@@ -266,6 +307,15 @@ def _assessment(row: sqlite3.Row) -> Assessment:
         assessment_id=f"{ASSESSMENT_PREFIX}{row['id']}",
         person_id=f"{PERSON_PREFIX}{row['person_id']}",
         outcome_label=ASSESSMENT_OUTCOMES[base.outcome_code],
+        created_at=row["created_at"],
+    )
+
+
+def _referral(row: sqlite3.Row) -> StepdownReferral:
+    return StepdownReferral(
+        **StepdownReferralIn.model_validate_json(row["data"]).model_dump(),
+        referral_id=f"{REFERRAL_PREFIX}{row['id']}",
+        person_id=f"{PERSON_PREFIX}{row['person_id']}",
         created_at=row["created_at"],
     )
 
@@ -367,6 +417,51 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
             person = _person_row(conn, person_id)
             rows = conn.execute("SELECT * FROM assessments WHERE person_id = ? ORDER BY id", (person["id"],)).fetchall()
         return AssessmentList(assessments=[_assessment(r) for r in rows])
+
+    @api.get("/assessments/{assessment_id}")
+    def get_assessment(assessment_id: str) -> Assessment:
+        n = parse_prefixed_id(assessment_id, ASSESSMENT_PREFIX)
+        with db.read() as conn:
+            row = None if n is None else conn.execute("SELECT * FROM assessments WHERE id = ?", (n,)).fetchone()
+        if row is None:
+            raise SandboxError(404, "assessment_not_found", assessment_id=assessment_id)
+        return _assessment(row)
+
+    @api.post("/persons/{person_id}/stepdown-referrals", status_code=201)
+    def refer_to_early_help(person_id: str, body: StepdownReferralIn) -> StepdownReferral:
+        now = clock()
+        with db.transaction() as conn:
+            person = _person_row(conn, person_id)
+            if person["record_state"] == "closed":
+                raise SandboxError(409, "record_closed", person_id=person_id)
+            n = parse_prefixed_id(body.assessment_id, ASSESSMENT_PREFIX)
+            found = (
+                None
+                if n is None
+                else conn.execute(
+                    "SELECT 1 FROM assessments WHERE id = ? AND person_id = ?", (n, person["id"])
+                ).fetchone()
+            )
+            if found is None:
+                raise SandboxError(422, "assessment_not_found", field="assessment_id")
+            cur = conn.execute(
+                "INSERT INTO referrals (person_id, data, created_at) VALUES (?, ?, ?)",
+                (person["id"], dump_json(body), now.isoformat()),
+            )
+            pk = int(cur.lastrowid or 0)
+            _change(conn, "stepdown_referred", person_id, f"{REFERRAL_PREFIX}{pk}", now)
+            row = conn.execute("SELECT * FROM referrals WHERE id = ?", (pk,)).fetchone()
+        logger.info("stepdown referral id=%s%s", REFERRAL_PREFIX, pk)
+        return _referral(row)
+
+    @api.get("/stepdown-referrals/{referral_id}")
+    def get_referral(referral_id: str) -> StepdownReferral:
+        n = parse_prefixed_id(referral_id, REFERRAL_PREFIX)
+        with db.read() as conn:
+            row = None if n is None else conn.execute("SELECT * FROM referrals WHERE id = ?", (n,)).fetchone()
+        if row is None:
+            raise SandboxError(404, "referral_not_found", referral_id=referral_id)
+        return _referral(row)
 
     @api.post("/persons/{person_id}/close")
     def close_person(person_id: str, body: ClosureRecord) -> Person:

@@ -12,12 +12,19 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from connectors import PermanentError, Receipt, RuleRefused, TargetRefused, TargetUnavailable
-from connectors.care_director import ASSESSMENT_OUTCOMES, CareDirectorConnector, load_outcomes, outcome_of
+from connectors.care_director import (
+    ASSESSMENT_OUTCOMES,
+    CareDirectorConnector,
+    CareDirectorPublisher,
+    load_outcomes,
+    outcome_of,
+)
 from contracts import CaseSystem, RecordState, ServiceLevel, TransferMessage
 from mappings import MappingError, Route
+from router import Topics
 from sandboxes import ServerHandle, create_care_director_app, serve
 from sandboxes.care_director import ASSESSMENT_OUTCOMES as PICK_LIST
-from tests.support import example
+from tests.support import example, read
 
 TOKEN = "cd-connector-token"
 ROUTE = Route(role="default", locality=None)
@@ -193,3 +200,77 @@ async def test_care_director_outage_is_transient(cd: CareDirectorConnector, clie
     with pytest.raises(TargetUnavailable):
         await cd.close(transfer, RECEIPT)
     assert RecordState.OPEN == (await cd.state(transfer)).state
+
+
+def _referral(client: httpx.Client, outcome_code: str) -> str:
+    """A person, their completed assessment with the outcome, and the social worker's referral to early help."""
+    body = {"given_name": "Robin", "family_name": "Exampleton", "date_of_birth": "2016-04-09"}
+    person = client.post("/api/persons", json=body).json()["id"]
+    assessment = client.post(
+        f"/api/persons/{person}/assessments",
+        json={
+            "outcome_code": outcome_code,
+            "analysis": "Needs can be met by intensive early help (synthetic).",
+            "signed_off_by": "Morgan Testmanager",
+            "rationale": "Risks reduced; family engaged.",
+            "completed_on": "2026-11-01",
+        },
+    ).json()["assessment_id"]
+    referral = {
+        "assessment_id": assessment,
+        "consent": {"given_by": "Parent (synthetic)", "given_on": "2026-11-02", "scope": ["recommendations"]},
+        "lead_professional": {"name": "Quinn Placeholder", "role": "Teacher", "organisation": "Example School"},
+        "early_help_worker": {"name": "Drew Fictional", "role": "Family worker", "organisation": "FISS"},
+        "documents": [{"type": "plan", "title": "TAF plan", "content": "Weekly FISS sessions (synthetic)."}],
+        "requested_by": "Sam Fictional (Social Worker)",
+    }
+    r = client.post(f"/api/persons/{person}/stepdown-referrals", json=referral)
+    r.raise_for_status()
+    return str(r.json()["referral_id"])
+
+
+async def test_sw22_7_publisher_maps_referrals_and_dead_letters_a_non_step_down_outcome(
+    server: ServerHandle,
+    client: httpx.Client,
+    cd: CareDirectorConnector,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """FISS outcome: an intensive early help transfer that closes its record; a CIN outcome: dead letter SW22-7."""
+    fiss = _referral(client, "ASO-FISS")
+    _referral(client, "ASO-CIN")
+    topics = Topics(topic_prefix)
+    publisher = CareDirectorPublisher(
+        CareDirectorConnector(server.url, SecretStr(TOKEN)),
+        kafka_bootstrap,
+        topics.transfers,
+        topics.dead_letter,
+        tmp_path / "cd.cursor",
+    )
+    await publisher.start()
+    try:
+        assert 2 == await publisher.poll_once()
+        assert 0 == await publisher.poll_once()  # the cursor moved
+    finally:
+        await publisher.stop()
+    [record] = await read(kafka_bootstrap, topics.transfers, lambda r: len(r) >= 1, timeout=30)
+    [dead] = await read(kafka_bootstrap, topics.dead_letter, lambda r: len(r) >= 1, timeout=30)
+
+    transfer = TransferMessage.model_validate_json(record.value or b"")
+    assert ("swindon-2022-cd-" + fiss.lower(), ServiceLevel.INTENSIVE_EARLY_HELP, "Refer to FISS Service") == (
+        transfer.transfer_id,
+        transfer.pathway.to_level,
+        transfer.assessment_outcome,
+    )
+    assert ["plan", "assessment"] == [d.type.value for d in transfer.documents]
+    assert (fiss, CaseSystem.MAILBOX) == (transfer.source_record.request_id, transfer.pathway.to_system)
+    headers = dict(dead.headers)
+    assert (b"map", b"SW22-7") == (headers["casebridge.dlq.stage"], headers["casebridge.dlq.rule.ids"])
+    await cd.close(transfer, RECEIPT)
+    closure = get(client, f"/api/persons/{transfer.source_record.record_id}")["closure"]
+    assert ("Family Intervention and Support Services (FISS)", "Quinn Placeholder", "Drew Fictional") == (
+        closure["lead_service"],
+        closure["lead_professional"]["name"],
+        closure["early_help_worker"]["name"],
+    )

@@ -8,6 +8,10 @@ without whom Care Director refuses to close (SW22-10, a ``TargetRefused`` naming
 As a *target* it records a step-up as a contact for the duty ATM (SW22-6), carrying the
 EHA and TAF plan (SW22-3) and the urgency (SW22-1).
 
+``CareDirectorPublisher`` reads the change feed and publishes each step-down referral to
+early help as a transfer (``mappings/data/care-director-stepdown.toml``), at least once with
+stable ids, the level chosen by the assessment outcome (SW22-7).
+
 Delivery guarantee: effectively once per transfer. Contacts are written with
 ``PUT /api/contacts/{transfer_id}`` (idempotent); closing a record already closed by the
 same transfer counts as closed.
@@ -15,12 +19,15 @@ same transfer counts as closed.
 
 from ._connector import CareDirectorConnector, closure_record
 from ._outcomes import ASSESSMENT_OUTCOMES, AssessmentOutcome, load_outcomes, outcome_of
+from ._publisher import CareDirectorPublisher, transfer_id_for
 
 __all__ = [
     "ASSESSMENT_OUTCOMES",
     "AssessmentOutcome",
     "CareDirectorConnector",
+    "CareDirectorPublisher",
     "closure_record",
     "load_outcomes",
     "outcome_of",
+    "transfer_id_for",
 ]
