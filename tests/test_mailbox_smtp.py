@@ -317,3 +317,29 @@ async def test_smtp_sandbox_keeps_the_mail_byte_for_byte_and_refuses_clear_text(
     assert "earlyhelp@barnsley.example" == message[RCPT_HEADER]
     sent = [d.content.encode("utf-8") for d in transfer.documents if d.content is not None]
     assert sent == [a.get_payload(decode=True) for a in message.iter_attachments()]
+
+
+def test_g1_g4_summary_states_the_s47_exemption_and_documents_left_on_the_source() -> None:
+    """A step-up without consent says who decided the s.47 exemption; documents held by reference are listed."""
+    from connectors.mailbox import build_message, summary
+
+    doc = example("swindon-2022.step-down.care-director-ehh.json", consent=None, urgency="urgent")
+    doc["pathway"] = {**doc["pathway"], "direction": "step-up", "from_level": "early-help"}
+    doc["pathway"]["to_level"] = "child-protection-s47"
+    doc["consent_exemption"] = {
+        "reason": "significant-harm-s47",
+        "decided_by": {"name": "Jo Dutymanager", "role": "MASH Manager"},
+        "decided_on": "2026-11-03",
+    }
+    doc["documents"] = [
+        {"type": "early-help-assessment", "content": "EHA (synthetic)."},
+        {"type": "taf-plan", "reference": "CD-DOC-77"},
+    ]
+    transfer = TransferMessage.model_validate(doc)
+    text = summary(transfer, "mash")
+    assert "Consent: not sought (significant-harm-s47), decided by Jo Dutymanager, MASH Manager on 2026-11-03" in text
+    assert "Urgency: urgent" in text
+    assert "attached: 01-early-help-assessment.txt" in text
+    assert "held on care-director, not attached: taf-plan ref CD-DOC-77" in text
+    message = build_message(transfer, sender="cb@council.example", recipient="mash@swindon.example", team="mash")
+    assert 1 == len(list(message.iter_attachments()))
