@@ -19,6 +19,7 @@ where the transfer did not complete, a dead letter.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -244,7 +245,22 @@ class TransferFlow:
         return self.sources[system]
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry transient failures (tenacity: exponential backoff with jitter, bounded attempts and time)."""
+        """Retry transient failures (tenacity: exponential backoff with jitter, bounded attempts and time).
+
+        The first attempt runs before tenacity's loop is built (building it costs more than a
+        call to a fast target, and most calls succeed at once); a transient failure of it is
+        handed to tenacity as attempt 1, so waits, attempt counts and the time budget (from the
+        first attempt's start) are as they would be with tenacity around every attempt.
+        """
+        started = time.monotonic()
+        first_failure: CasebridgeError | None = None
+        try:
+            return await call()
+        except CasebridgeError as exc:
+            exc.attempts = 1  # type: ignore[attr-defined]
+            if not getattr(exc, "retriable", False):
+                raise
+            first_failure = exc
         r = self.retry
         jitter = wait_random_exponential(multiplier=r.initial_seconds, max=r.max_seconds)
 
@@ -254,7 +270,7 @@ class TransferFlow:
             return max(float(retry_after), jitter(state))
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(r.attempts) | stop_after_delay(r.total_seconds),
+            stop=stop_after_attempt(r.attempts) | stop_after_delay(r.total_seconds - (time.monotonic() - started)),
             wait=wait,
             retry=retry_if_exception(lambda e: getattr(e, "retriable", False)),
             reraise=True,
@@ -262,6 +278,9 @@ class TransferFlow:
         async for attempt in retrying:
             with attempt:
                 try:
+                    if first_failure is not None:
+                        failed, first_failure = first_failure, None
+                        raise failed
                     return await call()
                 except CasebridgeError as exc:
                     exc.attempts = attempt.retry_state.attempt_number  # type: ignore[attr-defined]
