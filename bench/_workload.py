@@ -136,7 +136,7 @@ class Workload:
         }
         kinds = ["meeting-notes", "plan", *rng.sample(_EXTRA_DOCS, rng.randint(0, 2))]
         doc["documents"] = [{"type": k, "title": f"{k} (synthetic)", "content": ""} for k in kinds]
-        room = rng.randint(MIN_BYTES, MAX_BYTES) - len(json.dumps(doc)) - 4
+        room = rng.randint(MIN_BYTES + 50, MAX_BYTES - 50) - len(json.dumps(doc)) - 4
         share = max(room // len(kinds), 8)
         for d in doc["documents"]:
             d["content"] = self._text(rng, share)

@@ -4,11 +4,11 @@ One idempotent producer (acks=all). Writes are sent without waiting; ``flush()``
 for the broker's acknowledgement of all of them, and the consumer commits its offsets
 only after that, so a message's outcome is on the broker before its offset moves on.
 
-Events (five or more a transfer, small) are queued and handed to the producer at
-``flush()`` as one record batch per partition: aiokafka's per-record ``send()`` costs
-more CPU than building the event itself, and the events of a batch are only worth
-anything once all of them are acknowledged anyway. Their Kafka timestamp is therefore the
-flush time (the event's own ``occurred_at`` keeps when it happened). Dead letters and the
+Events (five or more a transfer, small) are queued and handed to the producer
+``EVENT_CHUNK`` at a time (and the rest at ``flush()``) as one record batch per
+partition: aiokafka's per-record ``send()`` costs more CPU than building the event
+itself. Their Kafka timestamp is when they were handed over (the event's own
+``occurred_at`` keeps when it happened). Dead letters and the
 other writes, which carry whole messages, go through ``send()`` at once.
 """
 
@@ -30,6 +30,7 @@ from ._retry import H_REPLAY_OF, Origin, header, original_headers
 
 DLQ_PREFIX = "casebridge.dlq."
 Write = tuple[bytes, bytes, list[tuple[str, bytes]]]  # key, value, headers
+EVENT_CHUNK = 500  # queued events handed to the producer together (about 100 transfers' worth)
 
 
 class OutputFailed(Exception):
@@ -101,6 +102,7 @@ class Outbox:
         self._group_id = group_id
         self._pending: list[asyncio.Future[object]] = []
         self._events: list[Write] = []
+        self._send_error: Exception | None = None
         self._partitioner = DefaultPartitioner()  # the producer's own default: murmur2 of the key, as Java's
 
     async def start(self) -> None:
@@ -113,6 +115,12 @@ class Outbox:
         """Queue an event (keyed by transfer id); sent and acknowledged at the next ``flush()``."""
         key = (event.transfer_id or event.event_id).encode()
         self._events.append((key, event.model_dump_json().encode(), [("event_type", event.event_type.encode())]))
+        if len(self._events) >= EVENT_CHUNK:  # on their way while the batch is still processed
+            events, self._events = self._events, []
+            try:
+                await self._send_events(events)
+            except Exception as exc:  # an output failure is the flush's to report (the router halts), not the flow's
+                self._send_error = self._send_error or exc
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
         """To the dead-letter topic; a replayed message that failed again goes to the parking topic instead."""
@@ -132,8 +140,11 @@ class Outbox:
         try:
             await self._send_events(events)
         except Exception as exc:  # the producer refused them (closed, buffer timeout): nothing may be committed
+            self._send_error = self._send_error or exc
+        if self._send_error is not None:
+            error, self._send_error = self._send_error, None
             self._pending.clear()
-            raise OutputFailed(f"{len(events)} events could not be sent: {type(exc).__name__}") from exc
+            raise OutputFailed(f"events could not be sent: {type(error).__name__}") from error
         pending, self._pending = self._pending, []
         results = await asyncio.gather(*pending, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
