@@ -162,11 +162,20 @@ async def _await_assignment(consumer: AIOKafkaConsumer, timeout: float = 60.0) -
         await asyncio.sleep(0.02)
 
 
-def _latencies(ms: Sequence[int]) -> dict[str, float | int]:
+def _latencies(ms: Sequence[int], produced: Sequence[int] = ()) -> dict[str, Any]:
+    """Percentiles, and (given produce timestamps) the worst latency of each second of the run."""
     if not ms:
         return {}
     q = statistics.quantiles(ms, n=100, method="inclusive")
-    return {"count": len(ms), "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": max(ms)}
+    out: dict[str, Any] = {"count": len(ms), "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": max(ms)}
+    if produced:
+        start = min(produced)
+        worst: dict[int, int] = {}
+        for lat, ts in zip(ms, produced, strict=True):
+            second = (ts - start) // 1000
+            worst[second] = max(worst.get(second, 0), lat)
+        out["worst_ms_by_second"] = [worst.get(i, 0) for i in range(max(worst) + 1)]
+    return out
 
 
 async def run_pipe(args: argparse.Namespace, validate: bool) -> dict[str, Any]:
@@ -175,6 +184,7 @@ async def run_pipe(args: argparse.Namespace, validate: bool) -> dict[str, Any]:
     counter = SeqCounter(n)
     clock = Clock()
     latency = array("q", [-1]) * n if args.paced else None
+    produced_at = array("q", [-1]) * n if args.paced else None
     consumer = AIOKafkaConsumer(
         args.topic,
         bootstrap_servers=args.bootstrap,
@@ -212,8 +222,9 @@ async def run_pipe(args: argparse.Namespace, validate: bool) -> dict[str, Any]:
                             args.out_topic, r.value, key=r.key, headers=list(r.headers), timestamp_ms=ts
                         )
                     )
-                    if latency is not None and 0 <= seq < n:
+                    if latency is not None and produced_at is not None and 0 <= seq < n:
                         latency[seq] = ts - r.timestamp
+                        produced_at[seq] = r.timestamp
                     done += 1
             await asyncio.gather(*pending)
             await consumer.commit()
@@ -226,8 +237,8 @@ async def run_pipe(args: argparse.Namespace, validate: bool) -> dict[str, Any]:
     if committed != n:
         raise BenchCheckFailed(f"{args.variant}: the group committed {committed} offsets, expected {n}")
     out: dict[str, Any] = {**clock.figures(n), "verified": True}
-    if latency is not None:
-        out["latency"] = _latencies([v for v in latency if v >= 0])
+    if latency is not None and produced_at is not None:
+        out["latency"] = _latencies(list(latency), list(produced_at))
     return out
 
 
@@ -317,6 +328,7 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
 
     async def timed(msg: Any, tier: int | None) -> None:
         records: tuple[ConsumerRecord[bytes, bytes], ...] = tuple(msg.raw_message)
+        entered = time.time()
         if tier is None:
             clock.start()
             if produced_at is not None:
@@ -325,12 +337,16 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
                     if 0 <= s < n:
                         produced_at[s] = r.timestamp
         await handle_batch(msg, tier)  # returns once the batch's outputs are acknowledged and offsets committed
+        if tier is None and args.paced:
+            age = max(int(entered * 1000) - r.timestamp for r in records)
+            batches.append((len(records), age, round((time.time() - entered) * 1000, 1)))
         if tier is None:
             progress[0] += len(records)
             if progress[0] >= n:
                 clock.stop()
                 finished.set()
 
+    batches: list[tuple[int, int, float]] = []  # paced runs: records, oldest record's age at entry (ms), handling ms
     router._on_batch = timed  # type: ignore[method-assign]
     sampler = RssSampler(progress) if args.sample_rss else None
     await router.start()
@@ -361,9 +377,17 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
         closed = await _outcome_times(args.bootstrap, settings.topics.events, n, timeout=60)
         if len(closed) != n:
             raise BenchCheckFailed(f"router: {len(closed)} source-closed events of {n}")
-        out["latency"] = _latencies([closed[s] - produced_at[s] for s in range(n)])
+        out["latency"] = _latencies([closed[s] - produced_at[s] for s in range(n)], list(produced_at))
     if sampler is not None:
         out["rss_samples"] = sampler.samples
+    if batches:
+        out["batches"] = {
+            "count": len(batches),
+            "records_median": statistics.median(b[0] for b in batches),
+            "oldest_age_at_entry_ms_median": statistics.median(b[1] for b in batches),
+            "handling_ms_median": statistics.median(b[2] for b in batches),
+            "handling_ms_max": max(b[2] for b in batches),
+        }
     return out
 
 
@@ -500,7 +524,8 @@ class Bench:
         print(f"pre-filled {a.n} transfers in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         runs: list[dict[str, Any]] = []
         for rep in range(a.repeats):
-            order = VARIANTS[rep % 3 :] + VARIANTS[: rep % 3]  # interleaved, each variant in each position
+            k = len(a.variants)
+            order = a.variants[rep % k :] + a.variants[: rep % k]  # interleaved, each variant in each position
             for variant in order:
                 r = self.run_child(variant, topic, a.n, f"d{rep}")
                 r["repeat"] = rep
@@ -510,7 +535,7 @@ class Bench:
                     f"  peak rss {r['peak_rss_mb']:>5.0f} MB  load {r['load_avg_1_5_15'][0]}",
                     file=sys.stderr,
                 )
-        summary = {v: _median_of([r for r in runs if r["variant"] == v]) for v in VARIANTS}
+        summary = {v: _median_of([r for r in runs if r["variant"] == v]) for v in a.variants}
         return {"topic_records": a.n, "runs": runs, "median": summary}
 
     async def paced(self, rate: float) -> dict[str, Any]:
@@ -519,7 +544,7 @@ class Bench:
         workload = Workload(seed=11)
         records = [workload.record(seq) for seq in range(n)]
         out: dict[str, Any] = {"rate_target_msg_per_s": round(rate, 1), "records": n}
-        for variant in VARIANTS:
+        for variant in a.variants:
             topic = f"{self.prefix}.paced-{variant}"
             await self.create(topic)
             run_id = f"{self.prefix}-paced-{variant}"
@@ -598,8 +623,7 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"\nrouter vs the Kafka pipe: n={d['topic_records']}, {result['repeats']} repeats (median), {result['note']}")
     head = f"{'variant':10}{'msg/s':>10}{'cpu us/msg':>12}{'cpu s':>8}{'peak RSS MB':>13}{'p50 ms':>9}"
     print(head + f"{'p95 ms':>9}{'p99 ms':>9}")
-    for v in VARIANTS:
-        m = d["median"][v]
+    for v, m in d["median"].items():
         lat = (paced.get(v) or {}).get("latency", {})
         cells = [f"{lat.get(k, float('nan')):>9.1f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
         print(
@@ -609,6 +633,8 @@ def print_table(result: dict[str, Any]) -> None:
     if paced:
         print(f"latency: produce timestamp -> outcome record, paced at {paced['rate_target_msg_per_s']:.0f} msg/s")
     v = result["verdicts"]
+    if not v:
+        return
     print(
         f"router/raw {v['router_over_raw']:.2f} (target >= 0.60: {v['target_router_ge_60pct_of_raw']}), "
         f"router >= 5,000/s: {v['target_router_ge_5000_per_s']}"
@@ -670,11 +696,14 @@ async def parent_main(args: argparse.Namespace) -> dict[str, Any]:
             if args.soak:
                 result["soak"] = await bench.soak()
                 print_soak(result["soak"])
+            elif args.paced_rate:
+                result["paced"] = await bench.paced(args.paced_rate)
             else:
                 result["drains"] = await bench.drains()
                 router_max = result["drains"]["median"]["router"]["msg_per_s"]
                 result["paced"] = await bench.paced(router_max * 0.5) if args.paced_seconds > 0 else None
-                result["verdicts"] = verdicts(result["drains"], result["paced"])
+                complete = set(VARIANTS) <= set(args.variants)
+                result["verdicts"] = verdicts(result["drains"], result["paced"]) if complete else {}
                 print_table(result)
         finally:
             await bench.cleanup()
@@ -687,6 +716,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=50_000, help="records each drain reads (default 50000)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats of the drains (median reported)")
     p.add_argument("--paced-seconds", type=float, default=20.0, help="length of each paced run (0: none)")
+    p.add_argument("--paced-rate", type=float, default=None, help="only paced runs, at this rate (msg/s)")
+    p.add_argument(
+        "--variants", type=lambda v: v.split(","), default=list(VARIANTS), help="comma-separated (default: all)"
+    )
     p.add_argument("--soak", action="store_true", help="only the soak: --soak-n transfers through the router")
     p.add_argument("--soak-n", type=int, default=1_000_000)
     p.add_argument(
