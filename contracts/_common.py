@@ -59,7 +59,10 @@ class ServiceLevel(StrEnum):
 
     @property
     def rank(self) -> int:
-        return list(ServiceLevel).index(self)
+        return _RANK[self]
+
+
+_RANK = {level: i for i, level in enumerate(ServiceLevel)}  # the declaration order, looked up once per check
 
 
 class CaseSystem(StrEnum):

@@ -18,7 +18,9 @@ where the transfer did not complete, a dead letter.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ from .settings import RetrySettings
 
 log = structlog.get_logger("casebridge.router")
 _EVENT_NS = uuid.UUID("6f1c8f64-3b7e-4d1e-9a55-0c2b8c1d7e10")
+_EVENT_NS_SHA1 = hashlib.sha1(_EVENT_NS.bytes)  # uuid5's hash with the namespace already fed in
 T = TypeVar("T")
 
 
@@ -109,7 +112,7 @@ class TransferFlow:
             return await self._reject(record, exc, sink)
 
         emit = _Emitter(transfer, sink)
-        log.info("transfer_received", transfer_id=transfer.transfer_id, council=transfer.council.value)
+        log.debug("transfer_received", transfer_id=transfer.transfer_id, council=transfer.council.value)
         # 2. requested, validated
         p = transfer.pathway
         await emit(
@@ -244,7 +247,22 @@ class TransferFlow:
         return self.sources[system]
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry transient failures (tenacity: exponential backoff with jitter, bounded attempts and time)."""
+        """Retry transient failures (tenacity: exponential backoff with jitter, bounded attempts and time).
+
+        The first attempt runs before tenacity's loop is built (building it costs more than a
+        call to a fast target, and most calls succeed at once); a transient failure of it is
+        handed to tenacity as attempt 1, so waits, attempt counts and the time budget (from the
+        first attempt's start) are as they would be with tenacity around every attempt.
+        """
+        started = time.monotonic()
+        first_failure: CasebridgeError | None = None
+        try:
+            return await call()
+        except CasebridgeError as exc:
+            exc.attempts = 1  # type: ignore[attr-defined]
+            if not getattr(exc, "retriable", False):
+                raise
+            first_failure = exc
         r = self.retry
         jitter = wait_random_exponential(multiplier=r.initial_seconds, max=r.max_seconds)
 
@@ -254,7 +272,7 @@ class TransferFlow:
             return max(float(retry_after), jitter(state))
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(r.attempts) | stop_after_delay(r.total_seconds),
+            stop=stop_after_attempt(r.attempts) | stop_after_delay(r.total_seconds - (time.monotonic() - started)),
             wait=wait,
             retry=retry_if_exception(lambda e: getattr(e, "retriable", False)),
             reraise=True,
@@ -262,6 +280,9 @@ class TransferFlow:
         async for attempt in retrying:
             with attempt:
                 try:
+                    if first_failure is not None:
+                        failed, first_failure = first_failure, None
+                        raise failed
                     return await call()
                 except CasebridgeError as exc:
                     exc.attempts = attempt.retry_state.attempt_number  # type: ignore[attr-defined]
@@ -348,7 +369,14 @@ class _Emitter:
 
 
 def event_id(base: str, kind: str) -> str:
-    return str(uuid.uuid5(_EVENT_NS, f"{base}/{kind}"))
+    """``str(uuid.uuid5(_EVENT_NS, f"{base}/{kind}"))``, without building a UUID object (five a transfer)."""
+    digest = _EVENT_NS_SHA1.copy()
+    digest.update(f"{base}/{kind}".encode())
+    b = bytearray(digest.digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50  # version 5
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def peek_transfer_id(raw: bytes | None) -> str | None:
