@@ -10,6 +10,7 @@ from ._events import (
     EVENT_ADAPTER,
     AlertRaised,
     FieldError,
+    NoticeSent,
     RuleViolation,
     SourceClosed,
     SourceKeptOpen,
@@ -29,6 +30,7 @@ from ._events import (
 )
 from ._transfer import (
     Child,
+    ClosureRecord,
     Consent,
     ConsentExemption,
     ConsentScope,
@@ -53,6 +55,7 @@ __all__ = [
     "AlertRaised",
     "CaseSystem",
     "Child",
+    "ClosureRecord",
     "Consent",
     "ConsentExemption",
     "ConsentScope",
@@ -64,6 +67,7 @@ __all__ = [
     "FieldError",
     "Gender",
     "ManagementDecision",
+    "NoticeSent",
     "Pathway",
     "Person",
     "Professionals",

@@ -1,6 +1,17 @@
 """Declarative field mappings and council protocols, as data (``mappings/data``) with a pure engine."""
 
 from ._fieldmap import FieldMapping, MappingError, load_mapping
-from ._protocol import Facts, Protocol, Route, load_protocol
+from ._protocol import CHECKS, Facts, Protocol, Route, StepDownMemory, load_protocol, load_protocols
 
-__all__ = ["Facts", "FieldMapping", "MappingError", "Protocol", "Route", "load_mapping", "load_protocol"]
+__all__ = [
+    "CHECKS",
+    "Facts",
+    "FieldMapping",
+    "MappingError",
+    "Protocol",
+    "Route",
+    "StepDownMemory",
+    "load_mapping",
+    "load_protocol",
+    "load_protocols",
+]

@@ -37,8 +37,9 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from connectors import Source, Target
 from contracts import AlertRaised, CaseSystem, Council, TransferRetryScheduled
-from mappings import Protocol, load_protocol
+from mappings import Protocol, load_protocols
 
+from ._history import ChildHistory
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at
 from .flow import Outcome, TransferFlow, event_id, peek_transfer_id
@@ -256,9 +257,11 @@ class Router:
         await ensure_topics(
             self.settings.bootstrap_servers,
             [t.transfers, t.events, t.dead_letter, t.parking, t.audit, *(t.retry(i) for i in range(len(self.tiers)))],
-            compacted=[t.retry_state],
+            compacted=[t.retry_state, t.history],
         )
         await self.retry_state.load(self.settings.bootstrap_servers, t.retry_state)
+        if self.flow.history is not None:
+            await self.flow.history.load(self.settings.bootstrap_servers, t.history)
         for connector in self._connectors():
             await connector.start()
         await self.outbox.start()
@@ -293,6 +296,8 @@ def build_router(
 ) -> Router:
     """A router for the given connectors; by default with every council protocol shipped in ``mappings``."""
     if protocols is None:
-        protocols = {Council.NORTH_SOMERSET: load_protocol(Council.NORTH_SOMERSET)}
-    flow = TransferFlow(protocols, targets, sources, settings.retry, settings.group_id)
+        protocols = load_protocols()
+    flow = TransferFlow(
+        protocols, targets, sources, settings.retry, settings.group_id, ChildHistory(), settings.topics.history
+    )
     return Router(settings, flow)

@@ -39,6 +39,11 @@ class Topics:
         return f"{self.prefix}.retry-state"
 
     @property
+    def history(self) -> str:
+        """Compacted: each child's recent step-downs, keyed by identifier (LU-9, NS-10)."""
+        return f"{self.prefix}.child-history"
+
+    @property
     def parking(self) -> str:
         """Replayed messages that failed again: kept here for a person, never looped back."""
         return f"{self.prefix}.parking"
