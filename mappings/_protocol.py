@@ -636,6 +636,8 @@ def load_protocol(council_or_path: Council | str | Path) -> Protocol:
             loc = tuple(e["loc"])
             if len(loc) >= 3 and loc[2] in CHECKS + _ROUTE_KINDS:  # the discriminated union's tag
                 loc = loc[:2] + loc[3:]
+            if e["type"] in ("union_tag_invalid", "union_tag_not_found") and loc:
+                loc = (*loc, "kind" if loc[0] == "route" else "check")
             where = ".".join(str(p) for p in loc)
             if len(loc) >= 2 and isinstance(loc[0], str) and isinstance(loc[1], int):
                 entries = raw.get(loc[0], [])
