@@ -99,6 +99,13 @@ class LcsSandboxClient(_SandboxClient):
     def reopen(self, child_id: str) -> None:
         self._ok(self.http.post(f"/api/children/{child_id}/reopen", json={"reopened_by": "a team manager"}))
 
+    def contacts(self) -> list[dict[str, Any]]:
+        """The Front Door's queue (urgent first)."""
+        return list(self._ok(self.http.get("/api/contacts"))["contacts"])
+
+    def contact(self, transfer_id: str) -> dict[str, Any]:
+        return self._ok(self.http.get(f"/api/contacts/{transfer_id}"))
+
 
 class EhmSandboxClient(_SandboxClient):
     """What an early-help manager does on EHM, through its HTTP API."""
@@ -113,6 +120,21 @@ class EhmSandboxClient(_SandboxClient):
 
     def staff(self, locality: str) -> dict[str, Any]:
         response = self.http.get(f"/api/localities/{locality}/staff")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def open_episode(self, lcs_id: str = "LCS-0", locality: str = "North") -> str:
+        """An early-help case on EHM (the source of a step-up); returns its episode id."""
+        c = synthetic_child(locality)
+        child = {k: c[k] for k in ("given_name", "family_name", "date_of_birth", "nhs_number", "locality")}
+        body = {"child": {**child, "lcs_id": lcs_id}, "family_support_worker": "Kit Supportworker"}
+        response = self.http.post("/api/episodes", json=body)
+        response.raise_for_status()
+        return str(response.json()["episode_id"])
+
+    def episode(self, episode_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/api/episodes/{episode_id}")
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from connectors import Source, Target
 from connectors.ehm import AllocationReporter, EhmConnector
 from connectors.lcs import LcsConnector, LcsPublisher
 from contracts import CaseSystem
@@ -28,6 +29,9 @@ class Stack:
     state_dir: Path
     loops: bool = True
     poll_interval: float = 0.3
+    #: connectors for the other case systems and channels (Care Director, TED, team mailboxes)
+    extra_targets: dict[CaseSystem, Target] = field(default_factory=dict)
+    extra_sources: dict[CaseSystem, Source] = field(default_factory=dict)
     router: Router = field(init=False)
     publisher: LcsPublisher = field(init=False)
     reporter: AllocationReporter = field(init=False)
@@ -36,10 +40,19 @@ class Stack:
 
     def __post_init__(self) -> None:
         topics = self.settings.topics
+        # LCS and EHM each serve both directions: step-downs LCS -> EHM, step-ups EHM -> LCS (Front Door)
         self.router = build_router(
             self.settings,
-            targets={CaseSystem.EHM: EhmConnector(self.ehm_url, self.ehm_token)},
-            sources={CaseSystem.LCS: LcsConnector(self.lcs_url, self.lcs_token)},
+            targets={
+                CaseSystem.EHM: EhmConnector(self.ehm_url, self.ehm_token),
+                CaseSystem.LCS: LcsConnector(self.lcs_url, self.lcs_token),
+                **self.extra_targets,
+            },
+            sources={
+                CaseSystem.LCS: LcsConnector(self.lcs_url, self.lcs_token),
+                CaseSystem.EHM: EhmConnector(self.ehm_url, self.ehm_token),
+                **self.extra_sources,
+            },
         )
         self.publisher = LcsPublisher(
             LcsConnector(self.lcs_url, self.lcs_token),

@@ -41,14 +41,17 @@ class ChildHistory:
                 seen[m.transfer_id] = m
         return tuple(sorted(seen.values(), key=lambda m: m.at))
 
-    def remember(self, transfer: TransferMessage, team: str | None) -> list[tuple[bytes, bytes]]:
-        """Add a completed step-down; returns the (key, value) records to write to the compacted topic."""
+    def remember(self, transfer: TransferMessage) -> list[tuple[bytes, bytes]]:
+        """Add a completed step-down; returns the (key, value) records to write to the compacted topic.
+
+        The team remembered is the one that stepped the child down: the social worker's organisation.
+        """
         sw = transfer.professionals.social_worker
         memory = StepDownMemory(
             transfer_id=transfer.transfer_id,
             council=transfer.council.value,
             at=transfer.requested_at,
-            team=team or (sw.organisation if sw else None),
+            team=sw.organisation if sw else None,
             social_worker=sw.name if sw else None,
         )
         out = []

@@ -174,14 +174,12 @@ class TransferFlow:
 
             # 5. NS-14: a step-down that keeps no record sends nothing
             no_record_rule = protocol.sends_no_record(transfer)
-            team: str | None = None
             if no_record_rule is not None:
                 await emit(TransferCompletedNoRecord, rule_ids=[no_record_rule])
                 receipt = Receipt(p.to_system, "no-record", created=False, acknowledged=True)
             else:
                 # 6. route (NS-2, SW22-7, LU-9, SW22-1, ...) and deliver
                 route = protocol.route(transfer, facts)
-                team = route.team
                 if route.system is not None:
                     target = self._target(route.system)
                 receipt = await self._retrying(lambda: target.deliver(transfer, route))
@@ -225,7 +223,7 @@ class TransferFlow:
                 await emit(SourceClosed, source_system=p.from_system, source_reference=closed_ref)
             if p.direction is Direction.STEP_DOWN and self.history is not None:
                 send = getattr(sink, "send", None)
-                for key, value in self.history.remember(transfer, team):
+                for key, value in self.history.remember(transfer):
                     if send is not None and self.history_topic:
                         await send(self.history_topic, key, value, [])
             log.info("transfer_completed", transfer_id=transfer.transfer_id)

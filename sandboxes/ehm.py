@@ -46,6 +46,7 @@ __all__ = [
     "CaseNoteIn",
     "Episode",
     "EpisodeCloseIn",
+    "EpisodeIn",
     "LocalityList",
     "StaffDirectory",
     "SupportLeader",
@@ -137,7 +138,8 @@ class TrayItemIn(StrictModel):
     assigned_to: AssignedTo
     meeting_notes: LongText = Field(description="required: NS-8")
     plan: LongText = Field(description="required: NS-8")
-    support_leader: Text
+    support_leader: Text | None = None
+    lead_professional: Text | None = None
     family_support_worker: Text | None = None
     source_reference: Text
     received_from: Text
@@ -171,6 +173,7 @@ class AllocateIn(StrictModel):
 class CaseNoteIn(StrictModel):
     text: LongText
     author: Text
+    transfer_id: Text | None = Field(default=None, description="a note written for a transfer is written once")
 
 
 class CaseNote(StrictModel):
@@ -185,19 +188,28 @@ class Episode(StrictModel):
     episode_id: str
     child: TrayChild
     status: EpisodeStatus
-    transfer_id: str
-    tray_item_id: str
+    transfer_id: str | None
+    tray_item_id: str | None
     family_support_worker: str
     opened_at: datetime
     closed_at: datetime | None = None
     closed_by: str | None = None
     closure_reason: str | None = None
+    closure_transfer_id: str | None = None
     case_notes: list[CaseNote]
 
 
 class EpisodeCloseIn(StrictModel):
     closed_by: Text
     reason: Text
+    transfer_id: Text | None = None
+
+
+class EpisodeIn(StrictModel):
+    """An early-help case opened on EHM directly (not from the Step-Down tray)."""
+
+    child: TrayChild
+    family_support_worker: Text
 
 
 class Allocation(StrictModel):
@@ -239,19 +251,21 @@ CREATE TABLE IF NOT EXISTS tray_items (
 );
 CREATE TABLE IF NOT EXISTS episodes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    tray_item_id INTEGER NOT NULL REFERENCES tray_items(id),
-    transfer_id TEXT NOT NULL,
+    tray_item_id INTEGER REFERENCES tray_items(id),
+    transfer_id TEXT,
     child TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'open',
     family_support_worker TEXT NOT NULL,
     opened_at TEXT NOT NULL,
     closed_at TEXT,
     closed_by TEXT,
-    closure_reason TEXT
+    closure_reason TEXT,
+    closure_transfer_id TEXT
 );
 CREATE TABLE IF NOT EXISTS case_notes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     episode_id INTEGER NOT NULL REFERENCES episodes(id),
+    transfer_id TEXT,
     text TEXT NOT NULL,
     author TEXT NOT NULL,
     created_at TEXT NOT NULL
@@ -341,12 +355,13 @@ def _episode(conn: sqlite3.Connection, row: sqlite3.Row) -> Episode:
         child=TrayChild.model_validate_json(row["child"]),
         status=row["status"],
         transfer_id=row["transfer_id"],
-        tray_item_id=f"{TRAY_PREFIX}{row['tray_item_id']}",
+        tray_item_id=f"{TRAY_PREFIX}{row['tray_item_id']}" if row["tray_item_id"] is not None else None,
         family_support_worker=row["family_support_worker"],
         opened_at=row["opened_at"],
         closed_at=row["closed_at"],
         closed_by=row["closed_by"],
         closure_reason=row["closure_reason"],
+        closure_transfer_id=row["closure_transfer_id"],
         case_notes=[_case_note(n) for n in notes],
     )
 
@@ -523,6 +538,19 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     # -- episodes
 
+    @api.post("/episodes", status_code=201)
+    def open_episode(body: EpisodeIn) -> Episode:
+        with db.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO episodes (tray_item_id, transfer_id, child, family_support_worker, opened_at)"
+                " VALUES (NULL, NULL, ?, ?, ?)",
+                (dump_json(body.child), body.family_support_worker, clock().isoformat()),
+            )
+            row = conn.execute("SELECT * FROM episodes WHERE id = ?", (cur.lastrowid,)).fetchone()
+            episode = _episode(conn, row)
+        logger.info("episode opened episode_id=%s", episode.episode_id)
+        return episode
+
     @api.get("/episodes/{episode_id}")
     def get_episode(episode_id: str) -> Episode:
         with db.read() as conn:
@@ -532,11 +560,18 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
     def add_case_note(episode_id: str, body: CaseNoteIn) -> CaseNote:
         with db.transaction() as conn:
             episode = _episode_row(conn, episode_id)
+            if body.transfer_id is not None:
+                note = conn.execute(
+                    "SELECT * FROM case_notes WHERE episode_id = ? AND transfer_id = ?",
+                    (episode["id"], body.transfer_id),
+                ).fetchone()
+                if note is not None:
+                    return _case_note(note)
             if episode["status"] == "closed":
                 raise SandboxError(409, "episode_closed", episode_id=episode_id)
             cur = conn.execute(
-                "INSERT INTO case_notes (episode_id, text, author, created_at) VALUES (?, ?, ?, ?)",
-                (episode["id"], body.text, body.author, clock().isoformat()),
+                "INSERT INTO case_notes (episode_id, transfer_id, text, author, created_at) VALUES (?, ?, ?, ?, ?)",
+                (episode["id"], body.transfer_id, body.text, body.author, clock().isoformat()),
             )
             note = conn.execute("SELECT * FROM case_notes WHERE id = ?", (cur.lastrowid,)).fetchone()
         logger.info("case note added episode_id=%s", episode_id)
@@ -547,10 +582,13 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
         with db.transaction() as conn:
             row = _episode_row(conn, episode_id)
             if row["status"] == "closed":
+                if body.transfer_id is not None and row["closure_transfer_id"] == body.transfer_id:
+                    return _episode(conn, row)
                 raise SandboxError(409, "episode_already_closed", episode_id=episode_id)
             conn.execute(
-                "UPDATE episodes SET status = 'closed', closed_at = ?, closed_by = ?, closure_reason = ? WHERE id = ?",
-                (clock().isoformat(), body.closed_by, body.reason, row["id"]),
+                "UPDATE episodes SET status = 'closed', closed_at = ?, closed_by = ?, closure_reason = ?,"
+                " closure_transfer_id = ? WHERE id = ?",
+                (clock().isoformat(), body.closed_by, body.reason, body.transfer_id, row["id"]),
             )
             episode = _episode(conn, _episode_row(conn, episode_id))
         logger.info("episode closed episode_id=%s", episode_id)

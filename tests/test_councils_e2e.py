@@ -1,0 +1,323 @@
+"""One step-down and one step-up per council, end to end on the real broker.
+
+LCS and EHM are the sandbox services over HTTP; Care Director, TED and the team mailboxes
+are in-memory stand-ins (``connectors.memory``) with the same Target / Source interface.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from pydantic import SecretStr
+
+from casebridge.stack import Stack
+from connectors import Receipt, Source, Target
+from connectors.memory import MemorySource, MemoryTarget
+from contracts import CaseSystem, ClosureRecord, TransferEvent, TransferMessage
+from router import Settings
+from router.settings import RetrySettings
+from tests.council_data import step_down, step_up
+from tests.support import TOKEN, Systems, events_of, produce, read
+
+
+class MemoryMailbox(MemoryTarget):
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
+
+class MemoryTed(MemoryTarget):
+    system: ClassVar[CaseSystem] = CaseSystem.TED
+
+
+class ClosingSource(MemorySource):
+    """A memory source that keeps the closure record it was asked to write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closures: dict[str, ClosureRecord | None] = {}
+
+    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
+        self.closures[transfer.source_record.record_id] = transfer.closure
+        return await super().close(transfer, receipt)
+
+
+class CareDirectorSource(ClosingSource):
+    system: ClassVar[CaseSystem] = CaseSystem.CARE_DIRECTOR
+
+
+class TedSource(ClosingSource):
+    system: ClassVar[CaseSystem] = CaseSystem.TED
+
+
+class MailboxSource(ClosingSource):
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
+
+@dataclass
+class Councils:
+    stack: Stack
+    systems: Systems
+    mailbox: MemoryMailbox
+    ted: MemoryTed
+    care_director: CareDirectorSource
+    ted_source: TedSource
+    mailbox_source: MailboxSource
+
+
+def _stack(settings: Settings, systems: Systems, state: Path, c: dict[str, Any]) -> Stack:
+    targets: dict[CaseSystem, Target] = {CaseSystem.MAILBOX: c["mailbox"], CaseSystem.TED: c["ted"]}
+    sources: dict[CaseSystem, Source] = {
+        CaseSystem.CARE_DIRECTOR: c["care_director"],
+        CaseSystem.TED: c["ted_source"],
+        CaseSystem.MAILBOX: c["mailbox_source"],
+    }
+    return Stack(
+        settings,
+        systems.lcs.url,
+        SecretStr(TOKEN),
+        systems.ehm.url,
+        SecretStr(TOKEN),
+        state,
+        loops=False,
+        extra_targets=targets,
+        extra_sources=sources,
+    )
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, topic_prefix: str, retry_settings: RetrySettings) -> Settings:
+    return Settings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        group_id=f"{topic_prefix}-router",
+        retry=retry_settings,
+    )
+
+
+@pytest.fixture
+def memory() -> dict[str, Any]:
+    return {
+        "mailbox": MemoryMailbox(),
+        "ted": MemoryTed(),
+        "care_director": CareDirectorSource(),
+        "ted_source": TedSource(),
+        "mailbox_source": MailboxSource(),
+    }
+
+
+@pytest.fixture
+async def councils(
+    settings: Settings, systems: Systems, tmp_path: Path, memory: dict[str, Any]
+) -> AsyncIterator[Councils]:
+    async with _stack(settings, systems, tmp_path / "state", memory) as stack:
+        yield Councils(stack=stack, systems=systems, **memory)
+
+
+async def _send(settings: Settings, *docs: dict[str, Any]) -> None:
+    items = []
+    for doc in docs:
+        first = doc["child"]["identifiers"][0]
+        items.append((f"{first['system']}:{first['id']}".encode(), json.dumps(doc).encode()))
+    await produce(settings.bootstrap_servers, settings.topics.transfers, items)
+
+
+TERMINAL = {"source-closed", "source-kept-open", "dead-lettered"}
+
+
+async def _outcomes(settings: Settings, *transfer_ids: str) -> dict[str, list[TransferEvent]]:
+    """Each transfer's events, read until every one of them reached a terminal event."""
+
+    def done(records: list[Any]) -> bool:
+        ended = {e.transfer_id for e in events_of(records) if e.event_type in TERMINAL}
+        return set(transfer_ids) <= ended
+
+    records = await read(settings.bootstrap_servers, settings.topics.events, done, timeout=60)
+    by: dict[str, list[TransferEvent]] = {t: [] for t in transfer_ids}
+    for e in events_of(records):
+        if e.transfer_id in by:
+            by[e.transfer_id].append(e)
+    return by
+
+
+def _types(events: list[TransferEvent]) -> list[str]:
+    return [e.event_type for e in events]
+
+
+def _one(events: list[TransferEvent], kind: str) -> Any:
+    [event] = [e for e in events if e.event_type == kind]
+    return event
+
+
+# -- North Somerset: LCS <-> EHM, both sandboxes ------------------------------------------------
+
+
+async def test_north_somerset_step_down_then_ns09_ns10_ns12_step_up_to_the_front_door(councils: Councils) -> None:
+    """Step-down LCS -> EHM tray; then a step-up EHM -> LCS contact naming that social worker (NS-10),
+    and the EHM episode closed with a case note only after LCS acknowledged (NS-12)."""
+    lcs, ehm, stack = councils.systems.lcs_client, councils.systems.ehm_client, councils.stack
+    child = lcs.create_child(locality="South")
+    request = lcs.request_stepdown(child, requested_by="Riley Notreal (Social Worker)")
+    assert 1 == await stack.publisher.poll_once()
+    down = f"north-somerset-lcs-{request}".lower()
+    episode = ehm.open_episode(lcs_id=child, locality="South")
+    up = step_up("north-somerset", 1, requested_at="2026-12-01T09:00:00Z")
+    up["child"]["identifiers"] = [{"system": "ehm", "id": episode}, {"system": "lcs", "id": child}]
+    up["source_record"]["record_id"] = episode
+    await _outcomes(stack.settings, down)
+    await _send(stack.settings, up)
+    events = (await _outcomes(stack.settings, up["transfer_id"]))[up["transfer_id"]]
+
+    assert ["requested", "validated", "delivered", "acknowledged", "source-closed"] == _types(events)
+    delivered = _one(events, "delivered")
+    assert (CaseSystem.LCS, "Front Door", ["NS-10"]) == (delivered.target_system, delivered.team, delivered.rule_ids)
+    contact = lcs.contact(up["transfer_id"])
+    assert ("Riley Notreal (Social Worker)", "contact") == (contact["first_contact"], contact["stage"])
+    assert {"step-up-form", "case-notes"} == set(contact["documents"])
+    closed = ehm.episode(episode)
+    assert ("closed", up["transfer_id"]) == (closed["status"], closed["closure_transfer_id"])
+    assert "recording continues on LCS" in closed["case_notes"][-1]["text"]
+    assert closed["closed_at"] >= contact["received_at"]
+
+
+# -- Swindon 2026: LCS <-> EHM ------------------------------------------------------------------
+
+
+async def test_swindon_sw26_05_sw26_07_step_down_to_lead_practitioner_and_closure_wording(councils: Councils) -> None:
+    """Step-down LCS -> EHM allocated to the Lead Practitioner; LCS closure reads "Step Down to SBC Early Help"."""
+    lcs, ehm = councils.systems.lcs_client, councils.systems.ehm_client
+    child = lcs.create_child(locality="North")
+    doc = step_down("swindon", 7)
+    doc["child"].update(identifiers=[{"system": "lcs", "id": child}], locality="North")
+    doc["source_record"].update(record_id=child, request_id=lcs.request_stepdown(child))  # the LCS transfer request
+    doc["documents"].append({"type": "meeting-notes", "content": "Transfer Meeting notes (synthetic)."})
+    await _send(councils.stack.settings, doc)
+    events = (await _outcomes(councils.stack.settings, doc["transfer_id"]))[doc["transfer_id"]]
+
+    assert "source-closed" == events[-1].event_type
+    [item] = ehm.tray()
+    assert ("lead-professional", "Jo Leadpractitioner") == (item["assigned_to"]["role"], item["assigned_to"]["name"])
+    record = lcs.child(child)
+    assert ("closed", "Step Down to SBC Early Help") == (record["record_state"], record["closure_reason"])
+
+
+async def test_swindon_sw26_01_sw26_03_sw22_01_step_up_referral_endorsed_urgent_first_episode_stays_open(
+    councils: Councils,
+) -> None:
+    """Step-up EHM -> LCS: the Duty Manager's endorsement makes it a referral (SW26-1), the episode
+    stays open (SW26-3), and an urgent step-up is first in the Front Door's queue (SW22-1)."""
+    lcs, ehm = councils.systems.lcs_client, councils.systems.ehm_client
+    routine, urgent = ehm.open_episode(), ehm.open_episode()
+    docs = []
+    for n, episode, urgency in ((1, routine, "routine"), (2, urgent, "urgent")):
+        doc = step_up("swindon", n, urgency=urgency)
+        doc["child"]["identifiers"] = [{"system": "ehm", "id": episode}]
+        doc["source_record"]["record_id"] = episode
+        docs.append(doc)
+    docs[0]["management_decision"]["decided_by"]["role"] = "Early Intervention Manager"
+    await _send(councils.stack.settings, docs[0])
+    await _outcomes(councils.stack.settings, docs[0]["transfer_id"])
+    await _send(councils.stack.settings, docs[1])
+    out = await _outcomes(councils.stack.settings, docs[1]["transfer_id"])
+
+    kept = _one(out[docs[1]["transfer_id"]], "source-kept-open")
+    assert ["SW26-3"] == kept.rule_ids
+    assert ("open", "open") == (ehm.episode(routine)["status"], ehm.episode(urgent)["status"])
+    queue = lcs.contacts()
+    assert [docs[1]["transfer_id"], docs[0]["transfer_id"]] == [c["transfer_id"] for c in queue]
+    assert [("referral", "Duty Manager", True), ("contact", None, False)] == [
+        (c["stage"], c["endorsed_by"], c["urgent"]) for c in queue
+    ]
+
+
+# -- Swindon 2022: Care Director -> team mailboxes ---------------------------------------------
+
+
+async def test_swindon_2022_sw22_07_sw22_11_step_down_and_sw22_01_urgent_step_up_to_mash(councils: Councils) -> None:
+    """Step-down: the outcome code picks the EH Hub mailbox, the closure names the lead professional;
+    step-up on s.47: to the MASH mailbox, flagged urgent, FISS record kept open (SW22-6)."""
+    down = step_down("swindon-2022", 1)
+    up = step_up("swindon-2022", 2)
+    up["pathway"].update(from_level="intensive-early-help", to_level="child-protection-s47")
+    up["management_decision"]["forum"] = "Transfer Meeting"
+    await _send(councils.stack.settings, down, up)
+    out = await _outcomes(councils.stack.settings, down["transfer_id"], up["transfer_id"])
+
+    sent = _one(out[down["transfer_id"]], "delivered")
+    assert (CaseSystem.MAILBOX, "Early Help Hub", ["SW22-7"]) == (sent.target_system, sent.team, sent.rule_ids)
+    closure = councils.care_director.closures["CARE-DIRECTOR-1"]
+    assert closure is not None and closure.lead_professional is not None
+    assert (["SW22-11"], "Casey Hubworker") == (closure.rule_ids, closure.lead_professional.name)
+    escalated = _one(out[up["transfer_id"]], "delivered")
+    assert ("MASH", True, ["SW22-1"]) == (escalated.team, escalated.urgent, escalated.rule_ids)
+    assert ["SW22-6"] == _one(out[up["transfer_id"]], "source-kept-open").rule_ids
+    assert {down["transfer_id"], up["transfer_id"]} == set(councils.mailbox.items)
+
+
+# -- Luton: team mailboxes; LU-7 notices, LU-9 history across a restart ------------------------
+
+
+async def test_luton_lu07_receipt_notice_and_lu09_step_up_returns_to_the_team_after_a_restart(
+    settings: Settings, systems: Systems, tmp_path: Path, memory: dict[str, Any]
+) -> None:
+    """Step-down FST -> Early Help with a receipt notice to the social worker and manager; a router
+    restarted later still remembers it, so a step-up 2 months on goes back to that team (LU-9)."""
+    down = step_down("luton", 1)
+    async with _stack(settings, systems, tmp_path / "state", memory) as stack:
+        await _send(stack.settings, down)
+        events = (await _outcomes(settings, down["transfer_id"]))[down["transfer_id"]]
+    notice = _one(events, "notice-sent")
+    assert ("receipt", ["social_worker", "manager"], ["LU-7"]) == (notice.notice, notice.recipients, notice.rule_ids)
+    assert _types(events).index("acknowledged") < _types(events).index("notice-sent")
+    sent, route = memory["mailbox"].items[f"{down['transfer_id']}-notice-receipt"]
+    assert ([], "notice-receipt") == (sent.documents, route.role)
+
+    memory["mailbox"] = MemoryMailbox()
+    up = step_up("luton", 2, requested_at="2026-12-20T09:00:00Z")
+    up["child"]["identifiers"].append(down["child"]["identifiers"][0])
+    async with _stack(settings, systems, tmp_path / "state", memory) as stack:  # a new router process
+        await _send(stack.settings, up)
+        events = (await _outcomes(settings, up["transfer_id"]))[up["transfer_id"]]
+    delivered = _one(events, "delivered")
+    assert ("Family Safeguarding Team", ["LU-9"]) == (delivered.team, delivered.rule_ids)
+    assert ["LU-4"] == _one(events, "source-kept-open").rule_ids
+
+
+# -- Barnsley: TED <-> early-help mailbox --------------------------------------------------------
+
+
+async def test_barnsley_ba15_ba10_step_down_closes_ted_after_sending_and_ba03_step_up_closes_the_eha(
+    councils: Councils,
+) -> None:
+    """Step-down TED -> EH mailbox with no worker allocated yet (BA-10: never refused for capacity),
+    TED closed only after the mailbox holds it (BA-15); step-up EH -> TED closes the EHA (BA-3)."""
+    down = step_down("barnsley", 1)
+    up = step_up("barnsley", 2)
+    await _send(councils.stack.settings, down, up)
+    out = await _outcomes(councils.stack.settings, down["transfer_id"], up["transfer_id"])
+
+    types = _types(out[down["transfer_id"]])
+    assert types.index("acknowledged") < types.index("source-closed")
+    assert "TED-1" in councils.ted_source.closed
+    assert down["transfer_id"] in councils.mailbox.items
+    assert up["transfer_id"] in councils.ted.items
+    closure = councils.mailbox_source.closures["EH-2"]
+    assert closure is not None and ("step up to social care", ["BA-3"]) == (closure.reason, closure.rule_ids)
+
+
+async def test_g3_ba05_held_transfer_is_kept_with_its_reason_and_nothing_is_sent(councils: Councils) -> None:
+    """G3 / BA-5: a step-down "for monitoring" is held: dead letter with the rule, nothing delivered, TED open."""
+    doc = step_down("barnsley", 3, purpose="so that the school can monitor attendance")
+    await _send(councils.stack.settings, doc)
+    events = (await _outcomes(councils.stack.settings, doc["transfer_id"]))[doc["transfer_id"]]
+
+    assert ["BA-5"] == [v.rule_id for v in _one(events, "held").violations]
+    dead = await read(
+        councils.stack.settings.bootstrap_servers, councils.stack.settings.topics.dead_letter, lambda r: len(r) >= 1
+    )
+    headers = {k: bytes(v).decode() for k, v in dead[0].headers}
+    assert ("BA-5", doc["transfer_id"]) == (headers["casebridge.dlq.rule.ids"], headers["casebridge.dlq.transfer.id"])
+    assert ({}, {}) == (councils.mailbox.items, councils.ted_source.closed)
