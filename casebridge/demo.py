@@ -1,32 +1,95 @@
-"""``casebridge demo``: a real end-to-end handover on a local Kafka with the sandbox systems.
+"""``casebridge demo``: real end-to-end handovers on a local Kafka with the sandbox systems.
 
 Starts (or reuses) the local Apache Kafka broker, the sandbox LCS and EHM over HTTP,
 the router, the LCS publisher and the EHM allocation reporter; creates synthetic children
-with step-down requests, good ones and some that break North Somerset's rules; prints
-what became of each, read back from the events topic and from the systems themselves.
+with step-down requests, good ones and some that break North Somerset's rules; then one
+flow per other council (Swindon 2026 and 2022, Luton, Barnsley) and a North Somerset
+step-up. Care Director, TED and the team mailboxes are in-memory stand-ins with the same
+connector interface. Prints what became of each, read back from the events topic and
+from the systems themselves.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import SecretStr
 
-from contracts import TransferEvent, parse_event
+from connectors import Receipt, Source, Target
+from connectors.memory import MemorySource, MemoryTarget
+from contracts import CaseSystem, TransferEvent, TransferMessage, parse_event
 from router import Settings
 from sandboxes import create_ehm_app, create_lcs_app, serve
 
-from .scenarios import EhmSandboxClient, LcsSandboxClient
+from .scenarios import EhmSandboxClient, LcsSandboxClient, step_down, step_up
 from .stack import Stack
 
-TERMINAL = {"source-closed", "held", "dead-lettered"}
+TERMINAL = {"source-closed", "source-kept-open", "held", "dead-lettered"}
+
+
+class _Mailbox(MemoryTarget):
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
+
+class _Ted(MemoryTarget):
+    system: ClassVar[CaseSystem] = CaseSystem.TED
+
+
+class _Closing(MemorySource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closures: dict[str, str] = {}
+
+    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
+        self.closures[transfer.source_record.record_id] = transfer.closure.reason if transfer.closure else "closed"
+        return await super().close(transfer, receipt)
+
+
+class _CareDirector(_Closing):
+    system: ClassVar[CaseSystem] = CaseSystem.CARE_DIRECTOR
+
+
+class _TedSource(_Closing):
+    system: ClassVar[CaseSystem] = CaseSystem.TED
+
+
+class _MailboxSource(_Closing):
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
+
+@dataclass
+class StandIns:
+    """In-memory Care Director, TED and team mailboxes (until their connectors are wired)."""
+
+    mailbox: _Mailbox = field(default_factory=_Mailbox)
+    ted: _Ted = field(default_factory=_Ted)
+    care_director: _CareDirector = field(default_factory=_CareDirector)
+    ted_source: _TedSource = field(default_factory=_TedSource)
+    mailbox_source: _MailboxSource = field(default_factory=_MailboxSource)
+
+    def targets(self) -> dict[CaseSystem, Target]:
+        return {CaseSystem.MAILBOX: self.mailbox, CaseSystem.TED: self.ted}
+
+    def sources(self) -> dict[CaseSystem, Source]:
+        return {
+            CaseSystem.CARE_DIRECTOR: self.care_director,
+            CaseSystem.TED: self.ted_source,
+            CaseSystem.MAILBOX: self.mailbox_source,
+        }
+
+    def closure(self, record_id: str) -> str | None:
+        for source in (self.care_director, self.ted_source, self.mailbox_source):
+            if record_id in source.closures:
+                return source.closures[record_id]
+        return None
 
 
 @dataclass
@@ -36,6 +99,9 @@ class Case:
     transfer_id: str
     expect: str
     events: list[TransferEvent] = field(default_factory=list)
+    #: where to look for the result: "ns" (EHM tray + LCS record), "contact" (LCS Front Door + EHM
+    #: episode), "tray" (EHM tray + LCS closure reason), "memory" (stand-in systems)
+    kind: str = "ns"
 
     @property
     def state(self) -> str:
@@ -73,24 +139,56 @@ class EventWatch:
                         self.by_transfer.setdefault(e.transfer_id, []).append(e)
 
 
-def _describe(case: Case, lcs: LcsSandboxClient, tray: dict[str, dict[str, Any]]) -> list[str]:
+def _describe(
+    case: Case, lcs: LcsSandboxClient, ehm: EhmSandboxClient, tray: dict[str, dict[str, Any]], mem: StandIns
+) -> list[str]:
     lines = [f"- {case.title}", f"    child {case.child_id}, transfer {case.transfer_id}"]
     lines.append("    events: " + " -> ".join(e.event_type for e in case.events))
-    item = tray.get(case.transfer_id)
     held = [e for e in case.events if e.event_type == "held"]
-    completed = case.state == "source-closed"
-    lines.append(f"    outcome: {'completed' if completed else 'HELD (dead letter kept for replay)'}")
+    done = case.state in ("source-closed", "source-kept-open")
+    lines.append(f"    outcome: {'completed' if done else 'HELD (dead letter kept for replay)'}")
     if held:
-        verb = "was held" if completed else "held"
+        verb = "was held" if done else "held"
         for v in held[-1].violations:
             lines.append(f"    {verb} by {v.rule_id}: {v.message}\n      fix: {v.fix}")
-    if item:
+    for e in case.events:
+        if e.event_type == "delivered":
+            rules = ", ".join(e.rule_ids) or "-"
+            lines.append(
+                f"    delivered to {e.target_system.value}"
+                + (f", team {e.team}" if e.team else "")
+                + f", as {e.assigned_role}"
+                + (" (URGENT)" if e.urgent else "")
+                + f"; routing rules: {rules}"
+            )
+        elif e.event_type == "notice-sent":
+            lines.append(f"    {e.notice} notice to {', '.join(e.recipients)} ({', '.join(e.rule_ids)})")
+        elif e.event_type == "source-kept-open":
+            lines.append(f"    source record kept open ({', '.join(e.rule_ids)})")
+    if case.kind == "ns":
+        item = tray.get(case.transfer_id)
+        if item:
+            lines.append(
+                f"    EHM tray: {item['tray_item_id']} ({item['status']}), assigned to {item['assigned_to']['role']}"
+            )
+        else:
+            lines.append("    EHM tray: nothing")
+        lines.append(f"    LCS record: {lcs.child(case.child_id)['record_state']}")
+    elif case.kind == "tray":
+        record = lcs.child(case.child_id)
+        lines.append(f"    LCS record: {record['record_state']}, closure reason {record['closure_reason']!r}")
+    elif case.kind == "contact":
+        contact = lcs.contact(case.transfer_id)
+        lines.append(f"    LCS Front Door: {contact['contact_id']} as a {contact['stage']}, urgent={contact['urgent']}")
+        episode = ehm.episode(case.child_id)
         lines.append(
-            f"    EHM tray: {item['tray_item_id']} ({item['status']}), assigned to {item['assigned_to']['role']}"
+            f"    EHM episode: {episode['status']}"
+            + (f" ({episode['closure_reason']})" if episode["closure_reason"] else "")
         )
     else:
-        lines.append("    EHM tray: nothing")
-    lines.append(f"    LCS record: {lcs.child(case.child_id)['record_state']}")
+        closure = mem.closure(case.child_id)
+        if closure:
+            lines.append(f"    source closure record: {closure!r}")
     return lines
 
 
@@ -108,8 +206,16 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
         )
         lcs, ehm = LcsSandboxClient(lcs_server.url, token), EhmSandboxClient(ehm_server.url, token)
         settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, group_id=f"{prefix}-router")
+        mem = StandIns()
         stack = Stack(
-            settings, lcs_server.url, SecretStr(token), ehm_server.url, SecretStr(token), Path(work) / "state"
+            settings,
+            lcs_server.url,
+            SecretStr(token),
+            ehm_server.url,
+            SecretStr(token),
+            Path(work) / "state",
+            extra_targets=mem.targets(),
+            extra_sources=mem.sources(),
         )
         watch = EventWatch(bootstrap, settings.topics.events)
         async with stack:
@@ -122,10 +228,16 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
                     out(f"... reopening {c.child_id} on LCS (the held NS-7 transfer should now complete)")
                     lcs.reopen(c.child_id)
                 await watch.wait(reopened, lambda c: "source-closed" in [e.event_type for e in c.events])
+                councils = await _councils(lcs, ehm, settings)
+                await watch.wait(councils, lambda c: c.state in TERMINAL)
+                # LU-9: a Luton step-up after the step-down completed goes back to the team that stepped down
+                later = await _luton_step_up(settings)
+                await watch.wait(later, lambda c: c.state in TERMINAL)
+                cases += councils + later
                 tray = {i["transfer_id"]: i for i in ehm.tray()}
                 out("")
                 for c in cases:
-                    out("\n".join(_describe(c, lcs, tray)))
+                    out("\n".join(_describe(c, lcs, ehm, tray, mem)))
                 ok = all(c.state == c.expect for c in cases)
                 out("")
                 out(f"{sum(c.state == c.expect for c in cases)} of {len(cases)} cases ended as expected")
@@ -134,6 +246,81 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
                 await watch.stop()
                 lcs.close()
                 ehm.close()
+
+
+async def _publish(settings: Settings, *docs: dict[str, Any]) -> None:
+    """Publish canonical transfers keyed by child, as a source connector does."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for doc in docs:
+            first = doc["child"]["identifiers"][0]
+            key = f"{first['system']}:{first['id']}".encode()
+            await producer.send_and_wait(settings.topics.transfers, json.dumps(doc).encode(), key=key)
+    finally:
+        await producer.stop()
+
+
+async def _councils(lcs: LcsSandboxClient, ehm: EhmSandboxClient, settings: Settings) -> list[Case]:
+    """One flow (or two) per council beyond North Somerset's step-downs."""
+    cases: list[Case] = []
+    docs: list[dict[str, Any]] = []
+
+    def add(title: str, doc: dict[str, Any], expect: str, kind: str = "memory", record: str | None = None) -> None:
+        docs.append(doc)
+        cases.append(Case(title, record or doc["source_record"]["record_id"], doc["transfer_id"], expect, kind=kind))
+
+    # Swindon 2026: LCS -> EHM step-down to the Lead Practitioner; EHM -> LCS step-up as an endorsed referral
+    child = lcs.create_child(locality="North")
+    down = step_down("swindon", 101)
+    down["child"].update(identifiers=[{"system": "lcs", "id": child}], locality="North")
+    down["source_record"].update(record_id=child, request_id=lcs.request_stepdown(child))
+    down["documents"].append({"type": "meeting-notes", "content": "Transfer Meeting notes (synthetic)."})
+    add("Swindon 2026 step-down LCS -> EHM, Lead Practitioner (SW26-4..7)", down, "source-closed", "tray", child)
+    episode = ehm.open_episode(locality="North")
+    up = step_up("swindon", 102, urgency="urgent")
+    up["child"]["identifiers"] = [{"system": "ehm", "id": episode}]
+    up["source_record"]["record_id"] = episode
+    add("Swindon 2026 step-up EHM -> LCS, Duty Manager endorsed (SW26-1..3)", up, "source-kept-open", "contact")
+    # Swindon 2022: Care Director -> the mailbox the assessment outcome selects; s.47 step-up to the MASH
+    add(
+        "Swindon 2022 step-down, outcome 'Refer to EHH Service' (SW22-7, SW22-11)",
+        step_down("swindon-2022", 103),
+        "source-closed",
+    )
+    s47 = step_up("swindon-2022", 104)
+    s47["pathway"].update(from_level="intensive-early-help", to_level="child-protection-s47")
+    s47["management_decision"]["forum"] = "Transfer Meeting"
+    add("Swindon 2022 s.47 step-up from FISS to the MASH (SW22-1, SW22-6)", s47, "source-kept-open")
+    # Luton: Family Safeguarding step-down ratified at the CIN Panel, receipt notice (LU-6, LU-7)
+    add("Luton step-down from Family Safeguarding (LU-6, LU-7)", step_down("luton", 105), "source-closed")
+    # Barnsley: TED -> early-help mailbox; one "for monitoring" refused (BA-5)
+    add("Barnsley step-down TED -> early-help mailbox (BA-5..7, BA-15)", step_down("barnsley", 106), "source-closed")
+    monitoring = step_down("barnsley", 107, purpose="so that school can monitor attendance")
+    add("Barnsley step-down 'for monitoring' (held: BA-5)", monitoring, "dead-lettered")
+    # North Somerset: EHM -> LCS Front Door step-up, EHM episode closed with a case note (NS-9, NS-12)
+    episode = ehm.open_episode(locality="East")
+    ns = step_up("north-somerset", 108)
+    ns["child"]["identifiers"] = [{"system": "ehm", "id": episode}]
+    ns["source_record"]["record_id"] = episode
+    add("North Somerset step-up EHM -> LCS Front Door (NS-9, NS-12)", ns, "source-closed", "contact")
+    await _publish(settings, *docs)
+    return cases
+
+
+async def _luton_step_up(settings: Settings) -> list[Case]:
+    up = step_up("luton", 109, requested_at="2026-12-20T09:00:00Z")
+    up["child"]["identifiers"].append(step_down("luton", 105)["child"]["identifiers"][0])
+    await _publish(settings, up)
+    return [
+        Case(
+            "Luton step-up 7 weeks after its step-down: back to that team (LU-9, LU-4)",
+            up["source_record"]["record_id"],
+            up["transfer_id"],
+            "source-kept-open",
+            kind="memory",
+        )
+    ]
 
 
 def _scenarios(lcs: LcsSandboxClient, ehm: EhmSandboxClient) -> list[Case]:

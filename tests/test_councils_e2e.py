@@ -321,3 +321,15 @@ async def test_g3_ba05_held_transfer_is_kept_with_its_reason_and_nothing_is_sent
     headers = {k: bytes(v).decode() for k, v in dead[0].headers}
     assert ("BA-5", doc["transfer_id"]) == (headers["casebridge.dlq.rule.ids"], headers["casebridge.dlq.transfer.id"])
     assert ({}, {}) == (councils.mailbox.items, councils.ted_source.closed)
+
+
+async def test_demo_covers_one_flow_per_council(kafka_bootstrap: str) -> None:
+    """`casebridge demo` runs every council's flow on the real broker and each ends as expected."""
+    from casebridge.demo import run_demo
+
+    lines: list[str] = []
+    assert await run_demo(kafka_bootstrap, out=lines.append)
+    text = "\n".join(lines)
+    for council in ("Swindon 2026", "Swindon 2022", "Luton", "Barnsley", "North Somerset step-up"):
+        assert council in text
+    assert "team Family Safeguarding Team" in text and "Step Down to SBC Early Help" in text
