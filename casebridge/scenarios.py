@@ -217,6 +217,31 @@ class EhmSandboxClient(_SandboxClient):
         response.raise_for_status()
         return str(response.json()["episode_id"])
 
+    def request_stepup(self, episode_id: str, **changes: Any) -> str:
+        """A Step-Up request on EHM (NS-9: form and case notes; consent; the manager's decision)."""
+        body: dict[str, Any] = {
+            "step_up_form": "Step-Up request form: increased concerns (synthetic).",
+            "case_notes": "Case notes evidencing the conversations with the family (synthetic).",
+            "to_level": "child_in_need",
+            "urgent": False,
+            "consent": {
+                "given_by": "Parent (synthetic)",
+                "given_on": "2026-11-20",
+                "scope": ["referral", "information-sharing"],
+            },
+            "management_decision": {
+                "decided_by": "Morgan Testmanager",
+                "role": "Team Manager",
+                "rationale": "Concerns escalating; a step-up discussion at the Front Door is needed.",
+                "decided_on": "2026-11-20",
+            },
+            "requested_by": "Kit Supportworker (FSW)",
+        }
+        body.update(changes)
+        response = self.http.post(f"/api/episodes/{episode_id}/stepup-requests", json=body)
+        response.raise_for_status()
+        return str(response.json()["request_id"])
+
     def episode(self, episode_id: str) -> dict[str, Any]:
         response = self.http.get(f"/api/episodes/{episode_id}")
         response.raise_for_status()

@@ -1,4 +1,4 @@
-"""One casebridge deployment in a process: router, LCS publisher, EHM allocation reporter.
+"""One casebridge deployment in a process: router, LCS publisher, EHM step-up publisher and allocation reporter.
 
 Used by ``casebridge run`` and ``casebridge demo`` (with loops) and by the end-to-end
 tests (polling by hand, to control timing). The case systems are reached by URL.
@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from connectors import Source, Target
-from connectors.ehm import AllocationReporter, EhmConnector
+from connectors.ehm import AllocationReporter, EhmConnector, StepUpPublisher
 from connectors.lcs import LcsConnector, LcsPublisher
 from contracts import CaseSystem
 from router import Router, Settings, build_router
@@ -35,6 +35,7 @@ class Stack:
     router: Router = field(init=False)
     publisher: LcsPublisher = field(init=False)
     reporter: AllocationReporter = field(init=False)
+    stepups: StepUpPublisher = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _stopping: bool = field(default=False, init=False)
 
@@ -61,6 +62,13 @@ class Stack:
             topics.dead_letter,
             cursor=self.state_dir / "lcs-cursor.json",
         )
+        self.stepups = StepUpPublisher(
+            EhmConnector(self.ehm_url, self.ehm_token),
+            self.settings.bootstrap_servers,
+            topics.transfers,
+            topics.dead_letter,
+            cursor=self.state_dir / "ehm-stepups-cursor.json",
+        )
         self.reporter = AllocationReporter(
             EhmConnector(self.ehm_url, self.ehm_token),
             self.settings.bootstrap_servers,
@@ -71,11 +79,13 @@ class Stack:
     async def start(self) -> None:
         await self.router.start()
         await self.publisher.start()
+        await self.stepups.start()
         await self.reporter.start()
         if self.loops:
             stop = lambda: self._stopping  # noqa: E731
             self._tasks = [
                 asyncio.create_task(self.publisher.run(self.poll_interval, stop)),
+                asyncio.create_task(self.stepups.run(self.poll_interval, stop)),
                 asyncio.create_task(self.reporter.run(self.poll_interval, stop)),
             ]
 
@@ -83,6 +93,7 @@ class Stack:
         self._stopping = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.reporter.stop()
+        await self.stepups.stop()
         await self.publisher.stop()
         await self.router.stop()
 

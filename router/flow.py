@@ -182,7 +182,9 @@ class TransferFlow:
                 route = protocol.route(transfer, facts)
                 if route.system is not None:
                     target = self._target(route.system)
-                receipt = await self._retrying(lambda: target.deliver(transfer, route))
+                # BA-9 / G4: until a worker is allocated, the request goes without the case documents
+                outgoing = transfer.model_copy(update={"documents": []}) if route.withhold_documents else transfer
+                receipt = await self._retrying(lambda: target.deliver(outgoing, route))
                 await emit(
                     TransferDelivered,
                     target_system=receipt.system,

@@ -47,6 +47,9 @@ __all__ = [
     "Episode",
     "EpisodeCloseIn",
     "EpisodeIn",
+    "StepUpFeed",
+    "StepUpIn",
+    "StepUpRequest",
     "LocalityList",
     "StaffDirectory",
     "SupportLeader",
@@ -64,6 +67,7 @@ logger = logging.getLogger("sandboxes.ehm")
 TRAY_PREFIX = "TRAY-"
 EPISODE_PREFIX = "EHM-EP-"
 NOTE_PREFIX = "NOTE-"
+STEPUP_PREFIX = "SUR-"
 
 # Seeded staff directory: obviously fictional names (never the seeds' real staff).
 # locality -> (support leader id, name, team manager id, name)
@@ -205,6 +209,54 @@ class EpisodeCloseIn(StrictModel):
     transfer_id: Text | None = None
 
 
+class StepUpConsent(StrictModel):
+    given_by: Text
+    given_on: date
+    scope: list[Text]
+
+
+class StepUpExemption(StrictModel):
+    """Consent not sought: significant harm may be met (NS-11), decided by a named manager."""
+
+    decided_by: Text
+    decided_by_role: Text
+    decided_on: date
+
+
+class StepUpDecision(StrictModel):
+    decided_by: Text
+    role: Text
+    forum: Text | None = None
+    rationale: LongText
+    decided_on: date
+
+
+class StepUpIn(StrictModel):
+    """The Step-Up request form on an early-help episode (NS-9: with the case notes)."""
+
+    step_up_form: LongText | None = None
+    case_notes: LongText | None = None
+    to_level: Literal["child_in_need", "child_protection"]
+    urgent: bool = False
+    consent: StepUpConsent | None = None
+    consent_exemption: StepUpExemption | None = None
+    management_decision: StepUpDecision | None = None
+    requested_by: Text
+
+
+class StepUpRequest(StepUpIn):
+    request_id: str
+    episode_id: str
+    seq: int
+    created_at: datetime
+
+
+class StepUpFeed(StrictModel):
+    requests: list[StepUpRequest]
+    last_seq: int
+    has_more: bool
+
+
 class EpisodeIn(StrictModel):
     """An early-help case opened on EHM directly (not from the Step-Down tray)."""
 
@@ -268,6 +320,12 @@ CREATE TABLE IF NOT EXISTS case_notes (
     transfer_id TEXT,
     text TEXT NOT NULL,
     author TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stepup_requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    episode_id INTEGER NOT NULL REFERENCES episodes(id),
+    data TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS allocations (
@@ -550,6 +608,42 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
             episode = _episode(conn, row)
         logger.info("episode opened episode_id=%s", episode.episode_id)
         return episode
+
+    def _stepup(row: sqlite3.Row) -> StepUpRequest:
+        return StepUpRequest(
+            **StepUpIn.model_validate_json(row["data"]).model_dump(),
+            request_id=f"{STEPUP_PREFIX}{row['seq']}",
+            episode_id=f"{EPISODE_PREFIX}{row['episode_id']}",
+            seq=row["seq"],
+            created_at=row["created_at"],
+        )
+
+    @api.post("/episodes/{episode_id}/stepup-requests", status_code=201)
+    def request_stepup(episode_id: str, body: StepUpIn) -> StepUpRequest:
+        with db.transaction() as conn:
+            episode = _episode_row(conn, episode_id)
+            if episode["status"] == "closed":
+                raise SandboxError(409, "episode_closed", episode_id=episode_id)
+            cur = conn.execute(
+                "INSERT INTO stepup_requests (episode_id, data, created_at) VALUES (?, ?, ?)",
+                (episode["id"], dump_json(body), clock().isoformat()),
+            )
+            row = conn.execute("SELECT * FROM stepup_requests WHERE seq = ?", (cur.lastrowid,)).fetchone()
+        logger.info("step-up requested request_id=%s%s", STEPUP_PREFIX, row["seq"])
+        return _stepup(row)
+
+    @api.get("/stepup-requests")
+    def stepup_feed(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> StepUpFeed:
+        """Step-up requests in order, resumable from a cursor (the step-up publisher reads this)."""
+        with db.read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM stepup_requests WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit + 1)
+            ).fetchall()
+        page = [_stepup(r) for r in rows[:limit]]
+        return StepUpFeed(requests=page, last_seq=page[-1].seq if page else after, has_more=len(rows) > limit)
 
     @api.get("/episodes/{episode_id}")
     def get_episode(episode_id: str) -> Episode:

@@ -156,19 +156,19 @@ def _one(events: list[TransferEvent], kind: str) -> Any:
 
 
 async def test_north_somerset_step_down_then_ns09_ns10_ns12_step_up_to_the_front_door(councils: Councils) -> None:
-    """Step-down LCS -> EHM tray; then a step-up EHM -> LCS contact naming that social worker (NS-10),
+    """Step-down LCS -> EHM tray; then a Step-Up request on EHM, published from EHM's feed, becomes an
+    LCS contact naming that social worker (NS-10),
     and the EHM episode closed with a case note only after LCS acknowledged (NS-12)."""
     lcs, ehm, stack = councils.systems.lcs_client, councils.systems.ehm_client, councils.stack
     child = lcs.create_child(locality="South")
     request = lcs.request_stepdown(child, requested_by="Riley Notreal (Social Worker)")
     assert 1 == await stack.publisher.poll_once()
     down = f"north-somerset-lcs-{request}".lower()
-    episode = ehm.open_episode(lcs_id=child, locality="South")
-    up = step_up("north-somerset", 1, requested_at="2026-12-01T09:00:00Z")
-    up["child"]["identifiers"] = [{"system": "ehm", "id": episode}, {"system": "lcs", "id": child}]
-    up["source_record"]["record_id"] = episode
     await _outcomes(stack.settings, down)
-    await _send(stack.settings, up)
+    episode = ehm.open_episode(lcs_id=child, locality="South")
+    stepup = ehm.request_stepup(episode)
+    assert 1 == await stack.stepups.poll_once()  # EHM's step-up feed -> the transfers topic
+    up = {"transfer_id": f"north-somerset-ehm-{stepup}".lower()}
     events = (await _outcomes(stack.settings, up["transfer_id"]))[up["transfer_id"]]
 
     assert ["requested", "validated", "delivered", "acknowledged", "source-closed"] == _types(events)
@@ -306,6 +306,21 @@ async def test_barnsley_ba15_ba10_step_down_closes_ted_after_sending_and_ba03_st
     assert up["transfer_id"] in councils.ted.items
     closure = councils.mailbox_source.closures["EH-2"]
     assert closure is not None and ("step up to social care", ["BA-3"]) == (closure.reason, closure.rule_ids)
+
+
+async def test_ba09_without_lead_professional_the_request_goes_without_documents_and_ted_stays_open(
+    councils: Councils,
+) -> None:
+    """BA-9 / G4: no lead professional yet: a targeted-support request with no documents; TED kept open."""
+    doc = step_down("barnsley", 4)
+    doc["professionals"] = {}
+    await _send(councils.stack.settings, doc)
+    events = (await _outcomes(councils.stack.settings, doc["transfer_id"]))[doc["transfer_id"]]
+
+    assert ["BA-9"] == _one(events, "source-kept-open").rule_ids
+    sent, route = councils.mailbox.items[doc["transfer_id"]]
+    assert ([], "targeted-support-request") == (sent.documents, route.role)
+    assert {} == councils.ted_source.closed
 
 
 async def test_g3_ba05_held_transfer_is_kept_with_its_reason_and_nothing_is_sent(councils: Councils) -> None:

@@ -80,6 +80,15 @@ class EhmConnector(HttpConnection, Target, Source):
         held = item.get("status") in ("in_tray", "allocated")
         return Receipt(self.system, item["tray_item_id"], created=False, acknowledged=held)
 
+    async def episode(self, episode_id: str) -> dict[str, Any]:
+        episode: dict[str, Any] = (await self.http.request("GET", f"/api/episodes/{episode_id}")).json()
+        return episode
+
+    async def stepup_requests(self, after: int) -> tuple[list[dict[str, Any]], int]:
+        """One page of EHM's Step-Up requests after the cursor, and the next cursor."""
+        feed = (await self.http.request("GET", "/api/stepup-requests", params={"after": after, "limit": 500})).json()
+        return list(feed["requests"]), int(feed["last_seq"])
+
     async def allocations(self, after: int) -> tuple[list[dict[str, Any]], int]:
         """One page of EHM's allocation feed after the cursor, and the next cursor."""
         feed = (await self.http.request("GET", "/api/allocations", params={"after": after, "limit": 500})).json()
