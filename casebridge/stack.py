@@ -17,6 +17,7 @@ from connectors.ehm import AllocationReporter, EhmConnector, StepUpPublisher
 from connectors.lcs import LcsConnector, LcsPublisher
 from contracts import CaseSystem
 from router import Router, Settings, build_router
+from router.notices import AllocationNotices
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Stack:
     publisher: LcsPublisher = field(init=False)
     reporter: AllocationReporter = field(init=False)
     stepups: StepUpPublisher = field(init=False)
+    notices: AllocationNotices = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _stopping: bool = field(default=False, init=False)
 
@@ -62,6 +64,7 @@ class Stack:
             topics.dead_letter,
             cursor=self.state_dir / "lcs-cursor.json",
         )
+        self.notices = AllocationNotices(self.settings, self.router.flow.targets)
         self.stepups = StepUpPublisher(
             EhmConnector(self.ehm_url, self.ehm_token),
             self.settings.bootstrap_servers,
@@ -81,17 +84,20 @@ class Stack:
         await self.publisher.start()
         await self.stepups.start()
         await self.reporter.start()
+        await self.notices.start()
         if self.loops:
             stop = lambda: self._stopping  # noqa: E731
             self._tasks = [
                 asyncio.create_task(self.publisher.run(self.poll_interval, stop)),
                 asyncio.create_task(self.stepups.run(self.poll_interval, stop)),
+                asyncio.create_task(self.notices.run(self.poll_interval, stop)),
                 asyncio.create_task(self.reporter.run(self.poll_interval, stop)),
             ]
 
     async def stop(self) -> None:
         self._stopping = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.notices.stop()
         await self.reporter.stop()
         await self.stepups.stop()
         await self.publisher.stop()

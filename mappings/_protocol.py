@@ -363,9 +363,9 @@ class Closure(_Step):
 
 
 class Notice(_Step):
-    """LU-7: tell these professionals that the target holds the transfer."""
+    """LU-7: tell these professionals that the target holds the transfer, and when it is allocated."""
 
-    on: Literal["acknowledged"]
+    on: Literal["acknowledged", "allocated"]
     to: list[Literal["social_worker", "manager"]] = Field(min_length=1)
     channel: CaseSystem = CaseSystem.MAILBOX
 

@@ -257,7 +257,7 @@ class Router:
         await ensure_topics(
             self.settings.bootstrap_servers,
             [t.transfers, t.events, t.dead_letter, t.parking, t.audit, *(t.retry(i) for i in range(len(self.tiers)))],
-            compacted=[t.retry_state, t.history],
+            compacted=[t.retry_state, t.history, t.pending_notices],
         )
         await self.retry_state.load(self.settings.bootstrap_servers, t.retry_state)
         if self.flow.history is not None:
@@ -298,6 +298,13 @@ def build_router(
     if protocols is None:
         protocols = load_protocols()
     flow = TransferFlow(
-        protocols, targets, sources, settings.retry, settings.group_id, ChildHistory(), settings.topics.history
+        protocols,
+        targets,
+        sources,
+        settings.retry,
+        settings.group_id,
+        ChildHistory(),
+        settings.topics.history,
+        settings.topics.pending_notices,
     )
     return Router(settings, flow)

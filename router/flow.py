@@ -61,6 +61,7 @@ from mappings import Protocol as CouncilProtocol
 
 from ._history import ChildHistory
 from ._outbox import Failure
+from ._pending import PendingNotice
 from .settings import RetrySettings
 
 log = structlog.get_logger("casebridge.router")
@@ -103,6 +104,7 @@ class TransferFlow:
         group_id: str,
         history: ChildHistory | None = None,
         history_topic: str | None = None,
+        notices_topic: str | None = None,
     ) -> None:
         self.protocols = protocols
         self.targets = targets
@@ -111,6 +113,7 @@ class TransferFlow:
         self.group_id = group_id
         self.history = history
         self.history_topic = history_topic
+        self.notices_topic = notices_topic
 
     async def run(self, record: ConsumerRecord[bytes, bytes], sink: Sink) -> Outcome:
         # 1. the contract
@@ -214,6 +217,15 @@ class TransferFlow:
                         recipients=notice.to,
                         rule_ids=[notice.rule],
                     )
+
+                # LU-7: the allocation notice is sent later, when the transfer is allocated (router/notices.py)
+                send = getattr(sink, "send", None)
+                for notice in protocol.notices(transfer, "allocated"):
+                    if send is not None and self.notices_topic:
+                        pending = PendingNotice(
+                            notice.rule, notice.channel, [str(r) for r in notice.to], _notice_of(transfer, notice.to)
+                        )
+                        await send(self.notices_topic, transfer.transfer_id.encode(), pending.encode(), [])
 
             # 8. only now: close the source record, or keep it open where the protocol says so
             kept_open = protocol.keeps_open(transfer)

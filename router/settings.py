@@ -44,6 +44,11 @@ class Topics:
         return f"{self.prefix}.child-history"
 
     @property
+    def pending_notices(self) -> str:
+        """Compacted: notices due when a transfer is allocated (LU-7), keyed by transfer id; tombstoned once sent."""
+        return f"{self.prefix}.pending-notices"
+
+    @property
     def parking(self) -> str:
         """Replayed messages that failed again: kept here for a person, never looped back."""
         return f"{self.prefix}.parking"

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from casebridge.stack import Stack
 from connectors import Receipt, Source, Target
 from connectors.memory import MemorySource, MemoryTarget
-from contracts import CaseSystem, ClosureRecord, TransferEvent, TransferMessage
+from contracts import CaseSystem, ClosureRecord, TransferAllocated, TransferEvent, TransferMessage
 from router import Settings
 from router.settings import RetrySettings
 from tests.council_data import step_down, step_up
@@ -263,13 +263,37 @@ async def test_swindon_2022_sw22_07_sw22_11_step_down_and_sw22_01_urgent_step_up
 async def test_luton_lu07_receipt_notice_and_lu09_step_up_returns_to_the_team_after_a_restart(
     settings: Settings, systems: Systems, tmp_path: Path, memory: dict[str, Any]
 ) -> None:
-    """Step-down FST -> Early Help with a receipt notice to the social worker and manager; a router
+    """Step-down FST -> Early Help with receipt and allocation notices to the social worker and manager; a router
     restarted later still remembers it, so a step-up 2 months on goes back to that team (LU-9)."""
     down = step_down("luton", 1)
     async with _stack(settings, systems, tmp_path / "state", memory) as stack:
         await _send(stack.settings, down)
         events = (await _outcomes(settings, down["transfer_id"]))[down["transfer_id"]]
-    notice = _one(events, "notice-sent")
+        assert 0 == await stack.notices.poll_once()  # not allocated yet: nothing to say
+        allocated = TransferAllocated(
+            event_id="alloc-1",
+            transfer_id=down["transfer_id"],
+            target_system=CaseSystem.MAILBOX,
+            target_reference="EH-TEAM-1",
+            episode_reference="EH-EP-1",
+        )
+        await produce(
+            settings.bootstrap_servers,
+            settings.topics.events,
+            [(down["transfer_id"].encode(), allocated.model_dump_json().encode())],
+            headers=[("event_type", b"allocated")],
+        )
+        sent = 0
+        for _ in range(40):
+            sent += await stack.notices.poll_once()
+            if sent:
+                break
+        assert 1 == sent
+        later = (await _outcomes(settings, down["transfer_id"]))[down["transfer_id"]]
+        [allocation] = [e for e in later if e.event_type == "notice-sent" and e.notice == "allocation"]  # type: ignore[union-attr]
+        assert (["social_worker", "manager"], ["LU-7"]) == (allocation.recipients, allocation.rule_ids)  # type: ignore[union-attr]
+        assert f"{down['transfer_id']}-notice-allocation" in memory["mailbox"].items
+    [notice] = [e for e in events if e.event_type == "notice-sent"]
     assert ("receipt", ["social_worker", "manager"], ["LU-7"]) == (notice.notice, notice.recipients, notice.rule_ids)
     assert _types(events).index("acknowledged") < _types(events).index("notice-sent")
     sent, route = memory["mailbox"].items[f"{down['transfer_id']}-notice-receipt"]

@@ -72,10 +72,12 @@ def test_lu06_step_down_from_family_safeguarding_needs_cin_panel_signed_consent_
 
 
 def test_lu07_receipt_notice_goes_to_the_social_worker_and_manager() -> None:
-    """LU-7: once early help holds a Family Safeguarding step-down, a receipt notice is due to both."""
+    """LU-7: once early help holds a Family Safeguarding step-down, receipt and allocation notices go to both."""
     [notice] = LU.notices(transfer(step_down("luton")), "acknowledged")
     assert ("LU-7", ["social_worker", "manager"], CaseSystem.MAILBOX) == (notice.rule, notice.to, notice.channel)
     assert [] == LU.notices(transfer(_eh_to_universal()), "acknowledged")
+    [on_allocation] = LU.notices(transfer(step_down("luton")), "allocated")
+    assert ("LU-7", ["social_worker", "manager"]) == (on_allocation.rule, on_allocation.to)
 
 
 def test_lu09_step_up_within_three_months_returns_to_the_team_that_stepped_down() -> None:
