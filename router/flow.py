@@ -209,7 +209,9 @@ class TransferFlow:
                 await emit(TransferAcknowledged, target_system=receipt.system, target_reference=receipt.reference)
                 # LU-7: the receipt notice to the social worker and manager
                 for notice in protocol.notices(transfer, "acknowledged"):
-                    await self._notify(notice.channel, _notice_of(transfer, notice.to), notice.rule, route.team)
+                    sw = transfer.professionals.social_worker  # the notice goes to the sending team's mailbox
+                    team = sw.organisation if sw and sw.organisation else route.team
+                    await self._notify(notice.channel, _notice_of(transfer, notice.to), notice.rule, team)
                     await emit(
                         NoticeSent,
                         notice="receipt",

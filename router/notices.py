@@ -93,7 +93,9 @@ class AllocationNotices:
     async def _send(self, tid: str, p: PendingNotice) -> None:
         target = self.targets[p.channel]
         notice = p.notice.model_copy(update={"transfer_id": f"{tid}-notice-allocation"})
-        await target.deliver(notice, Route(role="notice-allocation", locality=None, rule_ids=[p.rule]))
+        sw = notice.professionals.social_worker  # to the sending team's mailbox
+        team = sw.organisation if sw else None
+        await target.deliver(notice, Route(role="notice-allocation", locality=None, rule_ids=[p.rule], team=team))
         event = NoticeSent(
             event_id=event_id(f"{tid}/allocation", "notice-sent"),
             transfer_id=tid,

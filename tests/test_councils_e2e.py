@@ -297,7 +297,7 @@ async def test_luton_lu07_receipt_notice_and_lu09_step_up_returns_to_the_team_af
     assert ("receipt", ["social_worker", "manager"], ["LU-7"]) == (notice.notice, notice.recipients, notice.rule_ids)
     assert _types(events).index("acknowledged") < _types(events).index("notice-sent")
     sent, route = memory["mailbox"].items[f"{down['transfer_id']}-notice-receipt"]
-    assert ([], "notice-receipt") == (sent.documents, route.role)
+    assert ([], "notice-receipt", "Family Safeguarding Team") == (sent.documents, route.role, route.team)
 
     memory["mailbox"] = MemoryMailbox()
     up = step_up("luton", 2, requested_at="2026-12-20T09:00:00Z")
