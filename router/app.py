@@ -42,7 +42,7 @@ from mappings import Protocol, load_protocols
 from ._history import ChildHistory
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at
-from .flow import Outcome, TransferFlow, event_id, peek_transfer_id
+from .flow import Outcome, TransferFlow, event_id, peek_transfer_id, urgent_first
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router")
@@ -136,7 +136,8 @@ class Router:
         by_child: dict[bytes | None, list[Record]] = defaultdict(list)
         for record in records:
             by_child[record.key].append(record)
-        await asyncio.gather(*(self._in_order(group, tier) for group in by_child.values()))
+        groups = sorted(by_child.values(), key=urgent_first)  # SW22-1: urgent referrals take the first slots
+        await asyncio.gather(*(self._in_order(group, tier) for group in groups))
         try:
             await self.outbox.flush()
         except OutputFailed as exc:

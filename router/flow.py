@@ -21,6 +21,7 @@ where the transfer did not complete, a dead letter.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -416,6 +417,17 @@ def _notice_of(transfer: TransferMessage, roles: Sequence[str]) -> TransferMessa
             "professionals": Professionals(social_worker=sw, lead_professional=manager if "manager" in roles else None),
         }
     )
+
+
+_URGENT = re.compile(rb'"urgency"\s*:\s*"urgent"|"to_level"\s*:\s*"child-protection-s47"')
+
+
+def urgent_first(records: list[ConsumerRecord[bytes, bytes]]) -> int:
+    """Sort key for a child's records in a batch: 0 when any is urgent or a s.47 step-up (SW22-1), else 1.
+
+    A byte search, not a parse: the contract is checked later, in the flow; this only orders.
+    """
+    return 0 if any(r.value and _URGENT.search(r.value) for r in records) else 1
 
 
 def event_id(base: str, kind: str) -> str:
