@@ -63,6 +63,7 @@ class Stack:
             topics.transfers,
             topics.dead_letter,
             cursor=self.state_dir / "lcs-cursor.json",
+            council=self.settings.council,
         )
         self.notices = AllocationNotices(self.settings, self.router.flow.targets)
         self.stepups = StepUpPublisher(
@@ -71,6 +72,7 @@ class Stack:
             topics.transfers,
             topics.dead_letter,
             cursor=self.state_dir / "ehm-stepups-cursor.json",
+            council=self.settings.council,
         )
         self.reporter = AllocationReporter(
             EhmConnector(self.ehm_url, self.ehm_token),

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts import Council
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -84,6 +86,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     concurrency: int = Field(default=32, ge=1, le=1_000)
     retry: RetrySettings = RetrySettings()
+    #: the council whose case systems this deployment reads (its protocol applies to what they publish)
+    council: Council = Council.NORTH_SOMERSET
     lcs: CaseSystemSettings | None = None
     ehm: CaseSystemSettings | None = None
 
