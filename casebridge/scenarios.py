@@ -80,7 +80,7 @@ STEP_UP = {
         (None, "Line Manager"),
     ),
     "luton": ("mailbox", "mailbox", "early-help", ["escalation-summary"], ("Escalation Review Meeting", "EH Manager")),
-    "barnsley": ("mailbox", "ted", "early-help", ["early-help-assessment", "case-notes"], (None, "EH Manager")),
+    "barnsley": ("ted", "ted", "early-help", ["early-help-assessment", "case-notes"], (None, "EH Manager")),
     "north-somerset": ("ehm", "lcs", "intensive-early-help", ["step-up-form", "case-notes"], (None, "Team Manager")),
 }
 

@@ -317,7 +317,7 @@ async def test_barnsley_ba15_ba10_step_down_closes_ted_after_sending_and_ba03_st
     councils: Councils,
 ) -> None:
     """Step-down TED -> EH mailbox with no worker allocated yet (BA-10: never refused for capacity),
-    TED closed only after the mailbox holds it (BA-15); step-up EH -> TED closes the EHA (BA-3)."""
+    TED closed only after the mailbox holds it (BA-15); step-up EHA -> TED referral closes the EHA (BA-3)."""
     down = step_down("barnsley", 1)
     up = step_up("barnsley", 2)
     await _send(councils.stack.settings, down, up)
@@ -328,7 +328,7 @@ async def test_barnsley_ba15_ba10_step_down_closes_ted_after_sending_and_ba03_st
     assert "TED-1" in councils.ted_source.closed
     assert down["transfer_id"] in councils.mailbox.items
     assert up["transfer_id"] in councils.ted.items
-    closure = councils.mailbox_source.closures["EH-2"]
+    closure = councils.ted_source.closures["EH-2"]
     assert closure is not None and ("step up to social care", ["BA-3"]) == (closure.reason, closure.rule_ids)
 
 
