@@ -140,6 +140,11 @@ class TransferFlow:
         try:
             protocol = self._protocol(transfer)
             pathway = protocol.systems(p.direction)
+            if pathway is not None and pathway.source is not p.from_system:
+                raise MappingError(
+                    f"{protocol.origin}: the {p.direction.value} pathway starts on {pathway.source.value}, "
+                    f"not {p.from_system.value} (field pathway.from_system)"
+                )
             target = self._target(pathway.target if pathway else p.to_system)
             source = self._source(p.from_system)
             # 3. facts from the systems (and the child's step-down history: LU-9, NS-10)

@@ -372,3 +372,18 @@ async def test_demo_covers_one_flow_per_council(kafka_bootstrap: str) -> None:
     for council in ("Swindon 2026", "Swindon 2022", "Luton", "Barnsley", "North Somerset step-up"):
         assert council in text
     assert "team Family Safeguarding Team" in text and "Step Down to SBC Early Help" in text
+
+
+async def test_a_transfer_from_a_system_the_protocol_does_not_name_is_dead_lettered(councils: Councils) -> None:
+    """The protocol names each direction's source system: a Barnsley step-down claiming to come from
+    Care Director is dead-lettered with a reason naming the file and the field, nothing sent."""
+    doc = step_down("barnsley", 5)
+    doc["pathway"]["from_system"] = "care-director"
+    doc["source_record"]["system"] = "care-director"
+    await _send(councils.stack.settings, doc)
+    events = (await _outcomes(councils.stack.settings, doc["transfer_id"]))[doc["transfer_id"]]
+
+    dead = _one(events, "dead-lettered")
+    assert "MappingError" == dead.error_class
+    assert "barnsley.toml" in dead.reason and "pathway.from_system" in dead.reason
+    assert {} == councils.mailbox.items
