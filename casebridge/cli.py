@@ -76,13 +76,19 @@ def kafka_status(home: HomeOpt = None, port: PortOpt = 9092) -> None:
 
 
 def _serve_sandbox(kind: str, db: Path, host: str, port: int, token: str | None) -> None:
-    from sandboxes import create_ehm_app, create_lcs_app, run_forever
+    from sandboxes import create_care_director_app, create_ehm_app, create_lcs_app, create_ted_app, run_forever
 
-    token = token or os.environ.get(f"{kind.upper()}_SANDBOX_TOKEN")
+    env = f"{kind.upper().replace('-', '_')}_SANDBOX_TOKEN"
+    token = token or os.environ.get(env)
     if not token:
-        raise _fail(ValueError(f"a token is required: --token or ${kind.upper()}_SANDBOX_TOKEN"))
-    factory = create_lcs_app if kind == "lcs" else create_ehm_app
-    run_forever(factory(db, token), host, port)
+        raise _fail(ValueError(f"a token is required: --token or ${env}"))
+    factories = {
+        "lcs": create_lcs_app,
+        "ehm": create_ehm_app,
+        "care-director": create_care_director_app,
+        "ted": create_ted_app,
+    }
+    run_forever(factories[kind](db, token), host, port)
 
 
 @sandbox_app.command("lcs")
@@ -95,6 +101,45 @@ def sandbox_lcs(db: Path = Path("lcs.db"), host: str = "127.0.0.1", port: int = 
 def sandbox_ehm(db: Path = Path("ehm.db"), host: str = "127.0.0.1", port: int = 8102, token: str | None = None) -> None:
     """Serve the sandbox Liquidlogic EHM (early help)."""
     _serve_sandbox("ehm", db, host, port, token)
+
+
+@sandbox_app.command("care-director")
+def sandbox_care_director(
+    db: Path = Path("care-director.db"), host: str = "127.0.0.1", port: int = 8103, token: str | None = None
+) -> None:
+    """Serve the sandbox Care Director (Swindon 2022 social care)."""
+    _serve_sandbox("care-director", db, host, port, token)
+
+
+@sandbox_app.command("ted")
+def sandbox_ted(db: Path = Path("ted.db"), host: str = "127.0.0.1", port: int = 8104, token: str | None = None) -> None:
+    """Serve the sandbox TED (Barnsley social care)."""
+    _serve_sandbox("ted", db, host, port, token)
+
+
+@sandbox_app.command("smtp")
+def sandbox_smtp(
+    directory: Annotated[Path, typer.Option("--dir", help="Maildir and ca.pem go here")] = Path("smtp-sandbox"),
+    host: str = "127.0.0.1",
+    port: int = 8025,
+    user: str = "casebridge",
+    password: str | None = None,
+) -> None:
+    """Serve a sandbox SMTP relay: STARTTLS and AUTH required, mail kept in a Maildir; prints the CA file to trust."""
+    import time
+
+    from sandboxes import SmtpSandbox
+
+    password = password or os.environ.get("SMTP_SANDBOX_PASSWORD")
+    if not password:
+        raise _fail(ValueError("a password is required: --password or $SMTP_SANDBOX_PASSWORD"))
+    with SmtpSandbox(directory, user, password, host, port) as relay:
+        typer.echo(f"smtp sandbox on {host}:{relay.port}; trust {relay.ca_file}; mail in {relay.maildir_path}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command("run")

@@ -352,7 +352,10 @@ class LocalKafka:
         return "\n".join(lines) + "\n"
 
     def _format_storage(self, java: str, jars: Path) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        # Like Kafka's own Uuid.randomUuid(): never an id starting with "-", which the tool reads as an option.
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         command = [
             java, "-cp", _classpath(jars), "kafka.tools.StorageTool", "format",
             "--standalone", "-t", cluster_id, "-c", str(self._properties_file),

@@ -46,3 +46,11 @@ class RecordClosed(PermanentError):
     """NS-7: the source record is closed, so it can no longer be stepped down."""
 
     rule_ids = ("NS-7",)
+
+
+class RuleRefused(PermanentError):
+    """A connector refuses a request because a protocol rule forbids it (before or after asking the system)."""
+
+    def __init__(self, message: str, *, rule_ids: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.rule_ids = rule_ids

@@ -1,4 +1,4 @@
-"""Sandbox case systems for casebridge: Liquidlogic LCS and EHM stand-ins.
+"""Sandbox case systems for casebridge: Liquidlogic LCS and EHM, Care Director, TED, and an SMTP relay.
 
 Real HTTP services (FastAPI on uvicorn) with their own sqlite storage and a
 bearer token, reached by base URL exactly as a connector reaches the real
@@ -10,7 +10,7 @@ systems. All data in them is synthetic.
     handle.stop()
 """
 
-from sandboxes import ehm, lcs
+from sandboxes import care_director, ehm, lcs, ted
 from sandboxes._common import (
     FAULTS_PATH,
     Database,
@@ -22,8 +22,11 @@ from sandboxes._common import (
     run_forever,
     serve,
 )
+from sandboxes.care_director import create_app as create_care_director_app
 from sandboxes.ehm import create_app as create_ehm_app
 from sandboxes.lcs import create_app as create_lcs_app
+from sandboxes.smtp import SmtpSandbox
+from sandboxes.ted import create_app as create_ted_app
 
 __all__ = [
     "FAULTS_PATH",
@@ -32,11 +35,16 @@ __all__ = [
     "FaultSpec",
     "SandboxError",
     "ServerHandle",
+    "SmtpSandbox",
     "bearer_auth",
+    "care_director",
+    "create_care_director_app",
     "create_ehm_app",
     "create_lcs_app",
+    "create_ted_app",
     "ehm",
     "lcs",
     "run_forever",
     "serve",
+    "ted",
 ]
