@@ -387,3 +387,77 @@ async def test_a_transfer_from_a_system_the_protocol_does_not_name_is_dead_lette
     assert "MappingError" == dead.error_class
     assert "barnsley.toml" in dead.reason and "pathway.from_system" in dead.reason
     assert {} == councils.mailbox.items
+
+
+async def test_ba07_sw22_07_shipped_protocols_with_real_ted_care_director_and_smtp_team_mailboxes(
+    settings: Settings, systems: Systems, tmp_path: Path
+) -> None:
+    """With the real TED and Care Director sandboxes and an SMTP relay (STARTTLS, AUTH): a Barnsley
+    step-down mails the early-help team and TED closes after (BA-7, BA-15); a Swindon 2022 step-down
+    goes to the mailbox its assessment outcome names (SW22-7) and Care Director writes its closure."""
+    import email
+
+    import httpx
+
+    from connectors.care_director import CareDirectorConnector
+    from connectors.mailbox import MailboxConnector, MailboxSettings
+    from connectors.ted import TedConnector
+    from sandboxes import SmtpSandbox, create_care_director_app, create_ted_app, serve
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    child = {"given_name": "Robin", "family_name": "Exampleton", "date_of_birth": "2016-04-09"}
+    with (
+        SmtpSandbox(tmp_path / "smtp", "casebridge", "e2e-secret") as relay,
+        serve(create_ted_app(tmp_path / "ted.db", TOKEN), "127.0.0.1", 0) as ted_server,
+        serve(create_care_director_app(tmp_path / "cd.db", TOKEN), "127.0.0.1", 0) as cd_server,
+    ):
+        ted_http = httpx.AsyncClient(base_url=ted_server.url, headers=headers)
+        cd_http = httpx.AsyncClient(base_url=cd_server.url, headers=headers)
+        mail = MailboxSettings(
+            host="127.0.0.1",
+            port=relay.port,
+            username="casebridge",
+            password=SecretStr("e2e-secret"),
+            sender="casebridge@council.example",
+            ca_file=relay.ca_file,
+            mailboxes={
+                "barnsley:Family Centre Development Team": "earlyhelp@barnsley.example",
+                "swindon-2022:Early Help Hub": "ehhub@swindon.example",
+            },
+        )
+        case_id = (await ted_http.post("/api/cases", json=child)).json()["id"]
+        person_id = (await cd_http.post("/api/persons", json=child)).json()["id"]
+        ba = step_down("barnsley", 8)
+        ba["child"]["identifiers"] = [{"system": "ted", "id": case_id}]
+        ba["source_record"]["record_id"] = case_id
+        sw = step_down("swindon-2022", 8)
+        sw["child"]["identifiers"] = [{"system": "care-director", "id": person_id}]
+        sw["source_record"]["record_id"] = person_id
+        stack = Stack(
+            settings,
+            systems.lcs.url,
+            SecretStr(TOKEN),
+            systems.ehm.url,
+            SecretStr(TOKEN),
+            tmp_path / "state",
+            loops=False,
+            extra_targets={CaseSystem.MAILBOX: MailboxConnector(mail)},
+            extra_sources={
+                CaseSystem.TED: TedConnector(ted_server.url, SecretStr(TOKEN)),
+                CaseSystem.CARE_DIRECTOR: CareDirectorConnector(cd_server.url, SecretStr(TOKEN)),
+            },
+        )
+        async with stack:
+            await _send(settings, ba, sw)
+            out = await _outcomes(settings, ba["transfer_id"], sw["transfer_id"])
+        assert ("source-closed", "source-closed") == (
+            out[ba["transfer_id"]][-1].event_type,
+            out[sw["transfer_id"]][-1].event_type,
+        )
+        recipients = sorted(email.message_from_bytes(m)["To"] for m in relay.messages())
+        assert ["earlyhelp@barnsley.example", "ehhub@swindon.example"] == recipients
+        assert "closed" == (await ted_http.get(f"/api/cases/{case_id}")).json()["record_state"]
+        person = (await cd_http.get(f"/api/persons/{person_id}")).json()
+        await ted_http.aclose()
+        await cd_http.aclose()
+        assert ("closed", "Early Help Hub") == (person["record_state"], person["closure"]["lead_service"])
