@@ -11,6 +11,7 @@ from the systems themselves.
 
 from __future__ import annotations
 
+import email
 import json
 import secrets
 import tempfile
@@ -20,16 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import SecretStr
 
 from connectors import Receipt, Source, Target
+from connectors.care_director import CareDirectorConnector
+from connectors.mailbox import MailboxConnector, MailboxSettings
 from connectors.memory import MemorySource, MemoryTarget
+from connectors.ted import TedConnector
 from contracts import CaseSystem, TransferEvent, TransferMessage, parse_event
 from router import Settings
-from sandboxes import create_ehm_app, create_lcs_app, serve
+from sandboxes import SmtpSandbox, create_care_director_app, create_ehm_app, create_lcs_app, create_ted_app, serve
 
-from .scenarios import EhmSandboxClient, LcsSandboxClient, step_down, step_up
+from .scenarios import EhmSandboxClient, LcsSandboxClient, step_down, step_up, synthetic_child
 from .stack import Stack
 
 TERMINAL = {"source-closed", "source-kept-open", "held", "dead-lettered"}
@@ -200,6 +205,9 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
         tempfile.TemporaryDirectory(prefix="casebridge-demo-") as work,
         serve(create_lcs_app(Path(work) / "lcs.db", token), "127.0.0.1", 0) as lcs_server,
         serve(create_ehm_app(Path(work) / "ehm.db", token), "127.0.0.1", 0) as ehm_server,
+        serve(create_ted_app(Path(work) / "ted.db", token), "127.0.0.1", 0) as ted_server,
+        serve(create_care_director_app(Path(work) / "cd.db", token), "127.0.0.1", 0) as cd_server,
+        SmtpSandbox(Path(work) / "smtp", "casebridge", token) as relay,
     ):
         out(
             f"sandbox LCS at {lcs_server.url}, sandbox EHM at {ehm_server.url}, Kafka at {bootstrap}, topics {prefix}.*"
@@ -207,6 +215,17 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
         lcs, ehm = LcsSandboxClient(lcs_server.url, token), EhmSandboxClient(ehm_server.url, token)
         settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, group_id=f"{prefix}-router")
         mem = StandIns()
+        records = _Records(ted_server.url, cd_server.url, token)
+        mail = MailboxSettings(
+            host="127.0.0.1",
+            port=relay.port,
+            username="casebridge",
+            password=SecretStr(token),
+            sender="casebridge@council.example",
+            ca_file=relay.ca_file,
+            mailboxes=DEMO_MAILBOXES,
+        )
+        out(f"sandbox TED at {ted_server.url}, Care Director at {cd_server.url}, SMTP relay on port {relay.port}")
         stack = Stack(
             settings,
             lcs_server.url,
@@ -214,8 +233,12 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
             ehm_server.url,
             SecretStr(token),
             Path(work) / "state",
-            extra_targets=mem.targets(),
-            extra_sources=mem.sources(),
+            extra_targets={**mem.targets(), CaseSystem.MAILBOX: MailboxConnector(mail)},
+            extra_sources={
+                **mem.sources(),
+                CaseSystem.TED: TedConnector(ted_server.url, SecretStr(token)),
+                CaseSystem.CARE_DIRECTOR: CareDirectorConnector(cd_server.url, SecretStr(token)),
+            },
         )
         watch = EventWatch(bootstrap, settings.topics.events)
         async with stack:
@@ -228,7 +251,7 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
                     out(f"... reopening {c.child_id} on LCS (the held NS-7 transfer should now complete)")
                     lcs.reopen(c.child_id)
                 await watch.wait(reopened, lambda c: "source-closed" in [e.event_type for e in c.events])
-                councils = await _councils(lcs, ehm, settings)
+                councils = await _councils(lcs, ehm, records, settings)
                 await watch.wait(councils, lambda c: c.state in TERMINAL)
                 # LU-9: a Luton step-up after the step-down completed goes back to the team that stepped down
                 later = await _luton_step_up(settings)
@@ -239,13 +262,16 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
                 for c in cases:
                     out("\n".join(_describe(c, lcs, ehm, tray, mem)))
                 ok = all(c.state == c.expect for c in cases)
+                sent = sorted(str(email.message_from_bytes(m)["To"]) for m in relay.messages())
                 out("")
+                out(f"team mailboxes (SMTP, STARTTLS) received {len(sent)} mails: {', '.join(sent)}")
                 out(f"{sum(c.state == c.expect for c in cases)} of {len(cases)} cases ended as expected")
                 return ok
             finally:
                 await watch.stop()
                 lcs.close()
                 ehm.close()
+                records.close()
 
 
 async def _publish(settings: Settings, *docs: dict[str, Any]) -> None:
@@ -261,7 +287,46 @@ async def _publish(settings: Settings, *docs: dict[str, Any]) -> None:
         await producer.stop()
 
 
-async def _councils(lcs: LcsSandboxClient, ehm: EhmSandboxClient, settings: Settings) -> list[Case]:
+DEMO_MAILBOXES = {
+    "swindon-2022:Early Help Hub": "ehhub@swindon.example",
+    "swindon-2022:MASH": "mash@swindon.example",
+    "luton:Early Help Team": "earlyhelp-team@luton.example",
+    "luton:Family Safeguarding Team": "family-safeguarding@luton.example",
+    "luton:MASH": "mash@luton.example",
+    "barnsley:Family Centre Development Team": "earlyhelp@barnsley.example",
+}
+
+
+class _Records:
+    """Creates the synthetic source records on the TED and Care Director sandboxes."""
+
+    def __init__(self, ted_url: str, cd_url: str, token: str) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        self.ted = httpx.Client(base_url=ted_url, headers=headers, timeout=10)
+        self.cd = httpx.Client(base_url=cd_url, headers=headers, timeout=10)
+
+    def _child(self) -> dict[str, Any]:
+        c = synthetic_child()
+        return {k: c[k] for k in ("given_name", "family_name", "date_of_birth")}
+
+    def ted_case(self) -> str:
+        return str(self.ted.post("/api/cases", json=self._child()).raise_for_status().json()["id"])
+
+    def cd_person(self) -> str:
+        return str(self.cd.post("/api/persons", json=self._child()).raise_for_status().json()["id"])
+
+    def close(self) -> None:
+        self.ted.close()
+        self.cd.close()
+
+
+def _on(doc: dict[str, Any], system: str, record_id: str) -> dict[str, Any]:
+    doc["child"]["identifiers"] = [{"system": system, "id": record_id}]
+    doc["source_record"]["record_id"] = record_id
+    return doc
+
+
+async def _councils(lcs: LcsSandboxClient, ehm: EhmSandboxClient, records: _Records, settings: Settings) -> list[Case]:
     """One flow (or two) per council beyond North Somerset's step-downs."""
     cases: list[Case] = []
     docs: list[dict[str, Any]] = []
@@ -285,18 +350,24 @@ async def _councils(lcs: LcsSandboxClient, ehm: EhmSandboxClient, settings: Sett
     # Swindon 2022: Care Director -> the mailbox the assessment outcome selects; s.47 step-up to the MASH
     add(
         "Swindon 2022 step-down, outcome 'Refer to EHH Service' (SW22-7, SW22-11)",
-        step_down("swindon-2022", 103),
+        _on(step_down("swindon-2022", 103), "care-director", records.cd_person()),
         "source-closed",
     )
-    s47 = step_up("swindon-2022", 104)
+    s47 = _on(step_up("swindon-2022", 104), "care-director", records.cd_person())
     s47["pathway"].update(from_level="intensive-early-help", to_level="child-protection-s47")
     s47["management_decision"]["forum"] = "Transfer Meeting"
     add("Swindon 2022 s.47 step-up from FISS to the MASH (SW22-1, SW22-6)", s47, "source-kept-open")
     # Luton: Family Safeguarding step-down ratified at the CIN Panel, receipt notice (LU-6, LU-7)
     add("Luton step-down from Family Safeguarding (LU-6, LU-7)", step_down("luton", 105), "source-closed")
     # Barnsley: TED -> early-help mailbox; one "for monitoring" refused (BA-5)
-    add("Barnsley step-down TED -> early-help mailbox (BA-5..7, BA-15)", step_down("barnsley", 106), "source-closed")
-    monitoring = step_down("barnsley", 107, purpose="so that school can monitor attendance")
+    add(
+        "Barnsley step-down TED -> early-help mailbox (BA-5..7, BA-15)",
+        _on(step_down("barnsley", 106), "ted", records.ted_case()),
+        "source-closed",
+    )
+    monitoring = _on(
+        step_down("barnsley", 107, purpose="so that school can monitor attendance"), "ted", records.ted_case()
+    )
     add("Barnsley step-down 'for monitoring' (held: BA-5)", monitoring, "dead-lettered")
     # North Somerset: EHM -> LCS Front Door step-up, EHM episode closed with a case note (NS-9, NS-12)
     episode = ehm.open_episode(locality="East")
