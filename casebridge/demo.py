@@ -1,32 +1,100 @@
-"""``casebridge demo``: a real end-to-end handover on a local Kafka with the sandbox systems.
+"""``casebridge demo``: real end-to-end handovers on a local Kafka with the sandbox systems.
 
 Starts (or reuses) the local Apache Kafka broker, the sandbox LCS and EHM over HTTP,
 the router, the LCS publisher and the EHM allocation reporter; creates synthetic children
-with step-down requests, good ones and some that break North Somerset's rules; prints
-what became of each, read back from the events topic and from the systems themselves.
+with step-down requests, good ones and some that break North Somerset's rules; then one
+flow per other council (Swindon 2026 and 2022, Luton, Barnsley) and a North Somerset
+step-up. Care Director, TED and the team mailboxes are in-memory stand-ins with the same
+connector interface. Prints what became of each, read back from the events topic and
+from the systems themselves.
 """
 
 from __future__ import annotations
 
+import email
+import json
 import secrets
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from aiokafka import AIOKafkaConsumer
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import SecretStr
 
-from contracts import TransferEvent, parse_event
+from connectors import Receipt, Source, Target
+from connectors.care_director import CareDirectorConnector
+from connectors.mailbox import MailboxConnector, MailboxSettings
+from connectors.memory import MemorySource, MemoryTarget
+from connectors.ted import TedConnector
+from contracts import CaseSystem, TransferEvent, TransferMessage, parse_event
 from router import Settings
-from sandboxes import create_ehm_app, create_lcs_app, serve
+from sandboxes import SmtpSandbox, create_care_director_app, create_ehm_app, create_lcs_app, create_ted_app, serve
 
-from .scenarios import EhmSandboxClient, LcsSandboxClient
+from .scenarios import EhmSandboxClient, LcsSandboxClient, step_down, step_up, synthetic_child
 from .stack import Stack
 
-TERMINAL = {"source-closed", "held", "dead-lettered"}
+TERMINAL = {"source-closed", "source-kept-open", "held", "dead-lettered"}
+
+
+class _Mailbox(MemoryTarget):
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
+
+class _Ted(MemoryTarget):
+    system: ClassVar[CaseSystem] = CaseSystem.TED
+
+
+class _Closing(MemorySource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closures: dict[str, str] = {}
+
+    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
+        self.closures[transfer.source_record.record_id] = transfer.closure.reason if transfer.closure else "closed"
+        return await super().close(transfer, receipt)
+
+
+class _CareDirector(_Closing):
+    system: ClassVar[CaseSystem] = CaseSystem.CARE_DIRECTOR
+
+
+class _TedSource(_Closing):
+    system: ClassVar[CaseSystem] = CaseSystem.TED
+
+
+class _MailboxSource(_Closing):
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
+
+@dataclass
+class StandIns:
+    """In-memory Care Director, TED and team mailboxes (until their connectors are wired)."""
+
+    mailbox: _Mailbox = field(default_factory=_Mailbox)
+    ted: _Ted = field(default_factory=_Ted)
+    care_director: _CareDirector = field(default_factory=_CareDirector)
+    ted_source: _TedSource = field(default_factory=_TedSource)
+    mailbox_source: _MailboxSource = field(default_factory=_MailboxSource)
+
+    def targets(self) -> dict[CaseSystem, Target]:
+        return {CaseSystem.MAILBOX: self.mailbox, CaseSystem.TED: self.ted}
+
+    def sources(self) -> dict[CaseSystem, Source]:
+        return {
+            CaseSystem.CARE_DIRECTOR: self.care_director,
+            CaseSystem.TED: self.ted_source,
+            CaseSystem.MAILBOX: self.mailbox_source,
+        }
+
+    def closure(self, record_id: str) -> str | None:
+        for source in (self.care_director, self.ted_source, self.mailbox_source):
+            if record_id in source.closures:
+                return source.closures[record_id]
+        return None
 
 
 @dataclass
@@ -36,6 +104,9 @@ class Case:
     transfer_id: str
     expect: str
     events: list[TransferEvent] = field(default_factory=list)
+    #: where to look for the result: "ns" (EHM tray + LCS record), "contact" (LCS Front Door + EHM
+    #: episode), "tray" (EHM tray + LCS closure reason), "memory" (stand-in systems)
+    kind: str = "ns"
 
     @property
     def state(self) -> str:
@@ -73,24 +144,56 @@ class EventWatch:
                         self.by_transfer.setdefault(e.transfer_id, []).append(e)
 
 
-def _describe(case: Case, lcs: LcsSandboxClient, tray: dict[str, dict[str, Any]]) -> list[str]:
+def _describe(
+    case: Case, lcs: LcsSandboxClient, ehm: EhmSandboxClient, tray: dict[str, dict[str, Any]], mem: StandIns
+) -> list[str]:
     lines = [f"- {case.title}", f"    child {case.child_id}, transfer {case.transfer_id}"]
     lines.append("    events: " + " -> ".join(e.event_type for e in case.events))
-    item = tray.get(case.transfer_id)
     held = [e for e in case.events if e.event_type == "held"]
-    completed = case.state == "source-closed"
-    lines.append(f"    outcome: {'completed' if completed else 'HELD (dead letter kept for replay)'}")
+    done = case.state in ("source-closed", "source-kept-open")
+    lines.append(f"    outcome: {'completed' if done else 'HELD (dead letter kept for replay)'}")
     if held:
-        verb = "was held" if completed else "held"
+        verb = "was held" if done else "held"
         for v in held[-1].violations:
             lines.append(f"    {verb} by {v.rule_id}: {v.message}\n      fix: {v.fix}")
-    if item:
+    for e in case.events:
+        if e.event_type == "delivered":
+            rules = ", ".join(e.rule_ids) or "-"
+            lines.append(
+                f"    delivered to {e.target_system.value}"
+                + (f", team {e.team}" if e.team else "")
+                + f", as {e.assigned_role}"
+                + (" (URGENT)" if e.urgent else "")
+                + f"; routing rules: {rules}"
+            )
+        elif e.event_type == "notice-sent":
+            lines.append(f"    {e.notice} notice to {', '.join(e.recipients)} ({', '.join(e.rule_ids)})")
+        elif e.event_type == "source-kept-open":
+            lines.append(f"    source record kept open ({', '.join(e.rule_ids)})")
+    if case.kind == "ns":
+        item = tray.get(case.transfer_id)
+        if item:
+            lines.append(
+                f"    EHM tray: {item['tray_item_id']} ({item['status']}), assigned to {item['assigned_to']['role']}"
+            )
+        else:
+            lines.append("    EHM tray: nothing")
+        lines.append(f"    LCS record: {lcs.child(case.child_id)['record_state']}")
+    elif case.kind == "tray":
+        record = lcs.child(case.child_id)
+        lines.append(f"    LCS record: {record['record_state']}, closure reason {record['closure_reason']!r}")
+    elif case.kind == "contact":
+        contact = lcs.contact(case.transfer_id)
+        lines.append(f"    LCS Front Door: {contact['contact_id']} as a {contact['stage']}, urgent={contact['urgent']}")
+        episode = ehm.episode(case.child_id)
         lines.append(
-            f"    EHM tray: {item['tray_item_id']} ({item['status']}), assigned to {item['assigned_to']['role']}"
+            f"    EHM episode: {episode['status']}"
+            + (f" ({episode['closure_reason']})" if episode["closure_reason"] else "")
         )
     else:
-        lines.append("    EHM tray: nothing")
-    lines.append(f"    LCS record: {lcs.child(case.child_id)['record_state']}")
+        closure = mem.closure(case.child_id)
+        if closure:
+            lines.append(f"    source closure record: {closure!r}")
     return lines
 
 
@@ -102,14 +205,40 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
         tempfile.TemporaryDirectory(prefix="casebridge-demo-") as work,
         serve(create_lcs_app(Path(work) / "lcs.db", token), "127.0.0.1", 0) as lcs_server,
         serve(create_ehm_app(Path(work) / "ehm.db", token), "127.0.0.1", 0) as ehm_server,
+        serve(create_ted_app(Path(work) / "ted.db", token), "127.0.0.1", 0) as ted_server,
+        serve(create_care_director_app(Path(work) / "cd.db", token), "127.0.0.1", 0) as cd_server,
+        SmtpSandbox(Path(work) / "smtp", "casebridge", token) as relay,
     ):
         out(
             f"sandbox LCS at {lcs_server.url}, sandbox EHM at {ehm_server.url}, Kafka at {bootstrap}, topics {prefix}.*"
         )
         lcs, ehm = LcsSandboxClient(lcs_server.url, token), EhmSandboxClient(ehm_server.url, token)
         settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, group_id=f"{prefix}-router")
+        mem = StandIns()
+        records = _Records(ted_server.url, cd_server.url, token)
+        mail = MailboxSettings(
+            host="127.0.0.1",
+            port=relay.port,
+            username="casebridge",
+            password=SecretStr(token),
+            sender="casebridge@council.example",
+            ca_file=relay.ca_file,
+            mailboxes=DEMO_MAILBOXES,
+        )
+        out(f"sandbox TED at {ted_server.url}, Care Director at {cd_server.url}, SMTP relay on port {relay.port}")
         stack = Stack(
-            settings, lcs_server.url, SecretStr(token), ehm_server.url, SecretStr(token), Path(work) / "state"
+            settings,
+            lcs_server.url,
+            SecretStr(token),
+            ehm_server.url,
+            SecretStr(token),
+            Path(work) / "state",
+            extra_targets={**mem.targets(), CaseSystem.MAILBOX: MailboxConnector(mail)},
+            extra_sources={
+                **mem.sources(),
+                CaseSystem.TED: TedConnector(ted_server.url, SecretStr(token)),
+                CaseSystem.CARE_DIRECTOR: CareDirectorConnector(cd_server.url, SecretStr(token)),
+            },
         )
         watch = EventWatch(bootstrap, settings.topics.events)
         async with stack:
@@ -122,18 +251,147 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
                     out(f"... reopening {c.child_id} on LCS (the held NS-7 transfer should now complete)")
                     lcs.reopen(c.child_id)
                 await watch.wait(reopened, lambda c: "source-closed" in [e.event_type for e in c.events])
+                councils = await _councils(lcs, ehm, records, settings)
+                await watch.wait(councils, lambda c: c.state in TERMINAL)
+                # LU-9: a Luton step-up after the step-down completed goes back to the team that stepped down
+                later = await _luton_step_up(settings)
+                await watch.wait(later, lambda c: c.state in TERMINAL)
+                cases += councils + later
                 tray = {i["transfer_id"]: i for i in ehm.tray()}
                 out("")
                 for c in cases:
-                    out("\n".join(_describe(c, lcs, tray)))
+                    out("\n".join(_describe(c, lcs, ehm, tray, mem)))
                 ok = all(c.state == c.expect for c in cases)
+                sent = sorted(str(email.message_from_bytes(m)["To"]) for m in relay.messages())
                 out("")
+                out(f"team mailboxes (SMTP, STARTTLS) received {len(sent)} mails: {', '.join(sent)}")
                 out(f"{sum(c.state == c.expect for c in cases)} of {len(cases)} cases ended as expected")
                 return ok
             finally:
                 await watch.stop()
                 lcs.close()
                 ehm.close()
+                records.close()
+
+
+async def _publish(settings: Settings, *docs: dict[str, Any]) -> None:
+    """Publish canonical transfers keyed by child, as a source connector does."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for doc in docs:
+            first = doc["child"]["identifiers"][0]
+            key = f"{first['system']}:{first['id']}".encode()
+            await producer.send_and_wait(settings.topics.transfers, json.dumps(doc).encode(), key=key)
+    finally:
+        await producer.stop()
+
+
+DEMO_MAILBOXES = {
+    "swindon-2022:Early Help Hub": "ehhub@swindon.example",
+    "swindon-2022:MASH": "mash@swindon.example",
+    "luton:Early Help Team": "earlyhelp-team@luton.example",
+    "luton:Family Safeguarding Team": "family-safeguarding@luton.example",
+    "luton:MASH": "mash@luton.example",
+    "barnsley:Family Centre Development Team": "earlyhelp@barnsley.example",
+}
+
+
+class _Records:
+    """Creates the synthetic source records on the TED and Care Director sandboxes."""
+
+    def __init__(self, ted_url: str, cd_url: str, token: str) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        self.ted = httpx.Client(base_url=ted_url, headers=headers, timeout=10)
+        self.cd = httpx.Client(base_url=cd_url, headers=headers, timeout=10)
+
+    def _child(self) -> dict[str, Any]:
+        c = synthetic_child()
+        return {k: c[k] for k in ("given_name", "family_name", "date_of_birth")}
+
+    def ted_case(self) -> str:
+        return str(self.ted.post("/api/cases", json=self._child()).raise_for_status().json()["id"])
+
+    def cd_person(self) -> str:
+        return str(self.cd.post("/api/persons", json=self._child()).raise_for_status().json()["id"])
+
+    def close(self) -> None:
+        self.ted.close()
+        self.cd.close()
+
+
+def _on(doc: dict[str, Any], system: str, record_id: str) -> dict[str, Any]:
+    doc["child"]["identifiers"] = [{"system": system, "id": record_id}]
+    doc["source_record"]["record_id"] = record_id
+    return doc
+
+
+async def _councils(lcs: LcsSandboxClient, ehm: EhmSandboxClient, records: _Records, settings: Settings) -> list[Case]:
+    """One flow (or two) per council beyond North Somerset's step-downs."""
+    cases: list[Case] = []
+    docs: list[dict[str, Any]] = []
+
+    def add(title: str, doc: dict[str, Any], expect: str, kind: str = "memory", record: str | None = None) -> None:
+        docs.append(doc)
+        cases.append(Case(title, record or doc["source_record"]["record_id"], doc["transfer_id"], expect, kind=kind))
+
+    # Swindon 2026: LCS -> EHM step-down to the Lead Practitioner; EHM -> LCS step-up as an endorsed referral
+    child = lcs.create_child(locality="North")
+    down = step_down("swindon", 101)
+    down["child"].update(identifiers=[{"system": "lcs", "id": child}], locality="North")
+    down["source_record"].update(record_id=child, request_id=lcs.request_stepdown(child))
+    down["documents"].append({"type": "meeting-notes", "content": "Transfer Meeting notes (synthetic)."})
+    add("Swindon 2026 step-down LCS -> EHM, Lead Practitioner (SW26-4..7)", down, "source-closed", "tray", child)
+    episode = ehm.open_episode(locality="North")
+    up = step_up("swindon", 102, urgency="urgent")
+    up["child"]["identifiers"] = [{"system": "ehm", "id": episode}]
+    up["source_record"]["record_id"] = episode
+    add("Swindon 2026 step-up EHM -> LCS, Duty Manager endorsed (SW26-1..3)", up, "source-kept-open", "contact")
+    # Swindon 2022: Care Director -> the mailbox the assessment outcome selects; s.47 step-up to the MASH
+    add(
+        "Swindon 2022 step-down, outcome 'Refer to EHH Service' (SW22-7, SW22-11)",
+        _on(step_down("swindon-2022", 103), "care-director", records.cd_person()),
+        "source-closed",
+    )
+    s47 = _on(step_up("swindon-2022", 104), "care-director", records.cd_person())
+    s47["pathway"].update(from_level="intensive-early-help", to_level="child-protection-s47")
+    s47["management_decision"]["forum"] = "Transfer Meeting"
+    add("Swindon 2022 s.47 step-up from FISS to the MASH (SW22-1, SW22-6)", s47, "source-kept-open")
+    # Luton: Family Safeguarding step-down ratified at the CIN Panel, receipt notice (LU-6, LU-7)
+    add("Luton step-down from Family Safeguarding (LU-6, LU-7)", step_down("luton", 105), "source-closed")
+    # Barnsley: TED -> early-help mailbox; one "for monitoring" refused (BA-5)
+    add(
+        "Barnsley step-down TED -> early-help mailbox (BA-5..7, BA-15)",
+        _on(step_down("barnsley", 106), "ted", records.ted_case()),
+        "source-closed",
+    )
+    monitoring = _on(
+        step_down("barnsley", 107, purpose="so that school can monitor attendance"), "ted", records.ted_case()
+    )
+    add("Barnsley step-down 'for monitoring' (held: BA-5)", monitoring, "dead-lettered")
+    # North Somerset: EHM -> LCS Front Door step-up, EHM episode closed with a case note (NS-9, NS-12)
+    episode = ehm.open_episode(locality="East")
+    ns = step_up("north-somerset", 108)
+    ns["child"]["identifiers"] = [{"system": "ehm", "id": episode}]
+    ns["source_record"]["record_id"] = episode
+    add("North Somerset step-up EHM -> LCS Front Door (NS-9, NS-12)", ns, "source-closed", "contact")
+    await _publish(settings, *docs)
+    return cases
+
+
+async def _luton_step_up(settings: Settings) -> list[Case]:
+    up = step_up("luton", 109, requested_at="2026-12-20T09:00:00Z")
+    up["child"]["identifiers"].append(step_down("luton", 105)["child"]["identifiers"][0])
+    await _publish(settings, up)
+    return [
+        Case(
+            "Luton step-up 7 weeks after its step-down: back to that team (LU-9, LU-4)",
+            up["source_record"]["record_id"],
+            up["transfer_id"],
+            "source-kept-open",
+            kind="memory",
+        )
+    ]
 
 
 def _scenarios(lcs: LcsSandboxClient, ehm: EhmSandboxClient) -> list[Case]:

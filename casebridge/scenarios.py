@@ -5,10 +5,15 @@ Every name here is invented; nothing comes from the seed documents.
 
 from __future__ import annotations
 
+import copy
 import itertools
+import json
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+import contracts
 
 GIVEN = ["Robin", "Alex", "Jamie", "Charlie", "Frankie", "Sasha", "Remy", "Toby", "Nell", "Ira"]
 FAMILY = ["Exampleton", "Testwood", "Sampleford", "Mockbury", "Fictionby", "Placeholt"]
@@ -55,6 +60,85 @@ def good_request(**changes: Any) -> dict[str, Any]:
     return req
 
 
+# -- synthetic transfers for every council (canonical messages, as a source connector publishes them)
+EXAMPLES = Path(contracts.__file__).parent / "examples"
+STEP_DOWN_EXAMPLE = {
+    "swindon": "swindon-2026.step-down.lcs-ehm.json",
+    "swindon-2022": "swindon-2022.step-down.care-director-ehh.json",
+    "luton": "luton.step-down.fst-eh.json",
+    "barnsley": "barnsley.step-down.ted-eh-mailbox.json",
+    "north-somerset": "north-somerset.step-down.lcs-ehm.json",
+}
+# council -> (from system, to system, from level, step-up documents, management decision forum / role)
+STEP_UP = {
+    "swindon": ("ehm", "lcs", "early-help", ["early-help-assessment"], (None, "Duty Manager")),
+    "swindon-2022": (
+        "care-director",
+        "mailbox",
+        "early-help",
+        ["early-help-assessment", "taf-plan"],
+        (None, "Line Manager"),
+    ),
+    "luton": ("mailbox", "mailbox", "early-help", ["escalation-summary"], ("Escalation Review Meeting", "EH Manager")),
+    "barnsley": ("ted", "ted", "early-help", ["early-help-assessment", "case-notes"], (None, "EH Manager")),
+    "north-somerset": ("ehm", "lcs", "intensive-early-help", ["step-up-form", "case-notes"], (None, "Team Manager")),
+}
+
+
+def step_down(council: str, n: int = 1, **changes: Any) -> dict[str, Any]:
+    """The council's synthetic step-down, with its own ids (n), top-level changes applied."""
+    doc: dict[str, Any] = copy.deepcopy(json.loads((EXAMPLES / STEP_DOWN_EXAMPLE[council]).read_text()))
+    system = doc["pathway"]["from_system"]
+    doc.update(transfer_id=f"{council}-sd-{n}", message_id=f"{council}-sd-{n}-m1", correlation_id=f"{council}-sd-{n}")
+    doc["child"]["identifiers"] = [{"system": system, "id": f"{system.upper()}-{n}"}]
+    doc["source_record"] = {**doc["source_record"], "record_id": f"{system.upper()}-{n}"}
+    doc["deadlines"] = []
+    doc.update(changes)
+    return doc
+
+
+def step_up(council: str, n: int = 1, **changes: Any) -> dict[str, Any]:
+    """The council's synthetic step-up from early help, meeting every rule."""
+    src, dst, level, documents, (forum, role) = STEP_UP[council]
+    doc = step_down("north-somerset", n)
+    doc.update(
+        transfer_id=f"{council}-su-{n}",
+        message_id=f"{council}-su-{n}-m1",
+        correlation_id=f"{council}-su-{n}",
+        council=council,
+        pathway={
+            "direction": "step-up",
+            "from_level": level,
+            "to_level": "child-in-need-s17",
+            "from_system": src,
+            "to_system": dst,
+        },
+        management_decision={
+            "decided_by": {"name": "Morgan Testmanager", "role": role},
+            "forum": forum,
+            "rationale": "Concerns have escalated; needs cannot be met by early help.",
+            "decided_on": "2026-10-30",
+        },
+        documents=[{"type": d, "content": f"{d} (synthetic)"} for d in documents],
+        professionals={"family_support_worker": {"name": "Kit Supportworker", "role": "Family Support Worker"}},
+        source_record={"system": src, "record_id": f"EH-{n}", "request_id": f"SUR-{n}", "state": "open"},
+        deadlines=[],
+    )
+    doc["child"]["identifiers"] = [{"system": src, "id": f"EH-{n}"}]
+    doc["consent"]["scope"] = ["referral", "information-sharing"]
+    doc.update(changes)
+    return doc
+
+
+def exemption(role: str) -> dict[str, Any]:
+    """G1: the s.47 exemption, decided by a named manager in ``role``."""
+    return {
+        "reason": "significant-harm-s47",
+        "decided_by": {"name": "Dana Dutymanager", "role": role},
+        "decided_on": "2026-10-30",
+    }
+
+
 class _SandboxClient:
     def __init__(self, url: str, token: str) -> None:
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
@@ -99,6 +183,13 @@ class LcsSandboxClient(_SandboxClient):
     def reopen(self, child_id: str) -> None:
         self._ok(self.http.post(f"/api/children/{child_id}/reopen", json={"reopened_by": "a team manager"}))
 
+    def contacts(self) -> list[dict[str, Any]]:
+        """The Front Door's queue (urgent first)."""
+        return list(self._ok(self.http.get("/api/contacts"))["contacts"])
+
+    def contact(self, transfer_id: str) -> dict[str, Any]:
+        return self._ok(self.http.get(f"/api/contacts/{transfer_id}"))
+
 
 class EhmSandboxClient(_SandboxClient):
     """What an early-help manager does on EHM, through its HTTP API."""
@@ -113,6 +204,46 @@ class EhmSandboxClient(_SandboxClient):
 
     def staff(self, locality: str) -> dict[str, Any]:
         response = self.http.get(f"/api/localities/{locality}/staff")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def open_episode(self, lcs_id: str = "LCS-0", locality: str = "North") -> str:
+        """An early-help case on EHM (the source of a step-up); returns its episode id."""
+        c = synthetic_child(locality)
+        child = {k: c[k] for k in ("given_name", "family_name", "date_of_birth", "nhs_number", "locality")}
+        body = {"child": {**child, "lcs_id": lcs_id}, "family_support_worker": "Kit Supportworker"}
+        response = self.http.post("/api/episodes", json=body)
+        response.raise_for_status()
+        return str(response.json()["episode_id"])
+
+    def request_stepup(self, episode_id: str, **changes: Any) -> str:
+        """A Step-Up request on EHM (NS-9: form and case notes; consent; the manager's decision)."""
+        body: dict[str, Any] = {
+            "step_up_form": "Step-Up request form: increased concerns (synthetic).",
+            "case_notes": "Case notes evidencing the conversations with the family (synthetic).",
+            "to_level": "child_in_need",
+            "urgent": False,
+            "consent": {
+                "given_by": "Parent (synthetic)",
+                "given_on": "2026-11-20",
+                "scope": ["referral", "information-sharing"],
+            },
+            "management_decision": {
+                "decided_by": "Morgan Testmanager",
+                "role": "Team Manager",
+                "rationale": "Concerns escalating; a step-up discussion at the Front Door is needed.",
+                "decided_on": "2026-11-20",
+            },
+            "requested_by": "Kit Supportworker (FSW)",
+        }
+        body.update(changes)
+        response = self.http.post(f"/api/episodes/{episode_id}/stepup-requests", json=body)
+        response.raise_for_status()
+        return str(response.json()["request_id"])
+
+    def episode(self, episode_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/api/episodes/{episode_id}")
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body

@@ -1,4 +1,4 @@
-"""One casebridge deployment in a process: router, LCS publisher, EHM allocation reporter.
+"""One casebridge deployment in a process: router, LCS publisher, EHM step-up publisher and allocation reporter.
 
 Used by ``casebridge run`` and ``casebridge demo`` (with loops) and by the end-to-end
 tests (polling by hand, to control timing). The case systems are reached by URL.
@@ -12,10 +12,12 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from connectors.ehm import AllocationReporter, EhmConnector
+from connectors import Source, Target
+from connectors.ehm import AllocationReporter, EhmConnector, StepUpPublisher
 from connectors.lcs import LcsConnector, LcsPublisher
 from contracts import CaseSystem
 from router import Router, Settings, build_router
+from router.notices import AllocationNotices
 
 
 @dataclass
@@ -28,18 +30,32 @@ class Stack:
     state_dir: Path
     loops: bool = True
     poll_interval: float = 0.3
+    #: connectors for the other case systems and channels (Care Director, TED, team mailboxes)
+    extra_targets: dict[CaseSystem, Target] = field(default_factory=dict)
+    extra_sources: dict[CaseSystem, Source] = field(default_factory=dict)
     router: Router = field(init=False)
     publisher: LcsPublisher = field(init=False)
     reporter: AllocationReporter = field(init=False)
+    stepups: StepUpPublisher = field(init=False)
+    notices: AllocationNotices = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _stopping: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         topics = self.settings.topics
+        # LCS and EHM each serve both directions: step-downs LCS -> EHM, step-ups EHM -> LCS (Front Door)
         self.router = build_router(
             self.settings,
-            targets={CaseSystem.EHM: EhmConnector(self.ehm_url, self.ehm_token)},
-            sources={CaseSystem.LCS: LcsConnector(self.lcs_url, self.lcs_token)},
+            targets={
+                CaseSystem.EHM: EhmConnector(self.ehm_url, self.ehm_token),
+                CaseSystem.LCS: LcsConnector(self.lcs_url, self.lcs_token),
+                **self.extra_targets,
+            },
+            sources={
+                CaseSystem.LCS: LcsConnector(self.lcs_url, self.lcs_token),
+                CaseSystem.EHM: EhmConnector(self.ehm_url, self.ehm_token),
+                **self.extra_sources,
+            },
         )
         self.publisher = LcsPublisher(
             LcsConnector(self.lcs_url, self.lcs_token),
@@ -47,6 +63,16 @@ class Stack:
             topics.transfers,
             topics.dead_letter,
             cursor=self.state_dir / "lcs-cursor.json",
+            council=self.settings.council,
+        )
+        self.notices = AllocationNotices(self.settings, self.router.flow.targets)
+        self.stepups = StepUpPublisher(
+            EhmConnector(self.ehm_url, self.ehm_token),
+            self.settings.bootstrap_servers,
+            topics.transfers,
+            topics.dead_letter,
+            cursor=self.state_dir / "ehm-stepups-cursor.json",
+            council=self.settings.council,
         )
         self.reporter = AllocationReporter(
             EhmConnector(self.ehm_url, self.ehm_token),
@@ -58,18 +84,24 @@ class Stack:
     async def start(self) -> None:
         await self.router.start()
         await self.publisher.start()
+        await self.stepups.start()
         await self.reporter.start()
+        await self.notices.start()
         if self.loops:
             stop = lambda: self._stopping  # noqa: E731
             self._tasks = [
                 asyncio.create_task(self.publisher.run(self.poll_interval, stop)),
+                asyncio.create_task(self.stepups.run(self.poll_interval, stop)),
+                asyncio.create_task(self.notices.run(self.poll_interval, stop)),
                 asyncio.create_task(self.reporter.run(self.poll_interval, stop)),
             ]
 
     async def stop(self) -> None:
         self._stopping = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.notices.stop()
         await self.reporter.stop()
+        await self.stepups.stop()
         await self.publisher.stop()
         await self.router.stop()
 

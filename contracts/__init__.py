@@ -11,6 +11,7 @@ from ._events import (
     AlertRaised,
     FieldError,
     MilestoneRecorded,
+    NoticeSent,
     RuleViolation,
     SourceClosed,
     SourceKeptOpen,
@@ -30,6 +31,7 @@ from ._events import (
 )
 from ._transfer import (
     Child,
+    ClosureRecord,
     Consent,
     ConsentExemption,
     ConsentScope,
@@ -54,6 +56,7 @@ __all__ = [
     "AlertRaised",
     "CaseSystem",
     "Child",
+    "ClosureRecord",
     "Consent",
     "ConsentExemption",
     "ConsentScope",
@@ -66,6 +69,7 @@ __all__ = [
     "MilestoneRecorded",
     "Gender",
     "ManagementDecision",
+    "NoticeSent",
     "Pathway",
     "Person",
     "Professionals",

@@ -68,6 +68,10 @@ class TransferDelivered(_Event):
     target_reference: Identifier
     assigned_role: str | None = None
     rule_ids: list[RuleId] = Field(default_factory=list, description="routing rules applied, e.g. NS-2")
+    team: str | None = Field(
+        default=None, description="receiving team, where the protocol routes to one (SW22-7, LU-9)"
+    )
+    urgent: bool = Field(default=False, description="SW22-1: an urgent referral, routed first")
 
 
 class TransferAcknowledged(_Event):
@@ -101,6 +105,16 @@ class TransferCompletedNoRecord(_Event):
     """NS-14 / G4: a step-down to universal in a Family Hub sends no case record."""
 
     event_type: Literal["completed-no-record"] = "completed-no-record"
+    rule_ids: list[RuleId] = Field(min_length=1)
+
+
+class NoticeSent(_Event):
+    """LU-7: a notice (receipt, allocation) went to the named professionals' roles; no names here."""
+
+    event_type: Literal["notice-sent"] = "notice-sent"
+    notice: Literal["receipt", "allocation"]
+    channel: CaseSystem
+    recipients: list[Literal["social_worker", "manager"]] = Field(min_length=1)
     rule_ids: list[RuleId] = Field(min_length=1)
 
 
@@ -168,7 +182,8 @@ TransferEvent = Annotated[
     | TransferRetryScheduled
     | TransferReplayed
     | AlertRaised
-    | MilestoneRecorded,
+    | MilestoneRecorded
+    | NoticeSent,
     Field(discriminator="event_type"),
 ]
 

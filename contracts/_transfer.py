@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -181,6 +181,17 @@ class Deadline(Strict):
     what: NonEmpty
 
 
+class ClosureRecord(Strict):
+    """The source record's final entry, as the council's protocol words it (SW26-5, SW22-11, BA-3).
+
+    The router fills it in from the protocol just before it asks the source system to close.
+    """
+
+    reason: NonEmpty
+    lead_professional: Person | None = None
+    rule_ids: list[RuleId] = Field(default_factory=list)
+
+
 class TransferMessage(Strict):
     """One handover of one child between services; the unit the router routes."""
 
@@ -208,6 +219,16 @@ class TransferMessage(Strict):
     )
     family_hub_universal: bool = Field(
         default=False, description="NS-14: supported step-down to universal in a Family Hub"
+    )
+    open_to_council_service: bool = Field(
+        default=False, description="SW22-2: the family is open to a council service (line manager decides first)"
+    )
+    services: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        description="services that will support the family after the handover (SW22-12: more than one needs a lead)",
+    )
+    closure: ClosureRecord | None = Field(
+        default=None, description="filled in by the router from the protocol before the source record is closed"
     )
 
     @property

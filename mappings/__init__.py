@@ -12,14 +12,16 @@ from ._deadlines import (
     load_deadlines,
 )
 from ._fieldmap import FieldMapping, MappingError, load_mapping
-from ._protocol import Facts, Protocol, Route, load_protocol
+from ._protocol import CHECKS, Facts, Protocol, Route, StepDownMemory, load_protocol, load_protocols
 
 __all__ = [
+    "CHECKS",
     "Facts",
     "FieldMapping",
     "MappingError",
     "Protocol",
     "Route",
+    "StepDownMemory",
     "load_mapping",
     "load_protocol",
     "DeadlineRule",
@@ -31,4 +33,5 @@ __all__ = [
     "due_at",
     "evaluate",
     "load_deadlines",
+    "load_protocols",
 ]

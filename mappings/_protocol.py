@@ -1,23 +1,41 @@
 """Council protocols as data: the rules a transfer must meet, and how it is routed.
 
-A protocol file (``mappings/data/protocols/<council>.toml``) lists ``[[rule]]`` entries,
-each with the rule id of ``shared/PROTOCOLS.md``, a ``check`` kind from the closed set
-below, the check's parameters, and the words an operator sees (``message``, ``fix``).
-Checks are pure functions of the transfer message: no I/O, no logging; facts that live in
-other systems (is the Support Leader away, is the LCS record still open now) are passed
-in by the router as ``Facts``.
+A protocol file (``mappings/data/protocols/<council>.toml``) has, all optional but ``rule``:
+
+- ``[[pathway]]``: per direction, the source and target case systems of that council;
+- ``[[rule]]``: the rule id of ``PROTOCOLS.md``, a ``check`` kind from the closed set
+  below (``CHECKS``), its parameters, ``applies_to`` (direction, levels, flags) and the
+  words an operator sees (``message``, ``fix``);
+- ``[[route]]``: routing steps, a closed set of ``kind``s (locality Support Leader,
+  assessment outcome, lead professional, recent step-down history, urgency, referral
+  endorsement, no lead professional);
+- ``[[keep_open]]``: when the source record stays open after the handover;
+- ``[[closure]]``: what the source system's closure record says;
+- ``[[notice]]``: notices sent to named professionals once the target holds the transfer;
+- ``[no_record]``: when nothing is sent at all (NS-14).
+
+Checks are pure functions of the transfer message: no I/O, no logging. Facts that live in
+other systems (is the Support Leader away, is the source record still open now, the
+child's recent step-downs) are passed in by the router as ``Facts``.
+
+Load-time errors name the file, the line and the rule: ``tomllib`` keeps no positions,
+so the loader indexes the raw text's table headers and keys (:class:`_Lines`).
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contracts import (
+    CaseSystem,
+    ClosureRecord,
     Council,
     Direction,
     DocumentType,
@@ -25,6 +43,7 @@ from contracts import (
     RuleViolation,
     ServiceLevel,
     TransferMessage,
+    Urgency,
 )
 
 from ._fieldmap import DATA_DIR, MappingError
@@ -32,23 +51,43 @@ from ._fieldmap import DATA_DIR, MappingError
 PROTOCOL_DIR = DATA_DIR / "protocols"
 
 RuleIdStr = Annotated[str, Field(pattern=r"^(G[1-4]|SW26-\d+|SW22-\d+|LU-\d+|BA-\d+|NS-\d+)$")]
+Role = Literal["social_worker", "lead_professional", "support_leader", "family_support_worker"]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _has_role(person_role: str, roles: list[str]) -> bool:
+    return any(r.casefold() in person_role.casefold() for r in roles)
+
+
 class AppliesTo(_Model):
     direction: Direction | None = None
+    from_levels: list[ServiceLevel] | None = None
     to_levels: list[ServiceLevel] | None = None
     unless_family_hub_universal: bool = False
+    #: SW22-2: only where the family is open to a council service
+    when_open_to_council_service: bool = False
+    #: BA-13: only for a disabled child with a direct payment / individual budget
+    when_disabled_direct_payment: bool = False
 
     def matches(self, t: TransferMessage) -> bool:
-        if self.direction is not None and t.pathway.direction is not self.direction:
+        p = t.pathway
+        if self.direction is not None and p.direction is not self.direction:
             return False
-        if self.to_levels is not None and t.pathway.to_level not in self.to_levels:
+        if self.from_levels is not None and p.from_level not in self.from_levels:
+            return False
+        if self.to_levels is not None and p.to_level not in self.to_levels:
+            return False
+        if self.when_open_to_council_service and not t.open_to_council_service:
+            return False
+        if self.when_disabled_direct_payment and not (t.child.disabled and t.child.direct_payment):
             return False
         return not (self.unless_family_hub_universal and t.family_hub_universal)
+
+
+# -- checks: the closed set of what a rule can ask of a transfer ------------------------------
 
 
 class _Rule(_Model):
@@ -59,34 +98,64 @@ class _Rule(_Model):
 
 
 class ManagementDecisionRule(_Rule):
-    """G2 / NS-1: the manager's decision and rationale are recorded."""
+    """G2 / NS-1 / SW26-4 / LU-3 / LU-6 / BA-5: the manager's decision and rationale, in the right forum."""
 
     check: Literal["management-decision"]
     forum_required: bool = False
+    #: the decision must come from one of these forums ("Transfer Meeting", "CIN Panel", ...)
+    forums: list[str] = Field(default_factory=list)
+    #: the decider's role must contain one of these ("Team Manager", "Duty Manager", ...)
+    roles: list[str] = Field(default_factory=list)
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
         d = t.management_decision
-        return d is not None and (not self.forum_required or bool(d.forum))
+        if d is None:
+            return False
+        if (self.forum_required or self.forums) and not d.forum:
+            return False
+        if self.forums and not _has_role(d.forum or "", self.forums):
+            return False
+        return not self.roles or _has_role(d.decided_by.role, self.roles)
 
 
 class DocumentsRule(_Rule):
-    """NS-6 / NS-8 and the like: these documents travel with the transfer."""
+    """NS-6 / NS-8 / NS-9 / SW22-3 / SW22-14 / BA-7: these documents travel with the transfer."""
 
     check: Literal["documents"]
-    documents: list[DocumentType] = Field(min_length=1)
+    documents: list[DocumentType] = Field(default_factory=list)
+    #: at least one of these (e.g. the CIN plan or the review minutes)
+    any_of: list[DocumentType] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something(self) -> DocumentsRule:
+        if not self.documents and not self.any_of:
+            raise ValueError("name 'documents' or 'any_of'")
+        return self
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
-        return all(t.documents_of(kind) for kind in self.documents)
+        every = all(t.documents_of(kind) for kind in self.documents)
+        return every and (not self.any_of or any(t.documents_of(kind) for kind in self.any_of))
 
 
 class ProfessionalRule(_Rule):
-    """NS-6 / BA-6: a named professional in the given role."""
+    """NS-6 / BA-6 / SW26-7 / SW22-11 / SW22-12: a named professional in the given role."""
 
     check: Literal["professional"]
-    role: Literal["social_worker", "lead_professional", "support_leader", "family_support_worker"]
+    role: Role
+    #: BA-6: the name *and the organisation*
+    organisation_required: bool = False
+    #: SW22-12: required only where at least this many services are involved
+    min_services: int = Field(default=0, ge=0)
+    #: BA-6 with BA-9: when nobody holds the role yet, another rule (a routing step) deals with it
+    absent_ok: bool = False
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
-        return getattr(t.professionals, self.role) is not None
+        if len(t.services) < self.min_services:
+            return True
+        person = getattr(t.professionals, self.role)
+        if person is None:
+            return self.absent_ok
+        return not self.organisation_required or bool(person.organisation)
 
 
 class SourceOpenRule(_Rule):
@@ -101,31 +170,204 @@ class SourceOpenRule(_Rule):
 
 
 class ConsentRule(_Rule):
-    """G1: consent with the needed scope, or the s.47 exemption decided by a named manager."""
+    """G1: consent with the needed scope, or the s.47 exemption decided by a named manager.
+
+    ``exemption_roles`` names who may decide to proceed without consent (SW26-2: a Duty
+    Manager; SW22-4: a MASH manager); ``signed`` asks for signed consent (LU-6).
+    """
 
     check: Literal["consent"]
     scope: list[str] = Field(default_factory=list)
+    signed: bool = False
+    exemption_roles: list[str] = Field(default_factory=list)
+    exemption_allowed: bool = True
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
-        if t.consent_exemption is not None:
-            return t.pathway.direction is Direction.STEP_UP or t.pathway.from_level is ServiceLevel.CHILD_PROTECTION
+        if t.consent_exemption is not None and self.exemption_allowed:
+            significant_harm = (
+                t.pathway.direction is Direction.STEP_UP or t.pathway.from_level is ServiceLevel.CHILD_PROTECTION
+            )
+            by = t.consent_exemption.decided_by.role
+            return significant_harm and (not self.exemption_roles or _has_role(by, self.exemption_roles))
         if t.consent is None:
+            return False
+        if self.signed and not t.consent.signed:
             return False
         return set(self.scope) <= {s.value for s in t.consent.scope}
 
 
+class PurposeNotRule(_Rule):
+    """BA-5: a step-down is never made only to monitor the child or to make an onward referral."""
+
+    check: Literal["purpose-not"]
+    words: list[str] = Field(min_length=1)
+
+    def holds(self, t: TransferMessage, facts: Facts) -> bool:
+        purpose = (t.purpose or "").casefold()
+        return not any(w.casefold() in purpose for w in self.words)
+
+
+class AssessmentOutcome(_Model):
+    to_level: ServiceLevel
+    target: CaseSystem
+    team: str = Field(min_length=1)
+
+
+class AssessmentOutcomeRule(_Rule):
+    """SW22-7: the assessment outcome code selects the step-down's level and target."""
+
+    check: Literal["assessment-outcome"]
+    outcomes: dict[str, AssessmentOutcome] = Field(min_length=1)
+
+    def holds(self, t: TransferMessage, facts: Facts) -> bool:
+        chosen = self.outcomes.get(t.assessment_outcome or "")
+        return chosen is not None and chosen.to_level is t.pathway.to_level
+
+
+class DeadlineRule(_Rule):
+    """SW26-6 / NS-4 / BA-14 ...: a deadline the transfer states may not be later than the protocol allows."""
+
+    check: Literal["deadline"]
+    days: int = Field(ge=0)
+    working_days: bool = False
+
+    def limit(self, start: datetime) -> datetime:
+        if not self.working_days:
+            return start + timedelta(days=self.days)
+        day, left = start, self.days
+        while left:
+            day += timedelta(days=1)
+            if day.weekday() < 5:
+                left -= 1
+        return day
+
+    def holds(self, t: TransferMessage, facts: Facts) -> bool:
+        return all(d.due <= self.limit(t.requested_at) for d in t.deadlines if d.rule_id == self.id)
+
+
 Rule = Annotated[
-    ManagementDecisionRule | DocumentsRule | ProfessionalRule | SourceOpenRule | ConsentRule,
+    ManagementDecisionRule
+    | DocumentsRule
+    | ProfessionalRule
+    | SourceOpenRule
+    | ConsentRule
+    | PurposeNotRule
+    | AssessmentOutcomeRule
+    | DeadlineRule,
     Field(discriminator="check"),
+]
+CHECKS = (
+    "management-decision",
+    "documents",
+    "professional",
+    "source-open",
+    "consent",
+    "purpose-not",
+    "assessment-outcome",
+    "deadline",
+)
+
+
+# -- routing, keeping open, closure, notices ---------------------------------------------------
+
+
+class PathwaySystems(_Model):
+    """Per council and direction: which case system the transfer leaves and which receives it."""
+
+    direction: Direction
+    source: CaseSystem
+    target: CaseSystem
+    team: str | None = None
+
+
+class _Step(_Model):
+    rule: RuleIdStr
+    applies_to: AppliesTo = AppliesTo()
+
+
+class LocalityRouting(_Step):
+    """NS-2: to the locality's Support Leader; to its team manager while the leader is away."""
+
+    kind: Literal["locality-support-leader"]
+    localities: list[str] = Field(min_length=1)
+
+
+class OutcomeRouting(_Step):
+    """SW22-7: the assessment outcome's target system and team (table in the assessment-outcome rule)."""
+
+    kind: Literal["assessment-outcome"]
+
+
+class LeadProfessionalRouting(_Step):
+    """SW26-7: allocated to the named Lead Practitioner."""
+
+    kind: Literal["lead-professional"]
+
+
+class NoLeadProfessionalRouting(_Step):
+    """BA-9: no lead professional yet: a request for targeted one-to-one support, without the documents."""
+
+    kind: Literal["no-lead-professional"]
+
+
+class RecentStepDownRouting(_Step):
+    """LU-9 / NS-10: a step-up soon after a step-down goes back to the team (and social worker) that stepped it down."""
+
+    kind: Literal["recent-step-down"]
+    within_days: int = Field(ge=1)
+
+
+class UrgentRouting(_Step):
+    """SW22-1: a s.47 concern is an urgent referral, flagged urgent and routed first."""
+
+    kind: Literal["urgent"]
+    to_levels: list[ServiceLevel] = Field(min_length=1)
+
+
+class ReferralEndorsement(_Step):
+    """SW26-1: a step-up opens a Contact; it is a Referral only with the Duty Manager's endorsement."""
+
+    kind: Literal["referral-endorsement"]
+    roles: list[str] = Field(min_length=1)
+
+
+RouteStep = Annotated[
+    LocalityRouting
+    | OutcomeRouting
+    | LeadProfessionalRouting
+    | NoLeadProfessionalRouting
+    | RecentStepDownRouting
+    | UrgentRouting
+    | ReferralEndorsement,
+    Field(discriminator="kind"),
 ]
 
 
-class LocalityRouting(_Model):
-    """NS-2: to the locality's Support Leader; to its team manager while the leader is away."""
+class KeepOpen(_Step):
+    """SW26-3 / SW22-6 / LU-4 / BA-13 / SW22-10: the source record is not closed after the handover."""
 
-    rule: RuleIdStr
-    kind: Literal["locality-support-leader"]
-    localities: list[str] = Field(min_length=1)
+    #: kept open only until one of these is named on the transfer (SW22-10: the receiving worker)
+    until_named: list[Role] = Field(default_factory=list)
+
+    def keeps(self, t: TransferMessage) -> bool:
+        if not self.applies_to.matches(t):
+            return False
+        return not any(getattr(t.professionals, r) is not None for r in self.until_named) if self.until_named else True
+
+
+class Closure(_Step):
+    """SW26-5 / BA-3 / SW22-11: what the closure record on the source system says."""
+
+    reason: str = Field(min_length=1)
+    lead_professional: bool = False
+
+
+class Notice(_Step):
+    """LU-7: tell these professionals that the target holds the transfer, and when it is allocated."""
+
+    on: Literal["acknowledged", "allocated"]
+    to: list[Literal["social_worker", "manager"]] = Field(min_length=1)
+    channel: CaseSystem = CaseSystem.MAILBOX
 
 
 class NoRecord(_Model):
@@ -140,9 +382,38 @@ class ProtocolSpec(_Model):
     id: str
     council: Council
     seed: str
+    pathway: list[PathwaySystems] = Field(default_factory=list)
     rule: list[Rule] = Field(min_length=1)
-    routing: LocalityRouting | None = None
+    route: list[RouteStep] = Field(default_factory=list)
+    keep_open: list[KeepOpen] = Field(default_factory=list)
+    closure: list[Closure] = Field(default_factory=list)
+    notice: list[Notice] = Field(default_factory=list)
     no_record: NoRecord | None = None
+
+    @model_validator(mode="after")
+    def _one_pathway_per_direction(self) -> ProtocolSpec:
+        directions = [p.direction for p in self.pathway]
+        if len(directions) != len(set(directions)):
+            raise ValueError("one [[pathway]] per direction")
+        if any(isinstance(s, OutcomeRouting) for s in self.route) and not any(
+            isinstance(r, AssessmentOutcomeRule) for r in self.rule
+        ):
+            raise ValueError("an assessment-outcome route needs an assessment-outcome rule with the outcomes table")
+        return self
+
+
+# -- what the router passes in, and what routing returns --------------------------------------
+
+
+@dataclass(frozen=True)
+class StepDownMemory:
+    """One earlier step-down of the child (from the router's durable per-child history)."""
+
+    transfer_id: str
+    council: str
+    at: datetime
+    team: str | None
+    social_worker: str | None
 
 
 @dataclass(frozen=True)
@@ -151,15 +422,29 @@ class Facts:
 
     source_state: RecordState | None = None
     leader_away: bool | None = None
+    #: the child's earlier step-downs, newest last (LU-9, NS-10)
+    history: tuple[StepDownMemory, ...] = ()
 
 
 @dataclass(frozen=True)
 class Route:
-    """Who receives the transfer, and which routing rules chose them."""
+    """Who receives the transfer, and which routing rules chose them.
 
-    role: Literal["support-leader", "team-manager", "default"]
+    ``role`` is the receiving role (``support-leader``, ``team-manager``, ``lead-professional``,
+    ``targeted-support-request``, ``contact``, ``referral``, ``default``); ``system`` the target
+    case system when the protocol chose it (SW22-7); ``team`` the receiving team (SW22-7,
+    LU-9); ``first_contact`` the social worker to call first (NS-10); ``urgent`` SW22-1;
+    ``withhold_documents`` BA-9 (the documents go only once a worker is allocated).
+    """
+
+    role: str
     locality: str | None
     rule_ids: list[str] = field(default_factory=list)
+    system: CaseSystem | None = None
+    team: str | None = None
+    first_contact: str | None = None
+    urgent: bool = False
+    withhold_documents: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,39 +476,196 @@ class Protocol:
             return nr.rule
         return None
 
+    def systems(self, direction: Direction) -> PathwaySystems | None:
+        return next((p for p in self.spec.pathway if p.direction is direction), None)
+
     def route(self, t: TransferMessage, facts: Facts) -> Route:
-        r = self.spec.routing
-        if r is None:
-            return Route(role="default", locality=t.child.locality)
-        if t.child.locality not in r.localities:
-            raise MappingError(f"{self.origin}: {r.rule}: locality is not one of {', '.join(r.localities)}")
-        role: Literal["support-leader", "team-manager"] = "team-manager" if facts.leader_away else "support-leader"
-        return Route(role=role, locality=t.child.locality, rule_ids=[r.rule])
+        """Apply the routing steps that apply, in file order; each may set part of the route."""
+        pathway = self.systems(t.pathway.direction)
+        r: dict[str, Any] = {
+            "role": "default",
+            "locality": t.child.locality,
+            "rule_ids": [],
+            "system": pathway.target if pathway else None,
+            "team": pathway.team if pathway else None,
+            "urgent": t.urgency is Urgency.URGENT,
+        }
+        for step in self.spec.route:
+            if not step.applies_to.matches(t):
+                continue
+            if self._step(step, t, facts, r):
+                r["rule_ids"].append(step.rule)
+        return Route(**r)
+
+    def _step(self, step: RouteStep, t: TransferMessage, facts: Facts, r: dict[str, Any]) -> bool:
+        """Apply one routing step to the route being built; whether it applied."""
+        if isinstance(step, LocalityRouting):
+            if t.child.locality not in step.localities:
+                raise MappingError(f"{self.origin}: {step.rule}: locality is not one of {', '.join(step.localities)}")
+            r["role"] = "team-manager" if facts.leader_away else "support-leader"
+            return True
+        if isinstance(step, OutcomeRouting):
+            table = next(x for x in self.spec.rule if isinstance(x, AssessmentOutcomeRule))
+            chosen = table.outcomes.get(t.assessment_outcome or "")
+            if chosen is None:
+                raise MappingError(f"{self.origin}: {step.rule}: the assessment outcome is not one of the protocol's")
+            r.update(system=chosen.target, team=chosen.team)
+            return True
+        if isinstance(step, LeadProfessionalRouting):
+            if t.professionals.lead_professional is None:
+                return False
+            r["role"] = "lead-professional"
+            return True
+        if isinstance(step, NoLeadProfessionalRouting):
+            if t.professionals.lead_professional is not None:
+                return False
+            r.update(role="targeted-support-request", withhold_documents=True)
+            return True
+        if isinstance(step, RecentStepDownRouting):
+            since = t.requested_at - timedelta(days=step.within_days)
+            recent = [h for h in facts.history if h.council == t.council.value and since <= h.at <= t.requested_at]
+            if not recent:
+                return False
+            last = recent[-1]
+            if last.team:
+                r["team"] = last.team
+            if last.social_worker:
+                r["first_contact"] = last.social_worker
+            return True
+        if isinstance(step, UrgentRouting):
+            if t.pathway.to_level not in step.to_levels and t.urgency is not Urgency.URGENT:
+                return False
+            r["urgent"] = True
+            return True
+        # ReferralEndorsement
+        d = t.management_decision
+        endorsed = d is not None and bool(d.rationale) and _has_role(d.decided_by.role, step.roles)
+        r["role"] = "referral" if endorsed else "contact"
+        return True
+
+    def keeps_open(self, t: TransferMessage) -> list[str]:
+        """Rule ids that keep the source record open after the handover (empty: close it)."""
+        return [k.rule for k in self.spec.keep_open if k.keeps(t)]
+
+    def closure(self, t: TransferMessage) -> ClosureRecord | None:
+        """The closure record the source system writes (first matching ``[[closure]]``)."""
+        for c in self.spec.closure:
+            if c.applies_to.matches(t):
+                lead = t.professionals.lead_professional if c.lead_professional else None
+                return ClosureRecord(reason=c.reason, lead_professional=lead, rule_ids=[c.rule])
+        return None
+
+    def notices(self, t: TransferMessage, on: str) -> list[Notice]:
+        return [n for n in self.spec.notice if n.on == on and n.applies_to.matches(t)]
 
     @property
     def rule_ids(self) -> list[str]:
-        ids = [r.id for r in self.spec.rule]
-        ids += [x.rule for x in (self.spec.routing, self.spec.no_record) if x is not None]
-        return ids
+        s = self.spec
+        ids = [r.id for r in s.rule]
+        ids += [x.rule for x in (*s.route, *s.keep_open, *s.closure, *s.notice)]
+        ids += [s.no_record.rule] if s.no_record else []
+        return list(dict.fromkeys(ids))
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+class _Lines:
+    """Where things are in a TOML file's raw text (tomllib keeps no positions)."""
+
+    _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(#.*)?$")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        #: (line number, table name, is array-of-tables)
+        self.headers: list[tuple[int, str, bool]] = []
+        for n, line in enumerate(self.lines, 1):
+            m = self._HEADER.match(line)
+            if m:
+                self.headers.append((n, m.group(1), line.lstrip().startswith("[[")))
+
+    def _block(self, table: str | None, index: int | None) -> tuple[int, int]:
+        """First and last line of a table (``None``: the top level before any header)."""
+        if table is None:
+            return 1, (self.headers[0][0] - 1 if self.headers else len(self.lines))
+        found = [h for h in self.headers if h[1] == table]
+        if not found:
+            return 1, len(self.lines)
+        start = found[min(index or 0, len(found) - 1)][0]
+        later = [h[0] for h in self.headers if h[0] > start]
+        return start, (later[0] - 1 if later else len(self.lines))
+
+    def of(self, loc: tuple[int | str, ...]) -> int:
+        """The line of a pydantic error location such as ``('rule', 3, 'documents', 0)``."""
+        table: str | None = None
+        index: int | None = None
+        rest = list(loc)
+        head = rest[0] if rest else None
+        if isinstance(head, str) and any(h[1] == head for h in self.headers):
+            table = head
+            rest.pop(0)
+            nxt = rest[0] if rest else None
+            if isinstance(nxt, int):
+                index = nxt
+                rest.pop(0)
+        first, last = self._block(table, index)
+        key = next((p for p in rest if isinstance(p, str)), None) if rest else (loc[0] if table is None else None)
+        if isinstance(key, str):
+            for n in range(first, last + 1):
+                m = self._KEY.match(self.lines[n - 1])
+                if m and m.group(1) == key:
+                    return n
+        return first
 
 
 def load_protocol(council_or_path: Council | str | Path) -> Protocol:
-    """Load and validate a protocol file; an error names the file and the rule."""
+    """Load and validate a protocol file; an error names the file, the line and the rule."""
     path = Path(council_or_path) if str(council_or_path).endswith(".toml") else PROTOCOL_DIR / f"{council_or_path}.toml"
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise MappingError(f"{path.name}: {exc}") from exc
     try:
         spec = ProtocolSpec.model_validate(raw)
     except ValidationError as exc:
+        lines = _Lines(text)
         problems = []
         for e in exc.errors(include_url=False, include_input=False):
-            loc = list(e["loc"])
+            loc = tuple(e["loc"])
+            if len(loc) >= 3 and loc[2] in CHECKS + _ROUTE_KINDS:  # the discriminated union's tag
+                loc = loc[:2] + loc[3:]
+            if e["type"] in ("union_tag_invalid", "union_tag_not_found") and loc:
+                loc = (*loc, "kind" if loc[0] == "route" else "check")
             where = ".".join(str(p) for p in loc)
-            if len(loc) >= 2 and loc[0] == "rule" and isinstance(loc[1], int):
-                rule_id = raw.get("rule", [{}])[loc[1]].get("id", "?")
-                where = f"rule {rule_id} (#{loc[1] + 1}): " + ".".join(str(p) for p in loc[2:])
-            problems.append(f"{where}: {e['msg']}")
+            if len(loc) >= 2 and isinstance(loc[0], str) and isinstance(loc[1], int):
+                entries = raw.get(loc[0], [])
+                entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else {}
+                name = entry.get("id") or entry.get("rule") or "?" if isinstance(entry, dict) else "?"
+                where = f"{loc[0]} {name} (#{loc[1] + 1}): " + ".".join(str(p) for p in loc[2:])
+            problems.append(f"line {lines.of(loc)}: {where}: {e['msg']}")
         raise MappingError(f"{path.name}: " + "; ".join(problems)) from exc
     return Protocol(spec=spec, origin=path.name)
+
+
+_ROUTE_KINDS = (
+    "locality-support-leader",
+    "assessment-outcome",
+    "lead-professional",
+    "no-lead-professional",
+    "recent-step-down",
+    "urgent",
+    "referral-endorsement",
+)
+
+
+def load_protocols(directory: Path = PROTOCOL_DIR) -> dict[Council, Protocol]:
+    """Every protocol file of a directory (by default, every council casebridge ships), one per council."""
+    protocols: dict[Council, Protocol] = {}
+    for path in sorted(directory.glob("*.toml")):
+        p = load_protocol(path)
+        if p.council in protocols:
+            raise MappingError(f"{path.name}: council {p.council.value!r} already has {protocols[p.council].origin}")
+        protocols[p.council] = p
+    return protocols

@@ -37,11 +37,12 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from connectors import Source, Target
 from contracts import AlertRaised, CaseSystem, Council, TransferRetryScheduled
-from mappings import Protocol, load_protocol
+from mappings import Protocol, load_protocols
 
+from ._history import ChildHistory
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at
-from .flow import Outcome, TransferFlow, event_id, peek_transfer_id
+from .flow import Outcome, TransferFlow, event_id, peek_transfer_id, urgent_first
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router")
@@ -135,7 +136,8 @@ class Router:
         by_child: dict[bytes | None, list[Record]] = defaultdict(list)
         for record in records:
             by_child[record.key].append(record)
-        await asyncio.gather(*(self._in_order(group, tier) for group in by_child.values()))
+        groups = sorted(by_child.values(), key=urgent_first)  # SW22-1: urgent referrals take the first slots
+        await asyncio.gather(*(self._in_order(group, tier) for group in groups))
         try:
             await self.outbox.flush()
         except OutputFailed as exc:
@@ -262,9 +264,11 @@ class Router:
         await ensure_topics(
             self.settings.bootstrap_servers,
             [t.transfers, t.events, t.dead_letter, t.parking, t.audit, *(t.retry(i) for i in range(len(self.tiers)))],
-            compacted=[t.retry_state],
+            compacted=[t.retry_state, t.history, t.pending_notices],
         )
         await self.retry_state.load(self.settings.bootstrap_servers, t.retry_state)
+        if self.flow.history is not None:
+            await self.flow.history.load(self.settings.bootstrap_servers, t.history)
         for connector in self._connectors():
             await connector.start()
         await self.outbox.start()
@@ -299,6 +303,15 @@ def build_router(
 ) -> Router:
     """A router for the given connectors; by default with every council protocol shipped in ``mappings``."""
     if protocols is None:
-        protocols = {Council.NORTH_SOMERSET: load_protocol(Council.NORTH_SOMERSET)}
-    flow = TransferFlow(protocols, targets, sources, settings.retry, settings.group_id)
+        protocols = load_protocols()
+    flow = TransferFlow(
+        protocols,
+        targets,
+        sources,
+        settings.retry,
+        settings.group_id,
+        ChildHistory(),
+        settings.topics.history,
+        settings.topics.pending_notices,
+    )
     return Router(settings, flow)

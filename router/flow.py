@@ -6,9 +6,11 @@
       3. ask the source whether its record is still open, and the target who is away
       4. check the council's protocol rules      -> held + dead letter (+ alert for NS-7)
       5. NS-14: nothing to send                  -> completed-no-record, source closed
-      6. route (NS-2), deliver to the target     -> delivered
-      7. the target confirms it holds it         -> acknowledged
-      8. only then close the source record       -> source-closed
+      6. route (NS-2, SW22-7, LU-9, SW22-1...)   -> delivered (to the system and team the protocol names)
+      7. the target confirms it holds it         -> acknowledged (+ LU-7 receipt notice)
+      8. only then close the source record       -> source-closed, with the protocol's closure record
+         or keep it open (SW26-3, BA-13, ...)    -> source-kept-open
+      9. a completed step-down is remembered per child (compacted topic) for LU-9 / NS-10
 
 Transient failures of a case system are retried here with backoff and jitter (tenacity);
 when retries run out, or on a permanent failure, the message is dead-lettered with the
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -38,8 +41,12 @@ from contracts import (
     AlertRaised,
     CaseSystem,
     Council,
+    Direction,
+    NoticeSent,
+    Professionals,
     RecordState,
     SourceClosed,
+    SourceKeptOpen,
     TransferAcknowledged,
     TransferCompletedNoRecord,
     TransferDeadLettered,
@@ -52,10 +59,12 @@ from contracts import (
     TransferValidated,
     field_errors,
 )
-from mappings import Facts, MappingError
+from mappings import Facts, MappingError, Route
 from mappings import Protocol as CouncilProtocol
 
+from ._history import ChildHistory
 from ._outbox import Failure
+from ._pending import PendingNotice
 from .settings import RetrySettings
 
 log = structlog.get_logger("casebridge.router")
@@ -97,12 +106,18 @@ class TransferFlow:
         sources: dict[CaseSystem, Source],
         retry: RetrySettings,
         group_id: str,
+        history: ChildHistory | None = None,
+        history_topic: str | None = None,
+        notices_topic: str | None = None,
     ) -> None:
         self.protocols = protocols
         self.targets = targets
         self.sources = sources
         self.retry = retry
         self.group_id = group_id
+        self.history = history
+        self.history_topic = history_topic
+        self.notices_topic = notices_topic
 
     async def run(self, record: ConsumerRecord[bytes, bytes], sink: Sink) -> Outcome:
         # 1. the contract
@@ -127,14 +142,21 @@ class TransferFlow:
 
         try:
             protocol = self._protocol(transfer)
-            target = self._target(p.to_system)
+            pathway = protocol.systems(p.direction)
+            if pathway is not None and pathway.source is not p.from_system:
+                raise MappingError(
+                    f"{protocol.origin}: the {p.direction.value} pathway starts on {pathway.source.value}, "
+                    f"not {p.from_system.value} (field pathway.from_system)"
+                )
+            target = self._target(pathway.target if pathway else p.to_system)
             source = self._source(p.from_system)
-            # 3. facts from the systems
+            # 3. facts from the systems (and the child's step-down history: LU-9, NS-10)
             source_state = await self._retrying(lambda: source.state(transfer))
             closed_by_us = source_state.closed_by_transfer == transfer.transfer_id
             facts = Facts(
                 source_state=RecordState.OPEN if closed_by_us else source_state.state,
                 leader_away=await self._retrying(lambda: target.leader_away(transfer.child.locality or "")),
+                history=self.history.lookup(transfer) if self.history is not None else (),
             )
             # 4. the council's protocol
             violations = protocol.check(transfer, facts)
@@ -168,30 +190,67 @@ class TransferFlow:
                 await emit(TransferCompletedNoRecord, rule_ids=[no_record_rule])
                 receipt = Receipt(p.to_system, "no-record", created=False, acknowledged=True)
             else:
-                # 6. route and deliver
+                # 6. route (NS-2, SW22-7, LU-9, SW22-1, ...) and deliver
                 route = protocol.route(transfer, facts)
-                receipt = await self._retrying(lambda: target.deliver(transfer, route))
+                if route.system is not None:
+                    target = self._target(route.system)
+                # BA-9 / G4: until a worker is allocated, the request goes without the case documents
+                outgoing = transfer.model_copy(update={"documents": []}) if route.withhold_documents else transfer
+                receipt = await self._retrying(lambda: target.deliver(outgoing, route))
                 await emit(
                     TransferDelivered,
                     target_system=receipt.system,
                     target_reference=receipt.reference,
                     assigned_role=route.role,
                     rule_ids=route.rule_ids,
+                    team=route.team,
+                    urgent=route.urgent,
                 )
 
                 # 7. the target's acknowledgement
                 async def confirmed() -> Receipt:
                     confirmation = await target.confirm(transfer)
                     if not confirmation.acknowledged:
-                        raise _NotAcknowledged(f"{p.to_system.value} does not confirm it holds the transfer")
+                        raise _NotAcknowledged(f"{target.system.value} does not confirm it holds the transfer")
                     return confirmation
 
                 receipt = await self._retrying(confirmed)
                 await emit(TransferAcknowledged, target_system=receipt.system, target_reference=receipt.reference)
+                # LU-7: the receipt notice to the social worker and manager
+                for notice in protocol.notices(transfer, "acknowledged"):
+                    sw = transfer.professionals.social_worker  # the notice goes to the sending team's mailbox
+                    team = sw.organisation if sw and sw.organisation else route.team
+                    await self._notify(notice.channel, _notice_of(transfer, notice.to), notice.rule, team)
+                    await emit(
+                        NoticeSent,
+                        notice="receipt",
+                        channel=notice.channel,
+                        recipients=notice.to,
+                        rule_ids=[notice.rule],
+                    )
 
-            # 8. only now: close the source record
-            closed_ref = await self._retrying(lambda: source.close(transfer, receipt))
-            await emit(SourceClosed, source_system=p.from_system, source_reference=closed_ref)
+                # LU-7: the allocation notice is sent later, when the transfer is allocated (router/notices.py)
+                send = getattr(sink, "send", None)
+                for notice in protocol.notices(transfer, "allocated"):
+                    if send is not None and self.notices_topic:
+                        pending = PendingNotice(
+                            notice.rule, notice.channel, [str(r) for r in notice.to], _notice_of(transfer, notice.to)
+                        )
+                        await send(self.notices_topic, transfer.transfer_id.encode(), pending.encode(), [])
+
+            # 8. only now: close the source record, or keep it open where the protocol says so
+            kept_open = protocol.keeps_open(transfer)
+            if kept_open:
+                await emit(SourceKeptOpen, source_system=p.from_system, rule_ids=kept_open)
+            else:
+                closing = transfer.model_copy(update={"closure": protocol.closure(transfer)})
+                closed_ref = await self._retrying(lambda: source.close(closing, receipt))
+                await emit(SourceClosed, source_system=p.from_system, source_reference=closed_ref)
+            if p.direction is Direction.STEP_DOWN and self.history is not None:
+                send = getattr(sink, "send", None)
+                for key, value in self.history.remember(transfer):
+                    if send is not None and self.history_topic:
+                        await send(self.history_topic, key, value, [])
             log.info("transfer_completed", transfer_id=transfer.transfer_id)
             return Outcome("completed", transfer.transfer_id)
         except (CasebridgeError, MappingError) as exc:
@@ -245,6 +304,11 @@ class TransferFlow:
         if system not in self.sources:
             raise _NoRoute(f"no source connector is configured for {system.value!r}")
         return self.sources[system]
+
+    async def _notify(self, channel: CaseSystem, notice: TransferMessage, rule: str, team: str | None) -> None:
+        target = self._target(channel)
+        route = Route(role="notice-receipt", locality=None, rule_ids=[rule], team=team)
+        await self._retrying(lambda: target.deliver(notice, route))
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retry transient failures (tenacity: exponential backoff with jitter, bounded attempts and time).
@@ -366,6 +430,30 @@ class _Emitter:
             **fields,
         )
         await self.sink.emit(event)
+
+
+def _notice_of(transfer: TransferMessage, roles: Sequence[str]) -> TransferMessage:
+    """A notice carries who it is about and to whom, never the case documents (G4)."""
+    manager = transfer.management_decision.decided_by if transfer.management_decision else None
+    sw = transfer.professionals.social_worker if "social_worker" in roles else None
+    return transfer.model_copy(
+        update={
+            "transfer_id": f"{transfer.transfer_id}-notice-receipt",
+            "documents": [],
+            "professionals": Professionals(social_worker=sw, lead_professional=manager if "manager" in roles else None),
+        }
+    )
+
+
+_URGENT = re.compile(rb'"urgency"\s*:\s*"urgent"|"to_level"\s*:\s*"child-protection-s47"')
+
+
+def urgent_first(records: list[ConsumerRecord[bytes, bytes]]) -> int:
+    """Sort key for a child's records in a batch: 0 when any is urgent or a s.47 step-up (SW22-1), else 1.
+
+    A byte search, not a parse: the contract is checked later, in the flow; this only orders.
+    """
+    return 0 if any(r.value and _URGENT.search(r.value) for r in records) else 1
 
 
 def event_id(base: str, kind: str) -> str:

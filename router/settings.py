@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts import Council
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -37,6 +39,16 @@ class Topics:
     def retry_state(self) -> str:
         """Compacted: which children have transfers waiting in a retry tier (keeps per-child order)."""
         return f"{self.prefix}.retry-state"
+
+    @property
+    def history(self) -> str:
+        """Compacted: each child's recent step-downs, keyed by identifier (LU-9, NS-10)."""
+        return f"{self.prefix}.child-history"
+
+    @property
+    def pending_notices(self) -> str:
+        """Compacted: notices due when a transfer is allocated (LU-7), keyed by transfer id; tombstoned once sent."""
+        return f"{self.prefix}.pending-notices"
 
     @property
     def parking(self) -> str:
@@ -74,6 +86,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     concurrency: int = Field(default=32, ge=1, le=1_000)
     retry: RetrySettings = RetrySettings()
+    #: the council whose case systems this deployment reads (its protocol applies to what they publish)
+    council: Council = Council.NORTH_SOMERSET
     lcs: CaseSystemSettings | None = None
     ehm: CaseSystemSettings | None = None
 

@@ -46,6 +46,10 @@ __all__ = [
     "CaseNoteIn",
     "Episode",
     "EpisodeCloseIn",
+    "EpisodeIn",
+    "StepUpFeed",
+    "StepUpIn",
+    "StepUpRequest",
     "LocalityList",
     "StaffDirectory",
     "SupportLeader",
@@ -63,6 +67,7 @@ logger = logging.getLogger("sandboxes.ehm")
 TRAY_PREFIX = "TRAY-"
 EPISODE_PREFIX = "EHM-EP-"
 NOTE_PREFIX = "NOTE-"
+STEPUP_PREFIX = "SUR-"
 
 # Seeded staff directory: obviously fictional names (never the seeds' real staff).
 # locality -> (support leader id, name, team manager id, name)
@@ -137,7 +142,8 @@ class TrayItemIn(StrictModel):
     assigned_to: AssignedTo
     meeting_notes: LongText = Field(description="required: NS-8")
     plan: LongText = Field(description="required: NS-8")
-    support_leader: Text
+    support_leader: Text | None = None
+    lead_professional: Text | None = None
     family_support_worker: Text | None = None
     source_reference: Text
     received_from: Text
@@ -171,6 +177,7 @@ class AllocateIn(StrictModel):
 class CaseNoteIn(StrictModel):
     text: LongText
     author: Text
+    transfer_id: Text | None = Field(default=None, description="a note written for a transfer is written once")
 
 
 class CaseNote(StrictModel):
@@ -185,19 +192,76 @@ class Episode(StrictModel):
     episode_id: str
     child: TrayChild
     status: EpisodeStatus
-    transfer_id: str
-    tray_item_id: str
+    transfer_id: str | None
+    tray_item_id: str | None
     family_support_worker: str
     opened_at: datetime
     closed_at: datetime | None = None
     closed_by: str | None = None
     closure_reason: str | None = None
+    closure_transfer_id: str | None = None
     case_notes: list[CaseNote]
 
 
 class EpisodeCloseIn(StrictModel):
     closed_by: Text
     reason: Text
+    transfer_id: Text | None = None
+
+
+class StepUpConsent(StrictModel):
+    given_by: Text
+    given_on: date
+    scope: list[Text]
+
+
+class StepUpExemption(StrictModel):
+    """Consent not sought: significant harm may be met (NS-11), decided by a named manager."""
+
+    decided_by: Text
+    decided_by_role: Text
+    decided_on: date
+
+
+class StepUpDecision(StrictModel):
+    decided_by: Text
+    role: Text
+    forum: Text | None = None
+    rationale: LongText
+    decided_on: date
+
+
+class StepUpIn(StrictModel):
+    """The Step-Up request form on an early-help episode (NS-9: with the case notes)."""
+
+    step_up_form: LongText | None = None
+    case_notes: LongText | None = None
+    to_level: Literal["child_in_need", "child_protection"]
+    urgent: bool = False
+    consent: StepUpConsent | None = None
+    consent_exemption: StepUpExemption | None = None
+    management_decision: StepUpDecision | None = None
+    requested_by: Text
+
+
+class StepUpRequest(StepUpIn):
+    request_id: str
+    episode_id: str
+    seq: int
+    created_at: datetime
+
+
+class StepUpFeed(StrictModel):
+    requests: list[StepUpRequest]
+    last_seq: int
+    has_more: bool
+
+
+class EpisodeIn(StrictModel):
+    """An early-help case opened on EHM directly (not from the Step-Down tray)."""
+
+    child: TrayChild
+    family_support_worker: Text
 
 
 class Allocation(StrictModel):
@@ -239,21 +303,29 @@ CREATE TABLE IF NOT EXISTS tray_items (
 );
 CREATE TABLE IF NOT EXISTS episodes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    tray_item_id INTEGER NOT NULL REFERENCES tray_items(id),
-    transfer_id TEXT NOT NULL,
+    tray_item_id INTEGER REFERENCES tray_items(id),
+    transfer_id TEXT,
     child TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'open',
     family_support_worker TEXT NOT NULL,
     opened_at TEXT NOT NULL,
     closed_at TEXT,
     closed_by TEXT,
-    closure_reason TEXT
+    closure_reason TEXT,
+    closure_transfer_id TEXT
 );
 CREATE TABLE IF NOT EXISTS case_notes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     episode_id INTEGER NOT NULL REFERENCES episodes(id),
+    transfer_id TEXT,
     text TEXT NOT NULL,
     author TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stepup_requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    episode_id INTEGER NOT NULL REFERENCES episodes(id),
+    data TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS allocations (
@@ -341,12 +413,13 @@ def _episode(conn: sqlite3.Connection, row: sqlite3.Row) -> Episode:
         child=TrayChild.model_validate_json(row["child"]),
         status=row["status"],
         transfer_id=row["transfer_id"],
-        tray_item_id=f"{TRAY_PREFIX}{row['tray_item_id']}",
+        tray_item_id=f"{TRAY_PREFIX}{row['tray_item_id']}" if row["tray_item_id"] is not None else None,
         family_support_worker=row["family_support_worker"],
         opened_at=row["opened_at"],
         closed_at=row["closed_at"],
         closed_by=row["closed_by"],
         closure_reason=row["closure_reason"],
+        closure_transfer_id=row["closure_transfer_id"],
         case_notes=[_case_note(n) for n in notes],
     )
 
@@ -523,6 +596,55 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     # -- episodes
 
+    @api.post("/episodes", status_code=201)
+    def open_episode(body: EpisodeIn) -> Episode:
+        with db.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO episodes (tray_item_id, transfer_id, child, family_support_worker, opened_at)"
+                " VALUES (NULL, NULL, ?, ?, ?)",
+                (dump_json(body.child), body.family_support_worker, clock().isoformat()),
+            )
+            row = conn.execute("SELECT * FROM episodes WHERE id = ?", (cur.lastrowid,)).fetchone()
+            episode = _episode(conn, row)
+        logger.info("episode opened episode_id=%s", episode.episode_id)
+        return episode
+
+    def _stepup(row: sqlite3.Row) -> StepUpRequest:
+        return StepUpRequest(
+            **StepUpIn.model_validate_json(row["data"]).model_dump(),
+            request_id=f"{STEPUP_PREFIX}{row['seq']}",
+            episode_id=f"{EPISODE_PREFIX}{row['episode_id']}",
+            seq=row["seq"],
+            created_at=row["created_at"],
+        )
+
+    @api.post("/episodes/{episode_id}/stepup-requests", status_code=201)
+    def request_stepup(episode_id: str, body: StepUpIn) -> StepUpRequest:
+        with db.transaction() as conn:
+            episode = _episode_row(conn, episode_id)
+            if episode["status"] == "closed":
+                raise SandboxError(409, "episode_closed", episode_id=episode_id)
+            cur = conn.execute(
+                "INSERT INTO stepup_requests (episode_id, data, created_at) VALUES (?, ?, ?)",
+                (episode["id"], dump_json(body), clock().isoformat()),
+            )
+            row = conn.execute("SELECT * FROM stepup_requests WHERE seq = ?", (cur.lastrowid,)).fetchone()
+        logger.info("step-up requested request_id=%s%s", STEPUP_PREFIX, row["seq"])
+        return _stepup(row)
+
+    @api.get("/stepup-requests")
+    def stepup_feed(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> StepUpFeed:
+        """Step-up requests in order, resumable from a cursor (the step-up publisher reads this)."""
+        with db.read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM stepup_requests WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit + 1)
+            ).fetchall()
+        page = [_stepup(r) for r in rows[:limit]]
+        return StepUpFeed(requests=page, last_seq=page[-1].seq if page else after, has_more=len(rows) > limit)
+
     @api.get("/episodes/{episode_id}")
     def get_episode(episode_id: str) -> Episode:
         with db.read() as conn:
@@ -532,11 +654,18 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
     def add_case_note(episode_id: str, body: CaseNoteIn) -> CaseNote:
         with db.transaction() as conn:
             episode = _episode_row(conn, episode_id)
+            if body.transfer_id is not None:
+                note = conn.execute(
+                    "SELECT * FROM case_notes WHERE episode_id = ? AND transfer_id = ?",
+                    (episode["id"], body.transfer_id),
+                ).fetchone()
+                if note is not None:
+                    return _case_note(note)
             if episode["status"] == "closed":
                 raise SandboxError(409, "episode_closed", episode_id=episode_id)
             cur = conn.execute(
-                "INSERT INTO case_notes (episode_id, text, author, created_at) VALUES (?, ?, ?, ?)",
-                (episode["id"], body.text, body.author, clock().isoformat()),
+                "INSERT INTO case_notes (episode_id, transfer_id, text, author, created_at) VALUES (?, ?, ?, ?, ?)",
+                (episode["id"], body.transfer_id, body.text, body.author, clock().isoformat()),
             )
             note = conn.execute("SELECT * FROM case_notes WHERE id = ?", (cur.lastrowid,)).fetchone()
         logger.info("case note added episode_id=%s", episode_id)
@@ -547,10 +676,13 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
         with db.transaction() as conn:
             row = _episode_row(conn, episode_id)
             if row["status"] == "closed":
+                if body.transfer_id is not None and row["closure_transfer_id"] == body.transfer_id:
+                    return _episode(conn, row)
                 raise SandboxError(409, "episode_already_closed", episode_id=episode_id)
             conn.execute(
-                "UPDATE episodes SET status = 'closed', closed_at = ?, closed_by = ?, closure_reason = ? WHERE id = ?",
-                (clock().isoformat(), body.closed_by, body.reason, row["id"]),
+                "UPDATE episodes SET status = 'closed', closed_at = ?, closed_by = ?, closure_reason = ?,"
+                " closure_transfer_id = ? WHERE id = ?",
+                (clock().isoformat(), body.closed_by, body.reason, body.transfer_id, row["id"]),
             )
             episode = _episode(conn, _episode_row(conn, episode_id))
         logger.info("episode closed episode_id=%s", episode_id)

@@ -5,6 +5,10 @@ ordered change feed a connector can resume from a cursor. Vendor behaviour from
 the North Somerset protocol is enforced: a closed record cannot be stepped down
 (NS-7).
 
+Step-ups arrive at the Front Door as Contacts (``PUT /api/contacts/{transfer_id}``,
+idempotent on the transfer id); a contact endorsed by the Duty Manager is a Referral
+(SW26-1); the Front Door's queue lists urgent contacts first (SW22-1).
+
 Run it: ``casebridge sandbox lcs --db lcs.sqlite3 --token T --port 8101``.
 """
 
@@ -16,7 +20,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query, Response
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator
 
 from sandboxes._common import (
@@ -34,6 +38,11 @@ from sandboxes._common import (
 
 __all__ = [
     "CHANGE_KINDS",
+    "Contact",
+    "ContactChild",
+    "ContactIn",
+    "ContactList",
+    "ContactPutResult",
     "Change",
     "ChangeFeed",
     "Child",
@@ -55,6 +64,7 @@ logger = logging.getLogger("sandboxes.lcs")
 
 CHILD_PREFIX = "LCS-"
 REQUEST_PREFIX = "SDR-"
+CONTACT_PREFIX = "CON-"
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
@@ -194,6 +204,47 @@ class ChangeFeed(StrictModel):
     has_more: bool
 
 
+class ContactChild(StrictModel):
+    given_name: Text
+    family_name: Text
+    date_of_birth: date
+    source_id: Text
+    nhs_number: str | None = Field(default=None, pattern=r"^[0-9]{10}$")
+    locality: Text | None = None
+
+
+class ContactIn(StrictModel):
+    """A step-up arriving at the Front Door (NS-9: with the Step-Up form and case notes)."""
+
+    child: ContactChild
+    stage: Literal["contact", "referral"]
+    urgent: bool = False
+    team: Text | None = None
+    first_contact: Text | None = Field(default=None, description="NS-10: the recent social worker to call first")
+    endorsed_by: Text | None = Field(default=None, description="SW26-1: the Duty Manager's referral endorsement")
+    documents: dict[str, LongText] = Field(default_factory=dict)
+    consent_exemption_by: Text | None = None
+    source_reference: Text
+    received_from: Text
+
+
+class ContactPutResult(StrictModel):
+    contact_id: str
+    transfer_id: str
+    created: bool
+
+
+class Contact(ContactIn):
+    contact_id: str
+    transfer_id: str
+    status: Literal["received"]
+    received_at: datetime
+
+
+class ContactList(StrictModel):
+    contacts: list[Contact]
+
+
 # ---------------------------------------------------------------------------- storage
 
 SCHEMA = """
@@ -221,6 +272,13 @@ CREATE TABLE IF NOT EXISTS stepdown_requests (
     cancel_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS stepdown_requests_child ON stepdown_requests(child_id);
+CREATE TABLE IF NOT EXISTS contacts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    transfer_id TEXT NOT NULL UNIQUE,
+    data TEXT NOT NULL,
+    urgent INTEGER NOT NULL DEFAULT 0,
+    received_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -467,6 +525,51 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
             row = _request_row(conn, request_id)
         logger.info("stepdown cancelled request_id=%s", request_id)
         return _request_from_row(row)
+
+    # -- the Front Door: step-ups arrive as contacts
+
+    def _contact(row: sqlite3.Row) -> Contact:
+        base = ContactIn.model_validate_json(row["data"])
+        return Contact(
+            **base.model_dump(),
+            contact_id=f"{CONTACT_PREFIX}{row['id']}",
+            transfer_id=row["transfer_id"],
+            status="received",
+            received_at=row["received_at"],
+        )
+
+    @api.put("/contacts/{transfer_id}", status_code=201)
+    def put_contact(transfer_id: str, body: ContactIn, response: Response) -> ContactPutResult:
+        with db.transaction() as conn:
+            row = conn.execute("SELECT * FROM contacts WHERE transfer_id = ?", (transfer_id,)).fetchone()
+            created = row is None
+            if created:
+                conn.execute(
+                    "INSERT INTO contacts (transfer_id, data, urgent, received_at) VALUES (?, ?, ?, ?)",
+                    (transfer_id, dump_json(body), int(body.urgent), clock().isoformat()),
+                )
+                row = conn.execute("SELECT * FROM contacts WHERE transfer_id = ?", (transfer_id,)).fetchone()
+        if not created:
+            response.status_code = 200
+        logger.info(
+            "contact %s contact_id=%s%s", "created" if created else "already present", CONTACT_PREFIX, row["id"]
+        )
+        return ContactPutResult(contact_id=f"{CONTACT_PREFIX}{row['id']}", transfer_id=transfer_id, created=created)
+
+    @api.get("/contacts")
+    def list_contacts() -> ContactList:
+        """The Front Door's queue: urgent contacts first (SW22-1), then in order of arrival."""
+        with db.read() as conn:
+            rows = conn.execute("SELECT * FROM contacts ORDER BY urgent DESC, id").fetchall()
+        return ContactList(contacts=[_contact(r) for r in rows])
+
+    @api.get("/contacts/{transfer_id}")
+    def get_contact(transfer_id: str) -> Contact:
+        with db.read() as conn:
+            row = conn.execute("SELECT * FROM contacts WHERE transfer_id = ?", (transfer_id,)).fetchone()
+        if row is None:
+            raise SandboxError(404, "contact_not_found", transfer_id=transfer_id)
+        return _contact(row)
 
     @api.get("/changes")
     def changes(

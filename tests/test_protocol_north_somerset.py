@@ -109,5 +109,5 @@ def test_protocol_file_errors_name_the_file_and_the_rule(tmp_path: Any) -> None:
         'id = "x"\ncouncil = "north-somerset"\nseed = "004"\n'
         '[[rule]]\nid = "NS-6"\ncheck = "documents"\ndocuments = ["napkin"]\nmessage = "m"\nfix = "f"\n'
     )
-    with pytest.raises(MappingError, match=r"bad\.toml: rule NS-6 \(#1\): documents"):
+    with pytest.raises(MappingError, match=r"bad\.toml: line 7: rule NS-6 \(#1\): documents"):
         load_protocol(bad)

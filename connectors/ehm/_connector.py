@@ -3,10 +3,11 @@ from __future__ import annotations
 import uuid
 from typing import Any, ClassVar
 
-from contracts import CaseSystem, TransferAllocated, TransferMessage
+from contracts import CaseSystem, RecordState, TransferAllocated, TransferMessage
 from mappings import Route, load_mapping
 
-from .._base import Receipt, Target
+from .._base import Receipt, Source, SourceState, Target
+from .._errors import TargetRefused
 from .._http import HttpConnection
 
 _TRAY = load_mapping("ehm-stepdown-tray")
@@ -14,8 +15,39 @@ _ROLE_KEY = {"support-leader": "support_leader", "team-manager": "team_manager"}
 _EVENT_NS = uuid.UUID("0b8e8a7e-2f0c-4a43-8d7c-4f1f9a3e5b21")
 
 
-class EhmConnector(HttpConnection, Target):
+class EhmConnector(HttpConnection, Target, Source):
+    """EHM as the Step-Down tray target, and as the source of step-ups (an early-help episode)."""
+
     system: ClassVar[CaseSystem] = CaseSystem.EHM
+
+    async def state(self, transfer: TransferMessage) -> SourceState:
+        """The early-help episode a step-up comes from (``source_record.record_id`` is its episode id)."""
+        episode = (await self.http.request("GET", f"/api/episodes/{transfer.source_record.record_id}")).json()
+        return SourceState(RecordState(episode["status"]), closed_by_transfer=episode.get("closure_transfer_id"))
+
+    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
+        """NS-12: a case note saying recording moves to LCS, then the episode closes; both idempotent."""
+        episode_id = transfer.source_record.record_id
+        reason = transfer.closure.reason if transfer.closure else "Stepped up to social care"
+        await self.http.request(
+            "POST",
+            f"/api/episodes/{episode_id}/case-notes",
+            json={
+                "text": f"{reason} (contact {receipt.reference}).",
+                "author": "casebridge",
+                "transfer_id": transfer.transfer_id,
+            },
+        )
+        try:
+            await self.http.request(
+                "POST",
+                f"/api/episodes/{episode_id}/close",
+                json={"closed_by": "casebridge", "reason": reason, "transfer_id": transfer.transfer_id},
+            )
+        except TargetRefused as exc:
+            if exc.status != 409 or (await self.state(transfer)).closed_by_transfer != transfer.transfer_id:
+                raise
+        return episode_id
 
     async def _staff(self, locality: str) -> dict[str, Any]:
         staff: dict[str, Any] = (await self.http.request("GET", f"/api/localities/{locality}/staff")).json()
@@ -28,9 +60,12 @@ class EhmConnector(HttpConnection, Target):
 
     async def deliver(self, transfer: TransferMessage, route: Route) -> Receipt:
         assignee: dict[str, Any] = {"id": "UNASSIGNED", "name": "Step-Down tray", "role": "tray"}
+        lead = transfer.professionals.lead_professional
         if route.locality and route.role in _ROLE_KEY:
             person = (await self._staff(route.locality))[_ROLE_KEY[route.role]]
             assignee = {"id": person["id"], "name": person["name"], "role": route.role}
+        elif route.role == "lead-professional" and lead is not None:  # SW26-7: the named Lead Practitioner
+            assignee = {"id": "LEAD-PRACTITIONER", "name": lead.name, "role": route.role}
         source = {
             "transfer": transfer.model_dump(mode="json"),
             "documents": {d.type.value: d.content for d in transfer.documents if d.content is not None},
@@ -44,6 +79,15 @@ class EhmConnector(HttpConnection, Target):
         item = (await self.http.request("GET", f"/api/stepdown-tray/{transfer.transfer_id}")).json()
         held = item.get("status") in ("in_tray", "allocated")
         return Receipt(self.system, item["tray_item_id"], created=False, acknowledged=held)
+
+    async def episode(self, episode_id: str) -> dict[str, Any]:
+        episode: dict[str, Any] = (await self.http.request("GET", f"/api/episodes/{episode_id}")).json()
+        return episode
+
+    async def stepup_requests(self, after: int) -> tuple[list[dict[str, Any]], int]:
+        """One page of EHM's Step-Up requests after the cursor, and the next cursor."""
+        feed = (await self.http.request("GET", "/api/stepup-requests", params={"after": after, "limit": 500})).json()
+        return list(feed["requests"]), int(feed["last_seq"])
 
     async def allocations(self, after: int) -> tuple[list[dict[str, Any]], int]:
         """One page of EHM's allocation feed after the cursor, and the next cursor."""

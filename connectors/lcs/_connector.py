@@ -1,19 +1,41 @@
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 from contracts import CaseSystem, RecordState, TransferMessage
+from mappings import Route, load_mapping
 
-from .._base import Receipt, Source, SourceState
+from .._base import Receipt, Source, SourceState, Target
 from .._errors import TargetRefused
 from .._http import HttpConnection
 
 CLOSURE_REASON = "Stepped down to early help (EHM)"
 CLOSED_BY = "casebridge"
+_CONTACT = load_mapping("lcs-contact")
 
 
-class LcsConnector(HttpConnection, Source):
+class LcsConnector(HttpConnection, Source, Target):
+    """LCS as the source of step-downs (state, close) and the Front Door target of step-ups (contacts)."""
+
     system: ClassVar[CaseSystem] = CaseSystem.LCS
+
+    async def deliver(self, transfer: TransferMessage, route: Route) -> Receipt:
+        """A step-up becomes a Front Door contact (a referral when the Duty Manager endorsed it: SW26-1)."""
+        decision = transfer.management_decision
+        source = {
+            "transfer": transfer.model_dump(mode="json"),
+            "documents": {d.type.value: d.content for d in transfer.documents if d.content is not None},
+            "route": asdict(route),
+            "endorsed_by": decision.decided_by.role if decision and route.role == "referral" else None,
+        }
+        body = _CONTACT.apply(source)
+        answer = (await self.http.request("PUT", f"/api/contacts/{transfer.transfer_id}", json=body)).json()
+        return Receipt(self.system, answer["contact_id"], created=bool(answer["created"]))
+
+    async def confirm(self, transfer: TransferMessage) -> Receipt:
+        contact = (await self.http.request("GET", f"/api/contacts/{transfer.transfer_id}")).json()
+        return Receipt(self.system, contact["contact_id"], created=False, acknowledged=contact["status"] == "received")
 
     async def child(self, child_id: str) -> dict[str, Any]:
         child: dict[str, Any] = (await self.http.request("GET", f"/api/children/{child_id}")).json()
@@ -48,7 +70,11 @@ class LcsConnector(HttpConnection, Source):
             await self.http.request(
                 "POST",
                 f"/api/children/{record_id}/close",
-                json={"reason": CLOSURE_REASON, "closed_by": CLOSED_BY, "transfer_id": transfer.transfer_id},
+                json={
+                    "reason": transfer.closure.reason if transfer.closure else CLOSURE_REASON,
+                    "closed_by": CLOSED_BY,
+                    "transfer_id": transfer.transfer_id,
+                },
             )
         except TargetRefused as exc:
             if exc.status != 409 or (await self.state(transfer)).closed_by_transfer != transfer.transfer_id:
