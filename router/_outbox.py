@@ -114,7 +114,9 @@ class Outbox:
     async def emit(self, event: TransferEvent) -> None:
         """Queue an event (keyed by transfer id); sent and acknowledged at the next ``flush()``."""
         key = (event.transfer_id or event.event_id).encode()
-        self._events.append((key, event.model_dump_json().encode(), [("event_type", event.event_type.encode())]))
+        # the model's own serializer straight to bytes: model_dump_json() to the byte, without the str round trip
+        value = event.__pydantic_serializer__.to_json(event)
+        self._events.append((key, value, [("event_type", event.event_type.encode())]))
         if len(self._events) >= EVENT_CHUNK:  # on their way while the batch is still processed
             events, self._events = self._events, []
             try:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
+import contracts
 from bench._workload import Workload
+from contracts import CaseSystem, Council, Direction, ServiceLevel
 from router import app
+from router._outbox import Outbox
 from router.flow import peek_transfer_id
 
 _PEEK_CASES: list[bytes | None] = [
@@ -53,3 +58,45 @@ def test_perf_peek_transfer_id_on_whole_transfers() -> None:
     for seq in range(0, 200, 7):
         raw = json.dumps(workload.document(seq)).encode()
         assert app.peek_transfer_id(raw) == peek_transfer_id(raw) is not None
+
+
+def _every_event() -> list[Any]:
+    now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    common: dict[str, Any] = {
+        "event_id": "e-1",
+        "transfer_id": "t-1",
+        "correlation_id": "c-1",
+        "council": Council.NORTH_SOMERSET,
+        "occurred_at": now,
+    }
+    return [
+        contracts.TransferRequested(
+            **common,
+            direction=Direction.STEP_DOWN,
+            from_level=ServiceLevel.CHILD_IN_NEED,
+            to_level=ServiceLevel.EARLY_HELP,
+            from_system=CaseSystem.LCS,
+            to_system=CaseSystem.EHM,
+        ),
+        contracts.TransferValidated(**common),
+        contracts.TransferDelivered(
+            **common, target_system=CaseSystem.EHM, target_reference="ehm-1", assigned_role="lead", rule_ids=["NS-2"]
+        ),
+        contracts.TransferAcknowledged(**common, target_system=CaseSystem.EHM, target_reference="ehm-1"),
+        contracts.SourceClosed(**common, source_system=CaseSystem.LCS, source_reference="lcs-1"),
+        contracts.TransferRetryScheduled(**common, tier=0, due_at=now, attempts=2, error_class="TransientError"),
+        contracts.AlertRaised(**common, severity="warning", summary="target unavailable"),
+    ]
+
+
+async def test_perf_events_are_queued_as_the_bytes_model_dump_json_gives() -> None:
+    """The outbox serialises with the model's serializer: the same bytes as model_dump_json(), valid events."""
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")  # never started: emit only queues
+    events = _every_event()
+    for event in events:
+        await outbox.emit(event)
+    queued = outbox._events
+    assert [value for _, value, _ in queued] == [e.model_dump_json().encode() for e in events]
+    assert [contracts.parse_event(value) for _, value, _ in queued] == events
+    assert [headers for _, _, headers in queued] == [[("event_type", e.event_type.encode())] for e in events]
+    await outbox.stop()
