@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 import contracts
 from bench._workload import Workload
@@ -100,3 +102,34 @@ async def test_perf_events_are_queued_as_the_bytes_model_dump_json_gives() -> No
     assert [contracts.parse_event(value) for _, value, _ in queued] == events
     assert [headers for _, _, headers in queued] == [[("event_type", e.event_type.encode())] for e in events]
     await outbox.stop()
+
+
+class _RecordingProducer:
+    """Stands in for AIOKafkaProducer's send side: keeps the batches handed to send_batch."""
+
+    def __init__(self, real: AIOKafkaProducer) -> None:
+        self.create_batch = real.create_batch  # aiokafka's own batch builder (needs no broker)
+        self.batches: list[tuple[Any, int]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[object]:
+        self.batches.append((batch, partition))
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def test_perf_event_batches_are_closed_so_the_producer_sends_them_without_lingering() -> None:
+    """Every event batch handed to the producer is closed (aiokafka then sends it at once, not after linger_ms)."""
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
+    await outbox.stop()
+    producer = _RecordingProducer(outbox._producer)
+    outbox._producer = cast(Any, producer)
+    for event in _every_event():
+        await outbox.emit(event)
+    await outbox.flush()
+    assert producer.batches
+    assert all(batch.closed() for batch, _ in producer.batches)
+    assert sum(batch.record_count() for batch, _ in producer.batches) == len(_every_event())
