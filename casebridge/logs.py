@@ -9,6 +9,7 @@ NHS numbers, UPNs and postcodes inside any string (exception texts, library line
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -66,9 +67,14 @@ _PERSONAL_PATTERNS = re.compile(
 RUN_ID = f"run-{uuid.uuid4().hex[:12]}"
 
 
+#: values that cannot hold personal data (no string inside): left as they are without a look
+_SCALARS = (int, float, bool, type(None))
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _PERSONAL_PATTERNS.sub(REDACTED, value)
+        # most strings hold nothing to mask: a search (no match) is cheaper than a sub that copies
+        return _PERSONAL_PATTERNS.sub(REDACTED, value) if _PERSONAL_PATTERNS.search(value) else value
     if isinstance(value, dict):
         return {k: REDACTED if k in PERSONAL_KEYS else _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -78,12 +84,31 @@ def _scrub(value: Any) -> Any:
 
 def redact_personal_data(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: personal-data keys never reach a log line."""
-    for key in list(event_dict):
+    for key, value in event_dict.items():  # values are replaced in place: the keys do not change
         if key in PERSONAL_KEYS:
             event_dict[key] = REDACTED
-        else:
-            event_dict[key] = _scrub(event_dict[key])
+        elif type(value) is str:  # the common case first (ids, names of events): a single search
+            if _PERSONAL_PATTERNS.search(value):
+                event_dict[key] = _PERSONAL_PATTERNS.sub(REDACTED, value)
+        elif not isinstance(value, _SCALARS):
+            event_dict[key] = _scrub(value)
     return event_dict
+
+
+def _json_fallback(obj: Any) -> Any:
+    """What structlog's JSONRenderer does for a value JSON cannot hold: ``__structlog__()``, else ``repr``."""
+    try:
+        return obj.__structlog__()
+    except AttributeError:
+        return repr(obj)
+
+
+#: one encoder for every line: ``json.dumps(..., default=...)`` builds a new encoder per call
+_ENCODER = json.JSONEncoder(default=_json_fallback)
+
+
+def _dumps(obj: Any, **_: Any) -> str:
+    return _ENCODER.encode(obj)
 
 
 def _correlation(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -94,7 +119,7 @@ def _correlation(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mutab
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
     """Configure structlog and the standard library (aiokafka, uvicorn) to write JSON lines to stderr."""
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = structlog.processors.JSONRenderer(_dumps) if json else structlog.dev.ConsoleRenderer(colors=False)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -105,7 +130,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),  # as Print, one write call fewer
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -1,0 +1,135 @@
+"""The cheaper paths of the perf branch give exactly what the plain ones gave."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+import contracts
+from bench._workload import Workload
+from contracts import CaseSystem, Council, Direction, ServiceLevel
+from router import app
+from router._outbox import Outbox
+from router.flow import peek_transfer_id
+
+_PEEK_CASES: list[bytes | None] = [
+    None,
+    b"",
+    b"not json",
+    b"[1, 2]",
+    b"17",
+    b'"t-1"',
+    b"null",
+    b"{}",
+    b'{"transfer_id": "t-1"}',
+    b'  {"transfer_id" : "ns-2026.1:a_b"}  ',
+    b'{"transfer_id": "a", "transfer_id": "b"}',
+    b'{"x": {"transfer_id": "nested"}}',
+    b'{"x": {"transfer_id": "nested"}, "transfer_id": "top"}',
+    b'{"transfer_id": 12}',
+    b'{"transfer_id": null}',
+    b'{"transfer_id": ["t-1"]}',
+    b'{"transfer_id": ""}',
+    b'{"transfer_id": "' + b"x" * 128 + b'"}',
+    b'{"transfer_id": "' + b"x" * 129 + b'"}',
+    b'{"transfer_id": "has space"}',
+    b'{"transfer_id": "t/1"}',
+    b'{"transfer_id": "\\u00e9t\\u00e9"}',
+    '{"transfer_id": "été"}'.encode(),
+    b'{"transfer_id": "t-1", "n": NaN}',
+    b'{"transfer_id": "t-1"',
+    b'{"transfer_id": "t-1"} trailing',
+    b'\xff\xfe{"transfer_id": "t-1"}',
+    b'{"transfer_id": "t-1", "bad": "\xff"}',
+]
+
+
+@pytest.mark.parametrize("raw", _PEEK_CASES)
+def test_perf_peek_transfer_id_gives_the_plain_answer(raw: bytes | None) -> None:
+    """The router's top-level-only peek returns what json.loads(...).get('transfer_id') gave, for any input."""
+    assert app.peek_transfer_id(raw) == peek_transfer_id(raw)
+
+
+def test_perf_peek_transfer_id_on_whole_transfers() -> None:
+    workload = Workload()
+    for seq in range(0, 200, 7):
+        raw = json.dumps(workload.document(seq)).encode()
+        assert app.peek_transfer_id(raw) == peek_transfer_id(raw) is not None
+
+
+def _every_event() -> list[Any]:
+    now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    common: dict[str, Any] = {
+        "event_id": "e-1",
+        "transfer_id": "t-1",
+        "correlation_id": "c-1",
+        "council": Council.NORTH_SOMERSET,
+        "occurred_at": now,
+    }
+    return [
+        contracts.TransferRequested(
+            **common,
+            direction=Direction.STEP_DOWN,
+            from_level=ServiceLevel.CHILD_IN_NEED,
+            to_level=ServiceLevel.EARLY_HELP,
+            from_system=CaseSystem.LCS,
+            to_system=CaseSystem.EHM,
+        ),
+        contracts.TransferValidated(**common),
+        contracts.TransferDelivered(
+            **common, target_system=CaseSystem.EHM, target_reference="ehm-1", assigned_role="lead", rule_ids=["NS-2"]
+        ),
+        contracts.TransferAcknowledged(**common, target_system=CaseSystem.EHM, target_reference="ehm-1"),
+        contracts.SourceClosed(**common, source_system=CaseSystem.LCS, source_reference="lcs-1"),
+        contracts.TransferRetryScheduled(**common, tier=0, due_at=now, attempts=2, error_class="TransientError"),
+        contracts.AlertRaised(**common, severity="warning", summary="target unavailable"),
+    ]
+
+
+async def test_perf_events_are_queued_as_the_bytes_model_dump_json_gives() -> None:
+    """The outbox serialises with the model's serializer: the same bytes as model_dump_json(), valid events."""
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")  # never started: emit only queues
+    events = _every_event()
+    for event in events:
+        await outbox.emit(event)
+    queued = outbox._events
+    assert [value for _, value, _ in queued] == [e.model_dump_json().encode() for e in events]
+    assert [contracts.parse_event(value) for _, value, _ in queued] == events
+    assert [headers for _, _, headers in queued] == [[("event_type", e.event_type.encode())] for e in events]
+    await outbox.stop()
+
+
+class _RecordingProducer:
+    """Stands in for AIOKafkaProducer's send side: keeps the batches handed to send_batch."""
+
+    def __init__(self, real: AIOKafkaProducer) -> None:
+        self.create_batch = real.create_batch  # aiokafka's own batch builder (needs no broker)
+        self.batches: list[tuple[Any, int]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[object]:
+        self.batches.append((batch, partition))
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def test_perf_event_batches_are_closed_so_the_producer_sends_them_without_lingering() -> None:
+    """Every event batch handed to the producer is closed (aiokafka then sends it at once, not after linger_ms)."""
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
+    await outbox.stop()
+    producer = _RecordingProducer(outbox._producer)
+    outbox._producer = cast(Any, producer)
+    for event in _every_event():
+        await outbox.emit(event)
+    await outbox.flush()
+    assert producer.batches
+    assert all(batch.closed() for batch, _ in producer.batches)
+    assert sum(batch.record_count() for batch, _ in producer.batches) == len(_every_event())
