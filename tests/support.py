@@ -115,12 +115,15 @@ class Systems:
     ehm_client: EhmSandboxClient
 
 
-async def transfer_events(stack: Stack, transfer_id: str, last: str, n: int = 1) -> list[TransferEvent]:
-    """The transfer's events, read until ``n`` of type ``last`` arrived."""
+async def transfer_events(
+    stack: Stack, transfer_id: str, last: str | tuple[str, ...], n: int = 1
+) -> list[TransferEvent]:
+    """The transfer's events, read until ``n`` of type ``last`` arrived (of each type, given several)."""
+    wanted = (last,) if isinstance(last, str) else last
 
     def done(records: list[object]) -> bool:
         mine = [e for e in events_of(records) if e.transfer_id == transfer_id]  # type: ignore[arg-type]
-        return sum(1 for e in mine if e.event_type == last) >= n
+        return all(sum(1 for e in mine if e.event_type == kind) >= n for kind in wanted)
 
     records = await read(stack.settings.bootstrap_servers, stack.settings.topics.events, done, timeout=60)
     return [e for e in events_of(records) if e.transfer_id == transfer_id]
