@@ -14,6 +14,7 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
 SEQ_HEADER = "bench.seq"
@@ -131,7 +132,11 @@ class Workload:
                 "state": "open",
             },
             "deadlines": [
-                {"rule_id": "NS-4", "due": "2026-11-16T10:15:00Z", "what": "step-down meeting within 2 weeks"}
+                {
+                    "rule_id": "NS-4",
+                    "due": (date(2026, 11, 1 + ident % 28) + timedelta(days=13)).strftime("%Y-%m-%dT08:00:00Z"),
+                    "what": "step-down meeting within 2 weeks",
+                }
             ],
         }
         kinds = ["meeting-notes", "plan", *rng.sample(_EXTRA_DOCS, rng.randint(0, 2))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,10 +69,10 @@ def test_full_demo_run_logs_no_child_names_dates_of_birth_or_nhs_numbers(kafka_b
     )
     output = done.stdout + done.stderr
     assert 0 == done.returncode, output[-3000:]
-    assert "7 of 7 cases ended as expected" in done.stdout
+    assert re.search(r"\b(\d+) of \1 cases ended as expected", done.stdout), done.stdout[-2000:]
     assert "transfer_received" in done.stderr  # the router's lines were captured
     made = [json.loads(line) for line in children.read_text().splitlines()]
-    assert 7 == len(made)
+    assert len(made) >= 7  # every council's cases made their synthetic children through this function
     secrets = {c[k] for c in made for k in ("given_name", "family_name", "date_of_birth", "nhs_number")}
     leaked = sorted(s for s in secrets if s in output)
     assert [] == leaked
