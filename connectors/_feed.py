@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, ClassVar, cast
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_random_exponential
+
+from contracts import Council, TransferMessage, field_errors
+from mappings import MappingError
+
+from ._base import Connector
 
 log = structlog.get_logger("casebridge.connectors")
 
@@ -61,3 +69,100 @@ async def poll_forever(
                 found = await poll_once()
         if found == 0:
             await asyncio.sleep(interval)
+
+
+class FeedPublisher(ABC):
+    """What every change-feed publisher shares: the connector it reads, a durable cursor, an idempotent
+    producer, and one way to turn a source record into a canonical transfer or, when the mapping or the
+    contract refuses it, a dead letter at the ``map`` stage.
+
+    At-least-once: the cursor moves only after Kafka acknowledged everything published from the feed
+    positions it passes; transfer and message ids are stable, so a re-publication is the same transfer.
+    """
+
+    #: the feed's name in logs (``feed_unavailable``)
+    feed: ClassVar[str]
+
+    def __init__(
+        self,
+        connector: Connector,
+        bootstrap_servers: str,
+        transfers_topic: str,
+        dead_letter_topic: str,
+        cursor: Path,
+        council: Council,
+    ) -> None:
+        self.connector = connector
+        self.transfers_topic = transfers_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.cursor = FileCursor(cursor)
+        self.council = council
+        self.producer = idempotent_producer(bootstrap_servers)
+        self.published = 0
+
+    async def start(self) -> None:
+        await self.connector.start()
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+        await self.connector.stop()
+
+    @abstractmethod
+    async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:
+        """Publish what the feed holds after ``after``: the broker's pending acknowledgements and the new position."""
+
+    async def poll_once(self) -> int:
+        """Publish everything new in the feed; returns how many records were sent."""
+        after = self.cursor.load()
+        pending, last = await self.collect(after)
+        for fut in pending:
+            await fut  # acknowledged by the broker before the cursor moves
+        if last != after:
+            self.cursor.save(last)
+        self.published += len(pending)
+        return len(pending)
+
+    async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
+        await poll_forever(self.poll_once, interval, stop, self.feed)
+
+    async def publish(
+        self,
+        what: str,
+        transfer_id: str,
+        key: bytes,
+        build: Callable[[], TransferMessage],
+        source: dict[str, Any],
+        extra_headers: Callable[[str], Sequence[tuple[str, bytes]]] = lambda reason: (),
+    ) -> Awaitable[Any]:
+        """Send ``build()``'s transfer, or ``source`` as a dead letter naming the field and rule it broke.
+
+        ``what`` names the log events (``<what>_published`` / ``<what>_unmappable``); ids only, never the record.
+        """
+        try:
+            transfer = build()
+        except (MappingError, ValidationError) as exc:
+            reason = (
+                str(exc)
+                if isinstance(exc, MappingError)
+                else "; ".join(f"{e.field}: {e.rule}" for e in field_errors(exc))
+            )
+            error_class = "MappingError" if isinstance(exc, MappingError) else "ContractViolation"
+            log.warning(f"{what}_unmappable", transfer_id=transfer_id, error_class=error_class)
+            sent = await self.producer.send(
+                self.dead_letter_topic,
+                value=json.dumps(source).encode(),
+                key=key,
+                headers=[
+                    ("casebridge.dlq.stage", b"map"),
+                    ("casebridge.dlq.error.class", error_class.encode()),
+                    ("casebridge.dlq.error.message", reason.encode()),
+                    *extra_headers(reason),
+                    ("casebridge.dlq.transfer.id", transfer_id.encode()),
+                    ("casebridge.dlq.council", self.council.value.encode()),
+                ],
+            )
+            return cast(Awaitable[Any], sent)
+        log.info(f"{what}_published", transfer_id=transfer_id)
+        sent = await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(), key=key)
+        return cast(Awaitable[Any], sent)

@@ -592,3 +592,35 @@ def parse_prefixed_id(value: str, prefix: str) -> int | None:
     if not digits.isascii() or not digits.isdigit() or len(digits) > 18:
         return None
     return int(digits)
+
+
+def row_by_prefixed_id(
+    conn: sqlite3.Connection, table: str, value: str, prefix: str, *, error: str, field: str
+) -> sqlite3.Row:
+    """The row of ``table`` that ``value`` names (``"LCS-12"`` -> id 12), else a 404 ``error`` naming ``field``."""
+    n = parse_prefixed_id(value, prefix)
+    row: sqlite3.Row | None = None
+    if n is not None:
+        row = conn.execute(f"SELECT * FROM {table} WHERE id = ?", (n,)).fetchone()
+    if row is None:
+        extra: dict[str, Any] = {field: value}
+        raise SandboxError(404, error, **extra)
+    return row
+
+
+def sandbox_app(
+    title: str, db: Database, token: str, *, clock: Clock = utcnow, rule_hint: RuleHint | None = None
+) -> FastAPI:
+    """A sandbox app on ``db``: every route behind the bearer ``token``, common error handlers and faults.
+
+    ``app.state.db`` and ``app.state.faults`` are set; ``db`` is closed when the server shuts down.
+    """
+    app = FastAPI(
+        title=f"casebridge sandbox: {title}",
+        version="1",
+        dependencies=[Depends(bearer_auth(token))],
+        lifespan=lifespan_closing(db),
+    )
+    app.state.db = db
+    app.state.faults = install_common(app, clock=clock, rule_hint=rule_hint)
+    return app

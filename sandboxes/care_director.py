@@ -24,7 +24,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import Field, StringConstraints
 
@@ -33,11 +33,10 @@ from sandboxes._common import (
     Database,
     SandboxError,
     StrictModel,
-    bearer_auth,
     dump_json,
-    install_common,
-    lifespan_closing,
     parse_prefixed_id,
+    row_by_prefixed_id,
+    sandbox_app,
     utcnow,
 )
 
@@ -278,13 +277,7 @@ CREATE TABLE IF NOT EXISTS changes (
 
 
 def _person_row(conn: sqlite3.Connection, person_id: str) -> sqlite3.Row:
-    n = parse_prefixed_id(person_id, PERSON_PREFIX)
-    row: sqlite3.Row | None = None
-    if n is not None:
-        row = conn.execute("SELECT * FROM persons WHERE id = ?", (n,)).fetchone()
-    if row is None:
-        raise SandboxError(404, "person_not_found", person_id=person_id)
-    return row
+    return row_by_prefixed_id(conn, "persons", person_id, PERSON_PREFIX, error="person_not_found", field="person_id")
 
 
 def _person(row: sqlite3.Row) -> Person:
@@ -360,14 +353,7 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
     Every route (``/api/...`` and ``/_sandbox/faults``) needs ``Authorization: Bearer <token>``.
     """
     db = Database(db_path, SCHEMA)
-    app = FastAPI(
-        title="casebridge sandbox: Care Director",
-        version="1",
-        dependencies=[Depends(bearer_auth(token))],
-        lifespan=lifespan_closing(db),
-    )
-    app.state.db = db
-    app.state.faults = install_common(app, clock=clock, rule_hint=_sw22_hint)
+    app = sandbox_app("Care Director", db, token, clock=clock, rule_hint=_sw22_hint)
     api = APIRouter(prefix="/api")
 
     @api.get("/reference/assessment-outcomes")
@@ -420,11 +406,15 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     @api.get("/assessments/{assessment_id}")
     def get_assessment(assessment_id: str) -> Assessment:
-        n = parse_prefixed_id(assessment_id, ASSESSMENT_PREFIX)
         with db.read() as conn:
-            row = None if n is None else conn.execute("SELECT * FROM assessments WHERE id = ?", (n,)).fetchone()
-        if row is None:
-            raise SandboxError(404, "assessment_not_found", assessment_id=assessment_id)
+            row = row_by_prefixed_id(
+                conn,
+                "assessments",
+                assessment_id,
+                ASSESSMENT_PREFIX,
+                error="assessment_not_found",
+                field="assessment_id",
+            )
         return _assessment(row)
 
     @api.post("/persons/{person_id}/stepdown-referrals", status_code=201)
@@ -456,11 +446,10 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     @api.get("/stepdown-referrals/{referral_id}")
     def get_referral(referral_id: str) -> StepdownReferral:
-        n = parse_prefixed_id(referral_id, REFERRAL_PREFIX)
         with db.read() as conn:
-            row = None if n is None else conn.execute("SELECT * FROM referrals WHERE id = ?", (n,)).fetchone()
-        if row is None:
-            raise SandboxError(404, "referral_not_found", referral_id=referral_id)
+            row = row_by_prefixed_id(
+                conn, "referrals", referral_id, REFERRAL_PREFIX, error="referral_not_found", field="referral_id"
+            )
         return _referral(row)
 
     @api.post("/persons/{person_id}/close")

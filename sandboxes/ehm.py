@@ -18,7 +18,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import Field, StringConstraints
 
@@ -27,11 +27,9 @@ from sandboxes._common import (
     Database,
     SandboxError,
     StrictModel,
-    bearer_auth,
     dump_json,
-    install_common,
-    lifespan_closing,
-    parse_prefixed_id,
+    row_by_prefixed_id,
+    sandbox_app,
     utcnow,
 )
 
@@ -387,13 +385,9 @@ def _tray_item(row: sqlite3.Row) -> TrayItem:
 
 
 def _episode_row(conn: sqlite3.Connection, episode_id: str) -> sqlite3.Row:
-    n = parse_prefixed_id(episode_id, EPISODE_PREFIX)
-    row: sqlite3.Row | None = None
-    if n is not None:
-        row = conn.execute("SELECT * FROM episodes WHERE id = ?", (n,)).fetchone()
-    if row is None:
-        raise SandboxError(404, "episode_not_found", episode_id=episode_id)
-    return row
+    return row_by_prefixed_id(
+        conn, "episodes", episode_id, EPISODE_PREFIX, error="episode_not_found", field="episode_id"
+    )
 
 
 def _case_note(row: sqlite3.Row) -> CaseNote:
@@ -445,14 +439,7 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
     """
     db = Database(db_path, SCHEMA)
     _seed(db)
-    app = FastAPI(
-        title="casebridge sandbox: Liquidlogic EHM",
-        version="1",
-        dependencies=[Depends(bearer_auth(token))],
-        lifespan=lifespan_closing(db),
-    )
-    app.state.db = db
-    app.state.faults = install_common(app, clock=clock, rule_hint=_ns08_hint)
+    app = sandbox_app("Liquidlogic EHM", db, token, clock=clock, rule_hint=_ns08_hint)
     api = APIRouter(prefix="/api")
 
     # -- staff directory

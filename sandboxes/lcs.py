@@ -20,7 +20,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Response
+from fastapi import APIRouter, FastAPI, Query, Response
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator
 
 from sandboxes._common import (
@@ -28,11 +28,9 @@ from sandboxes._common import (
     Database,
     SandboxError,
     StrictModel,
-    bearer_auth,
     dump_json,
-    install_common,
-    lifespan_closing,
-    parse_prefixed_id,
+    row_by_prefixed_id,
+    sandbox_app,
     utcnow,
 )
 
@@ -321,23 +319,13 @@ def _request_from_row(row: sqlite3.Row) -> StepdownRequest:
 
 
 def _child_row(conn: sqlite3.Connection, child_id: str) -> sqlite3.Row:
-    n = parse_prefixed_id(child_id, CHILD_PREFIX)
-    row: sqlite3.Row | None = None
-    if n is not None:
-        row = conn.execute("SELECT * FROM children WHERE id = ?", (n,)).fetchone()
-    if row is None:
-        raise SandboxError(404, "child_not_found", child_id=child_id)
-    return row
+    return row_by_prefixed_id(conn, "children", child_id, CHILD_PREFIX, error="child_not_found", field="child_id")
 
 
 def _request_row(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row:
-    n = parse_prefixed_id(request_id, REQUEST_PREFIX)
-    row: sqlite3.Row | None = None
-    if n is not None:
-        row = conn.execute("SELECT * FROM stepdown_requests WHERE id = ?", (n,)).fetchone()
-    if row is None:
-        raise SandboxError(404, "stepdown_request_not_found", request_id=request_id)
-    return row
+    return row_by_prefixed_id(
+        conn, "stepdown_requests", request_id, REQUEST_PREFIX, error="stepdown_request_not_found", field="request_id"
+    )
 
 
 def _record_change(
@@ -363,14 +351,7 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
     ``Authorization: Bearer <token>``. ``clock`` stamps records (tests may fix it).
     """
     db = Database(db_path, SCHEMA)
-    app = FastAPI(
-        title="casebridge sandbox: Liquidlogic LCS",
-        version="1",
-        dependencies=[Depends(bearer_auth(token))],
-        lifespan=lifespan_closing(db),
-    )
-    app.state.db = db
-    app.state.faults = install_common(app, clock=clock)
+    app = sandbox_app("Liquidlogic LCS", db, token, clock=clock)
     api = APIRouter(prefix="/api")
 
     @api.post("/children", status_code=201)

@@ -26,7 +26,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi import Path as PathParam
 from pydantic import Field, StringConstraints
 
@@ -35,11 +35,9 @@ from sandboxes._common import (
     Database,
     SandboxError,
     StrictModel,
-    bearer_auth,
     dump_json,
-    install_common,
-    lifespan_closing,
-    parse_prefixed_id,
+    row_by_prefixed_id,
+    sandbox_app,
     utcnow,
 )
 
@@ -235,13 +233,7 @@ CREATE TABLE IF NOT EXISTS referrals (
 
 
 def _case_row(conn: sqlite3.Connection, case_id: str) -> sqlite3.Row:
-    n = parse_prefixed_id(case_id, CASE_PREFIX)
-    row: sqlite3.Row | None = None
-    if n is not None:
-        row = conn.execute("SELECT * FROM cases WHERE id = ?", (n,)).fetchone()
-    if row is None:
-        raise SandboxError(404, "case_not_found", case_id=case_id)
-    return row
+    return row_by_prefixed_id(conn, "cases", case_id, CASE_PREFIX, error="case_not_found", field="case_id")
 
 
 def _stepdown(row: sqlite3.Row) -> StepDown:
@@ -271,13 +263,7 @@ def _case(conn: sqlite3.Connection, row: sqlite3.Row) -> Case:
 
 
 def _eha_row(conn: sqlite3.Connection, eha_id: str) -> sqlite3.Row:
-    n = parse_prefixed_id(eha_id, EHA_PREFIX)
-    row: sqlite3.Row | None = None
-    if n is not None:
-        row = conn.execute("SELECT * FROM eha WHERE id = ?", (n,)).fetchone()
-    if row is None:
-        raise SandboxError(404, "eha_not_found", eha_id=eha_id)
-    return row
+    return row_by_prefixed_id(conn, "eha", eha_id, EHA_PREFIX, error="eha_not_found", field="eha_id")
 
 
 def _eha(row: sqlite3.Row) -> Eha:
@@ -324,14 +310,7 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
     Every route (``/api/...`` and ``/_sandbox/faults``) needs ``Authorization: Bearer <token>``.
     """
     db = Database(db_path, SCHEMA)
-    app = FastAPI(
-        title="casebridge sandbox: TED",
-        version="1",
-        dependencies=[Depends(bearer_auth(token))],
-        lifespan=lifespan_closing(db),
-    )
-    app.state.db = db
-    app.state.faults = install_common(app, clock=clock, rule_hint=_ba6_hint)
+    app = sandbox_app("TED", db, token, clock=clock, rule_hint=_ba6_hint)
     api = APIRouter(prefix="/api")
 
     # -- cases

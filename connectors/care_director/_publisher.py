@@ -1,22 +1,17 @@
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import structlog
-from pydantic import ValidationError
-
-from contracts import Council, TransferMessage, field_errors
+from contracts import Council, TransferMessage
 from mappings import MappingError, load_mapping
 
-from .._feed import FileCursor, idempotent_producer, poll_forever
+from .._feed import FeedPublisher
 from ._connector import CareDirectorConnector
 from ._outcomes import outcome_of
 
-log = structlog.get_logger("casebridge.connectors.care_director")
 _MAPPING = load_mapping("care-director-stepdown")
 
 
@@ -25,7 +20,7 @@ def transfer_id_for(council: Council, referral_id: str) -> str:
     return f"{council.value}-cd-{referral_id}".lower()
 
 
-class CareDirectorPublisher:
+class CareDirectorPublisher(FeedPublisher):
     """Reads Care Director's change feed and publishes step-down referrals as canonical transfers.
 
     The assessment the referral follows chooses the level stepped down to (SW22-7, from the
@@ -33,6 +28,8 @@ class CareDirectorPublisher:
     dead-lettered at the ``map`` stage naming SW22-7. At-least-once: the cursor moves only
     after Kafka acknowledged what was published; ids are stable per referral and feed position.
     """
+
+    feed = "care-director-changes"
 
     def __init__(
         self,
@@ -43,40 +40,17 @@ class CareDirectorPublisher:
         cursor: Path,
         council: Council = Council.SWINDON_2022,
     ) -> None:
+        super().__init__(cd, bootstrap_servers, transfers_topic, dead_letter_topic, cursor, council)
         self.cd = cd
-        self.transfers_topic = transfers_topic
-        self.dead_letter_topic = dead_letter_topic
-        self.cursor = FileCursor(cursor)
-        self.council = council
-        self.producer = idempotent_producer(bootstrap_servers)
-        self.published = 0
 
-    async def start(self) -> None:
-        await self.cd.start()
-        await self.producer.start()
-
-    async def stop(self) -> None:
-        await self.producer.stop()
-        await self.cd.stop()
-
-    async def poll_once(self) -> int:
-        """Publish every new step-down referral in the feed; returns how many records were sent."""
-        after = self.cursor.load()
+    async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:
         changes, last = await self.cd.changes(after)
         pending = [
             await self._publish(change["ref"], change["seq"])
             for change in changes
             if change["kind"] == "stepdown_referred"
         ]
-        for fut in pending:
-            await fut  # acknowledged by the broker before the cursor moves
-        if last != after:
-            self.cursor.save(last)
-        self.published += len(pending)
-        return len(pending)
-
-    async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
-        await poll_forever(self.poll_once, interval, stop, "care-director-changes")
+        return pending, last
 
     async def _publish(self, referral_id: str, seq: int) -> Awaitable[Any]:
         referral = (await self.cd.http.request("GET", f"/api/stepdown-referrals/{referral_id}")).json()
@@ -84,7 +58,9 @@ class CareDirectorPublisher:
         person = (await self.cd.http.request("GET", f"/api/persons/{referral['person_id']}")).json()
         transfer_id = transfer_id_for(self.council, referral_id)
         key = f"care-director:{person['id']}".encode()
-        try:
+        source = {"person": person, "assessment": assessment, "referral": referral}
+
+        def build() -> TransferMessage:
             outcome = outcome_of(assessment["outcome_code"])
             if outcome is None or not outcome.step_down:
                 raise MappingError(
@@ -97,33 +73,12 @@ class CareDirectorPublisher:
                 "to_level": outcome.to_level.value,
                 "outcome_label": outcome.label,
             }
-            source = {"person": person, "assessment": assessment, "referral": referral, "envelope": envelope}
-            transfer = TransferMessage.model_validate(_MAPPING.apply(source))
-        except (MappingError, ValidationError) as exc:
-            reason = (
-                str(exc)
-                if isinstance(exc, MappingError)
-                else "; ".join(f"{e.field}: {e.rule}" for e in field_errors(exc))
-            )
-            error_class = "MappingError" if isinstance(exc, MappingError) else "ContractViolation"
-            rules = b"SW22-7" if "SW22-7" in reason else b""
-            log.warning("care_director_referral_unmappable", transfer_id=transfer_id, error_class=error_class)
-            raw = json.dumps({"person": person, "assessment": assessment, "referral": referral}).encode()
-            sent = await self.producer.send(
-                self.dead_letter_topic,
-                value=raw,
-                key=key,
-                headers=[
-                    ("casebridge.dlq.stage", b"map"),
-                    ("casebridge.dlq.error.class", error_class.encode()),
-                    ("casebridge.dlq.error.message", reason.encode()),
-                    ("casebridge.dlq.rule.ids", rules),
-                    ("casebridge.dlq.transfer.id", transfer_id.encode()),
-                    ("casebridge.dlq.council", self.council.value.encode()),
-                    ("casebridge.dlq.last.failure", datetime.now(UTC).isoformat().encode()),
-                ],
-            )
-            return cast(Awaitable[Any], sent)
-        log.info("care_director_referral_published", transfer_id=transfer_id)
-        sent = await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(), key=key)
-        return cast(Awaitable[Any], sent)
+            return TransferMessage.model_validate(_MAPPING.apply({**source, "envelope": envelope}))
+
+        def headers(reason: str) -> list[tuple[str, bytes]]:
+            return [
+                ("casebridge.dlq.rule.ids", b"SW22-7" if "SW22-7" in reason else b""),
+                ("casebridge.dlq.last.failure", datetime.now(UTC).isoformat().encode()),
+            ]
+
+        return await self.publish("care_director_referral", transfer_id, key, build, source, headers)
