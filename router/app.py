@@ -34,8 +34,6 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
-from pydantic import TypeAdapter, ValidationError
-from typing_extensions import TypedDict
 
 from connectors import Source, Target
 from contracts import AlertRaised, CaseSystem, Council, TransferRetryScheduled
@@ -44,7 +42,7 @@ from mappings import Protocol, load_protocols
 from ._history import ChildHistory
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at
-from .flow import Outcome, TransferFlow, event_id, urgent_first
+from .flow import Outcome, TransferFlow, event_id, peek_transfer_id, urgent_first
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router")
@@ -85,30 +83,6 @@ async def _raw_body(msg: Any) -> Any:
 
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
-
-
-class _TopLevel(TypedDict, total=False):
-    transfer_id: Any
-
-
-#: reads the top-level transfer_id only: the rest of the message is scanned, not built (a json.loads
-#: of a 2-8 KB transfer cost more than the rest of the flow's parsing of it)
-_TOP_LEVEL: TypeAdapter[_TopLevel] = TypeAdapter(_TopLevel)
-
-
-def peek_transfer_id(raw: bytes | None) -> str | None:
-    """As ``flow.peek_transfer_id`` (the same answer for every input), without building the whole JSON document."""
-    try:
-        value = _TOP_LEVEL.validate_json(raw or b"").get("transfer_id")
-    except ValidationError:
-        return None
-    if (
-        isinstance(value, str)
-        and 0 < len(value) <= 128
-        and value.replace("-", "").replace("_", "").replace(".", "").replace(":", "").isalnum()
-    ):
-        return value
-    return None
 
 
 class Router:

@@ -21,7 +21,6 @@ where the transfer did not complete, a dead letter.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 import uuid
@@ -32,9 +31,10 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 from aiokafka.structs import ConsumerRecord
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_random_exponential
+from typing_extensions import TypedDict
 
 from connectors import CasebridgeError, Receipt, Source, Target
 from contracts import (
@@ -467,12 +467,30 @@ def event_id(base: str, kind: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+class _TopLevel(TypedDict, total=False):
+    transfer_id: Any
+
+
+_TOP_LEVEL: TypeAdapter[_TopLevel] = TypeAdapter(_TopLevel)
+
+
 def peek_transfer_id(raw: bytes | None) -> str | None:
-    """The transfer id of a refused message, when it has a well-formed one (for operators' filters)."""
+    """The transfer id of a message, when it has a well-formed one (log correlation, operators' filters).
+
+    Reads the top-level ``transfer_id`` only: the rest of the message is scanned, not built (a json.loads of
+    a 2-8 KB transfer cost more than the rest of the flow's parsing of it).
+    """
     try:
-        value = json.loads(raw or b"").get("transfer_id")
-    except (ValueError, AttributeError):
+        value = _TOP_LEVEL.validate_json(raw or b"").get("transfer_id")
+    except ValidationError:
         return None
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= 128
+        and value.replace("-", "").replace("_", "").replace(".", "").replace(":", "").isalnum()
+    ):
+        return value
+    return None
     if (
         isinstance(value, str)
         and 0 < len(value) <= 128
