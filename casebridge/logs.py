@@ -87,9 +87,6 @@ def redact_personal_data(_: Any, __: str, event_dict: MutableMapping[str, Any]) 
     for key, value in event_dict.items():  # values are replaced in place: the keys do not change
         if key in PERSONAL_KEYS:
             event_dict[key] = REDACTED
-        elif type(value) is str:  # the common case first (ids, names of events): a single search
-            if _PERSONAL_PATTERNS.search(value):
-                event_dict[key] = _PERSONAL_PATTERNS.sub(REDACTED, value)
         elif not isinstance(value, _SCALARS):
             event_dict[key] = _scrub(value)
     return event_dict

@@ -10,9 +10,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
-from contracts import CaseSystem, RecordState, TransferMessage
+from contracts import CaseSystem, DocumentType, RecordState, TransferMessage
 from mappings import Route
 
 
@@ -78,3 +78,32 @@ class Source(Connector):
     @abstractmethod
     async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
         """Close the source record after the target acknowledged; idempotent. Returns its reference."""
+
+
+#: the documents a step-up referral or contact carries (SW22-3, SW22-6, NS-9)
+STEP_UP_DOCUMENTS = frozenset(
+    {DocumentType.EHA, DocumentType.TAF_PLAN, DocumentType.STEP_UP_FORM, DocumentType.CASE_NOTES}
+)
+
+
+def step_up_body(transfer: TransferMessage, subject: str) -> dict[str, Any]:
+    """What a social care front door receives for a step-up: the child (under ``subject``), summary, documents."""
+    child = transfer.child
+    decision = transfer.management_decision
+    p = transfer.pathway
+    return {
+        subject: {
+            "given_name": child.given_name,
+            "family_name": child.family_name,
+            "date_of_birth": child.date_of_birth.isoformat(),
+            "source_reference": transfer.source_record.record_id,
+        },
+        "urgency": transfer.urgency.value,
+        "summary": decision.rationale if decision else f"{p.direction.value} from {p.from_system.value}",
+        "received_from": p.from_system.value,
+        "documents": [
+            {"type": d.type.value, "title": d.title, "content": d.content, "reference": d.reference}
+            for d in transfer.documents
+            if d.type in STEP_UP_DOCUMENTS
+        ],
+    }

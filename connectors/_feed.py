@@ -6,7 +6,8 @@ import asyncio
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -133,7 +134,6 @@ class FeedPublisher(ABC):
         key: bytes,
         build: Callable[[], TransferMessage],
         source: dict[str, Any],
-        extra_headers: Callable[[str], Sequence[tuple[str, bytes]]] = lambda reason: (),
     ) -> Awaitable[Any]:
         """Send ``build()``'s transfer, or ``source`` as a dead letter naming the field and rule it broke.
 
@@ -157,9 +157,10 @@ class FeedPublisher(ABC):
                     ("casebridge.dlq.stage", b"map"),
                     ("casebridge.dlq.error.class", error_class.encode()),
                     ("casebridge.dlq.error.message", reason.encode()),
-                    *extra_headers(reason),
+                    ("casebridge.dlq.rule.ids", ",".join(getattr(exc, "rule_ids", ())).encode()),
                     ("casebridge.dlq.transfer.id", transfer_id.encode()),
                     ("casebridge.dlq.council", self.council.value.encode()),
+                    ("casebridge.dlq.last.failure", datetime.now(UTC).isoformat().encode()),
                 ],
             )
             return cast(Awaitable[Any], sent)

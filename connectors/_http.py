@@ -7,8 +7,9 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import SecretStr
 
-from contracts import CaseSystem
+from contracts import CaseSystem, TransferMessage
 
+from ._base import Source
 from ._errors import TargetRefused, TargetUnavailable
 
 
@@ -95,3 +96,16 @@ class HttpConnection:
         if self._http is None:
             raise RuntimeError(f"{type(self).__name__} used before start()")
         return self._http
+
+    async def feed_page(self, path: str, key: str, after: int) -> tuple[list[dict[str, Any]], int]:
+        """One page of a case system's feed after the cursor (its items under ``key``), and the next cursor."""
+        feed = (await self.http.request("GET", path, params={"after": after, "limit": 500})).json()
+        return list(feed[key]), int(feed["last_seq"])
+
+    async def close_once(self, path: str, body: dict[str, Any], source: Source, transfer: TransferMessage) -> None:
+        """POST a close; a 409 because this same transfer already closed the record counts as done (re-runs)."""
+        try:
+            await self.http.request("POST", path, json=body)
+        except TargetRefused as exc:
+            if exc.status != 409 or (await source.state(transfer)).closed_by_transfer != transfer.transfer_id:
+                raise

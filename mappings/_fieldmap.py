@@ -29,7 +29,11 @@ DATA_DIR = Path(__file__).parent / "data"
 
 
 class MappingError(ValueError):
-    """A mapping file is invalid, or a source record lacks a value the mapping needs."""
+    """A mapping file is invalid, or a source record lacks a value the mapping needs; ``rule_ids``: rules broken."""
+
+    def __init__(self, message: str, *, rule_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.rule_ids = rule_ids
 
 
 class _Missing(Exception):

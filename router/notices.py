@@ -48,7 +48,6 @@ class AllocationNotices:
         self.producer = idempotent_producer(settings.bootstrap_servers)
         self.pending: dict[str, PendingNotice] = {}
         self.allocated: set[str] = set()
-        self.sent = 0
 
     async def start(self) -> None:
         for r in await read_all(self.settings.bootstrap_servers, self.settings.topics.pending_notices):
@@ -78,7 +77,7 @@ class AllocationNotices:
                 elif dict(r.headers or ()).get("event_type") == b"allocated" and r.key is not None:
                     self.allocated.add(r.key.decode())
         sent = 0
-        for tid in sorted(self.allocated & set(self.pending)):
+        for tid in sorted(self.allocated & self.pending.keys()):
             try:
                 await self._send(tid, self.pending[tid])
             except CasebridgeError as exc:  # the channel is down: the notice stays due
@@ -87,7 +86,6 @@ class AllocationNotices:
             del self.pending[tid]
             sent += 1
         await self.consumer.commit()
-        self.sent += sent
         return sent
 
     async def _send(self, tid: str, p: PendingNotice) -> None:

@@ -46,7 +46,6 @@ __all__ = [
     "AssessmentIn",
     "Change",
     "ChangeFeed",
-    "ClosureIn",
     "Contact",
     "ContactIn",
     "ContactPutResult",
@@ -111,9 +110,6 @@ class ClosureRecord(StrictModel):
     services_involved: list[Text] = Field(
         default_factory=list, description="SW22-12: more than one needs a Lead Professional"
     )
-
-
-ClosureIn = ClosureRecord
 
 
 class Person(PersonIn):

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from contracts import CaseSystem, DocumentType, Person, RecordState, TransferMessage
+from contracts import CaseSystem, Person, RecordState, TransferMessage
 from mappings import Route
 
-from .._base import Receipt, Source, SourceState, Target
+from .._base import Receipt, Source, SourceState, Target, step_up_body
 from .._errors import RuleRefused, TargetRefused
 from .._http import HttpConnection
 from ._outcomes import outcome_of
@@ -18,8 +18,6 @@ _REFUSALS = {
     "SW22-12": "closure refused: more than one service is involved and no Lead Professional is named",
     "SW22-3": "contact refused: the step-up lacks the Early Help Assessment or the TAF plan",
 }
-#: the documents a step-up contact carries (SW22-3, SW22-6)
-_CONTACT_DOCUMENTS = {DocumentType.EHA, DocumentType.TAF_PLAN, DocumentType.STEP_UP_FORM, DocumentType.CASE_NOTES}
 
 
 def _professional(p: Person | None) -> dict[str, Any] | None:
@@ -70,7 +68,7 @@ class CareDirectorConnector(HttpConnection, Source, Target):
     # -- source: step-downs from the assessment team --------------------------------------
 
     async def state(self, transfer: TransferMessage) -> SourceState:
-        person = (await self.http.request("GET", f"/api/persons/{transfer.source_record.record_id}")).json()
+        person = await self.person(transfer.source_record.record_id)
         closure = person.get("closure") or {}
         return SourceState(RecordState(person["record_state"]), closed_by_transfer=closure.get("transfer_id"))
 
@@ -79,44 +77,31 @@ class CareDirectorConnector(HttpConnection, Source, Target):
         record_id = transfer.source_record.record_id
         body = closure_record(transfer, receipt)
         try:
-            await self.http.request("POST", f"/api/persons/{record_id}/close", json=body)
+            await self.close_once(f"/api/persons/{record_id}/close", body, self, transfer)
         except TargetRefused as exc:
-            if exc.status == 409 and (await self.state(transfer)).closed_by_transfer == transfer.transfer_id:
-                return record_id
             raise _explained(exc) from exc
         return record_id
 
-    async def assessments(self, person_id: str) -> list[dict[str, Any]]:
-        found = (await self.http.request("GET", f"/api/persons/{person_id}/assessments")).json()
-        return list(found["assessments"])
+    async def person(self, person_id: str) -> dict[str, Any]:
+        person: dict[str, Any] = (await self.http.request("GET", f"/api/persons/{person_id}")).json()
+        return person
+
+    async def assessment(self, assessment_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = (await self.http.request("GET", f"/api/assessments/{assessment_id}")).json()
+        return found
+
+    async def referral(self, referral_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = (await self.http.request("GET", f"/api/stepdown-referrals/{referral_id}")).json()
+        return found
 
     async def changes(self, after: int) -> tuple[list[dict[str, Any]], int]:
-        feed = (await self.http.request("GET", "/api/changes", params={"after": after, "limit": 500})).json()
-        return list(feed["changes"]), int(feed["last_seq"])
+        return await self.feed_page("/api/changes", "changes", after)
 
     # -- target: step-ups the MASH records as a contact (SW22-6) ---------------------------
 
     async def deliver(self, transfer: TransferMessage, route: Route) -> Receipt:
         """Create the contact for the duty ATM, idempotently on transfer id; urgency travels (SW22-1)."""
-        child = transfer.child
-        body = {
-            "person": {
-                "given_name": child.given_name,
-                "family_name": child.family_name,
-                "date_of_birth": child.date_of_birth.isoformat(),
-                "source_reference": transfer.source_record.record_id,
-            },
-            "urgency": transfer.urgency.value,
-            "summary": transfer.management_decision.rationale
-            if transfer.management_decision
-            else f"{transfer.pathway.direction.value} from {transfer.pathway.from_system.value}",
-            "received_from": transfer.pathway.from_system.value,
-            "documents": [
-                {"type": d.type.value, "title": d.title, "content": d.content, "reference": d.reference}
-                for d in transfer.documents
-                if d.type in _CONTACT_DOCUMENTS
-            ],
-        }
+        body = step_up_body(transfer, "person")
         try:
             answer = (await self.http.request("PUT", f"/api/contacts/{transfer.transfer_id}", json=body)).json()
         except TargetRefused as exc:

@@ -54,13 +54,11 @@ def load_outcomes(text: str | None = None) -> Mapping[str, AssessmentOutcome]:
 
 
 ASSESSMENT_OUTCOMES: Mapping[str, AssessmentOutcome] = load_outcomes()
+_BY_CODE: Mapping[str, AssessmentOutcome] = {o.code: o for o in ASSESSMENT_OUTCOMES.values()}
 
 
 def outcome_of(label_or_code: str | None) -> AssessmentOutcome | None:
     """The outcome a transfer's ``assessment_outcome`` names (its label, or Care Director's code)."""
     if label_or_code is None:
         return None
-    found = ASSESSMENT_OUTCOMES.get(label_or_code)
-    if found is None:
-        found = next((o for o in ASSESSMENT_OUTCOMES.values() if o.code == label_or_code), None)
-    return found
+    return ASSESSMENT_OUTCOMES.get(label_or_code) or _BY_CODE.get(label_or_code)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +52,9 @@ class CareDirectorPublisher(FeedPublisher):
         return pending, last
 
     async def _publish(self, referral_id: str, seq: int) -> Awaitable[Any]:
-        referral = (await self.cd.http.request("GET", f"/api/stepdown-referrals/{referral_id}")).json()
-        assessment = (await self.cd.http.request("GET", f"/api/assessments/{referral['assessment_id']}")).json()
-        person = (await self.cd.http.request("GET", f"/api/persons/{referral['person_id']}")).json()
+        referral = await self.cd.referral(referral_id)
+        assessment = await self.cd.assessment(referral["assessment_id"])
+        person = await self.cd.person(referral["person_id"])
         transfer_id = transfer_id_for(self.council, referral_id)
         key = f"care-director:{person['id']}".encode()
         source = {"person": person, "assessment": assessment, "referral": referral}
@@ -64,7 +63,8 @@ class CareDirectorPublisher(FeedPublisher):
             outcome = outcome_of(assessment["outcome_code"])
             if outcome is None or not outcome.step_down:
                 raise MappingError(
-                    "care-director-outcomes.toml: field assessment.outcome_code is not a step-down outcome (SW22-7)"
+                    "care-director-outcomes.toml: field assessment.outcome_code is not a step-down outcome (SW22-7)",
+                    rule_ids=("SW22-7",),
                 )
             envelope = {
                 "transfer_id": transfer_id,
@@ -75,10 +75,4 @@ class CareDirectorPublisher(FeedPublisher):
             }
             return TransferMessage.model_validate(_MAPPING.apply({**source, "envelope": envelope}))
 
-        def headers(reason: str) -> list[tuple[str, bytes]]:
-            return [
-                ("casebridge.dlq.rule.ids", b"SW22-7" if "SW22-7" in reason else b""),
-                ("casebridge.dlq.last.failure", datetime.now(UTC).isoformat().encode()),
-            ]
-
-        return await self.publish("care_director_referral", transfer_id, key, build, source, headers)
+        return await self.publish("care_director_referral", transfer_id, key, build, source)

@@ -7,7 +7,6 @@ from contracts import CaseSystem, RecordState, TransferAllocated, TransferMessag
 from mappings import Route, load_mapping
 
 from .._base import Receipt, Source, SourceState, Target
-from .._errors import TargetRefused
 from .._http import HttpConnection
 
 _TRAY = load_mapping("ehm-stepdown-tray")
@@ -22,7 +21,7 @@ class EhmConnector(HttpConnection, Target, Source):
 
     async def state(self, transfer: TransferMessage) -> SourceState:
         """The early-help episode a step-up comes from (``source_record.record_id`` is its episode id)."""
-        episode = (await self.http.request("GET", f"/api/episodes/{transfer.source_record.record_id}")).json()
+        episode = await self.episode(transfer.source_record.record_id)
         return SourceState(RecordState(episode["status"]), closed_by_transfer=episode.get("closure_transfer_id"))
 
     async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
@@ -38,15 +37,8 @@ class EhmConnector(HttpConnection, Target, Source):
                 "transfer_id": transfer.transfer_id,
             },
         )
-        try:
-            await self.http.request(
-                "POST",
-                f"/api/episodes/{episode_id}/close",
-                json={"closed_by": "casebridge", "reason": reason, "transfer_id": transfer.transfer_id},
-            )
-        except TargetRefused as exc:
-            if exc.status != 409 or (await self.state(transfer)).closed_by_transfer != transfer.transfer_id:
-                raise
+        body = {"closed_by": "casebridge", "reason": reason, "transfer_id": transfer.transfer_id}
+        await self.close_once(f"/api/episodes/{episode_id}/close", body, self, transfer)
         return episode_id
 
     async def _staff(self, locality: str) -> dict[str, Any]:
@@ -86,13 +78,11 @@ class EhmConnector(HttpConnection, Target, Source):
 
     async def stepup_requests(self, after: int) -> tuple[list[dict[str, Any]], int]:
         """One page of EHM's Step-Up requests after the cursor, and the next cursor."""
-        feed = (await self.http.request("GET", "/api/stepup-requests", params={"after": after, "limit": 500})).json()
-        return list(feed["requests"]), int(feed["last_seq"])
+        return await self.feed_page("/api/stepup-requests", "requests", after)
 
     async def allocations(self, after: int) -> tuple[list[dict[str, Any]], int]:
         """One page of EHM's allocation feed after the cursor, and the next cursor."""
-        feed = (await self.http.request("GET", "/api/allocations", params={"after": after, "limit": 500})).json()
-        return list(feed["allocations"]), int(feed["last_seq"])
+        return await self.feed_page("/api/allocations", "allocations", after)
 
 
 def allocation_events(allocations: list[dict[str, Any]]) -> list[TransferAllocated]:

@@ -7,7 +7,6 @@ from contracts import CaseSystem, RecordState, TransferMessage
 from mappings import Route, load_mapping
 
 from .._base import Receipt, Source, SourceState, Target
-from .._errors import TargetRefused
 from .._http import HttpConnection
 
 CLOSURE_REASON = "Stepped down to early help (EHM)"
@@ -50,8 +49,7 @@ class LcsConnector(HttpConnection, Source, Target):
         return [r for r in found["requests"] if r["status"] == "pending"]
 
     async def changes(self, after: int) -> tuple[list[dict[str, Any]], int]:
-        feed = (await self.http.request("GET", "/api/changes", params={"after": after, "limit": 500})).json()
-        return list(feed["changes"]), int(feed["last_seq"])
+        return await self.feed_page("/api/changes", "changes", after)
 
     async def state(self, transfer: TransferMessage) -> SourceState:
         child = await self.child(transfer.source_record.record_id)
@@ -66,17 +64,10 @@ class LcsConnector(HttpConnection, Source, Target):
                 f"/api/stepdown-requests/{transfer.source_record.request_id}/complete",
                 json={"transfer_id": transfer.transfer_id, "ehm_reference": receipt.reference},
             )
-        try:
-            await self.http.request(
-                "POST",
-                f"/api/children/{record_id}/close",
-                json={
-                    "reason": transfer.closure.reason if transfer.closure else CLOSURE_REASON,
-                    "closed_by": CLOSED_BY,
-                    "transfer_id": transfer.transfer_id,
-                },
-            )
-        except TargetRefused as exc:
-            if exc.status != 409 or (await self.state(transfer)).closed_by_transfer != transfer.transfer_id:
-                raise
+        body = {
+            "reason": transfer.closure.reason if transfer.closure else CLOSURE_REASON,
+            "closed_by": CLOSED_BY,
+            "transfer_id": transfer.transfer_id,
+        }
+        await self.close_once(f"/api/children/{record_id}/close", body, self, transfer)
         return record_id

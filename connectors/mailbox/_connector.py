@@ -57,9 +57,8 @@ def mailbox_keys(transfer: TransferMessage, route: Route) -> list[str]:
     """
     c, p = transfer.council.value, transfer.pathway
     keys = []
-    team = getattr(route, "team", None) or getattr(route, "mailbox", None)
-    if isinstance(team, str) and team:
-        keys.append(f"{c}:{team}")
+    if route.team:
+        keys.append(f"{c}:{route.team}")
     if route.role != "default":
         if route.locality:
             keys.append(f"{c}:{route.role}:{route.locality}")
@@ -168,8 +167,6 @@ class MailboxConnector(Target):
                 raise InsecureChannel(f"mailbox: TLS with the relay failed ({type(exc).__name__})") from exc
             await smtp.login(s.username, s.password.get_secret_value())
             await smtp.send_message(message, sender=s.sender, recipients=[recipient])  # type: ignore[arg-type]
-        except InsecureChannel:
-            raise
         except aiosmtplib.SMTPRecipientsRefused as exc:
             code = exc.recipients[0].code if exc.recipients else 550
             raise _by_code(code, "recipient refused") from exc

@@ -3,11 +3,11 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from contracts import CaseSystem, Direction, DocumentType, RecordState, TransferMessage
+from contracts import CaseSystem, Direction, RecordState, TransferMessage
 from mappings import Route
 
-from .._base import Receipt, Source, SourceState, Target
-from .._errors import RuleRefused, TargetRefused
+from .._base import Receipt, Source, SourceState, Target, step_up_body
+from .._errors import RuleRefused
 from .._http import HttpConnection
 
 CLOSED_BY = "casebridge"
@@ -17,7 +17,6 @@ STEP_UP_REASON = "step up to social care"
 #: BA-13: who the case stays open to
 DCT_FSW = "Disabled Children's Team family support worker"
 _FORBIDDEN = re.compile(r"\bmonitor(ing|ed)?\b|\bonward[- ]referral\b", re.IGNORECASE)
-_REFERRAL_DOCUMENTS = {DocumentType.EHA, DocumentType.TAF_PLAN, DocumentType.STEP_UP_FORM, DocumentType.CASE_NOTES}
 
 
 def check_stepdown(transfer: TransferMessage) -> None:
@@ -84,12 +83,8 @@ class TedConnector(HttpConnection, Source, Target):
             body = {"rule": "BA-13", "transfer_id": transfer.transfer_id, "open_to": DCT_FSW}
             await self.http.request("POST", f"/api/cases/{case_id}/keep-open", json=body)
             return case_id
-        try:
-            body = {"reason": STEP_DOWN_REASON, "closed_by": CLOSED_BY, "transfer_id": transfer.transfer_id}
-            await self.http.request("POST", f"/api/cases/{case_id}/close", json=body)
-        except TargetRefused as exc:
-            if exc.status != 409 or (await self.state(transfer)).closed_by_transfer != transfer.transfer_id:
-                raise
+        body = {"reason": STEP_DOWN_REASON, "closed_by": CLOSED_BY, "transfer_id": transfer.transfer_id}
+        await self.close_once(f"/api/cases/{case_id}/close", body, self, transfer)
         return case_id
 
     async def _record_sent(self, transfer: TransferMessage, receipt: Receipt) -> None:
@@ -111,36 +106,15 @@ class TedConnector(HttpConnection, Source, Target):
 
     async def _close_eha(self, transfer: TransferMessage) -> str:
         eha_id = transfer.source_record.record_id
-        body = {"reason": STEP_UP_REASON, "closed_by": CLOSED_BY, "transfer_id": transfer.transfer_id}
-        try:
-            await self.http.request("POST", f"/api/eha/{eha_id}/close", json=body)
-        except TargetRefused as exc:
-            if exc.status != 409 or (await self.state(transfer)).closed_by_transfer != transfer.transfer_id:
-                raise
+        reason = transfer.closure.reason if transfer.closure else STEP_UP_REASON
+        body = {"reason": reason, "closed_by": CLOSED_BY, "transfer_id": transfer.transfer_id}
+        await self.close_once(f"/api/eha/{eha_id}/close", body, self, transfer)
         return eha_id
 
     # -- target: referrals from early help (step-ups) --------------------------------------
 
     async def deliver(self, transfer: TransferMessage, route: Route) -> Receipt:
-        child = transfer.child
-        body = {
-            "child": {
-                "given_name": child.given_name,
-                "family_name": child.family_name,
-                "date_of_birth": child.date_of_birth.isoformat(),
-                "source_reference": transfer.source_record.record_id,
-            },
-            "urgency": transfer.urgency.value,
-            "summary": transfer.management_decision.rationale
-            if transfer.management_decision
-            else f"{transfer.pathway.direction.value} from {transfer.pathway.from_system.value}",
-            "received_from": transfer.pathway.from_system.value,
-            "documents": [
-                {"type": d.type.value, "title": d.title, "content": d.content, "reference": d.reference}
-                for d in transfer.documents
-                if d.type in _REFERRAL_DOCUMENTS
-            ],
-        }
+        body = step_up_body(transfer, "child")
         answer = (await self.http.request("PUT", f"/api/referrals/{transfer.transfer_id}", json=body)).json()
         return Receipt(self.system, answer["referral_id"], created=bool(answer["created"]))
 
