@@ -4,8 +4,8 @@ Starts (or reuses) the local Apache Kafka broker, the sandbox LCS and EHM over H
 the router, the LCS publisher and the EHM allocation reporter; creates synthetic children
 with step-down requests, good ones and some that break North Somerset's rules; then one
 flow per other council (Swindon 2026 and 2022, Luton, Barnsley) and a North Somerset
-step-up. Care Director, TED and the team mailboxes are in-memory stand-ins with the same
-connector interface. Prints what became of each, read back from the events topic and
+step-up. Care Director and TED are sandboxes over HTTP and the team mailboxes a STARTTLS SMTP
+relay; two ends stay in memory (see ``StandIns``). Prints what became of each, read back from the events topic and
 from the systems themselves.
 """
 
@@ -40,15 +40,15 @@ from .stack import Stack
 TERMINAL = {"source-closed", "source-kept-open", "held", "dead-lettered"}
 
 
-class _Mailbox(MemoryTarget):
-    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
-
-
 class _Ted(MemoryTarget):
     system: ClassVar[CaseSystem] = CaseSystem.TED
 
 
-class _Closing(MemorySource):
+class _MailboxSource(MemorySource):
+    """The early-help team whose mailbox a Luton step-up comes from; remembers the closure reason."""
+
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
     def __init__(self) -> None:
         super().__init__()
         self.closures: dict[str, str] = {}
@@ -58,43 +58,22 @@ class _Closing(MemorySource):
         return await super().close(transfer, receipt)
 
 
-class _CareDirector(_Closing):
-    system: ClassVar[CaseSystem] = CaseSystem.CARE_DIRECTOR
-
-
-class _TedSource(_Closing):
-    system: ClassVar[CaseSystem] = CaseSystem.TED
-
-
-class _MailboxSource(_Closing):
-    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
-
-
 @dataclass
 class StandIns:
-    """In-memory Care Director, TED and team mailboxes (until their connectors are wired)."""
+    """The two in-memory ends the demo still needs: TED receiving a step-up referral, and a team mailbox as
+    the source of a step-up (Care Director, TED as a source, and sending mail are the real sandboxes)."""
 
-    mailbox: _Mailbox = field(default_factory=_Mailbox)
     ted: _Ted = field(default_factory=_Ted)
-    care_director: _CareDirector = field(default_factory=_CareDirector)
-    ted_source: _TedSource = field(default_factory=_TedSource)
     mailbox_source: _MailboxSource = field(default_factory=_MailboxSource)
 
     def targets(self) -> dict[CaseSystem, Target]:
-        return {CaseSystem.MAILBOX: self.mailbox, CaseSystem.TED: self.ted}
+        return {CaseSystem.TED: self.ted}
 
     def sources(self) -> dict[CaseSystem, Source]:
-        return {
-            CaseSystem.CARE_DIRECTOR: self.care_director,
-            CaseSystem.TED: self.ted_source,
-            CaseSystem.MAILBOX: self.mailbox_source,
-        }
+        return {CaseSystem.MAILBOX: self.mailbox_source}
 
     def closure(self, record_id: str) -> str | None:
-        for source in (self.care_director, self.ted_source, self.mailbox_source):
-            if record_id in source.closures:
-                return source.closures[record_id]
-        return None
+        return self.mailbox_source.closures.get(record_id)
 
 
 @dataclass

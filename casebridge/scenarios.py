@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,16 @@ STEP_UP = {
 }
 
 
+@cache
+def _example(name: str) -> dict[str, Any]:
+    """An example transfer, parsed once (callers deep-copy it)."""
+    doc: dict[str, Any] = json.loads((EXAMPLES / name).read_text())
+    return doc
+
+
 def step_down(council: str, n: int = 1, **changes: Any) -> dict[str, Any]:
     """The council's synthetic step-down, with its own ids (n), top-level changes applied."""
-    doc: dict[str, Any] = copy.deepcopy(json.loads((EXAMPLES / STEP_DOWN_EXAMPLE[council]).read_text()))
+    doc: dict[str, Any] = copy.deepcopy(_example(STEP_DOWN_EXAMPLE[council]))
     system = doc["pathway"]["from_system"]
     doc.update(transfer_id=f"{council}-sd-{n}", message_id=f"{council}-sd-{n}-m1", correlation_id=f"{council}-sd-{n}")
     doc["child"]["identifiers"] = [{"system": system, "id": f"{system.upper()}-{n}"}]
@@ -153,14 +161,14 @@ class _SandboxClient:
     def clear_faults(self) -> None:
         self.http.delete("/_sandbox/faults").raise_for_status()
 
-
-class LcsSandboxClient(_SandboxClient):
-    """What a social worker does on LCS, through its HTTP API."""
-
     def _ok(self, response: httpx.Response) -> dict[str, Any]:
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
+
+
+class LcsSandboxClient(_SandboxClient):
+    """What a social worker does on LCS, through its HTTP API."""
 
     def create_child(self, **changes: Any) -> str:
         return str(self._ok(self.http.post("/api/children", json=synthetic_child(**changes)))["id"])
@@ -195,27 +203,20 @@ class EhmSandboxClient(_SandboxClient):
     """What an early-help manager does on EHM, through its HTTP API."""
 
     def tray(self) -> list[dict[str, Any]]:
-        response = self.http.get("/api/stepdown-tray")
-        response.raise_for_status()
-        return list(response.json()["items"])
+        return list(self._ok(self.http.get("/api/stepdown-tray"))["items"])
 
     def set_away(self, locality: str, away: bool) -> None:
         self.http.put(f"/api/localities/{locality}/support-leader/away", json={"away": away}).raise_for_status()
 
     def staff(self, locality: str) -> dict[str, Any]:
-        response = self.http.get(f"/api/localities/{locality}/staff")
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
+        return self._ok(self.http.get(f"/api/localities/{locality}/staff"))
 
     def open_episode(self, lcs_id: str = "LCS-0", locality: str = "North") -> str:
         """An early-help case on EHM (the source of a step-up); returns its episode id."""
         c = synthetic_child(locality)
         child = {k: c[k] for k in ("given_name", "family_name", "date_of_birth", "nhs_number", "locality")}
         body = {"child": {**child, "lcs_id": lcs_id}, "family_support_worker": "Kit Supportworker"}
-        response = self.http.post("/api/episodes", json=body)
-        response.raise_for_status()
-        return str(response.json()["episode_id"])
+        return str(self._ok(self.http.post("/api/episodes", json=body))["episode_id"])
 
     def request_stepup(self, episode_id: str, **changes: Any) -> str:
         """A Step-Up request on EHM (NS-9: form and case notes; consent; the manager's decision)."""
@@ -238,15 +239,10 @@ class EhmSandboxClient(_SandboxClient):
             "requested_by": "Kit Supportworker (FSW)",
         }
         body.update(changes)
-        response = self.http.post(f"/api/episodes/{episode_id}/stepup-requests", json=body)
-        response.raise_for_status()
-        return str(response.json()["request_id"])
+        return str(self._ok(self.http.post(f"/api/episodes/{episode_id}/stepup-requests", json=body))["request_id"])
 
     def episode(self, episode_id: str) -> dict[str, Any]:
-        response = self.http.get(f"/api/episodes/{episode_id}")
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
+        return self._ok(self.http.get(f"/api/episodes/{episode_id}"))
 
     def allocate(self, transfer_id: str, worker: str = "Kit Supportworker") -> None:
         self.http.post(

@@ -7,7 +7,6 @@ and a rebuild gives the same numbers.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -62,7 +61,7 @@ class StoreCollector(Collector):
         yield lag
 
         states: dict[tuple[str, str], int] = {}
-        for _, status in deadlines(self.store, datetime.now(UTC)):
+        for _, status in deadlines(self.store):
             key = (status.rule_id, str(status.state))
             states[key] = states.get(key, 0) + 1
         timed = GaugeMetricFamily(

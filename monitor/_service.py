@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from connectors._feed import idempotent_producer
 from router.settings import Topics
 
 from ._lag import Watch
@@ -26,6 +28,8 @@ class Monitor:
     tracker: Tracker = field(init=False)
     watch: Watch = field(init=False)
     registry: CollectorRegistry = field(init=False)
+    #: writes the milestones operators record (started and stopped with the monitor)
+    producer: AIOKafkaProducer = field(init=False)
     _stopped: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
@@ -40,6 +44,8 @@ class Monitor:
     async def start(self) -> None:
         self._stopped = asyncio.Event()
         await self.tracker.start()
+        self.producer = idempotent_producer(self.bootstrap_servers)  # on the loop that serves the monitor
+        await self.producer.start()
         self._tasks = [
             asyncio.create_task(self.tracker.run(self._stopped)),
             asyncio.create_task(self.watch.run(self._stopped)),
@@ -48,5 +54,6 @@ class Monitor:
     async def stop(self) -> None:
         self._stopped.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.producer.stop()
         await self.tracker.stop()
         self.store.close()

@@ -14,12 +14,12 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import structlog
-from aiokafka import AIOKafkaProducer
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -39,10 +39,12 @@ COOKIE = "casebridge_monitor"
 _MILESTONE_NS = uuid.UUID("8d3c1f0e-5d1b-4a57-9c57-5b0c7d2f9a11")
 
 
+@cache
 def _page(name: str) -> str:
     return resources.files("monitor").joinpath("static", name).read_text(encoding="utf-8")
 
 
+@cache
 def milestones() -> dict[str, dict[str, list[str]]]:
     """Milestones an operator may record: for each, the councils whose deadline rules it starts or meets."""
     out: dict[str, dict[str, list[str]]] = {}
@@ -210,17 +212,12 @@ def create_app(monitor: Monitor) -> FastAPI:
             milestone=body.milestone,
             rule_ids=rule_ids,
         )
-        producer = AIOKafkaProducer(bootstrap_servers=monitor.bootstrap_servers, acks="all", enable_idempotence=True)
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                monitor.topics.events,
-                value=event.model_dump_json().encode(),
-                key=transfer_id.encode(),
-                headers=[("event_type", b"milestone")],
-            )
-        finally:
-            await producer.stop()
+        await monitor.producer.send_and_wait(
+            monitor.topics.events,
+            value=event.model_dump_json().encode(),
+            key=transfer_id.encode(),
+            headers=[("event_type", b"milestone")],
+        )
         return JSONResponse(json.loads(event.model_dump_json()), status_code=201)
 
     # -- metrics and the AsyncAPI document ----------------------------------------------
