@@ -6,15 +6,21 @@ from ._deadlines import (
     DeadlineStatus,
     Unit,
     add_working_days,
+    deadlines_by_rule,
     deadlines_for,
     due_at,
     evaluate,
     load_deadlines,
 )
 from ._fieldmap import FieldMapping, MappingError, load_mapping
+from ._outcomes import CARE_DIRECTOR_OUTCOMES, AssessmentOutcome, load_outcomes, outcome_table
 from ._protocol import CHECKS, Facts, Protocol, Route, StepDownMemory, load_protocol, load_protocols
 
 __all__ = [
+    "CARE_DIRECTOR_OUTCOMES",
+    "AssessmentOutcome",
+    "load_outcomes",
+    "outcome_table",
     "CHECKS",
     "Facts",
     "FieldMapping",
@@ -29,6 +35,7 @@ __all__ = [
     "DeadlineStatus",
     "Unit",
     "add_working_days",
+    "deadlines_by_rule",
     "deadlines_for",
     "due_at",
     "evaluate",

@@ -174,6 +174,16 @@ def load_deadlines() -> tuple[DeadlineRule, ...]:
     """Every protocol deadline shipped in ``mappings/data/deadlines.toml``."""
     try:
         doc = tomllib.loads(DEADLINES_FILE.read_text(encoding="utf-8"))
-        return tuple(DeadlineRule.model_validate(d) for d in doc["deadline"])
+        rules = tuple(DeadlineRule.model_validate(d) for d in doc["deadline"])
     except (ValidationError, KeyError, tomllib.TOMLDecodeError) as exc:
         raise MappingError(f"{DEADLINES_FILE.name}: {exc}") from exc
+    ids = [r.rule_id for r in rules]
+    if len(ids) != len(set(ids)):
+        raise MappingError(f"{DEADLINES_FILE.name}: a rule id has more than one [[deadline]] (one length per rule)")
+    return rules
+
+
+@cache
+def deadlines_by_rule() -> dict[str, DeadlineRule]:
+    """The shipped deadlines by rule id (a rule id has one deadline)."""
+    return {r.rule_id: r for r in load_deadlines()}

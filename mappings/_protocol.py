@@ -46,7 +46,9 @@ from contracts import (
     Urgency,
 )
 
+from ._deadlines import DEADLINES_FILE, DeadlineRule, deadlines_by_rule, due_at
 from ._fieldmap import DATA_DIR, MappingError
+from ._outcomes import AssessmentOutcome, outcome_table
 
 PROTOCOL_DIR = DATA_DIR / "protocols"
 
@@ -207,42 +209,69 @@ class PurposeNotRule(_Rule):
         return not any(w.casefold() in purpose for w in self.words)
 
 
-class AssessmentOutcome(_Model):
-    to_level: ServiceLevel
-    target: CaseSystem
-    team: str = Field(min_length=1)
-
-
 class AssessmentOutcomeRule(_Rule):
-    """SW22-7: the assessment outcome code selects the step-down's level and target."""
+    """SW22-7: the assessment outcome selects the step-down's level and target.
+
+    ``outcomes`` names the outcome table in ``mappings/data`` (stated once, read also by the
+    case system's connector); only its step-down outcomes count here.
+    """
 
     check: Literal["assessment-outcome"]
-    outcomes: dict[str, AssessmentOutcome] = Field(min_length=1)
+    outcomes: str = Field(pattern=r"^[a-z0-9-]+-outcomes\.toml$")
+
+    @model_validator(mode="after")
+    def _table_loads(self) -> AssessmentOutcomeRule:
+        outcome_table(self.outcomes)  # a broken or missing table is refused with the protocol
+        return self
+
+    def chosen(self, t: TransferMessage) -> AssessmentOutcome | None:
+        """The step-down outcome the transfer's ``assessment_outcome`` names (by label)."""
+        chosen = outcome_table(self.outcomes).get(t.assessment_outcome or "")
+        return chosen if chosen is not None and chosen.step_down else None
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
-        chosen = self.outcomes.get(t.assessment_outcome or "")
+        chosen = self.chosen(t)
         return chosen is not None and chosen.to_level is t.pathway.to_level
 
 
-class DeadlineRule(_Rule):
-    """SW26-6 / NS-4 / BA-14 ...: a deadline the transfer states may not be later than the protocol allows."""
+class StatedDeadlineRule(_Rule):
+    """SW26-6 / NS-4 / BA-14 ...: a deadline the transfer states may not be later than the protocol allows.
+
+    The length, unit and start event are not stated here: they are the monitor's deadline of the
+    same rule id in ``mappings/data/deadlines.toml`` (one source of truth), and the due time is
+    ``_deadlines.due_at`` (working days skip England and Wales bank holidays). The protocol checks
+    when the transfer is requested, so the clock starts at ``requested_at``: for a deadline whose
+    start event comes later (acknowledged, allocated, source-closed) the request is the earliest
+    that event can happen, and the monitor times the deadline from the event itself.
+    """
 
     check: Literal["deadline"]
-    days: int = Field(ge=0)
-    working_days: bool = False
 
-    def limit(self, start: datetime) -> datetime:
-        if not self.working_days:
-            return start + timedelta(days=self.days)
-        day, left = start, self.days
-        while left:
-            day += timedelta(days=1)
-            if day.weekday() < 5:
-                left -= 1
-        return day
+    @model_validator(mode="after")
+    def _stated_once(self) -> StatedDeadlineRule:
+        if self.id not in deadlines_by_rule():
+            raise ValueError(
+                f"deadline {self.id} is not in {DEADLINES_FILE.name}: its length is stated there, once, "
+                "with its unit and start event"
+            )
+        return self
+
+    @property
+    def deadline(self) -> DeadlineRule:
+        """The deadline this rule checks (length, unit, start event), from ``deadlines.toml``."""
+        return deadlines_by_rule()[self.id]
+
+    def limit(self, requested_at: datetime) -> datetime:
+        """The latest due time the transfer may state."""
+        d = self.deadline
+        return due_at(requested_at, d.length, d.unit)
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
-        return all(d.due <= self.limit(t.requested_at) for d in t.deadlines if d.rule_id == self.id)
+        stated = [d.due for d in t.deadlines if d.rule_id == self.id]
+        if not stated:
+            return True
+        limit = self.limit(t.requested_at)
+        return all(due <= limit for due in stated)
 
 
 Rule = Annotated[
@@ -253,7 +282,7 @@ Rule = Annotated[
     | ConsentRule
     | PurposeNotRule
     | AssessmentOutcomeRule
-    | DeadlineRule,
+    | StatedDeadlineRule,
     Field(discriminator="check"),
 ]
 CHECKS = (
@@ -506,7 +535,7 @@ class Protocol:
             return True
         if isinstance(step, OutcomeRouting):
             table = next(x for x in self.spec.rule if isinstance(x, AssessmentOutcomeRule))
-            chosen = table.outcomes.get(t.assessment_outcome or "")
+            chosen = table.chosen(t)
             if chosen is None:
                 raise MappingError(f"{self.origin}: {step.rule}: the assessment outcome is not one of the protocol's")
             r.update(system=chosen.target, team=chosen.team)

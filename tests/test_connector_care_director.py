@@ -166,7 +166,7 @@ def test_sw22_7_assessment_outcomes_are_data_matching_care_directors_pick_list()
     with pytest.raises(MappingError, match=r"care-director-outcomes\.toml: field outcome\.0\.to_level: .*\(SW22-7\)"):
         load_outcomes(
             '[[outcome]]\ncode="X"\nlabel="Y"\nrule="SW22-7"\nstep_down=true\nto_level="nowhere"\n'
-            'lead_service="Z"\nteam="z"\n'
+            'lead_service="Z"\ntarget="mailbox"\nteam="z"\n'
         )
 
 
