@@ -79,6 +79,14 @@ class Source(Connector):
     async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
         """Close the source record after the target acknowledged; idempotent. Returns its reference."""
 
+    async def keep_open(self, transfer: TransferMessage, receipt: Receipt, rule_ids: list[str]) -> str | None:
+        """The protocol keeps the source record open after the handover (``rule_ids`` say why).
+
+        A system with a place for it records why (TED's keep-open, BA-13); idempotent. Returns its
+        reference, or ``None`` where the system records nothing (the default).
+        """
+        return None
+
 
 #: the documents a step-up referral or contact carries (SW22-3, SW22-6, NS-9)
 STEP_UP_DOCUMENTS = frozenset(

@@ -175,6 +175,17 @@ class Urgency(StrEnum):
     URGENT = "urgent"
 
 
+class Purpose(StrEnum):
+    """Why a step is made, as a code the source system records (BA-5 refuses the last two)."""
+
+    #: early help (or the receiving service) will work with the family
+    SUPPORT = "support"
+    #: only so that someone keeps an eye on the child
+    MONITORING = "monitoring"
+    #: only to make an onward referral
+    ONWARD_REFERRAL = "onward-referral"
+
+
 class Deadline(Strict):
     rule_id: RuleId
     due: AwareDatetime
@@ -215,7 +226,14 @@ class TransferMessage(Strict):
         default=None, max_length=128, description="Care Director assessment outcome (SW22-7)"
     )
     purpose: str | None = Field(
-        default=None, max_length=256, description="why the step is made; 'monitoring' is refused by BA-5"
+        default=None,
+        max_length=256,
+        description="why the step is made, in words; BA-5 reads it only where purpose_code is absent",
+    )
+    purpose_code: Purpose | None = Field(
+        default=None,
+        description="why the step is made, as the source system's coded reason (BA-5 refuses monitoring and "
+        "onward-referral); preferred over the free-text purpose",
     )
     family_hub_universal: bool = Field(
         default=False, description="NS-14: supported step-down to universal in a Family Hub"

@@ -39,6 +39,7 @@ from contracts import (
     Council,
     Direction,
     DocumentType,
+    Purpose,
     RecordState,
     RuleViolation,
     ServiceLevel,
@@ -199,14 +200,31 @@ class ConsentRule(_Rule):
 
 
 class PurposeNotRule(_Rule):
-    """BA-5: a step-down is never made only to monitor the child or to make an onward referral."""
+    """BA-5: a step-down is never made only to monitor the child or to make an onward referral.
+
+    The decision is made here, once, for every source system. The structured reason comes first:
+    where the transfer carries a ``purpose_code`` (the source system's coded reason), it alone
+    decides (``codes``). Only where it carries none does the free-text ``purpose`` decide, by the
+    words of ``fallback_keywords`` (matched at word starts, case- and hyphen-insensitive).
+    """
 
     check: Literal["purpose-not"]
-    words: list[str] = Field(min_length=1)
+    codes: list[Purpose] = Field(min_length=1)
+    fallback_keywords: list[str] = Field(min_length=1)
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
-        purpose = (t.purpose or "").casefold()
-        return not any(w.casefold() in purpose for w in self.words)
+        if t.purpose_code is not None:
+            return t.purpose_code not in self.codes
+        return not self.free_text_fallback_matches(t.purpose)
+
+    def free_text_fallback_matches(self, purpose: str | None) -> bool:
+        """The fallback: does the free-text purpose name one of the forbidden purposes?"""
+        text = _words(purpose or "")
+        return any(re.search(rf"(?<!\w){re.escape(_words(w))}", text) for w in self.fallback_keywords)
+
+
+def _words(text: str) -> str:
+    return " ".join(text.casefold().replace("-", " ").split())
 
 
 class AssessmentOutcomeRule(_Rule):

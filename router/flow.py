@@ -244,6 +244,7 @@ class TransferFlow:
             # 8. only now: close the source record, or keep it open where the protocol says so
             kept_open = protocol.keeps_open(transfer)
             if kept_open:
+                await self._retrying(lambda: source.keep_open(transfer, receipt, kept_open))
                 await emit(SourceKeptOpen, source_system=p.from_system, rule_ids=kept_open)
             else:
                 closing = transfer.model_copy(update={"closure": protocol.closure(transfer)})

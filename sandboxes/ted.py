@@ -8,10 +8,16 @@ Barnsley protocol (seed 003) is enforced:
 - BA-13: a disabled child with a direct payment / individual budget stays open (to the
   Disabled Children's Team family support worker): closing is refused, ``keep-open``
   records the step-down and keeps the case open;
-- BA-5: a step-down is decided by a Team Manager and never made "for monitoring" or only
-  to make an onward referral (422 with ``rule``);
+- BA-5: a step-down is decided by a Team Manager (422 with ``rule``); its reason is a code
+  from TED's pick list (``REASON_CODES``: early help support, monitoring, onward referral).
+  TED records the reason; whether a reason is allowed is the council protocol's decision
+  (casebridge's Barnsley protocol), not TED's;
 - BA-6: a step-down names the lead professional's name and organisation;
 - BA-3: an open EHA closes with the reason "step up to social care".
+
+The social worker's step-down request (``POST /api/cases/{id}/stepdown-requests``, after the
+Team Manager's decision) is announced on a change feed (``GET /api/changes?after=&limit=``,
+paginated by cursor, like Care Director's and LCS's), which casebridge's TED publisher reads.
 
 Run it: ``casebridge sandbox ted --db ted.sqlite3 --token T --port 8104``.
 """
@@ -19,14 +25,13 @@ Run it: ``casebridge sandbox ted --db ted.sqlite3 --token T --port 8104``.
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import Field, StringConstraints
 
@@ -49,13 +54,17 @@ __all__ = [
     "EhaCloseIn",
     "EhaIn",
     "KeepOpenIn",
+    "REASON_CODES",
+    "Change",
+    "ChangeFeed",
     "Referral",
     "ReferralIn",
     "ReferralPutResult",
     "StepDown",
     "StepDownIn",
+    "StepDownRequest",
+    "StepDownRequestIn",
     "create_app",
-    "forbidden_purpose",
 ]
 
 logger = logging.getLogger("sandboxes.ted")
@@ -63,17 +72,19 @@ logger = logging.getLogger("sandboxes.ted")
 CASE_PREFIX = "TED-"
 EHA_PREFIX = "EHA-"
 REFERRAL_PREFIX = "REF-"
+REQUEST_PREFIX = "SDR-"
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=1_000_000)]
 TransferId = Annotated[str, PathParam(min_length=1, max_length=200)]
 
-_FORBIDDEN = re.compile(r"\bmonitor(ing|ed)?\b|\bonward[- ]referral\b", re.IGNORECASE)
-
-
-def forbidden_purpose(purpose: str) -> bool:
-    """BA-5: a step-down "for monitoring" or only to make an onward referral."""
-    return _FORBIDDEN.search(purpose) is not None
+#: TED's step-down reason pick list (code -> label)
+REASON_CODES = {
+    "SD-EHS": "Early help support with a lead professional",
+    "SD-MON": "Monitoring",
+    "SD-ONR": "Onward referral",
+}
+ReasonCode = Literal["SD-EHS", "SD-MON", "SD-ONR"]
 
 
 # ---------------------------------------------------------------------------- models
@@ -136,6 +147,54 @@ class KeepOpenIn(StrictModel):
     rule: Literal["BA-13"]
     transfer_id: Text
     open_to: Text
+
+
+class RequestConsent(StrictModel):
+    given_by: Text
+    given_on: date
+    scope: list[Literal["referral", "information-sharing", "statutory-assessment", "recommendations"]]
+    signed: bool = False
+
+
+class RequestDocument(StrictModel):
+    type: Literal["consent-form", "closure-summary", "plan", "assessment", "cin-plan", "review-minutes"]
+    title: Text | None = None
+    content: LongText
+
+
+class StepDownRequestIn(StrictModel):
+    """The social worker's step-down request, after the Team Manager's decision (seed 003)."""
+
+    reason_code: ReasonCode | None = Field(default=None, description="TED's step-down reason (BA-5)")
+    purpose: LongText | None = Field(default=None, description="the reason in the social worker's words")
+    to_level: Literal["early-help", "universal"] = "early-help"
+    decided_by: Decider
+    decided_on: date
+    rationale: LongText
+    lead_professional: LeadProfessional | None = Field(default=None, description="BA-6; none yet: BA-9")
+    consent: RequestConsent | None = None
+    documents: list[RequestDocument] = Field(default_factory=list, description="BA-7")
+    requested_by: Text
+
+
+class StepDownRequest(StepDownRequestIn):
+    request_id: str
+    case_id: str
+    created_at: datetime
+
+
+class Change(StrictModel):
+    seq: int
+    kind: Literal["stepdown_requested"]
+    case_id: str
+    ref: str
+    at: datetime
+
+
+class ChangeFeed(StrictModel):
+    changes: list[Change]
+    last_seq: int
+    has_more: bool
 
 
 class EhaIn(StrictModel):
@@ -223,6 +282,19 @@ CREATE TABLE IF NOT EXISTS eha (
     closed_at TEXT,
     closure_transfer_id TEXT
 );
+CREATE TABLE IF NOT EXISTS stepdown_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    data TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS referrals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     transfer_id TEXT NOT NULL UNIQUE,
@@ -258,6 +330,15 @@ def _case(conn: sqlite3.Connection, row: sqlite3.Row) -> Case:
         kept_open_to=row["kept_open_to"],
         kept_open_transfer_id=row["kept_open_transfer_id"],
         stepdowns=[_stepdown(s) for s in sent],
+        created_at=row["created_at"],
+    )
+
+
+def _request(row: sqlite3.Row) -> StepDownRequest:
+    return StepDownRequest(
+        **StepDownRequestIn.model_validate_json(row["data"]).model_dump(),
+        request_id=f"{REQUEST_PREFIX}{row['id']}",
+        case_id=f"{CASE_PREFIX}{row['case_id']}",
         created_at=row["created_at"],
     )
 
@@ -334,8 +415,6 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
     @api.put("/cases/{case_id}/stepdowns/{transfer_id}", status_code=201)
     def record_stepdown(case_id: str, transfer_id: TransferId, body: StepDownIn, response: Response) -> StepDown:
         """Record that the step-down was sent (idempotent on transfer id)."""
-        if forbidden_purpose(body.purpose):
-            raise SandboxError(422, "stepdown_purpose_not_allowed", field="purpose", rule="BA-5")
         if "team manager" not in body.decided_by.role.lower():
             raise SandboxError(422, "stepdown_not_decided_by_team_manager", field="decided_by.role", rule="BA-5")
         with db.transaction() as conn:
@@ -397,6 +476,51 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
             case = _case(conn, _case_row(conn, case_id))
         logger.info("case kept open id=%s rule=%s", case_id, body.rule)
         return case
+
+    # -- step-down requests, and the change feed that announces them
+
+    @api.post("/cases/{case_id}/stepdown-requests", status_code=201)
+    def request_stepdown(case_id: str, body: StepDownRequestIn) -> StepDownRequest:
+        """The social worker asks for the step-down; it appears on the change feed (the protocol checks it)."""
+        now = clock()
+        with db.transaction() as conn:
+            case = _case_row(conn, case_id)
+            if case["record_state"] == "closed":
+                raise SandboxError(409, "record_closed", case_id=case_id)
+            cur = conn.execute(
+                "INSERT INTO stepdown_requests (case_id, data, created_at) VALUES (?, ?, ?)",
+                (case["id"], dump_json(body), now.isoformat()),
+            )
+            pk = int(cur.lastrowid or 0)
+            conn.execute(
+                "INSERT INTO changes (kind, case_id, ref, at) VALUES (?, ?, ?, ?)",
+                ("stepdown_requested", f"{CASE_PREFIX}{case['id']}", f"{REQUEST_PREFIX}{pk}", now.isoformat()),
+            )
+            row = conn.execute("SELECT * FROM stepdown_requests WHERE id = ?", (pk,)).fetchone()
+        logger.info("stepdown requested id=%s%s", REQUEST_PREFIX, pk)
+        return _request(row)
+
+    @api.get("/stepdown-requests/{request_id}")
+    def get_stepdown_request(request_id: str) -> StepDownRequest:
+        with db.read() as conn:
+            row = row_by_prefixed_id(
+                conn, "stepdown_requests", request_id, REQUEST_PREFIX, error="request_not_found", field="request_id"
+            )
+        return _request(row)
+
+    @api.get("/changes")
+    def changes(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> ChangeFeed:
+        with db.read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit + 1)
+            ).fetchall()
+        page = [
+            Change(seq=r["seq"], kind=r["kind"], case_id=r["case_id"], ref=r["ref"], at=r["at"]) for r in rows[:limit]
+        ]
+        return ChangeFeed(changes=page, last_seq=page[-1].seq if page else after, has_more=len(rows) > limit)
 
     # -- early-help assessments held on TED
 

@@ -10,14 +10,15 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from connectors import PermanentError, Receipt, RuleRefused, TargetRefused, TargetUnavailable
-from connectors.ted import STEP_UP_REASON, TedConnector, keeps_open
+from connectors import Receipt, RuleRefused, TargetRefused, TargetUnavailable
+from connectors.ted import STEP_UP_REASON, TedConnector
 from contracts import CaseSystem, RecordState, TransferMessage
-from mappings import Route
+from mappings import Route, load_protocol
 from sandboxes import ServerHandle, create_ted_app, serve
 from tests.support import example
 
 TOKEN = "ted-connector-token"
+BARNSLEY = load_protocol("barnsley")
 ROUTE = Route(role="default", locality=None)
 SENT = Receipt(CaseSystem.MAILBOX, "casebridge-ref-1", created=True, acknowledged=True)
 
@@ -115,52 +116,58 @@ async def test_ba15_close_without_an_acknowledged_receipt_is_refused(ted: TedCon
     assert ("open", []) == (case["record_state"], case["stepdowns"])
 
 
-async def test_ba13_disabled_child_with_direct_payment_stays_open(ted: TedConnector, client: httpx.Client) -> None:
-    """The step-down is recorded as sent and the case stays open to the DCT family support worker."""
+async def test_ba13_keep_open_calls_teds_keep_open_so_ted_shows_why(ted: TedConnector, client: httpx.Client) -> None:
+    """keep_open(BA-13) over HTTP: the step-down is recorded as sent and TED shows the case open to the DCT worker."""
     flags = {"disabled": True, "direct_payment": True}
     transfer = step_down(client, case={**flags, "team": "DCT"})
     transfer = transfer.model_copy(update={"child": transfer.child.model_copy(update=flags)})
-    assert ["BA-13"] == keeps_open(transfer)
-    case_id = await ted.close(transfer, SENT)
+    assert ["BA-13"] == BARNSLEY.keeps_open(transfer)  # the protocol decides; the connector only records it
+    case_id = await ted.keep_open(transfer, SENT, ["BA-13"])
     case = get(client, f"/api/cases/{case_id}")
     kept = (case["record_state"], case["kept_open_rule"], case["kept_open_transfer_id"], case["kept_open_to"])
     assert ("open", "BA-13", transfer.transfer_id, "Disabled Children's Team family support worker") == kept
     assert [transfer.transfer_id] == [s["transfer_id"] for s in case["stepdowns"]]
     assert RecordState.OPEN == (await ted.state(transfer)).state
-    assert case_id == await ted.close(transfer, SENT)  # idempotent
+    assert case_id == await ted.keep_open(transfer, SENT, ["BA-13"])  # idempotent
+    assert 1 == len(get(client, f"/api/cases/{case_id}")["stepdowns"])
 
 
-async def test_ba13_ted_is_the_authority_on_the_direct_payment(ted: TedConnector, client: httpx.Client) -> None:
-    """TED says direct payment, the transfer does not: kept open. The transfer says so, TED does not: refused."""
-    flags = {"disabled": True, "direct_payment": True}
-    ted_says = step_down(client, case=flags)
-    await ted.close(ted_says, SENT)
-    assert "BA-13" == get(client, f"/api/cases/{ted_says.source_record.record_id}")["kept_open_rule"]
-
-    transfer_says = step_down(client)
-    transfer_says = transfer_says.model_copy(update={"child": transfer_says.child.model_copy(update=flags)})
-    with pytest.raises(RuleRefused) as refused:
-        await ted.close(transfer_says, SENT)
-    assert ("BA-13",) == refused.value.rule_ids
-    case = get(client, f"/api/cases/{transfer_says.source_record.record_id}")
+async def test_ba13_ba09_keep_open_for_other_rules_records_nothing_on_ted(
+    ted: TedConnector, client: httpx.Client
+) -> None:
+    """BA-9 (no lead professional yet) keeps the case open too, but TED has no place for it: nothing is written."""
+    transfer = step_down(client, professionals={})
+    assert None is await ted.keep_open(transfer, SENT, ["BA-9"])
+    assert None is await ted.keep_open(transfer, SENT, ["BA-9", "BA-13"])
+    case = get(client, f"/api/cases/{transfer.source_record.record_id}")
     assert ("open", None, []) == (case["record_state"], case["kept_open_rule"], case["stepdowns"])
 
 
-@pytest.mark.parametrize(
-    "purpose", ["Monitoring (note XJ-1)", "so the school can monitor attendance (note XJ-1)", "onward referral (XJ-1)"]
-)
-async def test_ba05_step_down_for_monitoring_is_refused_before_anything_is_sent(
-    ted: TedConnector, client: httpx.Client, purpose: str
+async def test_ba13_ted_is_the_authority_on_the_direct_payment(ted: TedConnector, client: httpx.Client) -> None:
+    """TED says direct payment but the protocol closes: TED refuses (409, BA-13). The reverse: keep-open refused."""
+    flags = {"disabled": True, "direct_payment": True}
+    ted_says = step_down(client, case=flags)
+    with pytest.raises(TargetRefused) as refused:
+        await ted.close(ted_says, SENT)
+    assert (("BA-13",), 409) == (refused.value.rule_ids, refused.value.status)
+    assert "open" == get(client, f"/api/cases/{ted_says.source_record.record_id}")["record_state"]
+
+    transfer_says = step_down(client, transfer_id="ba-5002")
+    transfer_says = transfer_says.model_copy(update={"child": transfer_says.child.model_copy(update=flags)})
+    with pytest.raises(TargetRefused) as refused:
+        await ted.keep_open(transfer_says, SENT, ["BA-13"])
+    assert (("BA-13",), 422) == (refused.value.rule_ids, refused.value.status)
+    case = get(client, f"/api/cases/{transfer_says.source_record.record_id}")
+    assert ("open", None) == (case["record_state"], case["kept_open_rule"])
+
+
+async def test_ba05_ted_connector_leaves_the_monitoring_decision_to_the_protocol(
+    ted: TedConnector, client: httpx.Client
 ) -> None:
-    """state() (asked before delivery) and close() refuse it with a PermanentError naming BA-5."""
-    transfer = step_down(client, purpose=purpose)
-    with pytest.raises(RuleRefused) as refused:
-        await ted.state(transfer)
-    assert ("BA-5",) == refused.value.rule_ids and isinstance(refused.value, PermanentError)
-    assert "field purpose" in str(refused.value) and "XJ-1" not in str(refused.value)  # free text never echoed
-    with pytest.raises(RuleRefused):
-        await ted.close(transfer, SENT)
-    assert [] == get(client, f"/api/cases/{transfer.source_record.record_id}")["stepdowns"]
+    """state() only reads TED: a "for monitoring" step-down is the protocol's to hold (BA-5), not a connector error."""
+    transfer = step_down(client, purpose="Monitoring (note XJ-1)")
+    assert RecordState.OPEN == (await ted.state(transfer)).state
+    assert ["BA-5"] == [v.rule_id for v in BARNSLEY.check(transfer)]
 
 
 async def test_ba05_step_down_not_decided_by_a_team_manager_is_refused_by_ted(

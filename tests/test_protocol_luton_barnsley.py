@@ -121,6 +121,16 @@ def test_ba05_step_down_decided_by_team_manager_never_for_monitoring() -> None:
     assert ["BA-5"] == _held(BA, doc)
 
 
+def test_ba05_purpose_code_decides_and_free_text_is_only_the_fallback() -> None:
+    """BA-5: a coded reason decides alone; without one, words in the free-text purpose (at word starts) decide."""
+    assert ["BA-5"] == _held(BA, step_down("barnsley", purpose_code="monitoring"))
+    assert ["BA-5"] == _held(BA, step_down("barnsley", purpose_code="onward-referral", purpose="family support"))
+    assert [] == _held(BA, step_down("barnsley", purpose_code="support", purpose="school will monitor attendance too"))
+    assert ["BA-5"] == _held(BA, step_down("barnsley", purpose="Onward-referral only"))
+    assert ["BA-5"] == _held(BA, step_down("barnsley", purpose="MONITORED by the school"))
+    assert [] == _held(BA, step_down("barnsley", purpose="premonitory signs are met by the early help plan"))
+
+
 def test_ba06_lead_professional_named_with_organisation() -> None:
     """BA-6: a lead professional without an organisation is held."""
     doc = step_down("barnsley")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 from contracts import CaseSystem, Direction, RecordState, TransferMessage
@@ -16,23 +15,13 @@ STEP_DOWN_REASON = "Stepped down to early help"
 STEP_UP_REASON = "step up to social care"
 #: BA-13: who the case stays open to
 DCT_FSW = "Disabled Children's Team family support worker"
-_FORBIDDEN = re.compile(r"\bmonitor(ing|ed)?\b|\bonward[- ]referral\b", re.IGNORECASE)
 
 
-def check_stepdown(transfer: TransferMessage) -> None:
-    """BA-5: never a step-down "for monitoring" or only to make an onward referral (pure)."""
-    if transfer.pathway.direction is Direction.STEP_DOWN and _FORBIDDEN.search(transfer.purpose or ""):
+def _acknowledged(receipt: Receipt) -> None:
+    if not receipt.acknowledged:
         raise RuleRefused(
-            "ted: a step-down must not be made for monitoring or only to make an onward referral (field purpose, BA-5)",
-            rule_ids=("BA-5",),
+            "ted: the case closes only after the step-down was sent and acknowledged (BA-15)", rule_ids=("BA-15",)
         )
-
-
-def keeps_open(transfer: TransferMessage) -> list[str]:
-    """The rules that keep the TED case open after this step-down: BA-13 for a child with a direct payment."""
-    child = transfer.child
-    is_step_down = transfer.pathway.direction is Direction.STEP_DOWN
-    return ["BA-13"] if is_step_down and child.disabled and child.direct_payment else []
 
 
 class TedConnector(HttpConnection, Source, Target):
@@ -51,40 +40,41 @@ class TedConnector(HttpConnection, Source, Target):
         if transfer.pathway.direction is Direction.STEP_UP:
             eha = (await self.http.request("GET", f"/api/eha/{record_id}")).json()
             return SourceState(RecordState(eha["status"]), closed_by_transfer=eha.get("closure_transfer_id"))
-        check_stepdown(transfer)
         case = await self.case(record_id)
         return SourceState(RecordState(case["record_state"]), closed_by_transfer=case.get("closure_transfer_id"))
 
     async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
-        """Step-down: record it as sent, then close the case (BA-15) or keep it open (BA-13).
+        """Step-down: record it as sent, then close the case (BA-15).
 
         Step-up: close the open EHA with the reason "step up to social care" (BA-3).
-        Idempotent: a record already closed by the same transfer counts as closed.
+        Idempotent: a record already closed by the same transfer counts as closed. TED itself
+        refuses to close a case it keeps open for a direct payment (BA-13): a ``TargetRefused``.
         """
-        if not receipt.acknowledged:
-            raise RuleRefused(
-                "ted: the case closes only after the step-down was sent and acknowledged (BA-15)", rule_ids=("BA-15",)
-            )
+        _acknowledged(receipt)
         if transfer.pathway.direction is Direction.STEP_UP:
             return await self._close_eha(transfer)
-        check_stepdown(transfer)
         case_id = transfer.source_record.record_id
-        case = await self.case(case_id)
-        ted_keeps_open = bool(case["disabled"] and case["direct_payment"])
-        if keeps_open(transfer) and not ted_keeps_open:
-            # TED holds the direct payment: if the transfer says there is one and TED does not, close nothing.
-            raise RuleRefused(
-                "ted: the transfer says the child has a direct payment but TED does not; the case is left open "
-                "for a person to check (field child.direct_payment, BA-13)",
-                rule_ids=("BA-13",),
-            )
         await self._record_sent(transfer, receipt)
-        if ted_keeps_open:
-            body = {"rule": "BA-13", "transfer_id": transfer.transfer_id, "open_to": DCT_FSW}
-            await self.http.request("POST", f"/api/cases/{case_id}/keep-open", json=body)
-            return case_id
         body = {"reason": STEP_DOWN_REASON, "closed_by": CLOSED_BY, "transfer_id": transfer.transfer_id}
         await self.close_once(f"/api/cases/{case_id}/close", body, self, transfer)
+        return case_id
+
+    async def keep_open(self, transfer: TransferMessage, receipt: Receipt, rule_ids: list[str]) -> str | None:
+        """BA-13, as the protocol decided: record the step-down as sent, then TED's keep-open, so TED shows why.
+
+        TED's keep-open has a place for BA-13 only (open to the DCT family support worker); for
+        other rules, and while no lead professional is named (BA-9: only a request for support
+        went, the step-down itself is not sent yet), TED records nothing and ``None`` is returned.
+        """
+        if "BA-13" not in rule_ids or transfer.pathway.direction is not Direction.STEP_DOWN:
+            return None
+        if transfer.professionals.lead_professional is None:
+            return None
+        _acknowledged(receipt)
+        await self._record_sent(transfer, receipt)
+        case_id = transfer.source_record.record_id
+        body = {"rule": "BA-13", "transfer_id": transfer.transfer_id, "open_to": DCT_FSW}
+        await self.http.request("POST", f"/api/cases/{case_id}/keep-open", json=body)
         return case_id
 
     async def _record_sent(self, transfer: TransferMessage, receipt: Receipt) -> None:
