@@ -23,5 +23,6 @@ the same transfer counts as closed.
 """
 
 from ._connector import DCT_FSW, STEP_UP_REASON, TedConnector
+from ._publisher import TedPublisher, transfer_id_for
 
-__all__ = ["DCT_FSW", "STEP_UP_REASON", "TedConnector"]
+__all__ = ["DCT_FSW", "STEP_UP_REASON", "TedConnector", "TedPublisher", "transfer_id_for"]

@@ -35,6 +35,14 @@ class TedConnector(HttpConnection, Source, Target):
         case: dict[str, Any] = (await self.http.request("GET", f"/api/cases/{case_id}")).json()
         return case
 
+    async def stepdown_request(self, request_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = (await self.http.request("GET", f"/api/stepdown-requests/{request_id}")).json()
+        return found
+
+    async def changes(self, after: int) -> tuple[list[dict[str, Any]], int]:
+        """One page of TED's change feed (step-down requests) after the cursor, and the next cursor."""
+        return await self.feed_page("/api/changes", "changes", after)
+
     async def state(self, transfer: TransferMessage) -> SourceState:
         record_id = transfer.source_record.record_id
         if transfer.pathway.direction is Direction.STEP_UP:

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+from contracts import Council, TransferMessage
+from mappings import load_mapping
+
+from .._feed import FeedPublisher
+from ._connector import TedConnector
+
+_MAPPING = load_mapping("ted-stepdown")
+
+
+def transfer_id_for(council: Council, request_id: str) -> str:
+    """Stable for the handover: the same TED step-down request always yields the same transfer id."""
+    return f"{council.value}-ted-{request_id}".lower()
+
+
+class TedPublisher(FeedPublisher):
+    """Reads TED's change feed and publishes each step-down request as a canonical transfer.
+
+    The mapping (``mappings/data/ted-stepdown.toml``) carries TED's coded reason as the transfer's
+    ``purpose_code``; whether that reason is allowed (BA-5) is the protocol's decision, in the
+    router, like every other rule. A request the mapping or the contract refuses is dead-lettered at
+    the ``map`` stage. At-least-once: the cursor moves only after Kafka acknowledged what was
+    published; ids are stable per request and feed position.
+    """
+
+    feed = "ted-changes"
+
+    def __init__(
+        self,
+        ted: TedConnector,
+        bootstrap_servers: str,
+        transfers_topic: str,
+        dead_letter_topic: str,
+        cursor: Path,
+        council: Council = Council.BARNSLEY,
+    ) -> None:
+        super().__init__(ted, bootstrap_servers, transfers_topic, dead_letter_topic, cursor, council)
+        self.ted = ted
+
+    async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:
+        changes, last = await self.ted.changes(after)
+        pending = [
+            await self._publish(change["ref"], change["seq"])
+            for change in changes
+            if change["kind"] == "stepdown_requested"
+        ]
+        return pending, last
+
+    async def _publish(self, request_id: str, seq: int) -> Awaitable[Any]:
+        request = await self.ted.stepdown_request(request_id)
+        case = await self.ted.case(request["case_id"])
+        transfer_id = transfer_id_for(self.council, request_id)
+        key = f"ted:{case['id']}".encode()
+        source = {"case": case, "request": request}
+
+        def build() -> TransferMessage:
+            envelope = {
+                "transfer_id": transfer_id,
+                "message_id": f"{transfer_id}-c{seq}",
+                "council": self.council.value,
+            }
+            return TransferMessage.model_validate(_MAPPING.apply({**source, "envelope": envelope}))
+
+        return await self.publish("ted_stepdown_request", transfer_id, key, build, source)

@@ -1,0 +1,206 @@
+"""A TED step-down starts from TED: its request feed -> TedPublisher -> the real broker -> the router under the
+shipped Barnsley protocol -> the early-help team mailbox (a real STARTTLS SMTP server) -> TED closed or kept open."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from pydantic import SecretStr
+
+from connectors.mailbox import MailboxConnector, MailboxSettings
+from connectors.ted import TedConnector, TedPublisher, transfer_id_for
+from contracts import CaseSystem, Council, Purpose, TransferEvent, TransferMessage
+from mappings import load_protocol
+from router import Settings, Topics, build_router
+from sandboxes import ServerHandle, create_ted_app, serve
+from tests.conftest import free_port
+from tests.support import events_of, read
+from tests.test_connector_e2e_other_systems import PASSWORD, USER, Inbox, _auth
+
+TOKEN = "ted-feed-token"
+EARLY_HELP = "earlyhelp@barnsley.example"
+REQUEST = {
+    "reason_code": "SD-EHS",
+    "purpose": "needs met at early help level with a lead professional (synthetic)",
+    "to_level": "early-help",
+    "decided_by": {"name": "Morgan Testmanager", "role": "Team Manager"},
+    "decided_on": "2026-10-30",
+    "rationale": "Risks reduced; early help can meet the needs (synthetic).",
+    "lead_professional": {"name": "Quinn Placeholder", "organisation": "Example Primary School"},
+    "consent": {
+        "given_by": "Parent (synthetic)",
+        "given_on": "2026-10-28",
+        "scope": ["referral", "information-sharing"],
+        "signed": True,
+    },
+    "documents": [
+        {"type": "closure-summary", "content": "Closing assessment summary (synthetic)."},
+        {"type": "plan", "content": "Step-down plan (synthetic)."},
+        {"type": "consent-form", "content": "Consent (synthetic)."},
+    ],
+    "requested_by": "Social worker (synthetic)",
+}
+
+
+@dataclass
+class World:
+    inbox: Inbox
+    mailbox: MailboxConnector
+    ted: TedConnector
+    ted_url: str
+    http: httpx.Client
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerHandle]:
+    with serve(create_ted_app(tmp_path / "ted.db", TOKEN), "127.0.0.1", 0) as handle:
+        yield handle
+
+
+@pytest.fixture
+async def world(tmp_path: Path, server: ServerHandle) -> AsyncIterator[World]:
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    inbox = Inbox()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=context,
+        require_starttls=True,
+        auth_required=True,
+        authenticator=_auth,
+    )
+    controller.start()
+    settings = MailboxSettings(
+        host="127.0.0.1",
+        port=controller.port,
+        username=USER,
+        password=SecretStr(PASSWORD),
+        sender="casebridge@council.example",
+        ca_file=ca_file,
+        mailboxes={"barnsley:step-down:early-help": EARLY_HELP},
+        ledger=tmp_path / "mail-ledger.db",
+    )
+    try:
+        async with MailboxConnector(settings) as mailbox, TedConnector(server.url, SecretStr(TOKEN)) as ted:
+            with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                yield World(inbox, mailbox, ted, server.url, http)
+    finally:
+        controller.stop()
+
+
+def _request(w: World, case: dict[str, Any] | None = None, **changes: Any) -> tuple[str, str]:
+    """A TED case and its step-down request: (case id, request id)."""
+    body = {"given_name": "Robin", "family_name": "Exampleton", "date_of_birth": "2016-04-09", **(case or {})}
+    case_id = w.http.post("/api/cases", json=body).raise_for_status().json()["id"]
+    r = w.http.post(f"/api/cases/{case_id}/stepdown-requests", json={**REQUEST, **changes}).raise_for_status()
+    return str(case_id), str(r.json()["request_id"])
+
+
+def _kinds(events: list[TransferEvent], transfer_id: str) -> list[str]:
+    return [e.event_type for e in events if e.transfer_id == transfer_id]
+
+
+async def test_ba15_ba05_ba13_ted_step_down_requests_start_from_teds_feed_on_the_real_broker(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, world: World
+) -> None:
+    """TED's request feed drives the Barnsley step-down: mailed, then TED closed (BA-15); coded "monitoring"
+    held by the protocol (BA-5); a disabled child with a direct payment kept open on TED, which shows why (BA-13)."""
+    w = world
+    good_case, good = _request(w)
+    held_case, held = _request(w, reason_code="SD-MON", purpose="the school will keep in touch (synthetic)")
+    kept_case, kept = _request(w, case={"disabled": True, "direct_payment": True, "team": "DCT"})
+    ids = {
+        name: transfer_id_for(Council.BARNSLEY, ref) for name, ref in (("good", good), ("held", held), ("kept", kept))
+    }
+
+    topics = Topics(topic_prefix)
+    publisher = TedPublisher(
+        TedConnector(w.ted_url, SecretStr(TOKEN)), kafka_bootstrap, topics.transfers, topics.dead_letter, tmp_path / "c"
+    )
+    await publisher.start()
+    try:
+        assert 3 == await publisher.poll_once()
+        assert 0 == await publisher.poll_once()  # the cursor moved past the three requests
+    finally:
+        await publisher.stop()
+    published = {
+        t.transfer_id: t
+        for t in (
+            TransferMessage.model_validate_json(r.value or b"")
+            for r in await read(kafka_bootstrap, topics.transfers, lambda r: len(r) >= 3, timeout=30)
+        )
+    }
+    assert (Purpose.SUPPORT, Purpose.MONITORING) == (
+        published[ids["good"]].purpose_code,
+        published[ids["held"]].purpose_code,
+    )
+
+    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
+    router = build_router(
+        settings,
+        {CaseSystem.MAILBOX: w.mailbox},
+        {CaseSystem.TED: w.ted},
+        {Council.BARNSLEY: load_protocol("barnsley")},
+    )
+    task = asyncio.create_task(router.run_until_stopped())
+    try:
+
+        def finished(records: list[Any]) -> bool:
+            ends = ("source-closed", "source-kept-open", "dead-lettered")
+            return {e.transfer_id for e in events_of(records) if e.event_type in ends} >= set(ids.values())
+
+        events = events_of(await read(kafka_bootstrap, topics.events, finished, timeout=90))
+    finally:
+        router.stopped.set()
+        await task
+
+    # BA-15: the mail went (delivered, acknowledged) before TED closed; TED records the sent step-down first
+    kinds = _kinds(events, ids["good"])
+    assert kinds.index("delivered") < kinds.index("acknowledged") < kinds.index("source-closed")
+    case = w.http.get(f"/api/cases/{good_case}").json()
+    [sent] = case["stepdowns"]
+    assert ("closed", ids["good"], "mailbox") == (case["record_state"], case["closure_transfer_id"], sent["sent_via"])
+    assert datetime.fromisoformat(sent["sent_at"]) <= datetime.fromisoformat(case["closed_at"])
+
+    # BA-5: the coded reason is refused by the protocol (not by TED, not by the connector): held, nothing mailed
+    assert "delivered" not in _kinds(events, ids["held"])
+    [held_event] = [e for e in events if e.transfer_id == ids["held"] and e.event_type == "held"]
+    assert ["BA-5"] == [v.rule_id for v in held_event.violations]  # type: ignore[union-attr]
+    case = w.http.get(f"/api/cases/{held_case}").json()
+    assert ("open", []) == (case["record_state"], case["stepdowns"])
+
+    # BA-13: mailed, then kept open; TED's keep-open shows why
+    kinds = _kinds(events, ids["kept"])
+    assert kinds.index("acknowledged") < kinds.index("source-kept-open") and "source-closed" not in kinds
+    case = w.http.get(f"/api/cases/{kept_case}").json()
+    assert ("open", "BA-13", ids["kept"]) == (
+        case["record_state"],
+        case["kept_open_rule"],
+        case["kept_open_transfer_id"],
+    )
+    assert [ids["kept"]] == [s["transfer_id"] for s in case["stepdowns"]]
+
+    mailed = []
+    for recipients, raw in w.inbox.messages:
+        message = email.message_from_bytes(raw, policy=default_policy)
+        assert isinstance(message, EmailMessage) and [EARLY_HELP] == recipients
+        mailed.append(message["X-Casebridge-Transfer-Id"])
+    assert sorted([ids["good"], ids["kept"]]) == sorted(mailed)
