@@ -29,8 +29,9 @@ from connectors import Receipt, Source, Target
 from connectors.care_director import CareDirectorConnector
 from connectors.mailbox import MailboxConnector, MailboxSettings
 from connectors.memory import MemorySource, MemoryTarget
-from connectors.ted import TedConnector
-from contracts import CaseSystem, TransferEvent, TransferMessage, parse_event
+from connectors.ted import TedConnector, TedPublisher
+from connectors.ted import transfer_id_for as ted_transfer_id
+from contracts import CaseSystem, Council, TransferEvent, TransferMessage, parse_event
 from router import Settings
 from sandboxes import SmtpSandbox, create_care_director_app, create_ehm_app, create_lcs_app, create_ted_app, serve
 
@@ -218,6 +219,15 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
                 CaseSystem.TED: TedConnector(ted_server.url, SecretStr(token)),
                 CaseSystem.CARE_DIRECTOR: CareDirectorConnector(cd_server.url, SecretStr(token)),
             },
+            extra_publishers=[
+                TedPublisher(
+                    TedConnector(ted_server.url, SecretStr(token)),
+                    bootstrap,
+                    settings.topics.transfers,
+                    settings.topics.dead_letter,
+                    Path(work) / "state" / "ted-cursor.json",
+                )
+            ],
         )
         watch = EventWatch(bootstrap, settings.topics.events)
         async with stack:
@@ -291,6 +301,26 @@ class _Records:
     def ted_case(self) -> str:
         return str(self.ted.post("/api/cases", json=self._child()).raise_for_status().json()["id"])
 
+    def ted_stepdown_request(self, reason_code: str) -> tuple[str, str]:
+        """A TED case and the social worker's step-down request on it (TED's feed announces it)."""
+        case_id = self.ted_case()
+        doc = step_down("barnsley")
+        decision = doc["management_decision"]
+        lead = doc["professionals"]["lead_professional"]
+        request = {
+            "reason_code": reason_code,
+            "purpose": doc["purpose"],
+            "decided_by": decision["decided_by"],
+            "decided_on": decision["decided_on"],
+            "rationale": decision["rationale"],
+            "lead_professional": {"name": lead["name"], "organisation": lead["organisation"]},
+            "consent": doc["consent"],
+            "documents": [{"type": d["type"], "content": d["content"]} for d in doc["documents"]],
+            "requested_by": "Social worker (synthetic)",
+        }
+        r = self.ted.post(f"/api/cases/{case_id}/stepdown-requests", json=request).raise_for_status()
+        return case_id, str(r.json()["request_id"])
+
     def cd_person(self) -> str:
         return str(self.cd.post("/api/persons", json=self._child()).raise_for_status().json()["id"])
 
@@ -338,16 +368,14 @@ async def _councils(lcs: LcsSandboxClient, ehm: EhmSandboxClient, records: _Reco
     add("Swindon 2022 s.47 step-up from FISS to the MASH (SW22-1, SW22-6)", s47, "source-kept-open")
     # Luton: Family Safeguarding step-down ratified at the CIN Panel, receipt notice (LU-6, LU-7)
     add("Luton step-down from Family Safeguarding (LU-6, LU-7)", step_down("luton", 105), "source-closed")
-    # Barnsley: TED -> early-help mailbox; one "for monitoring" refused (BA-5)
-    add(
-        "Barnsley step-down TED -> early-help mailbox (BA-5..7, BA-15)",
-        _on(step_down("barnsley", 106), "ted", records.ted_case()),
-        "source-closed",
-    )
-    monitoring = _on(
-        step_down("barnsley", 107, purpose="so that school can monitor attendance"), "ted", records.ted_case()
-    )
-    add("Barnsley step-down 'for monitoring' (held: BA-5)", monitoring, "dead-lettered")
+    # Barnsley: the step-downs start from TED's request feed (the TED publisher) -> early-help mailbox;
+    # one coded "monitoring" is held by the protocol (BA-5)
+    for title, reason, expect in (
+        ("Barnsley step-down from TED's feed -> early-help mailbox (BA-5..7, BA-15)", "SD-EHS", "source-closed"),
+        ("Barnsley step-down coded 'monitoring' on TED (held: BA-5)", "SD-MON", "dead-lettered"),
+    ):
+        case_id, request_id = records.ted_stepdown_request(reason)
+        cases.append(Case(title, case_id, ted_transfer_id(Council.BARNSLEY, request_id), expect, kind="memory"))
     # North Somerset: EHM -> LCS Front Door step-up, EHM episode closed with a case note (NS-9, NS-12)
     episode = ehm.open_episode(locality="East")
     ns = step_up("north-somerset", 108)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from connectors import Source, Target
+from connectors import FeedPublisher, Source, Target
 from connectors.ehm import AllocationReporter, EhmConnector, StepUpPublisher
 from connectors.lcs import LcsConnector, LcsPublisher
 from contracts import CaseSystem
@@ -33,6 +33,8 @@ class Stack:
     #: connectors for the other case systems and channels (Care Director, TED, team mailboxes)
     extra_targets: dict[CaseSystem, Target] = field(default_factory=dict)
     extra_sources: dict[CaseSystem, Source] = field(default_factory=dict)
+    #: change-feed publishers of the other case systems (TED's step-down requests), run beside LCS's
+    extra_publishers: list[FeedPublisher] = field(default_factory=list)
     router: Router = field(init=False)
     publisher: LcsPublisher = field(init=False)
     reporter: AllocationReporter = field(init=False)
@@ -87,6 +89,8 @@ class Stack:
         await self.stepups.start()
         await self.reporter.start()
         await self.notices.start()
+        for extra in self.extra_publishers:
+            await extra.start()
         if self.loops:
             stop = lambda: self._stopping  # noqa: E731
             self._tasks = [
@@ -94,11 +98,14 @@ class Stack:
                 asyncio.create_task(self.stepups.run(self.poll_interval, stop)),
                 asyncio.create_task(self.notices.run(self.poll_interval, stop)),
                 asyncio.create_task(self.reporter.run(self.poll_interval, stop)),
+                *(asyncio.create_task(p.run(self.poll_interval, stop)) for p in self.extra_publishers),
             ]
 
     async def stop(self) -> None:
         self._stopping = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for extra in self.extra_publishers:
+            await extra.stop()
         await self.notices.stop()
         await self.reporter.stop()
         await self.stepups.stop()

@@ -10,11 +10,13 @@ from ._errors import (
     TargetUnavailable,
     TransientError,
 )
+from ._feed import FeedPublisher
 from ._http import HttpClient
 
 __all__ = [
     "CasebridgeError",
     "Connector",
+    "FeedPublisher",
     "HttpClient",
     "PermanentError",
     "Receipt",

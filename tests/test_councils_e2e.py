@@ -372,6 +372,7 @@ async def test_demo_covers_one_flow_per_council(kafka_bootstrap: str) -> None:
     for council in ("Swindon 2026", "Swindon 2022", "Luton", "Barnsley", "North Somerset step-up"):
         assert council in text
     assert "team Family Safeguarding Team" in text and "Step Down to SBC Early Help" in text
+    assert "Barnsley step-down from TED's feed" in text  # started by the TED publisher, not produced by hand
 
 
 async def test_a_transfer_from_a_system_the_protocol_does_not_name_is_dead_lettered(councils: Councils) -> None:
