@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import tomllib
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from connectors.care_director import ASSESSMENT_OUTCOMES, outcome_of
 from contracts import CaseSystem, Council
 from mappings import Facts, load_protocol
+from mappings._protocol import PROTOCOL_DIR, AssessmentOutcomeRule
 from tests.council_data import exemption, step_down, step_up, transfer
 
 SW26 = load_protocol(Council.SWINDON)
@@ -169,6 +172,20 @@ def test_sw22_07_assessment_outcome_selects_the_step_down_target(outcome: str, l
     doc["pathway"]["to_level"] = "universal" if level != "universal" else "early-help"
     assert ["SW22-7"] == _held(SW22, doc)
     assert ["SW22-7"] == _held(SW22, step_down("swindon-2022", assessment_outcome="Refer to somewhere"))
+
+
+def test_sw22_07_outcome_table_is_stated_once_and_read_by_protocol_and_care_director() -> None:
+    """SW22-7: the protocol names the outcome file (no table of its own); the protocol and the Care Director
+    connector see the same outcomes; a non-step-down outcome ("Continue as Child in Need") is held as before."""
+    [raw] = [r for r in tomllib.loads((PROTOCOL_DIR / "swindon-2022.toml").read_text())["rule"] if r["id"] == "SW22-7"]
+    assert "care-director-outcomes.toml" == raw["outcomes"]
+    [rule] = [r for r in SW22.spec.rule if isinstance(r, AssessmentOutcomeRule)]
+    for label, outcome in ASSESSMENT_OUTCOMES.items():
+        doc = step_down("swindon-2022", assessment_outcome=label)
+        assert (outcome if outcome.step_down else None) is rule.chosen(transfer(doc))
+        assert outcome is outcome_of(outcome.code)
+    doc = step_down("swindon-2022", assessment_outcome="Continue as Child in Need")
+    assert ["SW22-7"] == _held(SW22, doc)
 
 
 def test_sw22_08_consent_covers_recommendations_and_sharing_the_assessment() -> None:
