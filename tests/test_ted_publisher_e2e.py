@@ -204,3 +204,29 @@ async def test_ba15_ba05_ba13_ted_step_down_requests_start_from_teds_feed_on_the
         assert isinstance(message, EmailMessage) and [EARLY_HELP] == recipients
         mailed.append(message["X-Casebridge-Transfer-Id"])
     assert sorted([ids["good"], ids["kept"]]) == sorted(mailed)
+
+
+async def test_g3_a_ted_request_the_contract_refuses_is_dead_lettered_at_the_map_stage_naming_the_field(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, world: World
+) -> None:
+    """G3: a request TED accepts but the contract does not (consent with no scope) is kept as a dead letter with the
+    field and the rule, no personal data in the reason; the cursor moves on and the next request is published."""
+    w = world
+    _request(w, consent={**REQUEST["consent"], "scope": []})
+    _, fine = _request(w)
+    topics = Topics(topic_prefix)
+    publisher = TedPublisher(
+        TedConnector(w.ted_url, SecretStr(TOKEN)), kafka_bootstrap, topics.transfers, topics.dead_letter, tmp_path / "c"
+    )
+    await publisher.start()
+    try:
+        assert 2 == await publisher.poll_once()
+    finally:
+        await publisher.stop()
+    [dead] = await read(kafka_bootstrap, topics.dead_letter, lambda r: len(r) >= 1, timeout=30)
+    [sent] = await read(kafka_bootstrap, topics.transfers, lambda r: len(r) >= 1, timeout=30)
+    headers = {k: bytes(v).decode() for k, v in dead.headers}
+    assert ("map", "ContractViolation") == (headers["casebridge.dlq.stage"], headers["casebridge.dlq.error.class"])
+    assert "consent.scope" in headers["casebridge.dlq.error.message"]
+    assert "Exampleton" not in headers["casebridge.dlq.error.message"]
+    assert transfer_id_for(Council.BARNSLEY, fine) == TransferMessage.model_validate_json(sent.value or b"").transfer_id
