@@ -1,0 +1,313 @@
+"""Closing a source record later: LU-4 (10 days after social care accepted), SW22-10 (once the receiving
+early-help worker is named), NS-12 (once the Front Door accepted the step-up).
+
+Where the flow keeps a source record open under a rule with a later closure, ``ClosurePlanner``
+turns it into a ``PendingClosure`` (ids, times, the protocol's closure wording; no personal
+data), which the flow writes to the compacted ``<prefix>.pending-closures`` topic keyed by
+transfer id. ``ClosureScheduler`` reads that topic and the events topic. A closure falls due
+at its time (LU-4), on the transfer's ``allocated`` event (SW22-10) or on the Front Door's
+``front-door-decision`` event (NS-12: accepted closes; not accepted cancels, the record
+stays open). When due, the record is closed through the source connector, ``source-closed``
+is emitted with the rule id, and the entry is tombstoned.
+
+Delivery: at least once. A signal is made durable by rewriting the entry with its due time;
+a crash between the close and the tombstone closes again, which every source connector's
+close makes a no-op (idempotent on transfer id), and the event id is the same. A source
+that is down leaves the closure due for the next poll; a refusal dead-letters the entry
+(``casebridge replay`` puts it back) and raises an alert. The clock is injectable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+import structlog
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+
+from connectors import CasebridgeError, PermanentError, Receipt, Source, Target
+from connectors._feed import idempotent_producer, poll_forever
+from contracts import (
+    AlertRaised,
+    CaseSystem,
+    FrontDoorDecided,
+    Person,
+    SourceClosed,
+    TransferDeadLettered,
+    TransferEvent,
+    TransferMessage,
+    parse_event,
+)
+from mappings import DeadlineRule, due_at, load_deadlines
+
+from ._outbox import Failure, dead_letter_headers
+from ._pending import PendingClosure, Trigger
+from ._reading import fold_compacted, replay_compacted
+from .flow import event_id
+from .settings import Settings
+
+log = structlog.get_logger("casebridge.router.closures")
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When a rule's closure falls due: after a deadline (its length and unit), or on a signal."""
+
+    trigger: Trigger
+    after: DeadlineRule | None = None
+
+
+def default_timings() -> dict[str, Timing]:
+    """LU-4's length and unit are those of its deadline in ``mappings/data/deadlines.toml`` (the monitor's too)."""
+    deadlines = {d.rule_id: d for d in load_deadlines()}
+    return {"LU-4": Timing("due", deadlines["LU-4"]), "SW22-10": Timing("allocated"), "NS-12": Timing("accepted")}
+
+
+class ClosurePlanner:
+    """In the flow: does the record kept open (or about to be closed) get a closure later instead?"""
+
+    def __init__(self, topic: str, timings: dict[str, Timing] | None = None, clock: Clock = utc_now) -> None:
+        self.topic = topic
+        self.timings = default_timings() if timings is None else timings
+        self.clock = clock
+
+    def plan(self, closing: TransferMessage, kept_open: list[str], receipt: Receipt) -> PendingClosure | None:
+        """A pending closure when the rules keeping the record open all close it later (LU-4, SW22-10), or when
+        the protocol's closure waits for a signal (NS-12); None: kept open for good (SW26-3, BA-13) or closed now."""
+        if kept_open:
+            if not all(r in self.timings for r in kept_open):
+                return None
+            rule = kept_open[0]
+        else:
+            ids = closing.closure.rule_ids if closing.closure else []
+            found = [r for r in ids if r in self.timings]
+            if not found:
+                return None
+            rule = found[0]
+        timing = self.timings[rule]
+        due = None
+        if timing.trigger == "due":
+            if timing.after is None:
+                raise ValueError(f"{rule}: a timed closure needs a deadline (length and unit)")
+            due = due_at(self.clock(), timing.after.length, timing.after.unit)
+        return PendingClosure(
+            transfer_id=closing.transfer_id,
+            correlation_id=closing.correlation_id,
+            council=closing.council,
+            rule_id=rule,
+            trigger=timing.trigger,
+            due_at=due,
+            requested_at=closing.requested_at,
+            pathway=closing.pathway,
+            source_record=closing.source_record,
+            closure=closing.closure,
+            target_system=receipt.system,
+            target_reference=receipt.reference,
+            assessment_outcome=closing.assessment_outcome,
+        )
+
+
+@runtime_checkable
+class KnowsAllocation(Protocol):
+    """A target that can say who was allocated a transfer (SW22-10: the receiving early-help worker)."""
+
+    async def allocated_worker(self, transfer_id: str) -> Person | None: ...
+
+
+class WorkerUnknown(PermanentError):
+    """Allocated, but the target does not say to whom: the closure record cannot name the worker (SW22-10)."""
+
+    rule_ids = ("SW22-10",)
+
+
+class ClosureScheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        sources: dict[CaseSystem, Source],
+        targets: dict[CaseSystem, Target],
+        clock: Clock = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.sources = sources
+        self.targets = targets
+        self.clock = clock
+        topics = settings.topics
+        self.consumer = AIOKafkaConsumer(
+            topics.events,
+            topics.pending_closures,
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=f"{settings.group_id}-closures",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        self.producer = idempotent_producer(settings.bootstrap_servers)
+        self.pending: dict[str, PendingClosure] = {}
+        #: signals read for transfers (allocated; front door accepted True / not accepted False)
+        self.signals: dict[str, tuple[Trigger, bool]] = {}
+
+    async def start(self) -> None:
+        topic = self.settings.topics.pending_closures
+        self.pending.update(
+            await replay_compacted(self.settings.bootstrap_servers, topic, bytes.decode, PendingClosure.decode)
+        )
+        await self.producer.start()
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def poll_once(self) -> int:
+        """Read what is new; close every record now due. Returns how many records were closed."""
+        for records in (await self.consumer.getmany(timeout_ms=200)).values():
+            for r in records:
+                self._read(r)
+        now = self.clock()
+        for tid, p in sorted(self.pending.items()):
+            signal = self.signals.get(tid)
+            if p.due_at is None and signal is not None and signal[0] == p.trigger:
+                await self._on_signal(p, signal[1], now)
+        closed = 0
+        for tid, p in sorted(self.pending.items()):
+            if p.due_at is None or p.due_at > now:
+                continue
+            try:
+                await self._close(p)
+            except PermanentError as exc:
+                await self._dead_letter(p, exc)
+                continue
+            except CasebridgeError as exc:  # the source is down: the closure stays due
+                log.warning("closure_failed", transfer_id=tid, rule_ids=[p.rule_id], error_class=type(exc).__name__)
+                continue
+            closed += 1
+        await self.consumer.commit()
+        return closed
+
+    def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
+        if r.topic == self.settings.topics.pending_closures:
+            fold_compacted(self.pending, [r], bytes.decode, PendingClosure.decode)
+            return
+        kind = dict(r.headers or ()).get("event_type")
+        if r.key is None or kind not in (b"allocated", b"front-door-decision"):
+            return
+        tid = r.key.decode()
+        if kind == b"allocated":
+            self.signals[tid] = ("allocated", True)
+            return
+        event: TransferEvent = parse_event(r.value or b"")
+        if isinstance(event, FrontDoorDecided):
+            self.signals[tid] = ("accepted", event.decision == "accepted")
+
+    async def _on_signal(self, p: PendingClosure, go: bool, now: datetime) -> None:
+        """The signal arrived: due now (written back, so a restart keeps it), or cancelled (NS-12 not accepted)."""
+        tid = p.transfer_id
+        if not go:
+            await self._write(tid, None)
+            log.info("closure_cancelled", transfer_id=tid, rule_ids=[p.rule_id])
+            return
+        due = p.model_copy(update={"due_at": now})
+        await self._write(tid, due)
+        log.info("closure_due", transfer_id=tid, rule_ids=[p.rule_id], trigger=p.trigger)
+
+    async def _close(self, p: PendingClosure) -> None:
+        source = self.sources.get(p.source_record.system)
+        if source is None:
+            raise PermanentError(f"no source connector is configured for {p.source_record.system.value!r}")
+        worker = await self._worker(p) if p.trigger == "allocated" else None
+        receipt = Receipt(p.target_system, p.target_reference, created=False, acknowledged=True)
+        reference = await source.close(p.closing_transfer(worker), receipt)
+        await self._emit(
+            SourceClosed(
+                event_id=event_id(f"{p.transfer_id}/closure/{p.rule_id}", "source-closed"),
+                transfer_id=p.transfer_id,
+                correlation_id=p.correlation_id,
+                council=p.council,
+                occurred_at=self.clock(),
+                source_system=p.source_record.system,
+                source_reference=reference,
+                rule_ids=[p.rule_id],
+            )
+        )
+        await self._write(p.transfer_id, None)
+        log.info("source_closed_later", transfer_id=p.transfer_id, rule_ids=[p.rule_id])
+
+    async def _worker(self, p: PendingClosure) -> Person:
+        target = self.targets.get(p.target_system)
+        worker = await target.allocated_worker(p.transfer_id) if isinstance(target, KnowsAllocation) else None
+        if worker is None:
+            raise WorkerUnknown(
+                f"{p.target_system.value} does not say who was allocated, so the closure record cannot name the "
+                "receiving early-help worker (SW22-10): close the record by hand"
+            )
+        return worker
+
+    async def _dead_letter(self, p: PendingClosure, exc: PermanentError) -> None:
+        tid, topics = p.transfer_id, self.settings.topics
+        rule_ids = [p.rule_id, *(r for r in exc.rule_ids if r != p.rule_id)]
+        failure = Failure(
+            stage="close-later",
+            error_class=type(exc).__name__,
+            message=str(exc),
+            rule_ids=rule_ids,
+            transfer_id=tid,
+            council=p.council.value,
+        )
+        value = p.encode()
+        record = ConsumerRecord(
+            topics.pending_closures, 0, 0, int(self.clock().timestamp() * 1000), 0, tid.encode(), value, None,
+            len(tid), len(value), (),
+        )  # fmt: skip
+        headers = dead_letter_headers(record, f"{self.settings.group_id}-closures", failure)
+        await self.producer.send_and_wait(topics.dead_letter, value, key=tid.encode(), headers=headers)
+        base = dict(transfer_id=tid, correlation_id=p.correlation_id, council=p.council, occurred_at=self.clock())
+        await self._emit(
+            TransferDeadLettered(
+                event_id=event_id(f"{tid}/closure/{p.rule_id}", "dead-lettered"),
+                stage="close-later",
+                error_class=type(exc).__name__,
+                reason=str(exc),
+                rule_ids=rule_ids,
+                **base,
+            )
+        )
+        await self._emit(
+            AlertRaised(
+                event_id=event_id(f"{tid}/closure/{p.rule_id}", "alert"),
+                severity="critical",
+                rule_ids=rule_ids,
+                summary=f"source record kept open: its later closure failed ({type(exc).__name__})",
+                **base,
+            )
+        )
+        await self._write(tid, None)
+        log.warning("closure_dead_lettered", transfer_id=tid, rule_ids=rule_ids, error_class=type(exc).__name__)
+
+    async def _write(self, tid: str, p: PendingClosure | None) -> None:
+        await self.producer.send_and_wait(
+            self.settings.topics.pending_closures, None if p is None else p.encode(), key=tid.encode()
+        )
+        if p is None:
+            self.pending.pop(tid, None)
+            self.signals.pop(tid, None)
+        else:
+            self.pending[tid] = p
+
+    async def _emit(self, event: TransferEvent) -> None:
+        await self.producer.send_and_wait(
+            self.settings.topics.events,
+            event.model_dump_json().encode(),
+            key=(event.transfer_id or event.event_id).encode(),
+            headers=[("event_type", event.event_type.encode())],
+        )
+
+    async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
+        await poll_forever(self.poll_once, interval, stop, "pending-closures")
