@@ -153,6 +153,8 @@ class ClosureScheduler:
         self.pending: dict[str, PendingClosure] = {}
         #: signals read for transfers (allocated; front door accepted True / not accepted False)
         self.signals: dict[str, tuple[Trigger, bool]] = {}
+        #: pending transfers a ``source-closed`` event says are closed already (by a re-run of the transfer)
+        self.closed_elsewhere: set[str] = set()
 
     async def start(self) -> None:
         topic = self.settings.topics.pending_closures
@@ -171,6 +173,10 @@ class ClosureScheduler:
         for records in (await self.consumer.getmany(timeout_ms=200)).values():
             for r in records:
                 self._read(r)
+        for tid in sorted(self.closed_elsewhere & self.pending.keys()):
+            await self._write(tid, None)
+            log.info("closure_not_needed", transfer_id=tid)
+        self.closed_elsewhere.clear()
         now = self.clock()
         for tid, p in sorted(self.pending.items()):
             signal = self.signals.get(tid)
@@ -197,9 +203,13 @@ class ClosureScheduler:
             fold_compacted(self.pending, [r], bytes.decode, PendingClosure.decode)
             return
         kind = dict(r.headers or ()).get("event_type")
-        if r.key is None or kind not in (b"allocated", b"front-door-decision"):
+        if r.key is None or kind not in (b"allocated", b"front-door-decision", b"source-closed"):
             return
         tid = r.key.decode()
+        if kind == b"source-closed":  # closed by a re-run of the transfer (the worker named on it): nothing to do
+            if tid in self.pending:
+                self.closed_elsewhere.add(tid)
+            return
         if kind == b"allocated":
             self.signals[tid] = ("allocated", True)
             return

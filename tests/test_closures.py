@@ -20,7 +20,7 @@ from casebridge.stack import Stack
 from connectors import Receipt, Source, Target
 from connectors.memory import MemorySource, MemoryTarget
 from contracts import CaseSystem, Person, SourceClosed, TransferAllocated, TransferEvent, TransferMessage
-from mappings import DeadlineState, Unit, deadlines_for, due_at, load_deadlines
+from mappings import DeadlineState, Unit, deadlines_for, due_at, load_deadlines, load_protocol
 from router import Settings
 from router._pending import NOT_KEPT, PendingClosure
 from router._reading import replay_compacted
@@ -390,3 +390,108 @@ async def test_ns12_a_step_up_the_front_door_does_not_accept_leaves_the_ehm_epis
         e for e in await _events(stack.settings, tid, "front-door-decision") if e.event_type == "front-door-decision"
     ]
     assert ["not-accepted"] == [e.decision for e in decided]  # type: ignore[union-attr]
+
+
+async def test_sw22_10_a_rerun_naming_the_worker_closes_at_once_and_the_pending_closure_is_dropped(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """Care Director publishes the step-down again with the worker named: the flow closes the record itself, the
+    scheduler drops its pending closure, and a later allocation closes nothing twice."""
+    down = step_down("swindon-2022", 46)
+    named = json.loads(json.dumps(down))
+    named["message_id"] = f"{down['message_id']}-again"
+    down["professionals"] = {}
+    async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
+        await _send(settings, down)
+        await _events(settings, down["transfer_id"], "source-kept-open")
+        await _send(settings, named)
+        await _events(settings, down["transfer_id"], "source-closed")
+        with capture_logs() as logs:
+            for _ in range(30):
+                await stack.closures.poll_once()
+                if any(e["event"] == "closure_not_needed" for e in logs):
+                    break
+        assert down["transfer_id"] not in stack.closures.pending
+        await produce(
+            settings.bootstrap_servers,
+            settings.topics.events,
+            [
+                (
+                    down["transfer_id"].encode(),
+                    TransferAllocated(
+                        event_id="sw22-alloc-3",
+                        transfer_id=down["transfer_id"],
+                        target_system=CaseSystem.MAILBOX,
+                        target_reference="EHH-3",
+                        episode_reference="EHH-EP-3",
+                    )
+                    .model_dump_json()
+                    .encode(),
+                )
+            ],
+            headers=[("event_type", b"allocated")],
+        )
+        assert 0 == await _poll_until_closed(stack, tries=5)
+    events = await _events(settings, down["transfer_id"], "source-closed")
+    assert [[]] == [e.rule_ids for e in events if isinstance(e, SourceClosed)]  # the flow's close, not a later one
+
+
+async def test_sw22_10_sw22_11_the_real_care_director_closes_from_a_pending_closure_naming_the_worker(
+    tmp_path: Path,
+) -> None:
+    """What the scheduler hands Care Director (no child data kept) is enough for its closure record: the lead
+    service from the outcome (SW22-11) and the receiving worker (SW22-10); without the worker it refuses."""
+    from connectors import TargetRefused
+    from connectors.care_director import CareDirectorConnector
+    from sandboxes import create_care_director_app, serve
+
+    with serve(create_care_director_app(tmp_path / "cd.sqlite3", TOKEN), "127.0.0.1", 0) as server:
+        async with CareDirectorConnector(server.url, SecretStr(TOKEN)) as cd:
+            person = (
+                await cd.http.request(
+                    "POST",
+                    "/api/persons",
+                    json={"given_name": "Ada", "family_name": "Example", "date_of_birth": "2015-01-01"},
+                )
+            ).json()["id"]
+            doc = step_down("swindon-2022", 47)
+            doc["professionals"] = {}
+            doc["child"]["identifiers"] = [{"system": "care-director", "id": person}]
+            doc["source_record"]["record_id"] = person
+            t = transfer(doc)
+            kept = t.model_copy(update={"closure": load_protocol(t.council).closure(t)})  # as the flow has it
+            planned = ClosurePlanner("t").plan(kept, ["SW22-10"], Receipt(CaseSystem.MAILBOX, "EHH-47"))
+            assert planned is not None
+            receipt = Receipt(CaseSystem.MAILBOX, "EHH-47", acknowledged=True)
+            with pytest.raises(TargetRefused) as refused:
+                await cd.close(planned.closing_transfer(None), receipt)
+            assert ("SW22-10",) == refused.value.rule_ids
+            assert person == await cd.close(planned.closing_transfer(WORKER), receipt)
+            record = await cd.person(person)
+    closure = record["closure"]
+    assert ("closed", "Early Help Hub", WORKER.name) == (
+        record["record_state"],
+        closure["lead_service"],
+        closure["early_help_worker"]["name"],
+    )
+    assert kept.closure is not None and ["SW22-11"] == kept.closure.rule_ids
+
+
+async def test_sw22_10_ehm_says_whom_it_allocated_a_tray_item(stack: Stack, systems: Systems) -> None:
+    """EHM as a target can name the receiving worker for a closure record (KnowsAllocation); before allocation,
+    nobody."""
+    from connectors.ehm import EhmConnector
+    from router.closures import KnowsAllocation
+
+    lcs, ehm = systems.lcs_client, systems.ehm_client
+    child = lcs.create_child(locality="North")
+    request = lcs.request_stepdown(child)
+    assert 1 == await stack.publisher.poll_once()
+    tid = f"north-somerset-lcs-{request}".lower()
+    await _events(stack.settings, tid, "source-closed")
+    async with EhmConnector(systems.ehm.url, SecretStr(TOKEN)) as connector:
+        assert isinstance(connector, KnowsAllocation)
+        before = await connector.allocated_worker(tid)
+        ehm.allocate(tid, "Kit Supportworker")
+        after = await connector.allocated_worker(tid)
+    assert (None, "Kit Supportworker") == (before, after.name if after else None)
