@@ -51,6 +51,8 @@ from .settings import Settings
 
 log = structlog.get_logger("casebridge.router.closures")
 Clock = Callable[[], datetime]
+#: signals kept for transfers whose pending closure has not been read yet (the oldest go first)
+MAX_SIGNALS = 100_000
 
 
 def utc_now() -> datetime:
@@ -206,6 +208,8 @@ class ClosureScheduler:
         if r.key is None or kind not in (b"allocated", b"front-door-decision", b"source-closed"):
             return
         tid = r.key.decode()
+        if len(self.signals) >= MAX_SIGNALS:  # signals for transfers with nothing pending: forget the oldest
+            del self.signals[next(iter(self.signals))]
         if kind == b"source-closed":  # closed by a re-run of the transfer (the worker named on it): nothing to do
             if tid in self.pending:
                 self.closed_elsewhere.add(tid)
