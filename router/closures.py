@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
 
 from connectors import CasebridgeError, PermanentError, Receipt, Source, Target
 from connectors._feed import idempotent_producer, poll_forever
@@ -39,6 +40,7 @@ from contracts import (
     TransferDeadLettered,
     TransferEvent,
     TransferMessage,
+    field_errors,
     parse_event,
 )
 from mappings import DeadlineRule, due_at, load_deadlines
@@ -217,7 +219,11 @@ class ClosureScheduler:
         if kind == b"allocated":
             self.signals[tid] = ("allocated", True)
             return
-        event: TransferEvent = parse_event(r.value or b"")
+        try:
+            event: TransferEvent = parse_event(r.value or b"")
+        except ValidationError as exc:  # not ours to refuse (the tracker sees it too): skip, and say so
+            log.warning("event_unreadable", transfer_id=tid, fields=[e.field for e in field_errors(exc)])
+            return
         if isinstance(event, FrontDoorDecided):
             self.signals[tid] = ("accepted", event.decision == "accepted")
 

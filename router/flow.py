@@ -250,8 +250,9 @@ class TransferFlow:
             # 8. only now: close the source record, or keep it open where the protocol says so
             kept_open = protocol.keeps_open(transfer)
             closing = transfer.model_copy(update={"closure": protocol.closure(transfer)})
-            # ... or close it later (LU-4, SW22-10, NS-12): a pending closure for router/closures.py
-            later = self.closures.plan(closing, kept_open, receipt) if self.closures else None
+            # ... or close it later (LU-4, SW22-10, NS-12): a pending closure for router/closures.py (not again
+            # when a re-run finds the record already closed by this transfer)
+            later = self.closures.plan(closing, kept_open, receipt) if self.closures and not closed_by_us else None
             if later is not None and self.closures is not None:
                 await sink.send(self.closures.topic, transfer.transfer_id.encode(), later.encode(), [])
                 kept_open = kept_open or [later.rule_id]

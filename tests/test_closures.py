@@ -495,3 +495,33 @@ async def test_sw22_10_ehm_says_whom_it_allocated_a_tray_item(stack: Stack, syst
         ehm.allocate(tid, "Kit Supportworker")
         after = await connector.allocated_worker(tid)
     assert (None, "Kit Supportworker") == (before, after.name if after else None)
+
+
+async def test_ns12_a_step_up_published_again_after_its_episode_closed_plans_no_second_closure(
+    stack: Stack, systems: Systems
+) -> None:
+    """At-least-once publication: the same step-up again after the Front Door accepted it and EHM closed finds the
+    episode closed by this transfer; the flow closes idempotently and writes no new pending closure."""
+    ehm, lcs = systems.ehm_client, systems.lcs_client
+    episode = ehm.open_episode()
+    doc = step_up("north-somerset", 48)
+    doc["child"]["identifiers"] = [{"system": "ehm", "id": episode}]
+    doc["source_record"]["record_id"] = episode
+    tid = doc["transfer_id"]
+    await _send(stack.settings, doc)
+    await _events(stack.settings, tid, "source-kept-open")
+    lcs.http.post(f"/api/contacts/{tid}/decision", json={"decision": "accepted", "decided_by": "A Manager"})
+    assert 1 == await stack.decisions.poll_once()
+    assert 1 == await _poll_until_closed(stack)
+    assert "closed" == ehm.episode(episode)["status"]
+
+    await _send(stack.settings, {**doc, "message_id": f"{doc['message_id']}-again"})
+
+    def two_closed(records: list[Any]) -> bool:
+        return 2 <= sum(1 for e in events_of(records) if e.transfer_id == tid and e.event_type == "source-closed")
+
+    records = await read(stack.settings.bootstrap_servers, stack.settings.topics.events, two_closed, timeout=60)
+    closes = [e for e in events_of(records) if e.transfer_id == tid and isinstance(e, SourceClosed)]
+    assert [["NS-12"], []] == [e.rule_ids for e in closes]  # the scheduler's close, then the re-run's no-op close
+    assert tid not in await _pending(stack.settings)
+    assert 1 == len(ehm.episode(episode)["case_notes"])
