@@ -53,6 +53,7 @@ from .settings import Settings
 
 log = structlog.get_logger("casebridge.router.closures")
 Clock = Callable[[], datetime]
+_Record = tuple[str, str, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 #: signals kept for transfers whose pending closure has not been read yet (the oldest go first)
 MAX_SIGNALS = 100_000
 
@@ -186,21 +187,25 @@ class ClosureScheduler:
             signal = self.signals.get(tid)
             if p.due_at is None and signal is not None and signal[0] == p.trigger:
                 await self._on_signal(p, signal[1], now)
-        closed = 0
+        closed: list[tuple[PendingClosure, SourceClosed]] = []
         for tid, p in sorted(self.pending.items()):
             if p.due_at is None or p.due_at > now:
                 continue
             try:
-                await self._close(p)
+                closed.append((p, await self._close(p)))
             except PermanentError as exc:
                 await self._dead_letter(p, exc)
-                continue
             except CasebridgeError as exc:  # the source is down: the closure stays due
                 log.warning("closure_failed", transfer_id=tid, rule_ids=[p.rule_id], error_class=type(exc).__name__)
-                continue
-            closed += 1
+        # every source-closed is on the broker before any of their entries is tombstoned (a crash between: closed
+        # again, a no-op, same event id)
+        await self._send_all([self._event_record(e) for _, e in closed])
+        await self._send_all([(self.settings.topics.pending_closures, p.transfer_id, None, []) for p, _ in closed])
+        for p, _ in closed:
+            self._forget(p.transfer_id)
+            log.info("source_closed_later", transfer_id=p.transfer_id, rule_ids=[p.rule_id])
         await self.consumer.commit()
-        return closed
+        return len(closed)
 
     def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
         if r.topic == self.settings.topics.pending_closures:
@@ -238,27 +243,24 @@ class ClosureScheduler:
         await self._write(tid, due)
         log.info("closure_due", transfer_id=tid, rule_ids=[p.rule_id], trigger=p.trigger)
 
-    async def _close(self, p: PendingClosure) -> None:
+    async def _close(self, p: PendingClosure) -> SourceClosed:
+        """Close the record through its source connector (idempotent); returns the event to emit."""
         source = self.sources.get(p.source_record.system)
         if source is None:
             raise PermanentError(f"no source connector is configured for {p.source_record.system.value!r}")
         worker = await self._worker(p) if p.trigger == "allocated" else None
         receipt = Receipt(p.target_system, p.target_reference, created=False, acknowledged=True)
         reference = await source.close(p.closing_transfer(worker), receipt)
-        await self._emit(
-            SourceClosed(
-                event_id=event_id(f"{p.transfer_id}/closure/{p.rule_id}", "source-closed"),
-                transfer_id=p.transfer_id,
-                correlation_id=p.correlation_id,
-                council=p.council,
-                occurred_at=self.clock(),
-                source_system=p.source_record.system,
-                source_reference=reference,
-                rule_ids=[p.rule_id],
-            )
+        return SourceClosed(
+            event_id=event_id(f"{p.transfer_id}/closure/{p.rule_id}", "source-closed"),
+            transfer_id=p.transfer_id,
+            correlation_id=p.correlation_id,
+            council=p.council,
+            occurred_at=self.clock(),
+            source_system=p.source_record.system,
+            source_reference=reference,
+            rule_ids=[p.rule_id],
         )
-        await self._write(p.transfer_id, None)
-        log.info("source_closed_later", transfer_id=p.transfer_id, rule_ids=[p.rule_id])
 
     async def _worker(self, p: PendingClosure) -> Person:
         target = self.targets.get(p.target_system)
@@ -287,7 +289,7 @@ class ClosureScheduler:
             len(tid), len(value), (),
         )  # fmt: skip
         headers = dead_letter_headers(record, f"{self.settings.group_id}-closures", failure)
-        await self.producer.send_and_wait(topics.dead_letter, value, key=tid.encode(), headers=headers)
+        await self._send_all([(topics.dead_letter, tid, value, headers)])
         base = dict(transfer_id=tid, correlation_id=p.correlation_id, council=p.council, occurred_at=self.clock())
         await self._emit(
             TransferDeadLettered(
@@ -312,22 +314,31 @@ class ClosureScheduler:
         log.warning("closure_dead_lettered", transfer_id=tid, rule_ids=rule_ids, error_class=type(exc).__name__)
 
     async def _write(self, tid: str, p: PendingClosure | None) -> None:
-        await self.producer.send_and_wait(
-            self.settings.topics.pending_closures, None if p is None else p.encode(), key=tid.encode()
-        )
+        await self._send_all([(self.settings.topics.pending_closures, tid, None if p is None else p.encode(), [])])
         if p is None:
-            self.pending.pop(tid, None)
-            self.signals.pop(tid, None)
+            self._forget(tid)
         else:
             self.pending[tid] = p
 
+    def _forget(self, tid: str) -> None:
+        self.pending.pop(tid, None)
+        self.signals.pop(tid, None)
+
     async def _emit(self, event: TransferEvent) -> None:
-        await self.producer.send_and_wait(
-            self.settings.topics.events,
-            event.model_dump_json().encode(),
-            key=(event.transfer_id or event.event_id).encode(),
-            headers=[("event_type", event.event_type.encode())],
-        )
+        await self._send_all([self._event_record(event)])
+
+    def _event_record(self, event: TransferEvent) -> _Record:
+        kind = [("event_type", event.event_type.encode())]
+        return self.settings.topics.events, event.transfer_id or event.event_id, event.model_dump_json().encode(), kind
+
+    async def _send_all(self, records: list[_Record]) -> None:
+        """Send, then wait until the broker acknowledged every one."""
+        futures = [
+            await self.producer.send(topic, value, key=key.encode(), headers=headers)
+            for topic, key, value, headers in records
+        ]
+        for fut in futures:
+            await fut
 
     async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
         await poll_forever(self.poll_once, interval, stop, "pending-closures")
