@@ -25,6 +25,7 @@ from router import Settings
 from router._pending import NOT_KEPT, PendingClosure
 from router._reading import replay_compacted
 from router.closures import ClosurePlanner, default_timings
+from router.deadletters import replay
 from router.settings import RetrySettings
 from tests.council_data import step_down, step_up, transfer
 from tests.support import TOKEN, Systems, events_of, produce, read
@@ -284,49 +285,51 @@ async def test_sw22_10_sw22_11_closure_waits_for_the_allocation_and_names_the_wo
     assert ["SW22-10"] == closed.rule_ids
 
 
-async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_with_an_alert(
+async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_and_closes_once_replayed(
     settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
 ) -> None:
     """A team that does not say whom it allocated: no closure without the worker; the pending closure goes to the
-    dead-letter topic with SW22-10 and an alert, and the record stays open."""
+    dead-letter topic with SW22-10 and an alert, and the record stays open. Once the worker is known, an operator's
+    replay puts it back among the pending closures (not the transfers) and it closes."""
     parts["mailbox"] = Mailbox(worker=None)
     down = step_down("swindon-2022", 44)
     down["professionals"] = {}
+    tid = down["transfer_id"]
     async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
         await _send(settings, down)
-        await _events(settings, down["transfer_id"], "source-kept-open")
+        await _events(settings, tid, "source-kept-open")
+        allocated = TransferAllocated(
+            event_id="sw22-alloc-2",
+            transfer_id=tid,
+            target_system=CaseSystem.MAILBOX,
+            target_reference="EHH-2",
+            episode_reference="EHH-EP-2",
+        )
         await produce(
             settings.bootstrap_servers,
             settings.topics.events,
-            [
-                (
-                    down["transfer_id"].encode(),
-                    TransferAllocated(
-                        event_id="sw22-alloc-2",
-                        transfer_id=down["transfer_id"],
-                        target_system=CaseSystem.MAILBOX,
-                        target_reference="EHH-2",
-                        episode_reference="EHH-EP-2",
-                    )
-                    .model_dump_json()
-                    .encode(),
-                )
-            ],
+            [(tid.encode(), allocated.model_dump_json().encode())],
             headers=[("event_type", b"allocated")],
         )
-        seen = False
-        for _ in range(40):
-            await stack.closures.poll_once()
-            seen = seen or down["transfer_id"] in stack.closures.pending
-            if seen and down["transfer_id"] not in stack.closures.pending:
-                break
-    events = await _events(settings, down["transfer_id"], "dead-lettered", "alert")
-    dead = next(e for e in events if e.event_type == "dead-lettered")
-    assert ("close-later", "WorkerUnknown", ["SW22-10"]) == (dead.stage, dead.error_class, dead.rule_ids)  # type: ignore[union-attr]
-    assert {} == parts["care_director"].closed
-    dlq = await read(settings.bootstrap_servers, settings.topics.dead_letter, lambda rs: len(rs) >= 1, timeout=30)
-    headers = dict(dlq[0].headers)
-    assert (b"close-later", b"SW22-10") == (headers["casebridge.dlq.stage"], headers["casebridge.dlq.rule.ids"])
+        with capture_logs() as logs:
+            for _ in range(40):
+                await stack.closures.poll_once()
+                if any(e["event"] == "closure_dead_lettered" for e in logs):
+                    break
+        events = await _events(settings, tid, "dead-lettered", "alert")
+        dead = next(e for e in events if e.event_type == "dead-lettered")
+        assert ("close-later", "WorkerUnknown", ["SW22-10"]) == (dead.stage, dead.error_class, dead.rule_ids)  # type: ignore[union-attr]
+        assert {} == parts["care_director"].closed
+        dlq = await read(settings.bootstrap_servers, settings.topics.dead_letter, lambda rs: len(rs) >= 1, timeout=30)
+        headers = dict(dlq[0].headers)
+        assert (b"close-later", b"SW22-10") == (headers["casebridge.dlq.stage"], headers["casebridge.dlq.rule.ids"])
+
+        parts["mailbox"].worker = WORKER  # the team now says whom it allocated
+        report = await replay(settings.bootstrap_servers, settings.topics, operator="ops-test")
+        assert 1 == len(report.replayed)
+        assert 1 == await _poll_until_closed(stack)
+    given = parts["care_director"].given[down["source_record"]["record_id"]]
+    assert WORKER == given.professionals.family_support_worker
 
 
 # -- NS-12: the Front Door's decision, recorded on LCS -------------------------------------------------
