@@ -164,6 +164,51 @@ def test_lu04_closure_falls_due_when_the_lu04_deadline_does_and_the_monitor_mark
     assert (DeadlineState.MET, False) == (status.state, status.met_late)
 
 
+def test_lu04_the_monitor_shows_lu04_overdue_while_kept_open_and_met_once_the_scheduler_closes(tmp_path: Path) -> None:
+    """On the monitor's own store: kept open past its 10 days is overdue; the scheduler's source-closed meets it."""
+    from contracts import SourceKeptOpen, TransferAcknowledged, TransferRequested
+    from monitor import Store
+    from monitor._views import deadlines
+
+    at = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    base: dict[str, Any] = {"transfer_id": "luton-su-9", "council": "luton"}
+    store = Store(tmp_path / "monitor.sqlite3")
+    store.apply(
+        [
+            TransferRequested(
+                event_id="e1",
+                occurred_at=at,
+                direction="step-up",
+                from_level="early-help",
+                to_level="child-in-need-s17",
+                from_system="mailbox",
+                to_system="mailbox",
+                **base,
+            ),
+            TransferAcknowledged(
+                event_id="e2", occurred_at=at, target_system="mailbox", target_reference="M-9", **base
+            ),
+            SourceKeptOpen(event_id="e3", occurred_at=at, source_system="mailbox", rule_ids=["LU-4"], **base),
+        ]
+    )
+    [(_, open_)] = [(t, d) for t, d in deadlines(store, at + timedelta(days=11)) if d.rule_id == "LU-4"]
+    store.apply(
+        [
+            SourceClosed(
+                event_id="e4",
+                occurred_at=at + timedelta(days=10),
+                source_system="mailbox",
+                source_reference="EH-9",
+                rule_ids=["LU-4"],
+                **base,
+            )
+        ]
+    )
+    [(_, closed)] = [(t, d) for t, d in deadlines(store, at + timedelta(days=11)) if d.rule_id == "LU-4"]
+    store.close()
+    assert (DeadlineState.OVERDUE, DeadlineState.MET, False) == (open_.state, closed.state, closed.met_late)
+
+
 def test_lu04_working_days_come_from_the_deadline_arithmetic_with_bank_holidays() -> None:
     """Were LU-4 counted in working days, the closure would skip weekends and England's bank holidays."""
     [lu4] = [d for d in load_deadlines() if d.rule_id == "LU-4"]
