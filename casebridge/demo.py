@@ -348,7 +348,10 @@ async def _councils(lcs: LcsSandboxClient, ehm: EhmSandboxClient, records: _Reco
     child = lcs.create_child(locality="North")
     down = step_down("swindon", 101)
     down["child"].update(identifiers=[{"system": "lcs", "id": child}], locality="North")
-    down["source_record"].update(record_id=child, request_id=lcs.request_stepdown(child))
+    # the demo's LCS publisher is North Somerset's and publishes this LCS request too: without a plan on LCS its
+    # North Somerset copy is always held (NS-8) and never closes the record, so this Swindon transfer is not held
+    # by a record the copy closed first (NS-7; a race the demo used to lose now and then)
+    down["source_record"].update(record_id=child, request_id=lcs.request_stepdown(child, plan=None))
     down["documents"].append({"type": "meeting-notes", "content": "Transfer Meeting notes (synthetic)."})
     add("Swindon 2026 step-down LCS -> EHM, Lead Practitioner (SW26-4..7)", down, "source-closed", "tray", child)
     episode = ehm.open_episode(locality="North")

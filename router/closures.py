@@ -158,8 +158,10 @@ class ClosureScheduler:
         self.pending: dict[str, PendingClosure] = {}
         #: signals read for transfers (allocated; front door accepted True / not accepted False)
         self.signals: dict[str, tuple[Trigger, bool]] = {}
-        #: pending transfers a ``source-closed`` event says are closed already (by a re-run of the transfer)
-        self.closed_elsewhere: set[str] = set()
+        #: transfers a ``source-closed`` event says are closed (by a re-run of the transfer, or by this scheduler)
+        self.closed: dict[str, None] = {}
+        #: (partition, offset) of this scheduler's own writes to the pending topic: not applied again when read back
+        self._own: set[tuple[int, int]] = set()
 
     async def start(self) -> None:
         topic = self.settings.topics.pending_closures
@@ -178,10 +180,9 @@ class ClosureScheduler:
         for records in (await self.consumer.getmany(timeout_ms=200)).values():
             for r in records:
                 self._read(r)
-        for tid in sorted(self.closed_elsewhere & self.pending.keys()):
+        for tid in sorted(self.closed.keys() & self.pending.keys()):
             await self._write(tid, None)
             log.info("closure_not_needed", transfer_id=tid)
-        self.closed_elsewhere.clear()
         now = self.clock()
         for tid, p in sorted(self.pending.items()):
             signal = self.signals.get(tid)
@@ -209,17 +210,20 @@ class ClosureScheduler:
 
     def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
         if r.topic == self.settings.topics.pending_closures:
-            fold_compacted(self.pending, [r], bytes.decode, PendingClosure.decode)
+            if (r.partition, r.offset) in self._own:  # our own write, applied when it was made
+                self._own.discard((r.partition, r.offset))
+            else:
+                fold_compacted(self.pending, [r], bytes.decode, PendingClosure.decode)
             return
         kind = dict(r.headers or ()).get("event_type")
         if r.key is None or kind not in (b"allocated", b"front-door-decision", b"source-closed"):
             return
         tid = r.key.decode()
-        if len(self.signals) >= MAX_SIGNALS:  # signals for transfers with nothing pending: forget the oldest
-            del self.signals[next(iter(self.signals))]
-        if kind == b"source-closed":  # closed by a re-run of the transfer (the worker named on it): nothing to do
-            if tid in self.pending:
-                self.closed_elsewhere.add(tid)
+        for seen in (self.signals, self.closed):  # kept for transfers with nothing pending yet: the oldest go first
+            if len(seen) >= MAX_SIGNALS:
+                del seen[next(iter(seen))]
+        if kind == b"source-closed":  # e.g. by a re-run of the transfer (the worker named on it): nothing to do
+            self.closed[tid] = None
             return
         if kind == b"allocated":
             self.signals[tid] = ("allocated", True)
@@ -334,11 +338,13 @@ class ClosureScheduler:
     async def _send_all(self, records: list[_Record]) -> None:
         """Send, then wait until the broker acknowledged every one."""
         futures = [
-            await self.producer.send(topic, value, key=key.encode(), headers=headers)
+            (topic, await self.producer.send(topic, value, key=key.encode(), headers=headers))
             for topic, key, value, headers in records
         ]
-        for fut in futures:
-            await fut
+        for topic, fut in futures:
+            meta = await fut
+            if topic == self.settings.topics.pending_closures:
+                self._own.add((meta.partition, meta.offset))
 
     async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
         await poll_forever(self.poll_once, interval, stop, "pending-closures")
