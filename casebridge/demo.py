@@ -4,7 +4,9 @@ Starts (or reuses) the local Apache Kafka broker, the sandbox LCS and EHM over H
 the router, the LCS publisher and the EHM allocation reporter; creates synthetic children
 with step-down requests, good ones and some that break North Somerset's rules; then one
 flow per other council (Swindon 2026 and 2022, Luton, Barnsley) and a North Somerset
-step-up. Care Director and TED are sandboxes over HTTP and the team mailboxes a STARTTLS SMTP
+step-up that the Front Door then accepts on LCS (NS-12), and a Luton step-up whose early-help record the
+closure scheduler closes 10 days later (LU-4; the demo moves the scheduler's clock on instead of waiting,
+and says so). Care Director and TED are sandboxes over HTTP and the team mailboxes a STARTTLS SMTP
 relay; two ends stay in memory (see ``StandIns``). Prints what became of each, read back from the events topic and
 from the systems themselves.
 """
@@ -18,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,6 +78,16 @@ class StandIns:
 
     def closure(self, record_id: str) -> str | None:
         return self.mailbox_source.closures.get(record_id)
+
+
+class DemoClock:
+    """The closure scheduler's clock in the demo: real time, moved on by hand to show LU-4's 10 days pass."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
 
 
 @dataclass
@@ -150,6 +163,10 @@ def _describe(
             lines.append(f"    {e.notice} notice to {', '.join(e.recipients)} ({', '.join(e.rule_ids)})")
         elif e.event_type == "source-kept-open":
             lines.append(f"    source record kept open ({', '.join(e.rule_ids)})")
+        elif e.event_type == "front-door-decision":
+            lines.append(f"    Front Door decision on LCS: {e.decision} ({', '.join(e.rule_ids)})")
+        elif e.event_type == "source-closed" and e.rule_ids:
+            lines.append(f"    source record closed later ({', '.join(e.rule_ids)})")
     if case.kind == "ns":
         item = tray.get(case.transfer_id)
         if item:
@@ -195,6 +212,7 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
         lcs, ehm = LcsSandboxClient(lcs_server.url, token), EhmSandboxClient(ehm_server.url, token)
         settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, group_id=f"{prefix}-router")
         mem = StandIns()
+        clock = DemoClock()
         records = _Records(ted_server.url, cd_server.url, token)
         mail = MailboxSettings(
             host="127.0.0.1",
@@ -228,6 +246,7 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
                     Path(work) / "state" / "ted-cursor.json",
                 )
             ],
+            clock=clock,
         )
         watch = EventWatch(bootstrap, settings.topics.events)
         async with stack:
@@ -242,9 +261,20 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
                 await watch.wait(reopened, lambda c: "source-closed" in [e.event_type for e in c.events])
                 councils = await _councils(lcs, ehm, records, settings)
                 await watch.wait(councils, lambda c: c.state in TERMINAL)
+                # NS-12: the Front Door manager accepts the step-up on LCS; only then does the EHM episode close
+                for c in councils:
+                    if c.kind == "contact" and c.expect == "source-closed":
+                        out(f"... the Front Door accepts {c.transfer_id} on LCS (NS-12: only now does EHM close)")
+                        decision = {"decision": "accepted", "decided_by": "Front Door manager (demo)"}
+                        lcs.http.post(f"/api/contacts/{c.transfer_id}/decision", json=decision).raise_for_status()
+                await watch.wait(councils, lambda c: c.state == c.expect)
                 # LU-9: a Luton step-up after the step-down completed goes back to the team that stepped down
                 later = await _luton_step_up(settings)
                 await watch.wait(later, lambda c: c.state in TERMINAL)
+                # LU-4: early help closes 10 days after social care accepted; the demo moves the scheduler's clock
+                out("... moving the closure scheduler's clock 10 days on (demo only: LU-4 closes after 10 days)")
+                clock.ahead = timedelta(days=10, minutes=1)
+                await watch.wait(later, lambda c: c.state == c.expect)
                 cases += councils + later
                 tray = {i["transfer_id"]: i for i in ehm.tray()}
                 out("")
@@ -348,7 +378,10 @@ async def _councils(lcs: LcsSandboxClient, ehm: EhmSandboxClient, records: _Reco
     child = lcs.create_child(locality="North")
     down = step_down("swindon", 101)
     down["child"].update(identifiers=[{"system": "lcs", "id": child}], locality="North")
-    down["source_record"].update(record_id=child, request_id=lcs.request_stepdown(child))
+    # the demo's LCS publisher is North Somerset's and publishes this LCS request too: without a plan on LCS its
+    # North Somerset copy is always held (NS-8) and never closes the record, so this Swindon transfer is not held
+    # by a record the copy closed first (NS-7; a race the demo used to lose now and then)
+    down["source_record"].update(record_id=child, request_id=lcs.request_stepdown(child, plan=None))
     down["documents"].append({"type": "meeting-notes", "content": "Transfer Meeting notes (synthetic)."})
     add("Swindon 2026 step-down LCS -> EHM, Lead Practitioner (SW26-4..7)", down, "source-closed", "tray", child)
     episode = ehm.open_episode(locality="North")
@@ -381,7 +414,7 @@ async def _councils(lcs: LcsSandboxClient, ehm: EhmSandboxClient, records: _Reco
     ns = step_up("north-somerset", 108)
     ns["child"]["identifiers"] = [{"system": "ehm", "id": episode}]
     ns["source_record"]["record_id"] = episode
-    add("North Somerset step-up EHM -> LCS Front Door (NS-9, NS-12)", ns, "source-closed", "contact")
+    add("North Somerset step-up EHM -> LCS Front Door, accepted there (NS-9, NS-12)", ns, "source-closed", "contact")
     await _publish(settings, *docs)
     return cases
 
@@ -392,10 +425,10 @@ async def _luton_step_up(settings: Settings) -> list[Case]:
     await _publish(settings, up)
     return [
         Case(
-            "Luton step-up 7 weeks after its step-down: back to that team (LU-9, LU-4)",
+            "Luton step-up 7 weeks after its step-down: back to that team (LU-9), early help closes 10 days on (LU-4)",
             up["source_record"]["record_id"],
             up["transfer_id"],
-            "source-kept-open",
+            "source-closed",
             kind="memory",
         )
     ]

@@ -1,4 +1,5 @@
-"""One casebridge deployment in a process: router, LCS publisher, EHM step-up publisher and allocation reporter.
+"""One casebridge deployment in a process: router, LCS publisher, EHM step-up publisher, allocation reporter,
+allocation notices (LU-7) and the closure scheduler (LU-4, SW22-10, NS-12).
 
 Used by ``casebridge run`` and ``casebridge demo`` (with loops) and by the end-to-end
 tests (polling by hand, to control timing). The case systems are reached by URL.
@@ -7,16 +8,19 @@ tests (polling by hand, to control timing). The case systems are reached by URL.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from connectors import FeedPublisher, Source, Target
 from connectors.ehm import AllocationReporter, EhmConnector, StepUpPublisher
-from connectors.lcs import LcsConnector, LcsPublisher
+from connectors.lcs import DecisionReporter, LcsConnector, LcsPublisher
 from contracts import CaseSystem
 from router import Router, Settings, build_router
+from router.closures import ClosureScheduler, utc_now
 from router.notices import AllocationNotices
 
 
@@ -35,11 +39,15 @@ class Stack:
     extra_sources: dict[CaseSystem, Source] = field(default_factory=dict)
     #: change-feed publishers of the other case systems (TED's step-down requests), run beside LCS's
     extra_publishers: list[FeedPublisher] = field(default_factory=list)
+    #: the closure scheduler's clock (the demo and tests move it on to see LU-4's 10 days pass)
+    clock: Callable[[], datetime] = utc_now
     router: Router = field(init=False)
     publisher: LcsPublisher = field(init=False)
     reporter: AllocationReporter = field(init=False)
     stepups: StepUpPublisher = field(init=False)
+    decisions: DecisionReporter = field(init=False)
     notices: AllocationNotices = field(init=False)
+    closures: ClosureScheduler = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _stopping: bool = field(default=False, init=False)
 
@@ -67,7 +75,14 @@ class Stack:
             cursor=self.state_dir / "lcs-cursor.json",
             council=self.settings.council,
         )
+        self.decisions = DecisionReporter(
+            LcsConnector(self.lcs_url, self.lcs_token),
+            self.settings.bootstrap_servers,
+            topics.events,
+            cursor=self.state_dir / "lcs-decisions-cursor.json",
+        )
         self.notices = AllocationNotices(self.settings, self.router.flow.targets)
+        self.closures = ClosureScheduler(self.settings, self.router.flow.sources, self.router.flow.targets, self.clock)
         self.stepups = StepUpPublisher(
             EhmConnector(self.ehm_url, self.ehm_token),
             self.settings.bootstrap_servers,
@@ -88,17 +103,21 @@ class Stack:
         await self.publisher.start()
         await self.stepups.start()
         await self.reporter.start()
+        await self.decisions.start()
         await self.notices.start()
         for extra in self.extra_publishers:
             await extra.start()
+        await self.closures.start()
         if self.loops:
             stop = lambda: self._stopping  # noqa: E731
             self._tasks = [
                 asyncio.create_task(self.publisher.run(self.poll_interval, stop)),
                 asyncio.create_task(self.stepups.run(self.poll_interval, stop)),
                 asyncio.create_task(self.notices.run(self.poll_interval, stop)),
+                asyncio.create_task(self.closures.run(self.poll_interval, stop)),
                 asyncio.create_task(self.reporter.run(self.poll_interval, stop)),
                 *(asyncio.create_task(p.run(self.poll_interval, stop)) for p in self.extra_publishers),
+                asyncio.create_task(self.decisions.run(self.poll_interval, stop)),
             ]
 
     async def stop(self) -> None:
@@ -106,7 +125,9 @@ class Stack:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for extra in self.extra_publishers:
             await extra.stop()
+        await self.closures.stop()
         await self.notices.stop()
+        await self.decisions.stop()
         await self.reporter.stop()
         await self.stepups.stop()
         await self.publisher.stop()

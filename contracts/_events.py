@@ -91,6 +91,19 @@ class SourceClosed(_Event):
     event_type: Literal["source-closed"] = "source-closed"
     source_system: CaseSystem
     source_reference: Identifier
+    rule_ids: list[RuleId] = Field(
+        default_factory=list, description="the rule of a later closure (LU-4, SW22-10, NS-12); empty when at handover"
+    )
+
+
+class FrontDoorDecided(_Event):
+    """NS-12: the Front Door's decision on a step-up contact (accepted: recording moves to the target system)."""
+
+    event_type: Literal["front-door-decision"] = "front-door-decision"
+    target_system: CaseSystem
+    target_reference: Identifier
+    decision: Literal["accepted", "not-accepted"]
+    rule_ids: list[RuleId] = Field(default_factory=lambda: ["NS-12"])
 
 
 class SourceKeptOpen(_Event):
@@ -175,6 +188,7 @@ TransferEvent = Annotated[
     | TransferDelivered
     | TransferAcknowledged
     | TransferAllocated
+    | FrontDoorDecided
     | SourceClosed
     | SourceKeptOpen
     | TransferCompletedNoRecord

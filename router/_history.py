@@ -20,7 +20,7 @@ from aiokafka.structs import ConsumerRecord
 from contracts import TransferMessage
 from mappings import StepDownMemory
 
-from ._reading import read_all
+from ._reading import fold_compacted, replay_compacted
 
 KEEP = timedelta(days=366)
 
@@ -80,23 +80,20 @@ class ChildHistory:
 
     def apply(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
         """Rebuild from the compacted topic (last value per key wins)."""
-        for r in records:
-            if r.key is None:
-                continue
-            key = r.key.decode()
-            if r.value is None:
-                self.by_key.pop(key, None)
-                continue
-            self.by_key[key] = [
-                StepDownMemory(
-                    transfer_id=d["transfer_id"],
-                    council=d["council"],
-                    at=datetime.fromisoformat(d["at"]),
-                    team=d.get("team"),
-                    social_worker=d.get("social_worker"),
-                )
-                for d in json.loads(r.value)
-            ]
+        fold_compacted(self.by_key, records, bytes.decode, _decode)
 
     async def load(self, bootstrap_servers: str, topic: str) -> None:
-        self.apply(sorted(await read_all(bootstrap_servers, topic), key=lambda rec: (rec.partition, rec.offset)))
+        self.by_key.update(await replay_compacted(bootstrap_servers, topic, bytes.decode, _decode))
+
+
+def _decode(raw: bytes) -> list[StepDownMemory]:
+    return [
+        StepDownMemory(
+            transfer_id=d["transfer_id"],
+            council=d["council"],
+            at=datetime.fromisoformat(d["at"]),
+            team=d.get("team"),
+            social_worker=d.get("social_worker"),
+        )
+        for d in json.loads(raw)
+    ]

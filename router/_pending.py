@@ -1,11 +1,28 @@
-"""A notice waiting for an event (LU-7: tell the social worker and manager when the case is allocated)."""
+"""Work waiting for an event: a notice (LU-7, on allocation) and a closure (LU-4 after 10 days, SW22-10 on
+allocation, NS-12 on the front door's acceptance)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import date
+from typing import Literal
 
-from contracts import CaseSystem, TransferMessage
+from pydantic import BaseModel, ConfigDict
+
+from contracts import (
+    CaseSystem,
+    Child,
+    ClosureRecord,
+    Council,
+    Pathway,
+    Person,
+    Professionals,
+    SourceRecord,
+    SystemIdentifier,
+    TransferMessage,
+)
+from contracts._common import AwareDatetime, Identifier, RuleId
 
 
 @dataclass(frozen=True)
@@ -32,3 +49,68 @@ class PendingNotice:
         return cls(
             doc["rule"], CaseSystem(doc["channel"]), list(doc["to"]), TransferMessage.model_validate(doc["notice"])
         )
+
+
+#: what makes a pending closure due: a time (LU-4), the allocation (SW22-10), the Front Door's acceptance (NS-12)
+Trigger = Literal["due", "allocated", "accepted"]
+
+
+class PendingClosure(BaseModel):
+    """A source record the flow kept open, to be closed later (LU-4, SW22-10, NS-12).
+
+    Ids, the council, the pathway, the protocol's closure wording and times only: no child,
+    no documents, no names (the worker SW22-10 names is asked for at close time, not kept).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transfer_id: Identifier
+    correlation_id: Identifier
+    council: Council
+    #: the rule that keeps the record open until the closure, and times it
+    rule_id: RuleId
+    trigger: Trigger
+    #: when the record closes: set at once for "due", on the signal for the others
+    due_at: AwareDatetime | None = None
+    requested_at: AwareDatetime
+    pathway: Pathway
+    source_record: SourceRecord
+    closure: ClosureRecord | None = None
+    target_system: CaseSystem
+    target_reference: Identifier
+    #: SW22-11: Care Director's closure record names the lead service from the assessment outcome (a pick-list label)
+    assessment_outcome: str | None = None
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PendingClosure:
+        return cls.model_validate_json(raw)
+
+    def closing_transfer(self, worker: Person | None = None) -> TransferMessage:
+        """The transfer as ``Source.close`` reads it: the source record, the closure, the transfer id, the receiving
+        worker (SW22-10); the child is the source record's id with fixed non-personal stand-ins (``Source.close``
+        never reads the child; nothing personal was kept to give it)."""
+        return TransferMessage(
+            transfer_id=self.transfer_id,
+            message_id=f"{self.transfer_id}-closure",
+            correlation_id=self.correlation_id,
+            council=self.council,
+            requested_at=self.requested_at,
+            pathway=self.pathway,
+            child=Child(
+                identifiers=[SystemIdentifier(system=self.source_record.system, id=self.source_record.record_id)],
+                given_name=NOT_KEPT,
+                family_name=NOT_KEPT,
+                date_of_birth=date(1900, 1, 1),
+            ),
+            professionals=Professionals(family_support_worker=worker),
+            source_record=self.source_record,
+            assessment_outcome=self.assessment_outcome,
+            closure=self.closure,
+        )
+
+
+#: the stand-in for personal fields a pending closure does not keep
+NOT_KEPT = "not-kept"

@@ -1,11 +1,16 @@
-"""Reading a whole topic as it is now (state rebuilds, operator tools)."""
+"""Reading a whole topic as it is now (state rebuilds, operator tools), and replaying a compacted one."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
@@ -26,3 +31,32 @@ async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0) ->
     finally:
         await consumer.stop()
     return sorted(out, key=lambda r: (r.timestamp, r.partition, r.offset))
+
+
+def fold_compacted(
+    state: dict[K, V],
+    records: Iterable[ConsumerRecord[bytes, bytes]],
+    key: Callable[[bytes], K],
+    value: Callable[[bytes], V],
+) -> dict[K, V]:
+    """Apply a compacted topic's records to ``state``: the last value per key wins, a tombstone removes the key.
+
+    Records without a key are skipped. ``state`` is changed in place and returned.
+    """
+    for r in records:
+        if r.key is None:
+            continue
+        k = key(r.key)
+        if r.value is None:
+            state.pop(k, None)
+        else:
+            state[k] = value(r.value)
+    return state
+
+
+async def replay_compacted(
+    bootstrap_servers: str, topic: str, key: Callable[[bytes], K], value: Callable[[bytes], V]
+) -> dict[K, V]:
+    """A compacted topic as it stands now, as a dict (state rebuilt at start: retry state, history, pending work)."""
+    records = sorted(await read_all(bootstrap_servers, topic), key=lambda r: (r.partition, r.offset))
+    return fold_compacted({}, records, key, value)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from aiokafka.structs import ConsumerRecord
 
-from ._reading import read_all
+from ._reading import fold_compacted, replay_compacted
 
 RETRY_PREFIX = "casebridge.retry."
 H_ID = RETRY_PREFIX + "id"
@@ -139,15 +139,13 @@ class RetryState:
 
     def apply(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
         """Rebuild from the compacted state topic (last value per key wins; a tombstone unparks)."""
-        for r in records:
-            if r.key is None:
-                continue
-            if r.value is None:
-                self.parked.pop(r.key, None)
-            else:
-                doc = json.loads(r.value)
-                self.parked[r.key] = Parked(int(doc["tier"]), set(doc["pending"]))
+        fold_compacted(self.parked, records, bytes, _parked)
 
     async def load(self, bootstrap_servers: str, topic: str) -> None:
         """Read the state topic to its end (it must exist; the router creates it at start)."""
-        self.apply(sorted(await read_all(bootstrap_servers, topic), key=lambda rec: (rec.partition, rec.offset)))
+        self.parked.update(await replay_compacted(bootstrap_servers, topic, bytes, _parked))
+
+
+def _parked(raw: bytes) -> Parked:
+    doc = json.loads(raw)
+    return Parked(int(doc["tier"]), set(doc["pending"]))

@@ -42,6 +42,7 @@ from mappings import Protocol, load_protocols
 from ._history import ChildHistory
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at
+from .closures import ClosurePlanner
 from .flow import Outcome, TransferFlow, event_id, peek_transfer_id, urgent_first
 from .settings import Settings
 
@@ -264,7 +265,7 @@ class Router:
         await ensure_topics(
             self.settings.bootstrap_servers,
             [t.transfers, t.events, t.dead_letter, t.parking, t.audit, *(t.retry(i) for i in range(len(self.tiers)))],
-            compacted=[t.retry_state, t.history, t.pending_notices],
+            compacted=[t.retry_state, t.history, t.pending_notices, t.pending_closures],
         )
         await self.retry_state.load(self.settings.bootstrap_servers, t.retry_state)
         if self.flow.history is not None:
@@ -313,5 +314,6 @@ def build_router(
         ChildHistory(),
         settings.topics.history,
         settings.topics.pending_notices,
+        ClosurePlanner(settings.topics.pending_closures),
     )
     return Router(settings, flow)

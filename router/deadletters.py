@@ -168,7 +168,11 @@ async def replay(
             d = chosen[dl_id]
             now = datetime.now(UTC)
             headers = [*d.original_headers, (H_REPLAY_OF, dl_id.encode()), (H_REPLAY_OPERATOR, operator.encode())]
-            await producer.send_and_wait(topics.transfers, value=d.value, key=d.key, headers=headers)
+            # a later closure (router/closures.py) goes back to the pending closures; everything else is a transfer
+            closure = d.context.get("original.topic") == topics.pending_closures
+            await producer.send_and_wait(
+                topics.pending_closures if closure else topics.transfers, value=d.value, key=d.key, headers=headers
+            )
             audit = {"operator": operator, "at": now.isoformat(), "dead_letter": dl_id, **d.summary()}
             await producer.send_and_wait(topics.audit, value=json.dumps(audit).encode(), key=dl_id.encode())
             transfer_id = d.context.get("transfer.id") or None

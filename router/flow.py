@@ -10,6 +10,7 @@
       7. the target confirms it holds it         -> acknowledged (+ LU-7 receipt notice)
       8. only then close the source record       -> source-closed, with the protocol's closure record
          or keep it open (SW26-3, BA-13, ...)    -> source-kept-open
+         or close it later (LU-4, SW22-10, NS-12) -> source-kept-open + a pending closure (router/closures.py)
       9. a completed step-down is remembered per child (compacted topic) for LU-9 / NS-10
 
 Transient failures of a case system are retried here with backoff and jitter (tenacity);
@@ -27,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 from aiokafka.structs import ConsumerRecord
@@ -66,6 +67,9 @@ from ._history import ChildHistory
 from ._outbox import Failure
 from ._pending import PendingNotice
 from .settings import RetrySettings
+
+if TYPE_CHECKING:
+    from .closures import ClosurePlanner
 
 log = structlog.get_logger("casebridge.router")
 _EVENT_NS = uuid.UUID("6f1c8f64-3b7e-4d1e-9a55-0c2b8c1d7e10")
@@ -113,6 +117,7 @@ class TransferFlow:
         history: ChildHistory | None = None,
         history_topic: str | None = None,
         notices_topic: str | None = None,
+        closures: ClosurePlanner | None = None,
     ) -> None:
         self.protocols = protocols
         self.targets = targets
@@ -122,6 +127,7 @@ class TransferFlow:
         self.history = history
         self.history_topic = history_topic
         self.notices_topic = notices_topic
+        self.closures = closures
 
     async def run(self, record: ConsumerRecord[bytes, bytes], sink: Sink) -> Outcome:
         # 1. the contract
@@ -243,11 +249,17 @@ class TransferFlow:
 
             # 8. only now: close the source record, or keep it open where the protocol says so
             kept_open = protocol.keeps_open(transfer)
+            closing = transfer.model_copy(update={"closure": protocol.closure(transfer)})
+            # ... or close it later (LU-4, SW22-10, NS-12): a pending closure for router/closures.py (not again
+            # when a re-run finds the record already closed by this transfer)
+            later = self.closures.plan(closing, kept_open, receipt) if self.closures and not closed_by_us else None
+            if later is not None and self.closures is not None:
+                await sink.send(self.closures.topic, transfer.transfer_id.encode(), later.encode(), [])
+                kept_open = kept_open or [later.rule_id]
             if kept_open:
                 await self._retrying(lambda: source.keep_open(transfer, receipt, kept_open))
                 await emit(SourceKeptOpen, source_system=p.from_system, rule_ids=kept_open)
             else:
-                closing = transfer.model_copy(update={"closure": protocol.closure(transfer)})
                 closed_ref = await self._retrying(lambda: source.close(closing, receipt))
                 await emit(SourceClosed, source_system=p.from_system, source_reference=closed_ref)
             if p.direction is Direction.STEP_DOWN and self.history is not None:

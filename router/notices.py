@@ -16,7 +16,6 @@ from typing import Literal, cast
 
 import structlog
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import ConsumerRecord
 
 from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer, poll_forever
@@ -24,7 +23,7 @@ from contracts import CaseSystem, NoticeSent
 from mappings import Route
 
 from ._pending import PendingNotice
-from ._reading import read_all
+from ._reading import fold_compacted, replay_compacted
 from .flow import event_id
 from .settings import Settings
 
@@ -50,8 +49,14 @@ class AllocationNotices:
         self.allocated: set[str] = set()
 
     async def start(self) -> None:
-        for r in await read_all(self.settings.bootstrap_servers, self.settings.topics.pending_notices):
-            self._apply_pending(r)
+        self.pending.update(
+            await replay_compacted(
+                self.settings.bootstrap_servers,
+                self.settings.topics.pending_notices,
+                bytes.decode,
+                PendingNotice.decode,
+            )
+        )
         await self.producer.start()
         await self.consumer.start()
 
@@ -59,21 +64,12 @@ class AllocationNotices:
         await self.consumer.stop()
         await self.producer.stop()
 
-    def _apply_pending(self, r: ConsumerRecord[bytes, bytes]) -> None:
-        if r.key is None:
-            return
-        tid = r.key.decode()
-        if r.value is None:
-            self.pending.pop(tid, None)
-        else:
-            self.pending[tid] = PendingNotice.decode(r.value)
-
     async def poll_once(self) -> int:
         """Read what is new; send every notice now due. Returns how many notices were sent."""
         for records in (await self.consumer.getmany(timeout_ms=200)).values():
             for r in records:
                 if r.topic == self.settings.topics.pending_notices:
-                    self._apply_pending(r)
+                    fold_compacted(self.pending, [r], bytes.decode, PendingNotice.decode)
                 elif dict(r.headers or ()).get("event_type") == b"allocated" and r.key is not None:
                     self.allocated.add(r.key.decode())
         sent = 0

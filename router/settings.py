@@ -51,6 +51,11 @@ class Topics:
         return f"{self.prefix}.pending-notices"
 
     @property
+    def pending_closures(self) -> str:
+        """Compacted: source records to close later (LU-4, SW22-10, NS-12), by transfer id; tombstoned once closed."""
+        return f"{self.prefix}.pending-closures"
+
+    @property
     def parking(self) -> str:
         """Replayed messages that failed again: kept here for a person, never looped back."""
         return f"{self.prefix}.parking"

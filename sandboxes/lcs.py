@@ -41,6 +41,9 @@ __all__ = [
     "ContactIn",
     "ContactList",
     "ContactPutResult",
+    "Decision",
+    "DecisionFeed",
+    "DecisionIn",
     "Change",
     "ChangeFeed",
     "Child",
@@ -232,11 +235,39 @@ class ContactPutResult(StrictModel):
     created: bool
 
 
+FrontDoorDecision = Literal["accepted", "not-accepted"]
+
+
 class Contact(ContactIn):
     contact_id: str
     transfer_id: str
     status: Literal["received"]
     received_at: datetime
+    decision: FrontDoorDecision | None = Field(default=None, description="NS-12: the Front Door management's decision")
+    decided_at: datetime | None = None
+
+
+class DecisionIn(StrictModel):
+    """NS-12: Front Door management decide on a step-up contact (accepted: recording moves to LCS)."""
+
+    decision: FrontDoorDecision
+    decided_by: Text
+
+
+class Decision(StrictModel):
+    """One entry of the decision feed: ids and the decision, no names."""
+
+    seq: int
+    transfer_id: str
+    contact_id: str
+    decision: FrontDoorDecision
+    at: datetime
+
+
+class DecisionFeed(StrictModel):
+    decisions: list[Decision]
+    last_seq: int = Field(description="cursor to pass as ?after= next")
+    has_more: bool
 
 
 class ContactList(StrictModel):
@@ -276,6 +307,13 @@ CREATE TABLE IF NOT EXISTS contacts (
     data TEXT NOT NULL,
     urgent INTEGER NOT NULL DEFAULT 0,
     received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS front_door_decisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    contact_id INTEGER NOT NULL UNIQUE REFERENCES contacts(id),
+    decision TEXT NOT NULL,
+    decided_by TEXT NOT NULL,
+    at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -509,14 +547,17 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     # -- the Front Door: step-ups arrive as contacts
 
-    def _contact(row: sqlite3.Row) -> Contact:
+    def _contact(conn: sqlite3.Connection, row: sqlite3.Row) -> Contact:
         base = ContactIn.model_validate_json(row["data"])
+        decided = conn.execute("SELECT * FROM front_door_decisions WHERE contact_id = ?", (row["id"],)).fetchone()
         return Contact(
             **base.model_dump(),
             contact_id=f"{CONTACT_PREFIX}{row['id']}",
             transfer_id=row["transfer_id"],
             status="received",
             received_at=row["received_at"],
+            decision=decided["decision"] if decided else None,
+            decided_at=decided["at"] if decided else None,
         )
 
     @api.put("/contacts/{transfer_id}", status_code=201)
@@ -542,15 +583,58 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
         """The Front Door's queue: urgent contacts first (SW22-1), then in order of arrival."""
         with db.read() as conn:
             rows = conn.execute("SELECT * FROM contacts ORDER BY urgent DESC, id").fetchall()
-        return ContactList(contacts=[_contact(r) for r in rows])
+            return ContactList(contacts=[_contact(conn, r) for r in rows])
 
     @api.get("/contacts/{transfer_id}")
     def get_contact(transfer_id: str) -> Contact:
         with db.read() as conn:
             row = conn.execute("SELECT * FROM contacts WHERE transfer_id = ?", (transfer_id,)).fetchone()
-        if row is None:
-            raise SandboxError(404, "contact_not_found", transfer_id=transfer_id)
-        return _contact(row)
+            if row is None:
+                raise SandboxError(404, "contact_not_found", transfer_id=transfer_id)
+            return _contact(conn, row)
+
+    @api.post("/contacts/{transfer_id}/decision")
+    def decide(transfer_id: str, body: DecisionIn) -> Contact:
+        """NS-12: the Front Door's decision, once; the same decision again is a no-op, another one a 409."""
+        with db.transaction() as conn:
+            row = conn.execute("SELECT * FROM contacts WHERE transfer_id = ?", (transfer_id,)).fetchone()
+            if row is None:
+                raise SandboxError(404, "contact_not_found", transfer_id=transfer_id)
+            decided = conn.execute("SELECT * FROM front_door_decisions WHERE contact_id = ?", (row["id"],)).fetchone()
+            if decided is None:
+                conn.execute(
+                    "INSERT INTO front_door_decisions (contact_id, decision, decided_by, at) VALUES (?, ?, ?, ?)",
+                    (row["id"], body.decision, body.decided_by, clock().isoformat()),
+                )
+            elif decided["decision"] != body.decision:
+                raise SandboxError(409, "already_decided", field="decision", rule="NS-12")
+            contact = _contact(conn, row)
+        logger.info("front door decision contact_id=%s decision=%s", contact.contact_id, body.decision)
+        return contact
+
+    @api.get("/front-door-decisions")
+    def decisions(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> DecisionFeed:
+        """The Front Door's decisions on contacts, in the order they were made (a durable feed: NS-12)."""
+        with db.read() as conn:
+            rows = conn.execute(
+                "SELECT d.*, c.transfer_id FROM front_door_decisions d JOIN contacts c ON c.id = d.contact_id "
+                "WHERE d.seq > ? ORDER BY d.seq LIMIT ?",
+                (after, limit + 1),
+            ).fetchall()
+        feed = [
+            Decision(
+                seq=r["seq"],
+                transfer_id=r["transfer_id"],
+                contact_id=f"{CONTACT_PREFIX}{r['contact_id']}",
+                decision=r["decision"],
+                at=r["at"],
+            )
+            for r in rows[:limit]
+        ]
+        return DecisionFeed(decisions=feed, last_seq=feed[-1].seq if feed else after, has_more=len(rows) > limit)
 
     @api.get("/changes")
     def changes(

@@ -158,7 +158,7 @@ def _one(events: list[TransferEvent], kind: str) -> Any:
 async def test_north_somerset_step_down_then_ns09_ns10_ns12_step_up_to_the_front_door(councils: Councils) -> None:
     """Step-down LCS -> EHM tray; then a Step-Up request on EHM, published from EHM's feed, becomes an
     LCS contact naming that social worker (NS-10),
-    and the EHM episode closed with a case note only after LCS acknowledged (NS-12)."""
+    and the EHM episode closed with a case note only once the Front Door accepted it on LCS (NS-12)."""
     lcs, ehm, stack = councils.systems.lcs_client, councils.systems.ehm_client, councils.stack
     child = lcs.create_child(locality="South")
     request = lcs.request_stepdown(child, requested_by="Riley Notreal (Social Worker)")
@@ -171,7 +171,19 @@ async def test_north_somerset_step_down_then_ns09_ns10_ns12_step_up_to_the_front
     up = {"transfer_id": f"north-somerset-ehm-{stepup}".lower()}
     events = (await _outcomes(stack.settings, up["transfer_id"]))[up["transfer_id"]]
 
-    assert ["requested", "validated", "delivered", "acknowledged", "source-closed"] == _types(events)
+    assert ["requested", "validated", "delivered", "acknowledged", "source-kept-open"] == _types(events)
+    assert ["NS-12"] == _one(events, "source-kept-open").rule_ids
+    assert "open" == ehm.episode(episode)["status"]  # LCS holds the contact; the Front Door has not decided
+    lcs.http.post(
+        f"/api/contacts/{up['transfer_id']}/decision", json={"decision": "accepted", "decided_by": "A Manager"}
+    ).raise_for_status()
+    assert 1 == await stack.decisions.poll_once()  # LCS's decision feed -> a front-door-decision event
+    closed_now = 0
+    for _ in range(20):
+        closed_now += await stack.closures.poll_once()
+        if closed_now:
+            break
+    assert 1 == closed_now
     delivered = _one(events, "delivered")
     assert (CaseSystem.LCS, "Front Door", ["NS-10"]) == (delivered.target_system, delivered.team, delivered.rule_ids)
     contact = lcs.contact(up["transfer_id"])
@@ -180,7 +192,7 @@ async def test_north_somerset_step_down_then_ns09_ns10_ns12_step_up_to_the_front
     closed = ehm.episode(episode)
     assert ("closed", up["transfer_id"]) == (closed["status"], closed["closure_transfer_id"])
     assert "recording continues on LCS" in closed["case_notes"][-1]["text"]
-    assert closed["closed_at"] >= contact["received_at"]
+    assert closed["closed_at"] >= contact["decided_at"] >= contact["received_at"]
 
 
 # -- Swindon 2026: LCS <-> EHM ------------------------------------------------------------------

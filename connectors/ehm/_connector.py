@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, ClassVar
 
-from contracts import CaseSystem, RecordState, TransferAllocated, TransferMessage
+from contracts import CaseSystem, Person, RecordState, TransferAllocated, TransferMessage
 from mappings import Route, load_mapping
 
 from .._base import Receipt, Source, SourceState, Target
@@ -71,6 +71,12 @@ class EhmConnector(HttpConnection, Target, Source):
         item = (await self.http.request("GET", f"/api/stepdown-tray/{transfer.transfer_id}")).json()
         held = item.get("status") in ("in_tray", "allocated")
         return Receipt(self.system, item["tray_item_id"], created=False, acknowledged=held)
+
+    async def allocated_worker(self, transfer_id: str) -> Person | None:
+        """SW22-10: the family support worker EHM allocated the transfer's tray item to (None: not allocated yet)."""
+        item = (await self.http.request("GET", f"/api/stepdown-tray/{transfer_id}")).json()
+        name = item.get("allocated_to")
+        return Person(name=name, role="Family Support Worker") if name else None
 
     async def episode(self, episode_id: str) -> dict[str, Any]:
         episode: dict[str, Any] = (await self.http.request("GET", f"/api/episodes/{episode_id}")).json()

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict
 from typing import Any, ClassVar
 
-from contracts import CaseSystem, RecordState, TransferMessage
+from contracts import CaseSystem, FrontDoorDecided, RecordState, TransferMessage
 from mappings import Route, load_mapping
 
 from .._base import Receipt, Source, SourceState, Target
@@ -12,6 +13,7 @@ from .._http import HttpConnection
 CLOSURE_REASON = "Stepped down to early help (EHM)"
 CLOSED_BY = "casebridge"
 _CONTACT = load_mapping("lcs-contact")
+_EVENT_NS = uuid.UUID("5d0f3c2a-8b1e-4f6a-9c47-2e6b1d9a0f13")
 
 
 class LcsConnector(HttpConnection, Source, Target):
@@ -51,6 +53,10 @@ class LcsConnector(HttpConnection, Source, Target):
     async def changes(self, after: int) -> tuple[list[dict[str, Any]], int]:
         return await self.feed_page("/api/changes", "changes", after)
 
+    async def front_door_decisions(self, after: int) -> tuple[list[dict[str, Any]], int]:
+        """One page of the Front Door's decisions on step-up contacts after the cursor (NS-12), and the next cursor."""
+        return await self.feed_page("/api/front-door-decisions", "decisions", after)
+
     async def state(self, transfer: TransferMessage) -> SourceState:
         child = await self.child(transfer.source_record.record_id)
         return SourceState(RecordState(child["record_state"]), closed_by_transfer=child.get("closure_transfer_id"))
@@ -71,3 +77,19 @@ class LcsConnector(HttpConnection, Source, Target):
         }
         await self.close_once(f"/api/children/{record_id}/close", body, self, transfer)
         return record_id
+
+
+def decision_events(decisions: list[dict[str, Any]]) -> list[FrontDoorDecided]:
+    """Front Door decisions as events (no personal data; ids derived from the feed position)."""
+    return [
+        FrontDoorDecided(
+            event_id=str(uuid.uuid5(_EVENT_NS, f"lcs-front-door-decision/{d['seq']}")),
+            transfer_id=d["transfer_id"],
+            correlation_id=d["transfer_id"],
+            target_system=CaseSystem.LCS,
+            target_reference=d["contact_id"],
+            decision=d["decision"],
+            occurred_at=d["at"],
+        )
+        for d in decisions
+    ]

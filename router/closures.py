@@ -1,0 +1,350 @@
+"""Closing a source record later: LU-4 (10 days after social care accepted), SW22-10 (once the receiving
+early-help worker is named), NS-12 (once the Front Door accepted the step-up).
+
+Where the flow keeps a source record open under a rule with a later closure, ``ClosurePlanner``
+turns it into a ``PendingClosure`` (ids, times, the protocol's closure wording; no personal
+data), which the flow writes to the compacted ``<prefix>.pending-closures`` topic keyed by
+transfer id. ``ClosureScheduler`` reads that topic and the events topic. A closure falls due
+at its time (LU-4), on the transfer's ``allocated`` event (SW22-10) or on the Front Door's
+``front-door-decision`` event (NS-12: accepted closes; not accepted cancels, the record
+stays open). When due, the record is closed through the source connector, ``source-closed``
+is emitted with the rule id, and the entry is tombstoned.
+
+Delivery: at least once. A signal is made durable by rewriting the entry with its due time;
+a crash between the close and the tombstone closes again, which every source connector's
+close makes a no-op (idempotent on transfer id), and the event id is the same. A source
+that is down leaves the closure due for the next poll; a refusal dead-letters the entry
+(``casebridge replay`` puts it back) and raises an alert. The clock is injectable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+import structlog
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+
+from connectors import CasebridgeError, PermanentError, Receipt, Source, Target
+from connectors._feed import idempotent_producer, poll_forever
+from contracts import (
+    AlertRaised,
+    CaseSystem,
+    FrontDoorDecided,
+    Person,
+    SourceClosed,
+    TransferDeadLettered,
+    TransferEvent,
+    TransferMessage,
+    field_errors,
+    parse_event,
+)
+from mappings import DeadlineRule, due_at, load_deadlines
+
+from ._outbox import Failure, dead_letter_headers
+from ._pending import PendingClosure, Trigger
+from ._reading import fold_compacted, replay_compacted
+from .flow import event_id
+from .settings import Settings
+
+log = structlog.get_logger("casebridge.router.closures")
+Clock = Callable[[], datetime]
+_Record = tuple[str, str, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
+#: signals kept for transfers whose pending closure has not been read yet (the oldest go first)
+MAX_SIGNALS = 100_000
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When a rule's closure falls due: after a deadline (its length and unit), or on a signal."""
+
+    trigger: Trigger
+    after: DeadlineRule | None = None
+
+
+def default_timings() -> dict[str, Timing]:
+    """LU-4's length and unit are those of its deadline in ``mappings/data/deadlines.toml`` (the monitor's too)."""
+    deadlines = {d.rule_id: d for d in load_deadlines()}
+    return {"LU-4": Timing("due", deadlines["LU-4"]), "SW22-10": Timing("allocated"), "NS-12": Timing("accepted")}
+
+
+class ClosurePlanner:
+    """In the flow: does the record kept open (or about to be closed) get a closure later instead?"""
+
+    def __init__(self, topic: str, timings: dict[str, Timing] | None = None, clock: Clock = utc_now) -> None:
+        self.topic = topic
+        self.timings = default_timings() if timings is None else timings
+        self.clock = clock
+
+    def plan(self, closing: TransferMessage, kept_open: list[str], receipt: Receipt) -> PendingClosure | None:
+        """A pending closure when the rules keeping the record open all close it later (LU-4, SW22-10), or when
+        the protocol's closure waits for a signal (NS-12); None: kept open for good (SW26-3, BA-13) or closed now."""
+        if kept_open:
+            if not all(r in self.timings for r in kept_open):
+                return None
+            rule = kept_open[0]
+        else:
+            ids = closing.closure.rule_ids if closing.closure else []
+            found = [r for r in ids if r in self.timings]
+            if not found:
+                return None
+            rule = found[0]
+        timing = self.timings[rule]
+        due = None
+        if timing.trigger == "due":
+            if timing.after is None:
+                raise ValueError(f"{rule}: a timed closure needs a deadline (length and unit)")
+            due = due_at(self.clock(), timing.after.length, timing.after.unit)
+        return PendingClosure(
+            transfer_id=closing.transfer_id,
+            correlation_id=closing.correlation_id,
+            council=closing.council,
+            rule_id=rule,
+            trigger=timing.trigger,
+            due_at=due,
+            requested_at=closing.requested_at,
+            pathway=closing.pathway,
+            source_record=closing.source_record,
+            closure=closing.closure,
+            target_system=receipt.system,
+            target_reference=receipt.reference,
+            assessment_outcome=closing.assessment_outcome,
+        )
+
+
+@runtime_checkable
+class KnowsAllocation(Protocol):
+    """A target that can say who was allocated a transfer (SW22-10: the receiving early-help worker)."""
+
+    async def allocated_worker(self, transfer_id: str) -> Person | None: ...
+
+
+class WorkerUnknown(PermanentError):
+    """Allocated, but the target does not say to whom: the closure record cannot name the worker (SW22-10)."""
+
+    rule_ids = ("SW22-10",)
+
+
+class ClosureScheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        sources: dict[CaseSystem, Source],
+        targets: dict[CaseSystem, Target],
+        clock: Clock = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.sources = sources
+        self.targets = targets
+        self.clock = clock
+        topics = settings.topics
+        self.consumer = AIOKafkaConsumer(
+            topics.events,
+            topics.pending_closures,
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=f"{settings.group_id}-closures",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        self.producer = idempotent_producer(settings.bootstrap_servers)
+        self.pending: dict[str, PendingClosure] = {}
+        #: signals read for transfers (allocated; front door accepted True / not accepted False)
+        self.signals: dict[str, tuple[Trigger, bool]] = {}
+        #: transfers a ``source-closed`` event says are closed (by a re-run of the transfer, or by this scheduler)
+        self.closed: dict[str, None] = {}
+        #: (partition, offset) of this scheduler's own writes to the pending topic: not applied again when read back
+        self._own: set[tuple[int, int]] = set()
+
+    async def start(self) -> None:
+        topic = self.settings.topics.pending_closures
+        self.pending.update(
+            await replay_compacted(self.settings.bootstrap_servers, topic, bytes.decode, PendingClosure.decode)
+        )
+        await self.producer.start()
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def poll_once(self) -> int:
+        """Read what is new; close every record now due. Returns how many records were closed."""
+        for records in (await self.consumer.getmany(timeout_ms=200)).values():
+            for r in records:
+                self._read(r)
+        for tid in sorted(self.closed.keys() & self.pending.keys()):
+            await self._write(tid, None)
+            log.info("closure_not_needed", transfer_id=tid)
+        now = self.clock()
+        for tid, p in sorted(self.pending.items()):
+            signal = self.signals.get(tid)
+            if p.due_at is None and signal is not None and signal[0] == p.trigger:
+                await self._on_signal(p, signal[1], now)
+        closed: list[tuple[PendingClosure, SourceClosed]] = []
+        for tid, p in sorted(self.pending.items()):
+            if p.due_at is None or p.due_at > now:
+                continue
+            try:
+                closed.append((p, await self._close(p)))
+            except PermanentError as exc:
+                await self._dead_letter(p, exc)
+            except CasebridgeError as exc:  # the source is down: the closure stays due
+                log.warning("closure_failed", transfer_id=tid, rule_ids=[p.rule_id], error_class=type(exc).__name__)
+        # every source-closed is on the broker before any of their entries is tombstoned (a crash between: closed
+        # again, a no-op, same event id)
+        await self._send_all([self._event_record(e) for _, e in closed])
+        await self._send_all([(self.settings.topics.pending_closures, p.transfer_id, None, []) for p, _ in closed])
+        for p, _ in closed:
+            self._forget(p.transfer_id)
+            log.info("source_closed_later", transfer_id=p.transfer_id, rule_ids=[p.rule_id])
+        await self.consumer.commit()
+        return len(closed)
+
+    def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
+        if r.topic == self.settings.topics.pending_closures:
+            if (r.partition, r.offset) in self._own:  # our own write, applied when it was made
+                self._own.discard((r.partition, r.offset))
+            else:
+                fold_compacted(self.pending, [r], bytes.decode, PendingClosure.decode)
+            return
+        kind = dict(r.headers or ()).get("event_type")
+        if r.key is None or kind not in (b"allocated", b"front-door-decision", b"source-closed"):
+            return
+        tid = r.key.decode()
+        for seen in (self.signals, self.closed):  # kept for transfers with nothing pending yet: the oldest go first
+            if len(seen) >= MAX_SIGNALS:
+                del seen[next(iter(seen))]
+        if kind == b"source-closed":  # e.g. by a re-run of the transfer (the worker named on it): nothing to do
+            self.closed[tid] = None
+            return
+        if kind == b"allocated":
+            self.signals[tid] = ("allocated", True)
+            return
+        try:
+            event: TransferEvent = parse_event(r.value or b"")
+        except ValidationError as exc:  # not ours to refuse (the tracker sees it too): skip, and say so
+            log.warning("event_unreadable", transfer_id=tid, fields=[e.field for e in field_errors(exc)])
+            return
+        if isinstance(event, FrontDoorDecided):
+            self.signals[tid] = ("accepted", event.decision == "accepted")
+
+    async def _on_signal(self, p: PendingClosure, go: bool, now: datetime) -> None:
+        """The signal arrived: due now (written back, so a restart keeps it), or cancelled (NS-12 not accepted)."""
+        tid = p.transfer_id
+        if not go:
+            await self._write(tid, None)
+            log.info("closure_cancelled", transfer_id=tid, rule_ids=[p.rule_id])
+            return
+        due = p.model_copy(update={"due_at": now})
+        await self._write(tid, due)
+        log.info("closure_due", transfer_id=tid, rule_ids=[p.rule_id], trigger=p.trigger)
+
+    async def _close(self, p: PendingClosure) -> SourceClosed:
+        """Close the record through its source connector (idempotent); returns the event to emit."""
+        source = self.sources.get(p.source_record.system)
+        if source is None:
+            raise PermanentError(f"no source connector is configured for {p.source_record.system.value!r}")
+        worker = await self._worker(p) if p.trigger == "allocated" else None
+        receipt = Receipt(p.target_system, p.target_reference, created=False, acknowledged=True)
+        reference = await source.close(p.closing_transfer(worker), receipt)
+        return SourceClosed(
+            event_id=event_id(f"{p.transfer_id}/closure/{p.rule_id}", "source-closed"),
+            transfer_id=p.transfer_id,
+            correlation_id=p.correlation_id,
+            council=p.council,
+            occurred_at=self.clock(),
+            source_system=p.source_record.system,
+            source_reference=reference,
+            rule_ids=[p.rule_id],
+        )
+
+    async def _worker(self, p: PendingClosure) -> Person:
+        target = self.targets.get(p.target_system)
+        worker = await target.allocated_worker(p.transfer_id) if isinstance(target, KnowsAllocation) else None
+        if worker is None:
+            raise WorkerUnknown(
+                f"{p.target_system.value} does not say who was allocated, so the closure record cannot name the "
+                "receiving early-help worker (SW22-10): close the record by hand"
+            )
+        return worker
+
+    async def _dead_letter(self, p: PendingClosure, exc: PermanentError) -> None:
+        tid, topics = p.transfer_id, self.settings.topics
+        rule_ids = [p.rule_id, *(r for r in exc.rule_ids if r != p.rule_id)]
+        failure = Failure(
+            stage="close-later",
+            error_class=type(exc).__name__,
+            message=str(exc),
+            rule_ids=rule_ids,
+            transfer_id=tid,
+            council=p.council.value,
+        )
+        value = p.encode()
+        record = ConsumerRecord(
+            topics.pending_closures, 0, 0, int(self.clock().timestamp() * 1000), 0, tid.encode(), value, None,
+            len(tid), len(value), (),
+        )  # fmt: skip
+        headers = dead_letter_headers(record, f"{self.settings.group_id}-closures", failure)
+        await self._send_all([(topics.dead_letter, tid, value, headers)])
+        base = dict(transfer_id=tid, correlation_id=p.correlation_id, council=p.council, occurred_at=self.clock())
+        await self._emit(
+            TransferDeadLettered(
+                event_id=event_id(f"{tid}/closure/{p.rule_id}", "dead-lettered"),
+                stage="close-later",
+                error_class=type(exc).__name__,
+                reason=str(exc),
+                rule_ids=rule_ids,
+                **base,
+            )
+        )
+        await self._emit(
+            AlertRaised(
+                event_id=event_id(f"{tid}/closure/{p.rule_id}", "alert"),
+                severity="critical",
+                rule_ids=rule_ids,
+                summary=f"source record kept open: its later closure failed ({type(exc).__name__})",
+                **base,
+            )
+        )
+        await self._write(tid, None)
+        log.warning("closure_dead_lettered", transfer_id=tid, rule_ids=rule_ids, error_class=type(exc).__name__)
+
+    async def _write(self, tid: str, p: PendingClosure | None) -> None:
+        await self._send_all([(self.settings.topics.pending_closures, tid, None if p is None else p.encode(), [])])
+        if p is None:
+            self._forget(tid)
+        else:
+            self.pending[tid] = p
+
+    def _forget(self, tid: str) -> None:
+        self.pending.pop(tid, None)
+        self.signals.pop(tid, None)
+
+    async def _emit(self, event: TransferEvent) -> None:
+        await self._send_all([self._event_record(event)])
+
+    def _event_record(self, event: TransferEvent) -> _Record:
+        kind = [("event_type", event.event_type.encode())]
+        return self.settings.topics.events, event.transfer_id or event.event_id, event.model_dump_json().encode(), kind
+
+    async def _send_all(self, records: list[_Record]) -> None:
+        """Send, then wait until the broker acknowledged every one."""
+        futures = [
+            (topic, await self.producer.send(topic, value, key=key.encode(), headers=headers))
+            for topic, key, value, headers in records
+        ]
+        for topic, fut in futures:
+            meta = await fut
+            if topic == self.settings.topics.pending_closures:
+                self._own.add((meta.partition, meta.offset))
+
+    async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
+        await poll_forever(self.poll_once, interval, stop, "pending-closures")

@@ -1,0 +1,575 @@
+"""Closing a source record later (router/closures.py): LU-4 after 10 days, SW22-10 on allocation, restarts.
+
+The broker and the router are real; Care Director and the team mailboxes are in-memory stand-ins. The
+closure scheduler's clock is injected, so "10 days later" is a clock moved on, not a wait.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from casebridge.stack import Stack
+from connectors import Receipt, Source, Target
+from connectors.memory import MemorySource, MemoryTarget
+from contracts import CaseSystem, Person, SourceClosed, TransferAllocated, TransferEvent, TransferMessage
+from mappings import DeadlineState, Unit, deadlines_for, due_at, load_deadlines, load_protocol
+from router import Settings
+from router._pending import NOT_KEPT, PendingClosure
+from router._reading import replay_compacted
+from router.closures import ClosurePlanner, default_timings
+from router.deadletters import replay
+from router.settings import RetrySettings
+from tests.council_data import step_down, step_up, transfer
+from tests.support import TOKEN, Systems, events_of, produce, read
+
+WORKER = Person(name="Sam Example", role="Family Support Worker", organisation="Early Help Hub")
+
+
+class Mailbox(MemoryTarget):
+    """A team mailbox whose team says who it allocated (SW22-10's receiving worker)."""
+
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
+    def __init__(self, worker: Person | None = WORKER) -> None:
+        super().__init__()
+        self.worker = worker
+
+    async def allocated_worker(self, transfer_id: str) -> Person | None:
+        return self.worker
+
+
+class Closing(MemorySource):
+    """Keeps what each close was given (the closing transfer) by record id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: dict[str, TransferMessage] = {}
+
+    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
+        self.given[transfer.source_record.record_id] = transfer
+        return await super().close(transfer, receipt)
+
+
+class MailboxSource(Closing):
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
+
+class CareDirector(Closing):
+    system: ClassVar[CaseSystem] = CaseSystem.CARE_DIRECTOR
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, topic_prefix: str, retry_settings: RetrySettings) -> Settings:
+    return Settings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        group_id=f"{topic_prefix}-router",
+        retry=retry_settings,
+    )
+
+
+def _stack(
+    settings: Settings, systems: Systems, state: Path, parts: dict[str, Any], clock: Callable[[], datetime]
+) -> Stack:
+    targets: dict[CaseSystem, Target] = {CaseSystem.MAILBOX: parts["mailbox"]}
+    sources: dict[CaseSystem, Source] = {
+        CaseSystem.MAILBOX: parts["mailbox_source"],
+        CaseSystem.CARE_DIRECTOR: parts["care_director"],
+    }
+    return Stack(
+        settings,
+        systems.lcs.url,
+        SecretStr(TOKEN),
+        systems.ehm.url,
+        SecretStr(TOKEN),
+        state,
+        loops=False,
+        extra_targets=targets,
+        extra_sources=sources,
+        clock=clock,
+    )
+
+
+@pytest.fixture
+def parts() -> dict[str, Any]:
+    return {"mailbox": Mailbox(), "mailbox_source": MailboxSource(), "care_director": CareDirector()}
+
+
+async def _send(settings: Settings, doc: dict[str, Any]) -> None:
+    first = doc["child"]["identifiers"][0]
+    await produce(
+        settings.bootstrap_servers,
+        settings.topics.transfers,
+        [(f"{first['system']}:{first['id']}".encode(), json.dumps(doc).encode())],
+    )
+
+
+async def _events(settings: Settings, transfer_id: str, *kinds: str) -> list[TransferEvent]:
+    """The transfer's events, read until each of ``kinds`` arrived."""
+
+    def done(records: list[Any]) -> bool:
+        seen = {e.event_type for e in events_of(records) if e.transfer_id == transfer_id}
+        return set(kinds) <= seen
+
+    records = await read(settings.bootstrap_servers, settings.topics.events, done, timeout=60)
+    return [e for e in events_of(records) if e.transfer_id == transfer_id]
+
+
+async def _poll_until_closed(stack: Stack, n: int = 1, tries: int = 20) -> int:
+    closed = 0
+    for _ in range(tries):
+        closed += await stack.closures.poll_once()
+        if closed >= n:
+            break
+    return closed
+
+
+async def _pending(settings: Settings) -> dict[str, PendingClosure]:
+    return await replay_compacted(
+        settings.bootstrap_servers, settings.topics.pending_closures, bytes.decode, PendingClosure.decode
+    )
+
+
+# -- pure: the plan, and what the monitor makes of the closure --------------------------------------
+
+
+def test_lu04_closure_falls_due_when_the_lu04_deadline_does_and_the_monitor_marks_it_met() -> None:
+    """The planner's due time is LU-4's deadline (deadlines.toml, _deadlines.due_at) from acceptance; a
+    source-closed then meets LU-4 on the monitor."""
+    accepted = datetime(2026, 12, 18, 9, 0, tzinfo=UTC)  # a Friday before Christmas
+    up = transfer(step_up("luton", 1))
+    planned = ClosurePlanner("t", clock=lambda: accepted).plan(up, ["LU-4"], Receipt(CaseSystem.MAILBOX, "M-1"))
+    [lu4] = [d for d in load_deadlines() if d.rule_id == "LU-4"]
+
+    assert planned is not None and ("LU-4", "due") == (planned.rule_id, planned.trigger)
+    assert due_at(accepted, lu4.length, lu4.unit) == planned.due_at
+    timeline = [("acknowledged", accepted), ("source-closed", planned.due_at)]
+    [status] = deadlines_for([lu4], "luton", "step-up", timeline, planned.due_at + timedelta(days=1))
+    assert (DeadlineState.MET, False) == (status.state, status.met_late)
+
+
+def test_lu04_the_monitor_shows_lu04_overdue_while_kept_open_and_met_once_the_scheduler_closes(tmp_path: Path) -> None:
+    """On the monitor's own store: kept open past its 10 days is overdue; the scheduler's source-closed meets it."""
+    from contracts import SourceKeptOpen, TransferAcknowledged, TransferRequested
+    from monitor import Store
+    from monitor._views import deadlines
+
+    at = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    base: dict[str, Any] = {"transfer_id": "luton-su-9", "council": "luton"}
+    store = Store(tmp_path / "monitor.sqlite3")
+    store.apply(
+        [
+            TransferRequested(
+                event_id="e1",
+                occurred_at=at,
+                direction="step-up",
+                from_level="early-help",
+                to_level="child-in-need-s17",
+                from_system="mailbox",
+                to_system="mailbox",
+                **base,
+            ),
+            TransferAcknowledged(
+                event_id="e2", occurred_at=at, target_system="mailbox", target_reference="M-9", **base
+            ),
+            SourceKeptOpen(event_id="e3", occurred_at=at, source_system="mailbox", rule_ids=["LU-4"], **base),
+        ]
+    )
+    [(_, open_)] = [(t, d) for t, d in deadlines(store, at + timedelta(days=11)) if d.rule_id == "LU-4"]
+    store.apply(
+        [
+            SourceClosed(
+                event_id="e4",
+                occurred_at=at + timedelta(days=10),
+                source_system="mailbox",
+                source_reference="EH-9",
+                rule_ids=["LU-4"],
+                **base,
+            )
+        ]
+    )
+    [(_, closed)] = [(t, d) for t, d in deadlines(store, at + timedelta(days=11)) if d.rule_id == "LU-4"]
+    store.close()
+    assert (DeadlineState.OVERDUE, DeadlineState.MET, False) == (open_.state, closed.state, closed.met_late)
+
+
+def test_lu04_working_days_come_from_the_deadline_arithmetic_with_bank_holidays() -> None:
+    """Were LU-4 counted in working days, the closure would skip weekends and England's bank holidays."""
+    [lu4] = [d for d in load_deadlines() if d.rule_id == "LU-4"]
+    timings = default_timings()
+    timings["LU-4"] = type(timings["LU-4"])("due", lu4.model_copy(update={"unit": Unit.WORKING_DAYS}))
+    accepted = datetime(2026, 12, 18, 9, 0, tzinfo=UTC)
+    planned = ClosurePlanner("t", timings, clock=lambda: accepted).plan(
+        transfer(step_up("luton", 1)), ["LU-4"], Receipt(CaseSystem.MAILBOX, "M-1")
+    )
+    # 10 working days from Fri 18 Dec 2026: Christmas Day, the Boxing Day substitute (Mon 28) and New Year's Day
+    # are skipped (10 calendar days would be Mon 28 Dec)
+    assert planned is not None and datetime(2027, 1, 6, 9, 0, tzinfo=UTC) == planned.due_at
+
+
+def test_ba09_ba13_sw26_03_records_kept_open_for_good_get_no_pending_closure() -> None:
+    """BA-9: the documents must go first once a worker is allocated (BA-15), so nothing closes on allocation;
+    BA-13 and SW26-3 keep the record open with no end; a rule with no timing never closes."""
+    planner = ClosurePlanner("t")
+    receipt = Receipt(CaseSystem.MAILBOX, "M-1")
+    down = transfer(step_down("barnsley", 1))
+    assert (None, None, None) == (
+        planner.plan(down, ["BA-9"], receipt),
+        planner.plan(down, ["BA-13"], receipt),
+        planner.plan(transfer(step_up("swindon", 1)), ["SW26-3"], receipt),
+    )
+    assert planner.plan(transfer(step_up("luton", 1)), ["LU-4", "BA-13"], receipt) is None
+
+
+def test_pending_closure_keeps_no_personal_data() -> None:
+    """The pending entry holds ids, times and the closure wording: no child, no documents, no names."""
+    doc = step_up("luton", 1)
+    planned = ClosurePlanner("t").plan(transfer(doc), ["LU-4"], Receipt(CaseSystem.MAILBOX, "M-1"))
+    assert planned is not None
+    raw = planned.encode().decode()
+    child = doc["child"]
+    for value in (child["given_name"], child["family_name"], child["date_of_birth"], child.get("nhs_number")):
+        assert not value or value not in raw
+    closing = planned.closing_transfer()
+    assert (NOT_KEPT, [], planned.source_record) == (closing.child.given_name, closing.documents, closing.source_record)
+
+
+# -- on the real broker ------------------------------------------------------------------------------
+
+
+async def test_lu04_step_up_keeps_early_help_open_and_closes_it_10_days_after_acceptance(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """Luton step-up: early help stays open (co-working), nothing closes on day 9, it closes on day 10 with
+    source-closed naming LU-4, and the pending entry is tombstoned."""
+    clock = Clock()
+    up = step_up("luton", 41)
+    async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:
+        await _send(settings, up)
+        events = await _events(settings, up["transfer_id"], "source-kept-open")
+        assert ["LU-4"] == next(e for e in events if e.event_type == "source-kept-open").rule_ids  # type: ignore[union-attr]
+        clock.offset = timedelta(days=9)
+        assert 0 == await _poll_until_closed(stack, tries=5)
+        assert {} == parts["mailbox_source"].closed
+        clock.offset = timedelta(days=10, minutes=1)
+        assert 1 == await _poll_until_closed(stack)
+    record_id = up["source_record"]["record_id"]
+    assert record_id in parts["mailbox_source"].closed
+    closed = [e for e in await _events(settings, up["transfer_id"], "source-closed") if isinstance(e, SourceClosed)]
+    assert [(["LU-4"], CaseSystem.MAILBOX)] == [(e.rule_ids, e.source_system) for e in closed]
+    assert up["transfer_id"] not in await _pending(settings)
+
+
+async def test_lu04_pending_closure_survives_a_restart_and_closes_once(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """A new process reads the pending closure back and closes when due; a re-run close is a no-op (one event)."""
+    clock = Clock()
+    up = step_up("luton", 42)
+    async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:
+        await _send(settings, up)
+        await _events(settings, up["transfer_id"], "source-kept-open")
+        assert 0 == await _poll_until_closed(stack, tries=3)
+    clock.offset = timedelta(days=11)
+    async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:  # a new router process
+        assert up["transfer_id"] in stack.closures.pending
+        assert 1 == await _poll_until_closed(stack)
+        assert 0 == await _poll_until_closed(stack, tries=3)
+    events = await _events(settings, up["transfer_id"], "source-closed")
+    assert 1 == sum(1 for e in events if e.event_type == "source-closed")
+
+
+async def test_sw22_10_sw22_11_closure_waits_for_the_allocation_and_names_the_worker(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """Swindon 2022 step-down with no worker named: Care Director stays open (SW22-10); on the allocation the
+    record closes with the SW22-11 closure wording and the receiving worker the team allocated."""
+    down = step_down("swindon-2022", 43)
+    down["professionals"] = {}
+    async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
+        await _send(settings, down)
+        events = await _events(settings, down["transfer_id"], "source-kept-open")
+        assert ["SW22-10"] == next(e for e in events if e.event_type == "source-kept-open").rule_ids  # type: ignore[union-attr]
+        assert 0 == await _poll_until_closed(stack, tries=3)  # not allocated: still open
+        allocated = TransferAllocated(
+            event_id="sw22-alloc-1",
+            transfer_id=down["transfer_id"],
+            target_system=CaseSystem.MAILBOX,
+            target_reference="EHH-1",
+            episode_reference="EHH-EP-1",
+        )
+        await produce(
+            settings.bootstrap_servers,
+            settings.topics.events,
+            [(down["transfer_id"].encode(), allocated.model_dump_json().encode())],
+            headers=[("event_type", b"allocated")],
+        )
+        assert 1 == await _poll_until_closed(stack)
+    given = parts["care_director"].given[down["source_record"]["record_id"]]
+    assert given.closure is not None and ["SW22-11"] == given.closure.rule_ids
+    assert WORKER == given.professionals.family_support_worker
+    closed = next(
+        e for e in await _events(settings, down["transfer_id"], "source-closed") if isinstance(e, SourceClosed)
+    )
+    assert ["SW22-10"] == closed.rule_ids
+
+
+async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_and_closes_once_replayed(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """A team that does not say whom it allocated: no closure without the worker; the pending closure goes to the
+    dead-letter topic with SW22-10 and an alert, and the record stays open. Once the worker is known, an operator's
+    replay puts it back among the pending closures (not the transfers) and it closes."""
+    parts["mailbox"] = Mailbox(worker=None)
+    down = step_down("swindon-2022", 44)
+    down["professionals"] = {}
+    tid = down["transfer_id"]
+    async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
+        await _send(settings, down)
+        await _events(settings, tid, "source-kept-open")
+        allocated = TransferAllocated(
+            event_id="sw22-alloc-2",
+            transfer_id=tid,
+            target_system=CaseSystem.MAILBOX,
+            target_reference="EHH-2",
+            episode_reference="EHH-EP-2",
+        )
+        await produce(
+            settings.bootstrap_servers,
+            settings.topics.events,
+            [(tid.encode(), allocated.model_dump_json().encode())],
+            headers=[("event_type", b"allocated")],
+        )
+        with capture_logs() as logs:
+            for _ in range(40):
+                await stack.closures.poll_once()
+                if any(e["event"] == "closure_dead_lettered" for e in logs):
+                    break
+        events = await _events(settings, tid, "dead-lettered", "alert")
+        dead = next(e for e in events if e.event_type == "dead-lettered")
+        assert ("close-later", "WorkerUnknown", ["SW22-10"]) == (dead.stage, dead.error_class, dead.rule_ids)  # type: ignore[union-attr]
+        assert {} == parts["care_director"].closed
+        dlq = await read(settings.bootstrap_servers, settings.topics.dead_letter, lambda rs: len(rs) >= 1, timeout=30)
+        headers = dict(dlq[0].headers)
+        assert (b"close-later", b"SW22-10") == (headers["casebridge.dlq.stage"], headers["casebridge.dlq.rule.ids"])
+
+        parts["mailbox"].worker = WORKER  # the team now says whom it allocated
+        report = await replay(settings.bootstrap_servers, settings.topics, operator="ops-test")
+        assert 1 == len(report.replayed)
+        assert 1 == await _poll_until_closed(stack)
+    given = parts["care_director"].given[down["source_record"]["record_id"]]
+    assert WORKER == given.professionals.family_support_worker
+
+
+# -- NS-12: the Front Door's decision, recorded on LCS -------------------------------------------------
+
+
+def test_ns12_lcs_records_one_front_door_decision_per_contact_and_feeds_it(systems: Systems) -> None:
+    """The Front Door decides once (the same decision again is a no-op, another is refused 409 naming NS-12);
+    the decision feed carries ids and the decision, not the manager's name."""
+    lcs = systems.lcs_client
+    doc = step_up("north-somerset", 45)
+    contact = {
+        "child": {"given_name": "Ada", "family_name": "Example", "date_of_birth": "2015-01-01", "source_id": "EH-45"},
+        "stage": "contact",
+        "source_reference": "EH-45",
+        "received_from": "ehm",
+    }
+    lcs.http.put(f"/api/contacts/{doc['transfer_id']}", json=contact).raise_for_status()
+    assert lcs.contact(doc["transfer_id"])["decision"] is None
+    accept = {"decision": "accepted", "decided_by": "A Manager"}
+    for _ in range(2):
+        lcs.http.post(f"/api/contacts/{doc['transfer_id']}/decision", json=accept).raise_for_status()
+    other = lcs.http.post(f"/api/contacts/{doc['transfer_id']}/decision", json={**accept, "decision": "not-accepted"})
+    assert (409, "NS-12") == (other.status_code, other.json()["rule"])
+    feed = lcs.http.get("/api/front-door-decisions", params={"after": 0}).json()
+    [entry] = feed["decisions"]
+    assert (doc["transfer_id"], "accepted", entry["seq"]) == (entry["transfer_id"], entry["decision"], feed["last_seq"])
+    assert "A Manager" not in json.dumps(feed)
+
+
+async def test_ns12_a_step_up_the_front_door_does_not_accept_leaves_the_ehm_episode_open(
+    stack: Stack, systems: Systems
+) -> None:
+    """LCS holding the contact is not acceptance: the episode stays open; a "not accepted" decision cancels the
+    pending closure (guidance goes back to the referrer) and nothing is closed."""
+    ehm, lcs = systems.ehm_client, systems.lcs_client
+    episode = ehm.open_episode()
+    stepup = ehm.request_stepup(episode)
+    assert 1 == await stack.stepups.poll_once()
+    tid = f"north-somerset-ehm-{stepup}".lower()
+    events = await _events(stack.settings, tid, "source-kept-open")
+    assert ["NS-12"] == next(e for e in events if e.event_type == "source-kept-open").rule_ids  # type: ignore[union-attr]
+    lcs.http.post(
+        f"/api/contacts/{tid}/decision", json={"decision": "not-accepted", "decided_by": "A Manager"}
+    ).raise_for_status()
+    assert 1 == await stack.decisions.poll_once()
+    with capture_logs() as logs:
+        for _ in range(30):
+            assert 0 == await stack.closures.poll_once()
+            if any(e["event"] == "closure_cancelled" for e in logs):
+                break
+    assert [(tid, ["NS-12"])] == [(e["transfer_id"], e["rule_ids"]) for e in logs if e["event"] == "closure_cancelled"]
+
+    def tombstoned(records: list[Any]) -> bool:
+        return any(r.key == tid.encode() and r.value is None for r in records)
+
+    s = stack.settings
+    written = await read(s.bootstrap_servers, s.topics.pending_closures, tombstoned, timeout=30)
+    assert [True, False] == [r.value is not None for r in written if r.key == tid.encode()]  # pending, then cancelled
+    assert "open" == ehm.episode(episode)["status"]
+    decided = [
+        e for e in await _events(stack.settings, tid, "front-door-decision") if e.event_type == "front-door-decision"
+    ]
+    assert ["not-accepted"] == [e.decision for e in decided]  # type: ignore[union-attr]
+
+
+async def test_sw22_10_a_rerun_naming_the_worker_closes_at_once_and_the_pending_closure_is_dropped(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """Care Director publishes the step-down again with the worker named: the flow closes the record itself, the
+    scheduler drops its pending closure, and a later allocation closes nothing twice."""
+    down = step_down("swindon-2022", 46)
+    named = json.loads(json.dumps(down))
+    named["message_id"] = f"{down['message_id']}-again"
+    down["professionals"] = {}
+    async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
+        await _send(settings, down)
+        await _events(settings, down["transfer_id"], "source-kept-open")
+        await _send(settings, named)
+        await _events(settings, down["transfer_id"], "source-closed")
+        with capture_logs() as logs:
+            for _ in range(30):
+                await stack.closures.poll_once()
+                if any(e["event"] == "closure_not_needed" for e in logs):
+                    break
+        assert down["transfer_id"] not in stack.closures.pending
+        await produce(
+            settings.bootstrap_servers,
+            settings.topics.events,
+            [
+                (
+                    down["transfer_id"].encode(),
+                    TransferAllocated(
+                        event_id="sw22-alloc-3",
+                        transfer_id=down["transfer_id"],
+                        target_system=CaseSystem.MAILBOX,
+                        target_reference="EHH-3",
+                        episode_reference="EHH-EP-3",
+                    )
+                    .model_dump_json()
+                    .encode(),
+                )
+            ],
+            headers=[("event_type", b"allocated")],
+        )
+        assert 0 == await _poll_until_closed(stack, tries=5)
+    events = await _events(settings, down["transfer_id"], "source-closed")
+    assert [[]] == [e.rule_ids for e in events if isinstance(e, SourceClosed)]  # the flow's close, not a later one
+
+
+async def test_sw22_10_sw22_11_the_real_care_director_closes_from_a_pending_closure_naming_the_worker(
+    tmp_path: Path,
+) -> None:
+    """What the scheduler hands Care Director (no child data kept) is enough for its closure record: the lead
+    service from the outcome (SW22-11) and the receiving worker (SW22-10); without the worker it refuses."""
+    from connectors import TargetRefused
+    from connectors.care_director import CareDirectorConnector
+    from sandboxes import create_care_director_app, serve
+
+    with serve(create_care_director_app(tmp_path / "cd.sqlite3", TOKEN), "127.0.0.1", 0) as server:
+        async with CareDirectorConnector(server.url, SecretStr(TOKEN)) as cd:
+            person = (
+                await cd.http.request(
+                    "POST",
+                    "/api/persons",
+                    json={"given_name": "Ada", "family_name": "Example", "date_of_birth": "2015-01-01"},
+                )
+            ).json()["id"]
+            doc = step_down("swindon-2022", 47)
+            doc["professionals"] = {}
+            doc["child"]["identifiers"] = [{"system": "care-director", "id": person}]
+            doc["source_record"]["record_id"] = person
+            t = transfer(doc)
+            kept = t.model_copy(update={"closure": load_protocol(t.council).closure(t)})  # as the flow has it
+            planned = ClosurePlanner("t").plan(kept, ["SW22-10"], Receipt(CaseSystem.MAILBOX, "EHH-47"))
+            assert planned is not None
+            receipt = Receipt(CaseSystem.MAILBOX, "EHH-47", acknowledged=True)
+            with pytest.raises(TargetRefused) as refused:
+                await cd.close(planned.closing_transfer(None), receipt)
+            assert ("SW22-10",) == refused.value.rule_ids
+            assert person == await cd.close(planned.closing_transfer(WORKER), receipt)
+            record = await cd.person(person)
+    closure = record["closure"]
+    assert ("closed", "Early Help Hub", WORKER.name) == (
+        record["record_state"],
+        closure["lead_service"],
+        closure["early_help_worker"]["name"],
+    )
+    assert kept.closure is not None and ["SW22-11"] == kept.closure.rule_ids
+
+
+async def test_sw22_10_ehm_says_whom_it_allocated_a_tray_item(stack: Stack, systems: Systems) -> None:
+    """EHM as a target can name the receiving worker for a closure record (KnowsAllocation); before allocation,
+    nobody."""
+    from connectors.ehm import EhmConnector
+    from router.closures import KnowsAllocation
+
+    lcs, ehm = systems.lcs_client, systems.ehm_client
+    child = lcs.create_child(locality="North")
+    request = lcs.request_stepdown(child)
+    assert 1 == await stack.publisher.poll_once()
+    tid = f"north-somerset-lcs-{request}".lower()
+    await _events(stack.settings, tid, "source-closed")
+    async with EhmConnector(systems.ehm.url, SecretStr(TOKEN)) as connector:
+        assert isinstance(connector, KnowsAllocation)
+        before = await connector.allocated_worker(tid)
+        ehm.allocate(tid, "Kit Supportworker")
+        after = await connector.allocated_worker(tid)
+    assert (None, "Kit Supportworker") == (before, after.name if after else None)
+
+
+async def test_ns12_a_step_up_published_again_after_its_episode_closed_plans_no_second_closure(
+    stack: Stack, systems: Systems
+) -> None:
+    """At-least-once publication: the same step-up again after the Front Door accepted it and EHM closed finds the
+    episode closed by this transfer; the flow closes idempotently and writes no new pending closure."""
+    ehm, lcs = systems.ehm_client, systems.lcs_client
+    episode = ehm.open_episode()
+    doc = step_up("north-somerset", 48)
+    doc["child"]["identifiers"] = [{"system": "ehm", "id": episode}]
+    doc["source_record"]["record_id"] = episode
+    tid = doc["transfer_id"]
+    await _send(stack.settings, doc)
+    await _events(stack.settings, tid, "source-kept-open")
+    lcs.http.post(f"/api/contacts/{tid}/decision", json={"decision": "accepted", "decided_by": "A Manager"})
+    assert 1 == await stack.decisions.poll_once()
+    assert 1 == await _poll_until_closed(stack)
+    assert "closed" == ehm.episode(episode)["status"]
+
+    await _send(stack.settings, {**doc, "message_id": f"{doc['message_id']}-again"})
+
+    def two_closed(records: list[Any]) -> bool:
+        return 2 <= sum(1 for e in events_of(records) if e.transfer_id == tid and e.event_type == "source-closed")
+
+    records = await read(stack.settings.bootstrap_servers, stack.settings.topics.events, two_closed, timeout=60)
+    closes = [e for e in events_of(records) if e.transfer_id == tid and isinstance(e, SourceClosed)]
+    assert [["NS-12"], []] == [e.rule_ids for e in closes]  # the scheduler's close, then the re-run's no-op close
+    assert tid not in await _pending(stack.settings)
+    assert 1 == len(ehm.episode(episode)["case_notes"])
