@@ -657,7 +657,9 @@ class _Lines:
                 index = nxt
                 rest.pop(0)
         first, last = self._block(table, index)
-        key = next((p for p in rest if isinstance(p, str)), None) if rest else (loc[0] if table is None else None)
+        key = (
+            next((p for p in rest if isinstance(p, str)), None) if rest else (loc[0] if loc and table is None else None)
+        )
         if isinstance(key, str):
             for n in range(first, last + 1):
                 m = self._KEY.match(self.lines[n - 1])
@@ -685,7 +687,7 @@ def load_protocol(council_or_path: Council | str | Path) -> Protocol:
                 loc = loc[:2] + loc[3:]
             if e["type"] in ("union_tag_invalid", "union_tag_not_found") and loc:
                 loc = (*loc, "kind" if loc[0] == "route" else "check")
-            where = ".".join(str(p) for p in loc)
+            where = ".".join(str(p) for p in loc) or "the file as a whole"
             if len(loc) >= 2 and isinstance(loc[0], str) and isinstance(loc[1], int):
                 entries = raw.get(loc[0], [])
                 entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else {}

@@ -85,3 +85,12 @@ def test_every_shipped_example_meets_its_councils_protocol() -> None:
     for council in ("swindon", "swindon-2022", "luton", "barnsley", "north-somerset"):
         t = transfer(step_down(council))
         assert (council, []) == (council, protocols[t.council].check(t))
+
+
+def test_a_whole_file_error_names_the_file_and_line_1(tmp_path: Path) -> None:
+    """An error about the file as a whole (no key to point at) names the file and line 1 rather than crashing."""
+    pathways = '[[pathway]]\ndirection = "step-down"\nsource = "lcs"\ntarget = "ehm"\n'
+    with pytest.raises(
+        MappingError, match=r"broken\.toml: line 1: the file as a whole: .*one \[\[pathway\]\] per direction"
+    ):
+        _load(tmp_path, HEAD + GOOD_RULE + pathways + pathways)
