@@ -446,6 +446,11 @@ class ProtocolSpec(_Model):
             isinstance(r, AssessmentOutcomeRule) for r in self.rule
         ):
             raise ValueError("an assessment-outcome route needs an assessment-outcome rule with the outcomes table")
+        for r in self.rule:
+            if isinstance(r, StatedDeadlineRule) and r.deadline.council != self.council:
+                raise ValueError(
+                    f"deadline {r.id} belongs to {r.deadline.council} in {DEADLINES_FILE.name}, not {self.council}"
+                )
         return self
 
 

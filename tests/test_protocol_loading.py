@@ -94,3 +94,12 @@ def test_a_whole_file_error_names_the_file_and_line_1(tmp_path: Path) -> None:
         MappingError, match=r"broken\.toml: line 1: the file as a whole: .*one \[\[pathway\]\] per direction"
     ):
         _load(tmp_path, HEAD + GOOD_RULE + pathways + pathways)
+
+
+def test_a_deadline_rule_of_another_council_is_refused(tmp_path: Path) -> None:
+    """A protocol may only check its own council's deadlines (deadlines.toml names the council of each)."""
+    rule = '[[rule]]\nid = "NS-4"\ncheck = "deadline"\nmessage = "m"\nfix = "f"\n'
+    with pytest.raises(
+        MappingError, match=r"broken\.toml: line 1: the file as a whole: .*NS-4 belongs to north-somerset"
+    ):
+        _load(tmp_path, HEAD + GOOD_RULE + rule)
