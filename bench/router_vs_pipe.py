@@ -336,13 +336,14 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
                     s = seq_of(r.headers)
                     if 0 <= s < n:
                         produced_at[s] = r.timestamp
-        await handle_batch(msg, tier)  # returns once the batch's outputs are acknowledged and offsets committed
+        await handle_batch(msg, tier)  # returns with the batch processed; it settles (acks, commit) meanwhile
         if tier is None and args.paced:
             age = max(int(entered * 1000) - r.timestamp for r in records)
             batches.append((len(records), age, round((time.time() - entered) * 1000, 1)))
         if tier is None:
             progress[0] += len(records)
             if progress[0] >= n:
+                await router.settled()  # the clock stops once the last outputs are acknowledged and offsets committed
                 clock.stop()
                 finished.set()
 

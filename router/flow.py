@@ -62,6 +62,7 @@ from contracts import (
 from mappings import Facts, MappingError, Route
 from mappings import Protocol as CouncilProtocol
 
+from ._event_json import encode_event, event_type_of, transfer_head
 from ._history import ChildHistory
 from ._outbox import Failure
 from ._pending import PendingNotice
@@ -77,6 +78,9 @@ class Sink(Protocol):
     """Where the flow's outputs go (the router's Outbox, or a list in a test)."""
 
     async def emit(self, event: TransferEvent) -> None: ...
+
+    async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
+        """An event already serialised (``router._event_json``): the bytes ``model_dump_json`` would give."""
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None: ...
 
@@ -123,12 +127,25 @@ class TransferFlow:
         self.history_topic = history_topic
         self.notices_topic = notices_topic
 
-    async def run(self, record: ConsumerRecord[bytes, bytes], sink: Sink) -> Outcome:
-        # 1. the contract
+    @staticmethod
+    def parse(record: ConsumerRecord[bytes, bytes]) -> TransferMessage | ValidationError:
+        """The record against the contract: the transfer, or why it is not one."""
         try:
-            transfer = TransferMessage.model_validate_json(record.value or b"")
+            return TransferMessage.model_validate_json(record.value or b"")
         except ValidationError as exc:
-            return await self._reject(record, exc, sink)
+            return exc
+
+    async def run(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        sink: Sink,
+        parsed: TransferMessage | ValidationError | None = None,
+    ) -> Outcome:
+        """Carry one record through the flow; ``parsed`` is ``parse(record)`` when the caller has it already."""
+        # 1. the contract
+        transfer = self.parse(record) if parsed is None else parsed
+        if isinstance(transfer, ValidationError):
+            return await self._reject(record, transfer, sink)
 
         emit = _Emitter(transfer, sink)
         log.debug("transfer_received", transfer_id=transfer.transfer_id, council=transfer.council.value)
@@ -253,7 +270,8 @@ class TransferFlow:
                 for key, value in self.history.remember(transfer):
                     if self.history_topic:
                         await sink.send(self.history_topic, key, value, [])
-            log.info("transfer_completed", transfer_id=transfer.transfer_id)
+            # per transfer at debug; the router logs one ``batch_completed`` line (with counts) per batch at info
+            log.debug("transfer_completed", transfer_id=transfer.transfer_id)
             return Outcome("completed", transfer.transfer_id)
         except (CasebridgeError, MappingError) as exc:
             rule_ids = list(getattr(exc, "rule_ids", ()))
@@ -420,15 +438,23 @@ class _Emitter:
     def __init__(self, transfer: TransferMessage, sink: Sink) -> None:
         self.transfer = transfer
         self.sink = sink
+        self._head = transfer_head(transfer)
 
     async def __call__(self, kind: type[Any], **fields: Any) -> None:
         t = self.transfer
+        eid = event_id(t.message_id, kind.__name__)
+        now = datetime.now(UTC)
+        # the five events of every completed transfer from a template (byte-equal to the model's JSON)
+        encoded = encode_event(kind, eid, self._head, now, fields) if self._head is not None else None
+        if encoded is not None:
+            await self.sink.emit_encoded(t.transfer_id, event_type_of(kind), encoded)
+            return
         event = kind(
-            event_id=event_id(t.message_id, kind.__name__),
+            event_id=eid,
             transfer_id=t.transfer_id,
             correlation_id=t.correlation_id,
             council=t.council,
-            occurred_at=datetime.now(UTC),
+            occurred_at=now,
             **fields,
         )
         await self.sink.emit(event)
