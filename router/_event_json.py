@@ -17,8 +17,9 @@ The ids and enums that come from the transfer itself were validated when it was 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from contracts import (
@@ -58,10 +59,26 @@ def _rule_ids(value: Any) -> str | None:
     return "[" + ",".join(f'"{r}"' for r in value) + "]"
 
 
-def _timestamp(at: datetime) -> str | None:
-    """pydantic's form of an aware UTC datetime: ISO 8601, microseconds only when not zero, ``Z``."""
-    text = at.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else None
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
+def utc_text(micros: int) -> str:
+    """pydantic's JSON form of ``utc_datetime(micros)``: ISO 8601, microseconds only when not zero, ``Z``.
+
+    ``micros``: microseconds since the epoch (``time.time_ns() // 1000``). The whole
+    second's text is kept from one call to the next (five events a transfer share it).
+    """
+    second, us = divmod(micros, 1_000_000)
+    if second != _second[0]:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second[0] = second
+    return f"{_second[1]}.{us:06d}Z" if us else f"{_second[1]}Z"
+
+
+def utc_datetime(micros: int) -> datetime:
+    """The aware UTC datetime of ``micros`` microseconds since the epoch (exact, no float rounding)."""
+    second, us = divmod(micros, 1_000_000)
+    return datetime.fromtimestamp(second, UTC).replace(microsecond=us)
 
 
 def _requested(f: Mapping[str, Any]) -> str | None:
@@ -149,11 +166,12 @@ def transfer_head(transfer: TransferMessage) -> str | None:
 
 
 def encode_event(
-    kind: type[Any], event_id: str, head: str, occurred_at: datetime, fields: Mapping[str, Any]
+    kind: type[Any], event_id: str, head: str, occurred_at: str, fields: Mapping[str, Any]
 ) -> bytes | None:
     """``kind(event_id=..., transfer_id=..., ..., **fields).model_dump_json().encode()``, or None: build the model.
 
-    ``head`` is ``transfer_head(transfer)``; ``event_id`` is an ``event_id()`` (a UUID's text).
+    ``head`` is ``transfer_head(transfer)``; ``event_id`` is an ``event_id()`` (a UUID's text);
+    ``occurred_at`` is ``utc_text(micros)`` (the model gets ``utc_datetime(micros)``).
     """
     template = _TEMPLATES.get(kind)
     if template is None:
@@ -163,7 +181,8 @@ def encode_event(
         if type(fields.get(name)) is not enum:
             return None  # not a member of the model's enum: let the model coerce or refuse it
     tail = rest(fields)
-    at = _timestamp(occurred_at)
-    if tail is None or at is None:
+    if tail is None:
         return None
-    return f'{{"event_id":"{event_id}",{head},"occurred_at":"{at}","event_type":"{event_type}"{tail}}}'.encode()
+    return (
+        f'{{"event_id":"{event_id}",{head},"occurred_at":"{occurred_at}","event_type":"{event_type}"{tail}}}'.encode()
+    )

@@ -33,6 +33,7 @@ from ._retry import H_REPLAY_OF, Origin, header, original_headers
 
 DLQ_PREFIX = "casebridge.dlq."
 Queued = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
+_EVENT_HEADERS: dict[str, list[tuple[str, bytes]]] = {}
 CHUNK = 500  # queued writes handed to the producer together (about 70 transfers' worth)
 
 
@@ -124,7 +125,10 @@ class Outbox:
 
     async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
         """Queue an event already serialised (the bytes ``model_dump_json`` gives), keyed by its transfer id."""
-        await self._queue(self._events_topic, transfer_id.encode(), value, [("event_type", event_type.encode())])
+        headers = _EVENT_HEADERS.get(event_type)
+        if headers is None:  # one list per event type, shared: the producer only reads headers
+            headers = _EVENT_HEADERS[event_type] = [("event_type", event_type.encode())]
+        await self._queue(self._events_topic, transfer_id.encode(), value, headers)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
         """To the dead-letter topic; a replayed message that failed again goes to the parking topic instead."""

@@ -26,7 +26,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -62,7 +61,7 @@ from contracts import (
 from mappings import Facts, MappingError, Route
 from mappings import Protocol as CouncilProtocol
 
-from ._event_json import encode_event, event_type_of, transfer_head
+from ._event_json import encode_event, event_type_of, transfer_head, utc_datetime, utc_text
 from ._history import ChildHistory
 from ._outbox import Failure
 from ._pending import PendingNotice
@@ -439,22 +438,27 @@ class _Emitter:
         self.transfer = transfer
         self.sink = sink
         self._head = transfer_head(transfer)
+        self._ids = _EVENT_NS_SHA1.copy()  # event_id(message_id, kind) with the common part hashed once
+        self._ids.update(f"{transfer.message_id}/".encode())
 
     async def __call__(self, kind: type[Any], **fields: Any) -> None:
         t = self.transfer
-        eid = event_id(t.message_id, kind.__name__)
-        now = datetime.now(UTC)
+        digest = self._ids.copy()
+        digest.update(kind.__name__.encode())
+        eid = _uuid5_text(digest)
+        micros = time.time_ns() // 1000
         # the five events of every completed transfer from a template (byte-equal to the model's JSON)
-        encoded = encode_event(kind, eid, self._head, now, fields) if self._head is not None else None
-        if encoded is not None:
-            await self.sink.emit_encoded(t.transfer_id, event_type_of(kind), encoded)
-            return
+        if self._head is not None:
+            encoded = encode_event(kind, eid, self._head, utc_text(micros), fields)
+            if encoded is not None:
+                await self.sink.emit_encoded(t.transfer_id, event_type_of(kind), encoded)
+                return
         event = kind(
             event_id=eid,
             transfer_id=t.transfer_id,
             correlation_id=t.correlation_id,
             council=t.council,
-            occurred_at=now,
+            occurred_at=utc_datetime(micros),
             **fields,
         )
         await self.sink.emit(event)
@@ -488,6 +492,11 @@ def event_id(base: str, kind: str) -> str:
     """``str(uuid.uuid5(_EVENT_NS, f"{base}/{kind}"))``, without building a UUID object (five a transfer)."""
     digest = _EVENT_NS_SHA1.copy()
     digest.update(f"{base}/{kind}".encode())
+    return _uuid5_text(digest)
+
+
+def _uuid5_text(digest: Any) -> str:
+    """The text of the version-5 UUID whose SHA-1 ``digest`` (namespace and name fed) is given."""
     b = bytearray(digest.digest()[:16])
     b[6] = (b[6] & 0x0F) | 0x50  # version 5
     b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
