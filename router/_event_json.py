@@ -81,7 +81,15 @@ def utc_datetime(micros: int) -> datetime:
     return datetime.fromtimestamp(second, UTC).replace(microsecond=us)
 
 
+_REQUESTED = frozenset({"direction", "from_level", "to_level", "from_system", "to_system"})
+_DELIVERED = frozenset({"target_system", "target_reference", "assigned_role", "rule_ids", "team", "urgent"})
+_ACKNOWLEDGED = frozenset({"target_system", "target_reference"})
+_SOURCE_CLOSED = frozenset({"source_system", "source_reference"})
+
+
 def _requested(f: Mapping[str, Any]) -> str | None:
+    if f.keys() != _REQUESTED:
+        return None
     return (
         f',"direction":"{f["direction"].value}","from_level":"{f["from_level"].value}",'
         f'"to_level":"{f["to_level"].value}","from_system":"{f["from_system"].value}",'
@@ -94,7 +102,7 @@ def _validated(f: Mapping[str, Any]) -> str | None:
 
 
 def _delivered(f: Mapping[str, Any]) -> str | None:
-    if set(f) != {"target_system", "target_reference", "assigned_role", "rule_ids", "team", "urgent"}:
+    if f.keys() != _DELIVERED:
         return None
     ref, role, rules, team = (
         _identifier(f["target_reference"]),
@@ -112,14 +120,14 @@ def _delivered(f: Mapping[str, Any]) -> str | None:
 
 
 def _acknowledged(f: Mapping[str, Any]) -> str | None:
-    if set(f) != {"target_system", "target_reference"}:
+    if f.keys() != _ACKNOWLEDGED:
         return None
     ref = _identifier(f["target_reference"])
     return None if ref is None else f',"target_system":"{f["target_system"].value}","target_reference":{ref}'
 
 
 def _source_closed(f: Mapping[str, Any]) -> str | None:
-    if set(f) != {"source_system", "source_reference"}:
+    if f.keys() != _SOURCE_CLOSED:
         return None
     ref = _identifier(f["source_reference"])
     return None if ref is None else f',"source_system":"{f["source_system"].value}","source_reference":{ref}'

@@ -181,7 +181,18 @@ class Router:
             by_child[record.key].append(record)
         groups = sorted(by_child.values(), key=urgent_first)  # SW22-1: urgent referrals take the first slots
         counts: dict[str, int] = defaultdict(int)
-        await asyncio.gather(*(self._in_order(group, tier, counts) for group in groups))
+        if tier is None:
+            # at most `concurrency` children at once anyway: that many workers, each taking the next child's
+            # records, cost less than a task per child (hundreds a batch)
+            queue = iter(groups)
+
+            async def worker() -> None:
+                for group in queue:
+                    await self._in_order(group, tier, counts)
+
+            await asyncio.gather(*(worker() for _ in range(min(self.settings.concurrency, len(groups)))))
+        else:  # a retry tier's records wait until due, each child on its own, holding no worker
+            await asyncio.gather(*(self._in_order(group, tier, counts) for group in groups))
         # one line per batch with its outcome counts (each transfer's own line is at debug, its events say more)
         log.info(
             "batch_completed", topic=records[0].topic if records else None, records=len(records), outcomes=dict(counts)

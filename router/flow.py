@@ -497,11 +497,12 @@ def event_id(base: str, kind: str) -> str:
 
 def _uuid5_text(digest: Any) -> str:
     """The text of the version-5 UUID whose SHA-1 ``digest`` (namespace and name fed) is given."""
-    b = bytearray(digest.digest()[:16])
-    b[6] = (b[6] & 0x0F) | 0x50  # version 5
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = digest.hexdigest()
+    # the version nibble becomes 5; the variant's top two bits become 10 (RFC 4122): 8, 9, a or b
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 class _TopLevel(TypedDict, total=False):
