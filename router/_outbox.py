@@ -18,6 +18,7 @@ batch meanwhile.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,7 +109,7 @@ class Outbox:
         self._pending: list[asyncio.Future[object]] = []
         self._send_error: Exception | None = None
         self._acked: asyncio.Task[None] | None = None  # the last hand-over's acknowledgement (chained)
-        self._partitioner = DefaultPartitioner()  # the producer's own default: murmur2 of the key, as Java's
+        self._partitioner = DefaultPartitioner()  # the producer's own default (keyless writes: at random)
 
     async def start(self) -> None:
         await self._producer.start()
@@ -186,9 +187,10 @@ class Outbox:
                 partitions = partitions_of.get(topic)
                 if partitions is None:
                     partitions = partitions_of[topic] = sorted(await self._producer.partitions_for(topic))
-                p = self._partitioner(key, partitions, partitions)
-                if key is not None:
-                    chosen[(topic, key)] = p
+                if key is None:
+                    p = self._partitioner(None, partitions, partitions)  # the producer's choice: at random
+                else:  # as the producer's default partitioner: murmur2 of the key, as Java's
+                    p = chosen[(topic, key)] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
             by_partition.setdefault((topic, p), []).append(write)
         for (topic, p), writes in by_partition.items():
             batch = self._producer.create_batch()
@@ -206,6 +208,36 @@ class Outbox:
             if batch.record_count():
                 batch.close()  # complete: the producer sends a closed batch at once instead of lingering on it
                 self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's ``Utils.murmur2``, as aiokafka's): the same numbers, a word at a time.
+
+    aiokafka's pure-Python version reads byte by byte; this one unpacks the 4-byte words at once.
+    """
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length >> 2
+    if words:
+        for k in struct.unpack_from(f"<{words}I", data):
+            k = (k * _M) & _MASK
+            k ^= k >> 24
+            h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    extra = length & 3
+    if extra:
+        tail = length & ~3
+        if extra >= 3:
+            h ^= data[tail + 2] << 16
+        if extra >= 2:
+            h ^= data[tail + 1] << 8
+        h = ((h ^ data[tail]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
 
 
 async def _acknowledged(

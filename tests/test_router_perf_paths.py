@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 import contracts
 from bench._workload import Workload
 from contracts import CaseSystem, Council, Direction, ServiceLevel
 from router import app
-from router._outbox import Outbox, OutputFailed
+from router._outbox import Outbox, OutputFailed, murmur2
 
 _PEEK_CASES: list[bytes | None] = [
     None,
@@ -204,3 +207,15 @@ async def test_perf_hand_over_acknowledges_every_earlier_write_or_raises_output_
         await failed
     with pytest.raises(OutputFailed):
         await later  # its own write was acknowledged, but not every write so far
+
+
+def test_perf_murmur2_gives_the_producer_default_partitioner_numbers() -> None:
+    """The outbox's word-at-a-time murmur2 equals aiokafka's (Java's) for keys of every length 0-80 bytes."""
+    rng = random.Random(5)
+    keys = [bytes(rng.randrange(256) for _ in range(length)) for length in range(81) for _ in range(40)]
+    keys += [b"bench-12345", b"lcs:LCS-B12345", "ns-été".encode()]
+    assert [aiokafka_murmur2(k) for k in keys] == [murmur2(k) for k in keys]
+    partitioner = DefaultPartitioner()
+    for key in keys:
+        for n in (1, 3, 7):
+            assert partitioner(key, list(range(n)), list(range(n))) == (murmur2(key) & 0x7FFFFFFF) % n
