@@ -1,7 +1,8 @@
 """Everything the router writes to Kafka goes through here: events, dead letters, retry tiers, state.
 
 One idempotent producer (acks=all). Writes are queued, in order, and handed to the
-producer ``CHUNK`` at a time (and the rest at ``hand_over()``) as one record batch per
+producer ``CHUNK`` at a time or once the oldest has waited ``LINGER`` (and the rest at
+``hand_over()``) as one record batch per
 topic partition: aiokafka's per-record ``send()`` costs more CPU than building an event.
 Each batch is closed when handed over, so the producer sends it at once rather than
 lingering ``linger_ms`` on it. A partition's writes keep their queue order, so the last
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +37,8 @@ from ._retry import H_REPLAY_OF, Origin, header, original_headers
 DLQ_PREFIX = "casebridge.dlq."
 Queued = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 _EVENT_HEADERS: dict[str, list[tuple[str, bytes]]] = {}
-CHUNK = 500  # queued writes handed to the producer together (about 70 transfers' worth)
+CHUNK = 500  # queued writes handed to the producer together (about 80 transfers' worth)
+LINGER = 0.01  # seconds a queued write waits at most for more, while writes keep coming (latency)
 
 
 class OutputFailed(Exception):
@@ -106,6 +109,7 @@ class Outbox:
         self._parking_topic = parking_topic or dead_letter_topic
         self._group_id = group_id
         self._queued: list[Queued] = []
+        self._first_queued = 0.0  # time.monotonic() when the oldest queued write was queued
         self._pending: list[asyncio.Future[object]] = []
         self._send_error: Exception | None = None
         self._acked: asyncio.Task[None] | None = None  # the last hand-over's acknowledgement (chained)
@@ -143,8 +147,12 @@ class Outbox:
     async def _queue(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
-        self._queued.append((topic, key, value, headers))
-        if len(self._queued) >= CHUNK:  # on their way while the batch is still processed
+        queued = self._queued
+        if not queued:
+            self._first_queued = time.monotonic()
+        queued.append((topic, key, value, headers))
+        # on their way while the batch is still processed: every CHUNK writes, or once the first waited LINGER
+        if len(queued) >= CHUNK or time.monotonic() - self._first_queued >= LINGER:
             queued, self._queued = self._queued, []
             try:
                 await self._send(queued)
