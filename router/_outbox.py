@@ -110,6 +110,7 @@ class Outbox:
         self._group_id = group_id
         self._queued: list[Queued] = []
         self._first_queued = 0.0  # time.monotonic() when the oldest queued write was queued
+        self._sending = asyncio.Lock()
         self._pending: list[asyncio.Future[object]] = []
         self._send_error: Exception | None = None
         self._acked: asyncio.Task[None] | None = None  # the last hand-over's acknowledgement (chained)
@@ -155,7 +156,7 @@ class Outbox:
         if len(queued) >= CHUNK or time.monotonic() - self._first_queued >= LINGER:
             queued, self._queued = self._queued, []
             try:
-                await self._send(queued)
+                await self._send_in_turn(queued)
             except (
                 Exception
             ) as exc:  # an output failure is the hand-over's to report (the router halts), not the flow's
@@ -169,7 +170,7 @@ class Outbox:
         """
         queued, self._queued = self._queued, []
         try:
-            await self._send(queued)
+            await self._send_in_turn(queued)
         except Exception as exc:  # the producer refused them (closed, buffer timeout): nothing may be committed
             self._send_error = self._send_error or exc
         error, self._send_error = self._send_error, None
@@ -180,6 +181,16 @@ class Outbox:
     async def flush(self) -> None:
         """Send what is queued and wait until the broker acknowledged every write so far (or raise OutputFailed)."""
         await (await self.hand_over())
+
+    async def _send_in_turn(self, queued: list[Queued]) -> None:
+        """One hand-over at a time, in the order they were cut from the queue (a FIFO lock).
+
+        Handing a batch to the producer can wait (for the partition's batch before it to
+        drain); two hand-overs running side by side could then put a later write of a
+        partition before an earlier one.
+        """
+        async with self._sending:
+            await self._send(queued)
 
     async def _send(self, queued: list[Queued]) -> None:
         """One record batch per topic partition (partitioned by key as the producer would), in queue order."""
