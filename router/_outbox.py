@@ -2,12 +2,12 @@
 
 One idempotent producer (acks=all). Writes are queued, in order, and handed to the
 producer ``CHUNK`` at a time or once the oldest has waited ``LINGER`` (and the rest at
-``hand_over()``) as one record batch per
-topic partition: aiokafka's per-record ``send()`` costs more CPU than building an event.
-Each batch is closed when handed over, so the producer sends it at once rather than
-lingering ``linger_ms`` on it. A partition's writes keep their queue order, so the last
-value of a compacted key is the last one written. Their Kafka timestamp is when they were
-handed over (an event's own ``occurred_at`` keeps when it happened).
+``hand_over()``), as one record batch per topic partition: aiokafka's per-record
+``send()`` costs more CPU than building an event. Each batch is closed when handed over,
+so the producer sends it at once rather than lingering ``linger_ms`` on it. A partition's
+writes keep their queue order (one hand-over at a time), so the last value of a compacted
+key is the last one written. Their Kafka timestamp is when they were handed over (an
+event's own ``occurred_at`` keeps when it happened).
 
 ``hand_over()`` returns a task that ends when the broker has acknowledged every write
 handed over so far (this hand-over's and, chained, every earlier one's), or raises
@@ -157,9 +157,7 @@ class Outbox:
             queued, self._queued = self._queued, []
             try:
                 await self._send_in_turn(queued)
-            except (
-                Exception
-            ) as exc:  # an output failure is the hand-over's to report (the router halts), not the flow's
+            except Exception as exc:  # the hand-over reports it (the router halts), not the flow
                 self._send_error = self._send_error or exc
 
     async def hand_over(self) -> asyncio.Task[None]:
