@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -99,9 +100,11 @@ class Clock:
     t1: float = 0.0
     cpu1: float = 0.0
 
+    epoch0: float = 0.0  # time.time() at the first record (members runs compare it across processes)
+
     def start(self) -> None:
         if self.t0 is None:
-            self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+            self.t0, self.cpu0, self.epoch0 = time.perf_counter(), time.process_time(), time.time()
 
     def stop(self) -> None:
         self.t1, self.cpu1 = time.perf_counter(), time.process_time()
@@ -144,13 +147,16 @@ class RssSampler:
                 await self._task
 
 
-async def _committed_total(bootstrap: str, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def _committed_total(bootstrap: str, group: str, topic: str, admin: Any = None) -> int:
+    own = admin is None
+    if own:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
     finally:
-        await admin.close()
+        if own:
+            await admin.close()
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
@@ -178,6 +184,25 @@ def _latencies(ms: Sequence[int], produced: Sequence[int] = ()) -> dict[str, Any
     return out
 
 
+def _stop_on_sigusr1() -> asyncio.Event:
+    """Members runs: the parent says when the group as a whole has committed every record (SIGUSR1)."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, stop.set)
+    return stop
+
+
+def _member_figures(clock: Clock, counter: SeqCounter, done: int) -> dict[str, Any]:
+    """One member's share: its records, CPU, first-record time and which sequence numbers it saw."""
+    return {
+        "records": done,
+        "epoch0": clock.epoch0,
+        "cpu_seconds": round(clock.cpu1 - clock.cpu0, 3),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "counts": counter.counts.hex(),
+        "out_of_range": counter.out_of_range,
+    }
+
+
 async def run_pipe(args: argparse.Namespace, validate: bool) -> dict[str, Any]:
     """Variants raw / pydantic: consume -> (validate) -> produce -> acknowledged -> commit, per batch."""
     n = args.n
@@ -198,11 +223,12 @@ async def run_pipe(args: argparse.Namespace, validate: bool) -> dict[str, Any]:
     await producer.start()
     await consumer.start()
     try:
+        stop = _stop_on_sigusr1() if args.members else None
         await _await_assignment(consumer)
         print(READY, flush=True)
         done = 0
         deadline = time.monotonic() + args.timeout
-        while done < n:
+        while done < n if stop is None else not stop.is_set():
             if time.monotonic() > deadline:
                 counter.check(f"{args.variant}: timed out after {args.timeout:.0f} s with {done} of {n}")
             batches = await consumer.getmany(timeout_ms=50, max_records=BATCH)
@@ -232,6 +258,8 @@ async def run_pipe(args: argparse.Namespace, validate: bool) -> dict[str, Any]:
     finally:
         await consumer.stop()
         await producer.stop()
+    if args.members:
+        return _member_figures(clock, counter, done)
     counter.check(args.variant)
     committed = await _committed_total(args.bootstrap, args.group, args.topic)
     if committed != n:
@@ -336,13 +364,14 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
                     s = seq_of(r.headers)
                     if 0 <= s < n:
                         produced_at[s] = r.timestamp
-        await handle_batch(msg, tier)  # returns once the batch's outputs are acknowledged and offsets committed
+        await handle_batch(msg, tier)  # returns with the batch processed; it settles (acks, commit) meanwhile
         if tier is None and args.paced:
             age = max(int(entered * 1000) - r.timestamp for r in records)
             batches.append((len(records), age, round((time.time() - entered) * 1000, 1)))
         if tier is None:
             progress[0] += len(records)
-            if progress[0] >= n:
+            if progress[0] >= n and not args.members:
+                await router.settled()  # the clock stops once the last outputs are acknowledged and offsets committed
                 clock.stop()
                 finished.set()
 
@@ -353,6 +382,9 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
     try:
         [sub] = [s for s in router.broker.subscribers if args.topic in getattr(s, "topic_names", ())]
         await _await_assignment(sub.consumer)  # type: ignore[attr-defined]
+        if args.members:  # the parent says when the group is done
+            stop = _stop_on_sigusr1()
+            asyncio.get_running_loop().create_task(_finish_when(stop, router, clock, finished))
         print(READY, flush=True)
         if sampler is not None:
             sampler.start()
@@ -365,6 +397,10 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
             await sampler.stop()
     finally:
         await router.stop()
+    if args.members:
+        if set(router.outcomes) - {"completed"}:
+            raise BenchCheckFailed(f"router member: outcomes other than completed: {dict(router.outcomes)}")
+        return _member_figures(clock, counter, progress[0])
     counter.check("router")
     outcomes = dict(router.outcomes)
     if outcomes != {"completed": n}:
@@ -389,6 +425,13 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
             "handling_ms_max": max(b[2] for b in batches),
         }
     return out
+
+
+async def _finish_when(stop: asyncio.Event, router: Any, clock: Clock, finished: asyncio.Event) -> None:
+    await stop.wait()
+    await router.settled()
+    clock.stop()
+    finished.set()
 
 
 async def child_main(args: argparse.Namespace) -> None:
@@ -497,8 +540,8 @@ class Bench:
         result = Child(variant, self.common(topic, n), extra, timeout).result()
         return {"variant": variant, "load_avg_1_5_15": load, **result}
 
-    async def create(self, topic: str) -> None:
-        await ensure_topics(self.bootstrap, [topic, f"{self.prefix}.raw-out"])
+    async def create(self, topic: str, partitions: int = 3) -> None:
+        await ensure_topics(self.bootstrap, [topic, f"{self.prefix}.raw-out"], partitions=partitions)
         self.topics.append(topic)
 
     async def cleanup(self) -> None:
@@ -563,6 +606,83 @@ class Bench:
                 file=sys.stderr,
             )
         return out
+
+    # -- several group members (processes) --------------------------------------------
+
+    async def members(self) -> dict[str, Any]:
+        """Each variant run as 1 and as ``--members`` processes of one consumer group, on a topic of more partitions.
+
+        A separate figure: the headline ratio stays one process against one process.
+        """
+        a = self.args
+        topic = f"{self.prefix}.members"
+        await self.create(topic, partitions=a.members_partitions)
+        await produce(self.bootstrap, topic, Workload(), a.n)
+        runs: list[dict[str, Any]] = []
+        for rep in range(a.repeats):
+            for variant in a.variants:
+                for k in (1, a.members):
+                    r = await self.run_members(variant, topic, a.n, k, f"m{rep}")
+                    r["repeat"] = rep
+                    runs.append(r)
+                    print(
+                        f"  repeat {rep} {variant:8} x{k} {r['msg_per_s']:>9.0f} msg/s  cpu {r['cpu_us_per_msg']:>6.0f}"
+                        f" us/msg  shares {r['records_per_member']}  load {r['load_avg_1_5_15'][0]}",
+                        file=sys.stderr,
+                    )
+        median = {
+            f"{v}x{k}": _median_of([r for r in runs if r["variant"] == v and r["members"] == k])
+            for v in a.variants
+            for k in (1, a.members)
+        }
+        return {"partitions": a.members_partitions, "members": a.members, "runs": runs, "median": median}
+
+    async def run_members(self, variant: str, topic: str, n: int, k: int, label: str) -> dict[str, Any]:
+        """k processes in one fresh group drain the topic; done when the group's committed offsets cover it."""
+        run_id = f"{self.prefix}-{label}-{variant}-x{k}"
+        timeout = max(300.0, n / 100)
+        extra = ["--members", str(k), "--group", run_id, "--run-prefix", run_id, "--timeout", str(timeout)]
+        load = _load()
+        children = [Child(variant, self.common(topic, n), extra, timeout) for _ in range(k)]
+        for child in children:
+            child.wait_ready()
+        deadline = time.monotonic() + timeout
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            while (committed := await _committed_total(self.bootstrap, run_id, topic, admin)) < n:
+                if time.monotonic() > deadline:
+                    raise BenchCheckFailed(f"{variant} x{k}: the group committed {committed} of {n} in {timeout:.0f} s")
+                await asyncio.sleep(0.02)
+            done_at = time.time()
+        finally:
+            await admin.close()
+        for child in children:
+            child.proc.send_signal(signal.SIGUSR1)
+        shares = [child.result() for child in children]
+        counter = SeqCounter(n)
+        for share in shares:
+            for seq, count in enumerate(bytes.fromhex(share["counts"])):
+                for _ in range(count):
+                    counter.add(seq)
+            counter.out_of_range += share["out_of_range"]
+        counter.check(f"{variant} x{k}")  # every sequence number exactly once across the members
+        if committed != n:
+            raise BenchCheckFailed(f"{variant} x{k}: the group committed {committed} offsets, expected {n}")
+        wall = done_at - min(sh["epoch0"] for sh in shares if sh["records"])
+        cpu = sum(sh["cpu_seconds"] for sh in shares)
+        return {
+            "variant": variant,
+            "members": k,
+            "load_avg_1_5_15": load,
+            "seconds": round(wall, 3),
+            "msg_per_s": round(n / wall, 1),
+            "cpu_seconds": round(cpu, 3),
+            "cpu_us_per_msg": round(cpu / n * 1e6, 1),
+            "peak_rss_mb": max(sh["peak_rss_mb"] for sh in shares),
+            "records_per_member": [sh["records"] for sh in shares],
+            "verified": True,
+        }
 
     # -- soak ---------------------------------------------------------------------------
 
@@ -651,6 +771,15 @@ def print_soak(s: dict[str, Any]) -> None:
     )
 
 
+def print_members(m: dict[str, Any]) -> None:
+    print(
+        f"\nconsumer-group members (a separate figure; the headline ratio is one process each), "
+        f"{m['partitions']} partitions, median of repeats; wall clock from the first record to the group's last commit"
+    )
+    for name, fig in m["median"].items():
+        print(f"{name:12}{fig['msg_per_s']:>10.0f} msg/s{fig['cpu_us_per_msg']:>8.0f} cpu us/msg")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -665,8 +794,23 @@ def broker(args: argparse.Namespace) -> Iterator[str]:
         return
     from casebridge.localkafka import LocalKafka
 
+    class _GroupsWaitForMembers(LocalKafka):
+        """Members runs: a new group's first rebalance waits 3 s (Kafka's default) so every member joins it.
+
+        (casebridge's broker for tests sets 0; then the first member would start alone, and the
+        rebalance when the second joined would hand records to both.)
+        """
+
+        def _server_properties(self) -> str:
+            return (
+                super()
+                ._server_properties()
+                .replace("group.initial.rebalance.delay.ms=0", "group.initial.rebalance.delay.ms=3000")
+            )
+
+    kind = _GroupsWaitForMembers if args.members > 1 else LocalKafka
     with tempfile.TemporaryDirectory(prefix="casebridge-bench-") as home:
-        kafka = LocalKafka(Path(home), port=_free_port(), controller_port=_free_port(), heap_mb=1024)
+        kafka = kind(Path(home), port=_free_port(), controller_port=_free_port(), heap_mb=1024)
         kafka.start(timeout=120)
         try:
             yield kafka.bootstrap
@@ -696,6 +840,9 @@ async def parent_main(args: argparse.Namespace) -> dict[str, Any]:
             if args.soak:
                 result["soak"] = await bench.soak()
                 print_soak(result["soak"])
+            elif args.members > 1:
+                result["members"] = await bench.members()
+                print_members(result["members"])
             elif args.paced_rate:
                 result["paced"] = await bench.paced(args.paced_rate)
             else:
@@ -722,6 +869,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--soak", action="store_true", help="only the soak: --soak-n transfers through the router")
     p.add_argument("--soak-n", type=int, default=1_000_000)
+    p.add_argument(
+        "--members",
+        type=int,
+        default=0,
+        help="only a scaling run: each variant as 1 and as MEMBERS processes of one group (a separate figure)",
+    )
+    p.add_argument("--members-partitions", type=int, default=6, help="partitions of the members run's topic")
     p.add_argument(
         "--bootstrap", default=None, help="a broker to use (default: KAFKA_BOOTSTRAP_SERVERS, else start one)"
     )

@@ -1,21 +1,26 @@
-"""Everything the router writes to Kafka goes through here: events and dead letters.
+"""Everything the router writes to Kafka goes through here: events, dead letters, retry tiers, state.
 
-One idempotent producer (acks=all). Writes are sent without waiting; ``flush()`` waits
-for the broker's acknowledgement of all of them, and the consumer commits its offsets
-only after that, so a message's outcome is on the broker before its offset moves on.
+One idempotent producer (acks=all). Writes are queued, in order, and handed to the
+producer ``CHUNK`` at a time or once the oldest has waited ``LINGER`` (and the rest at
+``hand_over()``), as one record batch per topic partition: aiokafka's per-record
+``send()`` costs more CPU than building an event. Each batch is closed when handed over,
+so the producer sends it at once rather than lingering ``linger_ms`` on it. A partition's
+writes keep their queue order (one hand-over at a time), so the last value of a compacted
+key is the last one written. Their Kafka timestamp is when they were handed over (an
+event's own ``occurred_at`` keeps when it happened).
 
-Events (five or more a transfer, small) are queued and handed to the producer
-``EVENT_CHUNK`` at a time (and the rest at ``flush()``) as one record batch per
-partition: aiokafka's per-record ``send()`` costs more CPU than building the event
-itself. Each batch is closed when handed over, so the producer sends it at once rather
-than lingering ``linger_ms`` on it. Their Kafka timestamp is when they were handed over
-(the event's own ``occurred_at`` keeps when it happened). Dead letters and the other
-writes, which carry whole messages, go through ``send()`` at once.
+``hand_over()`` returns a task that ends when the broker has acknowledged every write
+handed over so far (this hand-over's and, chained, every earlier one's), or raises
+OutputFailed. The router commits a batch's offsets only after that task ended, so a
+message's outcome is on the broker before its offset moves on; it can process the next
+batch meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,8 +35,10 @@ from . import __version__
 from ._retry import H_REPLAY_OF, Origin, header, original_headers
 
 DLQ_PREFIX = "casebridge.dlq."
-Write = tuple[bytes, bytes, list[tuple[str, bytes]]]  # key, value, headers
-EVENT_CHUNK = 500  # queued events handed to the producer together (about 100 transfers' worth)
+Queued = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
+_EVENT_HEADERS: dict[str, list[tuple[str, bytes]]] = {}
+CHUNK = 500  # queued writes handed to the producer together (about 80 transfers' worth)
+LINGER = 0.01  # seconds a queued write waits at most for more, while writes keep coming (latency)
 
 
 class OutputFailed(Exception):
@@ -101,10 +108,13 @@ class Outbox:
         self._dead_letter_topic = dead_letter_topic
         self._parking_topic = parking_topic or dead_letter_topic
         self._group_id = group_id
+        self._queued: list[Queued] = []
+        self._first_queued = 0.0  # time.monotonic() when the oldest queued write was queued
+        self._sending = asyncio.Lock()
         self._pending: list[asyncio.Future[object]] = []
-        self._events: list[Write] = []
         self._send_error: Exception | None = None
-        self._partitioner = DefaultPartitioner()  # the producer's own default: murmur2 of the key, as Java's
+        self._acked: asyncio.Task[None] | None = None  # the last hand-over's acknowledgement (chained)
+        self._partitioner = DefaultPartitioner()  # the producer's own default (keyless writes: at random)
 
     async def start(self) -> None:
         await self._producer.start()
@@ -113,17 +123,18 @@ class Outbox:
         await self._producer.stop()
 
     async def emit(self, event: TransferEvent) -> None:
-        """Queue an event (keyed by transfer id); sent and acknowledged at the next ``flush()``."""
-        key = (event.transfer_id or event.event_id).encode()
+        """Queue an event (keyed by transfer id); sent at the next hand-over."""
         # the model's own serializer straight to bytes: model_dump_json() to the byte, without the str round trip
-        value = event.__pydantic_serializer__.to_json(event)
-        self._events.append((key, value, [("event_type", event.event_type.encode())]))
-        if len(self._events) >= EVENT_CHUNK:  # on their way while the batch is still processed
-            events, self._events = self._events, []
-            try:
-                await self._send_events(events)
-            except Exception as exc:  # an output failure is the flush's to report (the router halts), not the flow's
-                self._send_error = self._send_error or exc
+        await self.emit_encoded(
+            event.transfer_id or event.event_id, event.event_type, event.__pydantic_serializer__.to_json(event)
+        )
+
+    async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
+        """Queue an event already serialised (the bytes ``model_dump_json`` gives), keyed by its transfer id."""
+        headers = _EVENT_HEADERS.get(event_type)
+        if headers is None:  # one list per event type, shared: the producer only reads headers
+            headers = _EVENT_HEADERS[event_type] = [("event_type", event_type.encode())]
+        await self._queue(self._events_topic, transfer_id.encode(), value, headers)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
         """To the dead-letter topic; a replayed message that failed again goes to the parking topic instead."""
@@ -131,54 +142,129 @@ class Outbox:
         await self.send(topic, record.key, record.value, dead_letter_headers(record, self._group_id, failure))
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        """Any other write (retry tiers, retry state); acknowledged at the next ``flush()``."""
-        self._pending.append(await self._producer.send(topic, value=value, key=key, headers=headers))
+        """Any other write (retry tiers, retry state, history); sent at the next hand-over."""
+        await self._queue(topic, key, value, headers)
 
-    async def flush(self) -> None:
-        """Send the queued events, then wait until the broker acknowledged every write so far.
+    async def _queue(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        queued = self._queued
+        if not queued:
+            self._first_queued = time.monotonic()
+        queued.append((topic, key, value, headers))
+        # on their way while the batch is still processed: every CHUNK writes, or once the first waited LINGER
+        if len(queued) >= CHUNK or time.monotonic() - self._first_queued >= LINGER:
+            queued, self._queued = self._queued, []
+            try:
+                await self._send_in_turn(queued)
+            except Exception as exc:  # the hand-over reports it (the router halts), not the flow
+                self._send_error = self._send_error or exc
 
-        Raises OutputFailed if any write failed (or the events could not be handed over).
+    async def hand_over(self) -> asyncio.Task[None]:
+        """Send what is queued; the task returned ends once every write so far is acknowledged.
+
+        The task raises OutputFailed if any write failed, or could not be handed to the
+        producer, since the start (each hand-over's task waits for the one before).
         """
-        events, self._events = self._events, []
+        queued, self._queued = self._queued, []
         try:
-            await self._send_events(events)
+            await self._send_in_turn(queued)
         except Exception as exc:  # the producer refused them (closed, buffer timeout): nothing may be committed
             self._send_error = self._send_error or exc
-        if self._send_error is not None:
-            error, self._send_error = self._send_error, None
-            self._pending.clear()
-            raise OutputFailed(f"events could not be sent: {type(error).__name__}") from error
+        error, self._send_error = self._send_error, None
         pending, self._pending = self._pending, []
-        results = await asyncio.gather(*pending, return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            raise OutputFailed(
-                f"{len(failed)} of {len(results)} writes were not acknowledged: {type(failed[0]).__name__}"
-            )
+        self._acked = asyncio.ensure_future(_acknowledged(self._acked, pending, error))
+        return self._acked
 
-    async def _send_events(self, events: list[Write]) -> None:
-        """One record batch per partition (partitioned by key as the producer would), in queue order."""
-        if not events:
+    async def flush(self) -> None:
+        """Send what is queued and wait until the broker acknowledged every write so far (or raise OutputFailed)."""
+        await (await self.hand_over())
+
+    async def _send_in_turn(self, queued: list[Queued]) -> None:
+        """One hand-over at a time, in the order they were cut from the queue (a FIFO lock).
+
+        Handing a batch to the producer can wait (for the partition's batch before it to
+        drain); two hand-overs running side by side could then put a later write of a
+        partition before an earlier one.
+        """
+        async with self._sending:
+            await self._send(queued)
+
+    async def _send(self, queued: list[Queued]) -> None:
+        """One record batch per topic partition (partitioned by key as the producer would), in queue order."""
+        if not queued:
             return
-        topic = self._events_topic
-        partitions = sorted(await self._producer.partitions_for(topic))
-        by_partition: dict[int, list[Write]] = {}
-        chosen: dict[bytes, int] = {}  # a transfer's events share its key: hash it once
-        for write in events:
-            p = chosen.get(write[0])
+        by_partition: dict[tuple[str, int], list[Queued]] = {}
+        chosen: dict[tuple[str, bytes | None], int] = {}  # a transfer's events share its key: hash it once
+        partitions_of: dict[str, list[int]] = {}
+        for write in queued:
+            topic, key = write[0], write[1]
+            p = chosen.get((topic, key)) if key is not None else None
             if p is None:
-                p = chosen[write[0]] = self._partitioner(write[0], partitions, partitions)
-            by_partition.setdefault(p, []).append(write)
-        for p, writes in by_partition.items():
+                partitions = partitions_of.get(topic)
+                if partitions is None:
+                    partitions = partitions_of[topic] = sorted(await self._producer.partitions_for(topic))
+                if key is None:
+                    p = self._partitioner(None, partitions, partitions)  # the producer's choice: at random
+                else:  # as the producer's default partitioner: murmur2 of the key, as Java's
+                    p = chosen[(topic, key)] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            by_partition.setdefault((topic, p), []).append(write)
+        for (topic, p), writes in by_partition.items():
             batch = self._producer.create_batch()
-            for key, value, headers in writes:
+            for _, key, value, headers in writes:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    batch.close()
-                    self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
-                    batch = self._producer.create_batch()
+                    if batch.record_count():
+                        batch.close()
+                        self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
+                        batch = self._producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                         # larger than a whole batch: the producer sizes a batch for it
-                        self._pending.append(await self._producer.send(topic, value, key=key, headers=headers))
+                        self._pending.append(
+                            await self._producer.send(topic, value, key=key, headers=headers, partition=p)
+                        )
             if batch.record_count():
                 batch.close()  # complete: the producer sends a closed batch at once instead of lingering on it
                 self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's ``Utils.murmur2``, as aiokafka's): the same numbers, a word at a time.
+
+    aiokafka's pure-Python version reads byte by byte; this one unpacks the 4-byte words at once.
+    """
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length >> 2
+    if words:
+        for k in struct.unpack_from(f"<{words}I", data):
+            k = (k * _M) & _MASK
+            k ^= k >> 24
+            h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    extra = length & 3
+    if extra:
+        tail = length & ~3
+        if extra >= 3:
+            h ^= data[tail + 2] << 16
+        if extra >= 2:
+            h ^= data[tail + 1] << 8
+        h = ((h ^ data[tail]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+async def _acknowledged(
+    previous: asyncio.Task[None] | None, pending: list[asyncio.Future[object]], error: Exception | None
+) -> None:
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    if previous is not None:
+        await previous  # raises OutputFailed if an earlier hand-over failed: this one is not "all so far" then
+    if error is not None:
+        raise OutputFailed(f"writes could not be sent: {type(error).__name__}") from error
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise OutputFailed(f"{len(failed)} of {len(results)} writes were not acknowledged: {type(failed[0]).__name__}")

@@ -8,7 +8,13 @@ Commit scheme (what makes "nothing is lost" true):
   concurrently, one child's messages strictly in order (records are keyed by child).
 - Every output of the batch (events, retry-tier writes, retry state, dead letters) is
   acknowledged by the broker (idempotent producer, acks=all) before the batch's offsets
-  are committed, once per batch.
+  are committed, once per batch, explicitly: exactly the offsets of the batch's records
+  (FastStream's ``ack()`` would commit everything read so far).
+- Pipelined: the acknowledgements and the commit of batch k are awaited in a task of
+  their own while batch k+1 is processed; batch k+1 is not handed over before batch k
+  settled, so commits stay in order and at most one batch is unsettled. On a crash the
+  unsettled batches are read again; each step being idempotent on transfer id (and event
+  ids deterministic), a re-delivery completes without duplicates at the targets.
 - A message whose handling fails for any reason ends in an event and a retry tier or the
   dead-letter topic; the flow never raises. If an output cannot be written (the dead-letter
   write itself failed), the router halts without committing: on restart the batch is read
@@ -23,20 +29,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import traceback
+import typing
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 import structlog
+from aiokafka import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
+from pydantic import ValidationError
 
 from connectors import Source, Target
-from contracts import AlertRaised, CaseSystem, Council, TransferRetryScheduled
+from contracts import AlertRaised, CaseSystem, Council, TransferMessage, TransferRetryScheduled
 from mappings import Protocol, load_protocols
 
 from ._history import ChildHistory
@@ -86,6 +95,37 @@ async def _raw_body(msg: Any) -> Any:
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
+class _Committer(typing.Protocol):
+    """The consumer side the router needs: aiokafka's commit of explicit offsets."""
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+
+def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
+    """What to commit once ``records`` are settled: per partition, the offset after the last of them."""
+    out: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        if r.offset + 1 > out.get(tp, -1):
+            out[tp] = r.offset + 1
+    return out
+
+
+class _SettleOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another group member, the batch in flight is settled (committed)."""
+
+    def __init__(self, router: Router, tier: int | None) -> None:
+        self.router = router
+        self.tier = tier
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        with contextlib.suppress(Exception):  # a failed batch has halted the router; the rebalance goes on
+            await self.router._settle_tier(self.tier)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
 class Router:
     def __init__(self, settings: Settings, flow: TransferFlow) -> None:
         self.settings = settings
@@ -106,6 +146,8 @@ class Router:
         self.broker = KafkaBroker(settings.bootstrap_servers, logger=None)
         self.app = FastStream(self.broker)
         self._gate = asyncio.Semaphore(settings.concurrency)
+        self._settling: dict[int | None, asyncio.Task[None]] = {}  # per subscriber: its batch in flight
+        self._closing = False
         self._subscribe(self.topics.transfers, settings.group_id, None)
         for tier, delay in enumerate(self.tiers):
             self._subscribe(self.topics.retry(tier), f"{settings.group_id}-retry-{tier}", tier, delay)
@@ -116,7 +158,8 @@ class Router:
             group_id=group_id,
             batch=True,
             max_records=self.settings.batch_size,
-            batch_timeout_ms=50,
+            batch_timeout_ms=self.settings.batch_timeout_ms,
+            listener=_SettleOnRevoke(self, tier),
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
             decoder=_raw_body,
@@ -138,17 +181,62 @@ class Router:
         for record in records:
             by_child[record.key].append(record)
         groups = sorted(by_child.values(), key=urgent_first)  # SW22-1: urgent referrals take the first slots
-        await asyncio.gather(*(self._in_order(group, tier) for group in groups))
-        try:
-            await self.outbox.flush()
-        except OutputFailed as exc:
-            self.halted = True
-            log.critical("router_halted", reason=str(exc), records=len(records))
-            self.stopped.set()
-            raise
-        await msg.ack()
+        counts: dict[str, int] = defaultdict(int)
+        if tier is None:
+            # at most `concurrency` children at once anyway: that many workers, each taking the next child's
+            # records, cost less than a task per child (hundreds a batch)
+            queue = iter(groups)
 
-    async def _in_order(self, records: list[Record], tier: int | None) -> None:
+            async def worker() -> None:
+                for group in queue:
+                    await self._in_order(group, tier, counts)
+
+            await asyncio.gather(*(worker() for _ in range(min(self.settings.concurrency, len(groups)))))
+        else:  # a retry tier's records wait until due, each child on its own, holding no worker
+            await asyncio.gather(*(self._in_order(group, tier, counts) for group in groups))
+        # one line per batch with its outcome counts (each transfer's own line is at debug, its events say more)
+        log.info(
+            "batch_completed", topic=records[0].topic if records else None, records=len(records), outcomes=dict(counts)
+        )
+        await self._settle_tier(tier)  # the batch before: settled long since, as a rule; raises if it failed
+        acked = await self.outbox.hand_over()
+        consumer = cast(_Committer, msg.consumer)
+        settling = asyncio.ensure_future(self._settle(acked, consumer, next_offsets(records), len(records)))
+        self._settling[tier] = settling
+        if self._closing:  # stopping: nothing may be left in flight
+            await self._settle_tier(tier)
+
+    async def _settle(
+        self, acked: asyncio.Task[None], consumer: _Committer, offsets: dict[TopicPartition, int], count: int
+    ) -> None:
+        """Once the batch's outputs (and every earlier one) are acknowledged, commit exactly its offsets."""
+        try:
+            await acked
+        except OutputFailed as exc:
+            if not self.halted:
+                self.halted = True
+                log.critical("router_halted", reason=str(exc), records=count)
+                self.stopped.set()
+            raise
+        try:
+            await consumer.commit(offsets)
+        except Exception as exc:  # partitions revoked, broker away: the batch is read again, harmlessly (idempotent)
+            log.warning("offsets_not_committed", error_class=type(exc).__name__, records=count)
+
+    async def _settle_tier(self, tier: int | None) -> None:
+        settling = self._settling.pop(tier, None)
+        if settling is not None:
+            await settling
+
+    async def settled(self) -> None:
+        """Until every batch processed so far is settled: outputs acknowledged, offsets committed.
+
+        Raises OutputFailed if a batch's outputs were not acknowledged (the router has halted).
+        """
+        for tier in list(self._settling):
+            await self._settle_tier(tier)
+
+    async def _in_order(self, records: list[Record], tier: int | None, counts: dict[str, int]) -> None:
         for record in records:
             if tier is not None:  # wait until due, holding no concurrency slot
                 wait = (due_at(record) - datetime.now(UTC)).total_seconds()
@@ -157,23 +245,40 @@ class Router:
             async with self._gate:
                 outcome = await self._one(record, tier)
             self.outcomes[outcome.state] += 1
+            counts[outcome.state] += 1
 
     # -- one message -----------------------------------------------------------------------
 
     async def _one(self, record: Record, tier: int | None) -> Outcome:
+        # parsed once here: its transfer id is the correlation id, and the flow takes the parse as it is
+        try:
+            parsed: TransferMessage | ValidationError | None = self.flow.parse(record)
+        except Exception:  # a bug in a validator: the flow meets it again, and _run dead-letters the message
+            parsed = None
+        if isinstance(parsed, TransferMessage):
+            correlation = parsed.transfer_id
+        else:
+            correlation = peek_transfer_id(record.value) or f"{record.topic}:{record.partition}:{record.offset}"
         # every log line about this record carries its correlation id (this task's context only)
-        correlation = peek_transfer_id(record.value) or f"{record.topic}:{record.partition}:{record.offset}"
-        with structlog.contextvars.bound_contextvars(correlation_id=correlation):
-            return await self._one_correlated(record, tier)
+        tokens = structlog.contextvars.bind_contextvars(correlation_id=correlation)
+        try:
+            return await self._one_correlated(record, tier, parsed)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
-    async def _one_correlated(self, record: Record, tier: int | None) -> Outcome:
-        origin = Origin.of(record)
+    async def _one_correlated(
+        self, record: Record, tier: int | None, parsed: TransferMessage | ValidationError | None
+    ) -> Outcome:
         head_tier = self.retry_state.tier_of(record.key)
         if record.key is not None and head_tier is not None and (tier is None or head_tier > tier):
             # an earlier transfer of this child waits in a retry tier: this one queues behind it
+            origin = Origin.of(record)
             await self._to_tier(record, origin, head_tier, attempts=origin.attempts, behind=True)
             return Outcome("deferred")
-        outcome = await self._run(record)
+        outcome = await self._run(record, parsed)
+        if tier is None and outcome.state != "transient":
+            return outcome  # the common path: read from the transfers topic, done; no retry bookkeeping
+        origin = Origin.of(record)
         if outcome.state == "transient":
             attempts = origin.attempts + outcome.attempts
             next_tier = 0 if tier is None else tier + 1
@@ -201,9 +306,9 @@ class Router:
                 await self._alert(outcome, "info", "transfer recovered after retry and completed")
         return outcome
 
-    async def _run(self, record: Record) -> Outcome:
+    async def _run(self, record: Record, parsed: TransferMessage | ValidationError | None = None) -> Outcome:
         try:
-            return await self.flow.run(record, self.outbox)
+            return await self.flow.run(record, self.outbox, parsed)
         except Exception as exc:  # a bug must not lose the message: dead-letter it and go on
             # no traceback text: an exception's message may quote personal data; file:line is enough to find it
             frames = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in traceback.extract_tb(exc.__traceback__)]
@@ -261,6 +366,7 @@ class Router:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._closing = False
         t = self.topics
         await ensure_topics(
             self.settings.bootstrap_servers,
@@ -279,7 +385,12 @@ class Router:
         )
 
     async def stop(self) -> None:
-        await self.broker.stop()
+        self._closing = True  # a batch still being processed settles before its handler returns
+        with contextlib.suppress(OutputFailed):  # logged as router_halted already
+            await self.settled()
+        await self.broker.stop()  # waits (graceful timeout) for a batch in its handler
+        with contextlib.suppress(OutputFailed):
+            await self.settled()
         await self.outbox.stop()
         for connector in self._connectors():
             await connector.stop()

@@ -27,7 +27,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
@@ -63,6 +62,7 @@ from contracts import (
 from mappings import Facts, MappingError, Route
 from mappings import Protocol as CouncilProtocol
 
+from ._event_json import encode_event, event_type_of, transfer_head, utc_datetime, utc_text
 from ._history import ChildHistory
 from ._outbox import Failure
 from ._pending import PendingNotice
@@ -81,6 +81,9 @@ class Sink(Protocol):
     """Where the flow's outputs go (the router's Outbox, or a list in a test)."""
 
     async def emit(self, event: TransferEvent) -> None: ...
+
+    async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
+        """An event already serialised (``router._event_json``): the bytes ``model_dump_json`` would give."""
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None: ...
 
@@ -129,12 +132,25 @@ class TransferFlow:
         self.notices_topic = notices_topic
         self.closures = closures
 
-    async def run(self, record: ConsumerRecord[bytes, bytes], sink: Sink) -> Outcome:
-        # 1. the contract
+    @staticmethod
+    def parse(record: ConsumerRecord[bytes, bytes]) -> TransferMessage | ValidationError:
+        """The record against the contract: the transfer, or why it is not one."""
         try:
-            transfer = TransferMessage.model_validate_json(record.value or b"")
+            return TransferMessage.model_validate_json(record.value or b"")
         except ValidationError as exc:
-            return await self._reject(record, exc, sink)
+            return exc
+
+    async def run(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        sink: Sink,
+        parsed: TransferMessage | ValidationError | None = None,
+    ) -> Outcome:
+        """Carry one record through the flow; ``parsed`` is ``parse(record)`` when the caller has it already."""
+        # 1. the contract
+        transfer = self.parse(record) if parsed is None else parsed
+        if isinstance(transfer, ValidationError):
+            return await self._reject(record, transfer, sink)
 
         emit = _Emitter(transfer, sink)
         log.debug("transfer_received", transfer_id=transfer.transfer_id, council=transfer.council.value)
@@ -266,7 +282,8 @@ class TransferFlow:
                 for key, value in self.history.remember(transfer):
                     if self.history_topic:
                         await sink.send(self.history_topic, key, value, [])
-            log.info("transfer_completed", transfer_id=transfer.transfer_id)
+            # per transfer at debug; the router logs one ``batch_completed`` line (with counts) per batch at info
+            log.debug("transfer_completed", transfer_id=transfer.transfer_id)
             return Outcome("completed", transfer.transfer_id)
         except (CasebridgeError, MappingError) as exc:
             rule_ids = list(getattr(exc, "rule_ids", ()))
@@ -433,15 +450,28 @@ class _Emitter:
     def __init__(self, transfer: TransferMessage, sink: Sink) -> None:
         self.transfer = transfer
         self.sink = sink
+        self._head = transfer_head(transfer)
+        self._ids = _EVENT_NS_SHA1.copy()  # event_id(message_id, kind) with the common part hashed once
+        self._ids.update(f"{transfer.message_id}/".encode())
 
     async def __call__(self, kind: type[Any], **fields: Any) -> None:
         t = self.transfer
+        digest = self._ids.copy()
+        digest.update(kind.__name__.encode())
+        eid = _uuid5_text(digest)
+        micros = time.time_ns() // 1000
+        # the five events of every completed transfer from a template (byte-equal to the model's JSON)
+        if self._head is not None:
+            encoded = encode_event(kind, eid, self._head, utc_text(micros), fields)
+            if encoded is not None:
+                await self.sink.emit_encoded(t.transfer_id, event_type_of(kind), encoded)
+                return
         event = kind(
-            event_id=event_id(t.message_id, kind.__name__),
+            event_id=eid,
             transfer_id=t.transfer_id,
             correlation_id=t.correlation_id,
             council=t.council,
-            occurred_at=datetime.now(UTC),
+            occurred_at=utc_datetime(micros),
             **fields,
         )
         await self.sink.emit(event)
@@ -475,11 +505,17 @@ def event_id(base: str, kind: str) -> str:
     """``str(uuid.uuid5(_EVENT_NS, f"{base}/{kind}"))``, without building a UUID object (five a transfer)."""
     digest = _EVENT_NS_SHA1.copy()
     digest.update(f"{base}/{kind}".encode())
-    b = bytearray(digest.digest()[:16])
-    b[6] = (b[6] & 0x0F) | 0x50  # version 5
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return _uuid5_text(digest)
+
+
+def _uuid5_text(digest: Any) -> str:
+    """The text of the version-5 UUID whose SHA-1 ``digest`` (namespace and name fed) is given."""
+    h = digest.hexdigest()
+    # the version nibble becomes 5; the variant's top two bits become 10 (RFC 4122): 8, 9, a or b
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 class _TopLevel(TypedDict, total=False):

@@ -88,7 +88,10 @@ class Settings(BaseSettings):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = "casebridge"
     group_id: str = "casebridge-router"
+    #: records handled together: their outputs are acknowledged, and their offsets committed, once
     batch_size: int = Field(default=500, ge=1, le=10_000)
+    #: how long a poll waits for records when none are ready (a batch holds what had arrived by then)
+    batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
     concurrency: int = Field(default=32, ge=1, le=1_000)
     retry: RetrySettings = RetrySettings()
     #: the council whose case systems this deployment reads (its protocol applies to what they publish)

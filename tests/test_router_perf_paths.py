@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 import contracts
 from bench._workload import Workload
 from contracts import CaseSystem, Council, Direction, ServiceLevel
-from router import app
-from router._outbox import Outbox
+from router import _outbox, app
+from router._outbox import Outbox, OutputFailed, murmur2
 
 _PEEK_CASES: list[bytes | None] = [
     None,
@@ -111,10 +115,11 @@ async def test_perf_events_are_queued_as_the_bytes_model_dump_json_gives() -> No
     events = _every_event()
     for event in events:
         await outbox.emit(event)
-    queued = outbox._events
-    assert [value for _, value, _ in queued] == [e.model_dump_json().encode() for e in events]
-    assert [contracts.parse_event(value) for _, value, _ in queued] == events
-    assert [headers for _, _, headers in queued] == [[("event_type", e.event_type.encode())] for e in events]
+    queued = outbox._queued
+    assert {"events"} == {topic for topic, _, _, _ in queued}
+    assert [value for _, _, value, _ in queued] == [e.model_dump_json().encode() for e in events]
+    assert [contracts.parse_event(value or b"") for _, _, value, _ in queued] == events
+    assert [headers for _, _, _, headers in queued] == [[("event_type", e.event_type.encode())] for e in events]
     await outbox.stop()
 
 
@@ -123,15 +128,19 @@ class _RecordingProducer:
 
     def __init__(self, real: AIOKafkaProducer) -> None:
         self.create_batch = real.create_batch  # aiokafka's own batch builder (needs no broker)
-        self.batches: list[tuple[Any, int]] = []
+        self.batches: list[tuple[Any, str, int]] = []
+        self.failing: Exception | None = None
 
     async def partitions_for(self, topic: str) -> set[int]:
         return {0, 1, 2}
 
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[object]:
-        self.batches.append((batch, partition))
+        self.batches.append((batch, topic, partition))
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
+        if self.failing is not None:
+            future.set_exception(self.failing)
+        else:
+            future.set_result(None)
         return future
 
 
@@ -145,5 +154,109 @@ async def test_perf_event_batches_are_closed_so_the_producer_sends_them_without_
         await outbox.emit(event)
     await outbox.flush()
     assert producer.batches
-    assert all(batch.closed() for batch, _ in producer.batches)
-    assert sum(batch.record_count() for batch, _ in producer.batches) == len(_every_event())
+    assert all(batch.closed() for batch, _, _ in producer.batches)
+    assert sum(batch.record_count() for batch, _, _ in producer.batches) == len(_every_event())
+
+
+def _records_of(batch: Any) -> list[tuple[bytes | None, bytes | None]]:
+    """The (key, value) records of a closed aiokafka batch, in order."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    raw = bytes(batch._build())
+    return [(r.key, r.value) for r in DefaultRecordBatch(raw)]
+
+
+async def test_perf_every_write_goes_in_queue_order_per_partition_in_closed_batches() -> None:
+    """Events, history and retry-state writes are batched per topic partition; each partition keeps queue order."""
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
+    await outbox.stop()
+    producer = _RecordingProducer(outbox._producer)
+    outbox._producer = cast(Any, producer)
+    writes = [(f"state-{i % 4}", f"k{i % 7}".encode(), f"v{i}".encode()) for i in range(1200)]  # > 2 chunks
+    for topic, key, value in writes:
+        await outbox.send(topic, key, value, [])
+    await outbox.send("state-0", b"k0", None, [])  # a tombstone
+    await outbox.flush()
+    sent: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+    for batch, topic, partition in producer.batches:
+        assert batch.closed()
+        sent.setdefault((topic, partition), []).extend(_records_of(batch))
+    expected: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+    for topic, key, value in [*writes, ("state-0", b"k0", None)]:
+        partition = outbox._partitioner(key, [0, 1, 2], [0, 1, 2])
+        expected.setdefault((topic, partition), []).append((key, value))
+    assert expected == sent
+
+
+async def test_perf_hand_over_acknowledges_every_earlier_write_or_raises_output_failed() -> None:
+    """A hand-over's task ends only when every write so far is acknowledged; a failed one fails every later one."""
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
+    await outbox.stop()
+    producer = _RecordingProducer(outbox._producer)
+    outbox._producer = cast(Any, producer)
+    await outbox.send("t", b"k", b"ok", [])
+    first = await outbox.hand_over()
+    await first
+    producer.failing = KafkaTimeoutError()
+    await outbox.send("t", b"k", b"lost", [])
+    failed = await outbox.hand_over()
+    producer.failing = None
+    await outbox.send("t", b"k", b"after", [])
+    later = await outbox.hand_over()
+    with pytest.raises(OutputFailed, match="1 of 1 writes were not acknowledged: KafkaTimeoutError"):
+        await failed
+    with pytest.raises(OutputFailed):
+        await later  # its own write was acknowledged, but not every write so far
+
+
+def test_perf_murmur2_gives_the_producer_default_partitioner_numbers() -> None:
+    """The outbox's word-at-a-time murmur2 equals aiokafka's (Java's) for keys of every length 0-80 bytes."""
+    rng = random.Random(5)
+    keys = [bytes(rng.randrange(256) for _ in range(length)) for length in range(81) for _ in range(40)]
+    keys += [b"bench-12345", b"lcs:LCS-B12345", "ns-été".encode()]
+    assert [aiokafka_murmur2(k) for k in keys] == [murmur2(k) for k in keys]
+    partitioner = DefaultPartitioner()
+    for key in keys:
+        for n in (1, 3, 7):
+            assert partitioner(key, list(range(n)), list(range(n))) == (murmur2(key) & 0x7FFFFFFF) % n
+
+
+class _SlowProducer(_RecordingProducer):
+    """A producer whose send_batch sometimes waits (as aiokafka's does while the partition's last batch drains)."""
+
+    def __init__(self, real: AIOKafkaProducer) -> None:
+        super().__init__(real)
+        self.rng = random.Random(9)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[object]:
+        for _ in range(self.rng.randrange(3)):
+            await asyncio.sleep(0)
+        return await super().send_batch(batch, topic, partition=partition)
+
+
+async def test_perf_concurrent_writers_keep_each_partition_in_queue_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many coroutines queueing at once, hand-overs that wait: each partition still gets its writes in queue order."""
+    monkeypatch.setattr(_outbox, "CHUNK", 7)  # many small hand-overs, so that they overlap
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
+    await outbox.stop()
+    producer = _SlowProducer(outbox._producer)
+    outbox._producer = cast(Any, producer)
+    order: list[tuple[str, bytes, bytes]] = []
+
+    async def writer(w: int) -> None:
+        for i in range(150):
+            write = ("state", f"k{(w + i) % 5}".encode(), f"w{w}-{i}".encode())
+            order.append(write)  # queue order: appended right before the write is queued (no await between)
+            await outbox.send(*write, [])
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(writer(w) for w in range(8)))
+    await outbox.flush()
+    sent: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+    for batch, _, partition in producer.batches:
+        sent.setdefault(partition, []).extend(_records_of(batch))
+    expected: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+    for _, key, value in order:
+        expected.setdefault(outbox._partitioner(key, [0, 1, 2], [0, 1, 2]), []).append((key, value))
+    assert expected == sent

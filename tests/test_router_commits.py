@@ -1,0 +1,152 @@
+"""G3 nothing lost: a batch's offsets are committed, exactly, only once its outputs are acknowledged.
+
+The router settles batch k (outputs acknowledged, then offsets committed) while it
+processes batch k+1; these tests hold the broker's acknowledgement in their hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.errors import CommitFailedError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+from structlog.testing import capture_logs
+
+from connectors.memory import MemorySource, MemoryTarget
+from contracts import CaseSystem, TransferEvent
+from router import Router, Settings, build_router
+from router._outbox import Failure
+from router.app import next_offsets
+from tests.support import ns_transfer
+
+
+class HeldOutbox:
+    """Stands in for the outbox: each hand-over's acknowledgement is a future the test resolves."""
+
+    def __init__(self) -> None:
+        self.acks: list[asyncio.Future[None]] = []
+        self.writes = 0
+
+    async def emit(self, event: TransferEvent) -> None:
+        self.writes += 1
+
+    async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
+        self.writes += 1
+
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
+        self.writes += 1
+
+    async def send(self, *args: Any) -> None:
+        self.writes += 1
+
+    async def hand_over(self) -> asyncio.Future[None]:
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acks.append(ack)
+        return ack
+
+
+@dataclass
+class Consumer:
+    commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+    refuse: bool = False
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.refuse:
+            raise CommitFailedError("the group rebalanced")
+        self.commits.append(dict(offsets))
+
+
+@dataclass
+class Batch:
+    raw_message: tuple[ConsumerRecord[bytes, bytes], ...]
+    consumer: Consumer
+
+
+def _record(partition: int, offset: int, n: int) -> ConsumerRecord[bytes, bytes]:
+    value = json.dumps(ns_transfer(n)).encode()
+    key = f"lcs:LCS-{n}".encode()
+    return ConsumerRecord("t.transfers", partition, offset, 0, 0, key, value, None, len(key), len(value), [])
+
+
+async def _router() -> tuple[Router, HeldOutbox]:
+    router = build_router(
+        Settings(bootstrap_servers="127.0.0.1:1", topic_prefix="t"),
+        {CaseSystem.EHM: MemoryTarget()},
+        {CaseSystem.LCS: MemorySource()},
+    )
+    await router.outbox.stop()  # the real one is never started here
+    held = HeldOutbox()
+    router.outbox = held  # type: ignore[assignment]
+    return router, held
+
+
+async def _spin() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_g3_next_offsets_are_one_past_the_last_record_of_each_partition() -> None:
+    """What a batch commits: per partition, the offset after its last record (records may come in any order)."""
+    records = [_record(0, 7, 1), _record(1, 3, 2), _record(0, 5, 3), _record(0, 8, 4)]
+    assert {TopicPartition("t.transfers", 0): 9, TopicPartition("t.transfers", 1): 4} == next_offsets(records)
+
+
+async def test_g3_offsets_are_committed_only_after_the_batch_outputs_are_acknowledged() -> None:
+    """The handler returns with the batch processed; its exact offsets are committed once the broker acknowledged."""
+    router, outbox = await _router()
+    consumer = Consumer()
+    await router._on_batch(Batch((_record(0, 10, 1), _record(1, 4, 2), _record(0, 11, 3)), consumer), None)  # type: ignore[arg-type]
+    await _spin()
+    assert ([], 1) == (consumer.commits, len(outbox.acks))
+    assert {"completed": 3} == dict(router.outcomes)
+
+    outbox.acks[0].set_result(None)
+    await router.settled()
+    assert [{TopicPartition("t.transfers", 0): 12, TopicPartition("t.transfers", 1): 5}] == consumer.commits
+
+
+async def test_g3_a_batch_is_handed_over_only_after_the_batch_before_settled() -> None:
+    """Batch 2 is processed while batch 1 waits for the broker, but commits stay in order, one batch in flight."""
+    router, outbox = await _router()
+    consumer = Consumer()
+    await router._on_batch(Batch((_record(0, 0, 1),), consumer), None)  # type: ignore[arg-type]
+    second = asyncio.ensure_future(router._on_batch(Batch((_record(0, 1, 2),), consumer), None))  # type: ignore[arg-type]
+    await _spin()
+    assert (False, 1, {"completed": 2}) == (second.done(), len(outbox.acks), dict(router.outcomes))
+
+    outbox.acks[0].set_result(None)
+    await second
+    assert [{TopicPartition("t.transfers", 0): 1}] == consumer.commits
+    outbox.acks[1].set_result(None)
+    await router.settled()
+    assert [{TopicPartition("t.transfers", 0): 1}, {TopicPartition("t.transfers", 0): 2}] == consumer.commits
+
+
+async def test_g3_a_refused_commit_is_logged_and_the_router_goes_on() -> None:
+    """A commit the group refuses (rebalanced) only means the batch is read again: logged, not a halt."""
+    router, outbox = await _router()
+    consumer = Consumer(refuse=True)
+    with capture_logs() as logs:
+        await router._on_batch(Batch((_record(0, 0, 1),), consumer), None)  # type: ignore[arg-type]
+        outbox.acks[0].set_result(None)
+        await router.settled()
+    assert not router.halted
+    assert [("offsets_not_committed", "CommitFailedError", 1)] == [
+        (e["event"], e["error_class"], e["records"]) for e in logs if e["event"] == "offsets_not_committed"
+    ]
+
+
+async def test_g3_while_stopping_a_batch_settles_before_its_handler_returns() -> None:
+    """Once stop() began, nothing is left in flight: the handler itself waits for the acknowledgement and commit."""
+    router, outbox = await _router()
+    consumer = Consumer()
+    router._closing = True
+    handler = asyncio.ensure_future(router._on_batch(Batch((_record(2, 40, 1),), consumer), None))  # type: ignore[arg-type]
+    await _spin()
+    assert (False, []) == (handler.done(), consumer.commits)
+    outbox.acks[0].set_result(None)
+    await handler
+    assert [{TopicPartition("t.transfers", 2): 41}] == consumer.commits
