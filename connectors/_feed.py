@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_random_exponential
 
-from contracts import Council, TransferMessage, field_errors
+from contracts import Council, TransferEvent, TransferMessage, field_errors
 from mappings import MappingError
 
 from ._base import Connector
@@ -70,6 +70,58 @@ async def poll_forever(
                 found = await poll_once()
         if found == 0:
             await asyncio.sleep(interval)
+
+
+class EventReporter(ABC):
+    """A case system's feed of what happened to transfers it received (allocations, decisions), reported
+    as events on the events topic.
+
+    At-least-once: the cursor is saved only after the broker acknowledged the page's events; the event
+    ids come from the feed positions, so a page reported twice is deduplicated by id downstream.
+    """
+
+    #: the feed's name in logs (``feed_unavailable``)
+    feed: ClassVar[str]
+
+    def __init__(self, connector: Connector, bootstrap_servers: str, events_topic: str, cursor: Path) -> None:
+        self.connector = connector
+        self.events_topic = events_topic
+        self.cursor = FileCursor(cursor)
+        self.producer = idempotent_producer(bootstrap_servers)
+
+    async def start(self) -> None:
+        await self.connector.start()
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+        await self.connector.stop()
+
+    @abstractmethod
+    async def read(self, after: int) -> tuple[list[TransferEvent], int]:
+        """The events of the feed's page after ``after``, and the next position."""
+
+    async def poll_once(self) -> int:
+        """Report everything new in the feed; returns how many events were sent."""
+        after = self.cursor.load()
+        events, last = await self.read(after)
+        futures = [
+            await self.producer.send(
+                self.events_topic,
+                value=e.model_dump_json().encode(),
+                key=(e.transfer_id or e.event_id).encode(),
+                headers=[("event_type", e.event_type.encode())],
+            )
+            for e in events
+        ]
+        for fut in futures:
+            await fut  # acknowledged by the broker before the cursor moves
+        if last != after:
+            self.cursor.save(last)
+        return len(events)
+
+    async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
+        await poll_forever(self.poll_once, interval, stop, self.feed)
 
 
 class FeedPublisher(ABC):
