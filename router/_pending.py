@@ -80,6 +80,9 @@ class PendingClosure(BaseModel):
     target_reference: Identifier
     #: SW22-11: Care Director's closure record names the lead service from the assessment outcome (a pick-list label)
     assessment_outcome: str | None = None
+    #: LU-4: the child's keys (SHA-256 of ``system:id``, as ``router/_history.py`` keys children) when a step-down
+    #: of the same child before the closure falls due cancels it; empty: nothing cancels it
+    cancel_on_step_down: list[str] = []
 
     def encode(self) -> bytes:
         return self.model_dump_json().encode()

@@ -7,8 +7,13 @@ data), which the flow writes to the compacted ``<prefix>.pending-closures`` topi
 transfer id. ``ClosureScheduler`` reads that topic and the events topic. A closure falls due
 at its time (LU-4), on the transfer's ``allocated`` event (SW22-10) or on the Front Door's
 ``front-door-decision`` event (NS-12: accepted closes; not accepted cancels, the record
-stays open). When due, the record is closed through the source connector, ``source-closed``
-is emitted with the rule id, and the entry is tombstoned.
+stays open). LU-4 is cancelled when a step-down of the same child is agreed before it falls due
+(seed 002: co-working for 10 days, then early help closes or the case steps down): the
+scheduler reads the compacted child history (``router/_history.py``, written by the flow on
+every completed step-down), tombstones the entry and emits a ``milestone`` event
+``closure-cancelled`` naming LU-4, so the monitor shows why the record stayed open. When due,
+the record is closed through the source connector, ``source-closed`` is emitted with the rule
+id, and the entry is tombstoned.
 
 Delivery: at least once. A signal is made durable by rewriting the entry with its due time;
 a crash between the close and the tombstone closes again, which every source connector's
@@ -35,6 +40,7 @@ from contracts import (
     AlertRaised,
     CaseSystem,
     FrontDoorDecided,
+    MilestoneRecorded,
     Person,
     SourceClosed,
     TransferDeadLettered,
@@ -43,8 +49,10 @@ from contracts import (
     field_errors,
     parse_event,
 )
-from mappings import DeadlineRule, due_at, load_deadlines
+from mappings import DeadlineRule, StepDownMemory, due_at, load_deadlines
 
+from ._history import child_keys, hashed_key
+from ._history import decode as decode_history
 from ._outbox import Failure, dead_letter_headers
 from ._pending import PendingClosure, Trigger
 from ._reading import fold_compacted, replay_compacted
@@ -58,6 +66,10 @@ _Record = tuple[str, str, bytes | None, list[tuple[str, bytes]]]  # topic, key, 
 MAX_SIGNALS = 100_000
 
 
+def _hashed(key: bytes) -> str:
+    return hashed_key(key.decode())
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -68,12 +80,18 @@ class Timing:
 
     trigger: Trigger
     after: DeadlineRule | None = None
+    #: a step-down of the same child before the closure falls due cancels it (LU-4)
+    cancel_on_step_down: bool = False
 
 
 def default_timings() -> dict[str, Timing]:
     """LU-4's length and unit are those of its deadline in ``mappings/data/deadlines.toml`` (the monitor's too)."""
     deadlines = {d.rule_id: d for d in load_deadlines()}
-    return {"LU-4": Timing("due", deadlines["LU-4"]), "SW22-10": Timing("allocated"), "NS-12": Timing("accepted")}
+    return {
+        "LU-4": Timing("due", deadlines["LU-4"], cancel_on_step_down=True),
+        "SW22-10": Timing("allocated"),
+        "NS-12": Timing("accepted"),
+    }
 
 
 class ClosurePlanner:
@@ -117,6 +135,7 @@ class ClosurePlanner:
             target_system=receipt.system,
             target_reference=receipt.reference,
             assessment_outcome=closing.assessment_outcome,
+            cancel_on_step_down=[hashed_key(k) for k in child_keys(closing)] if timing.cancel_on_step_down else [],
         )
 
 
@@ -149,6 +168,7 @@ class ClosureScheduler:
         self.consumer = AIOKafkaConsumer(
             topics.events,
             topics.pending_closures,
+            topics.history,
             bootstrap_servers=settings.bootstrap_servers,
             group_id=f"{settings.group_id}-closures",
             auto_offset_reset="earliest",
@@ -162,11 +182,17 @@ class ClosureScheduler:
         self.closed: dict[str, None] = {}
         #: (partition, offset) of this scheduler's own writes to the pending topic: not applied again when read back
         self._own: set[tuple[int, int]] = set()
+        #: the child history (hashed key -> step-downs), read whole at start, then followed (LU-4's cancellation)
+        self.step_downs: dict[str, list[StepDownMemory]] = {}
 
     async def start(self) -> None:
         topic = self.settings.topics.pending_closures
         self.pending.update(
             await replay_compacted(self.settings.bootstrap_servers, topic, bytes.decode, PendingClosure.decode)
+        )
+        history = self.settings.topics.history
+        self.step_downs.update(
+            await replay_compacted(self.settings.bootstrap_servers, history, _hashed, decode_history)
         )
         await self.producer.start()
         await self.consumer.start()
@@ -183,6 +209,10 @@ class ClosureScheduler:
         for tid in sorted(self.closed.keys() & self.pending.keys()):
             await self._write(tid, None)
             log.info("closure_not_needed", transfer_id=tid)
+        for _, p in sorted(self.pending.items()):
+            down = self._stepped_down(p)
+            if down is not None:
+                await self._cancel(p, down)
         now = self.clock()
         for tid, p in sorted(self.pending.items()):
             signal = self.signals.get(tid)
@@ -209,6 +239,9 @@ class ClosureScheduler:
         return len(closed)
 
     def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
+        if r.topic == self.settings.topics.history:
+            fold_compacted(self.step_downs, [r], _hashed, decode_history)
+            return
         if r.topic == self.settings.topics.pending_closures:
             if (r.partition, r.offset) in self._own:  # our own write, applied when it was made
                 self._own.discard((r.partition, r.offset))
@@ -235,6 +268,32 @@ class ClosureScheduler:
             return
         if isinstance(event, FrontDoorDecided):
             self.signals[tid] = ("accepted", event.decision == "accepted")
+
+    def _stepped_down(self, p: PendingClosure) -> StepDownMemory | None:
+        """A step-down of the same child agreed after the step-up and before the closure falls due (LU-4)."""
+        for key in p.cancel_on_step_down:
+            for m in self.step_downs.get(key, []):
+                if m.transfer_id != p.transfer_id and m.at >= p.requested_at and (p.due_at is None or m.at <= p.due_at):
+                    return m
+        return None
+
+    async def _cancel(self, p: PendingClosure, down: StepDownMemory) -> None:
+        """The case stepped down again before the closure fell due: early help keeps it, nothing closes (LU-4)."""
+        tid = p.transfer_id
+        await self._emit(
+            MilestoneRecorded(
+                event_id=event_id(f"{tid}/closure/{p.rule_id}", "closure-cancelled"),
+                transfer_id=tid,
+                correlation_id=p.correlation_id,
+                council=p.council,
+                occurred_at=self.clock(),
+                milestone="closure-cancelled",
+                rule_ids=[p.rule_id],
+                recorded_via="connector",
+            )
+        )
+        await self._write(tid, None)
+        log.info("closure_cancelled", transfer_id=tid, rule_ids=[p.rule_id], by_transfer=down.transfer_id)
 
     async def _on_signal(self, p: PendingClosure, go: bool, now: datetime) -> None:
         """The signal arrived: due now (written back, so a restart keeps it), or cancelled (NS-12 not accepted)."""
