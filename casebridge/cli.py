@@ -149,11 +149,12 @@ def run(
     """Run the router with the LCS publisher and EHM reporter, configured by CASEBRIDGE_* variables.
 
     Needs CASEBRIDGE_BOOTSTRAP_SERVERS, CASEBRIDGE_LCS__URL, CASEBRIDGE_LCS__TOKEN,
-    CASEBRIDGE_EHM__URL and CASEBRIDGE_EHM__TOKEN.
+    CASEBRIDGE_EHM__URL and CASEBRIDGE_EHM__TOKEN; CASEBRIDGE_TED__URL/__TOKEN and
+    CASEBRIDGE_CARE_DIRECTOR__URL/__TOKEN (optional) add TED's and Care Director's connector and publisher.
     """
     from router import Settings
 
-    from .stack import Stack
+    from .stack import stack_from_settings
 
     configure_logging()
     settings = Settings()
@@ -161,8 +162,7 @@ def run(
         raise _fail(ValueError("CASEBRIDGE_LCS__URL/__TOKEN and CASEBRIDGE_EHM__URL/__TOKEN are required"))
 
     async def main() -> None:
-        assert settings.lcs is not None and settings.ehm is not None
-        stack = Stack(settings, settings.lcs.url, settings.lcs.token, settings.ehm.url, settings.ehm.token, state_dir)
+        stack = stack_from_settings(settings, state_dir)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stack.router.stopped.set)
