@@ -34,22 +34,25 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from connectors import CasebridgeError, PermanentError, Receipt, Source, Target
+from connectors import CasebridgeError, PermanentError, Receipt, Source, Target, TargetUnavailable
 from connectors._feed import idempotent_producer, poll_forever
 from contracts import (
     AlertRaised,
     CaseSystem,
+    Council,
     FrontDoorDecided,
     MilestoneRecorded,
     Person,
     SourceClosed,
+    SourceRecord,
+    TransferAllocated,
     TransferDeadLettered,
     TransferEvent,
     TransferMessage,
     field_errors,
     parse_event,
 )
-from mappings import DeadlineRule, StepDownMemory, due_at, load_deadlines
+from mappings import DeadlineRule, Route, StepDownMemory, due_at, load_deadlines
 
 from ._history import child_keys, hashed_key
 from ._history import decode as decode_history
@@ -82,6 +85,8 @@ class Timing:
     after: DeadlineRule | None = None
     #: a step-down of the same child before the closure falls due cancels it (LU-4)
     cancel_on_step_down: bool = False
+    #: the withheld documents go to the target before the close (BA-9)
+    send_documents: bool = False
 
 
 def default_timings() -> dict[str, Timing]:
@@ -90,6 +95,7 @@ def default_timings() -> dict[str, Timing]:
     return {
         "LU-4": Timing("due", deadlines["LU-4"], cancel_on_step_down=True),
         "SW22-10": Timing("allocated"),
+        "BA-9": Timing("recorded", send_documents=True),
         "NS-12": Timing("accepted"),
     }
 
@@ -136,6 +142,7 @@ class ClosurePlanner:
             target_reference=receipt.reference,
             assessment_outcome=closing.assessment_outcome,
             cancel_on_step_down=[hashed_key(k) for k in child_keys(closing)] if timing.cancel_on_step_down else [],
+            send_documents=timing.send_documents,
         )
 
 
@@ -144,6 +151,15 @@ class KnowsAllocation(Protocol):
     """A target that can say who was allocated a transfer (SW22-10: the receiving early-help worker)."""
 
     async def allocated_worker(self, transfer_id: str) -> Person | None: ...
+
+
+@runtime_checkable
+class KnowsStepDown(Protocol):
+    """A source that can give a step-down again, documents included (BA-9: they go once a worker is allocated)."""
+
+    async def stepdown_transfer(
+        self, source_record: SourceRecord, transfer_id: str, council: Council
+    ) -> TransferMessage: ...
 
 
 class WorkerUnknown(PermanentError):
@@ -311,9 +327,12 @@ class ClosureScheduler:
         source = self.sources.get(p.source_record.system)
         if source is None:
             raise PermanentError(f"no source connector is configured for {p.source_record.system.value!r}")
-        worker = await self._worker(p) if p.trigger == "allocated" else None
-        receipt = Receipt(p.target_system, p.target_reference, created=False, acknowledged=True)
-        reference = await source.close(p.closing_transfer(worker), receipt)
+        if p.send_documents:
+            reference = await self._send_documents_then_close(p, source)
+        else:
+            worker = await self._worker(p) if p.trigger == "allocated" else None
+            receipt = Receipt(p.target_system, p.target_reference, created=False, acknowledged=True)
+            reference = await source.close(p.closing_transfer(worker), receipt)
         return SourceClosed(
             event_id=event_id(f"{p.transfer_id}/closure/{p.rule_id}", "source-closed"),
             transfer_id=p.transfer_id,
@@ -324,6 +343,44 @@ class ClosureScheduler:
             source_reference=reference,
             rule_ids=[p.rule_id],
         )
+
+    async def _send_documents_then_close(self, p: PendingClosure, source: Source) -> str:
+        """BA-9 then BA-15: the step-down with its documents (fetched again from the source) goes to the target under
+        ``<transfer id>-documents``, naming the allocated worker as lead professional; the source closes only once
+        the target acknowledged it. Both steps are idempotent per transfer id (a crash between: sent once)."""
+        target = self.targets.get(p.target_system)
+        if p.worker is None or not p.worker.organisation:
+            raise WorkerUnknown("BA-9: no allocated family support worker (name and organisation) was recorded")
+        if target is None or not isinstance(source, KnowsStepDown):
+            raise PermanentError(
+                f"BA-9: {p.source_record.system.value} cannot give the step-down again, or no target connector is "
+                f"configured for {p.target_system.value!r}: send the documents by hand"
+            )
+        again = await source.stepdown_transfer(p.source_record, p.transfer_id, p.council)
+        lead = p.worker.model_copy(update={"role": "Lead Professional"})
+        full = again.model_copy(
+            update={"professionals": again.professionals.model_copy(update={"lead_professional": lead}),
+                    "closure": p.closure}
+        )  # fmt: skip
+        documents = full.model_copy(update={"transfer_id": f"{p.transfer_id}-documents"})
+        route = Route(role="documents", locality=None, rule_ids=["BA-9", "BA-7"], team=None)
+        await target.deliver(documents, route)
+        receipt = await target.confirm(documents)
+        if not receipt.acknowledged:
+            raise TargetUnavailable(f"{p.target_system.value} does not yet confirm it holds the BA-9 documents")
+        await self._emit(
+            MilestoneRecorded(
+                event_id=event_id(f"{p.transfer_id}/closure/{p.rule_id}", "documents-sent"),
+                transfer_id=p.transfer_id,
+                correlation_id=p.correlation_id,
+                council=p.council,
+                occurred_at=self.clock(),
+                milestone="documents-sent",
+                rule_ids=["BA-9", "BA-7"],
+                recorded_via="connector",
+            )
+        )
+        return await source.close(full, receipt)
 
     async def _worker(self, p: PendingClosure) -> Person:
         target = self.targets.get(p.target_system)
@@ -407,3 +464,52 @@ class ClosureScheduler:
 
     async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
         await poll_forever(self.poll_once, interval, stop, "pending-closures")
+
+
+class AllocationNotPending(ValueError):
+    """``casebridge allocate``: the transfer has no closure waiting for a recorded allocation (BA-9)."""
+
+
+async def record_allocation(
+    settings: Settings, transfer_id: str, worker: Person, clock: Clock = utc_now
+) -> PendingClosure:
+    """BA-9: an operator records that early help allocated a family support worker (nothing reports it from the
+    early-help mailbox). The pending closure is written back due now with the worker, so the closure scheduler
+    sends the documents and then closes the source (BA-15); an ``allocated`` event starts BA-14 on the monitor.
+    The worker's name goes into the compacted pending entry only, never into an event or a log line."""
+    topics = settings.topics
+    pending = await replay_compacted(
+        settings.bootstrap_servers, topics.pending_closures, bytes.decode, PendingClosure.decode
+    )
+    p = pending.get(transfer_id)
+    if p is None or p.trigger != "recorded":
+        raise AllocationNotPending(
+            f"transfer_id: {transfer_id!r} has no closure waiting for a recorded allocation (BA-9)"
+        )
+    if not worker.organisation:
+        raise AllocationNotPending("worker.organisation: BA-6 needs the lead professional's organisation")
+    due = p.model_copy(update={"due_at": clock(), "worker": worker})
+    event = TransferAllocated(
+        event_id=event_id(f"{transfer_id}/allocation-recorded", "allocated"),
+        transfer_id=transfer_id,
+        correlation_id=p.correlation_id,
+        council=p.council,
+        occurred_at=clock(),
+        target_system=p.target_system,
+        target_reference=p.target_reference,
+        episode_reference=p.target_reference,
+    )
+    producer = idempotent_producer(settings.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.pending_closures, due.encode(), key=transfer_id.encode())
+        await producer.send_and_wait(
+            topics.events,
+            event.model_dump_json().encode(),
+            key=transfer_id.encode(),
+            headers=[("event_type", b"allocated")],
+        )
+    finally:
+        await producer.stop()
+    log.info("allocation_recorded", transfer_id=transfer_id, rule_ids=[p.rule_id])
+    return due

@@ -232,13 +232,20 @@ def test_lu04_working_days_come_from_the_deadline_arithmetic_with_bank_holidays(
 
 
 def test_ba09_ba13_sw26_03_records_kept_open_for_good_get_no_pending_closure() -> None:
-    """BA-9: the documents must go first once a worker is allocated (BA-15), so nothing closes on allocation;
-    BA-13 and SW26-3 keep the record open with no end; a rule with no timing never closes."""
+    """BA-9: the documents must go first once a worker is allocated (BA-15), so its closure waits for an operator's
+    recorded allocation, never for a time or an event; BA-13 and SW26-3 keep the record open with no end; a rule
+    with no timing never closes."""
     planner = ClosurePlanner("t")
     receipt = Receipt(CaseSystem.MAILBOX, "M-1")
     down = transfer(step_down("barnsley", 1))
-    assert (None, None, None) == (
-        planner.plan(down, ["BA-9"], receipt),
+    ba9 = planner.plan(down, ["BA-9"], receipt)
+    assert ba9 is not None and ("recorded", None, True, None) == (
+        ba9.trigger,
+        ba9.due_at,
+        ba9.send_documents,
+        ba9.worker,
+    )
+    assert (None, None) == (
         planner.plan(down, ["BA-13"], receipt),
         planner.plan(transfer(step_up("swindon", 1)), ["SW26-3"], receipt),
     )
