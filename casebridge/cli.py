@@ -149,11 +149,12 @@ def run(
     """Run the router with the LCS publisher and EHM reporter, configured by CASEBRIDGE_* variables.
 
     Needs CASEBRIDGE_BOOTSTRAP_SERVERS, CASEBRIDGE_LCS__URL, CASEBRIDGE_LCS__TOKEN,
-    CASEBRIDGE_EHM__URL and CASEBRIDGE_EHM__TOKEN.
+    CASEBRIDGE_EHM__URL and CASEBRIDGE_EHM__TOKEN; CASEBRIDGE_TED__URL/__TOKEN and
+    CASEBRIDGE_CARE_DIRECTOR__URL/__TOKEN (optional) add TED's and Care Director's connector and publisher.
     """
     from router import Settings
 
-    from .stack import Stack
+    from .stack import stack_from_settings
 
     configure_logging()
     settings = Settings()
@@ -161,8 +162,7 @@ def run(
         raise _fail(ValueError("CASEBRIDGE_LCS__URL/__TOKEN and CASEBRIDGE_EHM__URL/__TOKEN are required"))
 
     async def main() -> None:
-        assert settings.lcs is not None and settings.ehm is not None
-        stack = Stack(settings, settings.lcs.url, settings.lcs.token, settings.ehm.url, settings.ehm.token, state_dir)
+        stack = stack_from_settings(settings, state_dir)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stack.router.stopped.set)
@@ -317,6 +317,38 @@ def replay_cmd(
     typer.echo(f"{verb} {len(done)}: {', '.join(done) or '-'}")
     if report.already_replayed:
         typer.echo(f"skipped {len(report.already_replayed)} already replayed: {', '.join(report.already_replayed)}")
+
+
+@app.command("allocate")
+def allocate_cmd(
+    transfer_id: Annotated[str, typer.Argument(help="the step-down waiting for a family support worker (BA-9)")],
+    worker: Annotated[str, typer.Option(help="the allocated family support worker's name (becomes lead professional)")],
+    organisation: Annotated[str, typer.Option(help="the worker's organisation (BA-6)")],
+    bootstrap: BootstrapOpt = None,
+    prefix: PrefixOpt = None,
+) -> None:
+    """BA-9: record that early help allocated a family support worker; the documents then go and TED closes.
+
+    Nothing reports this allocation from the early-help mailbox, so an operator records it. The
+    worker's name is kept in the pending closure only (no event, no log line carries it).
+    """
+    from contracts import Person
+    from router import Settings
+    from router.closures import AllocationNotPending, record_allocation
+
+    settings = Settings()
+    settings = settings.model_copy(
+        update={
+            "bootstrap_servers": bootstrap or settings.bootstrap_servers,
+            "topic_prefix": prefix or settings.topic_prefix,
+        }
+    )
+    person = Person(name=worker, role="Family Support Worker", organisation=organisation)
+    try:
+        due = asyncio.run(record_allocation(settings, transfer_id, person))
+    except AllocationNotPending as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"recorded: {due.transfer_id} ({due.rule_id}); the documents go and the source closes on the next poll")
 
 
 @app.command("monitor")

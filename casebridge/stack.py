@@ -1,5 +1,6 @@
 """One casebridge deployment in a process: router, LCS publisher, EHM step-up publisher, allocation reporter,
-allocation notices (LU-7) and the closure scheduler (LU-4, SW22-10, NS-12).
+allocation notices (LU-7), the closure scheduler (LU-4, SW22-10, NS-12) and, where the settings name them,
+the TED and Care Director connectors and change-feed publishers.
 
 Used by ``casebridge run`` and ``casebridge demo`` (with loops) and by the end-to-end
 tests (polling by hand, to control timing). The case systems are reached by URL.
@@ -16,12 +17,21 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from connectors import FeedPublisher, Source, Target
+from connectors.care_director import CareDirectorConnector, CareDirectorPublisher
 from connectors.ehm import AllocationReporter, EhmConnector, StepUpPublisher
 from connectors.lcs import DecisionReporter, LcsConnector, LcsPublisher
+from connectors.ted import TedConnector, TedPublisher
 from contracts import CaseSystem
 from router import Router, Settings, build_router
 from router.closures import ClosureScheduler, utc_now
 from router.notices import AllocationNotices
+
+
+def stack_from_settings(settings: Settings, state_dir: Path) -> Stack:
+    """The stack ``casebridge run`` runs: LCS and EHM (required), TED and Care Director where the settings name them."""
+    if settings.lcs is None or settings.ehm is None:
+        raise ValueError("CASEBRIDGE_LCS__URL/__TOKEN and CASEBRIDGE_EHM__URL/__TOKEN are required")
+    return Stack(settings, settings.lcs.url, settings.lcs.token, settings.ehm.url, settings.ehm.token, state_dir)
 
 
 @dataclass
@@ -53,6 +63,7 @@ class Stack:
 
     def __post_init__(self) -> None:
         topics = self.settings.topics
+        self._configured_systems()
         # LCS and EHM each serve both directions: step-downs LCS -> EHM, step-ups EHM -> LCS (Front Door)
         self.router = build_router(
             self.settings,
@@ -97,6 +108,30 @@ class Stack:
             topics.events,
             cursor=self.state_dir / "ehm-allocations-cursor.json",
         )
+
+    def _configured_systems(self) -> None:
+        """TED and Care Director named in the settings (``CASEBRIDGE_TED__URL`` ...): their connector as source and
+        target, and their change-feed publisher; a connector or publisher passed in explicitly wins (the demo)."""
+        topics, state = self.settings.topics, self.state_dir
+        ted, cd = self.settings.ted, self.settings.care_director
+        publishers: list[FeedPublisher] = []
+        if ted is not None:
+            connector = TedConnector(ted.url, ted.token)
+            self.extra_targets = {CaseSystem.TED: connector, **self.extra_targets}
+            self.extra_sources = {CaseSystem.TED: connector, **self.extra_sources}
+            if not any(isinstance(p, TedPublisher) for p in self.extra_publishers):
+                cursor = state / "ted-cursor.json"
+                publishers.append(TedPublisher(connector, self.settings.bootstrap_servers, topics.transfers,
+                                               topics.dead_letter, cursor))  # fmt: skip
+        if cd is not None:
+            connector_cd = CareDirectorConnector(cd.url, cd.token)
+            self.extra_targets = {CaseSystem.CARE_DIRECTOR: connector_cd, **self.extra_targets}
+            self.extra_sources = {CaseSystem.CARE_DIRECTOR: connector_cd, **self.extra_sources}
+            if not any(isinstance(p, CareDirectorPublisher) for p in self.extra_publishers):
+                cursor = state / "care-director-cursor.json"
+                publishers.append(CareDirectorPublisher(connector_cd, self.settings.bootstrap_servers,
+                                                        topics.transfers, topics.dead_letter, cursor))  # fmt: skip
+        self.extra_publishers = [*self.extra_publishers, *publishers]
 
     async def start(self) -> None:
         await self.router.start()

@@ -11,6 +11,7 @@ staff, not the family); nothing here is logged. Entries older than a year are dr
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -27,6 +28,11 @@ KEEP = timedelta(days=366)
 
 def child_keys(transfer: TransferMessage) -> list[str]:
     return [f"{i.system.value}:{i.id}" for i in transfer.child.identifiers]
+
+
+def hashed_key(key: str) -> str:
+    """A child key as kept outside the history topic (a pending closure): its SHA-256, so no NHS number is copied."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class ChildHistory:
@@ -80,13 +86,13 @@ class ChildHistory:
 
     def apply(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
         """Rebuild from the compacted topic (last value per key wins)."""
-        fold_compacted(self.by_key, records, bytes.decode, _decode)
+        fold_compacted(self.by_key, records, bytes.decode, decode)
 
     async def load(self, bootstrap_servers: str, topic: str) -> None:
-        self.by_key.update(await replay_compacted(bootstrap_servers, topic, bytes.decode, _decode))
+        self.by_key.update(await replay_compacted(bootstrap_servers, topic, bytes.decode, decode))
 
 
-def _decode(raw: bytes) -> list[StepDownMemory]:
+def decode(raw: bytes) -> list[StepDownMemory]:
     return [
         StepDownMemory(
             transfer_id=d["transfer_id"],

@@ -51,8 +51,9 @@ class PendingNotice:
         )
 
 
-#: what makes a pending closure due: a time (LU-4), the allocation (SW22-10), the Front Door's acceptance (NS-12)
-Trigger = Literal["due", "allocated", "accepted"]
+#: what makes a pending closure due: a time (LU-4), the allocation (SW22-10), the Front Door's acceptance (NS-12),
+#: an allocation an operator records with the worker's name (BA-9: ``casebridge allocate``)
+Trigger = Literal["due", "allocated", "accepted", "recorded"]
 
 
 class PendingClosure(BaseModel):
@@ -80,6 +81,14 @@ class PendingClosure(BaseModel):
     target_reference: Identifier
     #: SW22-11: Care Director's closure record names the lead service from the assessment outcome (a pick-list label)
     assessment_outcome: str | None = None
+    #: LU-4: the child's keys (SHA-256 of ``system:id``, as ``router/_history.py`` keys children) when a step-down
+    #: of the same child before the closure falls due cancels it; empty: nothing cancels it
+    cancel_on_step_down: list[str] = []
+    #: BA-9: the withheld documents go to the target before the close (fetched again from the source at close time)
+    send_documents: bool = False
+    #: BA-9: the family support worker an operator recorded as allocated (a member of staff, not the family), who
+    #: becomes the lead professional TED records the step-down with; set with the due time, never logged
+    worker: Person | None = None
 
     def encode(self) -> bytes:
         return self.model_dump_json().encode()

@@ -7,8 +7,13 @@ data), which the flow writes to the compacted ``<prefix>.pending-closures`` topi
 transfer id. ``ClosureScheduler`` reads that topic and the events topic. A closure falls due
 at its time (LU-4), on the transfer's ``allocated`` event (SW22-10) or on the Front Door's
 ``front-door-decision`` event (NS-12: accepted closes; not accepted cancels, the record
-stays open). When due, the record is closed through the source connector, ``source-closed``
-is emitted with the rule id, and the entry is tombstoned.
+stays open). LU-4 is cancelled when a step-down of the same child is agreed before it falls due
+(seed 002: co-working for 10 days, then early help closes or the case steps down): the
+scheduler reads the compacted child history (``router/_history.py``, written by the flow on
+every completed step-down), tombstones the entry and emits a ``milestone`` event
+``closure-cancelled`` naming LU-4, so the monitor shows why the record stayed open. When due,
+the record is closed through the source connector, ``source-closed`` is emitted with the rule
+id, and the entry is tombstoned.
 
 Delivery: at least once. A signal is made durable by rewriting the entry with its due time;
 a crash between the close and the tombstone closes again, which every source connector's
@@ -29,22 +34,28 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from connectors import CasebridgeError, PermanentError, Receipt, Source, Target
+from connectors import CasebridgeError, PermanentError, Receipt, Source, Target, TargetUnavailable
 from connectors._feed import idempotent_producer, poll_forever
 from contracts import (
     AlertRaised,
     CaseSystem,
+    Council,
     FrontDoorDecided,
+    MilestoneRecorded,
     Person,
     SourceClosed,
+    SourceRecord,
+    TransferAllocated,
     TransferDeadLettered,
     TransferEvent,
     TransferMessage,
     field_errors,
     parse_event,
 )
-from mappings import DeadlineRule, due_at, load_deadlines
+from mappings import DeadlineRule, Route, StepDownMemory, due_at, load_deadlines
 
+from ._history import child_keys, hashed_key
+from ._history import decode as decode_history
 from ._outbox import Failure, dead_letter_headers
 from ._pending import PendingClosure, Trigger
 from ._reading import fold_compacted, replay_compacted
@@ -58,6 +69,10 @@ _Record = tuple[str, str, bytes | None, list[tuple[str, bytes]]]  # topic, key, 
 MAX_SIGNALS = 100_000
 
 
+def _hashed(key: bytes) -> str:
+    return hashed_key(key.decode())
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -68,12 +83,21 @@ class Timing:
 
     trigger: Trigger
     after: DeadlineRule | None = None
+    #: a step-down of the same child before the closure falls due cancels it (LU-4)
+    cancel_on_step_down: bool = False
+    #: the withheld documents go to the target before the close (BA-9)
+    send_documents: bool = False
 
 
 def default_timings() -> dict[str, Timing]:
     """LU-4's length and unit are those of its deadline in ``mappings/data/deadlines.toml`` (the monitor's too)."""
     deadlines = {d.rule_id: d for d in load_deadlines()}
-    return {"LU-4": Timing("due", deadlines["LU-4"]), "SW22-10": Timing("allocated"), "NS-12": Timing("accepted")}
+    return {
+        "LU-4": Timing("due", deadlines["LU-4"], cancel_on_step_down=True),
+        "SW22-10": Timing("allocated"),
+        "BA-9": Timing("recorded", send_documents=True),
+        "NS-12": Timing("accepted"),
+    }
 
 
 class ClosurePlanner:
@@ -117,6 +141,8 @@ class ClosurePlanner:
             target_system=receipt.system,
             target_reference=receipt.reference,
             assessment_outcome=closing.assessment_outcome,
+            cancel_on_step_down=[hashed_key(k) for k in child_keys(closing)] if timing.cancel_on_step_down else [],
+            send_documents=timing.send_documents,
         )
 
 
@@ -125,6 +151,15 @@ class KnowsAllocation(Protocol):
     """A target that can say who was allocated a transfer (SW22-10: the receiving early-help worker)."""
 
     async def allocated_worker(self, transfer_id: str) -> Person | None: ...
+
+
+@runtime_checkable
+class KnowsStepDown(Protocol):
+    """A source that can give a step-down again, documents included (BA-9: they go once a worker is allocated)."""
+
+    async def stepdown_transfer(
+        self, source_record: SourceRecord, transfer_id: str, council: Council
+    ) -> TransferMessage: ...
 
 
 class WorkerUnknown(PermanentError):
@@ -149,6 +184,7 @@ class ClosureScheduler:
         self.consumer = AIOKafkaConsumer(
             topics.events,
             topics.pending_closures,
+            topics.history,
             bootstrap_servers=settings.bootstrap_servers,
             group_id=f"{settings.group_id}-closures",
             auto_offset_reset="earliest",
@@ -162,11 +198,17 @@ class ClosureScheduler:
         self.closed: dict[str, None] = {}
         #: (partition, offset) of this scheduler's own writes to the pending topic: not applied again when read back
         self._own: set[tuple[int, int]] = set()
+        #: the child history (hashed key -> step-downs), read whole at start, then followed (LU-4's cancellation)
+        self.step_downs: dict[str, list[StepDownMemory]] = {}
 
     async def start(self) -> None:
         topic = self.settings.topics.pending_closures
         self.pending.update(
             await replay_compacted(self.settings.bootstrap_servers, topic, bytes.decode, PendingClosure.decode)
+        )
+        history = self.settings.topics.history
+        self.step_downs.update(
+            await replay_compacted(self.settings.bootstrap_servers, history, _hashed, decode_history)
         )
         await self.producer.start()
         await self.consumer.start()
@@ -183,6 +225,10 @@ class ClosureScheduler:
         for tid in sorted(self.closed.keys() & self.pending.keys()):
             await self._write(tid, None)
             log.info("closure_not_needed", transfer_id=tid)
+        for _, p in sorted(self.pending.items()):
+            down = self._stepped_down(p)
+            if down is not None:
+                await self._cancel(p, down)
         now = self.clock()
         for tid, p in sorted(self.pending.items()):
             signal = self.signals.get(tid)
@@ -209,6 +255,9 @@ class ClosureScheduler:
         return len(closed)
 
     def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
+        if r.topic == self.settings.topics.history:
+            fold_compacted(self.step_downs, [r], _hashed, decode_history)
+            return
         if r.topic == self.settings.topics.pending_closures:
             if (r.partition, r.offset) in self._own:  # our own write, applied when it was made
                 self._own.discard((r.partition, r.offset))
@@ -236,6 +285,32 @@ class ClosureScheduler:
         if isinstance(event, FrontDoorDecided):
             self.signals[tid] = ("accepted", event.decision == "accepted")
 
+    def _stepped_down(self, p: PendingClosure) -> StepDownMemory | None:
+        """A step-down of the same child agreed after the step-up and before the closure falls due (LU-4)."""
+        for key in p.cancel_on_step_down:
+            for m in self.step_downs.get(key, []):
+                if m.transfer_id != p.transfer_id and m.at >= p.requested_at and (p.due_at is None or m.at <= p.due_at):
+                    return m
+        return None
+
+    async def _cancel(self, p: PendingClosure, down: StepDownMemory) -> None:
+        """The case stepped down again before the closure fell due: early help keeps it, nothing closes (LU-4)."""
+        tid = p.transfer_id
+        await self._emit(
+            MilestoneRecorded(
+                event_id=event_id(f"{tid}/closure/{p.rule_id}", "closure-cancelled"),
+                transfer_id=tid,
+                correlation_id=p.correlation_id,
+                council=p.council,
+                occurred_at=self.clock(),
+                milestone="closure-cancelled",
+                rule_ids=[p.rule_id],
+                recorded_via="connector",
+            )
+        )
+        await self._write(tid, None)
+        log.info("closure_cancelled", transfer_id=tid, rule_ids=[p.rule_id], by_transfer=down.transfer_id)
+
     async def _on_signal(self, p: PendingClosure, go: bool, now: datetime) -> None:
         """The signal arrived: due now (written back, so a restart keeps it), or cancelled (NS-12 not accepted)."""
         tid = p.transfer_id
@@ -252,9 +327,12 @@ class ClosureScheduler:
         source = self.sources.get(p.source_record.system)
         if source is None:
             raise PermanentError(f"no source connector is configured for {p.source_record.system.value!r}")
-        worker = await self._worker(p) if p.trigger == "allocated" else None
-        receipt = Receipt(p.target_system, p.target_reference, created=False, acknowledged=True)
-        reference = await source.close(p.closing_transfer(worker), receipt)
+        if p.send_documents:
+            reference = await self._send_documents_then_close(p, source)
+        else:
+            worker = await self._worker(p) if p.trigger == "allocated" else None
+            receipt = Receipt(p.target_system, p.target_reference, created=False, acknowledged=True)
+            reference = await source.close(p.closing_transfer(worker), receipt)
         return SourceClosed(
             event_id=event_id(f"{p.transfer_id}/closure/{p.rule_id}", "source-closed"),
             transfer_id=p.transfer_id,
@@ -265,6 +343,44 @@ class ClosureScheduler:
             source_reference=reference,
             rule_ids=[p.rule_id],
         )
+
+    async def _send_documents_then_close(self, p: PendingClosure, source: Source) -> str:
+        """BA-9 then BA-15: the step-down with its documents (fetched again from the source) goes to the target under
+        ``<transfer id>-documents``, naming the allocated worker as lead professional; the source closes only once
+        the target acknowledged it. Both steps are idempotent per transfer id (a crash between: sent once)."""
+        target = self.targets.get(p.target_system)
+        if p.worker is None or not p.worker.organisation:
+            raise WorkerUnknown("BA-9: no allocated family support worker (name and organisation) was recorded")
+        if target is None or not isinstance(source, KnowsStepDown):
+            raise PermanentError(
+                f"BA-9: {p.source_record.system.value} cannot give the step-down again, or no target connector is "
+                f"configured for {p.target_system.value!r}: send the documents by hand"
+            )
+        again = await source.stepdown_transfer(p.source_record, p.transfer_id, p.council)
+        lead = p.worker.model_copy(update={"role": "Lead Professional"})
+        full = again.model_copy(
+            update={"professionals": again.professionals.model_copy(update={"lead_professional": lead}),
+                    "closure": p.closure}
+        )  # fmt: skip
+        documents = full.model_copy(update={"transfer_id": f"{p.transfer_id}-documents"})
+        route = Route(role="documents", locality=None, rule_ids=["BA-9", "BA-7"], team=None)
+        await target.deliver(documents, route)
+        receipt = await target.confirm(documents)
+        if not receipt.acknowledged:
+            raise TargetUnavailable(f"{p.target_system.value} does not yet confirm it holds the BA-9 documents")
+        await self._emit(
+            MilestoneRecorded(
+                event_id=event_id(f"{p.transfer_id}/closure/{p.rule_id}", "documents-sent"),
+                transfer_id=p.transfer_id,
+                correlation_id=p.correlation_id,
+                council=p.council,
+                occurred_at=self.clock(),
+                milestone="documents-sent",
+                rule_ids=["BA-9", "BA-7"],
+                recorded_via="connector",
+            )
+        )
+        return await source.close(full, receipt)
 
     async def _worker(self, p: PendingClosure) -> Person:
         target = self.targets.get(p.target_system)
@@ -348,3 +464,52 @@ class ClosureScheduler:
 
     async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
         await poll_forever(self.poll_once, interval, stop, "pending-closures")
+
+
+class AllocationNotPending(ValueError):
+    """``casebridge allocate``: the transfer has no closure waiting for a recorded allocation (BA-9)."""
+
+
+async def record_allocation(
+    settings: Settings, transfer_id: str, worker: Person, clock: Clock = utc_now
+) -> PendingClosure:
+    """BA-9: an operator records that early help allocated a family support worker (nothing reports it from the
+    early-help mailbox). The pending closure is written back due now with the worker, so the closure scheduler
+    sends the documents and then closes the source (BA-15); an ``allocated`` event starts BA-14 on the monitor.
+    The worker's name goes into the compacted pending entry only, never into an event or a log line."""
+    topics = settings.topics
+    pending = await replay_compacted(
+        settings.bootstrap_servers, topics.pending_closures, bytes.decode, PendingClosure.decode
+    )
+    p = pending.get(transfer_id)
+    if p is None or p.trigger != "recorded":
+        raise AllocationNotPending(
+            f"transfer_id: {transfer_id!r} has no closure waiting for a recorded allocation (BA-9)"
+        )
+    if not worker.organisation:
+        raise AllocationNotPending("worker.organisation: BA-6 needs the lead professional's organisation")
+    due = p.model_copy(update={"due_at": clock(), "worker": worker})
+    event = TransferAllocated(
+        event_id=event_id(f"{transfer_id}/allocation-recorded", "allocated"),
+        transfer_id=transfer_id,
+        correlation_id=p.correlation_id,
+        council=p.council,
+        occurred_at=clock(),
+        target_system=p.target_system,
+        target_reference=p.target_reference,
+        episode_reference=p.target_reference,
+    )
+    producer = idempotent_producer(settings.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.pending_closures, due.encode(), key=transfer_id.encode())
+        await producer.send_and_wait(
+            topics.events,
+            event.model_dump_json().encode(),
+            key=transfer_id.encode(),
+            headers=[("event_type", b"allocated")],
+        )
+    finally:
+        await producer.stop()
+    log.info("allocation_recorded", transfer_id=transfer_id, rule_ids=[p.rule_id])
+    return due

@@ -6,12 +6,19 @@ target holds the transfer. This loop reads that topic and the events topic; when
 e.g. EHM's), it sends the notice through the channel's Target, emits ``notice-sent`` and
 tombstones the pending entry. Delivery: at least once; a notice whose channel is down stays
 due and is tried again on the next poll.
+
+An allocation read before its pending notice (or whose notice could not go yet) is made durable
+before the events topic's offset is committed past it: a mark ``allocated:<transfer id>`` is
+written to the same compacted topic, read back at start, and tombstoned with the notice, so a
+restart between the allocation and the pending notice loses nothing. Marks never matched (most
+allocations have no notice) are tombstoned after ``KEEP_MARKS``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
 
 import structlog
@@ -23,17 +30,36 @@ from contracts import CaseSystem, NoticeSent
 from mappings import Route
 
 from ._pending import PendingNotice
-from ._reading import fold_compacted, replay_compacted
+from ._reading import replay_compacted
 from .flow import event_id
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router.notices")
 Recipient = Literal["social_worker", "manager"]
+#: key prefix of a durable allocation mark on the pending-notices topic
+MARK = "allocated:"
+#: how long an allocation with no pending notice is remembered (the flow writes the notice when the target holds
+#: the transfer, before anyone can allocate it, so only a crashed or lagging flow writes it later)
+KEEP_MARKS = timedelta(days=30)
+
+
+def _decode(raw: bytes) -> PendingNotice | datetime:
+    """A pending notice, or the time of an allocation mark."""
+    doc = json.loads(raw)
+    if isinstance(doc, dict) and set(doc) == {"allocated_at"}:
+        return datetime.fromisoformat(doc["allocated_at"])
+    return PendingNotice.decode(raw)
 
 
 class AllocationNotices:
-    def __init__(self, settings: Settings, targets: dict[CaseSystem, Target]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        targets: dict[CaseSystem, Target],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.settings = settings
+        self.clock = clock
         self.targets = targets
         topics = settings.topics
         self.consumer = AIOKafkaConsumer(
@@ -46,17 +72,17 @@ class AllocationNotices:
         )
         self.producer = idempotent_producer(settings.bootstrap_servers)
         self.pending: dict[str, PendingNotice] = {}
+        #: allocations read in this poll (not yet durable)
         self.allocated: set[str] = set()
+        #: durable allocation marks: transfer id -> when marked
+        self.marks: dict[str, datetime] = {}
 
     async def start(self) -> None:
-        self.pending.update(
-            await replay_compacted(
-                self.settings.bootstrap_servers,
-                self.settings.topics.pending_notices,
-                bytes.decode,
-                PendingNotice.decode,
-            )
+        entries = await replay_compacted(
+            self.settings.bootstrap_servers, self.settings.topics.pending_notices, bytes.decode, _decode
         )
+        for key, value in entries.items():
+            self._apply(key, value)
         await self.producer.start()
         await self.consumer.start()
 
@@ -68,21 +94,53 @@ class AllocationNotices:
         """Read what is new; send every notice now due. Returns how many notices were sent."""
         for records in (await self.consumer.getmany(timeout_ms=200)).values():
             for r in records:
+                if r.key is None:
+                    continue
                 if r.topic == self.settings.topics.pending_notices:
-                    fold_compacted(self.pending, [r], bytes.decode, PendingNotice.decode)
-                elif dict(r.headers or ()).get("event_type") == b"allocated" and r.key is not None:
+                    self._apply(r.key.decode(), None if r.value is None else _decode(r.value))
+                elif dict(r.headers or ()).get("event_type") == b"allocated":
                     self.allocated.add(r.key.decode())
         sent = 0
-        for tid in sorted(self.allocated & self.pending.keys()):
+        for tid in sorted((self.allocated | self.marks.keys()) & self.pending.keys()):
             try:
                 await self._send(tid, self.pending[tid])
             except CasebridgeError as exc:  # the channel is down: the notice stays due
                 log.warning("allocation_notice_failed", transfer_id=tid, error_class=type(exc).__name__)
                 continue
             del self.pending[tid]
+            self.allocated.discard(tid)
+            if self.marks.pop(tid, None) is not None:
+                await self._mark(tid, None)
             sent += 1
+        # every allocation still waiting for its notice is on the broker before the offsets move past it
+        now = self.clock()
+        for tid in sorted(self.allocated - self.marks.keys()):
+            await self._mark(tid, now)
+            self.marks[tid] = now
+        self.allocated.clear()
+        for tid, at in sorted(self.marks.items()):
+            if now - at > KEEP_MARKS and tid not in self.pending:
+                await self._mark(tid, None)
+                del self.marks[tid]
         await self.consumer.commit()
         return sent
+
+    def _apply(self, key: str, value: PendingNotice | datetime | None) -> None:
+        """One record of the pending-notices topic: a notice or an allocation mark; None: a tombstone."""
+        if key.startswith(MARK):
+            tid = key.removeprefix(MARK)
+            if isinstance(value, datetime):
+                self.marks[tid] = value
+            else:
+                self.marks.pop(tid, None)
+        elif isinstance(value, PendingNotice):
+            self.pending[key] = value
+        else:
+            self.pending.pop(key, None)
+
+    async def _mark(self, tid: str, at: datetime | None) -> None:
+        value = None if at is None else json.dumps({"allocated_at": at.isoformat()}).encode()
+        await self.producer.send_and_wait(self.settings.topics.pending_notices, value, key=f"{MARK}{tid}".encode())
 
     async def _send(self, tid: str, p: PendingNotice) -> None:
         target = self.targets[p.channel]

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     council: Council = Council.NORTH_SOMERSET
     lcs: CaseSystemSettings | None = None
     ehm: CaseSystemSettings | None = None
+    #: optional: Barnsley's TED (step-down request feed, source and target); absent: no TED connector or publisher
+    ted: CaseSystemSettings | None = None
+    #: optional: Swindon 2022's Care Director (step-down referral feed, source and target); absent: none
+    care_director: CaseSystemSettings | None = None
 
     @property
     def topics(self) -> Topics:

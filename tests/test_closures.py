@@ -19,7 +19,15 @@ from structlog.testing import capture_logs
 from casebridge.stack import Stack
 from connectors import Receipt, Source, Target
 from connectors.memory import MemorySource, MemoryTarget
-from contracts import CaseSystem, Person, SourceClosed, TransferAllocated, TransferEvent, TransferMessage
+from contracts import (
+    CaseSystem,
+    MilestoneRecorded,
+    Person,
+    SourceClosed,
+    TransferAllocated,
+    TransferEvent,
+    TransferMessage,
+)
 from mappings import DeadlineState, Unit, deadlines_for, due_at, load_deadlines, load_protocol
 from router import Settings
 from router._pending import NOT_KEPT, PendingClosure
@@ -224,13 +232,20 @@ def test_lu04_working_days_come_from_the_deadline_arithmetic_with_bank_holidays(
 
 
 def test_ba09_ba13_sw26_03_records_kept_open_for_good_get_no_pending_closure() -> None:
-    """BA-9: the documents must go first once a worker is allocated (BA-15), so nothing closes on allocation;
-    BA-13 and SW26-3 keep the record open with no end; a rule with no timing never closes."""
+    """BA-9: the documents must go first once a worker is allocated (BA-15), so its closure waits for an operator's
+    recorded allocation, never for a time or an event; BA-13 and SW26-3 keep the record open with no end; a rule
+    with no timing never closes."""
     planner = ClosurePlanner("t")
     receipt = Receipt(CaseSystem.MAILBOX, "M-1")
     down = transfer(step_down("barnsley", 1))
-    assert (None, None, None) == (
-        planner.plan(down, ["BA-9"], receipt),
+    ba9 = planner.plan(down, ["BA-9"], receipt)
+    assert ba9 is not None and ("recorded", None, True, None) == (
+        ba9.trigger,
+        ba9.due_at,
+        ba9.send_documents,
+        ba9.worker,
+    )
+    assert (None, None) == (
         planner.plan(down, ["BA-13"], receipt),
         planner.plan(transfer(step_up("swindon", 1)), ["SW26-3"], receipt),
     )
@@ -573,3 +588,55 @@ async def test_ns12_a_step_up_published_again_after_its_episode_closed_plans_no_
     assert [["NS-12"], []] == [e.rule_ids for e in closes]  # the scheduler's close, then the re-run's no-op close
     assert tid not in await _pending(stack.settings)
     assert 1 == len(ehm.episode(episode)["case_notes"])
+
+
+async def test_lu04_a_step_down_of_the_same_child_within_the_10_days_cancels_the_closure(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """Seed 002: the case is co-worked for 10 days, then early help closes or the case steps down. An earlier
+    step-down of the child does not cancel the pending LU-4 closure; a step-down agreed within the 10 days does
+    (tombstone + a closure-cancelled milestone naming LU-4), and on day 11 nothing closes."""
+    clock = Clock()
+    now = datetime.now(UTC)
+    earlier = step_down("luton", 47, requested_at=(now - timedelta(days=40)).isoformat())
+    up = step_up("luton", 48, requested_at=(now - timedelta(days=2)).isoformat())
+    down = step_down("luton", 49, requested_at=(now - timedelta(hours=1)).isoformat())
+    earlier["child"]["identifiers"] = down["child"]["identifiers"] = up["child"]["identifiers"]  # one child
+    tid = up["transfer_id"]
+    async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:
+        await _send(settings, earlier)
+        await _events(settings, earlier["transfer_id"], "delivered")
+        await _send(settings, up)
+        await _events(settings, tid, "source-kept-open")
+        assert 0 == await _poll_until_closed(stack, tries=5)
+        assert tid in stack.closures.pending  # the step-down before the step-up cancels nothing
+        await _send(settings, down)
+        await _events(settings, down["transfer_id"], "delivered")
+        for _ in range(40):
+            await stack.closures.poll_once()
+            if tid not in stack.closures.pending:
+                break
+        assert tid not in stack.closures.pending
+        clock.offset = timedelta(days=11)
+        assert 0 == await _poll_until_closed(stack, tries=3)
+    assert up["source_record"]["record_id"] not in parts["mailbox_source"].closed
+    events = await _events(settings, tid, "milestone")
+    assert not [e for e in events if e.event_type == "source-closed"]
+    [cancelled] = [e for e in events if isinstance(e, MilestoneRecorded)]
+    assert ("closure-cancelled", ["LU-4"], "connector") == (
+        cancelled.milestone,
+        cancelled.rule_ids,
+        cancelled.recorded_via,
+    )
+    assert tid not in await _pending(settings)
+
+
+def test_lu04_the_pending_closure_keeps_the_child_keys_hashed_only() -> None:
+    """LU-4's cancellation needs the child's keys; the pending entry holds their SHA-256, not the identifiers."""
+    doc = step_up("luton", 50)
+    doc["child"]["identifiers"].append({"system": "ehm", "id": "EHM-50-X"})
+    planned = ClosurePlanner("t").plan(transfer(doc), ["LU-4"], Receipt(CaseSystem.MAILBOX, "M-1"))
+    assert planned is not None and len(planned.cancel_on_step_down) == len(doc["child"]["identifiers"])
+    assert "EHM-50-X" not in planned.encode().decode()
+    sw = ClosurePlanner("t").plan(transfer(doc), ["SW22-10"], Receipt(CaseSystem.MAILBOX, "M-1"))
+    assert sw is not None and [] == sw.cancel_on_step_down

@@ -22,15 +22,17 @@ from pydantic import SecretStr
 
 from connectors.mailbox import MailboxConnector, MailboxSettings
 from connectors.ted import TedConnector, TedPublisher, transfer_id_for
-from contracts import CaseSystem, Council, Purpose, TransferEvent, TransferMessage
+from contracts import CaseSystem, Council, Person, Purpose, TransferEvent, TransferMessage
 from mappings import load_protocol
 from router import Settings, Topics, build_router
+from router.closures import AllocationNotPending, ClosureScheduler, record_allocation
 from sandboxes import ServerHandle, create_ted_app, serve
 from tests.conftest import free_port
-from tests.support import events_of, read
+from tests.support import count_type, events_of, read
 from tests.test_connector_e2e_other_systems import PASSWORD, USER, Inbox, _auth
 
 TOKEN = "ted-feed-token"
+WORKER = Person(name="Alex Placeholder", role="Family Support Worker", organisation="Example Family Centre")
 EARLY_HELP = "earlyhelp@barnsley.example"
 REQUEST = {
     "reason_code": "SD-EHS",
@@ -230,3 +232,82 @@ async def test_g3_a_ted_request_the_contract_refuses_is_dead_lettered_at_the_map
     assert "consent.scope" in headers["casebridge.dlq.error.message"]
     assert "Exampleton" not in headers["casebridge.dlq.error.message"]
     assert transfer_id_for(Council.BARNSLEY, fine) == TransferMessage.model_validate_json(sent.value or b"").transfer_id
+
+
+async def test_ba09_ba15_documents_go_once_an_operator_records_the_allocated_worker_then_ted_closes(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, world: World
+) -> None:
+    """BA-9: no lead professional: a targeted-support request is mailed without documents and TED stays open;
+    nothing closes until an operator records the allocated family support worker (``casebridge allocate``);
+    then the consent, closing summary and plan are mailed to the early-help mailbox, and only then does TED
+    record the step-down as sent (the worker as lead professional) and close (BA-15)."""
+    w = world
+    case_id, ref = _request(w, lead_professional=None)
+    tid = transfer_id_for(Council.BARNSLEY, ref)
+    topics = Topics(topic_prefix)
+    publisher = TedPublisher(
+        TedConnector(w.ted_url, SecretStr(TOKEN)), kafka_bootstrap, topics.transfers, topics.dead_letter, tmp_path / "c"
+    )
+    await publisher.start()
+    try:
+        assert 1 == await publisher.poll_once()
+    finally:
+        await publisher.stop()
+    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
+    router = build_router(
+        settings,
+        {CaseSystem.MAILBOX: w.mailbox},
+        {CaseSystem.TED: w.ted},
+        {Council.BARNSLEY: load_protocol("barnsley")},
+    )
+    task = asyncio.create_task(router.run_until_stopped())  # the router closes the connectors when it stops
+    scheduler = ClosureScheduler(settings, {CaseSystem.TED: w.ted}, {CaseSystem.MAILBOX: w.mailbox})
+    try:
+        kept = events_of(await read(kafka_bootstrap, topics.events, count_type("source-kept-open", 1), timeout=60))
+        assert ["BA-9"] == next(e for e in kept if e.event_type == "source-kept-open").rule_ids  # type: ignore[union-attr]
+        await scheduler.start()
+        assert tid in scheduler.pending and 0 == sum([await scheduler.poll_once() for _ in range(3)])
+        assert "open" == w.http.get(f"/api/cases/{case_id}").json()["record_state"]
+        with pytest.raises(AllocationNotPending, match="transfer_id"):
+            await record_allocation(settings, "barnsley-ted-unknown", WORKER)
+        await record_allocation(settings, tid, WORKER)
+        closed = 0
+        for _ in range(30):
+            closed += await scheduler.poll_once()
+            if closed:
+                break
+        assert 1 == closed
+        assert 0 == sum([await scheduler.poll_once() for _ in range(3)])  # once
+    finally:
+        await scheduler.stop()
+        router.stopped.set()
+        await task
+
+    case = w.http.get(f"/api/cases/{case_id}").json()
+    [sent] = case["stepdowns"]
+    assert ("closed", tid, "mailbox") == (case["record_state"], case["closure_transfer_id"], sent["sent_via"])
+    assert (WORKER.name, WORKER.organisation) == (
+        sent["lead_professional"]["name"],
+        sent["lead_professional"]["organisation"],
+    )
+    assert datetime.fromisoformat(sent["sent_at"]) <= datetime.fromisoformat(case["closed_at"])
+    mails = {}
+    for _, raw in w.inbox.messages:
+        message = email.message_from_bytes(raw, policy=default_policy)
+        assert isinstance(message, EmailMessage)
+        mails[message["X-Casebridge-Transfer-Id"]] = message
+    assert [tid, f"{tid}-documents"] == sorted(mails)
+    assert [] == list(mails[tid].iter_attachments())  # BA-9 / G4: the first request carries no documents
+    attached = sorted(a.get_filename() or "" for a in mails[f"{tid}-documents"].iter_attachments())
+    assert 3 == len(attached), attached
+    events = events_of(await read(kafka_bootstrap, topics.events, count_type("source-closed", 1), timeout=30))
+    kinds = _kinds(events, tid)
+    assert kinds.index("allocated") < kinds.index("milestone") < kinds.index("source-closed")
+    [closed_event] = [e for e in events if e.transfer_id == tid and e.event_type == "source-closed"]
+    assert ["BA-9"] == closed_event.rule_ids  # type: ignore[union-attr]
+    assert (
+        WORKER.name
+        not in b"".join(
+            r.value or b"" for r in await read(kafka_bootstrap, topics.events, lambda r: False, timeout=3)
+        ).decode()
+    )

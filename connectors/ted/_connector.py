@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from contracts import CaseSystem, Direction, RecordState, TransferMessage
+from contracts import CaseSystem, Council, Direction, RecordState, SourceRecord, TransferMessage
 from mappings import Route
 
 from .._base import Receipt, Source, SourceState, Target, step_up_body
 from .._errors import RuleRefused
 from .._http import HttpConnection
+from ._mapping import stepdown_transfer
 
 CLOSED_BY = "casebridge"
 STEP_DOWN_REASON = "Stepped down to early help"
@@ -38,6 +39,17 @@ class TedConnector(HttpConnection, Source, Target):
     async def stepdown_request(self, request_id: str) -> dict[str, Any]:
         found: dict[str, Any] = (await self.http.request("GET", f"/api/stepdown-requests/{request_id}")).json()
         return found
+
+    async def stepdown_transfer(
+        self, source_record: SourceRecord, transfer_id: str, council: Council
+    ) -> TransferMessage:
+        """The step-down request again as a transfer, documents included (BA-9: they go once a worker is allocated)."""
+        if source_record.request_id is None:
+            raise RuleRefused("ted: source_record.request_id is missing, so the step-down cannot be read again (BA-9)",
+                              rule_ids=("BA-9",))  # fmt: skip
+        request = await self.stepdown_request(source_record.request_id)
+        case = await self.case(request["case_id"])
+        return stepdown_transfer(case, request, transfer_id, f"{transfer_id}-documents", council)
 
     async def changes(self, after: int) -> tuple[list[dict[str, Any]], int]:
         """One page of TED's change feed (step-down requests) after the cursor, and the next cursor."""

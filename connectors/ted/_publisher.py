@@ -5,12 +5,10 @@ from pathlib import Path
 from typing import Any
 
 from contracts import Council, TransferMessage
-from mappings import load_mapping
 
 from .._feed import FeedPublisher
 from ._connector import TedConnector
-
-_MAPPING = load_mapping("ted-stepdown")
+from ._mapping import stepdown_transfer
 
 
 def transfer_id_for(council: Council, request_id: str) -> str:
@@ -59,11 +57,6 @@ class TedPublisher(FeedPublisher):
         source = {"case": case, "request": request}
 
         def build() -> TransferMessage:
-            envelope = {
-                "transfer_id": transfer_id,
-                "message_id": f"{transfer_id}-c{seq}",
-                "council": self.council.value,
-            }
-            return TransferMessage.model_validate(_MAPPING.apply({**source, "envelope": envelope}))
+            return stepdown_transfer(case, request, transfer_id, f"{transfer_id}-c{seq}", self.council)
 
         return await self.publish("ted_stepdown_request", transfer_id, key, build, source)
