@@ -72,20 +72,15 @@ async def poll_forever(
             await asyncio.sleep(interval)
 
 
-class EventReporter(ABC):
-    """A case system's feed of what happened to transfers it received (allocations, decisions), reported
-    as events on the events topic.
-
-    At-least-once: the cursor is saved only after the broker acknowledged the page's events; the event
-    ids come from the feed positions, so a page reported twice is deduplicated by id downstream.
-    """
+class _FeedLoop(ABC):
+    """A feed read from a case system's connector, resumed from a durable cursor, whose outputs an
+    idempotent producer writes; ``run`` polls it until told to stop."""
 
     #: the feed's name in logs (``feed_unavailable``)
     feed: ClassVar[str]
 
-    def __init__(self, connector: Connector, bootstrap_servers: str, events_topic: str, cursor: Path) -> None:
+    def __init__(self, connector: Connector, bootstrap_servers: str, cursor: Path) -> None:
         self.connector = connector
-        self.events_topic = events_topic
         self.cursor = FileCursor(cursor)
         self.producer = idempotent_producer(bootstrap_servers)
 
@@ -96,6 +91,26 @@ class EventReporter(ABC):
     async def stop(self) -> None:
         await self.producer.stop()
         await self.connector.stop()
+
+    @abstractmethod
+    async def poll_once(self) -> int:
+        """Handle everything new in the feed; returns how many records were written."""
+
+    async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
+        await poll_forever(self.poll_once, interval, stop, self.feed)
+
+
+class EventReporter(_FeedLoop):
+    """A case system's feed of what happened to transfers it received (allocations, decisions), reported
+    as events on the events topic.
+
+    At-least-once: the cursor is saved only after the broker acknowledged the page's events; the event
+    ids come from the feed positions, so a page reported twice is deduplicated by id downstream.
+    """
+
+    def __init__(self, connector: Connector, bootstrap_servers: str, events_topic: str, cursor: Path) -> None:
+        super().__init__(connector, bootstrap_servers, cursor)
+        self.events_topic = events_topic
 
     @abstractmethod
     async def read(self, after: int) -> tuple[list[TransferEvent], int]:
@@ -120,11 +135,8 @@ class EventReporter(ABC):
             self.cursor.save(last)
         return len(events)
 
-    async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
-        await poll_forever(self.poll_once, interval, stop, self.feed)
 
-
-class FeedPublisher(ABC):
+class FeedPublisher(_FeedLoop):
     """What every change-feed publisher shares: the connector it reads, a durable cursor, an idempotent
     producer, and one way to turn a source record into a canonical transfer or, when the mapping or the
     contract refuses it, a dead letter at the ``map`` stage.
@@ -132,9 +144,6 @@ class FeedPublisher(ABC):
     At-least-once: the cursor moves only after Kafka acknowledged everything published from the feed
     positions it passes; transfer and message ids are stable, so a re-publication is the same transfer.
     """
-
-    #: the feed's name in logs (``feed_unavailable``)
-    feed: ClassVar[str]
 
     def __init__(
         self,
@@ -145,21 +154,11 @@ class FeedPublisher(ABC):
         cursor: Path,
         council: Council,
     ) -> None:
-        self.connector = connector
+        super().__init__(connector, bootstrap_servers, cursor)
         self.transfers_topic = transfers_topic
         self.dead_letter_topic = dead_letter_topic
-        self.cursor = FileCursor(cursor)
         self.council = council
-        self.producer = idempotent_producer(bootstrap_servers)
         self.published = 0
-
-    async def start(self) -> None:
-        await self.connector.start()
-        await self.producer.start()
-
-    async def stop(self) -> None:
-        await self.producer.stop()
-        await self.connector.stop()
 
     @abstractmethod
     async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:
@@ -175,9 +174,6 @@ class FeedPublisher(ABC):
             self.cursor.save(last)
         self.published += len(pending)
         return len(pending)
-
-    async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
-        await poll_forever(self.poll_once, interval, stop, self.feed)
 
     async def publish(
         self,
