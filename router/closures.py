@@ -19,18 +19,21 @@ Delivery: at least once. A signal is made durable by rewriting the entry with it
 a crash between the close and the tombstone closes again, which every source connector's
 close makes a no-op (idempotent on transfer id), and the event id is the same. A source
 that is down leaves the closure due for the next poll; a refusal dead-letters the entry
-(``casebridge replay`` puts it back) and raises an alert. The clock is injectable.
+(``casebridge replay`` puts it back) and raises an alert. The clock is injectable. A signal read
+before its pending closure (the two topics are fetched independently) holds the events topic's
+committed offset at the signal for ``SIGNAL_GRACE_SECONDS``, so a restart meanwhile reads it again.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 import structlog
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
@@ -67,6 +70,9 @@ Clock = Callable[[], datetime]
 _Record = tuple[str, str, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 #: signals kept for transfers whose pending closure has not been read yet (the oldest go first)
 MAX_SIGNALS = 100_000
+#: how long a signal with nothing pending holds the committed offset: its pending closure, written by
+#: the flow before the target could allocate or decide, is at most a fetch or two behind it
+SIGNAL_GRACE_SECONDS = 600.0
 
 
 def _hashed(key: bytes) -> str:
@@ -200,6 +206,8 @@ class ClosureScheduler:
         self._own: set[tuple[int, int]] = set()
         #: the child history (hashed key -> step-downs), read whole at start, then followed (LU-4's cancellation)
         self.step_downs: dict[str, list[StepDownMemory]] = {}
+        #: signals with nothing pending yet: transfer id -> (partition, offset, monotonic time read)
+        self._unmatched: dict[str, tuple[TopicPartition, int, float]] = {}
 
     async def start(self) -> None:
         topic = self.settings.topics.pending_closures
@@ -251,8 +259,23 @@ class ClosureScheduler:
         for p, _ in closed:
             self._forget(p.transfer_id)
             log.info("source_closed_later", transfer_id=p.transfer_id, rule_ids=[p.rule_id])
-        await self.consumer.commit()
+        await self._commit()
         return len(closed)
+
+    async def _commit(self) -> None:
+        """Commit what was read, except past a signal still waiting for its pending closure (within the grace)."""
+        oldest = time.monotonic() - SIGNAL_GRACE_SECONDS
+        for tid, (_, _, read_at) in list(self._unmatched.items()):
+            if tid in self.pending or read_at < oldest:
+                del self._unmatched[tid]
+        if not self._unmatched:
+            await self.consumer.commit()
+            return
+        offsets = {tp: await self.consumer.position(tp) for tp in self.consumer.assignment()}
+        for tp, offset, _ in self._unmatched.values():
+            if tp in offsets:
+                offsets[tp] = min(offsets[tp], offset)
+        await self.consumer.commit(offsets)
 
     def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
         if r.topic == self.settings.topics.history:
@@ -274,6 +297,8 @@ class ClosureScheduler:
         if kind == b"source-closed":  # e.g. by a re-run of the transfer (the worker named on it): nothing to do
             self.closed[tid] = None
             return
+        if tid not in self.pending and tid not in self._unmatched:
+            self._unmatched[tid] = (TopicPartition(r.topic, r.partition), r.offset, time.monotonic())
         if kind == b"allocated":
             self.signals[tid] = ("allocated", True)
             return

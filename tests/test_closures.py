@@ -345,6 +345,41 @@ async def test_sw22_10_sw22_11_closure_waits_for_the_allocation_and_names_the_wo
     assert ["SW22-10"] == closed.rule_ids
 
 
+async def test_sw22_10_an_allocation_read_before_its_pending_closure_survives_a_restart(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """The scheduler reads an allocation with nothing pending yet (the two topics are fetched apart) and
+    stops; the pending closure is written later. The committed offset was held at the allocation, so the
+    next scheduler reads it again and closes, instead of waiting for an allocation that has gone by."""
+    down = step_down("swindon-2022", 44)
+    down["professionals"] = {}
+    tid = down["transfer_id"]
+    allocated = TransferAllocated(
+        event_id="sw22-alloc-early",
+        transfer_id=tid,
+        target_system=CaseSystem.MAILBOX,
+        target_reference="EHH-2",
+        episode_reference="EHH-EP-2",
+    )
+    async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
+        await produce(
+            settings.bootstrap_servers,
+            settings.topics.events,
+            [(tid.encode(), allocated.model_dump_json().encode())],
+            headers=[("event_type", b"allocated")],
+        )
+        for _ in range(20):
+            await stack.closures.poll_once()  # reads and commits
+            if tid in stack.closures.signals:
+                break
+        assert tid in stack.closures.signals and tid not in stack.closures.pending
+    async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:  # a new process
+        await _send(settings, down)
+        await _events(settings, tid, "source-kept-open")
+        assert 1 == await _poll_until_closed(stack, tries=40)
+    assert 1 == sum(1 for e in await _events(settings, tid, "source-closed") if e.event_type == "source-closed")
+
+
 async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_and_closes_once_replayed(
     settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
 ) -> None:
