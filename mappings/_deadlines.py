@@ -44,6 +44,8 @@ class DeadlineState(StrEnum):
     DUE_SOON = "due-soon"
     OVERDUE = "overdue"
     MET = "met"
+    #: the deadline no longer applies (LU-4: the case stepped down again before early help closed it)
+    CANCELLED = "cancelled"
 
 
 class DeadlineRule(BaseModel):
@@ -57,6 +59,8 @@ class DeadlineRule(BaseModel):
     what: str
     start: EventKey
     met_by: EventKey
+    #: an event after which the deadline no longer applies (shown "cancelled", never overdue)
+    cancelled_by: EventKey | None = None
     length: int = Field(gt=0)
     unit: Unit
     due_soon_hours: float = Field(ge=0)
@@ -121,11 +125,14 @@ def evaluate(
     met_at: datetime | None,
     now: datetime,
     bank_holidays: Container[date] | None = None,
+    cancelled_at: datetime | None = None,
 ) -> DeadlineStatus:
-    """Due, due soon, overdue or met, at ``now``."""
+    """Due, due soon, overdue, met or cancelled, at ``now``."""
     due = due_at(started_at, rule.length, rule.unit, bank_holidays)
     if met_at is not None:
         state, late = DeadlineState.MET, met_at > due
+    elif cancelled_at is not None:
+        state, late = DeadlineState.CANCELLED, False
     elif now > due:
         state, late = DeadlineState.OVERDUE, False
     elif due - now <= timedelta(hours=rule.due_soon_hours):
@@ -154,7 +161,8 @@ def deadlines_for(
     """A transfer's deadlines from its timeline of ``(event key, occurred at)``, in time order.
 
     A deadline shows once its start event happened; the first matching event at or after
-    the start meets it. Deadlines that have not started are not shown.
+    the start meets it, and a ``cancelled_by`` event at or after the start (if not met) cancels it.
+    Deadlines that have not started are not shown.
     """
     events = sorted(timeline, key=lambda e: e[1])
     out: list[DeadlineStatus] = []
@@ -165,7 +173,8 @@ def deadlines_for(
         if start is None:
             continue
         met = next((at for key, at in events if key == rule.met_by and at >= start), None)
-        out.append(evaluate(rule, start, met, now, bank_holidays))
+        cancelled = next((at for key, at in events if key == rule.cancelled_by and at >= start), None)
+        out.append(evaluate(rule, start, met, now, bank_holidays, cancelled))
     return out
 
 

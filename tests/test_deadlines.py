@@ -81,6 +81,20 @@ def test_lu04_deadline_starts_with_acceptance_and_is_met_by_the_early_help_closu
     assert [] == deadlines_for(load_deadlines(), "luton", "step-down", timeline, now)
 
 
+def test_lu04_a_closure_cancelled_by_a_step_down_shows_cancelled_not_overdue() -> None:
+    """LU-4 no longer applies once the closure scheduler cancelled it (the case stepped down again within
+    the 10 days): the milestone closure-cancelled shows it cancelled on day 11, not overdue."""
+    timeline = [
+        ("acknowledged", at("2026-11-01T10:00:00")),
+        ("milestone:closure-cancelled", at("2026-11-04T10:00:00")),
+    ]
+    [status] = deadlines_for(load_deadlines(), "luton", "step-up", timeline, at("2026-11-12T10:00:00"))
+    assert ("LU-4", DeadlineState.CANCELLED) == (status.rule_id, status.state)
+    early = [("milestone:closure-cancelled", at("2026-10-30T10:00:00")), timeline[0]]  # before the start: no effect
+    [status] = deadlines_for(load_deadlines(), "luton", "step-up", early, at("2026-11-12T10:00:00"))
+    assert DeadlineState.OVERDUE == status.state
+
+
 def test_ns13_starts_only_with_its_milestone() -> None:
     """NS-13 has no router event: the milestone threshold-not-met starts it, conversation-recorded-on-ehm meets it."""
     start = at("2026-11-02T09:00:00")
