@@ -170,6 +170,8 @@ def run(
             await stack.router.stopped.wait()
         if stack.router.halted:
             sys.exit(3)
+        if stack.failed:
+            sys.exit(4)
 
     asyncio.run(main())
 

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
+import structlog
 from pydantic import SecretStr
 
 from connectors import FeedPublisher, Source, Target
@@ -25,6 +27,12 @@ from contracts import CaseSystem
 from router import Router, Settings, build_router
 from router.closures import ClosureScheduler, utc_now
 from router.notices import AllocationNotices
+
+log = structlog.get_logger("casebridge.stack")
+
+
+class _Loop(Protocol):
+    async def run(self, interval: float = 0.5, stop: Callable[[], bool] = ...) -> None: ...
 
 
 def stack_from_settings(settings: Settings, state_dir: Path) -> Stack:
@@ -59,6 +67,8 @@ class Stack:
     notices: AllocationNotices = field(init=False)
     closures: ClosureScheduler = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    #: the loop that died, if one did (``casebridge run`` then exits 4)
+    failed: str | None = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -113,24 +123,30 @@ class Stack:
         """TED and Care Director named in the settings (``CASEBRIDGE_TED__URL`` ...): their connector as source and
         target, and their change-feed publisher; a connector or publisher passed in explicitly wins (the demo)."""
         topics, state = self.settings.topics, self.state_dir
-        ted, cd = self.settings.ted, self.settings.care_director
         publishers: list[FeedPublisher] = []
+        # one connector (one HTTP client) per use, as for LCS and EHM: each is started and stopped by its user
+        ted, cd = self.settings.ted, self.settings.care_director
         if ted is not None:
-            connector = TedConnector(ted.url, ted.token)
-            self.extra_targets = {CaseSystem.TED: connector, **self.extra_targets}
-            self.extra_sources = {CaseSystem.TED: connector, **self.extra_sources}
+            self.extra_targets = {CaseSystem.TED: TedConnector(ted.url, ted.token), **self.extra_targets}
+            self.extra_sources = {CaseSystem.TED: TedConnector(ted.url, ted.token), **self.extra_sources}
             if not any(isinstance(p, TedPublisher) for p in self.extra_publishers):
                 cursor = state / "ted-cursor.json"
-                publishers.append(TedPublisher(connector, self.settings.bootstrap_servers, topics.transfers,
-                                               topics.dead_letter, cursor))  # fmt: skip
+                publishers.append(TedPublisher(TedConnector(ted.url, ted.token), self.settings.bootstrap_servers,
+                                               topics.transfers, topics.dead_letter, cursor))  # fmt: skip
         if cd is not None:
-            connector_cd = CareDirectorConnector(cd.url, cd.token)
-            self.extra_targets = {CaseSystem.CARE_DIRECTOR: connector_cd, **self.extra_targets}
-            self.extra_sources = {CaseSystem.CARE_DIRECTOR: connector_cd, **self.extra_sources}
+            self.extra_targets = {
+                CaseSystem.CARE_DIRECTOR: CareDirectorConnector(cd.url, cd.token),
+                **self.extra_targets,
+            }
+            self.extra_sources = {
+                CaseSystem.CARE_DIRECTOR: CareDirectorConnector(cd.url, cd.token),
+                **self.extra_sources,
+            }
             if not any(isinstance(p, CareDirectorPublisher) for p in self.extra_publishers):
                 cursor = state / "care-director-cursor.json"
-                publishers.append(CareDirectorPublisher(connector_cd, self.settings.bootstrap_servers,
-                                                        topics.transfers, topics.dead_letter, cursor))  # fmt: skip
+                publishers.append(CareDirectorPublisher(CareDirectorConnector(cd.url, cd.token),
+                                                        self.settings.bootstrap_servers, topics.transfers,
+                                                        topics.dead_letter, cursor))  # fmt: skip
         self.extra_publishers = [*self.extra_publishers, *publishers]
 
     async def start(self) -> None:
@@ -145,15 +161,22 @@ class Stack:
         await self.closures.start()
         if self.loops:
             stop = lambda: self._stopping  # noqa: E731
-            self._tasks = [
-                asyncio.create_task(self.publisher.run(self.poll_interval, stop)),
-                asyncio.create_task(self.stepups.run(self.poll_interval, stop)),
-                asyncio.create_task(self.notices.run(self.poll_interval, stop)),
-                asyncio.create_task(self.closures.run(self.poll_interval, stop)),
-                asyncio.create_task(self.reporter.run(self.poll_interval, stop)),
-                *(asyncio.create_task(p.run(self.poll_interval, stop)) for p in self.extra_publishers),
-                asyncio.create_task(self.decisions.run(self.poll_interval, stop)),
-            ]
+            parts: list[_Loop] = [self.publisher, self.stepups, self.notices, self.closures, self.reporter,
+                                  self.decisions, *self.extra_publishers]  # fmt: skip
+            for part in parts:
+                task = asyncio.create_task(part.run(self.poll_interval, stop), name=type(part).__name__)
+                task.add_done_callback(self._loop_ended)
+                self._tasks.append(task)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """A loop that dies (not stopped) stops the whole stack, so ``casebridge run`` exits non-zero and its
+        supervisor restarts it; every loop resumes from its durable cursor or committed offsets."""
+        if task.cancelled() or task.exception() is None or self._stopping:
+            return
+        exc = task.exception()
+        log.error("loop_failed", loop=task.get_name(), error_class=type(exc).__name__)  # the message may hold data
+        self.failed = task.get_name()
+        self.router.stopped.set()
 
     async def stop(self) -> None:
         self._stopping = True

@@ -59,8 +59,9 @@ Trigger = Literal["due", "allocated", "accepted", "recorded"]
 class PendingClosure(BaseModel):
     """A source record the flow kept open, to be closed later (LU-4, SW22-10, NS-12).
 
-    Ids, the council, the pathway, the protocol's closure wording and times only: no child,
-    no documents, no names (the worker SW22-10 names is asked for at close time, not kept).
+    Ids, the council, the pathway, the protocol's closure wording, times and hashed child keys: no child
+    data and no documents. Staff names only: the closure record's lead professional and BA-9's worker
+    recorded by an operator (the worker SW22-10 names is asked of the target at close time, not kept).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -2,8 +2,8 @@
 early-help worker is named), NS-12 (once the Front Door accepted the step-up).
 
 Where the flow keeps a source record open under a rule with a later closure, ``ClosurePlanner``
-turns it into a ``PendingClosure`` (ids, times, the protocol's closure wording; no personal
-data), which the flow writes to the compacted ``<prefix>.pending-closures`` topic keyed by
+turns it into a ``PendingClosure`` (ids, times, the protocol's closure wording; no child data,
+staff names only), which the flow writes to the compacted ``<prefix>.pending-closures`` topic keyed by
 transfer id. ``ClosureScheduler`` reads that topic and the events topic. A closure falls due
 at its time (LU-4), on the transfer's ``allocated`` event (SW22-10) or on the Front Door's
 ``front-door-decision`` event (NS-12: accepted closes; not accepted cancels, the record
@@ -174,6 +174,13 @@ class WorkerUnknown(PermanentError):
     rule_ids = ("SW22-10",)
 
 
+def _without_values(exc: Exception) -> str:
+    """What went wrong, naming the class and (for a validation error) the fields, never their values."""
+    if isinstance(exc, ValidationError):
+        return f"ValidationError at {', '.join(e.field for e in field_errors(exc))} (values not shown)"
+    return f"unexpected {type(exc).__name__} (message not shown: it may hold record data)"
+
+
 class ClosureScheduler:
     def __init__(
         self,
@@ -252,6 +259,8 @@ class ClosureScheduler:
                 await self._dead_letter(p, exc)
             except CasebridgeError as exc:  # the source is down: the closure stays due
                 log.warning("closure_failed", transfer_id=tid, rule_ids=[p.rule_id], error_class=type(exc).__name__)
+            except Exception as exc:  # a bug or unreadable data: this entry goes to a person, the others still close
+                await self._dead_letter(p, PermanentError(_without_values(exc)))
         # every source-closed is on the broker before any of their entries is tombstoned (a crash between: closed
         # again, a no-op, same event id)
         await self._send_all([self._event_record(e) for _, e in closed])

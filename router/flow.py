@@ -269,11 +269,14 @@ class TransferFlow:
             # ... or close it later (LU-4, SW22-10, NS-12): a pending closure for router/closures.py (not again
             # when a re-run finds the record already closed by this transfer)
             later = self.closures.plan(closing, kept_open, receipt) if self.closures and not closed_by_us else None
-            if later is not None and self.closures is not None:
-                await sink.send(self.closures.topic, transfer.transfer_id.encode(), later.encode(), [])
+            if later is not None:
                 kept_open = kept_open or [later.rule_id]
             if kept_open:
                 await self._retrying(lambda: source.keep_open(transfer, receipt, kept_open))
+                if (
+                    later is not None and self.closures is not None
+                ):  # after keep_open: a refused one closes nothing later
+                    await sink.send(self.closures.topic, transfer.transfer_id.encode(), later.encode(), [])
                 await emit(SourceKeptOpen, source_system=p.from_system, rule_ids=kept_open)
             else:
                 closed_ref = await self._retrying(lambda: source.close(closing, receipt))

@@ -291,6 +291,45 @@ async def test_lu04_step_up_keeps_early_help_open_and_closes_it_10_days_after_ac
     assert up["transfer_id"] not in await _pending(settings)
 
 
+class Broken(MailboxSource):
+    """A source whose close fails with an unexpected error (a bug) for one record, its message holding data."""
+
+    def __init__(self, broken_record: str) -> None:
+        super().__init__()
+        self.broken_record = broken_record
+
+    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
+        if transfer.source_record.record_id == self.broken_record:
+            raise ValueError(f"cannot close the record of {transfer.child.given_name}")
+        return await super().close(transfer, receipt)
+
+
+async def test_lu04_an_unexpected_error_closing_one_record_dead_letters_it_and_the_others_still_close(
+    settings: Settings, systems: Systems, tmp_path: Path
+) -> None:
+    """One due closure fails with a bug: it is dead-lettered (its reason names the error class, not the message,
+    which may hold record data) and the scheduler goes on to close the other due record."""
+    clock = Clock()
+    bad, good = step_up("luton", 45), step_up("luton", 46)
+    parts = {
+        "mailbox": Mailbox(),
+        "mailbox_source": Broken(bad["source_record"]["record_id"]),
+        "care_director": CareDirector(),
+    }
+    async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:
+        for up in (bad, good):
+            await _send(settings, up)
+            await _events(settings, up["transfer_id"], "source-kept-open")
+        clock.offset = timedelta(days=10, minutes=1)
+        assert 1 == await _poll_until_closed(stack)
+    assert [good["source_record"]["record_id"]] == list(parts["mailbox_source"].closed)
+    [dead] = [
+        e for e in await _events(settings, bad["transfer_id"], "dead-lettered") if e.event_type == "dead-lettered"
+    ]
+    assert "ValueError" in dead.reason and bad["child"]["given_name"] not in dead.reason  # type: ignore[union-attr]
+    assert bad["transfer_id"] not in await _pending(settings)
+
+
 async def test_lu04_pending_closure_survives_a_restart_and_closes_once(
     settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
 ) -> None:

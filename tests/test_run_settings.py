@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
+from structlog.testing import capture_logs
 
-from casebridge.stack import stack_from_settings
+from casebridge.stack import Stack, stack_from_settings
+from connectors import TargetRefused
 from connectors.care_director import CareDirectorConnector, CareDirectorPublisher
 from connectors.ted import TedConnector, TedPublisher
 from contracts import CaseSystem
 from router import Settings
+from router.settings import RetrySettings
+from tests.support import TOKEN, Systems
 
 BASE = {
     "CASEBRIDGE_BOOTSTRAP_SERVERS": "127.0.0.1:1",  # never contacted: the stack is built, not started
@@ -40,6 +46,9 @@ async def test_ba15_run_builds_the_ted_publisher_and_connector_when_the_settings
     assert publisher.ted.base_url.startswith("http://127.0.0.1:1/ted")
     assert isinstance(stack.router.flow.targets[CaseSystem.TED], TedConnector)
     assert isinstance(stack.router.flow.sources[CaseSystem.TED], TedConnector)
+    # one connector per use (each starts and stops its own HTTP client): none is shared by two users
+    uses = [stack.router.flow.targets[CaseSystem.TED], stack.router.flow.sources[CaseSystem.TED], publisher.connector]
+    assert 3 == len({id(c) for c in uses})
     assert not [p for p in stack.extra_publishers if isinstance(p, CareDirectorPublisher)]
     assert CaseSystem.CARE_DIRECTOR not in stack.router.flow.targets
     await stack.stop()  # built, never started: closes its Kafka clients
@@ -67,3 +76,41 @@ def test_run_needs_lcs_and_ehm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     settings.lcs = None
     with pytest.raises(ValueError, match="CASEBRIDGE_LCS__URL"):
         stack_from_settings(settings, tmp_path)
+
+
+class _DyingFeed(TedPublisher):
+    """A TED publisher whose feed answers something no retry can fix (a refusal that is not transient)."""
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def poll_once(self) -> int:
+        raise TargetRefused("feed page refused for Jane Example", status=404)
+
+
+async def test_a_loop_that_dies_stops_the_stack_and_says_which_without_its_message(
+    systems: Systems, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, retry_settings: RetrySettings
+) -> None:
+    """A side loop (here TED's publisher) that dies is not left dead in a running process: the stack stops
+    (``casebridge run`` exits 4 so its supervisor restarts it) and logs the loop and error class only."""
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        group_id=f"{topic_prefix}-router",
+        retry=retry_settings,
+    )
+    dying = _DyingFeed(
+        TedConnector("http://127.0.0.1:1/ted", SecretStr(TOKEN)), kafka_bootstrap, "t", "d", tmp_path / "c"
+    )
+    stack = Stack(settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state",
+                  extra_publishers=[dying])  # fmt: skip
+    with capture_logs() as logs:
+        async with stack:
+            await asyncio.wait_for(stack.router.stopped.wait(), timeout=30)
+    assert "_DyingFeed" == stack.failed
+    [failed] = [e for e in logs if e["event"] == "loop_failed"]
+    assert ("_DyingFeed", "TargetRefused") == (failed["loop"], failed["error_class"])
+    assert "Jane" not in repr(logs)
