@@ -55,7 +55,7 @@ from contracts import (
     field_errors,
     parse_event,
 )
-from mappings import DeadlineRule, Route, StepDownMemory, due_at, load_deadlines
+from mappings import DeadlineRule, Route, StepDownMemory, deadlines_by_rule, due_at
 
 from ._history import child_keys, hashed_key
 from ._history import decode as decode_history
@@ -97,9 +97,8 @@ class Timing:
 
 def default_timings() -> dict[str, Timing]:
     """LU-4's length and unit are those of its deadline in ``mappings/data/deadlines.toml`` (the monitor's too)."""
-    deadlines = {d.rule_id: d for d in load_deadlines()}
     return {
-        "LU-4": Timing("due", deadlines["LU-4"], cancel_on_step_down=True),
+        "LU-4": Timing("due", deadlines_by_rule()["LU-4"], cancel_on_step_down=True),
         "SW22-10": Timing("allocated"),
         "BA-9": Timing("recorded", send_documents=True),
         "NS-12": Timing("accepted"),

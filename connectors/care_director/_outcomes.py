@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mappings import AssessmentOutcome, load_outcomes, outcome_table
+from mappings import CARE_DIRECTOR_OUTCOMES, AssessmentOutcome, load_outcomes, outcome_table
 
-OUTCOMES_FILE = "care-director-outcomes.toml"
+OUTCOMES_FILE = CARE_DIRECTOR_OUTCOMES
 
 ASSESSMENT_OUTCOMES: Mapping[str, AssessmentOutcome] = outcome_table(OUTCOMES_FILE)
 _BY_CODE: Mapping[str, AssessmentOutcome] = {o.code: o for o in ASSESSMENT_OUTCOMES.values()}
