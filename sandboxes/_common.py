@@ -21,10 +21,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -606,6 +606,21 @@ def row_by_prefixed_id(
         extra: dict[str, Any] = {field: value}
         raise SandboxError(404, error, **extra)
     return row
+
+
+#: a feed's cursor (the last seq read) and page size, as every sandbox feed takes them
+FeedAfter = Annotated[int, Query(ge=0)]
+FeedLimit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def feed_page(
+    conn: sqlite3.Connection, select: str, after: int, limit: int, seq: str = "seq"
+) -> tuple[list[Any], int, bool]:
+    """One page of a feed read by cursor: the rows after ``after`` in ``seq`` order, the page's last seq
+    (``after`` when empty) and whether more follow. ``select`` is the query up to its WHERE."""
+    rows = conn.execute(f"{select} WHERE {seq} > ? ORDER BY {seq} LIMIT ?", (after, limit + 1)).fetchall()
+    page = rows[:limit]
+    return page, (page[-1]["seq"] if page else after), len(rows) > limit
 
 
 def sandbox_app(

@@ -18,16 +18,19 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi import Path as PathParam
 from pydantic import Field, StringConstraints
 
 from sandboxes._common import (
     Clock,
     Database,
+    FeedAfter,
+    FeedLimit,
     SandboxError,
     StrictModel,
     dump_json,
+    feed_page,
     row_by_prefixed_id,
     sandbox_app,
     utcnow,
@@ -557,14 +560,11 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     @api.get("/allocations")
     def allocations(
-        after: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: FeedAfter = 0,
+        limit: FeedLimit = 100,
     ) -> AllocationFeed:
         with db.read() as conn:
-            rows = conn.execute(
-                "SELECT * FROM allocations WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit + 1),
-            ).fetchall()
+            rows, last, more = feed_page(conn, "SELECT * FROM allocations", after, limit)
         page = [
             Allocation(
                 seq=r["seq"],
@@ -573,13 +573,9 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
                 episode_id=f"{EPISODE_PREFIX}{r['episode_id']}",
                 at=r["at"],
             )
-            for r in rows[:limit]
+            for r in rows
         ]
-        return AllocationFeed(
-            allocations=page,
-            last_seq=page[-1].seq if page else after,
-            has_more=len(rows) > limit,
-        )
+        return AllocationFeed(allocations=page, last_seq=last, has_more=more)
 
     # -- episodes
 
@@ -621,16 +617,13 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     @api.get("/stepup-requests")
     def stepup_feed(
-        after: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: FeedAfter = 0,
+        limit: FeedLimit = 100,
     ) -> StepUpFeed:
         """Step-up requests in order, resumable from a cursor (the step-up publisher reads this)."""
         with db.read() as conn:
-            rows = conn.execute(
-                "SELECT * FROM stepup_requests WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit + 1)
-            ).fetchall()
-        page = [_stepup(r) for r in rows[:limit]]
-        return StepUpFeed(requests=page, last_seq=page[-1].seq if page else after, has_more=len(rows) > limit)
+            rows, last, more = feed_page(conn, "SELECT * FROM stepup_requests", after, limit)
+        return StepUpFeed(requests=[_stepup(r) for r in rows], last_seq=last, has_more=more)
 
     @api.get("/episodes/{episode_id}")
     def get_episode(episode_id: str) -> Episode:

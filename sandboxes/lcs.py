@@ -20,15 +20,18 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from fastapi import APIRouter, FastAPI, Query, Response
+from fastapi import APIRouter, FastAPI, Response
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator
 
 from sandboxes._common import (
     Clock,
     Database,
+    FeedAfter,
+    FeedLimit,
     SandboxError,
     StrictModel,
     dump_json,
+    feed_page,
     row_by_prefixed_id,
     sandbox_app,
     utcnow,
@@ -614,16 +617,13 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     @api.get("/front-door-decisions")
     def decisions(
-        after: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: FeedAfter = 0,
+        limit: FeedLimit = 100,
     ) -> DecisionFeed:
         """The Front Door's decisions on contacts, in the order they were made (a durable feed: NS-12)."""
         with db.read() as conn:
-            rows = conn.execute(
-                "SELECT d.*, c.transfer_id FROM front_door_decisions d JOIN contacts c ON c.id = d.contact_id "
-                "WHERE d.seq > ? ORDER BY d.seq LIMIT ?",
-                (after, limit + 1),
-            ).fetchall()
+            select = "SELECT d.*, c.transfer_id FROM front_door_decisions d JOIN contacts c ON c.id = d.contact_id"
+            rows, last, more = feed_page(conn, select, after, limit, seq="d.seq")
         feed = [
             Decision(
                 seq=r["seq"],
@@ -632,21 +632,17 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
                 decision=r["decision"],
                 at=r["at"],
             )
-            for r in rows[:limit]
+            for r in rows
         ]
-        return DecisionFeed(decisions=feed, last_seq=feed[-1].seq if feed else after, has_more=len(rows) > limit)
+        return DecisionFeed(decisions=feed, last_seq=last, has_more=more)
 
     @api.get("/changes")
     def changes(
-        after: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: FeedAfter = 0,
+        limit: FeedLimit = 100,
     ) -> ChangeFeed:
         with db.read() as conn:
-            rows = conn.execute(
-                "SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit + 1),
-            ).fetchall()
-        page = rows[:limit]
+            page, last, more = feed_page(conn, "SELECT * FROM changes", after, limit)
         feed = [
             Change(
                 seq=r["seq"],
@@ -657,11 +653,7 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
             )
             for r in page
         ]
-        return ChangeFeed(
-            changes=feed,
-            last_seq=feed[-1].seq if feed else after,
-            has_more=len(rows) > limit,
-        )
+        return ChangeFeed(changes=feed, last_seq=last, has_more=more)
 
     app.include_router(api)
     return app

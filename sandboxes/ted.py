@@ -31,16 +31,19 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi import Path as PathParam
 from pydantic import Field, StringConstraints
 
 from sandboxes._common import (
     Clock,
     Database,
+    FeedAfter,
+    FeedLimit,
     SandboxError,
     StrictModel,
     dump_json,
+    feed_page,
     row_by_prefixed_id,
     sandbox_app,
     utcnow,
@@ -510,17 +513,13 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     @api.get("/changes")
     def changes(
-        after: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: FeedAfter = 0,
+        limit: FeedLimit = 100,
     ) -> ChangeFeed:
         with db.read() as conn:
-            rows = conn.execute(
-                "SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit + 1)
-            ).fetchall()
-        page = [
-            Change(seq=r["seq"], kind=r["kind"], case_id=r["case_id"], ref=r["ref"], at=r["at"]) for r in rows[:limit]
-        ]
-        return ChangeFeed(changes=page, last_seq=page[-1].seq if page else after, has_more=len(rows) > limit)
+            rows, last, more = feed_page(conn, "SELECT * FROM changes", after, limit)
+        page = [Change(seq=r["seq"], kind=r["kind"], case_id=r["case_id"], ref=r["ref"], at=r["at"]) for r in rows]
+        return ChangeFeed(changes=page, last_seq=last, has_more=more)
 
     # -- early-help assessments held on TED
 
