@@ -13,6 +13,17 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+def follower(bootstrap_servers: str, group_id: str, *topics: str) -> AIOKafkaConsumer:
+    """A side loop's consumer (notices, closures): its own group, from the beginning, offsets committed by hand."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+
+
 async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of a topic, from the beginning to its end now."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers, group_id=None, auto_offset_reset="earliest")

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
@@ -61,7 +61,7 @@ from ._history import child_keys, hashed_key
 from ._history import decode as decode_history
 from ._outbox import Failure, dead_letter_headers
 from ._pending import PendingClosure, Trigger
-from ._reading import fold_compacted, replay_compacted
+from ._reading import fold_compacted, follower, replay_compacted
 from .flow import event_id
 from .settings import Settings
 
@@ -193,14 +193,12 @@ class ClosureScheduler:
         self.targets = targets
         self.clock = clock
         topics = settings.topics
-        self.consumer = AIOKafkaConsumer(
+        self.consumer = follower(
+            settings.bootstrap_servers,
+            f"{settings.group_id}-closures",
             topics.events,
             topics.pending_closures,
             topics.history,
-            bootstrap_servers=settings.bootstrap_servers,
-            group_id=f"{settings.group_id}-closures",
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
         )
         self.producer = idempotent_producer(settings.bootstrap_servers)
         self.pending: dict[str, PendingClosure] = {}

@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
 
 import structlog
-from aiokafka import AIOKafkaConsumer
 
 from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer, poll_forever
@@ -30,7 +29,7 @@ from contracts import CaseSystem, NoticeSent
 from mappings import Route
 
 from ._pending import PendingNotice
-from ._reading import replay_compacted
+from ._reading import follower, replay_compacted
 from .flow import event_id
 from .settings import Settings
 
@@ -62,13 +61,8 @@ class AllocationNotices:
         self.clock = clock
         self.targets = targets
         topics = settings.topics
-        self.consumer = AIOKafkaConsumer(
-            topics.events,
-            topics.pending_notices,
-            bootstrap_servers=settings.bootstrap_servers,
-            group_id=f"{settings.group_id}-notices",
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
+        self.consumer = follower(
+            settings.bootstrap_servers, f"{settings.group_id}-notices", topics.events, topics.pending_notices
         )
         self.producer = idempotent_producer(settings.bootstrap_servers)
         self.pending: dict[str, PendingNotice] = {}
