@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout whose venv predates bench/
     sys.path.insert(0, str(ROOT))
 
+import uvloop  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.structs import ConsumerRecord  # noqa: E402
@@ -69,6 +70,7 @@ from bench._workload import (  # noqa: E402
     seq_of,
     seq_of_message_id,
 )
+from casebridge.process import freeze_startup_heap  # noqa: E402
 from connectors import Receipt, Target  # noqa: E402
 from connectors.memory import MemorySource  # noqa: E402
 from contracts import CaseSystem, TransferMessage  # noqa: E402
@@ -453,6 +455,7 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
     router._on_batch = timed  # type: ignore[method-assign]
     sampler = RssSampler(progress) if args.sample_rss else None
     await router.start()
+    freeze_startup_heap()  # as `casebridge run` does once its stack has started
     try:
         [sub] = [s for s in router.broker.subscribers if args.topic in getattr(s, "topic_names", ())]
         await _await_assignment(sub.consumer)  # type: ignore[attr-defined]
@@ -602,7 +605,7 @@ class Bench:
     def common(self, topic: str, n: int) -> list[str]:
         return [
             "--bootstrap", self.bootstrap, "--topic", topic, "--n", str(n),
-            "--out-topic", f"{self.prefix}.raw-out", "--log-level", self.args.log_level,
+            "--out-topic", f"{self.prefix}.raw-out", "--log-level", self.args.log_level, "--loop", self.args.loop,
             *(["--profile", str(self.args.profile)] if self.args.profile else []),
         ]  # fmt: skip
 
@@ -961,6 +964,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     p.add_argument("--log-level", default="INFO", help="the router's log level (its JSON lines go to /dev/null)")
     p.add_argument("--profile", type=Path, default=None, help="cProfile the router runs into this file (slower)")
+    p.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="every variant's event loop (default uvloop, as `casebridge run`; asyncio for an A/B)",
+    )
     # a variant's own process (internal)
     p.add_argument("--child", dest="variant", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--topic", help=argparse.SUPPRESS)
@@ -982,14 +991,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the process's life: the loggers write to it
             with contextlib.redirect_stderr(devnull):
                 configure_logging(level=args.log_level)  # as `casebridge run` logs (JSON lines), written nowhere
+        run = uvloop.run if args.loop == "uvloop" else asyncio.run
         if args.profile and args.variant == "router":
             import cProfile
 
             with cProfile.Profile() as prof:
-                asyncio.run(child_main(args))
+                run(child_main(args))
             prof.dump_stats(args.profile)
         else:
-            asyncio.run(child_main(args))
+            run(child_main(args))
         return 0
     result = asyncio.run(parent_main(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import uvloop
 
 from router.deadletters import Filters, ReplayRefused, list_dead_letters
 from router.deadletters import replay as replay_dead_letters
@@ -20,6 +21,7 @@ from router.settings import Topics
 
 from .localkafka import KafkaError, LocalKafka, default_home
 from .logs import configure_logging
+from .process import freeze_startup_heap
 
 app = typer.Typer(
     help="casebridge: step-up / step-down handovers between children's case systems, over Kafka.",
@@ -167,13 +169,14 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stack.router.stopped.set)
         async with stack:
+            freeze_startup_heap()  # no ~100 ms full-collection pauses over start-up objects while routing
             await stack.router.stopped.wait()
         if stack.router.halted:
             sys.exit(3)
         if stack.failed:
             sys.exit(4)
 
-    asyncio.run(main())
+    uvloop.run(main())  # the router's event loop: libuv's, ~8% less CPU a transfer than asyncio's (README Benchmark)
 
 
 @app.command("demo")
@@ -201,7 +204,7 @@ def demo(
         if was_running:
             broker = None  # not ours to stop
     try:
-        ok = asyncio.run(run_demo(bootstrap, out=typer.echo))
+        ok = uvloop.run(run_demo(bootstrap, out=typer.echo))  # the loop `casebridge run` uses
     finally:
         if broker is not None and not keep_kafka:
             broker.stop()
