@@ -29,7 +29,7 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -457,9 +457,13 @@ class ProtocolSpec(_Model):
 # -- what the router passes in, and what routing returns --------------------------------------
 
 
-@dataclass(frozen=True)
-class StepDownMemory:
-    """One earlier step-down of the child (from the router's durable per-child history)."""
+class StepDownMemory(NamedTuple):
+    """One earlier step-down of the child (from the router's durable per-child history).
+
+    A tuple of plain values: the router keeps one per remembered step-down for a year, and a
+    tuple holding no containers is left out of the garbage collector's scans (see
+    ``casebridge/process.py``), so a long history adds no full-collection pauses.
+    """
 
     transfer_id: str
     council: str

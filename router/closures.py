@@ -209,7 +209,7 @@ class ClosureScheduler:
         #: (partition, offset) of this scheduler's own writes to the pending topic: not applied again when read back
         self._own: set[tuple[int, int]] = set()
         #: the child history (hashed key -> step-downs), read whole at start, then followed (LU-4's cancellation)
-        self.step_downs: dict[str, list[StepDownMemory]] = {}
+        self.step_downs: dict[str, tuple[StepDownMemory, ...]] = {}
         #: signals with nothing pending yet: transfer id -> (partition, offset, monotonic time read)
         self._unmatched: dict[str, tuple[TopicPartition, int, float]] = {}
 
