@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -129,6 +130,31 @@ class Clock:
         }
 
 
+class GcPauses:
+    """The garbage collector's pauses (the event loop stands still for each), by generation."""
+
+    def __init__(self) -> None:
+        self.ms: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.ms[info["generation"]].append((time.perf_counter() - self._began) * 1000)
+
+    def start(self) -> None:
+        gc.callbacks.append(self._callback)
+
+    def stop(self) -> dict[str, Any]:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._callback)
+        return {
+            f"gen{g}": {"count": len(p), "total_ms": round(sum(p), 1), "max_ms": round(max(p, default=0.0), 1)}
+            for g, p in self.ms.items()
+        }
+
+
 class RssSampler:
     """Samples the process's RSS every ``every`` seconds (the soak)."""
 
@@ -176,14 +202,28 @@ async def _await_assignment(consumer: AIOKafkaConsumer, timeout: float = 60.0) -
         await asyncio.sleep(0.02)
 
 
-def _latencies(ms: Sequence[int], produced: Sequence[int] = ()) -> dict[str, Any]:
-    """Percentiles, and (given produce timestamps) the worst latency of each second of the run."""
+def _latencies(ms: Sequence[int], produced: Sequence[int] = (), warmup_ms: int = 0) -> dict[str, Any]:
+    """Percentiles, and (given produce timestamps) the worst latency of each second of the run.
+
+    With ``warmup_ms``, the percentiles are of the records produced after the first ``warmup_ms`` of the
+    run (the steady state), and ``all_p99_ms`` / ``all_max_ms`` are of every record, warm-up included.
+    """
     if not ms:
         return {}
-    q = statistics.quantiles(ms, n=100, method="inclusive")
-    out: dict[str, Any] = {"count": len(ms), "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": max(ms)}
+    start = min(produced) if produced else 0
+    steady = [lat for lat, ts in zip(ms, produced, strict=True) if ts >= start + warmup_ms] if warmup_ms else ms
+    q = statistics.quantiles(steady, n=100, method="inclusive")
+    out: dict[str, Any] = {
+        "count": len(steady),
+        "p50_ms": q[49],
+        "p95_ms": q[94],
+        "p99_ms": q[98],
+        "max_ms": max(steady),
+        "warmup_ms": warmup_ms,
+        "all_p99_ms": statistics.quantiles(ms, n=100, method="inclusive")[98],
+        "all_max_ms": max(ms),
+    }
     if produced:
-        start = min(produced)
         worst: dict[int, int] = {}
         for lat, ts in zip(ms, produced, strict=True):
             second = (ts - start) // 1000
@@ -342,7 +382,7 @@ async def _drain(
         raise BenchCheckFailed(f"{args.variant}: the group committed {committed} offsets, expected {n}")
     out: dict[str, Any] = {**clock.figures(n), "verified": True}
     if latency is not None and produced_at is not None:
-        out["latency"] = _latencies(list(latency), list(produced_at))
+        out["latency"] = _latencies(list(latency), list(produced_at), int(args.warmup * 1000))
     return out
 
 
@@ -454,8 +494,10 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
     batches: list[tuple[int, int, float]] = []  # paced runs: records, oldest record's age at entry (ms), handling ms
     router._on_batch = timed  # type: ignore[method-assign]
     sampler = RssSampler(progress) if args.sample_rss else None
+    gc_pauses = GcPauses()
     await router.start()
     freeze_startup_heap()  # as `casebridge run` does once its stack has started
+    gc_pauses.start()
     try:
         [sub] = [s for s in router.broker.subscribers if args.topic in getattr(s, "topic_names", ())]
         await _await_assignment(sub.consumer)  # type: ignore[attr-defined]
@@ -490,7 +532,10 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
         closed = await _outcome_times(args.bootstrap, settings.topics.events, n, timeout=60)
         if len(closed) != n:
             raise BenchCheckFailed(f"router: {len(closed)} source-closed events of {n}")
-        out["latency"] = _latencies([closed[s] - produced_at[s] for s in range(n)], list(produced_at))
+        out["latency"] = _latencies(
+            [closed[s] - produced_at[s] for s in range(n)], list(produced_at), int(args.warmup * 1000)
+        )
+    out["gc_pauses"] = gc_pauses.stop()
     if sampler is not None:
         out["rss_samples"] = sampler.samples
     if batches:
@@ -662,7 +707,7 @@ class Bench:
 
     async def paced(self, rate: float) -> dict[str, Any]:
         a = self.args
-        n = max(int(rate * a.paced_seconds), 100)
+        n = max(int(rate * (a.warmup + a.paced_seconds)), 100)
         workload = Workload(seed=11)
         records = [workload.record(seq) for seq in range(n)]
         out: dict[str, Any] = {"rate_target_msg_per_s": round(rate, 1), "records": n}
@@ -670,8 +715,18 @@ class Bench:
             topic = f"{self.prefix}.paced-{variant}"
             await self.create(topic)
             run_id = f"{self.prefix}-paced-{variant}"
-            timeout = a.paced_seconds * 3 + 120
-            extra = ["--paced", "--group", run_id, "--run-prefix", run_id, "--timeout", str(timeout)]
+            timeout = (a.warmup + a.paced_seconds) * 3 + 120
+            extra = [
+                "--paced",
+                "--warmup",
+                str(a.warmup),
+                "--group",
+                run_id,
+                "--run-prefix",
+                run_id,
+                "--timeout",
+                str(timeout),
+            ]
             load = _load()
             child = Child(variant, self.common(topic, n), extra, timeout)
             child.wait_ready()
@@ -681,7 +736,9 @@ class Bench:
             lat = result.get("latency", {})
             print(
                 f"  paced {variant:8} at {achieved:.0f} msg/s: p50 {lat.get('p50_ms')} p95 {lat.get('p95_ms')}"
-                f" p99 {lat.get('p99_ms')} ms  load {load[0]}",
+                f" p99 {lat.get('p99_ms')} ms (with the {a.warmup:.0f} s warm-up: p99 {lat.get('all_p99_ms')},"
+                f" max {lat.get('all_max_ms')} ms)  load {load[0]}"
+                + (f"  gc pauses max {result['gc_pauses']['gen2']['max_ms']} ms" if "gc_pauses" in result else ""),
                 file=sys.stderr,
             )
         return out
@@ -832,7 +889,12 @@ def print_table(result: dict[str, Any]) -> None:
             f"{m['peak_rss_mb']:>13.0f}{''.join(cells)}"
         )
     if paced:
-        print(f"latency: produce timestamp -> outcome record, paced at {paced['rate_target_msg_per_s']:.0f} msg/s")
+        print(
+            f"latency: produce timestamp -> outcome record, paced at {paced['rate_target_msg_per_s']:.0f} msg/s, "
+            f"after a {result['warmup_s']:.0f} s warm-up (every record's p99: "
+            + ", ".join(f"{v} {(paced.get(v) or {}).get('latency', {}).get('all_p99_ms')} ms" for v in d["median"])
+            + ")"
+        )
     v = result["verdicts"]
     if not v:
         return
@@ -916,6 +978,7 @@ async def parent_main(args: argparse.Namespace) -> dict[str, Any]:
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine(),
             "repeats": args.repeats,
+            "warmup_s": args.warmup,
             "note": "shared machine: figures are noisy, see load averages per run",
         }
         try:
@@ -946,6 +1009,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats of the drains (median reported)")
     p.add_argument("--paced-seconds", type=float, default=20.0, help="length of each paced run (0: none)")
     p.add_argument("--paced-rate", type=float, default=None, help="only paced runs, at this rate (msg/s)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=3.0,
+        help="paced runs: seconds paced before the measured --paced-seconds; their records count for exactly-once "
+        "and for all_p99_ms, not for the percentiles",
+    )
     p.add_argument(
         "--variants", type=lambda v: v.split(","), default=list(VARIANTS), help="comma-separated (default: all)"
     )

@@ -116,8 +116,11 @@ class Outbox:
         self._acked: asyncio.Task[None] | None = None  # the last hand-over's acknowledgement (chained)
         self._partitioner = DefaultPartitioner()  # the producer's own default (keyless writes: at random)
 
-    async def start(self) -> None:
+    async def start(self, topics: Sequence[str] = ()) -> None:
+        """Connect; and learn the partitions of ``topics`` now, so the first writes to them do not wait for it."""
         await self._producer.start()
+        for topic in topics:
+            await self._producer.partitions_for(topic)
 
     async def stop(self) -> None:
         await self._producer.stop()

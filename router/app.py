@@ -378,7 +378,7 @@ class Router:
             await self.flow.history.load(self.settings.bootstrap_servers, t.history)
         for connector in self._connectors():
             await connector.start()
-        await self.outbox.start()
+        await self.outbox.start([t.events, t.history, t.pending_notices, t.pending_closures])  # every transfer's
         await self.broker.start()
         log.info(
             "router_started", topic=t.transfers, group_id=self.settings.group_id, parked=len(self.retry_state.parked)
