@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from bench._workload import BenchCheckFailed, SeqCounter, Workload, seq_of
-from bench.router_vs_pipe import VARIANTS, Bench, parent_main, parse
+from bench.router_vs_pipe import VARIANTS, Bench, _latencies, parent_main, parse
 from contracts import TransferMessage
 from router.app import ensure_topics
 
@@ -32,6 +32,17 @@ def test_bench_seq_counter_names_missing_and_duplicated_numbers() -> None:
         counter.add(seq)
     with pytest.raises(BenchCheckFailed, match=r"1 missing \(first \[4\]\), 1 duplicated \(first \[3\]\)"):
         counter.check("test")
+
+
+def test_bench_latency_percentiles_leave_out_the_warm_up_and_still_report_every_records_p99() -> None:
+    """Records produced in the first warmup_ms count in all_p99_ms and the worst-by-second list, not in p99."""
+    produced = list(range(0, 4000))  # one record a millisecond for 4 s
+    ms = [500 if ts < 1000 else 10 for ts in produced]  # a slow first second
+    out = _latencies(ms, produced, warmup_ms=1000)
+    assert (out["count"], out["p99_ms"], out["max_ms"]) == (3000, 10, 10)
+    assert (out["all_p99_ms"], out["all_max_ms"]) == (500, 500)
+    assert out["worst_ms_by_second"] == [500, 10, 10, 10]
+    assert _latencies(ms, produced)["p99_ms"] == 500  # no warm-up: every record
 
 
 async def test_g3_bench_every_variant_sees_every_sequence_number_exactly_once(
