@@ -460,9 +460,9 @@ class ProtocolSpec(_Model):
 class StepDownMemory(NamedTuple):
     """One earlier step-down of the child (from the router's durable per-child history).
 
-    A tuple of plain values: the router keeps one per remembered step-down for a year, and a
-    tuple holding no containers is left out of the garbage collector's scans (see
-    ``casebridge/process.py``), so a long history adds no full-collection pauses.
+    A NamedTuple: the router keeps a year of them, stored as exact tuples of its fields
+    (``router/_history.py``, which the garbage collector stops scanning) and made into this
+    type when the protocol reads them.
     """
 
     transfer_id: str

@@ -57,6 +57,7 @@ from contracts import (
 )
 from mappings import DeadlineRule, Route, StepDownMemory, deadlines_by_rule, due_at
 
+from ._history import Entry as HistoryEntry
 from ._history import child_keys, hashed_key
 from ._history import decode as decode_history
 from ._outbox import Failure, dead_letter_headers
@@ -209,7 +210,7 @@ class ClosureScheduler:
         #: (partition, offset) of this scheduler's own writes to the pending topic: not applied again when read back
         self._own: set[tuple[int, int]] = set()
         #: the child history (hashed key -> step-downs), read whole at start, then followed (LU-4's cancellation)
-        self.step_downs: dict[str, tuple[StepDownMemory, ...]] = {}
+        self.step_downs: dict[str, tuple[HistoryEntry, ...]] = {}  # exact tuples: the collector stops scanning them
         #: signals with nothing pending yet: transfer id -> (partition, offset, monotonic time read)
         self._unmatched: dict[str, tuple[TopicPartition, int, float]] = {}
 
@@ -319,7 +320,7 @@ class ClosureScheduler:
     def _stepped_down(self, p: PendingClosure) -> StepDownMemory | None:
         """A step-down of the same child agreed after the step-up and before the closure falls due (LU-4)."""
         for key in p.cancel_on_step_down:
-            for m in self.step_downs.get(key, []):
+            for m in map(StepDownMemory._make, self.step_downs.get(key, ())):
                 if m.transfer_id != p.transfer_id and m.at >= p.requested_at and (p.due_at is None or m.at <= p.due_at):
                     return m
         return None
