@@ -176,7 +176,7 @@ def run(
         if stack.failed:
             sys.exit(4)
 
-    uvloop.run(main())  # the router's event loop: libuv's, ~8% less CPU a transfer than asyncio's (README Benchmark)
+    uvloop.run(main())  # libuv's event loop: less CPU a transfer than asyncio's (README Benchmark)
 
 
 @app.command("demo")

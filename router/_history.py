@@ -10,7 +10,7 @@ staff, not the family); nothing here is logged. Entries older than a year are dr
 
 In memory a child's entries are a tuple of ``Entry`` tuples (a ``StepDownMemory``'s fields,
 the time in UTC with its one shared tzinfo): exact tuples of plain values, which the garbage
-collector stops scanning after one pass (a NamedTuple, being a subclass, it would scan on every
+collector stops scanning once it has collected them (a NamedTuple, being a subclass, it scans on every
 full collection), so a year of step-downs adds nothing to the router's full-collection pauses.
 """
 
