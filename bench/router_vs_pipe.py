@@ -212,6 +212,8 @@ def _latencies(ms: Sequence[int], produced: Sequence[int] = (), warmup_ms: int =
         return {}
     start = min(produced) if produced else 0
     steady = [lat for lat, ts in zip(ms, produced, strict=True) if ts >= start + warmup_ms] if warmup_ms else ms
+    if len(steady) < 2:  # the warm-up took the whole run: say so rather than fail on the percentiles
+        raise BenchCheckFailed(f"only {len(steady)} records after the {warmup_ms} ms warm-up: pace for longer")
     q = statistics.quantiles(steady, n=100, method="inclusive")
     out: dict[str, Any] = {
         "count": len(steady),
