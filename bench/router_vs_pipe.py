@@ -323,6 +323,7 @@ async def _router_writes(args: argparse.Namespace) -> list[Queued]:
     capture = _Capture()
     record = ConsumerRecord(args.topic, 0, 0, 0, 0, r.key, r.value, None, len(r.key), len(r.value), r.headers)
     outcome = await router.flow.run(record, capture)
+    await router.outbox.stop()  # never started: closes the producer object
     if outcome.state != "completed" or len(capture.writes) != 6:
         raise BenchCheckFailed(f"floor: the router's flow gave {outcome.state} with {len(capture.writes)} writes")
     return capture.writes
@@ -719,16 +720,9 @@ class Bench:
             run_id = f"{self.prefix}-paced-{variant}"
             timeout = (a.warmup + a.paced_seconds) * 3 + 120
             extra = [
-                "--paced",
-                "--warmup",
-                str(a.warmup),
-                "--group",
-                run_id,
-                "--run-prefix",
-                run_id,
-                "--timeout",
-                str(timeout),
-            ]
+                "--paced", "--warmup", str(a.warmup), "--group", run_id, "--run-prefix", run_id,
+                "--timeout", str(timeout),
+            ]  # fmt: skip
             load = _load()
             child = Child(variant, self.common(topic, n), extra, timeout)
             child.wait_ready()
