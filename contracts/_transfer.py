@@ -254,6 +254,3 @@ class TransferMessage(Strict):
         """The Kafka key: one child's messages keep their order on one partition."""
         first = self.child.identifiers[0]
         return f"{first.system.value}:{first.id}"
-
-    def documents_of(self, kind: DocumentType) -> list[Document]:
-        return [d for d in self.documents if d.type is kind]

@@ -136,8 +136,8 @@ class DocumentsRule(_Rule):
         return self
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
-        every = all(t.documents_of(kind) for kind in self.documents)
-        return every and (not self.any_of or any(t.documents_of(kind) for kind in self.any_of))
+        kinds = {d.type for d in t.documents}
+        return kinds.issuperset(self.documents) and (not self.any_of or not kinds.isdisjoint(self.any_of))
 
 
 class ProfessionalRule(_Rule):

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mappings import DeadlineState, Unit, add_working_days, deadlines_for, due_at, evaluate, load_deadlines
+from mappings._deadlines import england_and_wales_bank_holidays
 
 RULES = {r.rule_id: r for r in load_deadlines()}
 
@@ -43,6 +44,21 @@ def test_sw22_15_working_days_skip_good_friday_and_easter_monday() -> None:
     start = datetime.fromisoformat("2027-03-24T09:00:00+00:00")  # 09:00 GMT; clocks go forward on the 28th
     due = due_at(start, 3, Unit.WORKING_DAYS)
     assert datetime.fromisoformat("2027-03-31T09:00:00+01:00") == due  # 09:00 local (BST)
+
+
+def test_working_days_remembered_per_start_day_match_the_walk() -> None:
+    """The day arithmetic is remembered per start day and length; every answer equals a fresh walk.
+
+    Three years of start days (two times a day, either side of the UK's midnight in summer) and four lengths,
+    against the walk over the same bank-holiday calendar passed in explicitly (never remembered).
+    """
+    calendar = england_and_wales_bank_holidays()
+    first = at("2026-01-01T00:30:00")
+    for day in range(3 * 365):
+        for hour in (0, 23):  # 00:30 UTC is 01:30 BST; 23:30 UTC in summer is the next day in the UK
+            start = first + timedelta(days=day, hours=hour)
+            for n in (1, 3, 10, 20):
+                assert add_working_days(start, n) == add_working_days(start, n, bank_holidays=calendar), (start, n)
 
 
 def test_ns13_hours_and_sw26_6_calendar_days_and_ns4_weeks() -> None:
