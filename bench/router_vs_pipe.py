@@ -863,12 +863,28 @@ def verdicts(drains: dict[str, Any], paced: dict[str, Any] | None) -> dict[str, 
         "floor_over_raw": round(m["floor"]["msg_per_s"] / m["raw"]["msg_per_s"], 3),
         "target_router_ge_60pct_of_raw": ratio >= 0.6,
         "target_router_ge_5000_per_s": m["router"]["msg_per_s"] >= 5000,
+        "budget": work_budget(m),
     }
     if paced is not None:
         p99 = paced["router"]["latency"]["p99_ms"]
         out["router_p99_ms_at_half_max"] = p99
         out["target_p99_lt_100ms_at_half_max"] = p99 < 100
     return out
+
+
+def work_budget(median: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The router's own work per transfer (wall time over the floor's), and what each throughput target allows.
+
+    The floor consumes, validates and writes the router's outputs, so the router's time per transfer is the
+    floor's plus its own work (protocol, connectors, events, history). For router / raw >= 0.6 a transfer may
+    take 1 / (0.6 * raw rate); for 5,000/s, 200 us. Less the floor's time, that is the room for the router's work.
+    """
+    us = {v: 1e6 / median[v]["msg_per_s"] for v in ("raw", "floor", "router")}
+    return {
+        "router_work_us": round(us["router"] - us["floor"], 1),
+        "allowed_for_60pct_of_raw_us": round(us["raw"] / 0.6 - us["floor"], 1),
+        "allowed_for_5000_per_s_us": round(1e6 / 5000 - us["floor"], 1),
+    }
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -899,6 +915,11 @@ def print_table(result: dict[str, Any]) -> None:
         f"floor/raw, its ceiling with these outputs: {v['floor_over_raw']:.2f}), "
         f"router >= 5,000/s: {v['target_router_ge_5000_per_s']}"
         + (f", p99 < 100 ms at half max: {v['target_p99_lt_100ms_at_half_max']}" if paced else "")
+    )
+    b = v["budget"]
+    print(
+        f"router's own work over the floor: {b['router_work_us']:.0f} us/transfer; room for it at router/raw 0.60: "
+        f"{b['allowed_for_60pct_of_raw_us']:.0f} us, at 5,000/s: {b['allowed_for_5000_per_s_us']:.0f} us"
     )
 
 

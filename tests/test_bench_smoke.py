@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from bench._workload import BenchCheckFailed, SeqCounter, Workload, seq_of
-from bench.router_vs_pipe import VARIANTS, Bench, _latencies, parent_main, parse
+from bench.router_vs_pipe import VARIANTS, Bench, _latencies, parent_main, parse, work_budget
 from contracts import TransferMessage
 from router.app import ensure_topics
 
@@ -45,6 +45,16 @@ def test_bench_latency_percentiles_leave_out_the_warm_up_and_still_report_every_
     assert _latencies(ms, produced)["p99_ms"] == 500  # no warm-up: every record
 
 
+def test_bench_work_budget_is_the_routers_time_over_the_floor_against_each_target() -> None:
+    """raw 10,000/s, floor 8,000/s, router 2,000/s: the router works 500 - 125 us; ratio 0.6 leaves 166.7 - 125."""
+    median = {"raw": {"msg_per_s": 10_000.0}, "floor": {"msg_per_s": 8_000.0}, "router": {"msg_per_s": 2_000.0}}
+    assert work_budget(median) == {
+        "router_work_us": 375.0,
+        "allowed_for_60pct_of_raw_us": 41.7,
+        "allowed_for_5000_per_s_us": 75.0,
+    }
+
+
 async def test_g3_bench_every_variant_sees_every_sequence_number_exactly_once(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -56,7 +66,7 @@ async def test_g3_bench_every_variant_sees_every_sequence_number_exactly_once(
     assert sorted(VARIANTS) == sorted(r["variant"] for r in runs)
     assert all(r["verified"] for r in runs)
     assert set(VARIANTS) == set(result["drains"]["median"])
-    assert {"router_over_raw", "target_router_ge_60pct_of_raw"} <= set(result["verdicts"])
+    assert {"router_over_raw", "target_router_ge_60pct_of_raw", "budget"} <= set(result["verdicts"])
     json.dumps(result)  # the JSON report can be written
 
 
