@@ -535,6 +535,10 @@ class Protocol:
     def systems(self, direction: Direction) -> PathwaySystems | None:
         return next((p for p in self.spec.pathway if p.direction is direction), None)
 
+    def asks_who_is_away(self, t: TransferMessage) -> bool:
+        """Whether routing ``t`` depends on the target's ``leader_away`` fact (NS-2's locality routing applies)."""
+        return any(isinstance(step, LocalityRouting) and step.applies_to.matches(t) for step in self.spec.route)
+
     def route(self, t: TransferMessage, facts: Facts) -> Route:
         """Apply the routing steps that apply, in file order; each may set part of the route."""
         pathway = self.systems(t.pathway.direction)

@@ -3,10 +3,11 @@
     raw bytes from the transfers topic
       1. decode against the contract            -> rejected + dead letter     (bad input)
       2. requested, validated
-      3. ask the source whether its record is still open, and the target who is away
+      3. ask the source whether its record is still open
       4. check the council's protocol rules      -> held + dead letter (+ alert for NS-7)
       5. NS-14: nothing to send                  -> completed-no-record, source closed
-      6. route (NS-2, SW22-7, LU-9, SW22-1...)   -> delivered (to the system and team the protocol names)
+      6. route (NS-2, SW22-7, LU-9, SW22-1...)   -> delivered (to the system and team the protocol names);
+         only where the route asks it (NS-2), the target is asked who is away
       7. the target confirms it holds it         -> acknowledged (+ LU-7 receipt notice)
       8. only then close the source record       -> source-closed, with the protocol's closure record
          or keep it open (SW26-3, BA-13, ...)    -> source-kept-open
@@ -26,7 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
@@ -176,12 +177,11 @@ class TransferFlow:
                 )
             target = self._target(pathway.target if pathway else p.to_system)
             source = self._source(p.from_system)
-            # 3. facts from the systems (and the child's step-down history: LU-9, NS-10)
+            # 3. facts from the source (and the child's step-down history: LU-9, NS-10)
             source_state = await self._retrying(lambda: source.state(transfer))
             closed_by_us = source_state.closed_by_transfer == transfer.transfer_id
             facts = Facts(
                 source_state=RecordState.OPEN if closed_by_us else source_state.state,
-                leader_away=await self._retrying(lambda: target.leader_away(transfer.child.locality or "")),
                 history=self.history.lookup(transfer) if self.history is not None else (),
             )
             # 4. the council's protocol
@@ -216,7 +216,11 @@ class TransferFlow:
                 await emit(TransferCompletedNoRecord, rule_ids=[no_record_rule])
                 receipt = Receipt(p.to_system, "no-record", created=False, acknowledged=True)
             else:
-                # 6. route (NS-2, SW22-7, LU-9, SW22-1, ...) and deliver
+                # 6. route (NS-2, SW22-7, LU-9, SW22-1, ...) and deliver; the target is asked who is away only
+                # where the route depends on it (NS-2), and only for a transfer that met the protocol
+                if protocol.asks_who_is_away(transfer):
+                    away = await self._retrying(lambda: target.leader_away(transfer.child.locality or ""))
+                    facts = replace(facts, leader_away=away)
                 route = protocol.route(transfer, facts)
                 if route.system is not None:
                     target = self._target(route.system)
