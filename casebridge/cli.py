@@ -329,17 +329,19 @@ def allocate_cmd(
     transfer_id: Annotated[str, typer.Argument(help="the step-down waiting for a family support worker (BA-9)")],
     worker: Annotated[str, typer.Option(help="the allocated family support worker's name (becomes lead professional)")],
     organisation: Annotated[str, typer.Option(help="the worker's organisation (BA-6)")],
+    operator: Annotated[str | None, typer.Option(help="who records it (required: every allocation is audited)")] = None,
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
     """BA-9: record that early help allocated a family support worker; the documents then go and TED closes.
 
-    Nothing reports this allocation from the early-help mailbox, so an operator records it. The
-    worker's name is kept in the pending closure only (no event, no log line carries it).
+    Nothing reports this allocation from the early-help mailbox, so an operator records it, audited
+    (who, when, which transfer) on the audit topic. The worker's name is kept in the pending closure
+    only (no event, no audit record, no log line carries it).
     """
     from contracts import Person
     from router import Settings
-    from router.closures import AllocationNotPending, record_allocation
+    from router.closures import AllocationRefused, record_allocation
 
     settings = Settings()
     settings = settings.model_copy(
@@ -350,8 +352,8 @@ def allocate_cmd(
     )
     person = Person(name=worker, role="Family Support Worker", organisation=organisation)
     try:
-        due = asyncio.run(record_allocation(settings, transfer_id, person))
-    except AllocationNotPending as exc:
+        due = asyncio.run(record_allocation(settings, transfer_id, person, operator or ""))
+    except AllocationRefused as exc:
         raise _fail(exc) from exc
     typer.echo(f"recorded: {due.transfer_id} ({due.rule_id}); the documents go and the source closes on the next poll")
 

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from contracts import EVENT_ADAPTER, TransferMessage
+from router.closures import AllocationAudit
 
 ASYNCAPI_FILE = Path(__file__).parent.parent / "contracts" / "asyncapi.json"
 REF = "#/components/schemas/{model}"
@@ -90,6 +91,7 @@ def asyncapi_document() -> dict[str, Any]:
     event = _hoist(EVENT_ADAPTER.json_schema(ref_template=REF), schemas)
     schemas["TransferEvent"] = event
     schemas["AuditRecord"] = _hoist(_Audit.model_json_schema(ref_template=REF), schemas)
+    schemas["AllocationAudit"] = _hoist(AllocationAudit.model_json_schema(ref_template=REF), schemas)
 
     def message(name: str, title: str, summary: str, schema: str, key: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -132,6 +134,13 @@ def asyncapi_document() -> dict[str, Any]:
         "AuditRecord": message(
             "AuditRecord", "Replay audit record", "One replayed dead letter.", "AuditRecord", "the dead letter id"
         ),
+        "AllocationAudit": message(
+            "AllocationAudit",
+            "Allocation audit record",
+            "One allocation recorded by an operator (BA-9, casebridge allocate); no worker's name.",
+            "AllocationAudit",
+            "allocation/<transfer id>",
+        ),
     }
 
     def channel(address: str, description: str, *names: str, **params: Any) -> dict[str, Any]:
@@ -153,7 +162,9 @@ def asyncapi_document() -> dict[str, Any]:
         ),
         "deadLetters": channel("{prefix}.dlq", "Messages that could not be handled.", "DeadLetter"),
         "parking": channel("{prefix}.parking", "Replayed messages that failed again.", "DeadLetter"),
-        "audit": channel("{prefix}.audit", "Operators' replays.", "AuditRecord"),
+        "audit": channel(
+            "{prefix}.audit", "Operators' actions: replays and recorded allocations.", "AuditRecord", "AllocationAudit"
+        ),
     }
 
     def operation(action: str, ch: str, summary: str) -> dict[str, Any]:
@@ -173,7 +184,7 @@ def asyncapi_document() -> dict[str, Any]:
         "deadLetter": operation("send", "deadLetters", "The router dead-letters what it cannot handle."),
         "replayDeadLetters": operation("receive", "deadLetters", "An operator lists and replays dead letters."),
         "park": operation("send", "parking", "A replayed message that failed again."),
-        "audit": operation("send", "audit", "Each replay is audited."),
+        "audit": operation("send", "audit", "Each replay and each recorded allocation is audited."),
     }
     return {
         "asyncapi": "3.0.0",

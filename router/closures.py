@@ -30,12 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from connectors import CasebridgeError, PermanentError, Receipt, Source, Target, TargetUnavailable
 from connectors._feed import idempotent_producer, poll_forever
@@ -498,17 +498,42 @@ class ClosureScheduler:
         await poll_forever(self.poll_once, interval, stop, "pending-closures")
 
 
-class AllocationNotPending(ValueError):
+class AllocationRefused(ValueError):
+    """``casebridge allocate`` refused: nothing was written (the message names the field and the rule)."""
+
+
+class AllocationNotPending(AllocationRefused):
     """``casebridge allocate``: the transfer has no closure waiting for a recorded allocation (BA-9)."""
 
 
+#: audit records of recorded allocations are keyed ``allocation/<transfer id>`` (a replay's by its dead letter id)
+ALLOCATION_AUDIT_PREFIX = "allocation/"
+
+
+class AllocationAudit(BaseModel):
+    """One record of ``<prefix>.audit``: who recorded an allocation (BA-9), when, for which transfer and rule.
+
+    The worker's organisation, never the worker's name (that stays in the pending closure)."""
+
+    action: Literal["allocation-recorded"] = "allocation-recorded"
+    operator: str
+    at: datetime
+    transfer_id: str
+    rule_id: str
+    council: str
+    organisation: str | None
+
+
 async def record_allocation(
-    settings: Settings, transfer_id: str, worker: Person, clock: Clock = utc_now
+    settings: Settings, transfer_id: str, worker: Person, operator: str, clock: Clock = utc_now
 ) -> PendingClosure:
     """BA-9: an operator records that early help allocated a family support worker (nothing reports it from the
     early-help mailbox). The pending closure is written back due now with the worker, so the closure scheduler
     sends the documents and then closes the source (BA-15); an ``allocated`` event starts BA-14 on the monitor.
-    The worker's name goes into the compacted pending entry only, never into an event or a log line."""
+    Every recorded allocation is audited (who recorded it, when, for which transfer and rule) on the audit topic.
+    The worker's name goes into the compacted pending entry only, never into an event, the audit or a log line."""
+    if not operator.strip():
+        raise AllocationRefused("operator: required, every recorded allocation is audited (--operator)")
     topics = settings.topics
     pending = await replay_compacted(
         settings.bootstrap_servers, topics.pending_closures, bytes.decode, PendingClosure.decode
@@ -519,7 +544,7 @@ async def record_allocation(
             f"transfer_id: {transfer_id!r} has no closure waiting for a recorded allocation (BA-9)"
         )
     if not worker.organisation:
-        raise AllocationNotPending("worker.organisation: BA-6 needs the lead professional's organisation")
+        raise AllocationRefused("worker.organisation: BA-6 needs the lead professional's organisation")
     due = p.model_copy(update={"due_at": clock(), "worker": worker})
     event = TransferAllocated(
         event_id=event_id(f"{transfer_id}/allocation-recorded", "allocated"),
@@ -540,6 +565,17 @@ async def record_allocation(
             event.model_dump_json().encode(),
             key=transfer_id.encode(),
             headers=[("event_type", b"allocated")],
+        )
+        audit = AllocationAudit(
+            operator=operator.strip(),
+            at=event.occurred_at,
+            transfer_id=transfer_id,
+            rule_id=p.rule_id,
+            council=p.council.value,
+            organisation=worker.organisation,
+        )
+        await producer.send_and_wait(
+            topics.audit, audit.model_dump_json().encode(), key=f"{ALLOCATION_AUDIT_PREFIX}{transfer_id}".encode()
         )
     finally:
         await producer.stop()

@@ -27,6 +27,7 @@ from contracts import TransferReplayed
 from ._outbox import DLQ_PREFIX
 from ._reading import read_all
 from ._retry import H_REPLAY_OF, H_REPLAY_OPERATOR
+from .closures import ALLOCATION_AUDIT_PREFIX
 from .settings import Topics
 
 
@@ -127,7 +128,9 @@ async def list_dead_letters(bootstrap_servers: str, topics: Topics, filters: Fil
 
 
 async def replayed_ids(bootstrap_servers: str, topics: Topics) -> set[str]:
-    return {r.key.decode() for r in await read_all(bootstrap_servers, topics.audit) if r.key is not None}
+    """The dead letters replayed so far: the keys of the audit topic's replay records (not its allocations')."""
+    keys = {r.key.decode() for r in await read_all(bootstrap_servers, topics.audit) if r.key is not None}
+    return {k for k in keys if not k.startswith(ALLOCATION_AUDIT_PREFIX)}
 
 
 @dataclass

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import email
+import json
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import default as default_policy
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +21,16 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
+from casebridge.cli import app as cli_app
 from connectors.mailbox import MailboxConnector, MailboxSettings
 from connectors.ted import TedConnector, TedPublisher, transfer_id_for
 from contracts import CaseSystem, Council, Person, Purpose, TransferEvent, TransferMessage
 from mappings import load_protocol
 from router import Settings, Topics, build_router
 from router.closures import AllocationNotPending, ClosureScheduler, record_allocation
+from router.deadletters import replayed_ids
 from sandboxes import ServerHandle, create_ted_app, serve
 from tests.conftest import free_port
 from tests.support import count_type, events_of, read
@@ -269,8 +274,16 @@ async def test_ba09_ba15_documents_go_once_an_operator_records_the_allocated_wor
         assert tid in scheduler.pending and 0 == sum([await scheduler.poll_once() for _ in range(3)])
         assert "open" == w.http.get(f"/api/cases/{case_id}").json()["record_state"]
         with pytest.raises(AllocationNotPending, match="transfer_id"):
-            await record_allocation(settings, "barnsley-ted-unknown", WORKER)
-        await record_allocation(settings, tid, WORKER)
+            await record_allocation(settings, "barnsley-ted-unknown", WORKER, "ops-tester")
+        # the operator's command: refused without an operator (nothing written), then recorded and audited
+        where = ["--bootstrap", kafka_bootstrap, "--prefix", topic_prefix]
+        allocate = ["allocate", tid, "--worker", WORKER.name, "--organisation", str(WORKER.organisation), *where]
+        refused = await asyncio.to_thread(CliRunner().invoke, cli_app, allocate)
+        assert (2, True) == (refused.exit_code, "operator: required" in refused.output)
+        assert 0 == sum([await scheduler.poll_once() for _ in range(3)])  # still waiting for the allocation
+        recorded = await asyncio.to_thread(CliRunner().invoke, cli_app, [*allocate, "--operator", "ops-tester"])
+        said = recorded.stdout.strip().splitlines()[-1]
+        assert (0, f"recorded: {tid} (BA-9)") == (recorded.exit_code, said.split(";")[0])
         closed = 0
         for _ in range(30):
             closed += await scheduler.poll_once()
@@ -283,6 +296,12 @@ async def test_ba09_ba15_documents_go_once_an_operator_records_the_allocated_wor
         router.stopped.set()
         await task
 
+    [audit] = await read(kafka_bootstrap, topics.audit, lambda records: len(records) >= 1, timeout=30)
+    assert audit.key == f"allocation/{tid}".encode() and WORKER.name.encode() not in (audit.value or b"")
+    assert ("ops-tester", tid, "BA-9", WORKER.organisation) == itemgetter(
+        "operator", "transfer_id", "rule_id", "organisation"
+    )(json.loads(audit.value or b""))
+    assert set() == await replayed_ids(kafka_bootstrap, topics)  # an allocation is not a replayed dead letter
     case = w.http.get(f"/api/cases/{case_id}").json()
     [sent] = case["stepdowns"]
     assert ("closed", tid, "mailbox") == (case["record_state"], case["closure_transfer_id"], sent["sent_via"])
