@@ -556,26 +556,27 @@ async def record_allocation(
         target_reference=p.target_reference,
         episode_reference=p.target_reference,
     )
+    audit = AllocationAudit(
+        operator=operator.strip(),
+        at=event.occurred_at,
+        transfer_id=transfer_id,
+        rule_id=p.rule_id,
+        council=p.council.value,
+        organisation=worker.organisation,
+    )
     producer = idempotent_producer(settings.bootstrap_servers)
     await producer.start()
     try:
+        # the audit first: nothing is recorded that was not audited (a failure after it leaves an audited attempt)
+        await producer.send_and_wait(
+            topics.audit, audit.model_dump_json().encode(), key=f"{ALLOCATION_AUDIT_PREFIX}{transfer_id}".encode()
+        )
         await producer.send_and_wait(topics.pending_closures, due.encode(), key=transfer_id.encode())
         await producer.send_and_wait(
             topics.events,
             event.model_dump_json().encode(),
             key=transfer_id.encode(),
             headers=[("event_type", b"allocated")],
-        )
-        audit = AllocationAudit(
-            operator=operator.strip(),
-            at=event.occurred_at,
-            transfer_id=transfer_id,
-            rule_id=p.rule_id,
-            council=p.council.value,
-            organisation=worker.organisation,
-        )
-        await producer.send_and_wait(
-            topics.audit, audit.model_dump_json().encode(), key=f"{ALLOCATION_AUDIT_PREFIX}{transfer_id}".encode()
         )
     finally:
         await producer.stop()
