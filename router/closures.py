@@ -64,7 +64,7 @@ from ._outbox import Failure, dead_letter_headers
 from ._pending import PendingClosure, Trigger
 from ._reading import fold_compacted, follower, replay_compacted
 from .flow import event_id
-from .settings import Settings
+from .settings import ALLOCATION_AUDIT_PREFIX, Settings
 
 log = structlog.get_logger("casebridge.router.closures")
 Clock = Callable[[], datetime]
@@ -504,10 +504,6 @@ class AllocationRefused(ValueError):
 
 class AllocationNotPending(AllocationRefused):
     """``casebridge allocate``: the transfer has no closure waiting for a recorded allocation (BA-9)."""
-
-
-#: audit records of recorded allocations are keyed ``allocation/<transfer id>`` (a replay's by its dead letter id)
-ALLOCATION_AUDIT_PREFIX = "allocation/"
 
 
 class AllocationAudit(BaseModel):

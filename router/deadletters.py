@@ -27,8 +27,7 @@ from contracts import TransferReplayed
 from ._outbox import DLQ_PREFIX
 from ._reading import read_all
 from ._retry import H_REPLAY_OF, H_REPLAY_OPERATOR
-from .closures import ALLOCATION_AUDIT_PREFIX
-from .settings import Topics
+from .settings import ALLOCATION_AUDIT_PREFIX, Topics
 
 
 class ReplayRefused(ValueError):

@@ -62,8 +62,13 @@ class Topics:
 
     @property
     def audit(self) -> str:
-        """Operators' actions (replays), keyed by the dead letter they acted on."""
+        """Operators' actions: replays, keyed by the dead letter they acted on; recorded allocations (BA-9),
+        keyed ``ALLOCATION_AUDIT_PREFIX`` + transfer id."""
         return f"{self.prefix}.audit"
+
+
+#: the audit topic's key prefix for a recorded allocation (a replay's key is its dead letter id)
+ALLOCATION_AUDIT_PREFIX = "allocation/"
 
 
 class RetrySettings(BaseModel):

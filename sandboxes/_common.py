@@ -617,7 +617,8 @@ def feed_page(
     conn: sqlite3.Connection, select: str, after: int, limit: int, seq: str = "seq"
 ) -> tuple[list[Any], int, bool]:
     """One page of a feed read by cursor: the rows after ``after`` in ``seq`` order, the page's last seq
-    (``after`` when empty) and whether more follow. ``select`` is the query up to its WHERE."""
+    (``after`` when empty) and whether more follow. ``select`` is the query up to its WHERE; ``seq`` is the
+    ordering column as the query names it (``d.seq`` in a join), read back from the rows as ``seq``."""
     rows = conn.execute(f"{select} WHERE {seq} > ? ORDER BY {seq} LIMIT ?", (after, limit + 1)).fetchall()
     page = rows[:limit]
     return page, (page[-1]["seq"] if page else after), len(rows) > limit
