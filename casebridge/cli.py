@@ -10,8 +10,9 @@ import signal
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import structlog
 import typer
 import uvloop
 
@@ -23,6 +24,11 @@ from .localkafka import KafkaError, LocalKafka, default_home
 from .logs import configure_logging
 from .process import freeze_startup_heap
 
+if TYPE_CHECKING:
+    from .deployment import Deployment
+
+log = structlog.get_logger("casebridge.cli")
+
 app = typer.Typer(
     help="casebridge: step-up / step-down handovers between children's case systems, over Kafka.",
     no_args_is_help=True,
@@ -33,9 +39,11 @@ sandbox_app = typer.Typer(
     help="Sandbox case systems (real HTTP services with their own storage).", no_args_is_help=True
 )
 dlq_app = typer.Typer(help="The dead-letter topic: list and inspect what could not be handled.", no_args_is_help=True)
+config_app = typer.Typer(help="Deployment files: check one before running it.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(config_app, name="config")
 
 HomeOpt = Annotated[
     Path | None, typer.Option(help="broker home (data, logs); default $CASEBRIDGE_HOME/kafka or ~/.casebridge/kafka")
@@ -144,32 +152,53 @@ def sandbox_smtp(
             pass
 
 
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="the deployment file (TOML; default $CASEBRIDGE_CONFIG); see examples/"),
+]
+
+
+def _deployment(config: Path | None) -> Deployment:
+    """The deployment file named by --config or $CASEBRIDGE_CONFIG, validated; one line per problem."""
+    from .deployment import DeploymentError, load
+
+    path = config or (Path(os.environ["CASEBRIDGE_CONFIG"]) if os.environ.get("CASEBRIDGE_CONFIG") else None)
+    if path is None:
+        raise _fail(ValueError("no deployment file: pass --config FILE (examples/ has one per council)"))
+    try:
+        return load(path)
+    except DeploymentError as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(code=2) from None
+
+
 @app.command("run")
 def run(
-    state_dir: Annotated[Path, typer.Option(help="where connector cursors are kept")] = Path(".casebridge/state"),
+    config: ConfigOpt = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="where connector cursors are kept (default: the file's state_dir)")
+    ] = None,
 ) -> None:
-    """Run the router with the LCS publisher and EHM reporter, configured by CASEBRIDGE_* variables.
+    """Run a deployment: the router, the closures and notices, and every system the deployment file names.
 
-    Needs CASEBRIDGE_BOOTSTRAP_SERVERS, CASEBRIDGE_LCS__URL, CASEBRIDGE_LCS__TOKEN,
-    CASEBRIDGE_EHM__URL and CASEBRIDGE_EHM__TOKEN; CASEBRIDGE_TED__URL/__TOKEN and
-    CASEBRIDGE_CARE_DIRECTOR__URL/__TOKEN (optional) add TED's and Care Director's connector and publisher.
+    Exits 0 when stopped (SIGINT, SIGTERM), 2 on a deployment file that cannot run, 3 when the router halted
+    (a dead letter could not be written), 4 when a loop died; a supervisor restarts it and it resumes.
     """
-    from router import Settings
-
-    from .stack import stack_from_settings
+    from .stack import stack_from_deployment
 
     configure_logging()
-    settings = Settings()
-    if settings.lcs is None or settings.ehm is None:
-        raise _fail(ValueError("CASEBRIDGE_LCS__URL/__TOKEN and CASEBRIDGE_EHM__URL/__TOKEN are required"))
+    deployment = _deployment(config)
 
     async def main() -> None:
-        stack = stack_from_settings(settings, state_dir)
+        stack = stack_from_deployment(deployment, state_dir)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stack.router.stopped.set)
         async with stack:
             freeze_startup_heap()  # no ~100 ms full-collection pauses over start-up objects while routing
+            log.info("deployment_started", councils=[c.value for c in deployment.councils],
+                     systems=sorted(deployment.systems), loops=[type(f).__name__ for f in stack.feeds])  # fmt: skip
             await stack.router.stopped.wait()
         if stack.router.halted:
             sys.exit(3)
@@ -177,6 +206,32 @@ def run(
             sys.exit(4)
 
     uvloop.run(main())  # libuv's event loop: less CPU a transfer than asyncio's (README Benchmark)
+
+
+@config_app.command("check")
+def config_check(
+    config: Annotated[Path, typer.Argument(metavar="FILE", help="the deployment file to check")],
+) -> None:
+    """Validate a deployment file and print what would run (systems, loops, routes); starts nothing."""
+    from .registry import KINDS
+
+    d = _deployment(config)
+    s = d.settings
+    typer.echo(f"deployment {config}: councils {', '.join(c.value for c in d.councils)}")
+    typer.echo(f"  kafka {s.bootstrap_servers}, topics {s.topic_prefix}.*, router group {s.group_id}")
+    typer.echo(f"  state in {d.state_dir}; retry tiers {', '.join(f'{t:g}s' for t in s.retry.tiers)}")
+    typer.echo("systems:")
+    for name, cfg in d.systems.items():
+        kind = KINDS[cfg.kind]
+        serves = [f"target for {t.value}" for t in kind.targets] + [f"source for {x.value}" for x in kind.sources]
+        loops = f"; loops: {kind.loops} (for {d.council_of(name).value})" if kind.loops else ""
+        typer.echo(f"  {name}: {cfg.kind} ({', '.join(serves)}){loops}")
+    typer.echo("routes:")
+    for council, direction, source, src_name, tgt_name, team in d.routes():
+        to = f" to {team}" if team else ""
+        typer.echo(f"  {council.value} {direction.value}: from {src_name} ({source}) -> {tgt_name}{to}")
+    typer.echo(f"alerts: {', '.join(f'{n} ({c.kind})' for n, c in d.alerts.items()) or 'none (alert events only)'}")
+    typer.echo("ok")
 
 
 @app.command("demo")

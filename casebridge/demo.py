@@ -38,7 +38,9 @@ from contracts import CaseSystem, Council, TransferEvent, TransferMessage, parse
 from router import Settings
 from sandboxes import SmtpSandbox, create_care_director_app, create_ehm_app, create_lcs_app, create_ted_app, serve
 
+from .registry import EhmSystem, LcsSystem
 from .scenarios import EhmSandboxClient, LcsSandboxClient, step_down, step_up, synthetic_child
+from .secrets import SecretRef
 from .stack import Stack
 
 TERMINAL = {"source-closed", "source-kept-open", "held", "dead-lettered"}
@@ -224,13 +226,14 @@ async def run_demo(bootstrap: str, out: Any = print) -> bool:
             mailboxes=DEMO_MAILBOXES,
         )
         out(f"sandbox TED at {ted_server.url}, Care Director at {cd_server.url}, SMTP relay on port {relay.port}")
+        secret = SecretRef.given(token)
         stack = Stack(
             settings,
-            lcs_server.url,
-            SecretStr(token),
-            ehm_server.url,
-            SecretStr(token),
             Path(work) / "state",
+            systems={
+                "lcs": LcsSystem(url=lcs_server.url, token=secret),
+                "ehm": EhmSystem(url=ehm_server.url, token=secret),
+            },
             extra_targets={**mem.targets(), CaseSystem.MAILBOX: MailboxConnector(mail)},
             extra_sources={
                 **mem.sources(),

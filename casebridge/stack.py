@@ -1,32 +1,37 @@
-"""One casebridge deployment in a process: router, LCS publisher, EHM step-up publisher, allocation reporter,
-allocation notices (LU-7), the closure scheduler (LU-4, SW22-10, NS-12) and, where the settings name them,
-the TED and Care Director connectors and change-feed publishers.
+"""One casebridge deployment in a process: the router, the allocation notices (LU-7), the closure scheduler
+(LU-4, SW22-10, NS-12, BA-9), and for each system the deployment file names (``casebridge/registry.py``) its
+connectors and its feed publishers and reporters.
 
-Used by ``casebridge run`` and ``casebridge demo`` (with loops) and by the end-to-end
-tests (polling by hand, to control timing). The case systems are reached by URL.
+Used by ``casebridge run --config`` (with loops) and by the end-to-end tests (polling by hand, to control
+timing). The case systems are reached by URL; nothing is required but what the deployment names.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
-from pydantic import SecretStr
 
-from connectors import FeedPublisher, Source, Target
-from connectors.care_director import CareDirectorConnector, CareDirectorPublisher
-from connectors.ehm import AllocationReporter, EhmConnector, StepUpPublisher
-from connectors.lcs import DecisionReporter, LcsConnector, LcsPublisher
-from connectors.ted import TedConnector, TedPublisher
-from contracts import CaseSystem
+from connectors import Source, Target
+from connectors.ehm import AllocationReporter, StepUpPublisher
+from connectors.lcs import DecisionReporter, LcsPublisher
+from contracts import CaseSystem, Council
+from mappings import load_protocols
 from router import Router, Settings, build_router
 from router.closures import ClosureScheduler, utc_now
 from router.notices import AllocationNotices
+
+from .registry import KINDS, SystemConfig, Wiring
+
+if TYPE_CHECKING:
+    from .deployment import Deployment
+
+T = TypeVar("T")
 
 log = structlog.get_logger("casebridge.stack")
 
@@ -35,37 +40,42 @@ class _Loop(Protocol):
     async def run(self, interval: float = 0.5, stop: Callable[[], bool] = ...) -> None: ...
 
 
-def stack_from_settings(settings: Settings, state_dir: Path) -> Stack:
-    """The stack ``casebridge run`` runs: LCS and EHM (required), TED and Care Director where the settings name them."""
-    if settings.lcs is None or settings.ehm is None:
-        raise ValueError("CASEBRIDGE_LCS__URL/__TOKEN and CASEBRIDGE_EHM__URL/__TOKEN are required")
-    return Stack(settings, settings.lcs.url, settings.lcs.token, settings.ehm.url, settings.ehm.token, state_dir)
+def stack_from_deployment(deployment: Deployment, state_dir: Path | None = None, **kwargs: Any) -> Stack:
+    """The stack ``casebridge run --config FILE`` runs: every system the deployment file names, nothing else."""
+    return Stack(
+        deployment.settings,
+        state_dir or deployment.state_dir,
+        systems=deployment.systems,
+        councils=deployment.councils,
+        alerts=deployment.alerts,
+        **kwargs,
+    )
 
 
 @dataclass
 class Stack:
     settings: Settings
-    lcs_url: str
-    lcs_token: SecretStr
-    ehm_url: str
-    ehm_token: SecretStr
     state_dir: Path
+    #: the case systems and channels by name, as a deployment file's ``[systems.NAME]`` blocks (the registry
+    #: builds each one's connectors and loops)
+    systems: Mapping[str, SystemConfig] = field(default_factory=dict)
+    #: the councils served (their protocols are loaded); None: every protocol shipped (tests)
+    councils: tuple[Council, ...] | None = None
+    #: alert channels by name (``[alerts.NAME]``)
+    alerts: Mapping[str, Any] = field(default_factory=dict)
     loops: bool = True
     poll_interval: float = 0.3
-    #: connectors for the other case systems and channels (Care Director, TED, team mailboxes)
+    #: connectors and loops handed in by the caller (tests' in-memory systems); they win over the systems'
     extra_targets: dict[CaseSystem, Target] = field(default_factory=dict)
     extra_sources: dict[CaseSystem, Source] = field(default_factory=dict)
-    #: change-feed publishers of the other case systems (TED's step-down requests), run beside LCS's
-    extra_publishers: list[FeedPublisher] = field(default_factory=list)
-    #: the closure scheduler's clock (the demo and tests move it on to see LU-4's 10 days pass)
+    extra_publishers: list[Any] = field(default_factory=list)
+    #: the closure scheduler's clock (tests move it on to see LU-4's 10 days pass)
     clock: Callable[[], datetime] = utc_now
     router: Router = field(init=False)
-    publisher: LcsPublisher = field(init=False)
-    reporter: AllocationReporter = field(init=False)
-    stepups: StepUpPublisher = field(init=False)
-    decisions: DecisionReporter = field(init=False)
     notices: AllocationNotices = field(init=False)
     closures: ClosureScheduler = field(init=False)
+    #: the systems' feed publishers, reporters and servers, then the caller's
+    feeds: list[Any] = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     #: the loop that died, if one did (``casebridge run`` then exits 4)
     failed: str | None = field(default=None, init=False)
@@ -73,96 +83,70 @@ class Stack:
 
     def __post_init__(self) -> None:
         topics = self.settings.topics
-        self._configured_systems()
-        # LCS and EHM each serve both directions: step-downs LCS -> EHM, step-ups EHM -> LCS (Front Door)
+        targets: dict[CaseSystem, Target] = {}
+        sources: dict[CaseSystem, Source] = {}
+        feeds: list[Any] = []
+        default_council = self.councils[0] if self.councils else self.settings.council
+        for name, config in self.systems.items():
+            wiring = Wiring(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                transfers_topic=topics.transfers,
+                dead_letter_topic=topics.dead_letter,
+                events_topic=topics.events,
+                audit_topic=topics.audit,
+                state_dir=self.state_dir,
+                council=config.council or default_council,
+                name=name,
+            )
+            built = KINDS[config.kind].build(config, wiring)
+            targets.update(built.targets)
+            sources.update(built.sources)
+            feeds += built.loops
+        protocols = load_protocols()
+        if self.councils is not None:
+            protocols = {c: p for c, p in protocols.items() if c in self.councils}
         self.router = build_router(
             self.settings,
-            targets={
-                CaseSystem.EHM: EhmConnector(self.ehm_url, self.ehm_token),
-                CaseSystem.LCS: LcsConnector(self.lcs_url, self.lcs_token),
-                **self.extra_targets,
-            },
-            sources={
-                CaseSystem.LCS: LcsConnector(self.lcs_url, self.lcs_token),
-                CaseSystem.EHM: EhmConnector(self.ehm_url, self.ehm_token),
-                **self.extra_sources,
-            },
+            targets={**targets, **self.extra_targets},
+            sources={**sources, **self.extra_sources},
+            protocols=protocols,
         )
-        self.publisher = LcsPublisher(
-            LcsConnector(self.lcs_url, self.lcs_token),
-            self.settings.bootstrap_servers,
-            topics.transfers,
-            topics.dead_letter,
-            cursor=self.state_dir / "lcs-cursor.json",
-            council=self.settings.council,
-        )
-        self.decisions = DecisionReporter(
-            LcsConnector(self.lcs_url, self.lcs_token),
-            self.settings.bootstrap_servers,
-            topics.events,
-            cursor=self.state_dir / "lcs-decisions-cursor.json",
-        )
+        self.feeds = [*feeds, *self.extra_publishers]
         self.notices = AllocationNotices(self.settings, self.router.flow.targets)
         self.closures = ClosureScheduler(self.settings, self.router.flow.sources, self.router.flow.targets, self.clock)
-        self.stepups = StepUpPublisher(
-            EhmConnector(self.ehm_url, self.ehm_token),
-            self.settings.bootstrap_servers,
-            topics.transfers,
-            topics.dead_letter,
-            cursor=self.state_dir / "ehm-stepups-cursor.json",
-            council=self.settings.council,
-        )
-        self.reporter = AllocationReporter(
-            EhmConnector(self.ehm_url, self.ehm_token),
-            self.settings.bootstrap_servers,
-            topics.events,
-            cursor=self.state_dir / "ehm-allocations-cursor.json",
-        )
 
-    def _configured_systems(self) -> None:
-        """TED and Care Director named in the settings (``CASEBRIDGE_TED__URL`` ...): their connector as source and
-        target, and their change-feed publisher; a connector or publisher passed in explicitly wins (the demo)."""
-        topics, state = self.settings.topics, self.state_dir
-        publishers: list[FeedPublisher] = []
-        # one connector (one HTTP client) per use, as for LCS and EHM: each is started and stopped by its user
-        ted, cd = self.settings.ted, self.settings.care_director
-        if ted is not None:
-            self.extra_targets = {CaseSystem.TED: TedConnector(ted.url, ted.token), **self.extra_targets}
-            self.extra_sources = {CaseSystem.TED: TedConnector(ted.url, ted.token), **self.extra_sources}
-            if not any(isinstance(p, TedPublisher) for p in self.extra_publishers):
-                cursor = state / "ted-cursor.json"
-                publishers.append(TedPublisher(TedConnector(ted.url, ted.token), self.settings.bootstrap_servers,
-                                               topics.transfers, topics.dead_letter, cursor))  # fmt: skip
-        if cd is not None:
-            self.extra_targets = {
-                CaseSystem.CARE_DIRECTOR: CareDirectorConnector(cd.url, cd.token),
-                **self.extra_targets,
-            }
-            self.extra_sources = {
-                CaseSystem.CARE_DIRECTOR: CareDirectorConnector(cd.url, cd.token),
-                **self.extra_sources,
-            }
-            if not any(isinstance(p, CareDirectorPublisher) for p in self.extra_publishers):
-                cursor = state / "care-director-cursor.json"
-                publishers.append(CareDirectorPublisher(CareDirectorConnector(cd.url, cd.token),
-                                                        self.settings.bootstrap_servers, topics.transfers,
-                                                        topics.dead_letter, cursor))  # fmt: skip
-        self.extra_publishers = [*self.extra_publishers, *publishers]
+    def feed(self, kind: type[T]) -> T:
+        """The one loop of this type (e.g. ``stack.feed(LcsPublisher)``)."""
+        found = [f for f in self.feeds if isinstance(f, kind)]
+        if len(found) != 1:
+            raise LookupError(f"{len(found)} loops of type {kind.__name__} in this stack")
+        return found[0]
+
+    @property
+    def publisher(self) -> LcsPublisher:
+        return self.feed(LcsPublisher)
+
+    @property
+    def stepups(self) -> StepUpPublisher:
+        return self.feed(StepUpPublisher)
+
+    @property
+    def reporter(self) -> AllocationReporter:
+        return self.feed(AllocationReporter)
+
+    @property
+    def decisions(self) -> DecisionReporter:
+        return self.feed(DecisionReporter)
 
     async def start(self) -> None:
         await self.router.start()
-        await self.publisher.start()
-        await self.stepups.start()
-        await self.reporter.start()
-        await self.decisions.start()
         await self.notices.start()
-        for extra in self.extra_publishers:
-            await extra.start()
+        for feed in self.feeds:
+            await feed.start()
         await self.closures.start()
         if self.loops:
             stop = lambda: self._stopping  # noqa: E731
-            parts: list[_Loop] = [self.publisher, self.stepups, self.notices, self.closures, self.reporter,
-                                  self.decisions, *self.extra_publishers]  # fmt: skip
+            parts: list[_Loop] = [self.notices, self.closures, *self.feeds]
             for part in parts:
                 task = asyncio.create_task(part.run(self.poll_interval, stop), name=type(part).__name__)
                 task.add_done_callback(self._loop_ended)
@@ -181,14 +165,10 @@ class Stack:
     async def stop(self) -> None:
         self._stopping = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for extra in self.extra_publishers:
-            await extra.stop()
+        for feed in reversed(self.feeds):
+            await feed.stop()
         await self.closures.stop()
         await self.notices.stop()
-        await self.decisions.stop()
-        await self.reporter.stop()
-        await self.stepups.stop()
-        await self.publisher.stop()
         await self.router.stop()
 
     async def __aenter__(self) -> Stack:

@@ -615,6 +615,17 @@ class Protocol:
                 return ClosureRecord(reason=c.reason, lead_professional=lead, rule_ids=[c.rule])
         return None
 
+    def notice_channels(self) -> set[CaseSystem]:
+        """The channels the protocol's notices go by (a deployment must serve each as a target)."""
+        return {n.channel for n in self.spec.notice}
+
+    def routed_targets(self) -> set[CaseSystem]:
+        """Target systems a routing step can choose beyond the pathways' (SW22-7's outcome table)."""
+        if not any(isinstance(step, OutcomeRouting) for step in self.spec.route):
+            return set()
+        tables = [x for x in self.spec.rule if isinstance(x, AssessmentOutcomeRule)]
+        return {o.target for t in tables for o in outcome_table(t.outcomes).values() if o.step_down}
+
     def notices(self, t: TransferMessage, on: str) -> list[Notice]:
         return [n for n in self.spec.notice if n.on == on and n.applies_to.matches(t)]
 

@@ -175,13 +175,13 @@ class TransferFlow:
                     f"{protocol.origin}: the {p.direction.value} pathway starts on {pathway.source.value}, "
                     f"not {p.from_system.value} (field pathway.from_system)"
                 )
-            target = self._target(pathway.target if pathway else p.to_system)
-            source = self._source(p.from_system)
-            # 3. facts from the source (and the child's step-down history: LU-9, NS-10)
-            source_state = await self._retrying(lambda: source.state(transfer))
-            closed_by_us = source_state.closed_by_transfer == transfer.transfer_id
+            # 3. facts from the source (and the child's step-down history: LU-9, NS-10); with no source
+            # connector the protocol is still checked (its other rules hold the transfer with their ids)
+            found = self.sources.get(p.from_system)
+            source_state = await self._retrying(lambda: found.state(transfer)) if found is not None else None
+            closed_by_us = source_state is not None and source_state.closed_by_transfer == transfer.transfer_id
             facts = Facts(
-                source_state=RecordState.OPEN if closed_by_us else source_state.state,
+                source_state=RecordState.OPEN if closed_by_us or source_state is None else source_state.state,
                 history=self.history.lookup(transfer) if self.history is not None else (),
             )
             # 4. the council's protocol
@@ -210,6 +210,9 @@ class TransferFlow:
                 )
                 return Outcome("held", transfer.transfer_id, rule_ids)
 
+            # only a transfer that met the protocol needs its connectors
+            target = self._target(pathway.target if pathway else p.to_system)
+            source = self._source(p.from_system)
             # 5. NS-14: a step-down that keeps no record sends nothing
             no_record_rule = protocol.sends_no_record(transfer)
             if no_record_rule is not None:
@@ -241,7 +244,7 @@ class TransferFlow:
                 async def confirmed() -> Receipt:
                     confirmation = await target.confirm(transfer)
                     if not confirmation.acknowledged:
-                        raise _NotAcknowledged(f"{target.system.value} does not confirm it holds the transfer")
+                        raise NotAcknowledged(f"{target.system.value} does not confirm it holds the transfer")
                     return confirmation
 
                 receipt = await self._retrying(confirmed)
@@ -331,17 +334,17 @@ class TransferFlow:
     def _protocol(self, transfer: TransferMessage) -> CouncilProtocol:
         protocol = self.protocols.get(transfer.council)
         if protocol is None:
-            raise _NoRoute(f"no protocol is configured for council {transfer.council.value!r}")
+            raise CouncilNotServed(f"this deployment does not serve council {transfer.council.value!r}")
         return protocol
 
     def _target(self, system: CaseSystem) -> Target:
         if system not in self.targets:
-            raise _NoRoute(f"no target connector is configured for {system.value!r}")
+            raise NoConnector(f"no target system of this deployment serves {system.value!r}")
         return self.targets[system]
 
     def _source(self, system: CaseSystem) -> Source:
         if system not in self.sources:
-            raise _NoRoute(f"no source connector is configured for {system.value!r}")
+            raise NoConnector(f"no source system of this deployment serves {system.value!r}")
         return self.sources[system]
 
     async def _notify(self, channel: CaseSystem, notice: TransferMessage, rule: str, team: str | None) -> None:
@@ -443,11 +446,17 @@ class TransferFlow:
             await emit(AlertRaised, severity="critical", rule_ids=rule_ids, summary=f"dead-lettered: {error_class}")
 
 
-class _NoRoute(CasebridgeError):
-    """Nothing is configured to carry this transfer: permanent until configuration changes."""
+class NoConnector(CasebridgeError):
+    """The deployment names no system that carries this transfer: permanent until the deployment changes."""
 
 
-class _NotAcknowledged(CasebridgeError):
+class CouncilNotServed(CasebridgeError):
+    """The transfer's council is not among the deployment's ``councils``."""
+
+
+class NotAcknowledged(CasebridgeError):
+    """The target does not (yet) confirm it holds the transfer: retried."""
+
     retriable = True
 
 

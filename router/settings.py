@@ -1,10 +1,11 @@
-"""Typed settings, read from ``CASEBRIDGE_*`` environment variables; secrets never print."""
+"""The router's typed settings: built from a deployment file (``casebridge/deployment.py``) by ``casebridge
+run``, or read from ``CASEBRIDGE_*`` environment variables by the operator commands (Kafka, topic prefix)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts import Council
@@ -74,6 +75,8 @@ ALLOCATION_AUDIT_PREFIX = "allocation/"
 class RetrySettings(BaseModel):
     """In-process retries of a transient failure (timeouts, 5xx, 429) before dead-lettering."""
 
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
     attempts: int = Field(default=5, ge=1, le=50)
     initial_seconds: float = Field(default=0.2, gt=0)
     max_seconds: float = Field(default=5.0, gt=0)
@@ -82,13 +85,10 @@ class RetrySettings(BaseModel):
     tiers: list[float] = Field(default_factory=lambda: [30.0, 300.0], min_length=1, max_length=10)
 
 
-class CaseSystemSettings(BaseModel):
-    url: str
-    token: SecretStr
-
-
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CASEBRIDGE_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CASEBRIDGE_", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
+    )
 
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = "casebridge"
@@ -101,12 +101,6 @@ class Settings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     #: the council whose case systems this deployment reads (its protocol applies to what they publish)
     council: Council = Council.NORTH_SOMERSET
-    lcs: CaseSystemSettings | None = None
-    ehm: CaseSystemSettings | None = None
-    #: optional: Barnsley's TED (step-down request feed, source and target); absent: no TED connector or publisher
-    ted: CaseSystemSettings | None = None
-    #: optional: Swindon 2022's Care Director (step-down referral feed, source and target); absent: none
-    care_director: CaseSystemSettings | None = None
 
     @property
     def topics(self) -> Topics:

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from casebridge.localkafka import LocalKafka
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
@@ -109,8 +108,7 @@ async def stack(
         group_id=f"{topic_prefix}-router",
         retry=retry_settings,
     )
-    s = Stack(
-        settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state", loops=False
+    s = Stack(settings, tmp_path / "state", systems=systems.deployed(), loops=False
     )
     async with s:
         yield s

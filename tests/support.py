@@ -14,7 +14,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
+from casebridge.registry import EhmSystem, LcsSystem, SystemConfig
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
+from casebridge.secrets import SecretRef
 from casebridge.stack import Stack
 from connectors import Source, Target
 from contracts import CaseSystem, TransferEvent, parse_event
@@ -113,6 +115,14 @@ class Systems:
     ehm: ServerHandle
     lcs_client: LcsSandboxClient
     ehm_client: EhmSandboxClient
+
+    def deployed(self, feeds: bool = True) -> dict[str, SystemConfig]:
+        """The two sandboxes as a deployment file's ``[systems.lcs]`` and ``[systems.ehm]`` blocks."""
+        token = SecretRef.given(TOKEN)
+        return {
+            "lcs": LcsSystem(url=self.lcs.url, token=token, feeds=feeds),
+            "ehm": EhmSystem(url=self.ehm.url, token=token, feeds=feeds),
+        }
 
 
 async def transfer_events(

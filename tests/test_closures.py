@@ -100,13 +100,7 @@ def _stack(
         CaseSystem.MAILBOX: parts["mailbox_source"],
         CaseSystem.CARE_DIRECTOR: parts["care_director"],
     }
-    return Stack(
-        settings,
-        systems.lcs.url,
-        SecretStr(TOKEN),
-        systems.ehm.url,
-        SecretStr(TOKEN),
-        state,
+    return Stack(settings, state, systems=systems.deployed(),
         loops=False,
         extra_targets=targets,
         extra_sources=sources,

@@ -75,13 +75,7 @@ def _stack(settings: Settings, systems: Systems, state: Path, c: dict[str, Any])
         CaseSystem.TED: c["ted_source"],
         CaseSystem.MAILBOX: c["mailbox_source"],
     }
-    return Stack(
-        settings,
-        systems.lcs.url,
-        SecretStr(TOKEN),
-        systems.ehm.url,
-        SecretStr(TOKEN),
-        state,
+    return Stack(settings, state, systems=systems.deployed(),
         loops=False,
         extra_targets=targets,
         extra_sources=sources,
@@ -446,13 +440,7 @@ async def test_ba07_sw22_07_shipped_protocols_with_real_ted_care_director_and_sm
         sw = step_down("swindon-2022", 8)
         sw["child"]["identifiers"] = [{"system": "care-director", "id": person_id}]
         sw["source_record"]["record_id"] = person_id
-        stack = Stack(
-            settings,
-            systems.lcs.url,
-            SecretStr(TOKEN),
-            systems.ehm.url,
-            SecretStr(TOKEN),
-            tmp_path / "state",
+        stack = Stack(settings, tmp_path / "state", systems=systems.deployed(),
             loops=False,
             extra_targets={CaseSystem.MAILBOX: MailboxConnector(mail)},
             extra_sources={

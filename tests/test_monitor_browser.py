@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -23,7 +22,7 @@ from casebridge.stack import Stack
 from router import Settings
 from router.settings import RetrySettings
 from tests.monitor_support import OPERATOR_TOKEN, running_monitor
-from tests.support import TOKEN, Systems
+from tests.support import Systems
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -73,7 +72,7 @@ async def test_monitor_page_in_chromium_counts_change_and_timeline_opens(
         group_id=f"{topic_prefix}-router",
         retry=retry_settings,
     )
-    stack = Stack(settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state")
+    stack = Stack(settings, tmp_path / "state", systems=systems.deployed())
     lcs = systems.lcs_client
     async with stack:
         with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):

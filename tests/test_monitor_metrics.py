@@ -6,13 +6,12 @@ from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
 from casebridge.stack import Stack
 from router import Settings
 from router.settings import RetrySettings
 from tests.monitor_support import auth, running_monitor, wait_for
-from tests.support import TOKEN, Systems
+from tests.support import Systems
 
 
 async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -40,7 +39,7 @@ async def test_metrics_counters_move_after_transfers_flow(
         group_id=f"{topic_prefix}-router",
         retry=retry_settings,
     )
-    stack = Stack(settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state")
+    stack = Stack(settings, tmp_path / "state", systems=systems.deployed())
     lcs = systems.lcs_client
     async with stack:
         with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):

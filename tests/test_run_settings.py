@@ -1,4 +1,5 @@
-"""``casebridge run`` builds its stack from CASEBRIDGE_* settings: TED and Care Director only where named."""
+"""``casebridge run --config FILE`` builds exactly what the deployment file names, and refuses a file it cannot run
+with one line per problem: the file, the line, the key, never a value."""
 
 from __future__ import annotations
 
@@ -9,73 +10,201 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
+from typer.testing import CliRunner
 
-from casebridge.stack import Stack, stack_from_settings
+from casebridge.cli import app
+from casebridge.deployment import DeploymentError, load
+from casebridge.stack import Stack, stack_from_deployment
 from connectors import TargetRefused
 from connectors.care_director import CareDirectorConnector, CareDirectorPublisher
+from connectors.lcs import LcsPublisher
+from connectors.mailbox import MailboxConnector
 from connectors.ted import TedConnector, TedPublisher
-from contracts import CaseSystem
+from contracts import CaseSystem, Council
 from router import Settings
 from router.settings import RetrySettings
 from tests.support import TOKEN, Systems
 
-BASE = {
-    "CASEBRIDGE_BOOTSTRAP_SERVERS": "127.0.0.1:1",  # never contacted: the stack is built, not started
-    "CASEBRIDGE_LCS__URL": "http://127.0.0.1:1/lcs",
-    "CASEBRIDGE_LCS__TOKEN": "t-lcs",
-    "CASEBRIDGE_EHM__URL": "http://127.0.0.1:1/ehm",
-    "CASEBRIDGE_EHM__TOKEN": "t-ehm",
+EXAMPLES = Path(__file__).parent.parent / "examples"
+SECRETS = {
+    "LCS_TOKEN": "t-lcs-0123456789",
+    "EHM_TOKEN": "t-ehm-0123456789",
+    "TED_TOKEN": "t-ted-0123456789",
+    "CARE_DIRECTOR_TOKEN": "t-cd-0123456789",
+    "SMTP_PASSWORD": "smtp-password-0123456789",
+    "INTAKE_TOKEN_LUTON_FST": "intake-token-" + "x" * 32,
+    "INTAKE_TOKEN_LUTON_EH": "intake-token-" + "y" * 32,
+    "WEBHOOK_TOKEN": "webhook-token-0123456789",
 }
 
+BARNSLEY = """
+councils = ["barnsley"]
+bootstrap_servers = "127.0.0.1:1"   # never contacted: the stack is built, not started
+topic_prefix = "t-run"
 
-def _settings(monkeypatch: pytest.MonkeyPatch, **extra: str) -> Settings:
+[systems.ted]
+kind = "ted"
+url = "http://127.0.0.1:1/ted"
+token = { env = "TED_TOKEN" }
+
+[systems.mail]
+kind = "mailbox"
+host = "127.0.0.1"
+username = "casebridge"
+password = { file = "smtp-password" }
+sender = "casebridge@barnsley.example"
+mailboxes = { "barnsley:step-down" = "earlyhelp@barnsley.example" }
+"""
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for name in [n for n in os.environ if n.startswith("CASEBRIDGE_")]:
         monkeypatch.delenv(name)
-    for name, value in {**BASE, **extra}.items():
+    for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
-    return Settings()
+    return monkeypatch
 
 
-async def test_ba15_run_builds_the_ted_publisher_and_connector_when_the_settings_name_ted(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def _file(tmp_path: Path, text: str, name: str = "deployment.toml") -> Path:
+    (tmp_path / "smtp-password").write_text("smtp-secret-from-a-file\n")
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+async def test_ba15_run_builds_ted_and_the_mailbox_and_nothing_else_for_barnsley(
+    env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    settings = _settings(monkeypatch, CASEBRIDGE_TED__URL="http://127.0.0.1:1/ted", CASEBRIDGE_TED__TOKEN="t-ted")
-    assert settings.ted is not None and "t-ted" not in repr(settings)  # the token never prints
-    stack = stack_from_settings(settings, tmp_path)
-    [publisher] = [p for p in stack.extra_publishers if isinstance(p, TedPublisher)]
+    """Barnsley has neither LCS nor EHM: the deployment runs TED (connector + publisher) and the mailbox only."""
+    deployment = load(_file(tmp_path, BARNSLEY))
+    assert (Council.BARNSLEY,) == deployment.councils
+    mail = deployment.systems["mail"]
+    assert "smtp-secret-from-a-file" not in repr(mail)  # the secret, read from its file, never prints
+    assert "smtp-secret-from-a-file" == mail.password.value.get_secret_value()  # type: ignore[attr-defined]
+    stack = stack_from_deployment(deployment, tmp_path / "state")
+    [publisher] = stack.feeds
+    assert isinstance(publisher, TedPublisher) and Council.BARNSLEY == publisher.council
     assert publisher.ted.base_url.startswith("http://127.0.0.1:1/ted")
-    assert isinstance(stack.router.flow.targets[CaseSystem.TED], TedConnector)
-    assert isinstance(stack.router.flow.sources[CaseSystem.TED], TedConnector)
+    flow = stack.router.flow
+    assert isinstance(flow.targets[CaseSystem.TED], TedConnector)
+    assert isinstance(flow.sources[CaseSystem.TED], TedConnector)
+    assert isinstance(flow.targets[CaseSystem.MAILBOX], MailboxConnector)
+    assert {CaseSystem.TED, CaseSystem.MAILBOX} == set(flow.targets)
+    assert [Council.BARNSLEY] == list(flow.protocols)  # only the councils served
     # one connector per use (each starts and stops its own HTTP client): none is shared by two users
-    uses = [stack.router.flow.targets[CaseSystem.TED], stack.router.flow.sources[CaseSystem.TED], publisher.connector]
+    uses = [flow.targets[CaseSystem.TED], flow.sources[CaseSystem.TED], publisher.connector]
     assert 3 == len({id(c) for c in uses})
-    assert not [p for p in stack.extra_publishers if isinstance(p, CareDirectorPublisher)]
-    assert CaseSystem.CARE_DIRECTOR not in stack.router.flow.targets
     await stack.stop()  # built, never started: closes its Kafka clients
 
 
-async def test_sw22_10_run_builds_care_director_when_named_and_neither_without_settings(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+async def test_sw22_10_run_builds_care_director_publishing_for_swindon_2022(
+    env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    cd = _settings(
-        monkeypatch, CASEBRIDGE_CARE_DIRECTOR__URL="http://127.0.0.1:1/cd", CASEBRIDGE_CARE_DIRECTOR__TOKEN="t-cd"
-    )
-    stack = stack_from_settings(cd, tmp_path)
-    assert [CareDirectorPublisher] == [type(p) for p in stack.extra_publishers]
+    deployment = load(EXAMPLES / "swindon-2022.toml")
+    stack = stack_from_deployment(deployment, tmp_path / "state")
+    assert [CareDirectorPublisher] == [type(p) for p in stack.feeds]
+    assert Council.SWINDON_2022 == stack.feeds[0].council
     assert isinstance(stack.router.flow.sources[CaseSystem.CARE_DIRECTOR], CareDirectorConnector)
+    assert CaseSystem.LCS not in stack.router.flow.sources
     await stack.stop()
 
-    plain = stack_from_settings(_settings(monkeypatch), tmp_path)  # a deployment without TED still starts
-    assert [] == plain.extra_publishers
-    assert CaseSystem.TED not in plain.router.flow.targets and CaseSystem.TED not in plain.router.flow.sources
-    await plain.stop()
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.toml")))
+def test_every_example_deployment_file_checks(env: pytest.MonkeyPatch, example: str) -> None:
+    result = CliRunner().invoke(app, ["config", "check", str(EXAMPLES / example)])
+    assert 0 == result.exit_code, result.output
+    assert "routes:" in result.output and result.output.rstrip().endswith("ok")
+    for secret in SECRETS.values():
+        assert secret not in result.output
 
 
-def test_run_needs_lcs_and_ehm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    settings = _settings(monkeypatch)
-    settings.lcs = None
-    with pytest.raises(ValueError, match="CASEBRIDGE_LCS__URL"):
-        stack_from_settings(settings, tmp_path)
+def test_five_example_files_one_per_seed_council() -> None:
+    stems = {p.stem for p in EXAMPLES.glob("*.toml")}
+    assert {"north-somerset", "swindon-2026", "swindon-2022", "luton", "barnsley"} <= stems
+
+
+def test_a_typo_an_inline_secret_and_a_missing_credential_name_file_line_and_key_and_print_no_secret(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env.delenv("TED_TOKEN")
+    text = BARNSLEY.replace('topic_prefix = "t-run"', 'topic_prefix = "t-run"\nbatch_sise = 10').replace(
+        'password = { file = "smtp-password" }', 'password = "hunter2-inline-secret"'
+    )
+    path = _file(tmp_path, text)
+    with pytest.raises(DeploymentError) as raised:
+        load(path)
+    problems = raised.value.problems
+    assert (
+        "deployment.toml: line 5: batch_sise: unknown key (check its spelling against examples/ and the README)"
+        in problems
+    )
+    assert any(p.startswith("deployment.toml: line 10: systems.ted.token: environment variable TED_TOKEN is not set")
+               for p in problems)  # fmt: skip
+    assert any(p.startswith("deployment.toml: line 16: systems.mail.password: a secret is never written inline")
+               for p in problems)  # fmt: skip
+    assert "hunter2" not in str(raised.value)
+    result = CliRunner().invoke(app, ["config", "check", str(path)])
+    assert 2 == result.exit_code
+    assert "hunter2" not in result.output and "Traceback" not in result.output
+    assert 3 == len([line for line in result.output.splitlines() if line.startswith("error: deployment.toml:")])
+
+
+def test_environment_overrides_the_file_and_an_unknown_variable_is_refused(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = _file(tmp_path, BARNSLEY)
+    env.setenv("CASEBRIDGE_BOOTSTRAP_SERVERS", "kafka.council.example:9093")
+    env.setenv("CASEBRIDGE_SYSTEMS__TED__URL", "https://ted.council.example/api")
+    env.setenv("CASEBRIDGE_RETRY__TIERS", "[10, 60, 600]")
+    d = load(path)
+    assert "kafka.council.example:9093" == d.settings.bootstrap_servers
+    assert "https://ted.council.example/api" == d.systems["ted"].url  # type: ignore[attr-defined]
+    assert [10.0, 60.0, 600.0] == d.settings.retry.tiers
+    env.setenv("CASEBRIDGE_MAILBOX__HOST", "smtp.example")  # the old, unsupported spelling is not ignored
+    env.setenv("CASEBRIDGE_RETRY__ATTEMPTS", "0")
+    with pytest.raises(DeploymentError) as raised:
+        load(path)
+    assert any(p.startswith("deployment.toml: CASEBRIDGE_MAILBOX__HOST (environment): no such setting")
+               for p in raised.value.problems)  # fmt: skip
+    assert any(p.startswith("deployment.toml: CASEBRIDGE_RETRY__ATTEMPTS (environment): retry.attempts:")
+               for p in raised.value.problems)  # fmt: skip
+
+
+def test_a_pathway_no_system_serves_is_refused_naming_the_kind_to_add(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    text = BARNSLEY.split("[systems.mail]")[0]  # TED only: Barnsley's step-downs go to a mailbox
+    with pytest.raises(DeploymentError) as raised:
+        load(_file(tmp_path, text))
+    assert [
+        "deployment.toml: barnsley step-down: no system serves mailbox as target;"
+        " add a [systems.NAME] block of kind mailbox"
+    ] == raised.value.problems
+
+
+def test_run_without_a_deployment_file_says_what_to_pass(env: pytest.MonkeyPatch) -> None:
+    result = CliRunner().invoke(app, ["run"])
+    assert 2 == result.exit_code
+    assert "no deployment file: pass --config FILE" in result.output
+
+
+async def test_a_system_publishing_in_a_two_council_deployment_must_name_its_council(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    text = (
+        (EXAMPLES / "north-somerset.toml")
+        .read_text()
+        .replace('councils = ["north-somerset"]', 'councils = ["north-somerset", "swindon"]')
+    )
+    with pytest.raises(DeploymentError) as raised:
+        load(_file(tmp_path, text))
+    assert 2 == len([p for p in raised.value.problems if "council is required here" in p])
+    text = text.replace('kind = "lcs"', 'kind = "lcs"\ncouncil = "swindon"').replace(
+        'kind = "ehm"', 'kind = "ehm"\ncouncil = "north-somerset"'
+    )
+    d = load(_file(tmp_path, text))
+    stack = stack_from_deployment(d, tmp_path / "state")
+    assert Council.SWINDON == stack.feed(LcsPublisher).council
+    await stack.stop()
 
 
 class _DyingFeed(TedPublisher):
@@ -105,7 +234,7 @@ async def test_a_loop_that_dies_stops_the_stack_and_says_which_without_its_messa
     dying = _DyingFeed(
         TedConnector("http://127.0.0.1:1/ted", SecretStr(TOKEN)), kafka_bootstrap, "t", "d", tmp_path / "c"
     )
-    stack = Stack(settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state",
+    stack = Stack(settings, tmp_path / "state", systems=systems.deployed(),
                   extra_publishers=[dying])  # fmt: skip
     with capture_logs() as logs:
         async with stack:

@@ -1,0 +1,340 @@
+"""A deployment file: everything ``casebridge run --config FILE`` runs, in one TOML file.
+
+    councils = ["north-somerset"]          # the councils this deployment serves (their protocols apply)
+    bootstrap_servers = "kafka:9092"
+    topic_prefix = "casebridge"
+    [retry]                                # in-process retries and the delayed tiers (router.settings)
+    [systems.lcs]                          # one block per case system or channel; ``kind`` picks the connector
+    kind = "lcs"
+    url = "https://lcs.council.example/api"
+    token = { env = "LCS_TOKEN" }          # secrets by reference only: { env = ... } or { file = ... }
+
+Validated at load, strictly: an unknown key is an error, each error names the file, the line and the key,
+and no error prints a value (secrets included). ``CASEBRIDGE_*`` environment variables override the file,
+with ``__`` between levels (``CASEBRIDGE_BOOTSTRAP_SERVERS``, ``CASEBRIDGE_SYSTEMS__LCS__URL``); an
+unknown one is an error too, not ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from contracts import Council, Direction
+from router.settings import RetrySettings, Settings
+
+from .registry import KINDS, Kind, SystemConfig
+
+#: ``CASEBRIDGE_*`` variables that belong to other commands, not to the deployment file
+OTHER_VARIABLES = ("CASEBRIDGE_CONFIG", "CASEBRIDGE_HOME", "CASEBRIDGE_LOG_LEVEL", "CASEBRIDGE_MONITOR__",
+                   "CASEBRIDGE_DEBUG")  # fmt: skip
+
+
+class DeploymentError(Exception):
+    """A deployment file that cannot run: one line per problem, each naming the file, line and key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Top(BaseModel):
+    """The deployment file's own keys (each system block is validated by its kind's model)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    councils: list[Council] = Field(min_length=1)
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    topic_prefix: str = Field(default="casebridge", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
+    #: the router's consumer group (default ``<topic_prefix>-router``)
+    group_id: str | None = Field(default=None, min_length=1)
+    #: connector cursors, the mailbox's sent ledger, the intake's store (relative to where run starts)
+    state_dir: Path = Path(".casebridge/state")
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
+    concurrency: int = Field(default=32, ge=1, le=1_000)
+    retry: RetrySettings = RetrySettings()
+    systems: dict[str, dict[str, Any]] = Field(min_length=1)
+    alerts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A validated deployment: the router's settings and the systems it talks to, by name."""
+
+    path: Path | None
+    councils: tuple[Council, ...]
+    settings: Settings
+    state_dir: Path
+    systems: Mapping[str, SystemConfig]
+    alerts: Mapping[str, Any]
+
+    def kind(self, name: str) -> Kind:
+        return KINDS[self.systems[name].kind]
+
+    def council_of(self, name: str) -> Council:
+        """The council whose requests a system's feeds publish."""
+        return self.systems[name].council or self.councils[0]
+
+    def serving(self, system: Any, role: str) -> list[str]:
+        """Names of the configured systems that serve ``system`` as ``role`` ("target" or "source")."""
+        return [n for n in self.systems if system in getattr(self.kind(n), f"{role}s")]
+
+    def routes(self) -> Iterator[tuple[Council, Direction, str, str | None, str | None, str | None]]:
+        """Per council and pathway: (council, direction, source system, its configured name, target system's
+        configured name, team) from the council's protocol; a name is None where nothing serves it."""
+        from mappings import load_protocols
+
+        protocols = load_protocols()
+        for council in self.councils:
+            protocol = protocols[council]
+            for direction in Direction:
+                pathway = protocol.systems(direction)
+                if pathway is None:
+                    continue
+                src = self.serving(pathway.source, "source")
+                tgt = self.serving(pathway.target, "target")
+                yield (council, direction, pathway.source.value, src[0] if src else None,
+                       tgt[0] if tgt else None, pathway.team)  # fmt: skip
+
+    def unserved(self) -> list[str]:
+        """What the councils' protocols need that no configured system serves (one line each)."""
+        from mappings import load_protocols
+
+        problems = []
+        protocols = load_protocols()
+        where = self.path.name if self.path else "deployment"
+        for council in self.councils:
+            protocol = protocols[council]
+            for direction in Direction:
+                pathway = protocol.systems(direction)
+                if pathway is None:
+                    continue
+                for system, role in ((pathway.source, "source"), (pathway.target, "target")):
+                    if not self.serving(system, role):
+                        kinds = [k.name for k in KINDS.values() if system in getattr(k, f"{role}s")]
+                        problems.append(
+                            f"{where}: {council.value} {direction.value}: no system serves {system.value} as {role};"
+                            f" add a [systems.NAME] block of kind {' or '.join(kinds) or '(none yet)'}"
+                        )
+            for channel in sorted(protocol.notice_channels() | protocol.routed_targets()):
+                if not self.serving(channel, "target"):
+                    problems.append(
+                        f"{where}: {council.value}: the protocol sends notices or routes to {channel.value}, and no"
+                        f" system serves it; add a [systems.NAME] block of kind {channel.value}"
+                    )
+        return sorted(set(problems))
+
+
+def _message(error: Any) -> str:
+    """Pydantic's message for an error, in the deployment file's words (never the value)."""
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check its spelling against examples/ and the README)"
+    return str(error["msg"])
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
+    """Read, override from the environment, and validate a deployment file; raises DeploymentError."""
+    environ = os.environ if environ is None else environ
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DeploymentError([f"{path}: cannot be read ({exc.strerror}); pass an existing file to --config"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DeploymentError([f"{path.name}: not valid TOML: {exc}"]) from None
+    lines = _LineIndex(text)
+    overridden = _override(data, environ)
+    problems: list[str] = []
+
+    def where(loc: tuple[str | int, ...]) -> str:
+        key = ".".join(str(p) for p in loc) or "(top)"
+        if loc[:1] and loc[0] in overridden.values():
+            for var in overridden:
+                if _loc_matches(var, loc):
+                    return f"{path.name}: {var} (environment): {key}"
+        line = lines.line_of(loc)
+        return f"{path.name}: line {line}: {key}" if line else f"{path.name}: {key}"
+
+    problems += [f"{path.name}: {v}" for v in overridden.get("__unknown__", ())]
+    overridden.pop("__unknown__", None)
+    context = {"base": path.parent}
+    top: _Top | None = None
+    try:
+        top = _Top.model_validate(data, context=context)
+    except ValidationError as exc:
+        problems += [f"{where(tuple(e['loc']))}: {_message(e)}" for e in exc.errors(include_input=False)]
+    systems: dict[str, SystemConfig] = {}
+    for name, block in (data.get("systems") or {}).items() if isinstance(data.get("systems"), dict) else ():
+        if not isinstance(block, dict):
+            continue
+        kind = KINDS.get(str(block.get("kind", "")))
+        if kind is None:
+            known = ", ".join(KINDS)
+            problems.append(f"{where(('systems', name, 'kind'))}: unknown or missing kind (known: {known})")
+            continue
+        try:
+            systems[name] = kind.config.model_validate(block, context=context)
+        except ValidationError as exc:
+            problems += [
+                f"{where(('systems', name, *e['loc']))}: {_message(e)}" for e in exc.errors(include_input=False)
+            ]
+    alerts: dict[str, Any] = {}
+    if top is not None:
+        alerts, alert_problems = _alerts(top.alerts, context, where)
+        problems += alert_problems
+        for name, cfg in systems.items():
+            kind = KINDS[cfg.kind]
+            if cfg.council is not None and cfg.council not in top.councils:
+                problems.append(f"{where(('systems', name, 'council'))}: {cfg.council.value} is not in councils")
+            if cfg.council is None and kind.publishes and len(top.councils) > 1:
+                problems.append(
+                    f"{where(('systems', name))}: council is required here: the deployment serves"
+                    f" {len(top.councils)} councils and this system's feeds publish for one"
+                )
+        for system, role in {(s, r) for k in systems.values() for r in ("target", "source")
+                             for s in getattr(KINDS[k.kind], f"{r}s")}:  # fmt: skip
+            names = [n for n, c in systems.items() if system in getattr(KINDS[c.kind], f"{role}s")]
+            if len(names) > 1:
+                problems.append(
+                    f"{path.name}: systems {', '.join(names)} all serve {system.value} as {role}; one per deployment"
+                )
+    if problems or top is None:
+        raise DeploymentError(problems)
+    settings = Settings(
+        bootstrap_servers=top.bootstrap_servers,
+        topic_prefix=top.topic_prefix,
+        group_id=top.group_id or f"{top.topic_prefix}-router",
+        batch_size=top.batch_size,
+        batch_timeout_ms=top.batch_timeout_ms,
+        concurrency=top.concurrency,
+        retry=top.retry,
+        council=top.councils[0],
+    )
+    deployment = Deployment(path, tuple(top.councils), settings, top.state_dir, systems, alerts)
+    unserved = deployment.unserved()
+    if unserved:
+        raise DeploymentError(unserved)
+    return deployment
+
+
+def _alerts(blocks: dict[str, dict[str, Any]], context: dict[str, Any], where: Any) -> tuple[dict[str, Any], list[str]]:
+    """Alert channels by name (``[alerts.NAME]`` with ``kind = "email"`` or ``"webhook"``)."""
+    CHANNELS: dict[str, type[BaseModel]] = {}  # alert channels: wired in once router/alerts lands
+
+    channels: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, block in blocks.items():
+        model = CHANNELS.get(str(block.get("kind", ""))) if isinstance(block, dict) else None
+        if model is None:
+            known = ", ".join(CHANNELS)
+            problems.append(f"{where(('alerts', name, 'kind'))}: unknown or missing kind (known: {known})")
+            continue
+        try:
+            channels[name] = model.model_validate(block, context=context)
+        except ValidationError as exc:
+            errors = exc.errors(include_input=False)
+            problems += [f"{where(('alerts', name, *e['loc']))}: {_message(e)}" for e in errors]
+    return channels, problems
+
+
+def _override(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Apply ``CASEBRIDGE_*`` variables over the file; returns {variable: first key} (and unknown ones)."""
+    done: dict[str, Any] = {}
+    unknown: list[str] = []
+    top_keys = set(_Top.model_fields)
+    for var in sorted(environ):
+        if not var.startswith("CASEBRIDGE_") or var.startswith(OTHER_VARIABLES):
+            continue
+        parts = var.removeprefix("CASEBRIDGE_").lower().split("__")
+        if parts[0] not in top_keys:
+            unknown.append(
+                f"{var} (environment): no such setting (the deployment file's keys: {', '.join(sorted(top_keys))})"
+            )
+            continue
+        node: Any = data
+        for part in parts[:-1]:
+            if not isinstance(node, dict):
+                break
+            key = _existing(node, part)
+            node = node.setdefault(key, {})
+        if isinstance(node, dict):
+            node[_existing(node, parts[-1])] = _value(environ[var])
+            done[var] = parts[0]
+    if unknown:
+        done["__unknown__"] = unknown
+    return done
+
+
+def _existing(node: dict[str, Any], part: str) -> str:
+    """The key of ``node`` an environment variable's part names (``care_director`` names ``care-director``)."""
+    for key in node:
+        if key.lower().replace("-", "_") == part:
+            return key
+    return part
+
+
+def _value(raw: str) -> Any:
+    """A variable's value: JSON where it is a list, table, number or boolean, else the string."""
+    if raw[:1] in "[{" or raw in ("true", "false") or re.fullmatch(r"-?\d+(\.\d+)?", raw):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _loc_matches(var: str, loc: tuple[str | int, ...]) -> bool:
+    parts = var.removeprefix("CASEBRIDGE_").lower().split("__")
+    names = [str(p).lower().replace("-", "_") for p in loc]
+    return names[: len(parts)] == parts or parts[: len(names)] == names
+
+
+class _LineIndex:
+    """Where each key of a TOML text is written (tomllib gives no positions): dotted path -> line."""
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    _KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_.-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*=""")
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[str, ...], int] = {}
+        table: tuple[str, ...] = ()
+        arrays: dict[tuple[str, ...], int] = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = self._HEADER.match(line)
+            if header:
+                path = tuple(self._parts(header.group(2)))
+                if header.group(1) == "[[":
+                    index = arrays.get(path, -1) + 1
+                    arrays[path] = index
+                    path = (*path, str(index))
+                table = path
+                self.lines.setdefault(table, number)
+                continue
+            key = self._KEY.match(line)
+            if key:
+                path = (*table, *self._parts(key.group(1)))
+                self.lines.setdefault(path, number)
+                for inner in re.finditer(r"([A-Za-z0-9_-]+)\s*=", line[key.end() :]):  # inline tables
+                    self.lines.setdefault((*path, inner.group(1)), number)
+
+    @staticmethod
+    def _parts(dotted: str) -> list[str]:
+        return [p.strip().strip("\"'") for p in re.findall(r"\"[^\"]*\"|'[^']*'|[^.]+", dotted)]
+
+    def line_of(self, loc: tuple[str | int, ...]) -> int | None:
+        path = tuple(str(p) for p in loc)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
