@@ -187,8 +187,8 @@ def run(
     """
     from .stack import stack_from_deployment
 
+    deployment = _deployment(config)  # before logging is set up: a file that cannot run gets plain lines
     configure_logging()
-    deployment = _deployment(config)
 
     async def main() -> None:
         stack = stack_from_deployment(deployment, state_dir)
