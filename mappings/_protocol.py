@@ -99,6 +99,10 @@ class _Rule(_Model):
     fix: str = Field(min_length=1)
     applies_to: AppliesTo = AppliesTo()
 
+    def detail(self, t: TransferMessage) -> str | None:
+        """What exactly did not hold, where a code says it (codes and enum values only, never personal data)."""
+        return None
+
 
 class ManagementDecisionRule(_Rule):
     """G2 / NS-1 / SW26-4 / LU-3 / LU-6 / BA-5: the manager's decision and rationale, in the right forum."""
@@ -250,6 +254,17 @@ class AssessmentOutcomeRule(_Rule):
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
         chosen = self.chosen(t)
         return chosen is not None and chosen.to_level is t.pathway.to_level
+
+    def detail(self, t: TransferMessage) -> str | None:
+        code = (t.assessment_outcome or "")[:60]
+        chosen = self.chosen(t)
+        if not code:
+            return "no assessment outcome"
+        if chosen is None:
+            return f"assessment outcome {code!r} is not a step-down outcome of {self.outcomes}"
+        if chosen.to_level is t.pathway.to_level:
+            return None
+        return f"assessment outcome {code!r} leads to {chosen.to_level.value}, not {t.pathway.to_level.value}"
 
 
 class StatedDeadlineRule(_Rule):
@@ -503,6 +518,10 @@ class Route:
     withhold_documents: bool = False
 
 
+def _with_detail(message: str, detail: str | None) -> str:
+    return f"{message} ({detail})" if detail else message
+
+
 @dataclass(frozen=True)
 class Protocol:
     spec: ProtocolSpec
@@ -515,10 +534,19 @@ class Protocol:
     def check(self, t: TransferMessage, facts: Facts = Facts()) -> list[RuleViolation]:
         """Every rule that applies and does not hold, in file order."""
         return [
-            RuleViolation(rule_id=r.id, message=r.message, fix=r.fix)
+            RuleViolation(rule_id=r.id, message=_with_detail(r.message, r.detail(t)), fix=r.fix)
             for r in self.spec.rule
             if r.applies_to.matches(t) and not r.holds(t, facts)
         ]
+
+    def details(self, t: TransferMessage) -> dict[str, str]:
+        """Rule id -> what exactly did not hold, for the rules of ``t`` that say it (SW22-7: the outcome code)."""
+        found: dict[str, str] = {}
+        for r in self.spec.rule:
+            d = r.detail(t) if r.applies_to.matches(t) else None
+            if d:
+                found.setdefault(r.id, d)
+        return found
 
     def alerting(self, violations: list[RuleViolation]) -> list[str]:
         """Rule ids among ``violations`` that must raise an alert (a record closed out of band)."""

@@ -205,7 +205,7 @@ class TransferFlow:
                     transfer,
                     stage="protocol",
                     error_class="ProtocolRuleNotMet",
-                    message="protocol rules not met: " + ", ".join(rule_ids),
+                    message="protocol rules not met: " + _named(rule_ids, protocol.details(transfer)),
                     rule_ids=rule_ids,
                 )
                 return Outcome("held", transfer.transfer_id, rule_ids)
@@ -444,6 +444,11 @@ class TransferFlow:
         await emit(TransferDeadLettered, stage=stage, error_class=error_class, reason=message, rule_ids=rule_ids)
         if stage != "protocol":  # a held transfer is shown as held; a failed delivery needs a person now
             await emit(AlertRaised, severity="critical", rule_ids=rule_ids, summary=f"dead-lettered: {error_class}")
+
+
+def _named(rule_ids: list[str], details: dict[str, str]) -> str:
+    """``SW22-7 (assessment outcome 'X' is not ...), G1``: each rule id, with what did not hold where a code says it."""
+    return ", ".join(f"{r} ({details[r]})" if r in details else r for r in dict.fromkeys(rule_ids))
 
 
 class NoConnector(CasebridgeError):

@@ -380,7 +380,9 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
     @api.post("/persons/{person_id}/assessments", status_code=201)
     def complete_assessment(person_id: str, body: AssessmentIn) -> Assessment:
         if body.outcome_code not in ASSESSMENT_OUTCOMES:
-            raise SandboxError(422, "unknown_assessment_outcome", field="outcome_code", rule="SW22-7")
+            raise SandboxError(
+                422, "unknown_assessment_outcome", field="outcome_code", rule="SW22-7", code=body.outcome_code[:60]
+            )
         now = clock()
         with db.transaction() as conn:
             person = _person_row(conn, person_id)

@@ -267,6 +267,7 @@ async def test_sw22_7_publisher_maps_referrals_and_dead_letters_a_non_step_down_
     assert (fiss, CaseSystem.MAILBOX) == (transfer.source_record.request_id, transfer.pathway.to_system)
     headers = dict(dead.headers)
     assert (b"map", b"SW22-7") == (headers["casebridge.dlq.stage"], headers["casebridge.dlq.rule.ids"])
+    assert b"'ASO-CIN'" in headers["casebridge.dlq.error.message"]  # the code that is not a step-down outcome
     await cd.close(transfer, RECEIPT)
     closure = get(client, f"/api/persons/{transfer.source_record.record_id}")["closure"]
     assert ("Family Intervention and Support Services (FISS)", "Quinn Placeholder", "Drew Fictional") == (

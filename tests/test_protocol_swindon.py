@@ -171,7 +171,13 @@ def test_sw22_07_assessment_outcome_selects_the_step_down_target(outcome: str, l
     assert ([], CaseSystem.MAILBOX, team, ["SW22-7"]) == (_held(SW22, doc), route.system, route.team, route.rule_ids)
     doc["pathway"]["to_level"] = "universal" if level != "universal" else "early-help"
     assert ["SW22-7"] == _held(SW22, doc)
-    assert ["SW22-7"] == _held(SW22, step_down("swindon-2022", assessment_outcome="Refer to somewhere"))
+    unknown = step_down("swindon-2022", assessment_outcome="Refer to somewhere")
+    assert ["SW22-7"] == _held(SW22, unknown)
+    held = transfer(unknown)
+    [violation] = SW22.check(held)
+    assert violation.message.endswith("'Refer to somewhere' is not a step-down outcome of care-director-outcomes.toml)")
+    assert {"SW22-7": "assessment outcome 'Refer to somewhere' is not a step-down outcome of"
+            " care-director-outcomes.toml"} == SW22.details(held)  # fmt: skip
 
 
 def test_sw22_07_outcome_table_is_stated_once_and_read_by_protocol_and_care_director() -> None:

@@ -85,7 +85,7 @@ def test_sw22_7_assessment_outcome_must_come_from_the_pick_list(client: httpx.Cl
     assert 201 == r.status_code
     assert "Refer to EHH Service" == r.json()["outcome_label"]
     bad = client.post(f"/api/persons/{person}/assessments", json={**body, "outcome_code": "MONITOR"})
-    assert (422, "SW22-7") == (bad.status_code, bad.json()["rule"])
+    assert (422, "SW22-7", "MONITOR") == (bad.status_code, bad.json()["rule"], bad.json()["code"])
     assert [r.json()] == client.get(f"/api/persons/{person}/assessments").json()["assessments"]
 
 

@@ -62,8 +62,10 @@ class CareDirectorPublisher(FeedPublisher):
         def build() -> TransferMessage:
             outcome = outcome_of(assessment["outcome_code"])
             if outcome is None or not outcome.step_down:
+                code = str(assessment["outcome_code"])[:60]
                 raise MappingError(
-                    "care-director-outcomes.toml: field assessment.outcome_code is not a step-down outcome (SW22-7)",
+                    f"care-director-outcomes.toml: field assessment.outcome_code ({code!r}) is not a step-down"
+                    " outcome (SW22-7)",
                     rule_ids=("SW22-7",),
                 )
             envelope = {
