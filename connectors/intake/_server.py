@@ -44,6 +44,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from contracts import CaseSystem, FieldError, TransferMessage, field_errors
+from router.app import ensure_topics
 from router.settings import Topics
 
 from .._feed import idempotent_producer
@@ -177,6 +178,8 @@ class IntakeServer:
         return self._store
 
     async def start(self) -> None:
+        # the router creates them too; whichever starts first, the transfers topic has the router's partitions
+        await ensure_topics(self.bootstrap_servers, [self.topics.transfers, self.topics.audit])
         self._store = IntakeStore(self.store_path)
         await self._producer.start()
         try:
