@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -15,10 +15,13 @@ from pydantic import ValidationError
 
 from connectors import Receipt
 from connectors.intake import IntakeServer, IntakeSettings, IntakeSource
-from contracts import CaseSystem, ClosureRecord, RecordState, TransferMessage
-from router.settings import Topics
+from connectors.memory import MemoryTarget
+from contracts import CaseSystem, ClosureRecord, RecordState, SourceClosed, TransferMessage
+from router.settings import RetrySettings, Topics
 from tests.council_data import step_down
-from tests.support import read
+from tests.support import events_of, read, running_router
+
+TERMINAL = {"source-closed", "source-kept-open", "dead-lettered", "held"}
 
 LUTON_TOKEN = "luton-fst-form-tool-" + "a" * 32
 BARNSLEY_TOKEN = "barnsley-eh-team-" + "b" * 32
@@ -240,3 +243,76 @@ def test_settings_never_print_a_token_and_need_callers() -> None:
         IntakeSettings(callers=s.callers).port,
         IntakeSettings(callers=s.callers).max_body_bytes,
     )
+
+
+class MemoryMailbox(MemoryTarget):
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
+
+def luton_to_universal(n: int) -> dict[str, Any]:
+    """LU-2: an early-help episode stepped down to universal services, its closure summary authorised."""
+    doc = luton(n)
+    doc["pathway"] = {**doc["pathway"], "from_level": "early-help", "to_level": "universal"}
+    doc["management_decision"] = {
+        **doc["management_decision"],
+        "decided_by": {"name": "Morgan Testmanager", "role": "EH Manager"},
+        "forum": "Closure meeting",
+    }
+    doc["documents"] = [{"type": "closure-summary", "content": "Authorised closure summary (synthetic)."}]
+    return doc
+
+
+async def test_e2e_luton_step_downs_posted_to_the_intake_are_routed_and_their_team_records_closed_in_the_store(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, retry_settings: RetrySettings
+) -> None:
+    """Intake -> transfers topic -> router (Luton's protocol: mailbox -> mailbox) -> the Early Help Team's
+    mailbox (a memory target) -> IntakeSource closes the sending team's record in the intake store, with the
+    protocol's closure record where it words one (LU-2), and the team reads it back."""
+    store = tmp_path / "state" / "intake.sqlite3"
+    mailbox = MemoryMailbox()
+    fst, universal = luton(11), luton_to_universal(12)
+    ids = {"luton-sd-11", "luton-sd-12"}
+    async with (
+        IntakeServer(settings(), kafka_bootstrap, Topics(topic_prefix), store) as intake,
+        httpx.AsyncClient(base_url=intake.url, timeout=30) as http,
+        running_router(
+            kafka_bootstrap,
+            topic_prefix,
+            {CaseSystem.MAILBOX: mailbox},
+            {CaseSystem.MAILBOX: IntakeSource(store)},
+            retry=retry_settings,
+        ),
+    ):
+        for doc in (fst, universal):
+            assert 202 == (await http.post("/api/transfers", json=doc, headers=auth())).status_code
+
+        def ended(records: list[Any]) -> bool:
+            return ids <= {e.transfer_id for e in events_of(records) if e.event_type in TERMINAL}
+
+        records = await read(kafka_bootstrap, Topics(topic_prefix).events, ended, timeout=60)
+        for tid in sorted(ids):
+            mine = [e for e in events_of(records) if e.transfer_id == tid]
+            types = [e.event_type for e in mine]
+            assert "source-closed" == types[-1], types
+            assert types.index("acknowledged") < types.index("source-closed")
+            [event] = [e for e in mine if isinstance(e, SourceClosed)]
+            assert (CaseSystem.MAILBOX, f"INTAKE-{tid}-closed") == (event.source_system, event.source_reference)
+            sent, route = mailbox.items[tid]
+            assert ("Early Help Team", NHS) == (route.team, sent.child.nhs_number)
+
+        # FST -> Early Help: closed; Luton's protocol words no closure record for it
+        status = (await http.get("/api/transfers/luton-sd-11", headers=auth())).json()
+        assert ("closed", None, "INTAKE-luton-sd-11-closed") == (
+            status["status"],
+            status["closure"],
+            status["reference"],
+        )
+        # early help -> universal: closed with LU-2's closure record, kept in the store and shown to the team
+        entry = intake.store.get("luton-sd-12")
+        assert entry is not None and entry.closure is not None
+        assert ("closed", ["LU-2"]) == (entry.status, entry.closure.rule_ids)
+        status = (await http.get("/api/transfers/luton-sd-12", headers=auth())).json()
+        assert ("closed", entry.closure.reason) == (status["status"], status["closure"]["reason"])
+        assert "universal services" in entry.closure.reason
+        # posting one again is harmless: already received, nothing new published
+        assert 200 == (await http.post("/api/transfers", json=fst, headers=auth())).status_code
