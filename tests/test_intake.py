@@ -4,6 +4,7 @@ Real broker, real HTTP over loopback (port 0), synthetic data only (NHS numbers 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -221,6 +222,14 @@ async def test_intake_source_closure_and_keep_open_are_visible_to_the_team_via_g
     assert 404 == (await http.get("/api/transfers/luton-sd-99", headers=auth())).status_code
     # a closed transfer posted again is already received
     assert 200 == (await http.post("/api/transfers", json=down, headers=auth())).status_code
+
+    # the stack's loop shape: run(interval, stop) serves until stop() is true
+    stopping = asyncio.Event()
+    loop = asyncio.create_task(intake.run(0.02, stopping.is_set))
+    await asyncio.sleep(0.1)
+    assert not loop.done()
+    stopping.set()
+    await asyncio.wait_for(loop, 5)
 
 
 def test_settings_never_print_a_token_and_need_callers() -> None:
