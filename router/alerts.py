@@ -62,6 +62,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import structlog
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -475,7 +476,11 @@ class AlertDispatcher:
             if upto is not None and upto != state.committed:
                 offsets[tp] = OffsetAndMetadata(upto, "")
         if offsets:
-            await consumer.commit(offsets)
+            try:
+                await consumer.commit(offsets)
+            except CommitFailedError:  # a rebalance took partitions away: their new owner re-reads, the ledger dedupes
+                log.warning("alert_commit_failed", partitions=len(offsets))
+                return
             for tp, meta in offsets.items():
                 self._partitions[tp].committed = meta.offset
 
