@@ -38,6 +38,11 @@ STATE_OF = {
 IN_FLIGHT = ("in-flight", "delivered", "acknowledged", "retrying", "replayed")
 #: the handover is done (for the latency histogram): the target acknowledged it, or no record was to be sent
 HANDED_OVER = ("acknowledged", "completed-no-record")
+#: a later event of these types resolves a transfer's earlier alerts (the transfer recovered or completed)
+RESOLVES_ALERTS = ("source-closed", "source-kept-open", "completed-no-record")
+#: an alert whose summary holds this word says the transfer recovered (router/app.py): it resolves the
+#: transfer's earlier alerts and is itself resolved (it needs no action)
+RECOVERED = "recovered"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -243,3 +248,60 @@ class Store:
 
     def retry_count(self) -> int:
         return self.event_count("retry-scheduled")
+
+    def alerts(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The latest ``limit`` alert events, newest first, each ``open`` or ``resolved``.
+
+        An alert is resolved by a later event of its transfer (later on the transfer's partition,
+        i.e. in store order) that says it recovered or completed: ``RESOLVES_ALERTS``, or an alert
+        whose summary says ``recovered`` (which is resolved itself). Ids, councils, rule ids and the
+        router's summary only.
+        """
+        rows = self._query(
+            "SELECT e.seq, e.body, t.council AS transfer_council FROM events e "
+            "LEFT JOIN transfers t ON t.transfer_id = e.transfer_id "
+            "WHERE e.event_type = 'alert' ORDER BY e.seq DESC LIMIT ?",
+            [limit],
+        )
+        alerts = [(int(r["seq"]), json.loads(r["body"]), r["transfer_council"]) for r in rows]
+        ids = sorted({a["transfer_id"] for _, a, _ in alerts if a["transfer_id"] is not None})
+        resolving: dict[str, list[tuple[int, str, str]]] = {}
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+            marks = ", ".join("?" for _ in chunk)
+            kinds = ", ".join("?" for _ in RESOLVES_ALERTS)
+            found = self._query(
+                "SELECT seq, transfer_id, event_type, occurred_at, body FROM events "
+                f"WHERE transfer_id IN ({marks}) AND (event_type IN ({kinds}) OR event_type = 'alert') ORDER BY seq",
+                [*chunk, *RESOLVES_ALERTS],
+            )
+            for r in found:
+                if r["event_type"] == "alert" and not _says_recovered(json.loads(r["body"])):
+                    continue
+                resolving.setdefault(r["transfer_id"], []).append((int(r["seq"]), r["event_type"], r["occurred_at"]))
+        out = []
+        for seq, a, transfer_council in alerts:
+            by: tuple[str, str] | None = None
+            if _says_recovered(a):
+                by = ("alert", a["occurred_at"])
+            else:
+                later = [(kind, at) for s, kind, at in resolving.get(a["transfer_id"] or "", []) if s > seq]
+                by = later[0] if later else None
+            out.append(
+                {
+                    "event_id": a["event_id"],
+                    "transfer_id": a["transfer_id"],
+                    "council": a.get("council") or transfer_council,
+                    "severity": a["severity"],
+                    "rule_ids": a.get("rule_ids", []),
+                    "summary": a["summary"],
+                    "raised_at": a["occurred_at"],
+                    "status": "open" if by is None else "resolved",
+                    "resolved_by": None if by is None else by[0],
+                    "resolved_at": None if by is None else by[1],
+                }
+            )
+        return out
+
+
+def _says_recovered(alert: dict[str, Any]) -> bool:
+    return RECOVERED in str(alert.get("summary", "")).lower()

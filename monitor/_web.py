@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 import structlog
@@ -166,6 +166,19 @@ def create_app(monitor: Monitor) -> FastAPI:
     async def api_dead_letters(_: Viewer) -> dict[str, Any]:
         w = monitor.watch
         return {"dead_letters": w.dead_letters, "top_reasons": w.top_reasons(10)}
+
+    @app.get("/api/alerts")
+    async def api_alerts(
+        _: Viewer, status: Literal["open", "resolved"] | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        """Alerts, newest first, open or resolved (``Store.alerts``); the counts are over the latest 1,000."""
+        every = monitor.store.alerts(limit=1000)
+        chosen = [a for a in every if status is None or a["status"] == status]
+        return {
+            "alerts": chosen[: min(max(limit, 1), 1000)],
+            "open": sum(a["status"] == "open" for a in every),
+            "resolved": sum(a["status"] == "resolved" for a in every),
+        }
 
     @app.get("/api/lag")
     async def api_lag(_: Viewer) -> dict[str, Any]:

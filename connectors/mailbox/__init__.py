@@ -15,7 +15,14 @@ it. ``confirm`` means the relay accepted the message for the mailbox (250 after 
 recorded in the ledger, not that a person has read it.
 """
 
-from ._connector import InsecureChannel, MailboxConnector, MailboxSettings, mailbox_keys
+from ._connector import (
+    InsecureChannel,
+    MailboxConnector,
+    MailboxSettings,
+    mailbox_keys,
+    relay_tls_context,
+    send_via_relay,
+)
 from ._message import TRANSFER_HEADER, build_message, message_id, message_reference, summary
 
 __all__ = [
@@ -25,6 +32,8 @@ __all__ = [
     "MailboxSettings",
     "build_message",
     "mailbox_keys",
+    "relay_tls_context",
+    "send_via_relay",
     "message_id",
     "message_reference",
     "summary",

@@ -104,8 +104,7 @@ class MailboxConnector(Target):
         self._sessions = asyncio.Semaphore(settings.max_connections)
 
     async def start(self) -> None:
-        self._tls = ssl.create_default_context(cafile=self.settings.ca_file)
-        self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._tls = relay_tls_context(self.settings)
         self._ledger = _Ledger(self.settings.ledger)
 
     async def stop(self) -> None:
@@ -154,32 +153,50 @@ class MailboxConnector(Target):
         )
 
     async def _send(self, message: object, recipient: Address) -> None:
-        s = self.settings
-        smtp = aiosmtplib.SMTP(hostname=s.host, port=s.port, timeout=s.timeout, start_tls=False, tls_context=self._tls)
+        await send_via_relay(self.settings, self._tls, message, [recipient])
+
+
+def relay_tls_context(settings: MailboxSettings) -> ssl.SSLContext:
+    """The TLS context for the relay: its ``ca_file`` (or the system's store), TLS 1.2 at least."""
+    tls = ssl.create_default_context(cafile=settings.ca_file)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    return tls
+
+
+async def send_via_relay(
+    settings: MailboxSettings, tls: ssl.SSLContext | None, message: object, recipients: list[Address]
+) -> None:
+    """Send one message through the relay on its own session: STARTTLS required (``InsecureChannel``), then AUTH.
+
+    Failures are translated: SMTP 4xx and connection failures are ``TargetUnavailable`` (retry), 5xx
+    ``TargetRefused``; messages name the failure's class or code only, never an address or content.
+    """
+    s = settings
+    smtp = aiosmtplib.SMTP(hostname=s.host, port=s.port, timeout=s.timeout, start_tls=False, tls_context=tls)
+    try:
+        await smtp.connect()
+        await smtp.ehlo()
+        if not smtp.supports_extension("starttls"):
+            raise InsecureChannel("mailbox: the relay does not offer STARTTLS; refusing to send in clear text")
         try:
-            await smtp.connect()
-            await smtp.ehlo()
-            if not smtp.supports_extension("starttls"):
-                raise InsecureChannel("mailbox: the relay does not offer STARTTLS; refusing to send in clear text")
+            await smtp.starttls(tls_context=tls)
+        except ssl.SSLError as exc:
+            raise InsecureChannel(f"mailbox: TLS with the relay failed ({type(exc).__name__})") from exc
+        await smtp.login(s.username, s.password.get_secret_value())
+        await smtp.send_message(message, sender=s.sender, recipients=recipients)  # type: ignore[arg-type]
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        code = exc.recipients[0].code if exc.recipients else 550
+        raise _by_code(code, "recipient refused") from exc
+    except aiosmtplib.SMTPResponseException as exc:
+        raise _by_code(exc.code, type(exc).__name__) from exc
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise TargetUnavailable(f"mailbox: the relay failed ({type(exc).__name__})") from exc
+    finally:
+        if smtp.is_connected:
             try:
-                await smtp.starttls(tls_context=self._tls)
-            except ssl.SSLError as exc:
-                raise InsecureChannel(f"mailbox: TLS with the relay failed ({type(exc).__name__})") from exc
-            await smtp.login(s.username, s.password.get_secret_value())
-            await smtp.send_message(message, sender=s.sender, recipients=[recipient])  # type: ignore[arg-type]
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            code = exc.recipients[0].code if exc.recipients else 550
-            raise _by_code(code, "recipient refused") from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            raise _by_code(exc.code, type(exc).__name__) from exc
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise TargetUnavailable(f"mailbox: the relay failed ({type(exc).__name__})") from exc
-        finally:
-            if smtp.is_connected:
-                try:
-                    await smtp.quit()
-                except (aiosmtplib.SMTPException, OSError):
-                    smtp.close()
+                await smtp.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                smtp.close()
 
 
 def _by_code(code: int, what: str) -> Exception:
