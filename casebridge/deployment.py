@@ -192,7 +192,15 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
     if top is not None:
         alerts, alert_problems = _alerts(top.alerts, context, where)
         problems += alert_problems
+        if any(getattr(c, "kind", "") == "email" for c in alerts.values()) and not any(
+            c.kind == "mailbox" for c in systems.values()
+        ):
+            problems.append(f"{path.name}: an e-mail alert channel needs a [systems.NAME] block of kind mailbox")
         for name, cfg in systems.items():
+            for i, caller in enumerate(getattr(cfg, "callers", ())):
+                if caller.council not in top.councils:
+                    at = where(("systems", name, "callers", i, "council"))
+                    problems.append(f"{at}: {caller.council.value} is not in councils")
             kind = KINDS[cfg.kind]
             if cfg.council is not None and cfg.council not in top.councils:
                 problems.append(f"{where(('systems', name, 'council'))}: {cfg.council.value} is not in councils")
@@ -228,22 +236,30 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
 
 
 def _alerts(blocks: dict[str, dict[str, Any]], context: dict[str, Any], where: Any) -> tuple[dict[str, Any], list[str]]:
-    """Alert channels by name (``[alerts.NAME]`` with ``kind = "email"`` or ``"webhook"``)."""
-    CHANNELS: dict[str, type[BaseModel]] = {}  # alert channels: wired in once router/alerts lands
+    """Alert channels by name (``[alerts.NAME]`` with ``kind = "email"`` or ``"webhook"``; a webhook's token by
+    reference, like every secret)."""
+    from router.alerts import EmailChannel, WebhookChannel
 
+    from .secrets import SecretRef
+
+    models: dict[str, type[BaseModel]] = {"email": EmailChannel, "webhook": WebhookChannel}
     channels: dict[str, Any] = {}
     problems: list[str] = []
     for name, block in blocks.items():
-        model = CHANNELS.get(str(block.get("kind", ""))) if isinstance(block, dict) else None
+        model = models.get(str(block.get("kind", ""))) if isinstance(block, dict) else None
         if model is None:
-            known = ", ".join(CHANNELS)
+            known = ", ".join(models)
             problems.append(f"{where(('alerts', name, 'kind'))}: unknown or missing kind (known: {known})")
             continue
+        values = dict(block)
         try:
-            channels[name] = model.model_validate(block, context=context)
+            if "token" in values:
+                values["token"] = SecretRef.model_validate(values["token"], context=context).value
+            channels[name] = model.model_validate(values, context=context)
         except ValidationError as exc:
             errors = exc.errors(include_input=False)
-            problems += [f"{where(('alerts', name, *e['loc']))}: {_message(e)}" for e in errors]
+            inner = ("token",) if exc.title == "SecretRef" else ()
+            problems += [f"{where(('alerts', name, *inner, *e['loc']))}: {_message(e)}" for e in errors]
     return channels, problems
 
 

@@ -19,10 +19,12 @@ from pydantic_core import PydanticCustomError
 from connectors import Source, Target
 from connectors.care_director import CareDirectorConnector, CareDirectorPublisher
 from connectors.ehm import AllocationReporter, EhmConnector, StepUpPublisher
+from connectors.intake import STORE_NAME, IntakeCaller, IntakeServer, IntakeSettings, IntakeSource
 from connectors.lcs import DecisionReporter, LcsConnector, LcsPublisher
 from connectors.mailbox import MailboxConnector, MailboxSettings
 from connectors.ted import TedConnector, TedPublisher
 from contracts import CaseSystem, Council
+from router.settings import Topics
 
 from .secrets import SecretRef
 
@@ -42,10 +44,7 @@ class Wiring:
     """What every kind's ``build`` is given: where Kafka is, the topics, the state folder, the council."""
 
     bootstrap_servers: str
-    transfers_topic: str
-    dead_letter_topic: str
-    events_topic: str
-    audit_topic: str
+    topics: Topics
     state_dir: Path
     #: the council whose requests this system's feeds publish (the block's ``council``, else the deployment's)
     council: Council
@@ -138,6 +137,34 @@ class MailboxSystem(SystemConfig):
         )
 
 
+class IntakeCallerConfig(BaseModel):
+    """One team (or e-mail-to-form tool) that may post to the intake, for one council."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@\-]*$")
+    token: SecretRef
+    council: Council
+    #: the source systems it posts for (default: the team mailbox)
+    sources: list[CaseSystem] = Field(default_factory=lambda: [CaseSystem.MAILBOX], min_length=1)
+
+
+class IntakeSystem(SystemConfig):
+    """The intake: an authenticated HTTP endpoint where a team with no case system posts its transfers, and
+    the team mailbox as the router's source (its record's state and closure kept in the intake's store)."""
+
+    kind: Literal["intake"] = "intake"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8110, ge=0, le=65535)
+    callers: list[IntakeCallerConfig] = Field(min_length=1)
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+    def intake_settings(self) -> IntakeSettings:
+        callers = [IntakeCaller(name=c.name, token=c.token.value, council=c.council, sources=frozenset(c.sources))
+                   for c in self.callers]  # fmt: skip
+        return IntakeSettings(host=self.host, port=self.port, callers=callers, max_body_bytes=self.max_body_bytes)
+
+
 def _cursor(w: Wiring, feed: str) -> Path:
     return w.state_dir / f"{w.name}-{feed}-cursor.json"
 
@@ -150,9 +177,9 @@ def _lcs(c: LcsSystem, w: Wiring) -> Built:
     loops: list[Any] = []
     if c.feeds:
         loops = [
-            LcsPublisher(new(), w.bootstrap_servers, w.transfers_topic, w.dead_letter_topic,
+            LcsPublisher(new(), w.bootstrap_servers, w.topics.transfers, w.topics.dead_letter,
                          _cursor(w, "stepdowns"), council=w.council),
-            DecisionReporter(new(), w.bootstrap_servers, w.events_topic, _cursor(w, "decisions")),
+            DecisionReporter(new(), w.bootstrap_servers, w.topics.events, _cursor(w, "decisions")),
         ]  # fmt: skip
     return Built({CaseSystem.LCS: new()}, {CaseSystem.LCS: new()}, loops)
 
@@ -164,9 +191,9 @@ def _ehm(c: EhmSystem, w: Wiring) -> Built:
     loops: list[Any] = []
     if c.feeds:
         loops = [
-            StepUpPublisher(new(), w.bootstrap_servers, w.transfers_topic, w.dead_letter_topic,
+            StepUpPublisher(new(), w.bootstrap_servers, w.topics.transfers, w.topics.dead_letter,
                             _cursor(w, "stepups"), council=w.council),
-            AllocationReporter(new(), w.bootstrap_servers, w.events_topic, _cursor(w, "allocations")),
+            AllocationReporter(new(), w.bootstrap_servers, w.topics.events, _cursor(w, "allocations")),
         ]  # fmt: skip
     return Built({CaseSystem.EHM: new()}, {CaseSystem.EHM: new()}, loops)
 
@@ -177,7 +204,7 @@ def _ted(c: TedSystem, w: Wiring) -> Built:
 
     loops: list[Any] = []
     if c.feeds:
-        loops = [TedPublisher(new(), w.bootstrap_servers, w.transfers_topic, w.dead_letter_topic,
+        loops = [TedPublisher(new(), w.bootstrap_servers, w.topics.transfers, w.topics.dead_letter,
                               _cursor(w, "stepdowns"), council=w.council)]  # fmt: skip
     return Built({CaseSystem.TED: new()}, {CaseSystem.TED: new()}, loops)
 
@@ -188,13 +215,19 @@ def _care_director(c: CareDirectorSystem, w: Wiring) -> Built:
 
     loops: list[Any] = []
     if c.feeds:
-        loops = [CareDirectorPublisher(new(), w.bootstrap_servers, w.transfers_topic, w.dead_letter_topic,
+        loops = [CareDirectorPublisher(new(), w.bootstrap_servers, w.topics.transfers, w.topics.dead_letter,
                                        _cursor(w, "stepdowns"), council=w.council)]  # fmt: skip
     return Built({CaseSystem.CARE_DIRECTOR: new()}, {CaseSystem.CARE_DIRECTOR: new()}, loops)
 
 
 def _mailbox(c: MailboxSystem, w: Wiring) -> Built:
     return Built({CaseSystem.MAILBOX: MailboxConnector(c.mail_settings(w.state_dir))})
+
+
+def _intake(c: IntakeSystem, w: Wiring) -> Built:
+    store = w.state_dir / STORE_NAME
+    server = IntakeServer(c.intake_settings(), w.bootstrap_servers, w.topics, store)
+    return Built(sources={CaseSystem.MAILBOX: IntakeSource(store)}, loops=[server])
 
 
 @dataclass(frozen=True)
@@ -212,8 +245,9 @@ class Kind:
 
     @property
     def publishes(self) -> bool:
-        """Whether its loops publish transfers for a council (so the block needs a council)."""
-        return bool(self.loops)
+        """Whether its feeds publish transfers for one council (so the block needs a council where the
+        deployment serves several); the intake's callers each name their own."""
+        return bool(self.loops) and self.name != "intake"
 
 
 KINDS: dict[str, Kind] = {
@@ -226,5 +260,6 @@ KINDS: dict[str, Kind] = {
         Kind("care-director", CareDirectorSystem, _care_director, (CaseSystem.CARE_DIRECTOR,),
              (CaseSystem.CARE_DIRECTOR,), "step-down referral feed"),
         Kind("mailbox", MailboxSystem, _mailbox, (CaseSystem.MAILBOX,), ()),
+        Kind("intake", IntakeSystem, _intake, (), (CaseSystem.MAILBOX,), "HTTP intake of transfers"),
     )
 }  # fmt: skip

@@ -23,10 +23,11 @@ from connectors.lcs import DecisionReporter, LcsPublisher
 from contracts import CaseSystem, Council
 from mappings import load_protocols
 from router import Router, Settings, build_router
+from router.alerts import AlertDispatcher
 from router.closures import ClosureScheduler, utc_now
 from router.notices import AllocationNotices
 
-from .registry import KINDS, SystemConfig, Wiring
+from .registry import KINDS, MailboxSystem, SystemConfig, Wiring
 
 if TYPE_CHECKING:
     from .deployment import Deployment
@@ -90,10 +91,7 @@ class Stack:
         for name, config in self.systems.items():
             wiring = Wiring(
                 bootstrap_servers=self.settings.bootstrap_servers,
-                transfers_topic=topics.transfers,
-                dead_letter_topic=topics.dead_letter,
-                events_topic=topics.events,
-                audit_topic=topics.audit,
+                topics=topics,
                 state_dir=self.state_dir,
                 council=config.council or default_council,
                 name=name,
@@ -111,6 +109,18 @@ class Stack:
             sources={**sources, **self.extra_sources},
             protocols=protocols,
         )
+        if self.alerts:
+            mail = next((c for c in self.systems.values() if isinstance(c, MailboxSystem)), None)
+            feeds.append(
+                AlertDispatcher(
+                    self.settings.bootstrap_servers,
+                    topics,
+                    f"{self.settings.group_id}-alerts",
+                    dict(self.alerts),
+                    mail.mail_settings(None) if mail is not None else None,
+                    self.state_dir,
+                )
+            )
         self.feeds = [*feeds, *self.extra_publishers]
         self.notices = AllocationNotices(self.settings, self.router.flow.targets)
         self.closures = ClosureScheduler(self.settings, self.router.flow.sources, self.router.flow.targets, self.clock)

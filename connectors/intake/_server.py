@@ -43,7 +43,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from contracts import CaseSystem, FieldError, TransferMessage, field_errors
+from contracts import FieldError, TransferMessage, field_errors
 from router.app import ensure_topics
 from router.settings import Topics
 
@@ -105,16 +105,17 @@ def _peek_transfer_id(doc: Any) -> str | None:
     return value if isinstance(value, str) and _IDENTIFIER.match(value) else None
 
 
-def _intake_errors(transfer: TransferMessage) -> list[FieldError]:
-    """The intake is the mailbox source: the transfer must start there (``IntakeSource`` answers for it)."""
+def _intake_errors(transfer: TransferMessage, caller: IntakeCaller) -> list[FieldError]:
+    """The transfer must start on a system this caller may post for (by default the team mailbox)."""
     errors = []
-    if transfer.pathway.from_system is not CaseSystem.MAILBOX:
+    allowed = ", ".join(sorted(s.value for s in caller.sources))
+    if transfer.pathway.from_system not in caller.sources:
         errors.append(
-            FieldError(field="pathway.from_system", rule="intake_source", message="the intake posts mailbox transfers")
+            FieldError(field="pathway.from_system", rule="intake_source", message=f"this caller posts for {allowed}")
         )
-    if transfer.source_record.system is not CaseSystem.MAILBOX:
+    if transfer.source_record.system not in caller.sources:
         errors.append(
-            FieldError(field="source_record.system", rule="intake_source", message="the intake posts mailbox records")
+            FieldError(field="source_record.system", rule="intake_source", message=f"this caller posts for {allowed}")
         )
     return errors
 
@@ -296,7 +297,7 @@ class IntakeServer:
                     raise _invalid(field_errors(exc)) from None
                 if transfer.council is not caller.council:
                     raise _council(caller)
-                errors = _intake_errors(transfer)
+                errors = _intake_errors(transfer, caller)
                 if errors:
                     raise _invalid(errors)
                 transfer_id = transfer.transfer_id

@@ -9,7 +9,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from contracts import Council
+from contracts import CaseSystem, Council
 
 #: the file name of the intake's store under a deployment's state directory
 STORE_NAME = "intake.sqlite3"
@@ -27,6 +27,10 @@ class IntakeCaller(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@\-]*$")
     token: SecretStr = Field(min_length=32)
     council: Council
+    #: the source systems whose transfers this caller may post: by default the team mailbox (a team with no
+    #: case system); a practitioner's form may also post step-ups from a case system with no step-up feed
+    #: (Care Director, TED), whose connector the router then asks about the record
+    sources: frozenset[CaseSystem] = frozenset({CaseSystem.MAILBOX})
 
 
 class IntakeSettings(BaseModel):
