@@ -61,6 +61,42 @@ def good_request(**changes: Any) -> dict[str, Any]:
     return req
 
 
+def swindon_request(**changes: Any) -> dict[str, Any]:
+    """A Swindon 2026 step-down request that meets every rule of its protocol (SW26-4, SW26-6, SW26-7).
+
+    Agreed at the weekly Transfer Meeting with consent to share information (SW26-4); the
+    assessment (strengths, risk and need, outcomes achieved) and the proposed plan (SW26-6);
+    the early intervention Lead Practitioner the child is allocated to (SW26-7). No handover
+    date: pass ``handover_due`` (ISO 8601, with a zone) to state one (SW26-6: within 10 days).
+    """
+    req: dict[str, Any] = {
+        "assessment": "Strengths: engaged parent. Risk and need: school attendance. Outcomes achieved: home stable.",
+        "plan": "Proposed early intervention plan: weekly key worker sessions; attendance support.",
+        "lead_practitioner": "Jo Leadpractitioner",
+        "lead_practitioner_organisation": "Early Intervention",
+        "target_level": "early_help",
+        "consent": {
+            "given_by": "Parent (synthetic)",
+            "given_on": "2026-11-01",
+            "scope": ["referral", "information-sharing"],
+        },
+        "management_decision": {
+            "decided_by": "Morgan Testmanager",
+            "role": "Team Manager",
+            "forum": "Transfer Meeting",
+            "rationale": "Social work record complete; needs can be met by early intervention.",
+            "decided_on": "2026-11-02",
+        },
+        "requested_by": "Sam Fictional (Social Worker)",
+    }
+    req.update(changes)
+    return req
+
+
+#: council -> its complete LCS step-down request (what ``LcsSandboxClient.request_stepdown`` starts from)
+STEPDOWN_REQUEST = {"north-somerset": good_request, "swindon": swindon_request}
+
+
 # -- synthetic transfers for every council (canonical messages, as a source connector publishes them)
 EXAMPLES = Path(contracts.__file__).parent / "examples"
 STEP_DOWN_EXAMPLE = {
@@ -173,12 +209,11 @@ class LcsSandboxClient(_SandboxClient):
     def create_child(self, **changes: Any) -> str:
         return str(self._ok(self.http.post("/api/children", json=synthetic_child(**changes)))["id"])
 
-    def request_stepdown(self, child_id: str, **changes: Any) -> str:
-        return str(
-            self._ok(self.http.post(f"/api/children/{child_id}/stepdown-requests", json=good_request(**changes)))[
-                "request_id"
-            ]
-        )
+    def request_stepdown(self, child_id: str, *, council: str = "north-somerset", **changes: Any) -> str:
+        """A step-down request meeting every rule of ``council``'s protocol, with ``changes`` applied
+        (a field set to None is not recorded: ``lead_practitioner=None``)."""
+        body = STEPDOWN_REQUEST[council](**changes)
+        return str(self._ok(self.http.post(f"/api/children/{child_id}/stepdown-requests", json=body))["request_id"])
 
     def child(self, child_id: str) -> dict[str, Any]:
         return self._ok(self.http.get(f"/api/children/{child_id}"))

@@ -3,8 +3,10 @@
 A locality staff directory (Support Leader with an away flag, team manager), the
 Step-Down tray (idempotent on transfer id), allocation to a family support worker
 that opens an early-help episode, a durable allocation feed, and case notes.
-Vendor behaviour from the North Somerset protocol is enforced: a step-down without
-meeting notes and plan cannot progress (NS-8).
+Vendor behaviour from the North Somerset protocol is enforced for North Somerset's
+step-downs (the council a tray item names): without meeting notes and plan they cannot
+progress (NS-8). Other councils' required documents are their own protocol's, checked by
+casebridge before delivery (Swindon 2026: the assessment and proposed plan, SW26-6).
 
 Run it: ``casebridge sandbox ehm --db ehm.sqlite3 --token T --port 8102``.
 """
@@ -20,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from pydantic import Field, StringConstraints
 
 from sandboxes._common import (
@@ -90,6 +93,8 @@ LOCALITIES: Mapping[str, tuple[str, str, str, str]] = {
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+#: text a tray item may leave out or blank (stored as absent); NS-8 decides when it is required
+OptionalText = Annotated[str, StringConstraints(max_length=20_000)] | None
 TransferId = Annotated[str, PathParam(min_length=1, max_length=200)]
 TrayStatus = Literal["in_tray", "allocated"]
 EpisodeStatus = Literal["open", "closed"]
@@ -129,7 +134,7 @@ class TrayChild(StrictModel):
     date_of_birth: date
     lcs_id: Text
     nhs_number: str | None = Field(default=None, pattern=r"^[0-9]{10}$")
-    locality: Text
+    locality: Text | None = Field(default=None, description="North Somerset routes by it (NS-2); others may not")
 
 
 class AssignedTo(StrictModel):
@@ -138,15 +143,25 @@ class AssignedTo(StrictModel):
     role: Text
 
 
+#: the council whose step-downs EHM refuses without meeting notes and plan (NS-8)
+NS8_COUNCIL = "north-somerset"
+NS8_FIELDS = ("meeting_notes", "plan")
+
+
 class TrayItemIn(StrictModel):
+    council: Text = Field(
+        default=NS8_COUNCIL,
+        description="whose step-down it is (a casebridge council id); an item naming none is North Somerset's",
+    )
     child: TrayChild
     assigned_to: AssignedTo
-    meeting_notes: LongText = Field(description="required: NS-8")
-    plan: LongText = Field(description="required: NS-8")
+    meeting_notes: OptionalText = Field(default=None, description="required for North Somerset: NS-8")
+    plan: OptionalText = Field(default=None, description="required for North Somerset: NS-8")
+    assessment: OptionalText = Field(default=None, description="the social work assessment (Swindon: SW26-6)")
     support_leader: Text | None = None
     lead_professional: Text | None = None
     family_support_worker: Text | None = None
-    source_reference: Text
+    source_reference: Text | None = None
     received_from: Text
 
 
@@ -422,12 +437,35 @@ def _episode(conn: sqlite3.Connection, row: sqlite3.Row) -> Episode:
 
 
 def _ns08_hint(request: Request, errors: Sequence[Mapping[str, Any]]) -> str | None:
-    """Tag a refused tray item whose notes or plan are missing/empty with NS-8."""
+    """Tag a refused North Somerset tray item whose notes or plan are missing/empty with NS-8."""
     if request.method != "PUT" or not request.url.path.startswith("/api/stepdown-tray/"):
         return None
-    if any(e.get("field") in {"meeting_notes", "plan"} for e in errors):
+    if any(e.get("field") in NS8_FIELDS and e.get("type") == "missing" for e in errors):
         return "NS-8"
     return None
+
+
+def _ns08_checked(body: TrayItemIn) -> TrayItemIn:
+    """NS-8 for North Somerset's step-downs: meeting notes and plan, or a 422 naming what is missing.
+
+    Blank text is absent text, for every council (stored as absent).
+    """
+    blank = [f for f in (*NS8_FIELDS, "assessment") if getattr(body, f) == ""]
+    if blank:
+        body = body.model_copy(update=dict.fromkeys(blank))
+    missing = [f for f in NS8_FIELDS if getattr(body, f) is None]
+    if body.council == NS8_COUNCIL and missing:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("body", f),
+                    "msg": "required for a North Somerset step-down (NS-8)",
+                    "type": "missing",
+                }
+                for f in missing
+            ]
+        )
+    return body
 
 
 # ------------------------------------------------------------------------------- app
@@ -474,6 +512,7 @@ def create_app(db_path: Path, token: str, *, clock: Clock = utcnow) -> FastAPI:
 
     @api.put("/stepdown-tray/{transfer_id}", status_code=201)
     def put_tray_item(transfer_id: TransferId, body: TrayItemIn, response: Response) -> TrayPutResult:
+        body = _ns08_checked(body)
         with db.transaction() as conn:
             row = conn.execute("SELECT * FROM tray_items WHERE transfer_id = ?", (transfer_id,)).fetchone()
             created = row is None

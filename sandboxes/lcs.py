@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 from fastapi import APIRouter, FastAPI, Response
-from pydantic import Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import AwareDatetime, Field, StringConstraints, ValidationInfo, field_validator
 
 from sandboxes._common import (
     Clock,
@@ -145,9 +145,28 @@ class ManagementDecision(StrictModel):
 
 
 class StepdownIn(StrictModel):
+    """The step-down transfer request a social worker fills in on LCS.
+
+    Every council's fields are optional here; the council's protocol (checked by casebridge)
+    says which must be present: North Somerset's meeting notes, plan and Support Leader (NS-6);
+    Swindon's assessment and proposed plan (SW26-6), the handover date (SW26-6) and the Lead
+    Practitioner (SW26-7).
+    """
+
     meeting_notes: LongText | None = None
-    plan: LongText | None = None
+    plan: LongText | None = Field(default=None, description="the step-down plan (NS-6) / proposed plan (SW26-6)")
+    assessment: LongText | None = Field(
+        default=None,
+        description="SW26-6: the social work assessment: strengths, risk and need, outcomes achieved",
+    )
+    handover_due: AwareDatetime | None = Field(
+        default=None, description="SW26-6: when the handover to early help is arranged (within 10 calendar days)"
+    )
     support_leader: Text | None = None
+    lead_practitioner: Text | None = Field(
+        default=None, description="SW26-7: the early intervention Lead Practitioner the child is allocated to"
+    )
+    lead_practitioner_organisation: Text | None = None
     family_support_worker: Text | None = None
     target_level: TargetLevel
     family_hub_universal: bool = False
@@ -162,6 +181,13 @@ class StepdownIn(StrictModel):
         level = info.data.get("target_level")
         if value and level is not None and level != "universal":
             raise ValueError("family_hub_universal applies only to target_level 'universal' (NS-14)")
+        return value
+
+    @field_validator("lead_practitioner_organisation")
+    @classmethod
+    def _organisation_of_a_lead(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("lead_practitioner") is None:
+            raise ValueError("lead_practitioner_organisation needs lead_practitioner (SW26-7)")
         return value
 
 

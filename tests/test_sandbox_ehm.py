@@ -177,6 +177,48 @@ def test_other_bad_tray_fields_are_422_without_ns08(client: httpx.Client) -> Non
     assert r.json()["detail"][0]["field"] == "child.date_of_birth"
 
 
+def swindon_tray_body(**overrides: Any) -> dict[str, Any]:
+    """A Swindon 2026 tray item as casebridge delivers it: assessment and plan, the Lead Practitioner,
+    no meeting notes, no locality, no request id (the contract and SW26-6 / SW26-7 ask for none)."""
+    body = tray_body(
+        council="swindon",
+        assigned_to={"id": "LEAD-PRACTITIONER", "name": "Jo Leadpractitioner", "role": "lead-professional"},
+        assessment="Strengths, risk and need; outcomes achieved (synthetic).",
+        plan="Proposed early intervention plan (synthetic).",
+        lead_professional="Jo Leadpractitioner",
+        support_leader=None,
+    )
+    del body["meeting_notes"], body["source_reference"], body["child"]["locality"]
+    body.update(overrides)
+    return body
+
+
+def test_ns08_only_for_north_somerset_sw26_06_swindon_item_without_notes_or_locality_is_accepted(
+    client: httpx.Client,
+) -> None:
+    """NS-8 is North Somerset's: a Swindon item with assessment and plan but no meeting notes, locality
+    or request id is taken into the tray as it came; a North Somerset one without a plan is still refused."""
+    r = client.put("/api/stepdown-tray/SW-1", json=swindon_tray_body())
+    assert r.status_code == 201, r.text
+    item = client.get("/api/stepdown-tray/SW-1").json()
+    assert ("swindon", "in_tray") == (item["council"], item["status"])
+    assert (None, None, None) == (item["meeting_notes"], item["child"]["locality"], item["source_reference"])
+    assert item["assessment"].startswith("Strengths, risk and need")
+    assert ("lead-professional", "Jo Leadpractitioner") == (item["assigned_to"]["role"], item["lead_professional"])
+    # blank notes from another council are absent notes, not an NS-8 refusal
+    r = client.put("/api/stepdown-tray/SW-2", json=swindon_tray_body(meeting_notes="   ", plan=None))
+    assert r.status_code == 201, r.text
+    assert client.get("/api/stepdown-tray/SW-2").json()["meeting_notes"] is None
+
+    for council in ({"council": "north-somerset"}, {}):  # an item naming no council is North Somerset's
+        body = {**tray_body(plan=None), **council}
+        r = client.put("/api/stepdown-tray/NS-1", json=body)
+        assert r.status_code == 422
+        assert "NS-8" == r.json()["rule"]
+        assert ["plan"] == [d["field"] for d in r.json()["detail"]]
+    assert {"SW-1", "SW-2"} == {i["transfer_id"] for i in client.get("/api/stepdown-tray").json()["items"]}
+
+
 def test_allocation_opens_an_episode_and_feeds_allocations(client: httpx.Client) -> None:
     """Allocating a tray item opens an EHM-EP episode and appends to the allocation feed."""
     for tid in ("TR-A", "TR-B", "TR-C"):
