@@ -381,22 +381,24 @@ def replay_cmd(
 
 @app.command("allocate")
 def allocate_cmd(
-    transfer_id: Annotated[str, typer.Argument(help="the step-down waiting for a family support worker (BA-9)")],
-    worker: Annotated[str, typer.Option(help="the allocated family support worker's name (becomes lead professional)")],
+    transfer_id: Annotated[
+        str, typer.Argument(help="the transfer waiting for its allocation (LU-7 notice, SW22-10 or BA-9 closure)")
+    ],
+    worker: Annotated[str, typer.Option(help="the allocated worker's name (named on the closure record)")],
     organisation: Annotated[str, typer.Option(help="the worker's organisation (BA-6)")],
     operator: Annotated[str | None, typer.Option(help="who records it (required: every allocation is audited)")] = None,
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
-    """BA-9: record that early help allocated a family support worker; the documents then go and TED closes.
+    """Record that the receiving team allocated a worker, where its system cannot report it (a team mailbox).
 
-    Nothing reports this allocation from the early-help mailbox, so an operator records it, audited
-    (who, when, which transfer) on the audit topic. The worker's name is kept in the pending closure
-    only (no event, no audit record, no log line carries it).
+    What waits for the allocation then goes: the allocation notice (LU-7), the closure naming the worker
+    (SW22-10), the documents then the close (BA-9). Audited (who, when, which transfer and rules) on the
+    audit topic; the worker's name is kept in the pending closure only (no event, audit record or log line).
     """
     from contracts import Person
     from router import Settings
-    from router.closures import AllocationRefused, record_allocation
+    from router.allocations import AllocationRefused, record_allocation
 
     settings = Settings()
     settings = settings.model_copy(
@@ -407,10 +409,11 @@ def allocate_cmd(
     )
     person = Person(name=worker, role="Family Support Worker", organisation=organisation)
     try:
-        due = asyncio.run(record_allocation(settings, transfer_id, person, operator or ""))
+        done = asyncio.run(record_allocation(settings, transfer_id, person, operator or ""))
     except AllocationRefused as exc:
         raise _fail(exc) from exc
-    typer.echo(f"recorded: {due.transfer_id} ({due.rule_id}); the documents go and the source closes on the next poll")
+    serves = [*(["the closure falls due"] if done.closure else []), *(["the notice goes"] if done.notice else [])]
+    typer.echo(f"recorded: {done.transfer_id} ({', '.join(done.rule_ids)}); {' and '.join(serves)} on the next poll")
 
 
 @app.command("monitor")

@@ -2,9 +2,10 @@
 
 Access is by token (``CASEBRIDGE_MONITOR__TOKENS``): a bearer header for the API and
 metrics, a cookie set by the login form for the page. No token, no page. Viewers see
-everything; replaying dead letters and recording milestones need the operator role, and
-the replay is the router's own (``router.deadletters.replay``), audited under the
-token's operator name. Everything shown is ids, councils, states, rule ids and reasons:
+everything; replaying dead letters, recording milestones and recording allocations need the
+operator role, and the replay and the allocation are the router's own (``router.deadletters.replay``,
+``router.allocations.allocate``), audited under the token's operator name.
+Everything shown is ids, councils, states, rule ids and reasons:
 events carry no personal data, and neither does anything here.
 """
 
@@ -25,8 +26,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts import MilestoneRecorded
+from contracts import MilestoneRecorded, Person
 from mappings import load_deadlines
+from router.allocations import AllocationNotPending, AllocationRefused, allocate
 from router.deadletters import Filters, replay
 
 from ._asyncapi import asyncapi_document
@@ -66,6 +68,16 @@ class MilestoneRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     milestone: str = Field(min_length=1, max_length=64)
+
+
+class AllocationRequest(BaseModel):
+    """An allocation the receiving team made where its system cannot report it (a team mailbox). The operator is
+    the token's name, not a field; the worker's name goes to the pending closure only (never echoed or logged)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    worker: str = Field(min_length=1, max_length=128)
+    organisation: str = Field(min_length=1, max_length=128)
 
 
 def _who(request: Request) -> Principal | None:
@@ -232,6 +244,27 @@ def create_app(monitor: Monitor) -> FastAPI:
             headers=[("event_type", b"milestone")],
         )
         return JSONResponse(json.loads(event.model_dump_json()), status_code=201)
+
+    @app.post("/api/transfers/{transfer_id}/allocation")
+    async def api_allocation(principal: Operator, transfer_id: str, body: AllocationRequest) -> JSONResponse:
+        """The same audited allocation as ``casebridge allocate`` (LU-7 notice, SW22-10 / BA-9 closure)."""
+        worker = Person(name=body.worker, role="Family Support Worker", organisation=body.organisation)
+        try:
+            done = await allocate(monitor.bootstrap_servers, monitor.topics, transfer_id, worker, principal.name)
+        except AllocationNotPending as exc:
+            raise HTTPException(409, str(exc)) from exc
+        except AllocationRefused as exc:
+            raise HTTPException(422, str(exc)) from exc
+        log.info("monitor_allocation", transfer_id=transfer_id, rule_ids=done.rule_ids)
+        return JSONResponse(
+            {
+                "transfer_id": done.transfer_id,
+                "rule_ids": done.rule_ids,
+                "closure_due": done.closure is not None,
+                "notice_pending": done.notice is not None,
+            },
+            status_code=201,
+        )
 
     # -- metrics and the AsyncAPI document ----------------------------------------------
 

@@ -54,14 +54,19 @@ class PendingNotice:
 #: what makes a pending closure due: a time (LU-4), the allocation (SW22-10), the Front Door's acceptance (NS-12),
 #: an allocation an operator records with the worker's name (BA-9: ``casebridge allocate``)
 Trigger = Literal["due", "allocated", "accepted", "recorded"]
+#: the triggers that wait for the transfer's allocation: an operator's recorded allocation (``router/allocations.py``)
+#: makes such a closure due with the worker it names ("allocated": reported by the target, or recorded where the
+#: target cannot say, e.g. a team mailbox; "recorded": only ever recorded)
+ALLOCATION_TRIGGERS: frozenset[Trigger] = frozenset({"allocated", "recorded"})
 
 
 class PendingClosure(BaseModel):
     """A source record the flow kept open, to be closed later (LU-4, SW22-10, NS-12).
 
     Ids, the council, the pathway, the protocol's closure wording, times and hashed child keys: no child
-    data and no documents. Staff names only: the closure record's lead professional and BA-9's worker
-    recorded by an operator (the worker SW22-10 names is asked of the target at close time, not kept).
+    data and no documents. Staff names only: the closure record's lead professional and the worker an operator
+    recorded as allocated (``router/allocations.py``); without a recorded worker, the worker an ``allocated``
+    closure names (SW22-10) is asked of the target at close time, not kept.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -87,8 +92,9 @@ class PendingClosure(BaseModel):
     cancel_on_step_down: list[str] = []
     #: BA-9: the withheld documents go to the target before the close (fetched again from the source at close time)
     send_documents: bool = False
-    #: BA-9: the family support worker an operator recorded as allocated (a member of staff, not the family), who
-    #: becomes the lead professional TED records the step-down with; set with the due time, never logged
+    #: the worker an operator recorded as allocated (a member of staff, not the family): the receiving worker the
+    #: closure record names (SW22-10), or the lead professional TED records the step-down with (BA-9); set with the
+    #: due time, never logged
     worker: Person | None = None
 
     def encode(self) -> bytes:

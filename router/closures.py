@@ -7,7 +7,10 @@ staff names only), which the flow writes to the compacted ``<prefix>.pending-clo
 transfer id. ``ClosureScheduler`` reads that topic and the events topic. A closure falls due
 at its time (LU-4), on the transfer's ``allocated`` event (SW22-10) or on the Front Door's
 ``front-door-decision`` event (NS-12: accepted closes; not accepted cancels, the record
-stays open). LU-4 is cancelled when a step-down of the same child is agreed before it falls due
+stays open). An allocation an operator records (``router/allocations.py``: a team mailbox cannot report one)
+writes a closure waiting for an allocation back due now with the worker it names, which the close then uses
+instead of asking the target (SW22-10), or with which the documents go first (BA-9).
+LU-4 is cancelled when a step-down of the same child is agreed before it falls due
 (seed 002: co-working for 10 days, then early help closes or the case steps down): the
 scheduler reads the compacted child history (``router/_history.py``, written by the flow on
 every completed step-down), tombstones the entry and emits a ``milestone`` event
@@ -30,12 +33,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from connectors import CasebridgeError, PermanentError, Receipt, Source, Target, TargetUnavailable
 from connectors._feed import idempotent_producer, poll_forever
@@ -48,7 +51,6 @@ from contracts import (
     Person,
     SourceClosed,
     SourceRecord,
-    TransferAllocated,
     TransferDeadLettered,
     TransferEvent,
     TransferMessage,
@@ -63,8 +65,16 @@ from ._history import decode as decode_history
 from ._outbox import Failure, dead_letter_headers
 from ._pending import PendingClosure, Trigger
 from ._reading import fold_compacted, follower, replay_compacted
+from .allocations import (
+    AllocationAudit,
+    AllocationNotPending,
+    AllocationRefused,
+    RecordedAllocation,
+    record_allocation,
+    recorded_allocation_event_id,
+)
 from .flow import event_id
-from .settings import ALLOCATION_AUDIT_PREFIX, Settings
+from .settings import Settings
 
 log = structlog.get_logger("casebridge.router.closures")
 Clock = Callable[[], datetime]
@@ -304,15 +314,19 @@ class ClosureScheduler:
         if kind == b"source-closed":  # e.g. by a re-run of the transfer (the worker named on it): nothing to do
             self.closed[tid] = None
             return
+        try:
+            event: TransferEvent | None = parse_event(r.value or b"")
+        except ValidationError as exc:  # not ours to refuse (the tracker sees it too): say so
+            log.warning("event_unreadable", transfer_id=tid, fields=[e.field for e in field_errors(exc)])
+            event = None
+        if event is not None and event.event_id == recorded_allocation_event_id(tid):
+            # an operator's recorded allocation wrote its closure due (with the worker) before this event: not a
+            # signal, or a closure read before that write would be written back due without the worker
+            return
         if tid not in self.pending and tid not in self._unmatched:
             self._unmatched[tid] = (TopicPartition(r.topic, r.partition), r.offset, time.monotonic())
-        if kind == b"allocated":
+        if kind == b"allocated":  # an allocation, readable or not
             self.signals[tid] = ("allocated", True)
-            return
-        try:
-            event: TransferEvent = parse_event(r.value or b"")
-        except ValidationError as exc:  # not ours to refuse (the tracker sees it too): skip, and say so
-            log.warning("event_unreadable", transfer_id=tid, fields=[e.field for e in field_errors(exc)])
             return
         if isinstance(event, FrontDoorDecided):
             self.signals[tid] = ("accepted", event.decision == "accepted")
@@ -362,7 +376,8 @@ class ClosureScheduler:
         if p.send_documents:
             reference = await self._send_documents_then_close(p, source)
         else:
-            worker = await self._worker(p) if p.trigger == "allocated" else None
+            # the worker an operator recorded, else (an allocation the target reported) the worker the target names
+            worker = p.worker or (await self._worker(p) if p.trigger == "allocated" else None)
             receipt = Receipt(p.target_system, p.target_reference, created=False, acknowledged=True)
             reference = await source.close(p.closing_transfer(worker), receipt)
         return SourceClosed(
@@ -498,83 +513,18 @@ class ClosureScheduler:
         await poll_forever(self.poll_once, interval, stop, "pending-closures")
 
 
-class AllocationRefused(ValueError):
-    """``casebridge allocate`` refused: nothing was written (the message names the field and the rule)."""
-
-
-class AllocationNotPending(AllocationRefused):
-    """``casebridge allocate``: the transfer has no closure waiting for a recorded allocation (BA-9)."""
-
-
-class AllocationAudit(BaseModel):
-    """One record of ``<prefix>.audit``: who recorded an allocation (BA-9), when, for which transfer and rule.
-
-    The worker's organisation, never the worker's name (that stays in the pending closure)."""
-
-    action: Literal["allocation-recorded"] = "allocation-recorded"
-    operator: str
-    at: datetime
-    transfer_id: str
-    rule_id: str
-    council: str
-    organisation: str | None
-
-
-async def record_allocation(
-    settings: Settings, transfer_id: str, worker: Person, operator: str, clock: Clock = utc_now
-) -> PendingClosure:
-    """BA-9: an operator records that early help allocated a family support worker (nothing reports it from the
-    early-help mailbox). The pending closure is written back due now with the worker, so the closure scheduler
-    sends the documents and then closes the source (BA-15); an ``allocated`` event starts BA-14 on the monitor.
-    Every recorded allocation is audited (who recorded it, when, for which transfer and rule) on the audit topic.
-    The worker's name goes into the compacted pending entry only, never into an event, the audit or a log line."""
-    if not operator.strip():
-        raise AllocationRefused("operator: required, every recorded allocation is audited (--operator)")
-    topics = settings.topics
-    pending = await replay_compacted(
-        settings.bootstrap_servers, topics.pending_closures, bytes.decode, PendingClosure.decode
-    )
-    p = pending.get(transfer_id)
-    if p is None or p.trigger != "recorded":
-        raise AllocationNotPending(
-            f"transfer_id: {transfer_id!r} has no closure waiting for a recorded allocation (BA-9)"
-        )
-    if not worker.organisation:
-        raise AllocationRefused("worker.organisation: BA-6 needs the lead professional's organisation")
-    due = p.model_copy(update={"due_at": clock(), "worker": worker})
-    event = TransferAllocated(
-        event_id=event_id(f"{transfer_id}/allocation-recorded", "allocated"),
-        transfer_id=transfer_id,
-        correlation_id=p.correlation_id,
-        council=p.council,
-        occurred_at=clock(),
-        target_system=p.target_system,
-        target_reference=p.target_reference,
-        episode_reference=p.target_reference,
-    )
-    audit = AllocationAudit(
-        operator=operator.strip(),
-        at=event.occurred_at,
-        transfer_id=transfer_id,
-        rule_id=p.rule_id,
-        council=p.council.value,
-        organisation=worker.organisation,
-    )
-    producer = idempotent_producer(settings.bootstrap_servers)
-    await producer.start()
-    try:
-        # the audit first: nothing is recorded that was not audited (a failure after it leaves an audited attempt)
-        await producer.send_and_wait(
-            topics.audit, audit.model_dump_json().encode(), key=f"{ALLOCATION_AUDIT_PREFIX}{transfer_id}".encode()
-        )
-        await producer.send_and_wait(topics.pending_closures, due.encode(), key=transfer_id.encode())
-        await producer.send_and_wait(
-            topics.events,
-            event.model_dump_json().encode(),
-            key=transfer_id.encode(),
-            headers=[("event_type", b"allocated")],
-        )
-    finally:
-        await producer.stop()
-    log.info("allocation_recorded", transfer_id=transfer_id, rule_ids=[p.rule_id])
-    return due
+__all__ = [
+    "AllocationAudit",
+    "AllocationNotPending",
+    "AllocationRefused",
+    "ClosurePlanner",
+    "ClosureScheduler",
+    "KnowsAllocation",
+    "KnowsStepDown",
+    "RecordedAllocation",
+    "Timing",
+    "WorkerUnknown",
+    "default_timings",
+    "record_allocation",
+    "utc_now",
+]

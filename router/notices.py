@@ -3,7 +3,8 @@
 The flow writes a ``PendingNotice`` to the compacted ``<prefix>.pending-notices`` topic once the
 target holds the transfer. This loop reads that topic and the events topic; when an
 ``allocated`` event arrives for a transfer with a pending notice (from any allocation reporter,
-e.g. EHM's), it sends the notice through the channel's Target, emits ``notice-sent`` and
+e.g. EHM's, or an operator's recorded allocation where the target is a team mailbox: ``router/allocations.py``), it
+sends the notice through the channel's Target, emits ``notice-sent`` and
 tombstones the pending entry. Delivery: at least once; a notice whose channel is down stays
 due and is tried again on the next poll.
 
@@ -48,6 +49,12 @@ def _decode(raw: bytes) -> PendingNotice | datetime:
     if isinstance(doc, dict) and set(doc) == {"allocated_at"}:
         return datetime.fromisoformat(doc["allocated_at"])
     return PendingNotice.decode(raw)
+
+
+async def read_pending_notices(bootstrap_servers: str, topic: str) -> dict[str, PendingNotice]:
+    """The notices waiting for their transfer's allocation, by transfer id, as the topic stands now (no marks)."""
+    entries = await replay_compacted(bootstrap_servers, topic, bytes.decode, _decode)
+    return {k: v for k, v in entries.items() if isinstance(v, PendingNotice) and not k.startswith(MARK)}
 
 
 class AllocationNotices:
