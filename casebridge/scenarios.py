@@ -283,3 +283,78 @@ class EhmSandboxClient(_SandboxClient):
         self.http.post(
             f"/api/stepdown-tray/{transfer_id}/allocate", json={"family_support_worker": worker}
         ).raise_for_status()
+
+
+class TedSandboxClient(_SandboxClient):
+    """Barnsley's TED sandbox: cases, the social worker's step-down requests, early-help assessments on TED."""
+
+    def create_case(self) -> str:
+        c = synthetic_child()
+        return str(self._ok(self.http.post("/api/cases", json={k: c[k] for k in _NAME_AND_BIRTH}))["id"])
+
+    def request_stepdown(self, case_id: str, reason_code: str = "SD-EHS") -> str:
+        """The social worker's step-down request on TED (TED's change feed announces it); its request id."""
+        doc = step_down("barnsley")
+        decision, lead = doc["management_decision"], doc["professionals"]["lead_professional"]
+        request = {
+            "reason_code": reason_code,
+            "purpose": doc["purpose"],
+            "decided_by": decision["decided_by"],
+            "decided_on": decision["decided_on"],
+            "rationale": decision["rationale"],
+            "lead_professional": {"name": lead["name"], "organisation": lead["organisation"]},
+            "consent": doc["consent"],
+            "documents": [{"type": d["type"], "content": d["content"]} for d in doc["documents"]],
+            "requested_by": "Social worker (synthetic)",
+        }
+        return str(self._ok(self.http.post(f"/api/cases/{case_id}/stepdown-requests", json=request))["request_id"])
+
+    def open_eha(self, case_id: str) -> str:
+        """An open early-help assessment on TED (the source of a Barnsley step-up); its id."""
+        body = {"lead_professional": "Kit Supportworker", "started_on": "2026-09-01"}
+        return str(self._ok(self.http.post(f"/api/cases/{case_id}/eha", json=body))["eha_id"])
+
+    def case(self, case_id: str) -> dict[str, Any]:
+        return self._ok(self.http.get(f"/api/cases/{case_id}"))
+
+    def eha(self, eha_id: str) -> dict[str, Any]:
+        return self._ok(self.http.get(f"/api/eha/{eha_id}"))
+
+    def referral(self, transfer_id: str) -> dict[str, Any]:
+        return self._ok(self.http.get(f"/api/referrals/{transfer_id}"))
+
+
+class CareDirectorSandboxClient(_SandboxClient):
+    """Swindon 2022's Care Director sandbox: persons, assessments and step-down referrals."""
+
+    def create_person(self) -> str:
+        c = synthetic_child()
+        return str(self._ok(self.http.post("/api/persons", json={k: c[k] for k in _NAME_AND_BIRTH}))["id"])
+
+    def refer(self, person_id: str, outcome_code: str = "ASO-EHH", worker: str | None = "Casey Hubworker") -> str:
+        """A completed assessment with ``outcome_code`` and the social worker's step-down referral; its id."""
+        assessment = {
+            "outcome_code": outcome_code,
+            "analysis": "Needs can be met by early help (synthetic).",
+            "signed_off_by": "Morgan Testmanager",
+            "rationale": "Risks reduced; family engaged.",
+            "completed_on": "2026-11-01",
+        }
+        found = self._ok(self.http.post(f"/api/persons/{person_id}/assessments", json=assessment))
+        referral: dict[str, Any] = {
+            "assessment_id": found["assessment_id"],
+            "consent": {"given_by": "Parent (synthetic)", "given_on": "2026-11-02", "scope": ["recommendations"]},
+            "lead_professional": {"name": "Quinn Placeholder", "role": "Teacher", "organisation": "Example School"},
+            "documents": [{"type": "plan", "title": "TAF plan", "content": "Weekly sessions (synthetic)."}],
+            "requested_by": "Sam Fictional (Social Worker)",
+        }
+        if worker:
+            referral["early_help_worker"] = {"name": worker, "role": "Family worker", "organisation": "Early Help Hub"}
+        made = self._ok(self.http.post(f"/api/persons/{person_id}/stepdown-referrals", json=referral))
+        return str(made["referral_id"])
+
+    def person(self, person_id: str) -> dict[str, Any]:
+        return self._ok(self.http.get(f"/api/persons/{person_id}"))
+
+
+_NAME_AND_BIRTH = ("given_name", "family_name", "date_of_birth")

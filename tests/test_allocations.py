@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
-from pydantic import SecretStr
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
@@ -30,7 +29,7 @@ from router.notices import AllocationNotices
 from router.settings import RetrySettings
 from tests.council_data import step_down
 from tests.monitor_support import OPERATOR_NAME, OPERATOR_TOKEN, VIEWER_TOKEN, auth, running_monitor
-from tests.support import TOKEN, Systems, events_of, produce, read
+from tests.support import Systems, events_of, produce, read
 
 WORKER = Person(name="Robin Madeup", role="Family Support Worker", organisation="Example Early Help Team")
 
@@ -84,11 +83,8 @@ def _stack(settings: Settings, systems: Systems, state: Path, parts: dict[str, A
     }
     return Stack(
         settings,
-        systems.lcs.url,
-        SecretStr(TOKEN),
-        systems.ehm.url,
-        SecretStr(TOKEN),
         state,
+        systems=systems.deployed(),
         loops=False,
         extra_targets=targets,
         extra_sources=sources,

@@ -167,9 +167,7 @@ async def swindon_stack(
         retry=retry_settings,
         council=Council.SWINDON,
     )
-    s = Stack(
-        settings, systems.lcs.url, SecretStr(TOKEN), systems.ehm.url, SecretStr(TOKEN), tmp_path / "state", loops=False
-    )
+    s = Stack(settings, tmp_path / "state", systems=systems.deployed(), loops=False)
     async with s:
         yield s
 
