@@ -331,8 +331,11 @@ class CareDirectorSandboxClient(_SandboxClient):
         c = synthetic_child()
         return str(self._ok(self.http.post("/api/persons", json={k: c[k] for k in _NAME_AND_BIRTH}))["id"])
 
-    def refer(self, person_id: str, outcome_code: str = "ASO-EHH", worker: str | None = "Casey Hubworker") -> str:
-        """A completed assessment with ``outcome_code`` and the social worker's step-down referral; its id."""
+    def refer(
+        self, person_id: str, outcome_code: str = "ASO-EHH", worker: str | None = "Casey Hubworker", lead: bool = True
+    ) -> str:
+        """A completed assessment with ``outcome_code`` and the social worker's step-down referral; its id. Without
+        ``worker`` and ``lead`` nobody receiving is named yet (SW22-10 keeps the record open until then)."""
         assessment = {
             "outcome_code": outcome_code,
             "analysis": "Needs can be met by early help (synthetic).",
@@ -341,13 +344,19 @@ class CareDirectorSandboxClient(_SandboxClient):
             "completed_on": "2026-11-01",
         }
         found = self._ok(self.http.post(f"/api/persons/{person_id}/assessments", json=assessment))
-        referral: dict[str, Any] = {
+        referral: dict[str, Any] = {  # what SW22-8 and SW22-14 ask of a step-down from a CIN plan
             "assessment_id": found["assessment_id"],
-            "consent": {"given_by": "Parent (synthetic)", "given_on": "2026-11-02", "scope": ["recommendations"]},
+            "consent": {
+                "given_by": "Parent (synthetic)",
+                "given_on": "2026-11-02",
+                "scope": ["recommendations", "statutory-assessment", "information-sharing"],
+            },
             "lead_professional": {"name": "Quinn Placeholder", "role": "Teacher", "organisation": "Example School"},
-            "documents": [{"type": "plan", "title": "TAF plan", "content": "Weekly sessions (synthetic)."}],
+            "documents": [{"type": "cin-plan", "title": "CIN plan", "content": "Weekly sessions (synthetic)."}],
             "requested_by": "Sam Fictional (Social Worker)",
         }
+        if not lead:
+            del referral["lead_professional"]
         if worker:
             referral["early_help_worker"] = {"name": worker, "role": "Family worker", "organisation": "Early Help Hub"}
         made = self._ok(self.http.post(f"/api/persons/{person_id}/stepdown-referrals", json=referral))

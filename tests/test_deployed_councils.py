@@ -96,7 +96,7 @@ token = {{ env = "CB_LOCAL_WEBHOOK_SECRET" }}
                       env={"CB_LOCAL_WEBHOOK_SECRET": "webhook-token-0123456789"}) as d:  # fmt: skip
             cd = CareDirectorSandboxClient(d.systems.urls["care-director"], d.systems.token)
             person = cd.create_person()
-            down = f"swindon-2022-cd-{cd.refer(person, 'ASO-EHH', worker=None)}".lower()
+            down = f"swindon-2022-cd-{cd.refer(person, 'ASO-EHH', worker=None, lead=False)}".lower()
             other = cd.create_person()
             not_down = f"swindon-2022-cd-{cd.refer(other, 'ASO-CIN')}".lower()  # a CIN outcome is no step-down
             s47 = step_up("swindon-2022", 1)
