@@ -15,9 +15,9 @@ from tests.support import TOKEN, Systems, read
 N = int(os.environ.get("CRASH_N", "2000"))
 
 
-async def _start_router(env: dict[str, str], state: Path, log: IO[bytes]) -> asyncio.subprocess.Process:
+async def _start_router(env: dict[str, str], config: Path, log: IO[bytes]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "casebridge", "run", "--state-dir", str(state),
+        sys.executable, "-m", "casebridge", "run", "--config", str(config),
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
 
@@ -30,19 +30,29 @@ async def test_router_sigkilled_three_times_while_2000_transfers_flow_delivers_e
     lcs = systems.lcs_client
     requests = [lcs.request_stepdown(lcs.create_child(locality=["North", "East", "South"][n % 3])) for n in range(N)]
     topics = Topics(topic_prefix)
-    env = {
-        **os.environ,
-        "CASEBRIDGE_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "CASEBRIDGE_TOPIC_PREFIX": topic_prefix,
-        "CASEBRIDGE_GROUP_ID": f"{topic_prefix}-router",
-        "CASEBRIDGE_BATCH_SIZE": "100",
-        "CASEBRIDGE_LCS__URL": systems.lcs.url,
-        "CASEBRIDGE_LCS__TOKEN": TOKEN,
-        "CASEBRIDGE_EHM__URL": systems.ehm.url,
-        "CASEBRIDGE_EHM__TOKEN": TOKEN,
-    }
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CASEBRIDGE_")}, "SANDBOX_TOKEN": TOKEN}
+    config = tmp_path / "north-somerset.toml"
+    config.write_text(
+        f"""
+councils = ["north-somerset"]
+bootstrap_servers = "{kafka_bootstrap}"
+topic_prefix = "{topic_prefix}"
+state_dir = "{tmp_path / "state"}"
+batch_size = 100
+
+[systems.lcs]
+kind = "lcs"
+url = "{systems.lcs.url}"
+token = {{ env = "SANDBOX_TOKEN" }}
+
+[systems.ehm]
+kind = "ehm"
+url = "{systems.ehm.url}"
+token = {{ env = "SANDBOX_TOKEN" }}
+"""
+    )
     log = (tmp_path / "router.log").open("ab")
-    router = await _start_router(env, tmp_path / "state", log)
+    router = await _start_router(env, config, log)
     kills = 0
     try:
         for _ in range(3):
@@ -50,7 +60,7 @@ async def test_router_sigkilled_three_times_while_2000_transfers_flow_delivers_e
             router.send_signal(signal.SIGKILL)
             await router.wait()
             kills += 1
-            router = await _start_router(env, tmp_path / "state", log)
+            router = await _start_router(env, config, log)
 
         def all_closed(records: list[object]) -> bool:
             closed = {r.key for r in records if dict(r.headers).get("event_type") == b"source-closed"}  # type: ignore[attr-defined]
@@ -58,8 +68,9 @@ async def test_router_sigkilled_three_times_while_2000_transfers_flow_delivers_e
 
         records = await read(kafka_bootstrap, topics.events, all_closed, timeout=600)
     finally:
-        router.send_signal(signal.SIGTERM)
-        await router.wait()
+        if router.returncode is None:
+            router.send_signal(signal.SIGTERM)
+            await router.wait()
         log.close()
 
     closed = {r.key for r in records if dict(r.headers).get("event_type") == b"source-closed"}
