@@ -7,6 +7,8 @@ deployment file is the only thing that tells ``casebridge run`` what to talk to.
 
 from __future__ import annotations
 
+import asyncio
+import email
 import os
 import random
 import secrets
@@ -15,12 +17,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+from contracts import TransferEvent, parse_event
 from sandboxes import (
     SmtpSandbox,
     create_care_director_app,
@@ -250,3 +258,149 @@ class RunningDeployment:
 def _clean(environ: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without its own ``CASEBRIDGE_*`` settings (the file says everything)."""
     return {k: v for k, v in environ.items() if not k.startswith("CASEBRIDGE_")}
+
+
+class Events:
+    """The deployment's events topic, read from the beginning into per-transfer timelines."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.by_transfer: dict[str, list[TransferEvent]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def until(self, wanted: Mapping[str, str], timeout: float = 90.0) -> dict[str, list[TransferEvent]]:
+        """Read until every transfer in ``wanted`` has an event of its type (or the timeout); the timelines."""
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(
+                self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", group_id=None
+            )
+            await self._consumer.start()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.has(wanted) and asyncio.get_running_loop().time() < deadline:
+            for records in (await self._consumer.getmany(timeout_ms=300)).values():
+                for r in records:
+                    if r.value is not None:
+                        e = parse_event(r.value)
+                        self.by_transfer.setdefault(e.transfer_id or "", []).append(e)
+        return self.by_transfer
+
+    def has(self, wanted: Mapping[str, str]) -> bool:
+        return all(kind in [e.event_type for e in self.by_transfer.get(t, [])] for t, kind in wanted.items())
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+
+@dataclass
+class LocalDeployment:
+    """One council deployed on this machine: its sandboxes, its deployment file, ``casebridge run`` on it, and
+    the ways a person reaches it (the intake a team posts to, the SMTP relay's Maildir, the ``casebridge`` CLI)."""
+
+    council: str
+    systems: Sandboxes
+    bootstrap: str
+    prefix: str
+    config: Path
+    env: dict[str, str]
+    log: Path
+    run: RunningDeployment
+    events: Events
+
+    async def wait(self, until: Mapping[str, str], timeout: float = 90.0) -> dict[str, list[TransferEvent]]:
+        """Each transfer's events, read until every transfer in ``until`` has its event type; TimeoutError (with
+        what arrived and the run's log) if one does not in ``timeout`` seconds."""
+        by = await self.events.until(until, timeout)
+        missing = {t: k for t, k in until.items() if k not in [e.event_type for e in by.get(t, [])]}
+        if missing:
+            seen = {t: [e.event_type for e in es] for t, es in by.items()}
+            raise TimeoutError(f"no {missing} in {timeout:.0f} s; events {seen}\n{self.run.output()[-3000:]}")
+        return by
+
+    async def dead_letters(self, n: int, timeout: float = 30.0) -> list[dict[str, str]]:
+        """The context headers of the first ``n`` dead letters (fewer if the timeout passes first)."""
+        consumer = AIOKafkaConsumer(
+            f"{self.prefix}.dlq", bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        found: list[dict[str, str]] = []
+        try:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while len(found) < n and asyncio.get_running_loop().time() < deadline:
+                for records in (await consumer.getmany(timeout_ms=300)).values():
+                    found += [{k: v.decode(errors="replace") for k, v in r.headers} for r in records]
+        finally:
+            await consumer.stop()
+        return found
+
+    def restart(self) -> None:
+        """Stop ``casebridge run`` (SIGTERM; it must exit 0) and start it again on the same file and state."""
+        code = self.run.stop()
+        if code != 0:
+            raise RuntimeError(f"casebridge run exited {code}:\n{self.run.output()[-2000:]}")
+        self.run = RunningDeployment(self.config, self.env, self.log).start()
+
+    def mails(self) -> list[EmailMessage]:
+        """Every mail the relay accepted for the team mailboxes, in the order it accepted them."""
+        if self.systems.relay is None:
+            return []
+        found = [email.message_from_bytes(m, policy=default_policy) for m in self.systems.relay.messages()]
+        return [m for m in found if isinstance(m, EmailMessage)]
+
+    def post(self, doc: Mapping[str, Any]) -> httpx.Response:
+        """A team's form posting a transfer to the intake."""
+        url = f"http://127.0.0.1:{self.systems.intake_port}/api/transfers"
+        headers = {"Authorization": f"Bearer {self.systems.intake_token}"}
+        return httpx.post(url, json=dict(doc), headers=headers, timeout=30)
+
+    def post_status(self, transfer_id: str) -> dict[str, Any]:
+        """What the intake tells the team about a transfer it posted."""
+        url = f"http://127.0.0.1:{self.systems.intake_port}/api/transfers/{transfer_id}"
+        answer = httpx.get(url, headers={"Authorization": f"Bearer {self.systems.intake_token}"}, timeout=30)
+        answer.raise_for_status()
+        body: dict[str, Any] = answer.json()
+        return body
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A ``casebridge`` command, run as an operator runs it (Kafka and the prefix from the environment)."""
+        env = {**self.run.env, "CASEBRIDGE_BOOTSTRAP_SERVERS": self.bootstrap, "CASEBRIDGE_TOPIC_PREFIX": self.prefix}
+        return subprocess.run(
+            [*casebridge_command(), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+
+@asynccontextmanager
+async def deployed(
+    council: str,
+    work: Path,
+    bootstrap: str,
+    prefix: str,
+    *,
+    retry: Mapping[str, Any] | None = None,
+    alerts: str = "",
+    env: Mapping[str, str] | None = None,
+    level: str = "INFO",
+) -> AsyncIterator[LocalDeployment]:
+    """The council's sandboxes, its deployment file, and ``casebridge run --config`` on it; on leaving, the run
+    is stopped with SIGTERM (an exit other than 0 is an error)."""
+    with sandboxes(work / "systems", COUNCIL_SYSTEMS[council]) as systems:
+        text, secrets_env = deployment_file(
+            council, systems, bootstrap=bootstrap, prefix=prefix, state_dir=work / "state", retry=retry, alerts=alerts
+        )
+        config = work / f"{council}.toml"
+        config.write_text(text)
+        secrets_env.update(env or {})
+        log = work / "casebridge-run.log"
+        run = RunningDeployment(config, secrets_env, log, level=level).start()
+        d = LocalDeployment(council, systems, bootstrap, prefix, config, secrets_env, log, run,
+                            Events(bootstrap, f"{prefix}.events"))  # fmt: skip
+        try:
+            yield d
+        finally:
+            await d.events.stop()
+            if d.run.process is not None and d.run.process.poll() is None:
+                code = d.run.stop()
+                if code != 0:
+                    raise RuntimeError(f"casebridge run exited {code}:\n{d.run.output()[-3000:]}")

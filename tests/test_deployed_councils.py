@@ -27,14 +27,14 @@ from tests.deployed import deployed, types, webhook
 async def test_ns_12_north_somerset_deployed_step_down_to_the_tray_and_step_up_closed_once_the_front_door_accepts(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    with deployed("north-somerset", tmp_path, kafka_bootstrap, topic_prefix) as d:
+    async with deployed("north-somerset", tmp_path, kafka_bootstrap, topic_prefix) as d:
         lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
         ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
         child = lcs.create_child(locality="North")
         down = f"north-somerset-lcs-{lcs.request_stepdown(child)}".lower()
         episode = ehm.open_episode(locality="East")
         up = stepup_transfer_id(Council.NORTH_SOMERSET, ehm.request_stepup(episode))
-        first = await d.events({down: "source-closed", up: "source-kept-open"})
+        first = await d.wait({down: "source-closed", up: "source-kept-open"})
         assert "delivered" in types(first[down]) and "acknowledged" in types(first[down])
         [item] = [i for i in ehm.tray() if i["transfer_id"] == down]
         assert "support-leader" == item["assigned_to"]["role"]  # NS-2: the North Support Leader
@@ -43,7 +43,7 @@ async def test_ns_12_north_somerset_deployed_step_down_to_the_tray_and_step_up_c
         assert up == lcs.contact(up)["transfer_id"]
         # the Front Door accepts on LCS; LCS's decision feed (run by casebridge run) closes the EHM episode
         lcs.http.post(f"/api/contacts/{up}/decision", json={"decision": "accepted", "decided_by": "FD manager"})
-        later = await d.events({up: "source-closed"})
+        later = await d.wait({up: "source-closed"})
         assert "front-door-decision" in types(later[up])
         assert "closed" == ehm.episode(episode)["status"]
         lcs.close()
@@ -53,7 +53,7 @@ async def test_ns_12_north_somerset_deployed_step_down_to_the_tray_and_step_up_c
 async def test_sw26_05_sw26_03_swindon_2026_deployed_step_down_from_lcs_and_step_up_from_ehm(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    with deployed("swindon", tmp_path, kafka_bootstrap, topic_prefix) as d:
+    async with deployed("swindon", tmp_path, kafka_bootstrap, topic_prefix) as d:
         lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
         ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
         child = lcs.create_child(locality="North")
@@ -65,7 +65,7 @@ async def test_sw26_05_sw26_03_swindon_2026_deployed_step_down_from_lcs_and_step
         decision = {"decided_by": "Dana Dutymanager", "role": "Duty Manager", "decided_on": "2026-11-20",
                     "rationale": "Escalating concerns; a referral is endorsed."}  # fmt: skip
         up = stepup_transfer_id(Council.SWINDON, ehm.request_stepup(episode, management_decision=decision))
-        by = await d.events({down: "source-closed", held: "dead-lettered", up: "source-kept-open"})
+        by = await d.wait({down: "source-closed", held: "dead-lettered", up: "source-kept-open"})
         assert "Step Down to SBC Early Help" == lcs.child(child)["closure_reason"]  # SW26-5
         [item] = [i for i in ehm.tray() if i["transfer_id"] == down]
         assert "lead-professional" == item["assigned_to"]["role"]  # SW26-7: the named Lead Practitioner
@@ -92,7 +92,7 @@ kind = "webhook"
 url = "{hook.url}"
 token = {{ env = "CB_LOCAL_WEBHOOK_SECRET" }}
 """
-        with deployed("swindon-2022", tmp_path, kafka_bootstrap, topic_prefix, alerts=alerts,
+        async with deployed("swindon-2022", tmp_path, kafka_bootstrap, topic_prefix, alerts=alerts,
                       env={"CB_LOCAL_WEBHOOK_SECRET": "webhook-token-0123456789"}) as d:  # fmt: skip
             cd = CareDirectorSandboxClient(d.systems.urls["care-director"], d.systems.token)
             person = cd.create_person()
@@ -112,7 +112,7 @@ token = {{ env = "CB_LOCAL_WEBHOOK_SECRET" }}
             ghost["pathway"].update(from_level="intensive-early-help", to_level="child-protection-s47")
             ghost["management_decision"]["forum"] = "Transfer Meeting"
             assert 202 == d.post(ghost).status_code
-            by = await d.events({down: "source-kept-open", s47["transfer_id"]: "source-kept-open",
+            by = await d.wait({down: "source-kept-open", s47["transfer_id"]: "source-kept-open",
                                  ghost["transfer_id"]: "alert"})  # fmt: skip
             dead = await d.dead_letters(2)
             reasons = {x.get("casebridge.dlq.transfer.id"): x["casebridge.dlq.error.message"] for x in dead}
@@ -124,7 +124,7 @@ token = {{ env = "CB_LOCAL_WEBHOOK_SECRET" }}
             done = d.cli("allocate", down, "--worker", "Casey Hubworker", "--organisation", "Early Help Hub",
                          "--operator", "duty-operator")  # fmt: skip
             assert 0 == done.returncode, done.stderr
-            await d.events({down: "source-closed"})
+            await d.wait({down: "source-closed"})
             closure = cd.person(person)["closure"]
             worker = closure["early_help_worker"]["name"]
             assert ("Early Help Hub", "Casey Hubworker") == (closure["lead_service"], worker)
@@ -139,22 +139,22 @@ token = {{ env = "CB_LOCAL_WEBHOOK_SECRET" }}
 async def test_lu07_luton_deployed_through_the_intake_one_receipt_and_one_allocation_notice_across_a_restart(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    with deployed("luton", tmp_path, kafka_bootstrap, topic_prefix) as d:
+    async with deployed("luton", tmp_path, kafka_bootstrap, topic_prefix) as d:
         down = step_down("luton", 1)
         answer = d.post(down)
         assert 202 == answer.status_code, answer.text
-        await d.events({down["transfer_id"]: "source-closed"})
+        await d.wait({down["transfer_id"]: "source-closed"})
         receipts = [m for m in d.mails() if "receipt" in str(m["Subject"]).lower()]
         assert 1 == len(receipts)
         d.restart()  # casebridge run stopped and started again: nothing is sent twice
         done = d.cli("allocate", down["transfer_id"], "--worker", "Kit Supportworker", "--organisation",
                      "Early Help Team", "--operator", "duty-operator")  # fmt: skip
         assert 0 == done.returncode, done.stderr
-        await d.events({down["transfer_id"]: "notice-sent"})
+        await d.wait({down["transfer_id"]: "notice-sent"})
         d.restart()
         up = step_up("luton", 2)
         assert 202 == d.post(up).status_code
-        await d.events({up["transfer_id"]: "source-kept-open"})  # LU-4: early help closes 10 days on
+        await d.wait({up["transfer_id"]: "source-kept-open"})  # LU-4: early help closes 10 days on
         mails = d.mails()
         notices = [m for m in mails if "notice" in str(m["Subject"]).lower()]
         subjects = sorted(str(m["Subject"]) for m in notices)
@@ -167,7 +167,7 @@ async def test_lu07_luton_deployed_through_the_intake_one_receipt_and_one_alloca
 async def test_ba15_ba05_ba03_barnsley_deployed_ted_feed_to_the_mailbox_and_a_step_up_to_a_ted_referral(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    with deployed("barnsley", tmp_path, kafka_bootstrap, topic_prefix) as d:
+    async with deployed("barnsley", tmp_path, kafka_bootstrap, topic_prefix) as d:
         ted = TedSandboxClient(d.systems.urls["ted"], d.systems.token)
         case = ted.create_case()
         down = ted_transfer_id(Council.BARNSLEY, ted.request_stepdown(case, "SD-EHS"))
@@ -179,7 +179,7 @@ async def test_ba15_ba05_ba03_barnsley_deployed_ted_feed_to_the_mailbox_and_a_st
         up["child"]["identifiers"] = [{"system": "ted", "id": eha}]
         up["source_record"]["record_id"] = eha
         assert 202 == d.post(up).status_code
-        await d.events({down: "source-closed", monitoring: "dead-lettered", up["transfer_id"]: "source-closed"})
+        await d.wait({down: "source-closed", monitoring: "dead-lettered", up["transfer_id"]: "source-closed"})
         [dead] = [x for x in await d.dead_letters(1) if x.get("casebridge.dlq.transfer.id") == monitoring]
         assert "BA-5" == dead["casebridge.dlq.rule.ids"] and "BA-5" in dead["casebridge.dlq.error.message"]
         assert "closed" == ted.case(case)["record_state"]  # BA-15: after the mailbox accepted it
