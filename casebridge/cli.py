@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import structlog
 import typer
 import uvloop
+from aiokafka.errors import KafkaConnectionError
 
 from router.deadletters import Filters, ReplayRefused, list_dead_letters
 from router.deadletters import replay as replay_dead_letters
@@ -183,7 +184,8 @@ def run(
     """Run a deployment: the router, the closures and notices, and every system the deployment file names.
 
     Exits 0 when stopped (SIGINT, SIGTERM), 2 on a deployment file that cannot run, 3 when the router halted
-    (a dead letter could not be written), 4 when a loop died; a supervisor restarts it and it resumes.
+    (a dead letter could not be written), 4 when a loop died, 5 when it could not start (Kafka unreachable, a
+    port taken); a supervisor restarts it and it resumes.
     """
     from .stack import stack_from_deployment
 
@@ -205,7 +207,18 @@ def run(
         if stack.failed:
             sys.exit(4)
 
-    uvloop.run(main())  # libuv's event loop: less CPU a transfer than asyncio's (README Benchmark)
+    try:
+        uvloop.run(main())  # libuv's event loop: less CPU a transfer than asyncio's (README Benchmark)
+    except KafkaConnectionError:
+        typer.echo(
+            f"error: cannot reach Kafka at {deployment.settings.bootstrap_servers} (bootstrap_servers): start the"
+            " broker (casebridge kafka start) or correct the deployment file",
+            err=True,
+        )
+        raise typer.Exit(code=5) from None
+    except OSError as exc:
+        typer.echo(f"error: casebridge run could not start: {exc.strerror or type(exc).__name__}", err=True)
+        raise typer.Exit(code=5) from None
 
 
 @config_app.command("check")

@@ -182,7 +182,11 @@ class Stack:
         await self.router.stop()
 
     async def __aenter__(self) -> Stack:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # what did start is stopped again (no client left open)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -243,3 +243,20 @@ async def test_a_loop_that_dies_stops_the_stack_and_says_which_without_its_messa
     [failed] = [e for e in logs if e["event"] == "loop_failed"]
     assert ("_DyingFeed", "TargetRefused") == (failed["loop"], failed["error_class"])
     assert "Jane" not in repr(logs)
+
+
+def test_run_with_kafka_unreachable_says_so_in_one_line_and_exits_5(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``casebridge run`` on a file whose broker does not answer: one line naming the address, no traceback."""
+    import subprocess
+    import sys
+
+    path = _file(tmp_path, BARNSLEY)  # bootstrap_servers = "127.0.0.1:1": nothing listens there
+    done = subprocess.run(
+        [sys.executable, "-m", "casebridge", "run", "--config", str(path)],
+        env={k: v for k, v in os.environ.items() if not k.startswith("CASEBRIDGE_")},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert 5 == done.returncode, done.stderr[-2000:]
+    assert "error: cannot reach Kafka at 127.0.0.1:1 (bootstrap_servers)" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert SECRETS["TED_TOKEN"] not in done.stderr + done.stdout
