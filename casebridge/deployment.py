@@ -273,9 +273,14 @@ def _override(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
             continue
         parts = var.removeprefix("CASEBRIDGE_").lower().split("__")
         if parts[0] not in top_keys:
-            unknown.append(
-                f"{var} (environment): no such setting (the deployment file's keys: {', '.join(sorted(top_keys))})"
-            )
+            if parts[0] in KINDS or parts[0].replace("_", "-") in KINDS:
+                key = parts[-1].upper()
+                hint = f"a system is a [systems.NAME] block now; override one with CASEBRIDGE_SYSTEMS__NAME__{key}"
+            elif parts[0] == "council":
+                hint = "the deployment's councils are its `councils` key (CASEBRIDGE_COUNCILS='[\"luton\"]')"
+            else:
+                hint = f"the deployment file's keys: {', '.join(sorted(top_keys))}"
+            unknown.append(f"{var} (environment): no such setting ({hint})")
             continue
         node: Any = data
         for part in parts[:-1]:

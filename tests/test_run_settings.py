@@ -165,8 +165,10 @@ def test_environment_overrides_the_file_and_an_unknown_variable_is_refused(
     env.setenv("CASEBRIDGE_RETRY__ATTEMPTS", "0")
     with pytest.raises(DeploymentError) as raised:
         load(path)
-    assert any(p.startswith("deployment.toml: CASEBRIDGE_MAILBOX__HOST (environment): no such setting")
-               for p in raised.value.problems)  # fmt: skip
+    assert (
+        "deployment.toml: CASEBRIDGE_MAILBOX__HOST (environment): no such setting (a system is a [systems.NAME]"
+        " block now; override one with CASEBRIDGE_SYSTEMS__NAME__HOST)"
+    ) in raised.value.problems
     assert any(p.startswith("deployment.toml: CASEBRIDGE_RETRY__ATTEMPTS (environment): retry.attempts:")
                for p in raised.value.problems)  # fmt: skip
 
