@@ -8,7 +8,7 @@ the staff directory a transfer fewer).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from aiokafka.structs import ConsumerRecord
 
@@ -91,3 +91,30 @@ async def test_a_held_transfer_asks_the_target_nothing() -> None:
     state, events = await _run(doc, target)
     assert ("held", [], 0) == (state, target.asked, target.deliveries)
     assert "held" in events and "delivered" not in events
+
+
+async def test_ba05_the_protocol_holds_a_transfer_even_where_no_connector_serves_it() -> None:
+    """A Barnsley "monitoring" step-down in a flow with no TED or mailbox connector is held with BA-5 (the
+    rule), not dead-lettered for the missing connector; a good one names what is missing, by a public name."""
+    flow = TransferFlow(load_protocols(), {}, {}, RetrySettings(), "g")
+
+    class Sink(_Sink):
+        failures: ClassVar[list[Any]] = []
+
+        async def dead_letter(self, record: Any, failure: Any) -> None:
+            self.failures.append(failure)
+            await super().dead_letter(record, failure)
+
+    async def run(doc: dict[str, Any]) -> tuple[str, list[str], str | None, list[str]]:
+        raw = TransferMessage.model_validate(doc).model_dump_json().encode()
+        record = ConsumerRecord("t", 0, 0, 0, 0, b"k", raw, None, 1, len(raw), [])
+        sink = Sink()
+        outcome = await flow.run(record, sink)  # type: ignore[arg-type]
+        return outcome.state, outcome.rule_ids, sink.failures[-1].error_class, sink.types
+
+    monitoring = example("barnsley.step-down.ted-eh-mailbox.json", purpose="monitoring")
+    monitoring.pop("purpose_code", None)
+    assert ("held", ["BA-5"], "ProtocolRuleNotMet") == (await run(monitoring))[:3]
+    state, _, error_class, events = await run(example("barnsley.step-down.ted-eh-mailbox.json"))
+    assert ("dead-lettered", "NoConnector") == (state, error_class)
+    assert "delivered" not in events and "dead-letter" in events
