@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaConnectionError
 from router.deadletters import Filters, ReplayRefused, list_dead_letters
 from router.deadletters import replay as replay_dead_letters
 from router.settings import Topics
+from router.topics import TopicMisconfigured
 
 from .localkafka import KafkaError, LocalKafka, default_home
 from .logs import configure_logging
@@ -215,6 +216,9 @@ def run(
             " broker (casebridge kafka start) or correct the deployment file",
             err=True,
         )
+        raise typer.Exit(code=5) from None
+    except TopicMisconfigured as exc:
+        typer.echo(f"error: casebridge run refuses to start: {exc}", err=True)
         raise typer.Exit(code=5) from None
     except OSError as exc:
         typer.echo(f"error: casebridge run could not start: {exc.strerror or type(exc).__name__}", err=True)

@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts import Council, Direction
-from router.settings import RetrySettings, Settings
+from router.settings import RetrySettings, Settings, TopicSettings
 
 from .registry import KINDS, Kind, SystemConfig
 
@@ -62,6 +62,8 @@ class _Top(BaseModel):
     batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
     concurrency: int = Field(default=32, ge=1, le=1_000)
     retry: RetrySettings = RetrySettings()
+    #: how casebridge creates its topics and what existing ones must keep (router/topics.py)
+    topics: TopicSettings = TopicSettings()
     systems: dict[str, dict[str, Any]] = Field(min_length=1)
     alerts: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -226,6 +228,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
         batch_timeout_ms=top.batch_timeout_ms,
         concurrency=top.concurrency,
         retry=top.retry,
+        topic_config=top.topics,
         council=top.councils[0],
     )
     deployment = Deployment(path, tuple(top.councils), settings, top.state_dir, systems, alerts)

@@ -48,6 +48,7 @@ from connectors import Source, Target
 from contracts import AlertRaised, CaseSystem, Council, TransferMessage, TransferRetryScheduled
 from mappings import Protocol, load_protocols
 
+from . import topics
 from ._history import ChildHistory
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at
@@ -368,11 +369,8 @@ class Router:
     async def start(self) -> None:
         self._closing = False
         t = self.topics
-        await ensure_topics(
-            self.settings.bootstrap_servers,
-            [t.transfers, t.events, t.dead_letter, t.parking, t.audit, *(t.retry(i) for i in range(len(self.tiers)))],
-            compacted=[t.retry_state, t.history, t.pending_notices, t.pending_closures],
-        )
+        # every topic created with its documented configuration; refused if an existing one would lose records
+        await topics.prepare(self.settings.bootstrap_servers, t, len(self.tiers), self.settings.topic_config)
         await self.retry_state.load(self.settings.bootstrap_servers, t.retry_state)
         if self.flow.history is not None:
             await self.flow.history.load(self.settings.bootstrap_servers, t.history)

@@ -85,6 +85,26 @@ class RetrySettings(BaseModel):
     tiers: list[float] = Field(default_factory=lambda: [30.0, 300.0], min_length=1, max_length=10)
 
 
+DAY_MS = 24 * 3600 * 1000
+
+
+class TopicSettings(BaseModel):
+    """The deployment file's ``[topics]``: how casebridge creates its topics."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    partitions: int = Field(default=3, ge=1, le=1000)
+    #: None: 3, or the number of brokers where the cluster has fewer
+    replication_factor: int | None = Field(default=None, ge=1, le=10)
+    #: None: the replication factor less one (at least 1)
+    min_insync_replicas: int | None = Field(default=None, ge=1, le=10)
+    #: dead letters, parked messages and the audit trail: -1 keeps them until a person deletes them
+    kept_retention_ms: int = Field(default=-1, ge=-1)
+    transfers_retention_ms: int = Field(default=7 * DAY_MS, ge=-1)
+    events_retention_ms: int = Field(default=365 * DAY_MS, ge=-1)
+
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CASEBRIDGE_", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
@@ -99,6 +119,8 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
     concurrency: int = Field(default=32, ge=1, le=1_000)
     retry: RetrySettings = RetrySettings()
+    #: how the topics are created and what the existing ones must keep (``router/topics.py``)
+    topic_config: TopicSettings = TopicSettings()
     #: the council whose case systems this deployment reads (its protocol applies to what they publish)
     council: Council = Council.NORTH_SOMERSET
 

@@ -1,0 +1,106 @@
+"""How each topic of a deployment is created, and the check at start that the existing ones keep what they must.
+
+- dead letters, parking, audit: ``retention.ms`` = ``kept_retention_ms`` (-1: kept until a person deletes
+  them; G3, nothing is lost);
+- retry-state, child-history, pending-notices, pending-closures: ``cleanup.policy=compact`` (state: the
+  latest value per key);
+- transfers and retry tiers: ``retention.ms`` = ``transfers_retention_ms`` (7 days: a transfer is handled in
+  seconds);
+- events: ``retention.ms`` = ``events_retention_ms`` (a year: what the monitor can rebuild from).
+
+Every topic gets ``min.insync.replicas`` and its replication factor from the settings; by default 3 and 2,
+or what the cluster can hold (a one-broker development Kafka: 1 and 1). An existing dead-letter, parking or
+audit topic that would delete records, or a state topic that is not compacted, is refused at start, naming
+the topic and the setting (``casebridge run`` says it in one line and exits 5): Kafka's default retention
+(7 days) would otherwise delete dead letters without a word.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError
+
+from .settings import DAY_MS, Topics, TopicSettings
+
+
+class TopicMisconfigured(Exception):
+    """An existing topic whose configuration would lose what casebridge keeps in it."""
+
+
+def kept(topics: Topics) -> list[str]:
+    return [topics.dead_letter, topics.parking, topics.audit]
+
+
+def compacted(topics: Topics) -> list[str]:
+    return [topics.retry_state, topics.history, topics.pending_notices, topics.pending_closures]
+
+
+def configs(topics: Topics, tiers: int, s: TopicSettings, min_insync: int) -> dict[str, dict[str, str]]:
+    """Each topic's configuration, as it is created."""
+    out: dict[str, dict[str, str]] = {}
+    for name in [topics.transfers, *(topics.retry(i) for i in range(tiers))]:
+        out[name] = {"retention.ms": str(s.transfers_retention_ms)}
+    out[topics.events] = {"retention.ms": str(s.events_retention_ms)}
+    for name in kept(topics):
+        out[name] = {"retention.ms": str(s.kept_retention_ms)}
+    for name in compacted(topics):
+        out[name] = {"cleanup.policy": "compact"}
+    for config in out.values():
+        config["min.insync.replicas"] = str(min_insync)
+    return out
+
+
+async def prepare(bootstrap_servers: str, topics: Topics, tiers: int, s: TopicSettings) -> None:
+    """Create the missing topics as ``configs`` says, then check the existing ones; raises TopicMisconfigured."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        brokers = len((await admin.describe_cluster())["brokers"]) or 1
+        replication = s.replication_factor or min(3, brokers)
+        min_insync = s.min_insync_replicas or max(1, replication - 1)
+        wanted = configs(topics, tiers, s, min_insync)
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(n, num_partitions=s.partitions, replication_factor=replication, topic_configs=c)
+            for n, c in wanted.items()
+            if n not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+        found = await _configs(admin, [*kept(topics), *compacted(topics)])
+    finally:
+        await admin.close()
+    problems = []
+    for name in kept(topics):
+        retention = int(found.get(name, {}).get("retention.ms", "-1"))
+        if retention != -1 and (s.kept_retention_ms == -1 or retention < s.kept_retention_ms):
+            days = retention / DAY_MS
+            problems.append(
+                f"topic {name} has retention.ms={retention} ({days:g} days): its records would be deleted; set its"
+                f" retention.ms to {s.kept_retention_ms} (kafka-configs.sh --alter --entity-type topics"
+                f" --entity-name {name} --add-config retention.ms={s.kept_retention_ms}), or lower the deployment's"
+                " topics.kept_retention_ms"
+            )
+    for name in compacted(topics):
+        policy = found.get(name, {}).get("cleanup.policy", "")
+        if "compact" not in policy.split(","):
+            problems.append(
+                f"topic {name} has cleanup.policy={policy or 'delete'}: casebridge's state there must be compacted;"
+                f" set cleanup.policy=compact on it"
+            )
+    if problems:
+        raise TopicMisconfigured("; ".join(problems))
+
+
+async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+    out: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for resource in response.to_object()["resources"]:
+            entries = resource["config_entries"]
+            out[resource["resource_name"]] = {e["config_names"]: e["config_value"] for e in entries}
+    return out
