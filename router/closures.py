@@ -170,6 +170,13 @@ class KnowsAllocation(Protocol):
 
 
 @runtime_checkable
+class KnowsDecision(Protocol):
+    """A target that records a decision on the transfer itself (NS-12: the Front Door's, on the LCS contact)."""
+
+    async def front_door_decision(self, transfer_id: str) -> str | None: ...
+
+
+@runtime_checkable
 class KnowsStepDown(Protocol):
     """A source that can give a step-down again, documents included (BA-9: they go once a worker is allocated)."""
 
@@ -360,6 +367,8 @@ class ClosureScheduler:
     async def _on_signal(self, p: PendingClosure, go: bool, now: datetime) -> None:
         """The signal arrived: due now (written back, so a restart keeps it), or cancelled (NS-12 not accepted)."""
         tid = p.transfer_id
+        if p.trigger == "accepted" and not await self._confirmed_decision(p, go):
+            return
         if not go:
             await self._write(tid, None)
             log.info("closure_cancelled", transfer_id=tid, rule_ids=[p.rule_id])
@@ -367,6 +376,38 @@ class ClosureScheduler:
         due = p.model_copy(update={"due_at": now})
         await self._write(tid, due)
         log.info("closure_due", transfer_id=tid, rule_ids=[p.rule_id], trigger=p.trigger)
+
+    async def _confirmed_decision(self, p: PendingClosure, accepted: bool) -> bool:
+        """A decision read on the events topic acts only once the system that owns it says the same: anyone who can
+        write to Kafka could have written the event. Unconfirmed: the signal is dropped, nothing closes, and an
+        alert says so (once per transfer). The target down: the signal waits for the next poll."""
+        tid = p.transfer_id
+        target = self.targets.get(p.target_system)
+        try:
+            actual = await target.front_door_decision(tid) if isinstance(target, KnowsDecision) else None
+        except CasebridgeError as exc:
+            if getattr(exc, "retriable", False):
+                log.warning("signal_unconfirmed_yet", transfer_id=tid, error_class=type(exc).__name__)
+                return False
+            actual = None
+        if actual is not None and (actual == "accepted") == accepted:
+            return True
+        self.signals.pop(tid, None)
+        log.warning("signal_not_confirmed", transfer_id=tid, rule_ids=[p.rule_id], system=p.target_system.value)
+        await self._emit(
+            AlertRaised(
+                event_id=event_id(f"{tid}/closure/{p.rule_id}", "signal-not-confirmed"),
+                transfer_id=tid,
+                correlation_id=p.correlation_id,
+                council=p.council,
+                occurred_at=self.clock(),
+                severity="critical",
+                rule_ids=[p.rule_id],
+                summary=f"a front-door-decision event that {p.target_system.value} does not confirm was ignored:"
+                " nothing was closed; check who can write the events topic",
+            )
+        )
+        return False
 
     async def _close(self, p: PendingClosure) -> SourceClosed:
         """Close the record through its source connector (idempotent); returns the event to emit."""

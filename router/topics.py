@@ -71,11 +71,14 @@ async def prepare(bootstrap_servers: str, topics: Topics, tiers: int, s: TopicSe
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-        found = await _configs(admin, [*kept(topics), *compacted(topics)])
+        # only the topics that were there before: a topic just created has its configuration (and a broker may
+        # not yet describe it: KRaft's metadata reaches the brokers a moment later)
+        checked = [n for n in [*kept(topics), *compacted(topics)] if n in existing]
+        found = await _configs(admin, checked) if checked else {}
     finally:
         await admin.close()
     problems = []
-    for name in kept(topics):
+    for name in (n for n in kept(topics) if n in found):
         retention = int(found.get(name, {}).get("retention.ms", "-1"))
         if retention != -1 and (s.kept_retention_ms == -1 or retention < s.kept_retention_ms):
             days = retention / DAY_MS
@@ -85,7 +88,7 @@ async def prepare(bootstrap_servers: str, topics: Topics, tiers: int, s: TopicSe
                 f" --entity-name {name} --add-config retention.ms={s.kept_retention_ms}), or lower the deployment's"
                 " topics.kept_retention_ms"
             )
-    for name in compacted(topics):
+    for name in (n for n in compacted(topics) if n in found):
         policy = found.get(name, {}).get("cleanup.policy", "")
         if "compact" not in policy.split(","):
             problems.append(

@@ -21,6 +21,7 @@ from connectors import Receipt, Source, Target
 from connectors.memory import MemorySource, MemoryTarget
 from contracts import (
     CaseSystem,
+    FrontDoorDecided,
     MilestoneRecorded,
     Person,
     SourceClosed,
@@ -708,3 +709,34 @@ def test_lu04_the_pending_closure_keeps_the_child_keys_hashed_only() -> None:
     assert "EHM-50-X" not in planned.encode().decode()
     sw = ClosurePlanner("t").plan(transfer(doc), ["SW22-10"], Receipt(CaseSystem.MAILBOX, "M-1"))
     assert sw is not None and [] == sw.cancel_on_step_down
+
+
+async def test_ns12_a_forged_front_door_decision_closes_nothing_and_raises_an_alert(
+    stack: Stack, systems: Systems
+) -> None:
+    """Anyone who can write the events topic could write "accepted": the scheduler asks LCS first. A forged
+    decision (LCS has none) leaves the EHM episode open and raises one alert; the real one on LCS then closes it."""
+    ehm, lcs = systems.ehm_client, systems.lcs_client
+    episode = ehm.open_episode()
+    stepup = ehm.request_stepup(episode)
+    assert 1 == await stack.stepups.poll_once()
+    tid = f"north-somerset-ehm-{stepup}".lower()
+    await _events(stack.settings, tid, "source-kept-open")
+    forged = FrontDoorDecided(
+        event_id="forged-1", transfer_id=tid, target_system=CaseSystem.LCS, target_reference="C-1", decision="accepted"
+    )
+    headers = [("event_type", b"front-door-decision")]
+    await produce(stack.settings.bootstrap_servers, stack.settings.topics.events,
+                  [(tid.encode(), forged.model_dump_json().encode())], headers=headers)  # fmt: skip
+    for _ in range(10):
+        assert 0 == await stack.closures.poll_once()
+    alerts = [e for e in await _events(stack.settings, tid, "alert") if e.event_type == "alert"]
+    assert 1 == len(alerts) and "does not confirm" in alerts[0].summary  # type: ignore[union-attr]
+    assert "open" == ehm.episode(episode)["status"]
+    assert "source-closed" not in [e.event_type for e in await _events(stack.settings, tid, "alert")]
+    # the Front Door's real decision, on LCS, read from LCS's feed: now the episode closes
+    decision = {"decision": "accepted", "decided_by": "A Manager"}
+    lcs.http.post(f"/api/contacts/{tid}/decision", json=decision).raise_for_status()
+    assert 1 == await stack.decisions.poll_once()
+    assert 1 == await _poll_until_closed(stack)
+    assert "closed" == ehm.episode(episode)["status"]

@@ -48,9 +48,12 @@ async def test_g3_the_router_creates_dead_letters_parking_and_audit_kept_forever
     await router.start()  # type: ignore[attr-defined]
     await router.stop()  # type: ignore[attr-defined]
     t = Topics(topic_prefix)
-    found = await _settings_of(
-        kafka_bootstrap, [t.dead_letter, t.parking, t.audit, t.retry_state, t.history, t.transfers, t.events]
-    )
+    names = [t.dead_letter, t.parking, t.audit, t.retry_state, t.history, t.transfers, t.events]
+    for _ in range(50):  # a topic just created is described with its configuration a moment later
+        found = await _settings_of(kafka_bootstrap, names)
+        if found[t.dead_letter].get("retention.ms") == "-1" and found[t.history].get("cleanup.policy") == "compact":
+            break
+        await asyncio.sleep(0.2)
     assert ["-1", "-1", "-1"] == [found[n]["retention.ms"] for n in (t.dead_letter, t.parking, t.audit)]
     assert ["compact", "compact"] == [found[n]["cleanup.policy"] for n in (t.retry_state, t.history)]
     assert str(7 * DAY_MS) == found[t.transfers]["retention.ms"]

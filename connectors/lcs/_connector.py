@@ -38,6 +38,12 @@ class LcsConnector(HttpConnection, Source, Target):
         contact = (await self.http.request("GET", f"/api/contacts/{transfer.transfer_id}")).json()
         return Receipt(self.system, contact["contact_id"], created=False, acknowledged=contact["status"] == "received")
 
+    async def front_door_decision(self, transfer_id: str) -> str | None:
+        """NS-12: the Front Door's decision recorded on the contact (accepted / not-accepted), or None (undecided)."""
+        contact = (await self.http.request("GET", f"/api/contacts/{transfer_id}")).json()
+        decision = contact.get("decision")
+        return str(decision) if decision else None
+
     async def child(self, child_id: str) -> dict[str, Any]:
         child: dict[str, Any] = (await self.http.request("GET", f"/api/children/{child_id}")).json()
         return child
