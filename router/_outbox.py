@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
@@ -34,7 +35,11 @@ from contracts import TransferEvent
 from . import __version__
 from ._retry import H_REPLAY_OF, Origin, header, original_headers
 
+log = structlog.get_logger("casebridge.router")
 DLQ_PREFIX = "casebridge.dlq."
+#: above this (key, value and headers), a dead letter carries the record by reference only (its original topic,
+#: partition and offset): under Kafka's default 1 MiB limits with room for the batch's own overhead
+MAX_DEAD_LETTER_BYTES = 1_000_000
 Queued = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 _EVENT_HEADERS: dict[str, list[tuple[str, bytes]]] = {}
 CHUNK = 500  # queued writes handed to the producer together (about 80 transfers' worth)
@@ -140,9 +145,20 @@ class Outbox:
         await self._queue(self._events_topic, transfer_id.encode(), value, headers)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
-        """To the dead-letter topic; a replayed message that failed again goes to the parking topic instead."""
+        """To the dead-letter topic; a replayed message that failed again goes to the parking topic instead.
+
+        A record too big to dead-letter whole (with the context headers it would pass the producer's and the
+        broker's 1 MiB limits, and the router would halt on it at every restart) is dead-lettered by reference:
+        the headers, its original topic, partition and offset and its size, and no value."""
         topic = self._parking_topic if header(record, H_REPLAY_OF) is not None else self._dead_letter_topic
-        await self.send(topic, record.key, record.value, dead_letter_headers(record, self._group_id, failure))
+        headers = dead_letter_headers(record, self._group_id, failure)
+        value = record.value
+        size = len(record.key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+        if size > MAX_DEAD_LETTER_BYTES:
+            headers += [(DLQ_PREFIX + "by.reference", b"true"), (DLQ_PREFIX + "original.size", str(size).encode())]
+            value = None
+            log.warning("dead_letter_by_reference", transfer_id=failure.transfer_id, size=size)
+        await self.send(topic, record.key, value, headers)
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
         """Any other write (retry tiers, retry state, history); sent at the next hand-over."""

@@ -1,0 +1,47 @@
+"""A record of about 1 MiB on the transfers topic does not stop the deployment: with the dead-letter headers it
+would pass Kafka's 1 MiB limits, so it is dead-lettered by reference (where it is, how big, why) and the router
+goes on with the next record."""
+
+from __future__ import annotations
+
+import json
+
+from aiokafka import AIOKafkaProducer
+
+from connectors.memory import MemorySource, MemoryTarget
+from contracts import CaseSystem
+from router import Topics
+from tests.support import count_type, events_of, ns_transfer, read, running_router
+
+
+async def test_g3_an_oversized_record_is_dead_lettered_by_reference_and_the_router_goes_on(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    topics = Topics(topic_prefix)
+    huge = ns_transfer(1)
+    huge["documents"][0]["content"] = "x" * 1_046_000  # with its dead-letter headers, over 1 MiB
+    value = json.dumps(huge).encode()
+    assert 1_040_000 < len(value) < 1_048_000
+    good = json.dumps(ns_transfer(2)).encode()
+    target = MemoryTarget()
+    async with running_router(
+        kafka_bootstrap, topic_prefix, {CaseSystem.EHM: target}, {CaseSystem.LCS: MemorySource()}
+    ):
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=1_100_000)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.transfers, value, key=b"lcs:LCS-1")
+            await producer.send_and_wait(topics.transfers, good, key=b"lcs:LCS-2")
+        finally:
+            await producer.stop()
+        events = events_of(await read(kafka_bootstrap, topics.events, count_type("source-closed", 1), timeout=60))
+        [dead] = await read(kafka_bootstrap, topics.dead_letter, lambda r: len(r) >= 1, timeout=30)
+    assert ["ns-2"] == [e.transfer_id for e in events if e.event_type == "source-closed"]  # the next one went on
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert dead.value is None and "true" == headers["casebridge.dlq.by.reference"]
+    assert (topics.transfers, "ns-1") == (
+        headers["casebridge.dlq.original.topic"],
+        headers["casebridge.dlq.transfer.id"],
+    )
+    assert int(headers["casebridge.dlq.original.size"]) > 1_040_000
+    assert ["ns-2"] == target.order  # the oversized one was refused by the contract, the next delivered
