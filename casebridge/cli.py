@@ -394,6 +394,11 @@ def replay_cmd(
     typer.echo(f"{verb} {len(done)}: {', '.join(done) or '-'}")
     if report.already_replayed:
         typer.echo(f"skipped {len(report.already_replayed)} already replayed: {', '.join(report.already_replayed)}")
+    if report.by_reference:
+        typer.echo(
+            f"skipped {len(report.by_reference)} too big to replay (held by reference; `casebridge dlq show ID` names"
+            f" the original topic, partition and offset): {', '.join(report.by_reference)}"
+        )
 
 
 @app.command("allocate")

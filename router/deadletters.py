@@ -137,6 +137,8 @@ class ReplayReport:
     selected: list[str] = field(default_factory=list)
     replayed: list[str] = field(default_factory=list)
     already_replayed: list[str] = field(default_factory=list)
+    #: dead letters that hold their record by reference only (too big to dead-letter whole): not replayable
+    by_reference: list[str] = field(default_factory=list)
     dry_run: bool = False
 
 
@@ -158,6 +160,8 @@ async def replay(
     for d in await list_dead_letters(bootstrap_servers, topics, filters):
         if d.id in done:
             report.already_replayed.append(d.id)
+        elif d.context.get("by.reference") == "true":
+            report.by_reference.append(d.id)
         elif limit is None or len(report.selected) < limit:
             report.selected.append(d.id)
     if dry_run or not report.selected:

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from connectors.memory import MemorySource, MemoryTarget
 from contracts import CaseSystem
 from router import Topics
+from router.deadletters import replay
 from tests.support import count_type, events_of, ns_transfer, read, running_router
 
 
@@ -45,3 +46,5 @@ async def test_g3_an_oversized_record_is_dead_lettered_by_reference_and_the_rout
     )
     assert int(headers["casebridge.dlq.original.size"]) > 1_040_000
     assert ["ns-2"] == target.order  # the oversized one was refused by the contract, the next delivered
+    report = await replay(kafka_bootstrap, topics, operator="duty-operator", dry_run=True)
+    assert ([f"{dead.partition}:{dead.offset}"], []) == (report.by_reference, report.selected)  # never replayed empty
