@@ -206,6 +206,7 @@ def run(
         if stack.router.halted:
             sys.exit(3)
         if stack.failed:
+            typer.echo(f"error: {stack.failed} stopped: {stack.failure}; casebridge run exits 4", err=True)
             sys.exit(4)
 
     try:

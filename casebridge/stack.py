@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
-from connectors import Source, Target
+from connectors import CasebridgeError, Source, Target
 from connectors.ehm import AllocationReporter, StepUpPublisher
 from connectors.lcs import DecisionReporter, LcsPublisher
 from contracts import CaseSystem, Council
@@ -80,6 +80,8 @@ class Stack:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     #: the loop that died, if one did (``casebridge run`` then exits 4)
     failed: str | None = field(default=None, init=False)
+    #: why it died, in casebridge's own words (no values), or the error class
+    failure: str | None = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -168,8 +170,11 @@ class Stack:
         if task.cancelled() or task.exception() is None or self._stopping:
             return
         exc = task.exception()
-        log.error("loop_failed", loop=task.get_name(), error_class=type(exc).__name__)  # the message may hold data
+        # an HTTP boundary error names the system, the call (ids blanked) and the status; any other may hold data
+        reason = str(exc) if isinstance(exc, CasebridgeError) and exc.templated else None
+        log.error("loop_failed", loop=task.get_name(), error_class=type(exc).__name__, reason=reason)
         self.failed = task.get_name()
+        self.failure = reason or type(exc).__name__
         self.router.stopped.set()
 
     async def stop(self) -> None:

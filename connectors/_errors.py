@@ -14,6 +14,9 @@ class CasebridgeError(Exception):
     #: the rule ids this failure is about, where a protocol rule is the cause
     rule_ids: tuple[str, ...] = ()
 
+    #: the message is built from templates only (system, method, path with ids blanked, status, rule): safe to log
+    templated: bool = False
+
 
 class TransientError(CasebridgeError):
     """Worth retrying: timeouts, refused or reset connections, 5xx, 429."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
 import httpx
@@ -10,7 +11,7 @@ from pydantic import SecretStr
 from contracts import CaseSystem, TransferMessage
 
 from ._base import Source
-from ._errors import TargetRefused, TargetUnavailable
+from ._errors import CasebridgeError, TargetRefused, TargetUnavailable
 
 
 class HttpClient:
@@ -18,6 +19,8 @@ class HttpClient:
 
     def __init__(self, system: str, base_url: str, token: SecretStr, timeout: float = 10.0) -> None:
         self.system = system
+        #: the whole request, however slowly the system trickles its answer (httpx's timeout is per read)
+        self.deadline = timeout
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers={"Authorization": f"Bearer {token.get_secret_value()}"},
@@ -28,9 +31,22 @@ class HttpClient:
         await self._client.aclose()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send; translate transport failures, 5xx and 429 to TargetUnavailable, other 4xx to TargetRefused."""
+        """Send; translate transport failures, 5xx and 429 to TargetUnavailable, other 4xx to TargetRefused (their
+        messages built from templates only: ``templated``, safe to log)."""
         try:
-            response = await self._client.request(method, path, **kwargs)
+            return await self._request(method, path, **kwargs)
+        except CasebridgeError as exc:
+            exc.templated = True
+            raise
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            async with asyncio.timeout(self.deadline):
+                response = await self._client.request(method, path, **kwargs)
+        except TimeoutError as exc:
+            raise TargetUnavailable(
+                f"{self.system}: {method} {_template(path)} did not answer within {self.deadline:g} s"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise TargetUnavailable(f"{self.system}: {method} {_template(path)} timed out") from exc
         except httpx.TransportError as exc:
@@ -39,6 +55,12 @@ class HttpClient:
             raise TargetUnavailable(
                 f"{self.system}: {method} {_template(path)} answered {response.status_code}",
                 retry_after=_retry_after(response),
+            )
+        if response.status_code in (401, 403):
+            raise TargetRefused(
+                f"{self.system}: {method} {_template(path)} answered {response.status_code}: check the credentials"
+                f" casebridge uses for {self.system} (its token in the deployment file)",
+                status=response.status_code,
             )
         if response.status_code >= 400:
             rule = _rule_of(response)

@@ -262,3 +262,31 @@ def test_run_with_kafka_unreachable_says_so_in_one_line_and_exits_5(env: pytest.
     assert "error: cannot reach Kafka at 127.0.0.1:1 (bootstrap_servers)" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert SECRETS["TED_TOKEN"] not in done.stderr + done.stdout
+
+
+def test_a_wrong_lcs_token_ends_run_with_one_line_naming_lcs_and_401(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The LCS feed answers 401: ``casebridge run`` exits 4 saying which system refused and what to check."""
+    import time
+
+    from casebridge.localdeploy import RunningDeployment, deployment_file, sandboxes
+
+    with sandboxes(tmp_path / "systems", ("lcs", "ehm")) as systems:
+        text, secrets = deployment_file("north-somerset", systems, bootstrap=kafka_bootstrap, prefix=topic_prefix,
+                                        state_dir=tmp_path / "state")  # fmt: skip
+        secrets["CB_LOCAL_LCS_SECRET"] = "not-the-lcs-token-0123456789"
+        config = tmp_path / "ns.toml"
+        config.write_text(text)
+        run = RunningDeployment(config, secrets, tmp_path / "run.log").start()
+        assert run.process is not None
+        deadline = time.monotonic() + 60
+        while run.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        code = run.stop()  # exited by itself already (else SIGTERM, and the exit code shows it)
+    out = run.output()
+    assert 4 == code, out[-2000:]
+    [line] = [x for x in out.splitlines() if x.startswith("error:")]
+    assert "answered 401: check the credentials casebridge uses for lcs (its token in the deployment file)" in line
+    assert line.endswith("casebridge run exits 4")
+    assert "not-the-lcs-token" not in out and "Traceback" not in out
