@@ -536,7 +536,8 @@ PLAYS: dict[str, Callable[[Play], Awaitable[None]]] = {
 def _describe(case: Case) -> list[str]:
     mark = "as expected" if case.ok else f"NOT AS EXPECTED (expected {case.expect})"
     lines = [f"- {case.title}", f"    transfer {case.transfer_id}"]
-    lines.append("    events: " + (" -> ".join(case.types) or "none"))
+    before = " (its source's publisher dead-lettered it; the router never saw it)" if case.dead_letter else ""
+    lines.append("    events: " + (" -> ".join(case.types) or "none" + before))
     held = [e for e in case.events if e.event_type == "held"]
     dead = [e for e in case.events if e.event_type == "dead-lettered"]
     if case.state in ("source-closed", "source-kept-open"):
@@ -590,7 +591,7 @@ async def _run_council(
     try:
         async with deployed(council, work, bootstrap, prefix, retry=QUICK_RETRY, level=level) as d:
             pid = d.run.process.pid if d.run.process else "-"
-            out(f"  casebridge run --config {d.config} (a process of its own, pid {pid})")
+            out(f"  casebridge run --config {d.config} (a process of its own, pid {pid}; the file is temporary)")
             play = Play(d, out)
             try:
                 await PLAYS[council](play)
