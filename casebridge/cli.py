@@ -259,10 +259,17 @@ def demo(
     bootstrap: Annotated[str | None, typer.Option(help="use this broker instead of starting the local one")] = None,
     keep_kafka: Annotated[bool, typer.Option(help="leave the local broker running afterwards")] = False,
 ) -> None:
-    """A real end-to-end step-down: local Kafka, sandbox LCS and EHM, router; prints each case's outcome."""
+    """Every seed council deployed with `casebridge run --config` on its sandboxes; prints each case's outcome.
+
+    Exits 0 only if every case ended as expected. CASEBRIDGE_LOG_LEVEL below WARNING also writes each
+    run's log to stderr.
+    """
+    import sys
+
     from .demo import run_demo
 
-    configure_logging(level=os.environ.get("CASEBRIDGE_LOG_LEVEL", "WARNING"), json=False)
+    level = os.environ.get("CASEBRIDGE_LOG_LEVEL", "WARNING").upper()
+    configure_logging(level="WARNING", json=False)
     # fresh demo topics make aiokafka log leader elections as errors for a second; not news for a demo
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     broker = None
@@ -276,11 +283,13 @@ def demo(
             raise _fail(exc) from exc
         if was_running:
             broker = None  # not ours to stop
+    logs = sys.stderr if logging.getLevelName(level) in (logging.DEBUG, logging.INFO) else None
     try:
-        ok = uvloop.run(run_demo(bootstrap, out=typer.echo))  # the loop `casebridge run` uses
+        ok = uvloop.run(run_demo(bootstrap, out=typer.echo, level=level, logs=logs))  # the loop `casebridge run` uses
     finally:
         if broker is not None and not keep_kafka:
             broker.stop()
+            typer.echo("(the local broker is stopped now; `casebridge demo --keep-kafka` keeps it for those commands)")
     raise typer.Exit(code=0 if ok else 1)
 
 
