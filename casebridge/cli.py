@@ -191,7 +191,7 @@ def run(
     from .stack import stack_from_deployment
 
     deployment = _deployment(config)  # before logging is set up: a file that cannot run gets plain lines
-    configure_logging()
+    configure_logging(level=os.environ.get("CASEBRIDGE_LOG_LEVEL", "INFO").upper())
 
     async def main() -> None:
         stack = stack_from_deployment(deployment, state_dir)
