@@ -37,6 +37,8 @@ from .scenarios import (
     LcsSandboxClient,
     TedSandboxClient,
     _SandboxClient,
+    on_record,
+    s47_step_up,
     step_down,
     step_up,
 )
@@ -372,12 +374,7 @@ async def _swindon_2022(p: Play) -> None:
         return lines, nothing and any("ASO-CIN" in r for r in reasons) and record["record_state"] == "open"
 
     cin.landed = cin_landed
-    s47 = step_up("swindon-2022", 1)
-    record = cd.create_person()
-    s47["child"]["identifiers"] = [{"system": "care-director", "id": record}]
-    s47["source_record"]["record_id"] = record
-    s47["pathway"].update(from_level="intensive-early-help", to_level="child-protection-s47")
-    s47["management_decision"]["forum"] = "Transfer Meeting"
+    s47 = s47_step_up(cd.create_person())
     posted = p.d.post(s47)
     up = p.add(
         Case(
@@ -498,9 +495,7 @@ async def _barnsley(p: Play) -> None:
 
     held.landed = kept
     eha = ted.open_eha(ted.create_case())
-    doc = step_up("barnsley", 1)
-    doc["child"]["identifiers"] = [{"system": "ted", "id": eha}]
-    doc["source_record"]["record_id"] = eha
+    doc = on_record(step_up("barnsley", 1), "ted", eha)
     posted = p.d.post(doc)
     up = p.add(
         Case(

@@ -90,44 +90,43 @@ class Deployment:
         """Names of the configured systems that serve ``system`` as ``role`` ("target" or "source")."""
         return [n for n in self.systems if system in getattr(self.kind(n), f"{role}s")]
 
+    def pathways(self) -> Iterator[tuple[Council, Direction, Any, Any]]:
+        """Per council served and direction: (council, direction, the protocol's pathway, the protocol)."""
+        from mappings import load_protocols
+
+        protocols = load_protocols()
+        for council in self.councils:
+            protocol = protocols[council]
+            for direction in Direction:
+                pathway = protocol.systems(direction)
+                if pathway is not None:
+                    yield council, direction, pathway, protocol
+
     def routes(self) -> Iterator[tuple[Council, Direction, str, str | None, str | None, str | None]]:
         """Per council and pathway: (council, direction, source system, its configured name, target system's
         configured name, team) from the council's protocol; a name is None where nothing serves it."""
-        from mappings import load_protocols
-
-        protocols = load_protocols()
-        for council in self.councils:
-            protocol = protocols[council]
-            for direction in Direction:
-                pathway = protocol.systems(direction)
-                if pathway is None:
-                    continue
-                src = self.serving(pathway.source, "source")
-                tgt = self.serving(pathway.target, "target")
-                yield (council, direction, pathway.source.value, src[0] if src else None,
-                       tgt[0] if tgt else None, pathway.team)  # fmt: skip
+        for council, direction, pathway, _ in self.pathways():
+            src = self.serving(pathway.source, "source")
+            tgt = self.serving(pathway.target, "target")
+            yield (council, direction, pathway.source.value, src[0] if src else None,
+                   tgt[0] if tgt else None, pathway.team)  # fmt: skip
 
     def unserved(self) -> list[str]:
         """What the councils' protocols need that no configured system serves (one line each)."""
-        from mappings import load_protocols
-
         problems = []
-        protocols = load_protocols()
         where = self.path.name if self.path else "deployment"
-        for council in self.councils:
-            protocol = protocols[council]
-            for direction in Direction:
-                pathway = protocol.systems(direction)
-                if pathway is None:
-                    continue
-                for system, role in ((pathway.source, "source"), (pathway.target, "target")):
-                    if not self.serving(system, role):
-                        kinds = [k.name for k in KINDS.values() if system in getattr(k, f"{role}s")]
-                        problems.append(
-                            f"{where}: {council.value} {direction.value}: no system serves {system.value} as {role};"
-                            f" add a [systems.NAME] block of kind {' or '.join(kinds) or '(none yet)'}"
-                        )
-            for channel in sorted(protocol.notice_channels() | protocol.routed_targets()):
+        channels: dict[Council, set[Any]] = {}
+        for council, direction, pathway, protocol in self.pathways():
+            channels[council] = protocol.notice_channels() | protocol.routed_targets()
+            for system, role in ((pathway.source, "source"), (pathway.target, "target")):
+                if not self.serving(system, role):
+                    kinds = [k.name for k in KINDS.values() if system in getattr(k, f"{role}s")]
+                    problems.append(
+                        f"{where}: {council.value} {direction.value}: no system serves {system.value} as {role};"
+                        f" add a [systems.NAME] block of kind {' or '.join(kinds) or '(none yet)'}"
+                    )
+        for council, needed in channels.items():
+            for channel in sorted(needed):
                 if not self.serving(channel, "target"):
                     problems.append(
                         f"{where}: {council.value}: the protocol sends notices or routes to {channel.value}, and no"

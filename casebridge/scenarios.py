@@ -174,6 +174,21 @@ def step_up(council: str, n: int = 1, **changes: Any) -> dict[str, Any]:
     return doc
 
 
+def on_record(doc: dict[str, Any], system: str, record_id: str) -> dict[str, Any]:
+    """``doc`` about the child whose record ``record_id`` is on ``system`` (its only identifier, its source record)."""
+    doc["child"]["identifiers"] = [{"system": system, "id": record_id}]
+    doc["source_record"]["record_id"] = record_id
+    return doc
+
+
+def s47_step_up(record_id: str, n: int = 1) -> dict[str, Any]:
+    """Swindon 2022: a s.47 step-up from FISS on the Care Director record, agreed at the transfer discussion."""
+    doc = on_record(step_up("swindon-2022", n), "care-director", record_id)
+    doc["pathway"].update(from_level="intensive-early-help", to_level="child-protection-s47")
+    doc["management_decision"]["forum"] = "Transfer Meeting"
+    return doc
+
+
 def exemption(role: str) -> dict[str, Any]:
     """G1: the s.47 exemption, decided by a named manager in ``role``."""
     return {

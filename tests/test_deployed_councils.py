@@ -15,6 +15,8 @@ from casebridge.scenarios import (
     EhmSandboxClient,
     LcsSandboxClient,
     TedSandboxClient,
+    on_record,
+    s47_step_up,
     step_down,
     step_up,
 )
@@ -99,18 +101,9 @@ token = {{ env = "CB_LOCAL_WEBHOOK_SECRET" }}
             down = f"swindon-2022-cd-{cd.refer(person, 'ASO-EHH', worker=None, lead=False)}".lower()
             other = cd.create_person()
             not_down = f"swindon-2022-cd-{cd.refer(other, 'ASO-CIN')}".lower()  # a CIN outcome is no step-down
-            s47 = step_up("swindon-2022", 1)
-            record = cd.create_person()
-            s47["child"]["identifiers"] = [{"system": "care-director", "id": record}]
-            s47["source_record"]["record_id"] = record
-            s47["pathway"].update(from_level="intensive-early-help", to_level="child-protection-s47")
-            s47["management_decision"]["forum"] = "Transfer Meeting"
+            s47 = s47_step_up(cd.create_person(), 1)
             assert 202 == d.post(s47).status_code
-            ghost = step_up("swindon-2022", 2)  # a record Care Director does not have: dead-lettered + one alert
-            ghost["child"]["identifiers"] = [{"system": "care-director", "id": "P-999999"}]
-            ghost["source_record"]["record_id"] = "P-999999"
-            ghost["pathway"].update(from_level="intensive-early-help", to_level="child-protection-s47")
-            ghost["management_decision"]["forum"] = "Transfer Meeting"
+            ghost = s47_step_up("P-999999", 2)  # a record Care Director does not have: dead-lettered + one alert
             assert 202 == d.post(ghost).status_code
             by = await d.wait({down: "source-kept-open", s47["transfer_id"]: "source-kept-open",
                                  ghost["transfer_id"]: "alert"})  # fmt: skip
@@ -175,9 +168,7 @@ async def test_ba15_ba05_ba03_barnsley_deployed_ted_feed_to_the_mailbox_and_a_st
         monitoring = ted_transfer_id(Council.BARNSLEY, ted.request_stepdown(watched, "SD-MON"))
         eha_case = ted.create_case()
         eha = ted.open_eha(eha_case)
-        up = step_up("barnsley", 1)
-        up["child"]["identifiers"] = [{"system": "ted", "id": eha}]
-        up["source_record"]["record_id"] = eha
+        up = on_record(step_up("barnsley", 1), "ted", eha)
         assert 202 == d.post(up).status_code
         await d.wait({down: "source-closed", monitoring: "dead-lettered", up["transfer_id"]: "source-closed"})
         [dead] = [x for x in await d.dead_letters(1) if x.get("casebridge.dlq.transfer.id") == monitoring]
