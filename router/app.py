@@ -425,4 +425,5 @@ def build_router(
         settings.topics.pending_notices,
         ClosurePlanner(settings.topics.pending_closures),
     )
+    flow.keyed = True  # a record not keyed by its child is refused: per-child order depends on it
     return Router(settings, flow)

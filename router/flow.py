@@ -43,6 +43,7 @@ from contracts import (
     CaseSystem,
     Council,
     Direction,
+    FieldError,
     NoticeSent,
     Professionals,
     RecordState,
@@ -132,6 +133,8 @@ class TransferFlow:
         self.history_topic = history_topic
         self.notices_topic = notices_topic
         self.closures = closures
+        #: refuse a record not keyed by its child (the router sets it; a flow driven by hand takes any key)
+        self.keyed = False
 
     @staticmethod
     def parse(record: ConsumerRecord[bytes, bytes]) -> TransferMessage | ValidationError:
@@ -152,6 +155,14 @@ class TransferFlow:
         transfer = self.parse(record) if parsed is None else parsed
         if isinstance(transfer, ValidationError):
             return await self._reject(record, transfer, sink)
+        if self.keyed and record.key != transfer.child_key.encode():
+            # per-child order (and the retry tiers' queue per child) holds only for records keyed by their child
+            wrong = FieldError(
+                field="(record key)",
+                rule="child_key",
+                message="a transfer is keyed by its child: <system>:<id> of child.identifiers[0]",
+            )
+            return await self._refuse(record, [wrong], "MissingKey" if record.key is None else "KeyMismatch", sink)
 
         emit = _Emitter(transfer, sink)
         log.debug("transfer_received", transfer_id=transfer.transfer_id, council=transfer.council.value)
@@ -397,11 +408,17 @@ class TransferFlow:
 
     async def _reject(self, record: ConsumerRecord[bytes, bytes], exc: ValidationError, sink: Sink) -> Outcome:
         errors = field_errors(exc)
+        error_class = "MalformedJson" if any(e.rule == "json_invalid" for e in errors) else "ContractViolation"
+        return await self._refuse(record, errors, error_class, sink)
+
+    async def _refuse(
+        self, record: ConsumerRecord[bytes, bytes], errors: list[FieldError], error_class: str, sink: Sink
+    ) -> Outcome:
+        """Not a transfer the flow can carry (the contract, or its key): rejected, dead-lettered at ``validate``."""
         transfer_id = peek_transfer_id(record.value)
         rejected_id = event_id(f"{record.topic}/{record.partition}/{record.offset}", "rejected")
         await sink.emit(TransferRejected(event_id=rejected_id, transfer_id=transfer_id, errors=errors))
         reason = "; ".join(f"{e.field}: {e.rule}" for e in errors[:10])
-        error_class = "MalformedJson" if any(e.rule == "json_invalid" for e in errors) else "ContractViolation"
         log.warning(
             "transfer_rejected", transfer_id=transfer_id, error_class=error_class, fields=[e.field for e in errors[:10]]
         )

@@ -12,7 +12,7 @@ from connectors.memory import MemorySource, MemoryTarget
 from contracts import CaseSystem
 from router import Topics
 from router.deadletters import replay
-from tests.support import count_type, events_of, ns_transfer, read, running_router
+from tests.support import count_type, events_of, ns_transfer, produce, read, running_router
 
 
 async def test_g3_an_oversized_record_is_dead_lettered_by_reference_and_the_router_goes_on(
@@ -48,3 +48,28 @@ async def test_g3_an_oversized_record_is_dead_lettered_by_reference_and_the_rout
     assert ["ns-2"] == target.order  # the oversized one was refused by the contract, the next delivered
     report = await replay(kafka_bootstrap, topics, operator="duty-operator", dry_run=True)
     assert ([f"{dead.partition}:{dead.offset}"], []) == (report.by_reference, report.selected)  # never replayed empty
+
+
+async def test_a_transfer_with_no_key_or_another_childs_key_is_dead_lettered_with_that_reason(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """Per-child order (and the retry tiers' queue per child) holds only for records keyed by their child: a
+    keyless transfer, or one keyed by another child, is refused and dead-lettered naming the key rule."""
+    topics = Topics(topic_prefix)
+    target = MemoryTarget()
+    systems = ({CaseSystem.EHM: target}, {CaseSystem.LCS: MemorySource()})
+    items = [
+        (None, json.dumps(ns_transfer(1)).encode()),
+        (b"lcs:LCS-999", json.dumps(ns_transfer(2)).encode()),
+        (b"lcs:LCS-3", json.dumps(ns_transfer(3)).encode()),
+    ]
+    async with running_router(kafka_bootstrap, topic_prefix, *systems):
+        await produce(kafka_bootstrap, topics.transfers, items)
+        await read(kafka_bootstrap, topics.events, count_type("source-closed", 1), timeout=60)
+        dead = await read(kafka_bootstrap, topics.dead_letter, lambda r: len(r) >= 2, timeout=30)
+    found = sorted(
+        (h["casebridge.dlq.transfer.id"], h["casebridge.dlq.error.class"], h["casebridge.dlq.stage"])
+        for h in ({k: v.decode() for k, v in d.headers} for d in dead)
+    )
+    assert [("ns-1", "MissingKey", "validate"), ("ns-2", "KeyMismatch", "validate")] == found
+    assert ["ns-3"] == target.order
