@@ -200,8 +200,11 @@ def run(
             loop.add_signal_handler(sig, stack.router.stopped.set)
         async with stack:
             freeze_startup_heap()  # no ~100 ms full-collection pauses over start-up objects while routing
-            log.info("deployment_started", councils=[c.value for c in deployment.councils],
-                     systems=sorted(deployment.systems), loops=[type(f).__name__ for f in stack.feeds])  # fmt: skip
+            councils, systems = [c.value for c in deployment.councils], sorted(deployment.systems)
+            log.info("deployment_started", councils=councils, systems=systems,
+                     loops=[type(f).__name__ for f in stack.feeds])  # fmt: skip
+            # one plain line on stdout at any log level: a supervisor (or a test) knows the deployment is up
+            typer.echo(f"casebridge run: started (councils {', '.join(councils)}; systems {', '.join(systems)})")
             await stack.router.stopped.wait()
         if stack.router.halted:
             sys.exit(3)

@@ -187,7 +187,8 @@ def casebridge_command() -> list[str]:
 class RunningDeployment:
     """``casebridge run --config FILE`` as a process of its own, its log in a file."""
 
-    READY = "deployment_started"
+    #: what ``casebridge run`` prints on stdout once its stack is up, at any log level
+    READY = "casebridge run: started"
 
     def __init__(self, config: Path, env: Mapping[str, str], log: Path, level: str = "INFO") -> None:
         self.config = config
@@ -198,7 +199,7 @@ class RunningDeployment:
         self._started_at = 0
 
     def start(self, timeout: float = 90.0) -> RunningDeployment:
-        """Start it and wait until its stack is up (its ``deployment_started`` line); raises with the log's tail
+        """Start it and wait until its stack is up (its ``casebridge run: started`` line); raises with the log's tail
         if it exits first."""
         self._out = self.log.open("ab")
         self._started_at = self.log.stat().st_size
@@ -215,9 +216,11 @@ class RunningDeployment:
             if self.READY in self.output():
                 return self
             if self.process.poll() is not None:
+                self._out.close()
                 raise RuntimeError(f"casebridge run exited {self.process.returncode}:\n{self.output()[-3000:]}")
             time.sleep(0.2)
         self.kill()
+        self._out.close()
         raise TimeoutError(f"casebridge run did not start in {timeout:.0f} s:\n{self.output()[-3000:]}")
 
     def output(self) -> str:
