@@ -207,6 +207,7 @@ def run(
             typer.echo(f"casebridge run: started (councils {', '.join(councils)}; systems {', '.join(systems)})")
             await stack.router.stopped.wait()
         if stack.router.halted:
+            typer.echo("error: the router halted: an output could not be written (see the log); exits 3", err=True)
             sys.exit(3)
         if stack.failed:
             typer.echo(f"error: {stack.failed} stopped: {stack.failure}; casebridge run exits 4", err=True)
@@ -225,7 +226,8 @@ def run(
         typer.echo(f"error: casebridge run refuses to start: {exc}", err=True)
         raise typer.Exit(code=5) from None
     except OSError as exc:
-        typer.echo(f"error: casebridge run could not start: {exc.strerror or type(exc).__name__}", err=True)
+        why = exc.strerror or type(exc).__name__
+        typer.echo(f"error: casebridge run: {why} (a port taken, a file unreadable?)", err=True)
         raise typer.Exit(code=5) from None
 
 
