@@ -53,8 +53,11 @@ def configs(topics: Topics, tiers: int, s: TopicSettings, min_insync: int) -> di
     return out
 
 
-async def prepare(bootstrap_servers: str, topics: Topics, tiers: int, s: TopicSettings) -> None:
-    """Create the missing topics as ``configs`` says, then check the existing ones; raises TopicMisconfigured."""
+async def prepare(
+    bootstrap_servers: str, topics: Topics, tiers: int, s: TopicSettings, only: set[str] | None = None
+) -> None:
+    """Create the missing topics as ``configs`` says, then check the existing ones; raises TopicMisconfigured.
+    ``only``: just these of the deployment's topics (a publisher that writes two of them)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
@@ -62,6 +65,8 @@ async def prepare(bootstrap_servers: str, topics: Topics, tiers: int, s: TopicSe
         replication = s.replication_factor or min(3, brokers)
         min_insync = s.min_insync_replicas or max(1, replication - 1)
         wanted = configs(topics, tiers, s, min_insync)
+        if only is not None:
+            wanted = {n: c for n, c in wanted.items() if n in only}
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(n, num_partitions=s.partitions, replication_factor=replication, topic_configs=c)
@@ -73,7 +78,7 @@ async def prepare(bootstrap_servers: str, topics: Topics, tiers: int, s: TopicSe
                 await admin.create_topics(missing)
         # only the topics that were there before: a topic just created has its configuration (and a broker may
         # not yet describe it: KRaft's metadata reaches the brokers a moment later)
-        checked = [n for n in [*kept(topics), *compacted(topics)] if n in existing]
+        checked = [n for n in [*kept(topics), *compacted(topics)] if n in existing and n in wanted]
         found = await _configs(admin, checked) if checked else {}
     finally:
         await admin.close()

@@ -44,8 +44,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from contracts import FieldError, TransferMessage, field_errors
-from router.app import ensure_topics
-from router.settings import Topics
+from router import topics as topic_setup
+from router.settings import Topics, TopicSettings
 
 from .._feed import idempotent_producer
 from ._settings import IntakeCaller, IntakeSettings
@@ -179,8 +179,10 @@ class IntakeServer:
         return self._store
 
     async def start(self) -> None:
-        # the router creates them too; whichever starts first, the transfers topic has the router's partitions
-        await ensure_topics(self.bootstrap_servers, [self.topics.transfers, self.topics.audit])
+        # the router creates them too; whichever starts first, they are created alike (the router's partitions,
+        # the audit trail kept forever: router/topics.py)
+        mine = {self.topics.transfers, self.topics.audit}
+        await topic_setup.prepare(self.bootstrap_servers, self.topics, 0, TopicSettings(), mine)
         self._store = IntakeStore(self.store_path)
         await self._producer.start()
         try:
