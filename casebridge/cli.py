@@ -100,6 +100,7 @@ def _serve_sandbox(kind: str, db: Path, host: str, port: int, token: str | None)
         "care-director": create_care_director_app,
         "ted": create_ted_app,
     }
+    configure_logging()  # uvicorn's lines (its access log too) go through the redaction
     run_forever(factories[kind](db, token), host, port)
 
 

@@ -501,6 +501,7 @@ def _config(app: FastAPI, host: str, port: int, log_level: str, access_log: bool
         port=port,
         log_level=log_level,
         access_log=access_log,
+        log_config=None,  # no handlers of uvicorn's own: its lines go to the root handler (casebridge's redaction)
         lifespan="on",
         server_header=False,
     )

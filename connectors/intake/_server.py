@@ -193,8 +193,8 @@ class IntakeServer:
             sock.set_inheritable(True)
             self.port = int(sock.getsockname()[1])
             config = uvicorn.Config(
-                self.app, log_level="warning", access_log=False, lifespan="off", server_header=False
-            )
+                self.app, log_level="warning", access_log=False, lifespan="off", server_header=False, log_config=None
+            )  # log_config=None: uvicorn's lines go to the root handler, and so through the redaction
             self._server = _InLoopServer(config)
             self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="intake-http")
             while not self._server.started:
