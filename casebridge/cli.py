@@ -470,14 +470,20 @@ def monitor_cmd(
     """Serve the monitoring page, its JSON API, /metrics and /asyncapi.json, tracking the events topic.
 
     Tokens come from CASEBRIDGE_MONITOR__TOKENS, a JSON list of {"token", "name", "role"}
-    with role viewer or operator; without any token nobody can sign in.
+    with role viewer or operator, each token at least 32 characters; without any token nobody can sign in.
+    A setting that cannot be used exits 2, naming the variable and the rule (never the value).
     """
-    from monitor import Monitor, MonitorSettings, create_app
+    from monitor import Monitor, MonitorSettingsError, create_app, load_settings
     from sandboxes import run_forever
 
+    try:
+        settings = load_settings()  # one line per problem, naming the variable and the rule, never the value
+    except MonitorSettingsError as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(code=2) from None
     configure_logging()
     servers, topics = _where(bootstrap, prefix)
-    settings = MonitorSettings()
     settings = settings.model_copy(
         update={k: v for k, v in {"host": host, "port": port, "db": db}.items() if v is not None}
     )

@@ -655,7 +655,7 @@ async def run_demo(
     out("  the monitoring page of one council (tokens: CASEBRIDGE_MONITOR__TOKENS, see the README's Monitoring):")
     first = runs[0].prefix if runs else "PREFIX"
     out(
-        '    CASEBRIDGE_MONITOR__TOKENS=\'[{"token": "a-long-random-viewer-token", "name": "me", '
+        '    CASEBRIDGE_MONITOR__TOKENS=\'[{"token": "a-long-random-viewer-token-of-32-chars-or-more", "name": "me", '
         '"role": "viewer"}]\' \\'
     )
     out(f"    casebridge monitor --bootstrap {bootstrap} --prefix {first} --db /tmp/{first}.sqlite3")

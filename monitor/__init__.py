@@ -8,15 +8,19 @@ API, ``/metrics`` for Prometheus and ``/asyncapi.json``, behind viewer/operator 
 from ._asyncapi import asyncapi_document
 from ._lag import Watch, group_lag
 from ._service import Monitor
-from ._settings import MonitorSettings, Principal, TokenGrant
+from ._sessions import LoginThrottle, Sessions
+from ._settings import TOKEN_MIN_LENGTH, MonitorSettings, MonitorSettingsError, Principal, TokenGrant, load_settings
 from ._store import Store
 from ._tracker import Tracker, drop_store
 from ._views import deadlines, overview, transfer_detail
-from ._web import create_app, milestones
+from ._web import CSP, create_app, milestones
 
 __all__ = [
     "Monitor",
     "MonitorSettings",
+    "MonitorSettingsError",
+    "load_settings",
+    "TOKEN_MIN_LENGTH",
     "Principal",
     "TokenGrant",
     "Store",
@@ -24,6 +28,9 @@ __all__ = [
     "Watch",
     "drop_store",
     "group_lag",
+    "Sessions",
+    "LoginThrottle",
+    "CSP",
     "create_app",
     "milestones",
     "overview",

@@ -1,4 +1,9 @@
-"""The monitor's settings, from ``CASEBRIDGE_MONITOR__*`` environment variables; tokens never print."""
+"""The monitor's settings, from ``CASEBRIDGE_MONITOR__*`` environment variables; tokens never print.
+
+A setting that cannot be used is refused by name and rule, never by value (``hide_input_in_errors``):
+``load_settings`` turns pydantic's errors into one line per problem, e.g.
+``CASEBRIDGE_MONITOR__TOKENS[0].token: String should have at least 32 characters (value not shown)``.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 Role = Literal["viewer", "operator"]
+ENV_PREFIX = "CASEBRIDGE_MONITOR__"
+#: the shortest token accepted: 32 characters (e.g. ``secrets.token_urlsafe(32)`` gives 43)
+TOKEN_MIN_LENGTH = 32
 
 
 class TokenGrant(BaseModel):
     """One access token: who holds it (an operator name, used in the replay audit) and their role."""
 
-    token: SecretStr = Field(min_length=16)
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    token: SecretStr
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@\-]*$")
     role: Role
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr) -> SecretStr:
+        if len(token.get_secret_value().strip()) < TOKEN_MIN_LENGTH:  # the message names the rule, not the length
+            raise ValueError(f"a token must be at least {TOKEN_MIN_LENGTH} characters")
+        return token
 
 
 @dataclass(frozen=True)
@@ -32,15 +49,27 @@ class Principal:
 
 
 class MonitorSettings(BaseSettings):
-    """``CASEBRIDGE_MONITOR__DB``, ``__TOKENS`` (JSON list of {token, name, role}), ``__HOST``, ``__PORT``."""
+    """``CASEBRIDGE_MONITOR__DB``, ``__TOKENS`` (JSON list of {token, name, role}), ``__HOST``, ``__PORT``,
+    ``__SESSION_IDLE_MINUTES``, ``__SESSION_MAX_HOURS``, ``__SECURE_COOKIES``, ``__TRUST_PROXY``,
+    ``__LOGIN_FAILURES_PER_MINUTE``."""
 
-    model_config = SettingsConfigDict(env_prefix="CASEBRIDGE_MONITOR__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True)
 
     db: Path = Path(".casebridge/monitor.sqlite3")
     tokens: list[TokenGrant] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(default=8100, ge=0, le=65535)
     lag_interval_seconds: float = Field(default=5.0, gt=0)
+    #: a page session ends after this long without a request ...
+    session_idle_minutes: float = Field(default=30.0, gt=0)
+    #: ... and this long after sign-in, whatever happens
+    session_max_hours: float = Field(default=12.0, gt=0)
+    #: the page is served over https (a TLS proxy in front): the cookie is ``Secure`` and ``__Host-`` prefixed
+    secure_cookies: bool = False
+    #: believe X-Forwarded-Proto / X-Forwarded-Host / X-Forwarded-For (only behind a proxy that sets them)
+    trust_proxy: bool = False
+    #: failed sign-ins allowed per client address per minute; the next answers 429
+    login_failures_per_minute: int = Field(default=5, ge=1)
 
     def principal(self, token: str | None) -> Principal | None:
         """Who holds ``token``, or None (compared in constant time)."""
@@ -50,3 +79,39 @@ class MonitorSettings(BaseSettings):
             if secrets.compare_digest(grant.token.get_secret_value().encode(), token.encode()):
                 return Principal(grant.name, grant.role)
         return None
+
+
+class MonitorSettingsError(ValueError):
+    """Settings that cannot be used: one line per problem, naming the variable and the rule, never the value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return f"{ENV_PREFIX}*"
+    name = f"{ENV_PREFIX}{str(loc[0]).upper()}"
+    for part in loc[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name
+
+
+def problems_of(exc: ValidationError) -> list[str]:
+    """``exc`` as lines naming each variable and its rule (pydantic's message), without any input value."""
+    return [
+        f"{_variable(error['loc'])}: {error['msg'].removeprefix('Value error, ')} (value not shown)"
+        for error in exc.errors(include_input=False, include_url=False, include_context=False)
+    ]
+
+
+def load_settings() -> MonitorSettings:
+    """The settings from the environment, or ``MonitorSettingsError`` (values never in its message)."""
+    try:
+        return MonitorSettings()
+    except ValidationError as exc:
+        raise MonitorSettingsError(problems_of(exc)) from None
+    except SettingsError as exc:  # a value that is not JSON where JSON is needed: pydantic-settings names the field
+        field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else "*"
+        raise MonitorSettingsError([f"{_variable((field,))}: is not valid JSON (value not shown)"]) from None

@@ -1,7 +1,11 @@
 """The monitoring page and its JSON API (FastAPI; one HTML page with plain JS, no build step).
 
 Access is by token (``CASEBRIDGE_MONITOR__TOKENS``): a bearer header for the API and
-metrics, a cookie set by the login form for the page. No token, no page. Viewers see
+metrics; for the page, the login form opens a server-side session (``_sessions.Sessions``) whose
+random id is all the cookie carries (idle and absolute expiry, revoked at sign-out). No token, no page.
+Every answer carries a strict Content-Security-Policy (no inline script or style), frame and sniffing
+guards and ``Cache-Control: no-store``; every POST that could ride on the cookie must come from the page's
+own origin (Origin, else Sec-Fetch-Site), and failed sign-ins are throttled per client address. Viewers see
 everything; replaying dead letters, recording milestones and recording allocations need the
 operator role, and the replay and the allocation are the router's own (``router.deadletters.replay``,
 ``router.allocations.allocate``), audited under the token's operator name.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
@@ -33,11 +37,26 @@ from router.deadletters import Filters, replay
 
 from ._asyncapi import asyncapi_document
 from ._service import Monitor
+from ._sessions import LoginThrottle, Sessions
 from ._settings import MonitorSettings, Principal
 from ._views import overview, transfer_detail
 
 log = structlog.get_logger("casebridge.monitor")
 COOKIE = "casebridge_monitor"
+#: the cookie's name when served over https: Secure, Path=/, no Domain (the browser enforces all three)
+SECURE_COOKIE = "__Host-casebridge_monitor"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_STATIC = {"monitor.js": "text/javascript", "monitor.css": "text/css", "login.css": "text/css"}
 _MILESTONE_NS = uuid.UUID("8d3c1f0e-5d1b-4a57-9c57-5b0c7d2f9a11")
 
 
@@ -80,11 +99,82 @@ class AllocationRequest(BaseModel):
     organisation: str = Field(min_length=1, max_length=128)
 
 
-def _who(request: Request) -> Principal | None:
+def _settings(request: Request) -> MonitorSettings:
     settings: MonitorSettings = request.app.state.monitor.settings
+    return settings
+
+
+def _forwarded(request: Request, header: str) -> str | None:
+    """The first value of an X-Forwarded-* header, only when the settings trust the proxy that sets it."""
+    if not _settings(request).trust_proxy:
+        return None
+    value = request.headers.get(header, "").split(",")[0].strip()
+    return value or None
+
+
+def _is_https(request: Request) -> bool:
+    """Whether the browser reached the page over https: ``secure_cookies``, a trusted proxy's X-Forwarded-Proto,
+    or the connection itself (never an X-Forwarded-Proto the settings do not trust)."""
+    if _settings(request).secure_cookies:
+        return True
+    proto = _forwarded(request, "x-forwarded-proto")
+    if proto is not None:
+        return proto.lower() == "https"
+    if "x-forwarded-proto" in request.headers:  # untrusted: the server may have applied it; ignore it
+        return False
+    return request.url.scheme == "https"
+
+
+def _own_origin(request: Request) -> str | None:
+    host = _forwarded(request, "x-forwarded-host") or request.headers.get("host")
+    if not host:
+        return None
+    return f"{'https' if _is_https(request) else 'http'}://{host.lower()}"
+
+
+def _client(request: Request) -> str:
+    """The client address for the sign-in throttle. A forwarded address counts only behind a trusted proxy; without
+    one, every request that carries X-Forwarded-For shares one bucket (a client cannot rotate its way out)."""
+    forwarded = _forwarded(request, "x-forwarded-for")
+    if forwarded is not None:
+        return forwarded
+    if "x-forwarded-for" in request.headers:
+        return "untrusted-x-forwarded-for"
+    return request.client.host if request.client else "unknown"
+
+
+def _cookie_name(request: Request) -> str:
+    return SECURE_COOKIE if _is_https(request) else COOKIE
+
+
+def _session_id(request: Request) -> str | None:
+    return request.cookies.get(_cookie_name(request))
+
+
+def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
-    return settings.principal(token)
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
+def _who(request: Request) -> Principal | None:
+    token = _bearer(request)
+    if token is not None:
+        return _settings(request).principal(token)
+    sessions: Sessions = request.app.state.sessions
+    return sessions.get(_session_id(request))
+
+
+def _same_origin(request: Request) -> bool:
+    """A POST the page itself made: Origin equal to the page's own, or (no Origin) Sec-Fetch-Site same-origin/none.
+    ``Origin: null`` counts as no Origin: with ``Referrer-Policy: no-referrer`` a browser sends it for the page's
+    own form posts (sign-in, sign-out), and Sec-Fetch-Site then tells same-origin from cross-site.
+    A Bearer-token client sending no session cookie is exempt (a browser cannot add that header cross-origin)."""
+    if _bearer(request) is not None and COOKIE not in request.cookies and SECURE_COOKIE not in request.cookies:
+        return True
+    origin = request.headers.get("origin")
+    if origin is not None and origin != "null":
+        return origin.lower() == _own_origin(request)
+    return request.headers.get("sec-fetch-site", "").lower() in {"same-origin", "none"}
 
 
 def _viewer(request: Request) -> Principal:
@@ -117,6 +207,29 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     app = FastAPI(title="casebridge monitor", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.monitor = monitor
+    app.state.sessions = sessions = Sessions(
+        idle=settings.session_idle_minutes * 60, absolute=settings.session_max_hours * 3600
+    )
+    throttle = LoginThrottle(settings.login_failures_per_minute, 60.0)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Cross-origin POSTs refused (403); the security headers on every answer, no-store on all but the assets."""
+        if request.method in _UNSAFE_METHODS and not _same_origin(request):
+            log.warning(
+                "monitor_cross_origin_refused",
+                path=request.url.path,
+                client=_client(request),
+                origin=request.headers.get("origin"),
+                sec_fetch_site=request.headers.get("sec-fetch-site"),
+            )
+            response: Response = JSONResponse({"detail": "cross-origin request refused"}, status_code=403)
+        else:
+            response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        if not request.url.path.startswith("/static/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
 
     # -- the page ------------------------------------------------------------------------
 
@@ -124,7 +237,13 @@ def create_app(monitor: Monitor) -> FastAPI:
     async def page(request: Request) -> Response:
         if _who(request) is None:
             return RedirectResponse("/login", status_code=303)
-        return HTMLResponse(_page("index.html"), headers={"Cache-Control": "no-store"})
+        return HTMLResponse(_page("index.html"))
+
+    @app.get("/static/{name}")
+    async def static(name: str) -> Response:
+        if name not in _STATIC:
+            raise HTTPException(404, "no such file")
+        return Response(_page(name), media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
 
     @app.get("/login")
     async def login_page() -> HTMLResponse:
@@ -132,20 +251,43 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     @app.post("/login", response_model=None)
     async def login(request: Request) -> Response:
+        client = _client(request)
+        wait = throttle.retry_after(client)
+        if wait is not None:
+            log.warning("monitor_login", client=client, outcome="throttled")
+            html = _page("login.html").replace("{{error}}", f"Too many failed sign-ins: try again in {wait} s.")
+            return HTMLResponse(html, status_code=429, headers={"Retry-After": str(wait)})
         form = parse_qs((await request.body()).decode(errors="replace"))
-        token = (form.get("token") or [""])[0].strip()
-        if settings.principal(token) is None:
+        principal = settings.principal((form.get("token") or [""])[0].strip())
+        if principal is None:
+            throttle.failed(client)
+            log.warning("monitor_login", client=client, outcome="refused")
             html = _page("login.html").replace("{{error}}", "That token is not valid.")
             return HTMLResponse(html, status_code=401)
+        throttle.succeeded(client)
+        sessions.revoke(_session_id(request))  # a session id from before sign-in is never carried over
+        log.info("monitor_login", client=client, outcome="signed-in", name=principal.name)
         response = RedirectResponse("/", status_code=303)
-        secure = request.url.scheme == "https"
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure, max_age=12 * 3600)
+        secure = _is_https(request)
+        response.set_cookie(
+            _cookie_name(request),
+            sessions.open(principal),
+            max_age=int(sessions.absolute),
+            path="/",
+            secure=secure,
+            httponly=True,
+            samesite="strict",
+        )
         return response
 
     @app.post("/logout")
-    async def logout() -> RedirectResponse:
+    async def logout(request: Request) -> RedirectResponse:
+        if sessions.revoke(_session_id(request)):
+            log.info("monitor_logout", client=_client(request))
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE)
+        response.delete_cookie(
+            _cookie_name(request), path="/", secure=_is_https(request), httponly=True, samesite="strict"
+        )
         return response
 
     @app.get("/healthz")

@@ -42,6 +42,7 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     ]:
         options.add_argument(arg)
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, CSP violations included
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     try:
         yield driver
@@ -51,6 +52,12 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 def text_of(driver: webdriver.Chrome, element_id: str) -> str:
     return str(driver.find_element(By.ID, element_id).text)
+
+
+def csp_violations(driver: webdriver.Chrome) -> list[str]:
+    """Console lines since the last call that report a Content-Security-Policy violation."""
+    lines = [str(entry.get("message", "")) for entry in driver.get_log("browser")]
+    return [line for line in lines if "Content Security Policy" in line or "Content-Security-Policy" in line]
 
 
 def wait_text(driver: webdriver.Chrome, element_id: str, expected: str, timeout: float = 90) -> None:
@@ -115,8 +122,28 @@ async def test_monitor_page_in_chromium_counts_change_and_timeline_opens(
                 print(f"screenshot: {shot}")
                 shown = browser.page_source
                 assert [] == sorted(p for p in personal if p in shown)  # no personal data on the page
-                return [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+                events = [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+                # an operator's POST from the page passes the same-origin guard (fetch sends the page's Origin)
+                browser.find_element(By.ID, "milestone-button").click()
+                wait_text(browser, "action-result", "recorded step-down-meeting-held", timeout=30)
+                return events
 
             events = await asyncio.to_thread(counts_change_and_timeline_opens)
+
+            def no_csp_violations_then_sign_out() -> None:
+                assert [] == csp_violations(browser)  # the page ran under the CSP without tripping it
+                # the check can see one: an inline script, which the policy must block
+                browser.execute_script(
+                    "const s = document.createElement('script'); s.textContent = 'window.ran = 1';"
+                    " document.body.appendChild(s);"
+                )
+                assert browser.execute_script("return window.ran === undefined")
+                WebDriverWait(browser, 10).until(lambda d: csp_violations(d))
+                browser.find_element(By.CSS_SELECTOR, "form[action='/logout'] button").click()
+                WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith("/login"))
+                browser.get(server.url + "/")
+                assert browser.current_url.endswith("/login")  # signed out: the session is gone
+
+            await asyncio.to_thread(no_csp_violations_then_sign_out)
     assert ["requested", "validated", "delivered", "acknowledged", "source-closed"] == events[:5]
     assert (ARTIFACTS / "monitor-page.png").stat().st_size > 10_000

@@ -22,18 +22,28 @@ async def test_no_token_no_page_and_no_api(kafka_bootstrap: str, topic_prefix: s
             for path in ["/api/overview", "/api/transfers", "/api/dead-letters", "/metrics", "/asyncapi.json"]:
                 assert 401 == (await client.get(path)).status_code, path
             assert 401 == (await client.get("/api/overview", headers=auth("not-a-real-token-at-all"))).status_code
-            refused = await client.post("/login", data={"token": "wrong-token-wrong-token"}, follow_redirects=False)
+            refused = await client.post(
+                "/login",
+                data={"token": "wrong-token-wrong-token"},
+                headers={"Origin": server.url},
+                follow_redirects=False,
+            )
             assert 401 == refused.status_code
             assert "casebridge_monitor" not in refused.cookies
 
 
 async def test_login_sets_a_cookie_that_opens_the_page(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
-    """A valid token at the login form gives an HttpOnly cookie; with it the page and API open."""
+    """A valid token at the login form gives an HttpOnly, SameSite=Strict session cookie (not the token); with it the
+    page and API open."""
     with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            login = await client.post("/login", data={"token": VIEWER_TOKEN}, follow_redirects=False)
+            login = await client.post(
+                "/login", data={"token": VIEWER_TOKEN}, headers={"Origin": server.url}, follow_redirects=False
+            )
             assert 303 == login.status_code
-            assert "httponly" in login.headers["set-cookie"].lower()
+            cookie = login.headers["set-cookie"].lower()
+            assert "httponly" in cookie and "samesite=strict" in cookie
+            assert VIEWER_TOKEN.lower() not in cookie
             page = await client.get("/")
             assert 200 == page.status_code
             assert 'id="total-transfers"' in page.text

@@ -1,0 +1,119 @@
+"use strict";
+let me = {role: "viewer", milestones: {}};
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
+async function api(path, options) {
+  const r = await fetch(path, Object.assign({credentials: "same-origin"}, options || {}));
+  if (r.status === 401) { window.location = "/login"; throw new Error("signed out"); }
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.detail || r.statusText);
+  return body;
+}
+function table(id, head, rows) {
+  document.getElementById(id).innerHTML =
+    "<tr>" + head.map((h) => "<th>" + esc(h) + "</th>").join("") + "</tr>" +
+    (rows.length ? rows.map((r) => "<tr>" + r.join("") + "</tr>").join("") : '<tr><td class="muted" colspan="9">none</td></tr>');
+}
+const td = (v, cls) => "<td" + (cls ? ' class="' + esc(cls) + '"' : "") + ">" + esc(v) + "</td>";
+const link = (id) => '<td><a class="transfer-link" data-id="' + esc(id) + '">' + esc(id) + "</a></td>";
+function set(id, v) { document.getElementById(id).textContent = v; }
+
+async function refresh() {
+  const o = await api("/api/overview");
+  set("total-transfers", o.total);
+  set("in-flight", o.in_flight);
+  set("count-completed", o.by_state.completed || 0);
+  set("count-held", o.by_state.held || 0);
+  set("count-overdue", o.deadlines.overdue || 0);
+  set("dead-letters-waiting", o.dead_letters.waiting);
+  table("counts", ["council", "pathway", "state", "transfers"],
+        o.counts.map((c) => [td(c.council), td(c.pathway), td(c.state), td(c.n)]));
+  table("in-flight-list", ["transfer", "council", "state", "since"],
+        o.in_flight_transfers.map((t) => [link(t.transfer_id), td(t.council), td(t.state), td(t.updated_at)]));
+  table("overdue", ["transfer", "rule", "what", "due"],
+        o.overdue.map((d) => [link(d.transfer_id), td(d.rule_id, "overdue"), td(d.what), td(d.due_at)]));
+  table("top-reasons", ["reason", "count"], o.dead_letters.top_reasons.map((r) => [td(r.reason), td(r.count)]));
+  table("dead-letters", ["id", "transfer", "council", "error", "rules", ""],
+        o.dead_letters.latest.map((d) => [td(d.id), d.transfer_id ? link(d.transfer_id) : td("-"), td(d.council),
+          td(d.error_class), td(d.rule_ids.join(", ")), td(d.replayed ? "replayed" : "waiting")]));
+  table("lag", ["consumer group", "topic", "lag"], o.consumer_lag.map((l) => [td(l.group), td(l.topic), td(l.lag)]));
+  set("updated", new Date().toLocaleTimeString());
+  await refreshAlerts();
+}
+
+async function refreshAlerts() {
+  const a = await api("/api/alerts?limit=50");
+  set("alerts-open", a.open);
+  const open = a.alerts.filter((x) => x.status === "open"), resolved = a.alerts.filter((x) => x.status !== "open");
+  table("alerts", ["state", "severity", "transfer", "council", "rules", "summary", "raised", "resolved"],
+        open.concat(resolved).map((x) => [td(x.status, x.status === "open" ? "overdue" : ""), td(x.severity),
+          x.transfer_id ? link(x.transfer_id) : td("-"), td(x.council), td(x.rule_ids.join(", ")), td(x.summary),
+          td(x.raised_at), td(x.resolved_at ? x.resolved_by + " " + x.resolved_at : "")]));
+}
+
+async function search() {
+  const q = document.getElementById("search-input").value.trim();
+  const r = await api("/api/transfers?q=" + encodeURIComponent(q));
+  document.getElementById("search-results").innerHTML = r.transfers.length
+    ? "<table>" + r.transfers.map((t) => "<tr>" + link(t.transfer_id) + td(t.council) + td(t.direction) + td(t.state) + "</tr>").join("") + "</table>"
+    : '<p class="muted">no transfer starts with that id</p>';
+  if (r.transfers.length === 1) openTransfer(r.transfers[0].transfer_id);
+}
+
+function describe(e) {
+  const bits = [];
+  if (e.violations) bits.push(e.violations.map((v) => v.rule_id + ": " + v.message).join("; "));
+  if (e.errors) bits.push(e.errors.map((x) => x.field + " (" + x.rule + ")").join("; "));
+  for (const k of ["target_system", "target_reference", "assigned_role", "tier", "error_class", "reason", "summary", "milestone", "operator"])
+    if (e[k] !== undefined && e[k] !== null) bits.push(k + "=" + e[k]);
+  if (e.rule_ids && e.rule_ids.length) bits.push("rules " + e.rule_ids.join(", "));
+  return bits.join(" · ");
+}
+
+async function openTransfer(id) {
+  const d = await api("/api/transfers/" + encodeURIComponent(id));
+  const t = d.transfer;
+  let html = '<section id="timeline"><h2>Transfer <code id="timeline-transfer-id">' + esc(t.transfer_id) + "</code></h2>" +
+    '<p class="muted">' + esc(t.council) + " · " + esc(t.direction) + " · " + esc(t.from_system) + " → " + esc(t.to_system) +
+    ' · state <b id="timeline-state">' + esc(t.state) + "</b></p><table><tr><th>when</th><th>event</th><th>detail</th></tr>" +
+    d.timeline.map((e) => '<tr class="timeline-event">' + td(e.occurred_at) + td(e.event_type, e.severity) + td(describe(e)) + "</tr>").join("") +
+    "</table>";
+  if (d.deadlines.length) {
+    html += "<h2>Deadlines</h2><table><tr><th>rule</th><th>what</th><th>due</th><th>state</th></tr>" +
+      d.deadlines.map((s) => "<tr>" + td(s.rule_id) + td(s.what) + td(s.due_at) + td(s.state + (s.met_late ? " (late)" : ""), s.state) + "</tr>").join("") + "</table>";
+  }
+  if (me.role === "operator") {
+    const waiting = d.dead_letters.filter((x) => !x.replayed);
+    if (waiting.length) html += '<p><button id="replay-button" data-id="' + esc(t.transfer_id) + '">Replay ' + waiting.length + " dead letter(s)</button></p>";
+    const names = Object.keys(me.milestones).filter((n) => me.milestones[n][t.council]);
+    if (names.length) html += '<p>Record milestone: <select id="milestone">' + names.map((n) => "<option>" + esc(n) + "</option>").join("") +
+      '</select> <button id="milestone-button" data-id="' + esc(t.transfer_id) + '">Record</button></p>';
+  }
+  html += '<p id="action-result" class="muted"></p></section>';
+  document.getElementById("timeline-panel").innerHTML = html;
+}
+
+document.addEventListener("click", async (ev) => {
+  const el = ev.target;
+  try {
+    if (el.classList.contains("transfer-link")) await openTransfer(el.dataset.id);
+    else if (el.id === "search-button") await search();
+    else if (el.id === "replay-button") {
+      const r = await api("/api/replay", {method: "POST", headers: {"Content-Type": "application/json"},
+                                          body: JSON.stringify({transfer_id: el.dataset.id})});
+      set("action-result", "replayed " + r.replayed.length + (r.already_replayed.length ? ", already replayed " + r.already_replayed.length : ""));
+    } else if (el.id === "milestone-button") {
+      const m = document.getElementById("milestone").value;
+      await api("/api/transfers/" + encodeURIComponent(el.dataset.id) + "/milestones", {method: "POST",
+        headers: {"Content-Type": "application/json"}, body: JSON.stringify({milestone: m})});
+      set("action-result", "recorded " + m);
+    }
+  } catch (err) { alert(err.message); }
+});
+document.getElementById("search-input").addEventListener("keydown", (ev) => { if (ev.key === "Enter") search(); });
+
+(async () => {
+  me = await api("/api/me");
+  set("me", me.name + " (" + me.role + ")");
+  await refresh();
+  setInterval(() => refresh().catch(() => {}), 2000);
+})();
