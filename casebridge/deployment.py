@@ -240,11 +240,11 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
 def _alerts(blocks: dict[str, dict[str, Any]], context: dict[str, Any], where: Any) -> tuple[dict[str, Any], list[str]]:
     """Alert channels by name (``[alerts.NAME]`` with ``kind = "email"`` or ``"webhook"``; a webhook's token by
     reference, like every secret)."""
-    from router.alerts import EmailChannel, WebhookChannel
+    from router.alerts import CHANNEL_KINDS
 
     from .secrets import SecretRef
 
-    models: dict[str, type[BaseModel]] = {"email": EmailChannel, "webhook": WebhookChannel}
+    models: dict[str, type[BaseModel]] = dict(CHANNEL_KINDS)
     channels: dict[str, Any] = {}
     problems: list[str] = []
     for name, block in blocks.items():

@@ -42,7 +42,7 @@ Wiring (``casebridge/stack.py`` shape)::
     ...
     await dispatcher.stop()
 
-In a deployment file, ``AlertChannels`` validates ``{name: {"kind": "email" | "webhook", ...}}``.
+In a deployment file, ``[alerts.NAME]`` blocks name them by ``kind`` (``CHANNEL_KINDS``; casebridge/deployment.py).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
@@ -77,8 +77,7 @@ from ._reading import follower
 from .settings import Topics
 
 __all__ = [
-    "AlertChannel",
-    "AlertChannels",
+    "CHANNEL_KINDS",
     "AlertDispatcher",
     "EmailChannel",
     "SentLedger",
@@ -123,11 +122,8 @@ class WebhookChannel(_ChannelSettings):
         return url
 
 
-AlertChannel = Annotated[EmailChannel | WebhookChannel, Field(discriminator="kind")]
-#: ``{channel name: channel}``, as a deployment file names them
-AlertChannels: TypeAdapter[dict[str, EmailChannel | WebhookChannel]] = TypeAdapter(
-    dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")], AlertChannel]
-)
+#: the channel kinds a deployment file's ``[alerts.NAME]`` may name (``kind = ...``)
+CHANNEL_KINDS: dict[str, type[EmailChannel] | type[WebhookChannel]] = {"email": EmailChannel, "webhook": WebhookChannel}
 
 
 def _loopback(host: str) -> bool:

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from connectors.mailbox import MailboxSettings
 from contracts import AlertRaised, TransferRequested
-from router.alerts import AlertChannels, AlertDispatcher, EmailChannel, WebhookChannel, webhook_body
+from router.alerts import CHANNEL_KINDS, AlertDispatcher, EmailChannel, WebhookChannel, webhook_body
 from router.settings import Topics
 from sandboxes import SmtpSandbox
 from sandboxes.smtp import RCPT_HEADER
@@ -279,10 +279,9 @@ async def test_a_channel_failing_for_good_is_logged_once_and_blocks_no_one(
 
 
 def test_channel_settings_are_strict_and_hide_their_input() -> None:
-    channels = AlertChannels.validate_python(
-        {"duty": {"kind": "email", "to": TO}, "hook": {"kind": "webhook", "url": "https://hooks.example/x"}}
-    )
-    assert isinstance(channels["duty"], EmailChannel) and isinstance(channels["hook"], WebhookChannel)
+    duty = CHANNEL_KINDS["email"].model_validate({"kind": "email", "to": TO})
+    hook = CHANNEL_KINDS["webhook"].model_validate({"kind": "webhook", "url": "https://hooks.example/x"})
+    assert isinstance(duty, EmailChannel) and isinstance(hook, WebhookChannel)
     with pytest.raises(ValidationError) as plain_http:
         WebhookChannel.model_validate({"url": "http://hooks.example/x", "token": TOKEN})
     assert "https" in str(plain_http.value) and TOKEN not in str(plain_http.value)
