@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from contracts import SYNTHETIC_NHS_NUMBERS, SYNTHETIC_UPNS, UPN_LETTERS, synthetic_nhs_number, synthetic_upn
+
 SEQ_HEADER = "bench.seq"
 MIN_BYTES = 2_000
 MAX_BYTES = 8_000
@@ -106,8 +108,10 @@ class Workload:
                 "family_name": rng.choice(_FAMILY),
                 "date_of_birth": f"{2008 + rng.randint(0, 16)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
                 "gender": rng.choice(_GENDERS),
-                "upn": f"B{ident:011d}{rng.choice('ABCDEFGHJK')}",
-                "nhs_number": f"{9_000_000_000 + ident}",
+                # temporary UPNs (a letter last), valid check letters; NHS numbers valid in the 999 test range,
+                # distinct for the first SYNTHETIC_NHS_NUMBERS children
+                "upn": synthetic_upn(ident % SYNTHETIC_UPNS, temporary=rng.choice(UPN_LETTERS)),
+                "nhs_number": synthetic_nhs_number(ident % SYNTHETIC_NHS_NUMBERS),
                 "locality": locality,
                 "disabled": rng.random() < 0.05,
             },

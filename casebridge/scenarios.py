@@ -22,13 +22,15 @@ _counter = itertools.count(1)
 
 
 def synthetic_child(locality: str = "North", **changes: Any) -> dict[str, Any]:
+    """An invented child, distinct per call: NHS number from the 999 test range, both check characters valid."""
     n = next(_counter)
     child = {
         "given_name": GIVEN[n % len(GIVEN)],
         "family_name": f"{FAMILY[n % len(FAMILY)]}-{n}",
         "date_of_birth": f"20{10 + n % 10}-0{1 + n % 9}-1{n % 10}",
         "gender": "unknown",
-        "nhs_number": f"9{n:09d}"[-10:],
+        "nhs_number": contracts.synthetic_nhs_number(n % contracts.SYNTHETIC_NHS_NUMBERS),  # 999 range, valid
+        "upn": contracts.synthetic_upn(n),  # a valid check letter
         "locality": locality,
     }
     child.update(changes)

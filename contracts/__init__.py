@@ -30,6 +30,19 @@ from ._events import (
     TransferValidated,
     parse_event,
 )
+from ._identifiers import (
+    SYNTHETIC_NHS_NUMBERS,
+    SYNTHETIC_UPNS,
+    UPN_LETTERS,
+    NhsNumber,
+    Upn,
+    is_valid_nhs_number,
+    is_valid_upn,
+    nhs_check_digit,
+    synthetic_nhs_number,
+    synthetic_upn,
+    upn_check_letter,
+)
 from ._transfer import (
     Child,
     ClosureRecord,
@@ -55,6 +68,9 @@ from ._transfer import (
 __all__ = [
     "EVENT_ADAPTER",
     "SCHEMA_VERSION",
+    "SYNTHETIC_NHS_NUMBERS",
+    "SYNTHETIC_UPNS",
+    "UPN_LETTERS",
     "AlertRaised",
     "CaseSystem",
     "Child",
@@ -71,6 +87,7 @@ __all__ = [
     "FrontDoorDecided",
     "MilestoneRecorded",
     "Gender",
+    "NhsNumber",
     "ManagementDecision",
     "NoticeSent",
     "Pathway",
@@ -97,8 +114,15 @@ __all__ = [
     "TransferRequested",
     "TransferRetryScheduled",
     "TransferValidated",
+    "Upn",
     "Urgency",
     "field_errors",
+    "is_valid_nhs_number",
+    "is_valid_upn",
+    "nhs_check_digit",
     "parse_event",
+    "synthetic_nhs_number",
+    "synthetic_upn",
+    "upn_check_letter",
     "utcnow",
 ]

@@ -12,9 +12,13 @@ SCHEMA_VERSION: Literal[1] = 1
 
 
 class Strict(BaseModel):
-    """Base of every contract model: unknown fields are refused, instances are immutable."""
+    """Base of every contract model: unknown fields are refused, instances are immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    Errors never carry the input (``hide_input_in_errors``): a refused value may be a child's
+    NHS number or name, and ``str(exc)`` ends up in logs and dead-letter reasons.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, hide_input_in_errors=True)
 
 
 def _aware(value: datetime) -> datetime:

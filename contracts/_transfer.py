@@ -27,6 +27,7 @@ from ._common import (
     ServiceLevel,
     Strict,
 )
+from ._identifiers import NhsNumber, Upn
 
 
 class Pathway(Strict):
@@ -67,10 +68,8 @@ class Child(Strict):
     family_name: NonEmpty
     date_of_birth: date
     gender: Gender = Gender.UNKNOWN
-    upn: str | None = Field(
-        default=None, pattern=r"^[A-Z]\d{11}[0-9A-Z]$", description="Unique Pupil Number (13 characters)"
-    )
-    nhs_number: str | None = Field(default=None, pattern=r"^\d{10}$")
+    upn: Upn | None = None
+    nhs_number: NhsNumber | None = None
     locality: str | None = Field(default=None, max_length=64)
     disabled: bool = False
     direct_payment: bool = Field(default=False, description="direct payment or individual budget in place (BA-13)")

@@ -22,7 +22,7 @@ def test_personal_data_is_redacted_at_any_depth(capsys: pytest.CaptureFixture[st
     structlog.get_logger("casebridge.test").warning(
         "careless_call",
         transfer_id="t-1",
-        nhs_number="9434765919",
+        nhs_number="9990001235",
         payload={
             "child": {"given_name": "Robin"},
             "documents": [{"content": "private notes"}],
@@ -30,7 +30,7 @@ def test_personal_data_is_redacted_at_any_depth(capsys: pytest.CaptureFixture[st
         },
     )
     line = capsys.readouterr().err.strip()
-    assert not any(secret in line for secret in ("9434765919", "Robin", "private notes", "2016-04-09"))
+    assert not any(secret in line for secret in ("9990001235", "Robin", "private notes", "2016-04-09"))
     record = json.loads(line)
     assert ("careless_call", "t-1", "[redacted]") == (record["event"], record["correlation_id"], record["nhs_number"])
 
