@@ -3,39 +3,156 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
+import traceback
+from collections.abc import Iterator, Sequence
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import structlog
 import typer
 import uvloop
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaError as AIOKafkaError
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own click
+from typer.core import TyperGroup
 
+from contracts import Council, Direction
 from router.deadletters import Filters, ReplayRefused, list_dead_letters
 from router.deadletters import replay as replay_dead_letters
 from router.settings import Topics
 from router.topics import TopicMisconfigured
 
-from .localkafka import KafkaError, LocalKafka, default_home
+from .localkafka import AlreadyRunning, KafkaError, LocalKafka, default_home
 from .logs import configure_logging
 from .process import freeze_startup_heap
 
 if TYPE_CHECKING:
+    from router import Settings
+
     from .deployment import Deployment
 
 log = structlog.get_logger("casebridge.cli")
 
+#: exit codes (README, CLI): 0 ok; 1 nothing found, not running (or an unexpected failure); 2 wrong use or
+#: bad settings; 3 and 4 `casebridge run` only (the router halted, a loop died); 5 Kafka unreachable, could not start
+EXIT_NOT_FOUND, EXIT_USAGE, EXIT_KAFKA = 1, 2, 5
+
+
+class _State:
+    """What the global options set for this invocation."""
+
+    debug = False
+
+
+def _debugging(args: Sequence[str] | None) -> bool:
+    return _State.debug or "--debug" in (sys.argv[1:] if args is None else args)
+
+
+def _usage_line(exc: ClickException) -> str:
+    """A usage error as one line: what is wrong, and where the help is; a range says its bounds."""
+    message = exc.format_message().replace("Value error, ", "")
+    param = getattr(exc, "param", None)
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    name = param.opts[-1] if param is not None and getattr(param, "opts", None) else "the value"
+    if re.search(r"should be (less|greater) than", message) and (low is not None or high is not None):
+        if low is not None and high is not None:
+            message = f"{name} must be {low}-{high}"
+        else:
+            message = f"{name} must be at least {low}" if low is not None else f"{name} must be at most {high}"
+    message = " ".join(message.split())
+    path = getattr(getattr(exc, "ctx", None), "command_path", None)
+    return f"error: {message}" + (f" (see `{path} --help`)" if path else "")
+
+
+class _Casebridge(TyperGroup):
+    """The root command: every failure it did not foresee is still one line on stderr, never a traceback
+    (unless --debug); a usage error is one line too, exit 2."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:  # the help has been printed
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            typer.echo(_usage_line(exc), err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if _debugging(args):
+                raise
+            what = f"{exc.strerror} ({type(exc).__name__})" if isinstance(exc, OSError) and exc.strerror else ""
+            typer.echo(
+                f"error: unexpected {what or type(exc).__name__}; rerun with --debug for the traceback", err=True
+            )
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"casebridge {package_version('casebridge')}")
+        except PackageNotFoundError:  # pragma: no cover - run from a tree that was never installed
+            typer.echo("casebridge (not installed: no version)")
+        raise typer.Exit()
+
+
 app = typer.Typer(
-    help="casebridge: step-up / step-down handovers between children's case systems, over Kafka.",
+    cls=_Casebridge,
+    help="casebridge: step-up / step-down handovers between children's case systems, over Kafka.\n\n"
+    "Exit codes: 0 ok; 1 nothing found or not running; 2 wrong use or bad settings; 3 and 4 `run` only (see its"
+    " help); 5 Kafka unreachable or something could not start.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # --debug tracebacks never print local values (tokens, passwords)
 )
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="on an error, also print its traceback (exit codes unchanged)")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """The global options."""
+    _State.debug = debug
+
+
+def _refuse(line: str, code: int, exc: BaseException | None = None) -> NoReturn:
+    """Print ``line`` (one line, never a value that may be secret) and exit ``code``; with --debug, the traceback."""
+    if exc is not None and _State.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code=code)
+
+
 kafka_app = typer.Typer(help="A local single-node Apache Kafka (KRaft) that needs no Docker.", no_args_is_help=True)
 sandbox_app = typer.Typer(
     help="Sandbox case systems (real HTTP services with their own storage).", no_args_is_help=True
@@ -50,7 +167,7 @@ app.add_typer(config_app, name="config")
 HomeOpt = Annotated[
     Path | None, typer.Option(help="broker home (data, logs); default $CASEBRIDGE_HOME/kafka or ~/.casebridge/kafka")
 ]
-PortOpt = Annotated[int, typer.Option(help="client port; the controller listens on port+1")]
+PortOpt = Annotated[int, typer.Option(min=1, max=65535, help="client port; the controller listens on port+1")]
 
 
 def _broker(home: Path | None, port: int) -> LocalKafka:
@@ -63,18 +180,41 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 @kafka_app.command("start")
-def kafka_start(home: HomeOpt = None, port: PortOpt = 9092, timeout: float = 120.0) -> None:
-    """Start the broker (fetching Kafka's jars with Maven the first time) and print its bootstrap address."""
+def kafka_start(
+    home: HomeOpt = None,
+    port: PortOpt = 9092,
+    controller_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="controller port (default: --port + 1)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for the broker to answer")] = 120.0,
+) -> None:
+    """Start the broker (fetching Kafka's jars with Maven the first time) and print its bootstrap address.
+
+    Progress goes to stderr, the address to stdout. Exits 2 if this home's broker already runs at another
+    address, or for a --controller-port equal to --port; 5 if it could not start (a port taken, no Java, no
+    Maven, no answer in time).
+    """
+    if controller_port == port:
+        _refuse("--controller-port must differ from --port", EXIT_USAGE)
+    broker = LocalKafka(home or default_home(), port=port, controller_port=controller_port)
     try:
-        typer.echo(_broker(home, port).start(timeout=timeout))
+        address = broker.start(timeout=timeout, exact=True, progress=lambda line: typer.echo(line, err=True))
+    except AlreadyRunning as exc:
+        _refuse(exc.summary, EXIT_USAGE, exc)
     except KafkaError as exc:
-        raise _fail(exc) from exc
+        more = " (--debug shows the details)" if exc.summary != str(exc).strip() and not _State.debug else ""
+        _refuse(f"{exc.summary}{more}", EXIT_KAFKA, exc)
+    typer.echo(address)
 
 
 @kafka_app.command("stop")
 def kafka_stop(home: HomeOpt = None, port: PortOpt = 9092) -> None:
-    """Stop the broker; its data stays for the next start."""
-    _broker(home, port).stop()
+    """Stop the broker; its data stays for the next start. Exits 0 also when it was not running."""
+    broker = _broker(home, port)
+    if not broker.status().running:
+        typer.echo(f"not running (home {broker.home})")
+        return
+    broker.stop()
     typer.echo("stopped")
 
 
@@ -85,6 +225,9 @@ def kafka_status(home: HomeOpt = None, port: PortOpt = 9092) -> None:
     typer.echo(f"running at {s.bootstrap} (pid {s.pid})" if s.running else f"not running (home {s.home})")
     if not s.running:
         raise typer.Exit(code=1)
+
+
+SandboxPort = Annotated[int, typer.Option(min=1, max=65535, help="listen port")]
 
 
 def _serve_sandbox(kind: str, db: Path, host: str, port: int, token: str | None) -> None:
@@ -100,32 +243,39 @@ def _serve_sandbox(kind: str, db: Path, host: str, port: int, token: str | None)
         "care-director": create_care_director_app,
         "ted": create_ted_app,
     }
+    _port_free(host, port)
     configure_logging()  # uvicorn's lines (its access log too) go through the redaction
     run_forever(factories[kind](db, token), host, port)
 
 
 @sandbox_app.command("lcs")
-def sandbox_lcs(db: Path = Path("lcs.db"), host: str = "127.0.0.1", port: int = 8101, token: str | None = None) -> None:
+def sandbox_lcs(
+    db: Path = Path("lcs.db"), host: str = "127.0.0.1", port: SandboxPort = 8101, token: str | None = None
+) -> None:
     """Serve the sandbox Liquidlogic LCS (social care)."""
     _serve_sandbox("lcs", db, host, port, token)
 
 
 @sandbox_app.command("ehm")
-def sandbox_ehm(db: Path = Path("ehm.db"), host: str = "127.0.0.1", port: int = 8102, token: str | None = None) -> None:
+def sandbox_ehm(
+    db: Path = Path("ehm.db"), host: str = "127.0.0.1", port: SandboxPort = 8102, token: str | None = None
+) -> None:
     """Serve the sandbox Liquidlogic EHM (early help)."""
     _serve_sandbox("ehm", db, host, port, token)
 
 
 @sandbox_app.command("care-director")
 def sandbox_care_director(
-    db: Path = Path("care-director.db"), host: str = "127.0.0.1", port: int = 8103, token: str | None = None
+    db: Path = Path("care-director.db"), host: str = "127.0.0.1", port: SandboxPort = 8103, token: str | None = None
 ) -> None:
     """Serve the sandbox Care Director (Swindon 2022 social care)."""
     _serve_sandbox("care-director", db, host, port, token)
 
 
 @sandbox_app.command("ted")
-def sandbox_ted(db: Path = Path("ted.db"), host: str = "127.0.0.1", port: int = 8104, token: str | None = None) -> None:
+def sandbox_ted(
+    db: Path = Path("ted.db"), host: str = "127.0.0.1", port: SandboxPort = 8104, token: str | None = None
+) -> None:
     """Serve the sandbox TED (Barnsley social care)."""
     _serve_sandbox("ted", db, host, port, token)
 
@@ -134,7 +284,7 @@ def sandbox_ted(db: Path = Path("ted.db"), host: str = "127.0.0.1", port: int = 
 def sandbox_smtp(
     directory: Annotated[Path, typer.Option("--dir", help="Maildir and ca.pem go here")] = Path("smtp-sandbox"),
     host: str = "127.0.0.1",
-    port: int = 8025,
+    port: SandboxPort = 8025,
     user: str = "casebridge",
     password: str | None = None,
 ) -> None:
@@ -146,6 +296,7 @@ def sandbox_smtp(
     password = password or os.environ.get("SMTP_SANDBOX_PASSWORD")
     if not password:
         raise _fail(ValueError("a password is required: --password or $SMTP_SANDBOX_PASSWORD"))
+    _port_free(host, port)
     with SmtpSandbox(directory, user, password, host, port) as relay:
         typer.echo(f"smtp sandbox on {host}:{relay.port}; trust {relay.ca_file}; mail in {relay.maildir_path}")
         try:
@@ -303,8 +454,8 @@ BootstrapOpt = Annotated[
     str | None, typer.Option(help="Kafka bootstrap servers (default $CASEBRIDGE_BOOTSTRAP_SERVERS)")
 ]
 PrefixOpt = Annotated[str | None, typer.Option(help="topic prefix (default $CASEBRIDGE_TOPIC_PREFIX or casebridge)")]
-CouncilOpt = Annotated[str | None, typer.Option(help="only this council, e.g. north-somerset")]
-PathwayOpt = Annotated[str | None, typer.Option(help="only step-up or step-down")]
+CouncilOpt = Annotated[Council | None, typer.Option(help="only this council")]
+PathwayOpt = Annotated[Direction | None, typer.Option(help="only this pathway")]
 RuleOpt = Annotated[str | None, typer.Option("--rule", help="only dead letters naming this rule id, e.g. NS-7")]
 ErrorOpt = Annotated[str | None, typer.Option("--error-class", help="only this error class, e.g. TargetRefused")]
 TransferOpt = Annotated[str | None, typer.Option("--transfer", help="only this transfer id")]
@@ -312,20 +463,130 @@ SinceOpt = Annotated[datetime | None, typer.Option(help="last failure at or afte
 UntilOpt = Annotated[datetime | None, typer.Option(help="last failure at or before")]
 
 
-def _where(bootstrap: str | None, prefix: str | None) -> tuple[str, Topics]:
+def _variable(loc: Sequence[int | str]) -> str:
+    """The environment variable of a settings field: ("retry", "tiers", 0) -> CASEBRIDGE_RETRY__TIERS[0]."""
+    names = [str(part).upper() for part in loc if isinstance(part, str)]
+    indexes = "".join(f"[{part}]" for part in loc if isinstance(part, int))
+    return "CASEBRIDGE_" + ("__".join(names) or "*") + indexes
+
+
+def _settings() -> Settings:
+    """The CASEBRIDGE_* settings; a malformed one exits 2 with one line per problem, naming the variable and
+    the rule, never the value."""
     from router import Settings
 
-    settings = Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False, include_context=False)
+        for error in errors:
+            message = error["msg"].removeprefix("Value error, ")
+            typer.echo(f"error: {_variable(error['loc'])}: {message} (value not shown)", err=True)
+        if _State.debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        raise typer.Exit(code=EXIT_USAGE) from None
+    except SettingsError as exc:  # a value that is not JSON where JSON is needed: pydantic-settings names the field
+        found = re.search(r'field "([^"]+)"', str(exc))
+        field = (found.group(1) if found else "").upper()
+        prefix = f"CASEBRIDGE_{field}"
+        named = sorted({k.upper() for k in os.environ if k.upper() == prefix or k.upper().startswith(prefix + "__")})
+        named = named or [f"CASEBRIDGE_{field or '*'}"]
+        for variable in named:
+            typer.echo(f"error: {variable}: is not valid JSON, e.g. [30, 300] for a list (value not shown)", err=True)
+        if _State.debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        raise typer.Exit(code=EXIT_USAGE) from None
+
+
+def _where(bootstrap: str | None, prefix: str | None) -> tuple[str, Topics]:
+    settings = _settings()
     return bootstrap or settings.bootstrap_servers, Topics(prefix or settings.topic_prefix)
 
 
+#: how long an operator command waits for Kafka to answer at all
+REACH_TIMEOUT = 15.0
+
+
+def _quiet_kafka_logs() -> None:
+    """aiokafka logs each failed connection (and asyncio an unclosed consumer): the one error line says it."""
+    if not _State.debug:
+        for name in ("aiokafka", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def _kafka(servers: str) -> Iterator[None]:
+    """Kafka unreachable (or failing) inside: one line naming the address, exit 5."""
+    _quiet_kafka_logs()
+    try:
+        yield
+    except (KafkaConnectionError, TimeoutError) as exc:
+        _refuse(
+            f"cannot reach Kafka at {servers}: is it running? Start it (casebridge kafka start) or pass"
+            " --bootstrap HOST:PORT (default $CASEBRIDGE_BOOTSTRAP_SERVERS)",
+            EXIT_KAFKA,
+            exc,
+        )
+    except AIOKafkaError as exc:
+        _refuse(f"Kafka at {servers} failed: {type(exc).__name__}; retry, or see the broker's log", EXIT_KAFKA, exc)
+
+
+async def _topics_on(servers: str) -> set[str]:
+    """The topics of the cluster (asking for all of them: a metadata request naming one may create it)."""
+    client = AIOKafkaClient(bootstrap_servers=servers, request_timeout_ms=int(REACH_TIMEOUT * 1000))
+    try:
+        await asyncio.wait_for(client.bootstrap(), REACH_TIMEOUT)
+        metadata = await asyncio.wait_for(client.fetch_all_metadata(), REACH_TIMEOUT)
+        return set(metadata.topics())
+    finally:
+        await client.close()
+
+
+def _reach(servers: str) -> set[str]:
+    """Ask Kafka at ``servers`` for its topics; unreachable: one line, exit 5; not HOST:PORT: exit 2."""
+    if not all(re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}|[\w.-]+", part.strip()) for part in servers.split(",")):
+        _refuse(
+            f"Kafka bootstrap servers {servers!r} are not HOST:PORT[,HOST:PORT] (--bootstrap or"
+            " CASEBRIDGE_BOOTSTRAP_SERVERS)",
+            EXIT_USAGE,
+        )
+    with _kafka(servers):
+        try:
+            return asyncio.run(_topics_on(servers))
+        except ValueError as exc:
+            _refuse(f"Kafka bootstrap servers {servers!r} are not HOST:PORT[,HOST:PORT]", EXIT_USAGE, exc)
+
+
+def _port_free(host: str, port: int) -> None:
+    """Exit 5 with one line if ``host:port`` cannot be listened on (before a server logs its own traceback)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            _refuse(f"cannot listen on {host}:{port}: {why}; stop what holds it or pick another --port", EXIT_KAFKA)
+
+
+def _dead_letter_topic(servers: str, topics: Topics) -> None:
+    """Exit 1 with a hint when the dead-letter topic does not exist (a wrong prefix, most often)."""
+    if topics.dead_letter not in _reach(servers):
+        _refuse(
+            f"no dead-letter topic {topics.dead_letter} on {servers}: is the prefix right? (the deployment"
+            " file's topic_prefix; --prefix or CASEBRIDGE_TOPIC_PREFIX)",
+            EXIT_NOT_FOUND,
+        )
+
+
 def _filters(
-    council: str | None, pathway: str | None, rule: str | None, error_class: str | None, transfer: str | None,
-    since: datetime | None, until: datetime | None,
+    council: Council | None, pathway: Direction | None, rule: str | None, error_class: str | None,
+    transfer: str | None, since: datetime | None, until: datetime | None,
 ) -> Filters:  # fmt: skip
     return Filters(
-        council=council, pathway=pathway, rule_id=rule, error_class=error_class, transfer_id=transfer,
-        since=since, until=until,
+        council=council.value if council else None, pathway=pathway.value if pathway else None, rule_id=rule,
+        error_class=error_class, transfer_id=transfer, since=since, until=until,
     )  # fmt: skip
 
 
@@ -342,11 +603,15 @@ def dlq_list(
     until: UntilOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
 ) -> None:
-    """List dead letters (no personal data: ids, council, pathway, stage, error, rules, reason)."""
+    """List dead letters (no personal data: ids, council, pathway, stage, error, rules, reason).
+
+    Exits 1 if there is no dead-letter topic under the prefix, 5 if Kafka cannot be reached.
+    """
     servers, topics = _where(bootstrap, prefix)
-    found = asyncio.run(
-        list_dead_letters(servers, topics, _filters(council, pathway, rule, error_class, transfer, since, until))
-    )
+    _dead_letter_topic(servers, topics)
+    filters = _filters(council, pathway, rule, error_class, transfer, since, until)
+    with _kafka(servers):
+        found = asyncio.run(list_dead_letters(servers, topics, filters))
     rows = [d.summary() for d in found]
     if as_json:
         for row in rows:
@@ -367,11 +632,18 @@ def dlq_show(
     prefix: PrefixOpt = None,
     value: Annotated[bool, typer.Option(help="also print the message itself (it may hold personal data)")] = False,
 ) -> None:
-    """One dead letter: its context headers, and with --value the original message."""
+    """One dead letter: its context headers, and with --value the original message.
+
+    Exits 1 if there is no such dead letter (or no dead-letter topic), 2 for an ID that is not PARTITION:OFFSET.
+    """
+    if not re.fullmatch(r"\d+:\d+", dead_letter_id):
+        _refuse("a dead letter id is PARTITION:OFFSET, e.g. 0:12 (as `casebridge dlq list` shows)", EXIT_USAGE)
     servers, topics = _where(bootstrap, prefix)
-    found = [d for d in asyncio.run(list_dead_letters(servers, topics)) if d.id == dead_letter_id]
+    _dead_letter_topic(servers, topics)
+    with _kafka(servers):
+        found = [d for d in asyncio.run(list_dead_letters(servers, topics)) if d.id == dead_letter_id]
     if not found:
-        raise _fail(LookupError(f"no dead letter {dead_letter_id} in {topics.dead_letter}"))
+        _refuse(f"no dead letter {dead_letter_id} in {topics.dead_letter} (see `casebridge dlq list`)", EXIT_NOT_FOUND)
     d = found[0]
     typer.echo(json.dumps({"id": d.id, "key": (d.key or b"").decode(errors="replace"), "context": d.context}, indent=2))
     if value:
@@ -380,7 +652,7 @@ def dlq_show(
 
 @app.command("replay")
 def replay_cmd(
-    operator: Annotated[str | None, typer.Option(help="who replays (required: every replay is audited)")] = None,
+    operator: Annotated[str, typer.Option(help="who replays (every replay is audited)")],
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
     council: CouncilOpt = None,
@@ -394,15 +666,23 @@ def replay_cmd(
     limit: Annotated[int | None, typer.Option(min=1, help="replay at most this many")] = None,
     rate: Annotated[float, typer.Option(min=0.1, help="messages per second at most")] = 20.0,
 ) -> None:
-    """Replay dead letters through every check again, once each, audited; failures go to the parking topic."""
+    """Replay dead letters through every check again, once each, audited; failures go to the parking topic.
+
+    Exits 1 if there is no dead-letter topic under the prefix, 2 without an operator, 5 if Kafka cannot be reached.
+    """
+    if not operator.strip():
+        _refuse("--operator must name who replays (every replay is audited)", EXIT_USAGE)
     servers, topics = _where(bootstrap, prefix)
     filters = _filters(council, pathway, rule, error_class, transfer, since, until)
+    _dead_letter_topic(servers, topics)
     try:
-        report = asyncio.run(
-            replay_dead_letters(
-                servers, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit, rate_per_second=rate
-            )
-        )
+        with _kafka(servers):
+            report = asyncio.run(
+                replay_dead_letters(
+                    servers, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit,
+                    rate_per_second=rate,
+                )
+            )  # fmt: skip
     except ReplayRefused as exc:
         raise _fail(exc) from exc
     verb = "would replay" if dry_run else "replayed"
@@ -424,7 +704,7 @@ def allocate_cmd(
     ],
     worker: Annotated[str, typer.Option(help="the allocated worker's name (named on the closure record)")],
     organisation: Annotated[str, typer.Option(help="the worker's organisation (BA-6)")],
-    operator: Annotated[str | None, typer.Option(help="who records it (required: every allocation is audited)")] = None,
+    operator: Annotated[str, typer.Option(help="who records it (every allocation is audited)")],
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
@@ -435,19 +715,26 @@ def allocate_cmd(
     audit topic; the worker's name is kept in the pending closure only (no event, audit record or log line).
     """
     from contracts import Person
-    from router import Settings
     from router.allocations import AllocationRefused, record_allocation
 
-    settings = Settings()
+    if not operator.strip():
+        _refuse("--operator must name who records the allocation (every allocation is audited)", EXIT_USAGE)
+    settings = _settings()
     settings = settings.model_copy(
         update={
             "bootstrap_servers": bootstrap or settings.bootstrap_servers,
             "topic_prefix": prefix or settings.topic_prefix,
         }
     )
-    person = Person(name=worker, role="Family Support Worker", organisation=organisation)
     try:
-        done = asyncio.run(record_allocation(settings, transfer_id, person, operator or ""))
+        person = Person(name=worker, role="Family Support Worker", organisation=organisation)
+    except ValidationError as exc:
+        fields = ", ".join(sorted({"--" + str(e["loc"][0]) for e in exc.errors() if e["loc"]})) or "--worker"
+        _refuse(f"{fields.replace('--name', '--worker')}: not a usable name (value not shown)", EXIT_USAGE)
+    _reach(settings.bootstrap_servers)
+    try:
+        with _kafka(settings.bootstrap_servers):
+            done = asyncio.run(record_allocation(settings, transfer_id, person, operator))
     except AllocationRefused as exc:
         raise _fail(exc) from exc
     serves = [*(["the closure falls due"] if done.closure else []), *(["the notice goes"] if done.notice else [])]
@@ -461,7 +748,9 @@ def monitor_cmd(
     host: Annotated[
         str | None, typer.Option(help="listen address (default $CASEBRIDGE_MONITOR__HOST or 127.0.0.1)")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="listen port (default $CASEBRIDGE_MONITOR__PORT or 8100)")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="listen port (default $CASEBRIDGE_MONITOR__PORT or 8100)")
+    ] = None,
     db: Annotated[Path | None, typer.Option(help="tracker database (default $CASEBRIDGE_MONITOR__DB)")] = None,
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="drop the tracker database and re-read the events topic")
@@ -471,7 +760,8 @@ def monitor_cmd(
 
     Tokens come from CASEBRIDGE_MONITOR__TOKENS, a JSON list of {"token", "name", "role"}
     with role viewer or operator, each token at least 32 characters; without any token nobody can sign in.
-    A setting that cannot be used exits 2, naming the variable and the rule (never the value).
+    A setting that cannot be used exits 2, naming the variable and the rule (never the value); Kafka
+    unreachable exits 5.
     """
     from monitor import Monitor, MonitorSettingsError, create_app, load_settings
     from sandboxes import run_forever
@@ -482,11 +772,15 @@ def monitor_cmd(
         for problem in exc.problems:
             typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(code=2) from None
-    configure_logging()
     servers, topics = _where(bootstrap, prefix)
+    _reach(servers)  # before logging is set up: an unreachable broker gets one plain line, exit 5
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)
+    logging.getLogger("asyncio").setLevel(logging.NOTSET)
+    configure_logging()
     settings = settings.model_copy(
         update={k: v for k, v in {"host": host, "port": port, "db": db}.items() if v is not None}
     )
+    _port_free(settings.host, settings.port)
     if not settings.tokens:
         typer.echo("warning: CASEBRIDGE_MONITOR__TOKENS is empty, so nobody can sign in", err=True)
     monitor = Monitor(settings, servers, topics, rebuild=rebuild)

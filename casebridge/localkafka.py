@@ -31,6 +31,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -40,6 +41,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError as AIOKafkaError
 
 __all__ = [
+    "AlreadyRunning",
     "BrokerStartTimeout",
     "JavaNotFound",
     "KafkaError",
@@ -100,7 +102,16 @@ Configuration:
 
 
 class KafkaError(Exception):
-    """The local Kafka broker could not be prepared, started or stopped."""
+    """The local Kafka broker could not be prepared, started or stopped.
+
+    The first line of the message says what went wrong and what to do (``summary``); any further
+    lines are details (a log tail, a tool's output).
+    """
+
+    @property
+    def summary(self) -> str:
+        """The message's first line: what went wrong and what to do."""
+        return str(self).strip().splitlines()[0] if str(self).strip() else type(self).__name__
 
 
 class JavaNotFound(KafkaError):
@@ -137,14 +148,26 @@ class PortInUse(KafkaError):
         self.listener = listener
         super().__init__(
             f"Port {port} on {HOST} (the Kafka {listener} listener) is already in use. "
-            "Stop the program that holds it, or pick other ports with --port "
-            "(the controller listener uses the next port unless --controller-port is "
-            "given), e.g. `casebridge kafka start --port 19092`."
+            "Stop the program that holds it, or pick another --port (the controller "
+            "listener takes the next port; `casebridge kafka start` also takes "
+            "--controller-port), e.g. `casebridge kafka start --port 19092`."
         )
 
 
 class BrokerStartTimeout(KafkaError):
     """The broker did not answer in time, or its process exited during start-up."""
+
+
+class AlreadyRunning(KafkaError):
+    """The broker of this home already runs, at another address than the one asked for."""
+
+    def __init__(self, home: Path, bootstrap: str) -> None:
+        self.home = home
+        self.bootstrap = bootstrap
+        super().__init__(
+            f"A broker of home {home} already runs at {bootstrap}: stop it first "
+            f"(`casebridge kafka stop --home {home}`) or start another with --home DIR."
+        )
 
 
 # --------------------------------------------------------------------------- defaults
@@ -274,21 +297,30 @@ class LocalKafka:
                 os.replace(jar, self.jars_dir / jar.name)
         return self.jars_dir
 
-    def start(self, timeout: float = 60.0) -> str:
+    def start(
+        self, timeout: float = 60.0, *, exact: bool = False, progress: Callable[[str], None] | None = None
+    ) -> str:
         """Start the broker unless it runs already; return its bootstrap address.
 
-        Raises PortInUse before launching anything if a port is taken, and
-        BrokerStartTimeout (with the tail of the broker log) if the broker does not
-        answer a metadata request within ``timeout`` seconds or its process exits.
+        If this home's broker already runs, its address is returned; with ``exact`` it must be
+        this one's (``self.bootstrap``), else AlreadyRunning. Raises PortInUse before launching
+        anything if a port is taken, and BrokerStartTimeout (with the tail of the broker log) if
+        the broker does not answer a metadata request within ``timeout`` seconds or its process
+        exits. ``progress`` is called with a line per step (fetching the jars, formatting, ...).
         """
+        say = progress or (lambda _line: None)
         current = self.status()
         if current.running and current.bootstrap is not None:
+            if exact and current.bootstrap != self.bootstrap:
+                raise AlreadyRunning(self.home, current.bootstrap)
             return current.bootstrap
         self._pid_file.unlink(missing_ok=True)  # stale: its process is gone
 
         java = _find_java()
         _check_port_free(self.port, "broker")
         _check_port_free(self.controller_port, "controller")
+        if not _has_kafka_jars(self.jars_dir):
+            say(f"fetching the Kafka {kafka_version()} jars with Maven into {self.jars_dir} (first start only) ...")
         jars = self.ensure_jars()
 
         self.home.mkdir(parents=True, exist_ok=True)
@@ -296,9 +328,12 @@ class LocalKafka:
         self._properties_file.write_text(self._server_properties(), encoding="utf-8")
         self._log4j_file.write_text(_LOG4J2_YAML, encoding="utf-8")
         if not (self.data_dir / "meta.properties").exists():
+            say(f"formatting the broker's storage in {self.data_dir} ...")
             self._format_storage(java, jars)
 
+        say(f"starting the broker (home {self.home}, controller port {self.controller_port}) ...")
         process = self._launch(java, jars)
+        say(f"waiting for it to answer on {self.bootstrap} (up to {timeout:g} s) ...")
         self._wait_until_ready(process, timeout)
         return self.bootstrap
 
@@ -398,7 +433,8 @@ class LocalKafka:
                 self._process = None
                 self._pid_file.unlink(missing_ok=True)
                 raise BrokerStartTimeout(
-                    f"The Kafka broker exited with code {code} during start-up.\n{self._log_tail()}"
+                    f"The Kafka broker exited with code {code} during start-up; see its log"
+                    f" ({self.log_file}, {self._stdout_file}).\n{self._log_tail()}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -409,7 +445,7 @@ class LocalKafka:
         self.stop()
         raise BrokerStartTimeout(
             f"The Kafka broker did not answer on {self.bootstrap} within {timeout:g} s, "
-            "so it was stopped. Retry with a longer timeout, or see the log below.\n"
+            f"so it was stopped. Retry with a longer timeout, or see its log ({self.log_file}).\n"
             f"{self._log_tail()}"
         )
 

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 
 from casebridge.localkafka import (
+    AlreadyRunning,
     JavaNotFound,
     KafkaError,
     LocalKafka,
@@ -150,3 +153,61 @@ def test_maven_not_found_when_jars_missing(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(MavenNotFound) as raised:
         LocalKafka(tmp_path / "kafka", jars_dir=jars).ensure_jars()
     assert str(jars) in str(raised.value) and "mvn" in str(raised.value)
+
+
+@contextlib.contextmanager
+def fake_running_broker(home: Path, port: int) -> Iterator[str]:
+    """A process that looks like ``home``'s running broker (its command line names kafka.Kafka and the home's
+    properties, which advertise ``port``): no JVM needed to test what start() does with a running broker."""
+    home = home.resolve()
+    properties = home / "server.properties"
+    properties.write_text(f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n", encoding="utf-8")
+    sleeper = "import time; time.sleep(120)"
+    process = subprocess.Popen([sys.executable, "-c", sleeper, "kafka.Kafka", str(properties)])
+    (home / "kafka.pid").write_text(f"{process.pid}\n", encoding="utf-8")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_start_on_another_port_of_a_running_home_is_refused_only_when_exact(tmp_path: Path) -> None:
+    """The home's broker runs at one address: start() returns it, start(exact=True) on another port refuses."""
+    running, other = _free_ports(2)
+    with fake_running_broker(tmp_path, running) as address:
+        assert address == LocalKafka(tmp_path, port=other).start()
+        assert address == LocalKafka(tmp_path, port=running).start(exact=True)
+        with pytest.raises(AlreadyRunning) as raised:
+            LocalKafka(tmp_path, port=other).start(exact=True)
+    assert address in str(raised.value) and "--home" in str(raised.value) and "kafka stop" in str(raised.value)
+    assert isinstance(raised.value, KafkaError)
+
+
+def test_start_reports_each_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """progress gets a line for fetching the jars, formatting, starting and waiting (the steps themselves faked)."""
+    port, controller = _free_ports(2)
+    kafka = LocalKafka(tmp_path / "kafka", port=port, controller_port=controller, jars_dir=tmp_path / "jars")
+    monkeypatch.setattr("casebridge.localkafka._find_java", lambda: "java")
+    monkeypatch.setattr(kafka, "ensure_jars", lambda: tmp_path / "jars")
+    monkeypatch.setattr(kafka, "_format_storage", lambda java, jars: None)
+    monkeypatch.setattr(kafka, "_launch", lambda java, jars: None)
+    monkeypatch.setattr(kafka, "_wait_until_ready", lambda process, timeout: None)
+    lines: list[str] = []
+    assert kafka.bootstrap == kafka.start(timeout=9, progress=lines.append)
+    assert [line.split(" ", 1)[0] for line in lines] == ["fetching", "formatting", "starting", "waiting"]
+    assert str(tmp_path / "jars") in lines[0] and f"127.0.0.1:{port}" in lines[3] and "9 s" in lines[3]
+
+
+def test_port_in_use_names_only_options_kafka_start_has(listening_socket: socket.socket) -> None:
+    """The message's options (--port, --controller-port) are options of `casebridge kafka start`."""
+    from typer.testing import CliRunner
+
+    from casebridge.cli import app
+
+    message = str(PortInUse(listening_socket.getsockname()[1], "broker"))
+    options = {word.strip("`.,()") for word in message.split() if word.startswith(("--", "`--", "(--"))}
+    assert {"--port", "--controller-port"} == options
+    helped = CliRunner().invoke(app, ["kafka", "start", "--help"]).stdout
+    assert all(option in helped for option in options)
+    assert 1 == len(message.splitlines())
