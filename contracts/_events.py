@@ -36,12 +36,21 @@ class _Event(Strict):
 
 
 class TransferRequested(_Event):
+    """The router took the transfer in (``occurred_at``: when it handled the message).
+
+    ``requested_at`` is the transfer's own ``requested_at``, the instant a protocol deadline that
+    starts at ``requested`` (NS-4, SW22-15) is timed from, by the protocol check and the monitor
+    alike; a backlog or a replay is handled later than that. Events written before this field
+    existed have none: the monitor then times those deadlines from ``occurred_at``.
+    """
+
     event_type: Literal["requested"] = "requested"
     direction: Direction
     from_level: ServiceLevel
     to_level: ServiceLevel
     from_system: CaseSystem
     to_system: CaseSystem
+    requested_at: AwareDatetime | None = None
 
 
 class TransferValidated(_Event):

@@ -175,7 +175,11 @@ def deadlines_for(
     now: datetime,
     bank_holidays: Container[date] | None = None,
 ) -> list[DeadlineStatus]:
-    """A transfer's deadlines from its timeline of ``(event key, occurred at)``, in time order.
+    """A transfer's deadlines from its timeline of ``(event key, at)``, in time order.
+
+    ``at`` is the instant the event starts or meets a deadline: for ``requested``, the transfer's
+    ``requested_at`` (as the protocol check times it), for every other event when it occurred
+    (the monitor's ``Store.timelines``).
 
     A deadline shows once its start event happened; the first matching event at or after
     the start meets it, and a ``cancelled_by`` event at or after the start (if not met) cancels it.

@@ -273,9 +273,11 @@ class StatedDeadlineRule(_Rule):
     The length, unit and start event are not stated here: they are the monitor's deadline of the
     same rule id in ``mappings/data/deadlines.toml`` (one source of truth), and the due time is
     ``_deadlines.due_at`` (working days skip England and Wales bank holidays). The protocol checks
-    when the transfer is requested, so the clock starts at ``requested_at``: for a deadline whose
-    start event comes later (acknowledged, allocated, source-closed) the request is the earliest
-    that event can happen, and the monitor times the deadline from the event itself.
+    when the transfer is requested, so the clock starts at ``requested_at``. The monitor starts a
+    deadline whose start event is ``requested`` (NS-4, SW22-15) at the same instant, the transfer's
+    ``requested_at`` that the ``requested`` event carries, however late the router handled it; for a
+    deadline whose start event comes later (acknowledged, allocated, source-closed) the request is
+    the earliest that event can happen, and the monitor times the deadline from the event itself.
     """
 
     check: Literal["deadline"]

@@ -215,20 +215,30 @@ class Store:
         return [json.loads(r["body"]) for r in rows]
 
     def timelines(self, transfer_ids: Iterable[str]) -> dict[str, list[tuple[str, datetime]]]:
-        """Each transfer's ``(event key, occurred at)`` list, milestones keyed ``milestone:<name>`` (for deadlines)."""
+        """Each transfer's ``(event key, at)`` list for its deadlines, milestones keyed ``milestone:<name>``.
+
+        ``at`` is when the event occurred, except for ``requested``: the transfer's own
+        ``requested_at`` that the event carries, the instant the protocol check starts a deadline
+        at (NS-4, SW22-15), however long after it the router handled the message (a backlog, a
+        replay); an event written before the field existed falls back to when it occurred.
+        """
         ids = list(transfer_ids)
         out: dict[str, list[tuple[str, datetime]]] = {i: [] for i in ids}
         for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
             rows = self._query(
-                "SELECT transfer_id, event_type, occurred_at, body FROM events "
+                "SELECT transfer_id, event_type, occurred_at, "
+                "CASE event_type WHEN 'milestone' THEN json_extract(body, '$.milestone') "
+                "WHEN 'requested' THEN json_extract(body, '$.requested_at') END AS detail FROM events "
                 f"WHERE transfer_id IN ({', '.join('?' for _ in chunk)}) ORDER BY occurred_at, seq",
                 chunk,
             )
             for r in rows:
-                key = r["event_type"]
+                key, at, detail = r["event_type"], r["occurred_at"], r["detail"]
                 if key == "milestone":
-                    key = "milestone:" + json.loads(r["body"])["milestone"]
-                out[r["transfer_id"]].append((key, datetime.fromisoformat(r["occurred_at"])))
+                    key = f"milestone:{detail}"
+                elif key == "requested" and detail is not None:
+                    at = detail
+                out[r["transfer_id"]].append((key, datetime.fromisoformat(at)))
         return out
 
     def event_count(self, event_type: str) -> int:

@@ -9,7 +9,8 @@ a template instead, in the model's field order and pydantic's JSON format, byte 
 A template is used only when it cannot differ from the model: every value the flow passes
 that the model would validate (ids from a case system's receipt, rule ids, team and role
 names) must be a plain string that needs neither escaping nor stripping and that the
-model's pattern accepts (checked here with stricter, ASCII-only patterns). Anything else
+model's pattern accepts (checked here with stricter, ASCII-only patterns), and the
+transfer's ``requested_at`` an aware ``datetime`` whose offset is whole minutes. Anything else
 returns ``None`` and the caller builds the model, which validates (and refuses) it as before.
 The ids and enums that come from the transfer itself were validated when it was parsed.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contracts import (
@@ -59,6 +60,23 @@ def _rule_ids(value: Any) -> str | None:
     return "[" + ",".join(f'"{r}"' for r in value) + "]"
 
 
+def _datetime_or_null(value: Any) -> str | None:
+    """pydantic's JSON form of an aware datetime (``isoformat``, ``Z`` for UTC), ``null`` for None.
+
+    None (build the model) for anything else: a naive time, a subclass, an offset that is not
+    whole minutes (pydantic writes only its hours and minutes).
+    """
+    if value is None:
+        return "null"
+    if type(value) is not datetime:
+        return None
+    offset = value.utcoffset()
+    if offset is None or offset % timedelta(minutes=1):
+        return None
+    text = value.isoformat()
+    return f'"{text[:-6]}Z"' if not offset else f'"{text}"'
+
+
 _second: list[Any] = [None, ""]  # the last whole second formatted, and its text
 
 
@@ -81,7 +99,7 @@ def utc_datetime(micros: int) -> datetime:
     return datetime.fromtimestamp(second, UTC).replace(microsecond=us)
 
 
-_REQUESTED = frozenset({"direction", "from_level", "to_level", "from_system", "to_system"})
+_REQUESTED = frozenset({"direction", "from_level", "to_level", "from_system", "to_system", "requested_at"})
 _DELIVERED = frozenset({"target_system", "target_reference", "assigned_role", "rule_ids", "team", "urgent"})
 _ACKNOWLEDGED = frozenset({"target_system", "target_reference"})
 _SOURCE_CLOSED = frozenset({"source_system", "source_reference"})
@@ -90,10 +108,13 @@ _SOURCE_CLOSED = frozenset({"source_system", "source_reference"})
 def _requested(f: Mapping[str, Any]) -> str | None:
     if f.keys() != _REQUESTED:
         return None
+    requested_at = _datetime_or_null(f["requested_at"])
+    if requested_at is None:
+        return None
     return (
         f',"direction":"{f["direction"].value}","from_level":"{f["from_level"].value}",'
         f'"to_level":"{f["to_level"].value}","from_system":"{f["from_system"].value}",'
-        f'"to_system":"{f["to_system"].value}"'
+        f'"to_system":"{f["to_system"].value}","requested_at":{requested_at}'
     )
 
 
@@ -147,7 +168,7 @@ _TEMPLATES: dict[type[Any], tuple[str, Callable[[Mapping[str, Any]], str | None]
 #: (a field added, removed or moved) is not used, so the model builds that event until the template is updated
 _HEAD_FIELDS = ("event_id", "transfer_id", "correlation_id", "council", "occurred_at", "event_type")
 _TEMPLATE_FIELDS: dict[type[Any], tuple[str, ...]] = {
-    TransferRequested: ("direction", "from_level", "to_level", "from_system", "to_system"),
+    TransferRequested: ("direction", "from_level", "to_level", "from_system", "to_system", "requested_at"),
     TransferValidated: (),
     TransferDelivered: ("target_system", "target_reference", "assigned_role", "rule_ids", "team", "urgent"),
     TransferAcknowledged: ("target_system", "target_reference"),

@@ -175,6 +175,7 @@ class TransferFlow:
             to_level=p.to_level,
             from_system=p.from_system,
             to_system=p.to_system,
+            requested_at=transfer.requested_at,  # the protocol deadlines' clock (NS-4, SW22-15), for the monitor
         )
         await emit(TransferValidated)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 from contracts import (
     CaseSystem,
@@ -17,9 +19,11 @@ from contracts import (
     TransferEvent,
     TransferHeld,
     TransferRequested,
+    parse_event,
 )
 from contracts._events import RuleViolation, TransferDeadLettered
-from monitor import Store, Tracker, drop_store
+from mappings import DeadlineState
+from monitor import Store, Tracker, Watch, deadlines, drop_store, overview, transfer_detail
 from router.settings import Topics
 from tests.support import produce
 
@@ -138,3 +142,53 @@ async def test_tracker_rebuilds_from_kafka_from_scratch(
     drop_store(db)
     assert not db.exists()
     assert first == await track()  # rebuilt from the topic's beginning
+
+
+def _sw22_requested(transfer_id: str, requested_at: datetime | None, handled: datetime) -> TransferRequested:
+    return TransferRequested(
+        event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{transfer_id}/requested")),
+        transfer_id=transfer_id,
+        council=Council.SWINDON_2022,
+        occurred_at=handled,
+        direction=Direction.STEP_DOWN,
+        from_level=ServiceLevel.CHILD_IN_NEED,
+        to_level=ServiceLevel.EARLY_HELP,
+        from_system=CaseSystem.CARE_DIRECTOR,
+        to_system=CaseSystem.MAILBOX,
+        requested_at=requested_at,
+    )
+
+
+def test_sw22_15_backlog_transfer_is_overdue_from_its_request_not_from_when_the_router_read_it() -> None:
+    """SW22-15: a step-down requested Mon 21 Dec 2026 and read by the router on 25 Jan 2027 (a backlog) was due
+    on 7 Jan (10 working days, Christmas and New Year skipped): the monitor shows it overdue from that day, on the
+    page's overdue list, not due until February from the router's clock. An event written before ``requested_at``
+    existed (no such field) still parses, and its deadline falls back to the event's time."""
+    requested = datetime(2026, 12, 21, 10, 15, tzinfo=UTC)
+    handled = datetime(2027, 1, 25, 9, 0, tzinfo=UTC)
+    now = handled + timedelta(hours=1)
+    store = Store(":memory:")
+    old = json.loads(_sw22_requested("t-old", None, handled).model_dump_json())
+    del old["requested_at"]  # the shape of the events topic's history
+    store.apply([_sw22_requested("t-late", requested, handled), parse_event(json.dumps(old))])
+    timed = {(t["transfer_id"], s.rule_id): s for t, s in deadlines(store, now)}
+    late, legacy = timed[("t-late", "SW22-15")], timed[("t-old", "SW22-15")]
+    assert (requested, datetime(2027, 1, 7, 10, 15, tzinfo=UTC), DeadlineState.OVERDUE) == (
+        late.started_at,
+        late.due_at,
+        late.state,
+    )
+    assert (handled, datetime(2027, 2, 8, 9, 0, tzinfo=UTC), DeadlineState.DUE) == (
+        legacy.started_at,
+        legacy.due_at,
+        legacy.state,
+    )
+    watch = Watch("127.0.0.1:1", Topics("t"), cast(Any, None))  # never refreshed: no Kafka
+    assert [("t-late", "SW22-15", "2027-01-07T10:15:00Z")] == [
+        (o["transfer_id"], o["rule_id"], o["due_at"]) for o in overview(store, watch, now)["overdue"]
+    ]
+    detail = transfer_detail(store, watch, "t-late", now)
+    assert detail is not None
+    assert [("SW22-15", "overdue")] == [(d["rule_id"], d["state"]) for d in detail["deadlines"]]
+    # the router's own latency still runs from when it handled the request, not from the request
+    assert handled.isoformat() == (store.transfer("t-late") or {})["requested_at"]

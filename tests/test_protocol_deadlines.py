@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import time
 import tomllib
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
-from mappings import MappingError, deadlines_by_rule, deadlines_for, load_protocol, load_protocols
+import router.flow
+from contracts import TransferMessage, parse_event
+from mappings import (
+    MappingError,
+    deadlines_by_rule,
+    deadlines_for,
+    due_at,
+    load_deadlines,
+    load_protocol,
+    load_protocols,
+)
 from mappings._protocol import PROTOCOL_DIR, StatedDeadlineRule
-from tests.council_data import step_down, transfer
+from monitor import Store, deadlines
+from router.flow import TransferFlow
+from router.settings import RetrySettings
+from tests.council_data import step_down, step_up, transfer
 
 
 def _stated_deadline_rules() -> list[tuple[str, StatedDeadlineRule]]:
@@ -74,3 +91,68 @@ def test_ns04_protocol_deadline_stating_its_own_length_is_refused(tmp_path: Path
     path.write_text(head + rule.replace("NS-4", "NS-5"))
     with pytest.raises(MappingError, match=r"broken\.toml: line 4: rule NS-5 \(#1\).*not in deadlines\.toml"):
         load_protocol(path)
+
+
+class _Events:
+    """A flow's sink that keeps the events it emits, as the tracker reads them off the events topic."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    async def emit(self, event: Any) -> None:
+        self.events.append(parse_event(event.model_dump_json()))
+
+    async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
+        self.events.append(parse_event(value))
+
+    async def dead_letter(self, record: Any, failure: Any) -> None:
+        return None
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> None:
+        return None
+
+
+async def _handled_at(doc: dict[str, Any], handled: datetime, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """The monitor's store after the router handled ``doc`` at ``handled`` (its events' clock)."""
+    micros = (handled - datetime.fromtimestamp(0, handled.tzinfo)) // timedelta(microseconds=1)
+    clock = SimpleNamespace(time_ns=lambda: micros * 1000, monotonic=time.monotonic)
+    monkeypatch.setattr(router.flow, "time", clock)
+    flow = TransferFlow(load_protocols(), {}, {}, RetrySettings(), "g")  # no connectors: the request is all we need
+    raw = TransferMessage.model_validate(doc).model_dump_json().encode()
+    sink = _Events()
+    await flow.run(ConsumerRecord("t", 0, 0, 0, 0, b"k", raw, None, 1, len(raw), []), sink)  # type: ignore[arg-type]
+    [requested] = [e for e in sink.events if e.event_type == "requested"]
+    assert handled == requested.occurred_at
+    store = Store(":memory:")
+    store.apply(sink.events)
+    return store
+
+
+async def test_ns04_sw22_15_monitor_times_a_backlog_request_from_requested_at_as_the_protocol_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every deadline that starts at ``requested``: the router reads the request five weeks late (a backlog, a
+    replay), and the monitor still falls due exactly when the protocol check's limit does, from ``requested_at``
+    (not from when the router handled it); a stated due time at that limit passes the check, a minute later is held."""
+    from_request = [r for r in load_deadlines() if r.start == "requested"]
+    assert {"NS-4", "SW22-15"} <= {r.rule_id for r in from_request}
+    checks = {r.id: (council, r) for council, r in _stated_deadline_rules()}
+    requested = datetime.fromisoformat("2026-12-21T10:15:00+00:00")  # Mon, before Christmas and New Year
+    handled = requested + timedelta(weeks=5)
+    for rule in from_request:
+        make = step_down if rule.direction == "step-down" else step_up
+        doc = make(rule.council, requested_at=requested.isoformat())
+        store = await _handled_at(doc, handled, monkeypatch)
+        [status] = [s for _, s in deadlines(store, now=handled) if s.rule_id == rule.rule_id]
+        assert (requested, due_at(requested, rule.length, rule.unit)) == (status.started_at, status.due_at), rule
+        if rule.rule_id not in checks:
+            continue  # a deadline only the monitor shows: the protocol would time it with due_at all the same
+        council, check = checks[rule.rule_id]
+        assert status.due_at == check.limit(requested), rule.rule_id
+        protocol = load_protocol(council)
+        held = [
+            [v.rule_id for v in protocol.check(transfer(stated)) if v.rule_id == rule.rule_id]
+            for due in (status.due_at, status.due_at + timedelta(minutes=1))
+            for stated in [{**doc, "deadlines": [{"rule_id": rule.rule_id, "due": due.isoformat(), "what": "stated"}]}]
+        ]
+        assert [[], [rule.rule_id]] == held, rule.rule_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -25,6 +25,16 @@ _KINDS = [
 _REFS = ["MEM-bench-1", "a", "ehm:123.x_y-z", "A" * 128, "0"]
 _TEXTS = [None, "lead", "Family Wellbeing North", "team-7 (East) / duty", "x", "~!#$%&'()*+,-./:;<=>?@[]^_`{|}"]
 _RULES = [[], ["NS-2"], ["SW22-7", "LU-9", "G1"], ["BA-13", "NS-10", "SW26-3"]]
+#: a transfer's requested_at: UTC, BST, other whole-minute offsets either side, or none (an old event's shape)
+_ZONES = [UTC, timezone(timedelta(hours=1)), timezone(timedelta(hours=-5)), timezone(timedelta(minutes=-30))]
+
+
+def _requested_at(rng: random.Random) -> datetime | None:
+    if rng.random() < 0.1:
+        return None
+    at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randint(-(10**8), 10**8))
+    at = at.replace(microsecond=rng.choice([0, 1, rng.randint(1, 999_999)]))
+    return at.astimezone(rng.choice(_ZONES))
 
 
 def _transfers(count: int) -> list[TransferMessage]:
@@ -41,6 +51,7 @@ def _fields(kind: type[Any], rng: random.Random) -> dict[str, Any]:
             "to_level": rng.choice(list(ServiceLevel)),
             "from_system": rng.choice(systems),
             "to_system": rng.choice(systems),
+            "requested_at": _requested_at(rng),
         }
     if kind is contracts.TransferDelivered:
         return {
@@ -105,6 +116,10 @@ def test_perf_event_json_equals_model_dump_json_for_many_inputs() -> None:
         (contracts.TransferDelivered, {"target_system": "ehm"}),  # a string, not the enum member
         (contracts.TransferAcknowledged, {"target_reference": "x" * 129}),
         (contracts.SourceClosed, {"source_reference": "LCS 1"}),
+        (contracts.TransferRequested, {"requested_at": datetime(2026, 12, 21, 10, 15)}),  # naive: the model refuses
+        (contracts.TransferRequested, {"requested_at": "2026-12-21T10:15:00Z"}),  # a string: the model parses it
+        # an offset of seconds: pydantic writes its hours and minutes only, the model decides
+        (contracts.TransferRequested, {"requested_at": datetime(2026, 12, 21, tzinfo=timezone(timedelta(seconds=30)))}),
     ],
 )
 def test_perf_event_json_leaves_anything_not_plain_to_the_model(kind: type[Any], fields: dict[str, Any]) -> None:
