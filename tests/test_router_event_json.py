@@ -159,6 +159,21 @@ async def test_perf_emitter_sends_templates_and_builds_models_for_the_rest() -> 
     [transfer] = _transfers(1)
     sink = _Sink()
     emit = _Emitter(transfer, sink)  # type: ignore[arg-type]
+    p = transfer.pathway
+    await emit(
+        contracts.TransferRequested,
+        direction=p.direction,
+        from_level=p.from_level,
+        to_level=p.to_level,
+        from_system=p.from_system,
+        to_system=p.to_system,
+        requested_at=transfer.requested_at,  # a parsed transfer's time: the template writes it, no model
+    )
+    [(_, _, value)] = sink.encoded
+    requested = contracts.parse_event(value)
+    assert isinstance(requested, contracts.TransferRequested)
+    assert transfer.requested_at == requested.requested_at
+    sink.encoded.clear()
     await emit(contracts.TransferValidated)
     await emit(contracts.SourceClosed, source_system=CaseSystem.LCS, source_reference=" LCS-1 ")
     [(tid, event_type, value)] = sink.encoded
