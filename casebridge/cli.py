@@ -30,7 +30,15 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's
 from typer.core import TyperGroup
 
 from contracts import Council, Direction
-from router.deadletters import Filters, ReplayRefused, list_dead_letters
+from router.deadletters import (
+    Filters,
+    ReplayRefused,
+    ReplayReport,
+    Status,
+    list_dead_letters,
+    list_with_status,
+    router_members,
+)
 from router.deadletters import replay as replay_dead_letters
 from router.settings import Topics
 from router.topics import TopicMisconfigured
@@ -461,6 +469,13 @@ ErrorOpt = Annotated[str | None, typer.Option("--error-class", help="only this e
 TransferOpt = Annotated[str | None, typer.Option("--transfer", help="only this transfer id")]
 SinceOpt = Annotated[datetime | None, typer.Option(help="last failure at or after (ISO 8601, UTC if no zone)")]
 UntilOpt = Annotated[datetime | None, typer.Option(help="last failure at or before")]
+StatusOpt = Annotated[
+    Status | None,
+    typer.Option(
+        help="only dead letters in this status: waiting (nothing since), replayed, parked (its replay failed"
+        " again), resolved (its transfer completed later), expired (held by reference, its record gone)"
+    ),
+]
 
 
 def _variable(loc: Sequence[int | str]) -> str:
@@ -590,6 +605,24 @@ def _filters(
     )  # fmt: skip
 
 
+#: what `dlq list` shows, in this order (the JSON lines carry these and `replayed`)
+LIST_COLUMNS = [
+    "id", "status", "last_failure", "council", "pathway", "transfer_id", "stage", "error_class", "rule_ids", "reason",
+]  # fmt: skip
+#: what `replay --dry-run` shows of each dead letter it would replay
+REPLAY_COLUMNS = ["id", "transfer_id", "council", "error_class", "rule_ids", "reason", "status"]
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str], indent: str = "") -> list[str]:
+    """Rows as aligned text columns; an empty cell is ``-`` (a dead letter with no transfer id says so)."""
+    cells = [[(", ".join(r[c]) if isinstance(r[c], list) else str(r[c])) or "-" for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    return [
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in [list(columns), *cells]
+    ]
+
+
 @dlq_app.command("list")
 def dlq_list(
     bootstrap: BootstrapOpt = None,
@@ -601,9 +634,11 @@ def dlq_list(
     transfer: TransferOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    status: StatusOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
 ) -> None:
-    """List dead letters (no personal data: ids, council, pathway, stage, error, rules, reason).
+    """List dead letters with their status (no personal data: ids, status, council, pathway, stage, error, rules,
+    reason). The status comes from the audit, parking and events topics: waiting, replayed, parked, resolved, expired.
 
     Exits 1 if there is no dead-letter topic under the prefix, 5 if Kafka cannot be reached.
     """
@@ -611,18 +646,15 @@ def dlq_list(
     _dead_letter_topic(servers, topics)
     filters = _filters(council, pathway, rule, error_class, transfer, since, until)
     with _kafka(servers):
-        found = asyncio.run(list_dead_letters(servers, topics, filters))
-    rows = [d.summary() for d in found]
+        rows = asyncio.run(list_with_status(servers, topics, filters, status))
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))
         return
-    columns = ["id", "last_failure", "council", "pathway", "transfer_id", "stage", "error_class", "rule_ids", "reason"]
-    table = [[", ".join(r[c]) if isinstance(r[c], list) else str(r[c]) for c in columns] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(columns)]
-    for line in [columns, *table]:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
-    typer.echo(f"{len(rows)} dead letter(s)")
+    for line in _table(rows, LIST_COLUMNS):
+        typer.echo(line)
+    counts = ", ".join(f"{n} {s}" for s in Status if (n := sum(r["status"] == s for r in rows)))
+    typer.echo(f"{len(rows)} dead letter(s)" + (f": {counts}" if counts else ""))
 
 
 @dlq_app.command("show")
@@ -665,8 +697,15 @@ def replay_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be replayed; change nothing")] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="replay at most this many")] = None,
     rate: Annotated[float, typer.Option(min=0.1, help="messages per second at most")] = 20.0,
+    router_group: Annotated[
+        str | None,
+        typer.Option(help="the router's consumer group, to say whether it is consuming (default PREFIX-router)"),
+    ] = None,
 ) -> None:
     """Replay dead letters through every check again, once each, audited; failures go to the parking topic.
+
+    --dry-run prints one line per dead letter it would replay (id, transfer, council, error, rules, reason, status)
+    and whether a router is consuming the transfers topic (its consumer group has members).
 
     Exits 1 if there is no dead-letter topic under the prefix, 2 without an operator, 5 if Kafka cannot be reached.
     """
@@ -675,19 +714,35 @@ def replay_cmd(
     servers, topics = _where(bootstrap, prefix)
     filters = _filters(council, pathway, rule, error_class, transfer, since, until)
     _dead_letter_topic(servers, topics)
+    group = router_group or f"{topics.prefix}-router"
+
+    async def replaying() -> tuple[ReplayReport, int | None]:
+        members = await router_members(servers, group)
+        report = await replay_dead_letters(
+            servers, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit, rate_per_second=rate
+        )
+        return report, members
+
     try:
         with _kafka(servers):
-            report = asyncio.run(
-                replay_dead_letters(
-                    servers, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit,
-                    rate_per_second=rate,
-                )
-            )  # fmt: skip
+            report, members = asyncio.run(replaying())
     except ReplayRefused as exc:
         raise _fail(exc) from exc
     verb = "would replay" if dry_run else "replayed"
     done = report.selected if dry_run else report.replayed
-    typer.echo(f"{verb} {len(done)}: {', '.join(done) or '-'}")
+    typer.echo(f"{verb} {len(done)} dead letter(s)" + (":" if done else ""))
+    if done:
+        for line in _table([report.letters[i] for i in done], REPLAY_COLUMNS, indent="  "):
+            typer.echo(line)
+    if members is None:
+        typer.echo(f"router: cannot tell whether one is consuming (Kafka did not describe consumer group {group})")
+    elif members:
+        typer.echo(f"router: consuming (consumer group {group} has {members} member(s))")
+    else:
+        typer.echo(
+            f"router: none consuming (consumer group {group} has no members): replayed messages wait on"
+            f" {topics.transfers} until `casebridge run` starts"
+        )
     if report.already_replayed:
         typer.echo(f"skipped {len(report.already_replayed)} already replayed: {', '.join(report.already_replayed)}")
     if report.by_reference:

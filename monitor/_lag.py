@@ -13,13 +13,15 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
-from router.deadletters import list_dead_letters, replayed_ids
+from router.deadletters import Status, list_dead_letters, outcomes_from_topics
 from router.settings import Topics
 
 from ._tracker import Tracker
 
 log = structlog.get_logger("casebridge.monitor")
 TRACKER_GROUP = "casebridge-monitor (tracker)"
+#: dead letters that still need a person (their reasons are the page's "top reasons")
+OPEN_STATUSES = (Status.WAITING, Status.PARKED, Status.EXPIRED)
 
 
 async def group_lag(bootstrap_servers: str, topics: Topics) -> list[dict[str, Any]]:
@@ -68,15 +70,23 @@ class Watch:
         rows.append({"group": TRACKER_GROUP, "topic": self.topics.events, "lag": sum(tracker_lag.values())})
         self.lag = rows
         letters = await list_dead_letters(self.bootstrap_servers, self.topics)
-        done = await replayed_ids(self.bootstrap_servers, self.topics)
-        self.dead_letters = [{**d.summary(), "replayed": d.id in done} for d in letters]
+        # the completions from the tracker's store of events (as far as it has read the events topic)
+        completions = self.tracker.store.completions(d.transfer_id for d in letters if d.transfer_id)
+        outcomes = await outcomes_from_topics(self.bootstrap_servers, self.topics, letters, completions)
+        self.dead_letters = [d.listed(outcomes) for d in letters]
         self.refreshed_at = time.time()
 
+    def by_status(self) -> dict[str, int]:
+        """How many dead letters are in each status (every status named, 0 included)."""
+        counts = Counter(d["status"] for d in self.dead_letters)
+        return {s.value: counts[s.value] for s in Status}
+
     def top_reasons(self, n: int = 5) -> list[dict[str, Any]]:
-        """The commonest reasons among dead letters not yet replayed (error class and rule ids, no personal data)."""
+        """The commonest reasons among dead letters that still need a person (``OPEN_STATUSES``: waiting, parked,
+        expired), by error class and rule ids, no personal data."""
         reasons: Counter[str] = Counter()
         for d in self.dead_letters:
-            if not d["replayed"]:
+            if d["status"] in OPEN_STATUSES:
                 rules = ", ".join(d["rule_ids"])
                 reasons[f"{d['error_class']}{' (' + rules + ')' if rules else ''}: {d['reason']}"] += 1
         return [{"reason": r, "count": c} for r, c in reasons.most_common(n)]

@@ -49,11 +49,20 @@ class StoreCollector(Collector):
         for council, n in sorted(self.store.dead_letter_counts().items()):
             dead.add_metric([council], n)
         yield dead
+        by_status = self.watch.by_status()
         yield GaugeMetricFamily(
             "casebridge_dead_letters_waiting",
-            "Messages on the dead-letter topic not yet replayed",
-            value=sum(1 for d in self.watch.dead_letters if not d["replayed"]),
+            "Messages on the dead-letter topic with nothing done since (not replayed, their transfer not completed)",
+            value=by_status["waiting"],
         )
+        statuses = GaugeMetricFamily(
+            "casebridge_dead_letters_by_status",
+            "Messages on the dead-letter topic by status: waiting, replayed, parked, resolved, expired",
+            labels=["status"],
+        )
+        for name, n in by_status.items():
+            statuses.add_metric([name], n)
+        yield statuses
 
         lag = GaugeMetricFamily("casebridge_consumer_lag", "Messages not yet consumed", labels=["group", "topic"])
         for row in self.watch.lag:

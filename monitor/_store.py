@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import TransferEvent, TransferRequested, TransferRetryScheduled
+from router.deadletters import COMPLETED
 
 #: the state a transfer enters with each event type (alerts, milestones, allocations do not move it)
 STATE_OF = {
@@ -251,6 +252,22 @@ class Store:
             "LEFT JOIN transfers t ON t.transfer_id = e.transfer_id WHERE e.event_type = 'dead-lettered' GROUP BY 1"
         )
         return {r["council"]: r["n"] for r in rows}
+
+    def completions(self, transfer_ids: Iterable[str]) -> dict[str, list[tuple[str, datetime]]]:
+        """Each transfer's completion events (``router.deadletters.COMPLETED``): ``(event type, occurred at)``
+        in store order (a dead letter's status: resolved when one came after it)."""
+        ids = sorted(set(transfer_ids))
+        out: dict[str, list[tuple[str, datetime]]] = {}
+        kinds = ", ".join("?" for _ in COMPLETED)
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+            rows = self._query(
+                "SELECT transfer_id, event_type, occurred_at FROM events "
+                f"WHERE transfer_id IN ({', '.join('?' for _ in chunk)}) AND event_type IN ({kinds}) ORDER BY seq",
+                [*chunk, *COMPLETED],
+            )
+            for r in rows:
+                out.setdefault(r["transfer_id"], []).append((r["event_type"], datetime.fromisoformat(r["occurred_at"])))
+        return out
 
     def latencies(self) -> list[float]:
         rows = self._query("SELECT latency_seconds FROM transfers WHERE latency_seconds IS NOT NULL")

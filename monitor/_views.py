@@ -55,7 +55,7 @@ def overview(store: Store, watch: Watch, now: datetime | None = None) -> dict[st
     for _, s in timed:
         by_deadline[s.state] += 1
     by_state = store.by_state()
-    waiting = [d for d in watch.dead_letters if not d["replayed"]]
+    by_status = watch.by_status()
     return {
         "generated_at": (now or datetime.now(UTC)).isoformat(),
         "total": sum(by_state.values()),
@@ -67,7 +67,8 @@ def overview(store: Store, watch: Watch, now: datetime | None = None) -> dict[st
         "overdue": sorted(overdue, key=lambda o: o["due_at"])[:100],
         "dead_letters": {
             "total": len(watch.dead_letters),
-            "waiting": len(waiting),
+            "waiting": by_status["waiting"],
+            "by_status": by_status,
             "top_reasons": watch.top_reasons(),
             "latest": watch.dead_letters[-20:][::-1],
         },

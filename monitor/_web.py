@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts import MilestoneRecorded, Person
 from mappings import load_deadlines
 from router.allocations import AllocationNotPending, AllocationRefused, allocate
-from router.deadletters import Filters, replay
+from router.deadletters import Filters, Status, replay
 
 from ._asyncapi import asyncapi_document
 from ._service import Monitor
@@ -317,9 +317,12 @@ def create_app(monitor: Monitor) -> FastAPI:
         return detail
 
     @app.get("/api/dead-letters")
-    async def api_dead_letters(_: Viewer) -> dict[str, Any]:
+    async def api_dead_letters(_: Viewer, status: Status | None = None) -> dict[str, Any]:
+        """Every dead letter with its transfer id, reason and status (``?status=`` one of them), the counts by
+        status, and the top reasons among those that still need a person."""
         w = monitor.watch
-        return {"dead_letters": w.dead_letters, "top_reasons": w.top_reasons(10)}
+        chosen = [d for d in w.dead_letters if status is None or d["status"] == status]
+        return {"dead_letters": chosen, "by_status": w.by_status(), "top_reasons": w.top_reasons(10)}
 
     @app.get("/api/alerts")
     async def api_alerts(

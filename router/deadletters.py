@@ -7,19 +7,31 @@ letter. Each replay is audited (an audit record keyed by the dead letter, and a
 ``replayed`` event). Replay is idempotent: a dead letter already replayed is skipped, and
 delivery itself is idempotent on transfer id. A replayed message that fails again goes to
 the parking topic, not back to the dead-letter topic, so nothing loops.
+
+Each dead letter has a status (``STATUSES``), from what happened since: ``resolved`` (its transfer
+later reached a completed state, ``COMPLETED``, on the events topic), ``parked`` (its replay failed
+again: a parking record names it), ``replayed`` (an audit record says it was replayed, and nothing
+completed since), ``expired`` (held by reference, and the record it refers to is gone from its topic)
+or ``waiting`` (nothing since). ``casebridge dlq list`` reads these from the topics
+(``outcomes_from_topics``); the monitor takes the completions from its store of events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts import TransferReplayed
@@ -34,6 +46,28 @@ class ReplayRefused(ValueError):
     """A replay was asked for without what it needs (an operator identity)."""
 
 
+class Status(StrEnum):
+    """What became of a dead letter (the module's docstring says how each is decided)."""
+
+    WAITING = "waiting"
+    REPLAYED = "replayed"
+    PARKED = "parked"
+    RESOLVED = "resolved"
+    EXPIRED = "expired"
+
+
+STATUSES = tuple(s.value for s in Status)
+#: the events that say a transfer reached a completed state (router/flow.py: no record to send, or the source
+#: record closed or kept open; router/closures.py: a later closure's ``source-closed``)
+COMPLETED = ("source-closed", "source-kept-open", "completed-no-record")
+#: a later closure's dead letter (router/closures.py) is resolved by the closure only, not by the keep-open before it
+CLOSED = ("source-closed",)
+#: replay audit records are keyed by the dead letter's id; allocations' and the intake's by ``<kind>/<transfer id>``
+_DEAD_LETTER_ID = re.compile(r"\d+:\d+")
+#: event records are stamped by their producer: read the events topic from this long before the oldest dead letter
+_CLOCK_MARGIN = timedelta(minutes=5)
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     id: str
@@ -42,6 +76,8 @@ class DeadLetter:
     headers: list[tuple[str, bytes]]
     context: dict[str, str]
     pathway: str | None = None
+    #: the dead-letter record's timestamp (ms since the epoch), when read from the topic
+    timestamp: int | None = None
 
     @classmethod
     def of(cls, record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
@@ -50,7 +86,13 @@ class DeadLetter:
             k.removeprefix(DLQ_PREFIX): v.decode(errors="replace") for k, v in headers if k.startswith(DLQ_PREFIX)
         }
         return cls(
-            f"{record.partition}:{record.offset}", record.key, record.value, headers, context, _pathway(record.value)
+            f"{record.partition}:{record.offset}",
+            record.key,
+            record.value,
+            headers,
+            context,
+            _pathway(record.value),
+            record.timestamp,
         )
 
     @property
@@ -66,6 +108,22 @@ class DeadLetter:
         value = self.context.get("last.failure")
         return datetime.fromisoformat(value) if value else None
 
+    @property
+    def failed_at(self) -> datetime | None:
+        """When it was dead-lettered: its last failure, else the dead-letter record's own time."""
+        if self.last_failure is not None:
+            return _aware(self.last_failure)
+        return datetime.fromtimestamp(self.timestamp / 1000, UTC) if self.timestamp is not None else None
+
+    @property
+    def transfer_id(self) -> str | None:
+        return self.context.get("transfer.id") or None
+
+    @property
+    def by_reference(self) -> bool:
+        """Too big to dead-letter whole: the record stays where it was (original topic, partition, offset)."""
+        return self.context.get("by.reference") == "true"
+
     def summary(self) -> dict[str, Any]:
         """What an operator list shows: no personal data (ids, council, pathway, reason)."""
         return {
@@ -80,6 +138,40 @@ class DeadLetter:
             "attempts": int(self.context.get("attempts", "0") or 0),
             "reason": self.context.get("error.message", ""),
         }
+
+    def status(self, outcomes: Outcomes) -> Status:
+        """What became of it since (the module's docstring): resolved, parked, replayed, expired or waiting."""
+        closure = self.context.get("original.topic", "").endswith(".pending-closures")
+        kinds = CLOSED if closure else COMPLETED
+        since = self.failed_at
+        done = outcomes.completions.get(self.transfer_id or "", ())
+        if any(kind in kinds and (since is None or at >= since) for kind, at in done):
+            return Status.RESOLVED
+        if self.id in outcomes.parked:
+            return Status.PARKED
+        if self.id in outcomes.replayed:
+            return Status.REPLAYED
+        if self.id in outcomes.expired:
+            return Status.EXPIRED
+        return Status.WAITING
+
+    def listed(self, outcomes: Outcomes) -> dict[str, Any]:
+        """``summary()`` with its status, and ``replayed`` (an audit record says so), as every listing shows it."""
+        return {**self.summary(), "status": self.status(outcomes).value, "replayed": self.id in outcomes.replayed}
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """What happened after the dead letters were written (``DeadLetter.status`` decides from it)."""
+
+    #: dead letter ids an audit record says were replayed
+    replayed: frozenset[str] = frozenset()
+    #: dead letter ids whose replay failed again (a parking record's ``casebridge.replay.of``)
+    parked: frozenset[str] = frozenset()
+    #: completion events per transfer id: ``(event type, occurred at)``, event types among ``COMPLETED``
+    completions: Mapping[str, Sequence[tuple[str, datetime]]] = field(default_factory=dict)
+    #: dead letters held by reference whose record is gone from its topic (retention deleted it)
+    expired: frozenset[str] = frozenset()
 
 
 def _pathway(value: bytes | None) -> str | None:
@@ -127,9 +219,171 @@ async def list_dead_letters(bootstrap_servers: str, topics: Topics, filters: Fil
 
 
 async def replayed_ids(bootstrap_servers: str, topics: Topics) -> set[str]:
-    """The dead letters replayed so far: the keys of the audit topic's replay records (not its allocations')."""
+    """The dead letters replayed so far: the keys of the audit topic's replay records (not allocations' or intake's)."""
     keys = {r.key.decode() for r in await read_all(bootstrap_servers, topics.audit) if r.key is not None}
-    return {k for k in keys if not k.startswith(ALLOCATION_AUDIT_PREFIX)}
+    return {k for k in keys if not k.startswith(ALLOCATION_AUDIT_PREFIX) and _DEAD_LETTER_ID.fullmatch(k)}
+
+
+async def _partitions(bootstrap_servers: str) -> dict[str, set[int]]:
+    """The cluster's topics and their partitions (a metadata request for all of them: naming an absent topic
+    might create it)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
+    await client.bootstrap()
+    try:
+        cluster = await client.fetch_all_metadata()
+        return {t: set(cluster.partitions_for_topic(t) or ()) for t in cluster.topics()}
+    finally:
+        await client.close()
+
+
+async def parked_ids(bootstrap_servers: str, topics: Topics) -> set[str]:
+    """The dead letters whose replay failed again: the ``casebridge.replay.of`` of the parking topic's records."""
+    out = set()
+    for r in await read_all(bootstrap_servers, topics.parking):
+        of = dict(r.headers or ()).get(H_REPLAY_OF)
+        if of is not None:
+            out.add(bytes(of).decode(errors="replace"))
+    return out
+
+
+async def expired_ids(bootstrap_servers: str, letters: Sequence[DeadLetter]) -> set[str]:
+    """Dead letters held by reference whose record is gone: its topic or partition no longer there, or its offset
+    below the partition's first (retention deleted it; transfers are kept 7 days)."""
+    refs: dict[str, TopicPartition | None] = {}
+    for d in letters:
+        if d.by_reference:
+            try:
+                refs[d.id] = TopicPartition(d.context["original.topic"], int(d.context["original.partition"]))
+            except (KeyError, ValueError):
+                refs[d.id] = None  # it names no record: nothing to find
+    if not refs:
+        return set()
+    cluster = await _partitions(bootstrap_servers)
+    there = sorted({tp for tp in refs.values() if tp is not None and tp.partition in cluster.get(tp.topic, ())})
+    first: dict[TopicPartition, int] = {}
+    if there:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign(there)  # the consumer learns these topics' leaders
+            first = await consumer.beginning_offsets(there)
+        finally:
+            await consumer.stop()
+    letters_by_id = {d.id: d for d in letters if d.id in refs}
+    out = set()
+    for dl_id, tp in refs.items():
+        offset = letters_by_id[dl_id].context.get("original.offset", "")
+        if tp is None or tp not in first or not offset.isdigit() or int(offset) < first[tp]:
+            out.add(dl_id)
+    return out
+
+
+async def completions_since(
+    bootstrap_servers: str, events_topic: str, transfer_ids: Iterable[str], since: datetime | None
+) -> dict[str, list[tuple[str, datetime]]]:
+    """Completion events (``COMPLETED``) of these transfers on the events topic, from a little before ``since``
+    (the oldest dead letter: nothing older can resolve one) to the topic's end now."""
+    wanted = {t.encode() for t in transfer_ids}
+    out: dict[str, list[tuple[str, datetime]]] = {}
+    if not wanted:
+        return out
+    partitions = [
+        TopicPartition(events_topic, p) for p in sorted((await _partitions(bootstrap_servers)).get(events_topic, ()))
+    ]
+    if not partitions:
+        return out
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        end = await consumer.end_offsets(partitions)
+        if since is None:
+            starts: dict[TopicPartition, int] = await consumer.beginning_offsets(partitions)
+        else:  # the first record stamped at or after that time; none: nothing that late yet
+            at = int((since - _CLOCK_MARGIN).timestamp() * 1000)
+            found = await consumer.offsets_for_times({tp: max(at, 0) for tp in partitions})
+            starts = {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in partitions}
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
+        kinds = {k.encode() for k in COMPLETED}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60.0
+        while loop.time() < deadline and [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
+            for records in (await consumer.getmany(*partitions, timeout_ms=500)).values():
+                for r in records:
+                    kind = dict(r.headers or ()).get("event_type")
+                    if r.key not in wanted or kind is None or bytes(kind) not in kinds or r.value is None:
+                        continue
+                    try:
+                        occurred = datetime.fromisoformat(json.loads(r.value)["occurred_at"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    out.setdefault(r.key.decode(), []).append((bytes(kind).decode(), _aware(occurred)))
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def outcomes_from_topics(
+    bootstrap_servers: str,
+    topics: Topics,
+    letters: Sequence[DeadLetter],
+    completions: Mapping[str, Sequence[tuple[str, datetime]]] | None = None,
+) -> Outcomes:
+    """What happened to ``letters`` since: the audit, parking and events topics, and the by-reference records.
+
+    The events topic is read from a little before the oldest of these dead letters only (nothing older can
+    resolve one), unless ``completions`` are given (the monitor has them in its store); a topic that does not
+    exist yet has nothing to say."""
+    there = await _partitions(bootstrap_servers)
+    with_transfer = [d for d in letters if d.transfer_id]
+    times = [d.failed_at for d in with_transfer]
+    since = None if None in times else min((t for t in times if t is not None), default=None)
+
+    async def nothing() -> set[str]:
+        return set()
+
+    async def given() -> Mapping[str, Sequence[tuple[str, datetime]]]:
+        return completions or {}
+
+    wanted = {d.transfer_id or "" for d in with_transfer}
+    replayed, parked, completed, expired = await asyncio.gather(
+        replayed_ids(bootstrap_servers, topics) if topics.audit in there else nothing(),
+        parked_ids(bootstrap_servers, topics) if topics.parking in there else nothing(),
+        completions_since(bootstrap_servers, topics.events, wanted, since)
+        if completions is None and topics.events in there and with_transfer
+        else given(),
+        expired_ids(bootstrap_servers, letters),
+    )
+    return Outcomes(frozenset(replayed), frozenset(parked), completed, frozenset(expired))
+
+
+async def list_with_status(
+    bootstrap_servers: str, topics: Topics, filters: Filters | None = None, status: Status | None = None
+) -> list[dict[str, Any]]:
+    """The matching dead letters as listed (``DeadLetter.listed``: summary and status), only ``status`` if given."""
+    letters = await list_dead_letters(bootstrap_servers, topics, filters)
+    outcomes = await outcomes_from_topics(bootstrap_servers, topics, letters)
+    rows = [d.listed(outcomes) for d in letters]
+    return [r for r in rows if status is None or r["status"] == status]
+
+
+async def router_members(bootstrap_servers: str, group_id: str) -> int | None:
+    """How many members the router's consumer group has now (0: no router is consuming); None if Kafka cannot say."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group_id])
+    except Exception:  # an older broker or no rights to describe groups: say we do not know
+        return None
+    finally:
+        await admin.close()
+    for response in responses:
+        for group in response.groups:
+            error_code, name, state, members = group[0], group[1], group[2], group[5]
+            if name == group_id:
+                return 0 if error_code or state in ("Dead", "Empty") else len(members)
+    return 0
 
 
 @dataclass
@@ -140,6 +394,8 @@ class ReplayReport:
     #: dead letters that hold their record by reference only (too big to dead-letter whole): not replayable
     by_reference: list[str] = field(default_factory=list)
     dry_run: bool = False
+    #: every dead letter named above, as listed (``DeadLetter.listed``: transfer id, reason, status, ...)
+    letters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 async def replay(
@@ -155,15 +411,19 @@ async def replay(
     """Replay matching dead letters once each; audited; ``dry_run`` only reports what it would do."""
     if not operator or not operator.strip():
         raise ReplayRefused("replay needs an operator identity (--operator): every replay is audited")
-    done = await replayed_ids(bootstrap_servers, topics)
+    letters = await list_dead_letters(bootstrap_servers, topics, filters)
+    outcomes = await outcomes_from_topics(bootstrap_servers, topics, letters)
     report = ReplayReport(dry_run=dry_run)
-    for d in await list_dead_letters(bootstrap_servers, topics, filters):
-        if d.id in done:
+    for d in letters:
+        if d.id in outcomes.replayed:
             report.already_replayed.append(d.id)
-        elif d.context.get("by.reference") == "true":
+        elif d.by_reference:
             report.by_reference.append(d.id)
         elif limit is None or len(report.selected) < limit:
             report.selected.append(d.id)
+        else:
+            continue
+        report.letters[d.id] = d.listed(outcomes)
     if dry_run or not report.selected:
         return report
     chosen = {d.id: d for d in await list_dead_letters(bootstrap_servers, topics) if d.id in set(report.selected)}

@@ -10,7 +10,7 @@ import pytest
 
 from casebridge.stack import Stack
 from contracts import TransferEvent
-from router.deadletters import ReplayRefused, list_dead_letters, replay
+from router.deadletters import ReplayRefused, list_dead_letters, list_with_status, replay
 from router.settings import RetrySettings
 from tests.support import Systems, events_of, read
 
@@ -125,6 +125,7 @@ async def test_replay_that_fails_again_goes_to_parking_not_back_to_the_dead_lett
     assert 1 == len(parked)
     assert b"ops-tester" == dict(parked[0].headers)["casebridge.replay.operator"]
     assert 1 == len(await list_dead_letters(bootstrap, topics))
+    assert [(first, "parked")] == [(r["transfer_id"], r["status"]) for r in await list_with_status(bootstrap, topics)]
 
 
 async def test_lcs_publisher_waits_out_an_lcs_outage_and_then_publishes(stack: Stack, systems: Systems) -> None:

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import httpx
 
+from connectors.memory import MemorySource, MemoryTarget
+from contracts import CaseSystem
 from router.settings import Topics
-from tests.monitor_support import OPERATOR_NAME, OPERATOR_TOKEN, VIEWER_TOKEN, auth, running_monitor, wait_for
-from tests.support import ns_transfer, produce, read
+from tests.monitor_support import (
+    OPERATOR_NAME,
+    OPERATOR_TOKEN,
+    VIEWER_TOKEN,
+    auth,
+    get_json,
+    running_monitor,
+    wait_for,
+)
+from tests.support import count_type, ns_transfer, produce, read, running_router
 from tests.test_monitor_tracker import _events
 
 
@@ -70,6 +80,12 @@ async def test_g3_viewer_cannot_replay_operator_replay_is_audited_with_their_nam
     with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
         waiting = await wait_for(f"{server.url}/api/dead-letters", lambda b: len(b["dead_letters"]) == 1)
         assert "ProtocolRuleNotMet (NS-6): protocol rules not met: NS-6" == waiting["top_reasons"][0]["reason"]
+        [letter] = waiting["dead_letters"]
+        assert ("ns-1", "protocol rules not met: NS-6", "waiting") == (
+            letter["transfer_id"],
+            letter["reason"],
+            letter["status"],
+        )
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             denied = await client.post("/api/replay", json={"transfer_id": "ns-1"}, headers=auth(VIEWER_TOKEN))
             assert 403 == denied.status_code
@@ -78,6 +94,18 @@ async def test_g3_viewer_cannot_replay_operator_replay_is_audited_with_their_nam
             assert 1 == len(done.json()["replayed"])
             again = await client.post("/api/replay", json={"transfer_id": "ns-1"}, headers=auth(OPERATOR_TOKEN))
             assert ([], done.json()["replayed"]) == (again.json()["replayed"], again.json()["already_replayed"])
+        # no router here: replayed, and not (yet) resolved
+        replayed = await wait_for(
+            f"{server.url}/api/dead-letters?status=replayed", lambda b: len(b["dead_letters"]) == 1
+        )
+        assert (1, 0, []) == (
+            replayed["by_status"]["replayed"],
+            replayed["by_status"]["waiting"],
+            replayed["top_reasons"],
+        )
+        assert [] == (await get_json(f"{server.url}/api/dead-letters?status=waiting"))["dead_letters"]
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            assert 422 == (await client.get("/api/dead-letters?status=done", headers=auth())).status_code
     [audit] = await read(kafka_bootstrap, topics.audit, lambda rs: len(rs) >= 1, timeout=30)
     record = json.loads(audit.value)
     assert (OPERATOR_NAME, "ns-1") == (record["operator"], record["transfer_id"])
@@ -116,3 +144,37 @@ async def test_ns04_overdue_meeting_shows_then_operator_records_it_met(
         )
         assert (True, "milestone") == (detail["deadlines"][0]["met_late"], detail["timeline"][-1]["event_type"])
         assert [] == (await wait_for(f"{server.url}/api/overview", lambda o: o["overdue"] == []))["overdue"]
+
+
+async def test_ns07_held_transfer_that_later_completes_shows_resolved(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """NS-7: a transfer held because its LCS record was closed out of band is `waiting` in the API and the overview;
+    once the record is reopened and the transfer completes, its dead letter is `resolved` and no longer a top
+    reason or waiting."""
+    topics = Topics(topic_prefix)
+    source = MemorySource()
+    source.closed["LCS-7"] = "someone-else"
+    held = json.dumps(ns_transfer(7)).encode()
+    systems = ({CaseSystem.EHM: MemoryTarget()}, {CaseSystem.LCS: source})
+    async with running_router(kafka_bootstrap, topic_prefix, *systems):
+        with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
+            await produce(kafka_bootstrap, topics.transfers, [(b"lcs:LCS-7", held)])
+            url = f"{server.url}/api/dead-letters"
+            waiting = await wait_for(url, lambda b: len(b["dead_letters"]) == 1)
+            [letter] = waiting["dead_letters"]
+            assert ("ns-7", ["NS-7"], "waiting") == (letter["transfer_id"], letter["rule_ids"], letter["status"])
+            assert letter["reason"].startswith("protocol rules not met: NS-7")
+            assert 1 == (await get_json(f"{server.url}/api/overview"))["dead_letters"]["waiting"]
+
+            del source.closed["LCS-7"]  # reopened; the LCS publisher publishes the request again
+            await produce(kafka_bootstrap, topics.transfers, [(b"lcs:LCS-7", held)])
+            await read(kafka_bootstrap, topics.events, count_type("source-closed", 1))
+            resolved = await wait_for(url, lambda b: b["dead_letters"][0]["status"] == "resolved")
+            assert ({"resolved": 1, "waiting": 0}, []) == (
+                {k: resolved["by_status"][k] for k in ("resolved", "waiting")},
+                resolved["top_reasons"],
+            )
+            assert [letter["id"]] == [d["id"] for d in (await get_json(f"{url}?status=resolved"))["dead_letters"]]
+            overview = (await get_json(f"{server.url}/api/overview"))["dead_letters"]
+            assert (0, "resolved") == (overview["waiting"], overview["latest"][0]["status"])

@@ -32,9 +32,10 @@ async function refresh() {
   table("overdue", ["transfer", "rule", "what", "due"],
         o.overdue.map((d) => [link(d.transfer_id), td(d.rule_id, "overdue"), td(d.what), td(d.due_at)]));
   table("top-reasons", ["reason", "count"], o.dead_letters.top_reasons.map((r) => [td(r.reason), td(r.count)]));
-  table("dead-letters", ["id", "transfer", "council", "error", "rules", ""],
+  table("dead-letters", ["id", "transfer", "council", "error", "rules", "reason", "status"],
         o.dead_letters.latest.map((d) => [td(d.id), d.transfer_id ? link(d.transfer_id) : td("-"), td(d.council),
-          td(d.error_class), td(d.rule_ids.join(", ")), td(d.replayed ? "replayed" : "waiting")]));
+          td(d.error_class), td(d.rule_ids.join(", ")), td(d.reason), td(d.status, "dl-" + d.status)]));
+  set("dead-letter-statuses", Object.entries(o.dead_letters.by_status).map(([s, n]) => n + " " + s).join(" · "));
   table("lag", ["consumer group", "topic", "lag"], o.consumer_lag.map((l) => [td(l.group), td(l.topic), td(l.lag)]));
   set("updated", new Date().toLocaleTimeString());
   await refreshAlerts();
@@ -82,7 +83,7 @@ async function openTransfer(id) {
       d.deadlines.map((s) => "<tr>" + td(s.rule_id) + td(s.what) + td(s.due_at) + td(s.state + (s.met_late ? " (late)" : ""), s.state) + "</tr>").join("") + "</table>";
   }
   if (me.role === "operator") {
-    const waiting = d.dead_letters.filter((x) => !x.replayed);
+    const waiting = d.dead_letters.filter((x) => x.status === "waiting");
     if (waiting.length) html += '<p><button id="replay-button" data-id="' + esc(t.transfer_id) + '">Replay ' + waiting.length + " dead letter(s)</button></p>";
     const names = Object.keys(me.milestones).filter((n) => me.milestones[n][t.council]);
     if (names.length) html += '<p>Record milestone: <select id="milestone">' + names.map((n) => "<option>" + esc(n) + "</option>").join("") +
