@@ -188,9 +188,9 @@ class ConsentRule(_Rule):
     - it was decided by a manager whose role contains one of ``exemption_roles`` (SW26-2: a Duty
       Manager; SW22-4: a MASH manager; NS-11: the Team Manager or Front Door management ...).
 
-    A rule that allows exemptions must name all three: an empty list would let anyone, for any
-    level, proceed without consent. ``exemption_allowed = false`` refuses every exemption
-    (SW26-4, SW22-8, LU-6); ``signed`` asks for signed consent (LU-6).
+    A rule names all three or none: naming none (or ``exemption_allowed = false``: SW26-4,
+    SW22-8, LU-6) accepts no exemption at all, never "anyone, for any level"; naming only some is
+    refused at load. ``signed`` asks for signed consent (LU-6).
     """
 
     check: Literal["consent"]
@@ -208,23 +208,27 @@ class ConsentRule(_Rule):
             "exemption_to_levels": self.exemption_to_levels,
             "exemption_roles": self.exemption_roles,
         }
-        if self.exemption_allowed:
-            missing = [k for k, v in named.items() if not v]
-            if missing:
-                raise ValueError(
-                    f"an exemption needs {', '.join(missing)} (G1: significant harm, decided by a named manager); "
-                    "or set exemption_allowed = false"
-                )
-        elif any(named.values()):
-            raise ValueError("exemption_allowed = false takes no exemption_reasons, exemption_to_levels or roles")
+        given = [k for k, v in named.items() if v]
+        if not self.exemption_allowed and given:
+            raise ValueError(f"exemption_allowed = false takes no {', '.join(given)}")
+        missing = [k for k, v in named.items() if not v]
+        if given and missing:
+            raise ValueError(
+                f"an exemption needs {', '.join(missing)} too (G1: significant harm, decided by a named manager)"
+            )
         return self
+
+    @property
+    def accepts_exemptions(self) -> bool:
+        """Whether any exemption can stand in for consent (all three lists named, exemptions allowed)."""
+        return self.exemption_allowed and bool(self.exemption_roles)
 
     def _exemption_problem(self, t: TransferMessage) -> str | None:
         """Why the transfer's exemption does not stand in for consent (``None``: it does)."""
         e = t.consent_exemption
         if e is None:
             return "no exemption"
-        if not self.exemption_allowed:
+        if not self.accepts_exemptions:
             return "no exemption is accepted here"
         if e.reason not in self.exemption_reasons:
             return f"exemption reason {e.reason!r} is not one of {', '.join(self.exemption_reasons)}"

@@ -162,7 +162,7 @@ def test_g1_held_exemption_says_why_without_personal_data() -> None:
 
 
 def test_g1_consent_rule_allowing_exemptions_without_roles_is_refused(tmp_path: Path) -> None:
-    """G1: a protocol whose consent rule lists no managers (anyone could exempt) does not load."""
+    """G1: a consent rule naming the s.47 reason and level but no managers (anyone could exempt) does not load."""
     text = (PROTOCOL_DIR / "north-somerset.toml").read_text()
     broken = text.replace('exemption_roles = ["Team Manager", "Front Door Manager"]\n', "", 1)
     assert broken != text
@@ -170,6 +170,22 @@ def test_g1_consent_rule_allowing_exemptions_without_roles_is_refused(tmp_path: 
     path.write_text(broken)
     with pytest.raises(MappingError, match=r"G1.*exemption_roles"):
         load_protocol(path)
+
+
+def test_g1_consent_rule_naming_no_exemption_accepts_none(tmp_path: Path) -> None:
+    """G1: a consent rule that names no reasons, levels or managers accepts no exemption at all."""
+    text = (PROTOCOL_DIR / "north-somerset.toml").read_text()
+    bare = text.replace(
+        'exemption_reasons = ["significant-harm-s47"]\nexemption_to_levels = ["child-protection-s47"]\n'
+        'exemption_roles = ["Team Manager", "Front Door Manager"]\n',
+        "",
+        1,
+    )
+    assert bare != text
+    path = tmp_path / "north-somerset.toml"
+    path.write_text(bare)
+    (held,) = load_protocol(path).check(transfer(_s47("north-somerset", "Team Manager")), Facts())
+    assert "G1" == held.rule_id and "no exemption is accepted here" in held.message
 
 
 # -- the EHM step-up mapping: the reason EHM states ------------------------------------------------

@@ -12,7 +12,7 @@ from router import Settings, build_router
 from tests.council_data import step_down, transfer
 
 HEAD = 'id = "x"\ncouncil = "luton"\nseed = "002"\n'
-GOOD_RULE = '[[rule]]\nid = "NS-7"\ncheck = "source-open"\nmessage = "m"\nfix = "f"\n'
+GOOD_RULE = '[[rule]]\nid = "G1"\ncheck = "consent"\nmessage = "m"\nfix = "f"\n'
 
 
 def _load(tmp_path: Path, text: str) -> None:
