@@ -200,6 +200,17 @@ def exemption(role: str) -> dict[str, Any]:
     }
 
 
+def ehm_exemption(role: str, reason: str | None = "significant-harm-s47") -> dict[str, Any]:
+    """G1 on EHM's Step-Up request: consent not sought, decided by a named manager in ``role``.
+
+    ``reason`` is what EHM states (``None``: the form states no reason, so no exemption is mapped).
+    """
+    body: dict[str, Any] = {"decided_by": "Dana Dutymanager", "decided_by_role": role, "decided_on": "2026-11-20"}
+    if reason is not None:
+        body["reason"] = reason
+    return body
+
+
 class _SandboxClient:
     def __init__(self, url: str, token: str) -> None:
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)

@@ -179,28 +179,82 @@ class SourceOpenRule(_Rule):
 class ConsentRule(_Rule):
     """G1: consent with the needed scope, or the s.47 exemption decided by a named manager.
 
-    ``exemption_roles`` names who may decide to proceed without consent (SW26-2: a Duty
-    Manager; SW22-4: a MASH manager); ``signed`` asks for signed consent (LU-6).
+    The only exemption is risk of significant harm (G1, NS-11): an exemption stands in for
+    consent only when all of these hold, each stated in the protocol file:
+
+    - its reason is one of ``exemption_reasons`` (the significant-harm code the source system states);
+    - the transfer goes to one of ``exemption_to_levels`` (child protection, s.47): a step-up to
+      child in need (s.17) or any step-down needs the family's consent;
+    - it was decided by a manager whose role contains one of ``exemption_roles`` (SW26-2: a Duty
+      Manager; SW22-4: a MASH manager; NS-11: the Team Manager or Front Door management ...).
+
+    A rule names all three or none: naming none (or ``exemption_allowed = false``: SW26-4,
+    SW22-8, LU-6) accepts no exemption at all, never "anyone, for any level"; naming only some is
+    refused at load. ``signed`` asks for signed consent (LU-6).
     """
 
     check: Literal["consent"]
     scope: list[str] = Field(default_factory=list)
     signed: bool = False
-    exemption_roles: list[str] = Field(default_factory=list)
     exemption_allowed: bool = True
+    exemption_reasons: list[str] = Field(default_factory=list)
+    exemption_to_levels: list[ServiceLevel] = Field(default_factory=list)
+    exemption_roles: list[str] = Field(default_factory=list)
 
-    def holds(self, t: TransferMessage, facts: Facts) -> bool:
-        if t.consent_exemption is not None and self.exemption_allowed:
-            significant_harm = (
-                t.pathway.direction is Direction.STEP_UP or t.pathway.from_level is ServiceLevel.CHILD_PROTECTION
+    @model_validator(mode="after")
+    def _exemption_stated(self) -> ConsentRule:
+        named = {
+            "exemption_reasons": self.exemption_reasons,
+            "exemption_to_levels": self.exemption_to_levels,
+            "exemption_roles": self.exemption_roles,
+        }
+        given = [k for k, v in named.items() if v]
+        if not self.exemption_allowed and given:
+            raise ValueError(f"exemption_allowed = false takes no {', '.join(given)}")
+        missing = [k for k, v in named.items() if not v]
+        if given and missing:
+            raise ValueError(
+                f"an exemption needs {', '.join(missing)} too (G1: significant harm, decided by a named manager)"
             )
-            by = t.consent_exemption.decided_by.role
-            return significant_harm and (not self.exemption_roles or _has_role(by, self.exemption_roles))
+        return self
+
+    @property
+    def accepts_exemptions(self) -> bool:
+        """Whether any exemption can stand in for consent (all three lists named, exemptions allowed)."""
+        return self.exemption_allowed and bool(self.exemption_roles)
+
+    def _exemption_problem(self, t: TransferMessage) -> str | None:
+        """Why the transfer's exemption does not stand in for consent (``None``: it does)."""
+        e = t.consent_exemption
+        if e is None:
+            return "no exemption"
+        if not self.accepts_exemptions:
+            return "no exemption is accepted here"
+        if e.reason not in self.exemption_reasons:
+            return f"exemption reason {e.reason!r} is not one of {', '.join(self.exemption_reasons)}"
+        if t.pathway.to_level not in self.exemption_to_levels:
+            levels = ", ".join(level.value for level in self.exemption_to_levels)
+            return f"an exemption is only for a transfer to {levels}, not {t.pathway.to_level.value}"
+        if not _has_role(e.decided_by.role, self.exemption_roles):
+            return f"the exemption was not decided by a {' / '.join(self.exemption_roles)}"
+        return None
+
+    def _consent_holds(self, t: TransferMessage) -> bool:
         if t.consent is None:
             return False
         if self.signed and not t.consent.signed:
             return False
         return set(self.scope) <= {s.value for s in t.consent.scope}
+
+    def holds(self, t: TransferMessage, facts: Facts) -> bool:
+        if self._consent_holds(t):
+            return True
+        return t.consent_exemption is not None and self._exemption_problem(t) is None
+
+    def detail(self, t: TransferMessage) -> str | None:
+        if t.consent_exemption is None or self._consent_holds(t):
+            return None
+        return self._exemption_problem(t)
 
 
 class PurposeNotRule(_Rule):

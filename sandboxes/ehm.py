@@ -232,8 +232,13 @@ class StepUpConsent(StrictModel):
 
 
 class StepUpExemption(StrictModel):
-    """Consent not sought: significant harm may be met (NS-11), decided by a named manager."""
+    """Consent not sought: significant harm may be met (NS-11), decided by a named manager.
 
+    ``reason`` is what the practitioner records on the form; with none, EHM states no reason and
+    casebridge maps no exemption (the step-up then needs the family's consent, G1).
+    """
+
+    reason: Literal["significant-harm-s47"] | None = None
     decided_by: Text
     decided_by_role: Text
     decided_on: date

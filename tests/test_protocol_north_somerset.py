@@ -63,8 +63,12 @@ def test_g1_step_down_without_consent_or_exemption_is_held() -> None:
     assert ["G1"] == _violated(TransferMessage.model_validate(doc))
 
 
-def test_ns11_consent_not_required_where_significant_harm_exemption_recorded() -> None:
-    """NS-11: a manager's s.47 exemption stands in for consent on a step-down from child protection."""
+def test_ns11_significant_harm_exemption_does_not_replace_consent_on_a_step_down() -> None:
+    """NS-11: consent is not required where significant harm may be met: a step-up to s.47, never a step-down.
+
+    A step-down from child protection to EHM still needs the family's consent (G1), even with a
+    Team Manager's recorded exemption.
+    """
     doc = example(consent=None)
     doc["pathway"]["from_level"] = "child-protection-s47"
     doc["consent_exemption"] = {
@@ -72,7 +76,9 @@ def test_ns11_consent_not_required_where_significant_harm_exemption_recorded() -
         "decided_by": {"name": "Dana Dutymanager", "role": "Team Manager"},
         "decided_on": "2026-10-30",
     }
-    assert [] == _violated(TransferMessage.model_validate(doc))
+    held = NS.check(TransferMessage.model_validate(doc), Facts())
+    assert ["G1"] == [v.rule_id for v in held]
+    assert "only for a transfer to child-protection-s47, not early-help" in held[0].message
 
 
 def test_ns02_routes_to_locality_support_leader_or_team_manager_when_away() -> None:

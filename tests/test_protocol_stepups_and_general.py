@@ -8,7 +8,7 @@ from typing import Any
 from contracts import CaseSystem, Council, TransferMessage
 from mappings import Facts, StepDownMemory, load_protocol, load_protocols
 from router.flow import _notice_of
-from tests.council_data import exemption, step_down, step_up, transfer
+from tests.council_data import exemption, step_down, step_up, step_up_s47, transfer
 
 NS = load_protocol(Council.NORTH_SOMERSET)
 ALL = load_protocols()
@@ -49,7 +49,8 @@ def test_ns10_recent_social_worker_is_the_first_contact() -> None:
 def test_ns11_step_up_without_consent_where_significant_harm_may_be_met() -> None:
     """NS-11 / G1: a step-up with a manager's significant-harm exemption needs no consent."""
     assert ["G1"] == _held(transfer(step_up("north-somerset", consent=None)))
-    assert [] == _held(transfer(step_up("north-somerset", consent=None, consent_exemption=exemption("Team Manager"))))
+    s47 = step_up_s47("north-somerset", consent=None, consent_exemption=exemption("Team Manager"))
+    assert [] == _held(transfer(s47))
 
 
 def test_ns12_accepted_step_up_closes_the_ehm_episode_with_a_case_note() -> None:
@@ -60,12 +61,12 @@ def test_ns12_accepted_step_up_closes_the_ehm_episode_with_a_case_note() -> None
     assert [] == NS.keeps_open(transfer(step_up("north-somerset")))
 
 
-def test_g1_exemption_is_only_for_significant_harm_not_for_a_routine_step_down() -> None:
-    """G1: on a step-down from s.17 an exemption does not replace consent; from s.47 it does."""
+def test_g1_exemption_is_only_for_significant_harm_never_for_a_step_down() -> None:
+    """G1: an exemption is for a transfer to s.47; a step-down (from s.17 or from s.47) needs consent."""
     doc = step_down("barnsley", consent=None, consent_exemption=exemption("Team Manager"))
     assert ["G1"] == _held(transfer(doc))
     doc["pathway"]["from_level"] = "child-protection-s47"
-    assert [] == _held(transfer(doc))
+    assert ["G1"] == _held(transfer(doc))
 
 
 def test_g2_every_council_holds_a_transfer_without_a_management_decision() -> None:
