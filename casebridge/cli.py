@@ -407,7 +407,8 @@ def config_check(
     for name, cfg in d.systems.items():
         kind = KINDS[cfg.kind]
         serves = [f"target for {t.value}" for t in kind.targets] + [f"source for {x.value}" for x in kind.sources]
-        loops = f"; loops: {kind.loops} (for {d.council_of(name).value})" if kind.loops else ""
+        whose = f" (for {d.council_of(name).value})" if kind.publishes else ""
+        loops = f"; loops: {kind.loops}{whose}" if kind.loops else ""
         typer.echo(f"  {name}: {cfg.kind} ({', '.join(serves)}){loops}")
     typer.echo("routes:")
     for council, direction, source, src_name, tgt_name, team in d.routes():

@@ -193,9 +193,8 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
     if top is not None:
         alerts, alert_problems = _alerts(top.alerts, context, where)
         problems += alert_problems
-        if any(getattr(c, "kind", "") == "email" for c in alerts.values()) and not any(
-            c.kind == "mailbox" for c in systems.values()
-        ):
+        named_kinds = {b.get("kind") for b in (data.get("systems") or {}).values() if isinstance(b, dict)}
+        if any(getattr(c, "kind", "") == "email" for c in alerts.values()) and "mailbox" not in named_kinds:
             problems.append(f"{path.name}: an e-mail alert channel needs a [systems.NAME] block of kind mailbox")
         for name, cfg in systems.items():
             for i, caller in enumerate(getattr(cfg, "callers", ())):

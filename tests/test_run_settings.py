@@ -290,3 +290,14 @@ def test_a_wrong_lcs_token_ends_run_with_one_line_naming_lcs_and_401(
     assert "answered 401: check the credentials casebridge uses for lcs (its token in the deployment file)" in line
     assert line.endswith("casebridge run exits 4")
     assert "not-the-lcs-token" not in out and "Traceback" not in out
+
+
+def test_missing_credentials_are_each_one_line_and_nothing_else_is_blamed(env: pytest.MonkeyPatch) -> None:
+    """Luton's example with none of its secrets set: one line per missing variable, and no knock-on complaint
+    (the e-mail alert channel's mailbox system is there, only its password is missing)."""
+    for name in SECRETS:
+        env.delenv(name)
+    with pytest.raises(DeploymentError) as raised:
+        load(EXAMPLES / "luton.toml")
+    assert 4 == len(raised.value.problems), raised.value.problems
+    assert all("environment variable" in p and "is not set" in p for p in raised.value.problems)
