@@ -97,3 +97,17 @@ def test_committed_json_schemas_match_the_models() -> None:
     """Schema drift: fails when a model changes and `python -m contracts.schema` was not re-run."""
     committed = {p.name: p.read_text(encoding="utf-8") for p in Path(SCHEMA_DIR).glob("*.json")}
     assert render() == committed
+
+
+def test_each_council_has_a_step_down_and_a_step_up_example_and_each_meets_its_protocol() -> None:
+    """The shipped examples are both directions of every seed council, and none breaks its council's rules."""
+    from mappings import Facts, load_protocols
+
+    protocols = load_protocols()
+    seen = set()
+    for name in SEED_EXAMPLES:
+        message = TransferMessage.model_validate_json((EXAMPLES / name).read_text())
+        seen.add((message.council.value, message.pathway.direction.value))
+        assert [] == [v.rule_id for v in protocols[message.council].check(message, Facts())], name
+    councils = ("swindon", "swindon-2022", "luton", "barnsley", "north-somerset")
+    assert {(c, d) for c in councils for d in ("step-down", "step-up")} == seen
