@@ -152,6 +152,12 @@ class Play:
         self.cases.append(case)
         return case
 
+    def post(self, title: str, doc: dict[str, Any], expect: str, *notes: str) -> tuple[Case, int]:
+        """A team's form posts ``doc`` to the intake: the case it becomes, and the intake's HTTP status."""
+        status = self.d.post(doc).status_code
+        note = f"posted by the team's form to the intake: HTTP {status}"
+        return self.add(Case(title, doc["transfer_id"], expect, notes=[note, *notes])), status
+
     async def wait(self, wanted: Mapping[Case, str], timeout: float = STEP_TIMEOUT) -> bool:
         """Read the events topic until each case has its event (or the timeout); whether all did."""
         by = await self.d.events.until({c.transfer_id: kind for c, kind in wanted.items()}, timeout)
@@ -375,20 +381,15 @@ async def _swindon_2022(p: Play) -> None:
 
     cin.landed = cin_landed
     s47 = s47_step_up(cd.create_person())
-    posted = p.d.post(s47)
-    up = p.add(
-        Case(
-            "s.47 step-up from FISS posted to the intake: to the MASH mailbox, urgent (SW22-1, SW22-6)",
-            s47["transfer_id"],
-            "source-kept-open",
-            notes=[f"posted by the team's form to the intake: HTTP {posted.status_code}"],
-        )
-    )
+    up, posted = p.post(
+        "s.47 step-up from FISS posted to the intake: to the MASH mailbox, urgent (SW22-1, SW22-6)", s47,
+        "source-kept-open",
+    )  # fmt: skip
 
     def mash() -> tuple[list[str], bool]:
         lines, mailed = p.mailed(up.transfer_id, "mash@swindon.example")
         urgent = any(e.event_type == "delivered" and e.urgent for e in up.events)
-        return lines, mailed and urgent and posted.status_code == 202
+        return lines, mailed and urgent and posted == 202
 
     up.landed = mash
     if await p.wait({allocated: "source-kept-open"}):
@@ -404,15 +405,10 @@ async def _swindon_2022(p: Play) -> None:
 async def _luton(p: Play) -> None:
     p.out(f"  intake on port {p.d.systems.intake_port}")
     doc = step_down("luton", 1)
-    posted = p.d.post(doc)
-    down = p.add(
-        Case(
-            "Step-down from the Family Safeguarding Team posted to the intake: receipt, then allocation (LU-6, LU-7)",
-            doc["transfer_id"],
-            "source-closed",
-            notes=[f"posted by the team's form to the intake: HTTP {posted.status_code}"],
-        )
-    )
+    down, _ = p.post(
+        "Step-down from the Family Safeguarding Team posted to the intake: receipt, then allocation (LU-6, LU-7)",
+        doc, "source-closed",
+    )  # fmt: skip
 
     def notices() -> tuple[list[str], bool]:
         mails = p.mails_for(down.transfer_id)
@@ -436,19 +432,13 @@ async def _luton(p: Play) -> None:
     # LU-9: weeks later the child comes back up; the step-up shares the child's identifier with the step-down
     up_doc = step_up("luton", 2, requested_at="2026-12-20T09:00:00Z")
     up_doc["child"]["identifiers"].append(doc["child"]["identifiers"][0])
-    posted_up = p.d.post(up_doc)
-    up = p.add(
-        Case(
-            "Step-up seven weeks after that step-down: back to the Family Safeguarding Team (LU-9), "
-            "early help kept open (LU-4)",
-            up_doc["transfer_id"],
-            "source-kept-open",
-            notes=[
-                f"posted by the team's form to the intake: HTTP {posted_up.status_code}",
-                "LU-4: early help closes 10 days after social care acknowledged; `casebridge run`'s closure "
-                "scheduler will do that then. The demo does not wait 10 days and moves no clock.",
-            ],
-        )
+    up, _ = p.post(
+        "Step-up seven weeks after that step-down: back to the Family Safeguarding Team (LU-9), "
+        "early help kept open (LU-4)",
+        up_doc,
+        "source-kept-open",
+        "LU-4: early help closes 10 days after social care acknowledged; `casebridge run`'s closure "
+        "scheduler will do that then. The demo does not wait 10 days and moves no clock.",
     )
 
     def back() -> tuple[list[str], bool]:
@@ -496,15 +486,10 @@ async def _barnsley(p: Play) -> None:
     held.landed = kept
     eha = ted.open_eha(ted.create_case())
     doc = on_record(step_up("barnsley", 1), "ted", eha)
-    posted = p.d.post(doc)
-    up = p.add(
-        Case(
-            "Step-up from an open EHA on TED posted to the intake: a TED referral, the EHA closed (BA-3)",
-            doc["transfer_id"],
-            "source-closed",
-            notes=[f"posted by the team's form to the intake: HTTP {posted.status_code}"],
-        )
-    )
+    up, _ = p.post(
+        "Step-up from an open EHA on TED posted to the intake: a TED referral, the EHA closed (BA-3)", doc,
+        "source-closed",
+    )  # fmt: skip
 
     def referral() -> tuple[list[str], bool]:
         r, e = ted.referral(up.transfer_id), ted.eha(eha)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from aiokafka import TopicPartition
@@ -351,11 +351,7 @@ class ClosureScheduler:
         tid = p.transfer_id
         await self._emit(
             MilestoneRecorded(
-                event_id=event_id(f"{tid}/closure/{p.rule_id}", "closure-cancelled"),
-                transfer_id=tid,
-                correlation_id=p.correlation_id,
-                council=p.council,
-                occurred_at=self.clock(),
+                **self._about(p, "closure-cancelled"),
                 milestone="closure-cancelled",
                 rule_ids=[p.rule_id],
                 recorded_via="connector",
@@ -396,11 +392,7 @@ class ClosureScheduler:
         log.warning("signal_not_confirmed", transfer_id=tid, rule_ids=[p.rule_id], system=p.target_system.value)
         await self._emit(
             AlertRaised(
-                event_id=event_id(f"{tid}/closure/{p.rule_id}", "signal-not-confirmed"),
-                transfer_id=tid,
-                correlation_id=p.correlation_id,
-                council=p.council,
-                occurred_at=self.clock(),
+                **self._about(p, "signal-not-confirmed"),
                 severity="critical",
                 rule_ids=[p.rule_id],
                 summary=f"a front-door-decision event that {p.target_system.value} does not confirm was ignored:"
@@ -422,11 +414,7 @@ class ClosureScheduler:
             receipt = Receipt(p.target_system, p.target_reference, created=False, acknowledged=True)
             reference = await source.close(p.closing_transfer(worker), receipt)
         return SourceClosed(
-            event_id=event_id(f"{p.transfer_id}/closure/{p.rule_id}", "source-closed"),
-            transfer_id=p.transfer_id,
-            correlation_id=p.correlation_id,
-            council=p.council,
-            occurred_at=self.clock(),
+            **self._about(p, "source-closed"),
             source_system=p.source_record.system,
             source_reference=reference,
             rule_ids=[p.rule_id],
@@ -458,11 +446,7 @@ class ClosureScheduler:
             raise TargetUnavailable(f"{p.target_system.value} does not yet confirm it holds the BA-9 documents")
         await self._emit(
             MilestoneRecorded(
-                event_id=event_id(f"{p.transfer_id}/closure/{p.rule_id}", "documents-sent"),
-                transfer_id=p.transfer_id,
-                correlation_id=p.correlation_id,
-                council=p.council,
-                occurred_at=self.clock(),
+                **self._about(p, "documents-sent"),
                 milestone="documents-sent",
                 rule_ids=["BA-9", "BA-7"],
                 recorded_via="connector",
@@ -498,28 +482,36 @@ class ClosureScheduler:
         )  # fmt: skip
         headers = dead_letter_headers(record, f"{self.settings.group_id}-closures", failure)
         await self._send_all([(topics.dead_letter, tid, value, headers)])
-        base = dict(transfer_id=tid, correlation_id=p.correlation_id, council=p.council, occurred_at=self.clock())
         await self._emit(
             TransferDeadLettered(
-                event_id=event_id(f"{tid}/closure/{p.rule_id}", "dead-lettered"),
+                **self._about(p, "dead-lettered"),
                 stage="close-later",
                 error_class=type(exc).__name__,
                 reason=str(exc),
                 rule_ids=rule_ids,
-                **base,
             )
         )
         await self._emit(
             AlertRaised(
-                event_id=event_id(f"{tid}/closure/{p.rule_id}", "alert"),
+                **self._about(p, "alert"),
                 severity="critical",
                 rule_ids=rule_ids,
                 summary=f"source record kept open: its later closure failed ({type(exc).__name__})",
-                **base,
             )
         )
         await self._write(tid, None)
         log.warning("closure_dead_lettered", transfer_id=tid, rule_ids=rule_ids, error_class=type(exc).__name__)
+
+    def _about(self, p: PendingClosure, kind: str) -> dict[str, Any]:
+        """What every event the scheduler writes about a pending closure shares: its id (deterministic per
+        transfer, rule and kind, so a re-run writes the same event), the transfer, the council and the time."""
+        return {
+            "event_id": event_id(f"{p.transfer_id}/closure/{p.rule_id}", kind),
+            "transfer_id": p.transfer_id,
+            "correlation_id": p.correlation_id,
+            "council": p.council,
+            "occurred_at": self.clock(),
+        }
 
     async def _write(self, tid: str, p: PendingClosure | None) -> None:
         await self._send_all([(self.settings.topics.pending_closures, tid, None if p is None else p.encode(), [])])

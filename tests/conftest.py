@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from casebridge.localdeploy import free_port  # outside the ephemeral range (no socket connects to itself)
 from casebridge.localkafka import LocalKafka
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
 from casebridge.stack import Stack
@@ -43,12 +43,6 @@ def _docker_answers() -> bool:
         client.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """The bootstrap address of a real Apache Kafka broker for this test session."""
@@ -63,7 +57,10 @@ def kafka_bootstrap() -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     with tempfile.TemporaryDirectory(prefix="casebridge-kafka-") as home:
-        broker = LocalKafka(Path(home), port=free_port(), controller_port=free_port())
+        port, controller = free_port(), free_port()
+        while controller == port:
+            controller = free_port()
+        broker = LocalKafka(Path(home), port=port, controller_port=controller)
         broker.start(timeout=120)
         try:
             yield broker.bootstrap

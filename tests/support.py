@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
@@ -18,8 +18,9 @@ from casebridge.registry import EhmSystem, LcsSystem, SystemConfig
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
 from casebridge.secrets import SecretRef
 from casebridge.stack import Stack
-from connectors import Source, Target
-from contracts import CaseSystem, TransferEvent, parse_event
+from connectors import Receipt, Source, Target
+from connectors.memory import MemorySource
+from contracts import CaseSystem, TransferEvent, TransferMessage, parse_event
 from router import Router, Settings, build_router
 from sandboxes import ServerHandle
 
@@ -136,4 +137,41 @@ async def transfer_events(
         return all(sum(1 for e in mine if e.event_type == kind) >= n for kind in wanted)
 
     records = await read(stack.settings.bootstrap_servers, stack.settings.topics.events, done, timeout=60)
+    return [e for e in events_of(records) if e.transfer_id == transfer_id]
+
+
+class Closing(MemorySource):
+    """A memory source that keeps what each close was given (the closing transfer) by record id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: dict[str, TransferMessage] = {}
+
+    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
+        self.given[transfer.source_record.record_id] = transfer
+        return await super().close(transfer, receipt)
+
+
+class MailboxSource(Closing):
+    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
+
+
+class CareDirector(Closing):
+    system: ClassVar[CaseSystem] = CaseSystem.CARE_DIRECTOR
+
+
+async def send_transfer(settings: Settings, doc: dict[str, Any]) -> None:
+    """Publish a canonical transfer keyed by its child, as a source connector does."""
+    first = doc["child"]["identifiers"][0]
+    key = f"{first['system']}:{first['id']}".encode()
+    await produce(settings.bootstrap_servers, settings.topics.transfers, [(key, json.dumps(doc).encode())])
+
+
+async def events_until(settings: Settings, transfer_id: str, *kinds: str) -> list[TransferEvent]:
+    """The transfer's events, read until each of ``kinds`` arrived."""
+
+    def done(records: list[Any]) -> bool:
+        return set(kinds) <= {e.event_type for e in events_of(records) if e.transfer_id == transfer_id}
+
+    records = await read(settings.bootstrap_servers, settings.topics.events, done, timeout=60)
     return [e for e in events_of(records) if e.transfer_id == transfer_id]

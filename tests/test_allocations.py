@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from casebridge.cli import app as cli_app
 from casebridge.stack import Stack
-from connectors import Receipt, Source, Target
-from connectors.memory import MemorySource, MemoryTarget
-from contracts import CaseSystem, NoticeSent, Person, SourceClosed, TransferEvent, TransferMessage
+from connectors import Source, Target
+from connectors.memory import MemoryTarget
+from contracts import CaseSystem, NoticeSent, Person, SourceClosed, TransferEvent
 from router import Settings
 from router.allocations import AllocationNotPending, AllocationRefused, allocate
 from router.closures import KnowsAllocation
@@ -29,7 +29,14 @@ from router.notices import AllocationNotices
 from router.settings import RetrySettings
 from tests.council_data import step_down
 from tests.monitor_support import OPERATOR_NAME, OPERATOR_TOKEN, VIEWER_TOKEN, auth, running_monitor
-from tests.support import Systems, events_of, produce, read
+from tests.support import (
+    CareDirector,
+    MailboxSource,
+    Systems,
+    events_until,
+    read,
+    send_transfer,
+)
 
 WORKER = Person(name="Robin Madeup", role="Family Support Worker", organisation="Example Early Help Team")
 
@@ -40,24 +47,6 @@ class Mailbox(MemoryTarget):
     system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
 
 
-class Closing(MemorySource):
-    """Keeps what each close was given (the closing transfer) by record id."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.given: dict[str, TransferMessage] = {}
-
-    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
-        self.given[transfer.source_record.record_id] = transfer
-        return await super().close(transfer, receipt)
-
-
-class MailboxSource(Closing):
-    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
-
-
-class CareDirector(Closing):
-    system: ClassVar[CaseSystem] = CaseSystem.CARE_DIRECTOR
 
 
 @pytest.fixture
@@ -89,22 +78,6 @@ def _stack(settings: Settings, systems: Systems, state: Path, parts: dict[str, A
         extra_targets=targets,
         extra_sources=sources,
     )
-
-
-async def _send(settings: Settings, doc: dict[str, Any]) -> None:
-    first = doc["child"]["identifiers"][0]
-    key = f"{first['system']}:{first['id']}".encode()
-    await produce(settings.bootstrap_servers, settings.topics.transfers, [(key, json.dumps(doc).encode())])
-
-
-async def _events(settings: Settings, tid: str, *kinds: str) -> list[TransferEvent]:
-    """The transfer's events, read until each of ``kinds`` arrived."""
-
-    def done(records: list[Any]) -> bool:
-        return set(kinds) <= {e.event_type for e in events_of(records) if e.transfer_id == tid}
-
-    records = await read(settings.bootstrap_servers, settings.topics.events, done, timeout=60)
-    return [e for e in events_of(records) if e.transfer_id == tid]
 
 
 async def _all(settings: Settings, topic: str) -> bytes:
@@ -141,8 +114,8 @@ async def test_lu07_a_recorded_allocation_sends_the_allocation_notice_once_acros
     tid = down["transfer_id"]
     mailbox: Mailbox = parts["mailbox"]
     async with _stack(settings, systems, tmp_path / "state", parts) as stack:
-        await _send(settings, down)
-        events = await _events(settings, tid, "notice-sent", "source-closed")
+        await send_transfer(settings, down)
+        events = await events_until(settings, tid, "notice-sent", "source-closed")
         assert ["receipt"] == [e.notice for e in events if isinstance(e, NoticeSent)]
         assert 0 == sum([await stack.notices.poll_once() for _ in range(3)])  # not allocated: no notice
         assert f"{tid}-notice-allocation" not in mailbox.items
@@ -165,7 +138,7 @@ async def test_lu07_a_recorded_allocation_sends_the_allocation_notice_once_acros
         finally:
             await notices.stop()
 
-    events = await _events(settings, tid, "allocated", "notice-sent")
+    events = await events_until(settings, tid, "allocated", "notice-sent")
     [notice] = _allocation_notices(events)
     assert (["social_worker", "manager"], ["LU-7"]) == (notice.recipients, notice.rule_ids)
     assert [tid, f"{tid}-notice-receipt", f"{tid}-notice-allocation"] == mailbox.order
@@ -199,8 +172,8 @@ async def test_sw22_10_sw22_11_an_allocation_recorded_on_the_monitor_closes_care
     url = f"/api/transfers/{tid}/allocation"
     body = {"worker": WORKER.name, "organisation": WORKER.organisation}
     async with _stack(settings, systems, tmp_path / "state", parts) as stack:
-        await _send(settings, down)
-        kept = await _events(settings, tid, "source-kept-open")
+        await send_transfer(settings, down)
+        kept = await events_until(settings, tid, "source-kept-open")
         assert ["SW22-10"] == next(e for e in kept if e.event_type == "source-kept-open").rule_ids  # type: ignore[union-attr]
         assert 0 == sum([await stack.closures.poll_once() for _ in range(3)])  # nobody named: still open
         with running_monitor(settings.bootstrap_servers, settings.topic_prefix, tmp_path / "m.sqlite3") as (web, _):
@@ -226,7 +199,7 @@ async def test_sw22_10_sw22_11_an_allocation_recorded_on_the_monitor_closes_care
     given = parts["care_director"].given[down["source_record"]["record_id"]]
     assert WORKER == given.professionals.family_support_worker
     assert given.closure is not None and ["SW22-11"] == given.closure.rule_ids
-    events = await _events(settings, tid, "allocated", "source-closed")
+    events = await events_until(settings, tid, "allocated", "source-closed")
     [closed_event] = [e for e in events if isinstance(e, SourceClosed)]
     assert ["SW22-10"] == closed_event.rule_ids
     assert not [e for e in events if e.event_type in ("dead-lettered", "alert")]

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from casebridge.stack import Stack
 from connectors import Receipt, Source, Target
-from connectors.memory import MemorySource, MemoryTarget
+from connectors.memory import MemoryTarget
 from contracts import (
     CaseSystem,
     FrontDoorDecided,
@@ -26,7 +26,6 @@ from contracts import (
     Person,
     SourceClosed,
     TransferAllocated,
-    TransferEvent,
     TransferMessage,
 )
 from mappings import DeadlineState, Unit, deadlines_for, due_at, load_deadlines, load_protocol
@@ -37,7 +36,17 @@ from router.closures import ClosurePlanner, default_timings
 from router.deadletters import replay
 from router.settings import RetrySettings
 from tests.council_data import step_down, step_up, transfer
-from tests.support import TOKEN, Systems, events_of, produce, read
+from tests.support import (
+    TOKEN,
+    CareDirector,
+    MailboxSource,
+    Systems,
+    events_of,
+    events_until,
+    produce,
+    read,
+    send_transfer,
+)
 
 WORKER = Person(name="Sam Example", role="Family Support Worker", organisation="Early Help Hub")
 
@@ -55,24 +64,6 @@ class Mailbox(MemoryTarget):
         return self.worker
 
 
-class Closing(MemorySource):
-    """Keeps what each close was given (the closing transfer) by record id."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.given: dict[str, TransferMessage] = {}
-
-    async def close(self, transfer: TransferMessage, receipt: Receipt) -> str:
-        self.given[transfer.source_record.record_id] = transfer
-        return await super().close(transfer, receipt)
-
-
-class MailboxSource(Closing):
-    system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
-
-
-class CareDirector(Closing):
-    system: ClassVar[CaseSystem] = CaseSystem.CARE_DIRECTOR
 
 
 class Clock:
@@ -112,26 +103,6 @@ def _stack(
 @pytest.fixture
 def parts() -> dict[str, Any]:
     return {"mailbox": Mailbox(), "mailbox_source": MailboxSource(), "care_director": CareDirector()}
-
-
-async def _send(settings: Settings, doc: dict[str, Any]) -> None:
-    first = doc["child"]["identifiers"][0]
-    await produce(
-        settings.bootstrap_servers,
-        settings.topics.transfers,
-        [(f"{first['system']}:{first['id']}".encode(), json.dumps(doc).encode())],
-    )
-
-
-async def _events(settings: Settings, transfer_id: str, *kinds: str) -> list[TransferEvent]:
-    """The transfer's events, read until each of ``kinds`` arrived."""
-
-    def done(records: list[Any]) -> bool:
-        seen = {e.event_type for e in events_of(records) if e.transfer_id == transfer_id}
-        return set(kinds) <= seen
-
-    records = await read(settings.bootstrap_servers, settings.topics.events, done, timeout=60)
-    return [e for e in events_of(records) if e.transfer_id == transfer_id]
 
 
 async def _poll_until_closed(stack: Stack, n: int = 1, tries: int = 20) -> int:
@@ -271,8 +242,8 @@ async def test_lu04_step_up_keeps_early_help_open_and_closes_it_10_days_after_ac
     clock = Clock()
     up = step_up("luton", 41)
     async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:
-        await _send(settings, up)
-        events = await _events(settings, up["transfer_id"], "source-kept-open")
+        await send_transfer(settings, up)
+        events = await events_until(settings, up["transfer_id"], "source-kept-open")
         assert ["LU-4"] == next(e for e in events if e.event_type == "source-kept-open").rule_ids  # type: ignore[union-attr]
         clock.offset = timedelta(days=9)
         assert 0 == await _poll_until_closed(stack, tries=5)
@@ -281,7 +252,8 @@ async def test_lu04_step_up_keeps_early_help_open_and_closes_it_10_days_after_ac
         assert 1 == await _poll_until_closed(stack)
     record_id = up["source_record"]["record_id"]
     assert record_id in parts["mailbox_source"].closed
-    closed = [e for e in await _events(settings, up["transfer_id"], "source-closed") if isinstance(e, SourceClosed)]
+    events = await events_until(settings, up["transfer_id"], "source-closed")
+    closed = [e for e in events if isinstance(e, SourceClosed)]
     assert [(["LU-4"], CaseSystem.MAILBOX)] == [(e.rule_ids, e.source_system) for e in closed]
     assert up["transfer_id"] not in await _pending(settings)
 
@@ -313,13 +285,13 @@ async def test_lu04_an_unexpected_error_closing_one_record_dead_letters_it_and_t
     }
     async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:
         for up in (bad, good):
-            await _send(settings, up)
-            await _events(settings, up["transfer_id"], "source-kept-open")
+            await send_transfer(settings, up)
+            await events_until(settings, up["transfer_id"], "source-kept-open")
         clock.offset = timedelta(days=10, minutes=1)
         assert 1 == await _poll_until_closed(stack)
     assert [good["source_record"]["record_id"]] == list(parts["mailbox_source"].closed)
     [dead] = [
-        e for e in await _events(settings, bad["transfer_id"], "dead-lettered") if e.event_type == "dead-lettered"
+        e for e in await events_until(settings, bad["transfer_id"], "dead-lettered") if e.event_type == "dead-lettered"
     ]
     assert "ValueError" in dead.reason and bad["child"]["given_name"] not in dead.reason  # type: ignore[union-attr]
     assert bad["transfer_id"] not in await _pending(settings)
@@ -332,15 +304,15 @@ async def test_lu04_pending_closure_survives_a_restart_and_closes_once(
     clock = Clock()
     up = step_up("luton", 42)
     async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:
-        await _send(settings, up)
-        await _events(settings, up["transfer_id"], "source-kept-open")
+        await send_transfer(settings, up)
+        await events_until(settings, up["transfer_id"], "source-kept-open")
         assert 0 == await _poll_until_closed(stack, tries=3)
     clock.offset = timedelta(days=11)
     async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:  # a new router process
         assert up["transfer_id"] in stack.closures.pending
         assert 1 == await _poll_until_closed(stack)
         assert 0 == await _poll_until_closed(stack, tries=3)
-    events = await _events(settings, up["transfer_id"], "source-closed")
+    events = await events_until(settings, up["transfer_id"], "source-closed")
     assert 1 == sum(1 for e in events if e.event_type == "source-closed")
 
 
@@ -352,8 +324,8 @@ async def test_sw22_10_sw22_11_closure_waits_for_the_allocation_and_names_the_wo
     down = step_down("swindon-2022", 43)
     down["professionals"] = {}
     async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
-        await _send(settings, down)
-        events = await _events(settings, down["transfer_id"], "source-kept-open")
+        await send_transfer(settings, down)
+        events = await events_until(settings, down["transfer_id"], "source-kept-open")
         assert ["SW22-10"] == next(e for e in events if e.event_type == "source-kept-open").rule_ids  # type: ignore[union-attr]
         assert 0 == await _poll_until_closed(stack, tries=3)  # not allocated: still open
         allocated = TransferAllocated(
@@ -374,7 +346,7 @@ async def test_sw22_10_sw22_11_closure_waits_for_the_allocation_and_names_the_wo
     assert given.closure is not None and ["SW22-11"] == given.closure.rule_ids
     assert WORKER == given.professionals.family_support_worker
     closed = next(
-        e for e in await _events(settings, down["transfer_id"], "source-closed") if isinstance(e, SourceClosed)
+        e for e in await events_until(settings, down["transfer_id"], "source-closed") if isinstance(e, SourceClosed)
     )
     assert ["SW22-10"] == closed.rule_ids
 
@@ -408,10 +380,10 @@ async def test_sw22_10_an_allocation_read_before_its_pending_closure_survives_a_
                 break
         assert tid in stack.closures.signals and tid not in stack.closures.pending
     async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:  # a new process
-        await _send(settings, down)
-        await _events(settings, tid, "source-kept-open")
+        await send_transfer(settings, down)
+        await events_until(settings, tid, "source-kept-open")
         assert 1 == await _poll_until_closed(stack, tries=40)
-    assert 1 == sum(1 for e in await _events(settings, tid, "source-closed") if e.event_type == "source-closed")
+    assert 1 == sum(1 for e in await events_until(settings, tid, "source-closed") if e.event_type == "source-closed")
 
 
 async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_and_closes_once_replayed(
@@ -425,8 +397,8 @@ async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_and_cl
     down["professionals"] = {}
     tid = down["transfer_id"]
     async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
-        await _send(settings, down)
-        await _events(settings, tid, "source-kept-open")
+        await send_transfer(settings, down)
+        await events_until(settings, tid, "source-kept-open")
         allocated = TransferAllocated(
             event_id="sw22-alloc-2",
             transfer_id=tid,
@@ -445,7 +417,7 @@ async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_and_cl
                 await stack.closures.poll_once()
                 if any(e["event"] == "closure_dead_lettered" for e in logs):
                     break
-        events = await _events(settings, tid, "dead-lettered", "alert")
+        events = await events_until(settings, tid, "dead-lettered", "alert")
         dead = next(e for e in events if e.event_type == "dead-lettered")
         assert ("close-later", "WorkerUnknown", ["SW22-10"]) == (dead.stage, dead.error_class, dead.rule_ids)  # type: ignore[union-attr]
         assert {} == parts["care_director"].closed
@@ -498,7 +470,7 @@ async def test_ns12_a_step_up_the_front_door_does_not_accept_leaves_the_ehm_epis
     stepup = ehm.request_stepup(episode)
     assert 1 == await stack.stepups.poll_once()
     tid = f"north-somerset-ehm-{stepup}".lower()
-    events = await _events(stack.settings, tid, "source-kept-open")
+    events = await events_until(stack.settings, tid, "source-kept-open")
     assert ["NS-12"] == next(e for e in events if e.event_type == "source-kept-open").rule_ids  # type: ignore[union-attr]
     lcs.http.post(
         f"/api/contacts/{tid}/decision", json={"decision": "not-accepted", "decided_by": "A Manager"}
@@ -518,9 +490,8 @@ async def test_ns12_a_step_up_the_front_door_does_not_accept_leaves_the_ehm_epis
     written = await read(s.bootstrap_servers, s.topics.pending_closures, tombstoned, timeout=30)
     assert [True, False] == [r.value is not None for r in written if r.key == tid.encode()]  # pending, then cancelled
     assert "open" == ehm.episode(episode)["status"]
-    decided = [
-        e for e in await _events(stack.settings, tid, "front-door-decision") if e.event_type == "front-door-decision"
-    ]
+    decisions = await events_until(stack.settings, tid, "front-door-decision")
+    decided = [e for e in decisions if e.event_type == "front-door-decision"]
     assert ["not-accepted"] == [e.decision for e in decided]  # type: ignore[union-attr]
 
 
@@ -534,10 +505,10 @@ async def test_sw22_10_a_rerun_naming_the_worker_closes_at_once_and_the_pending_
     named["message_id"] = f"{down['message_id']}-again"
     down["professionals"] = {}
     async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
-        await _send(settings, down)
-        await _events(settings, down["transfer_id"], "source-kept-open")
-        await _send(settings, named)
-        await _events(settings, down["transfer_id"], "source-closed")
+        await send_transfer(settings, down)
+        await events_until(settings, down["transfer_id"], "source-kept-open")
+        await send_transfer(settings, named)
+        await events_until(settings, down["transfer_id"], "source-closed")
         with capture_logs() as logs:
             for _ in range(30):
                 await stack.closures.poll_once()
@@ -564,7 +535,7 @@ async def test_sw22_10_a_rerun_naming_the_worker_closes_at_once_and_the_pending_
             headers=[("event_type", b"allocated")],
         )
         assert 0 == await _poll_until_closed(stack, tries=5)
-    events = await _events(settings, down["transfer_id"], "source-closed")
+    events = await events_until(settings, down["transfer_id"], "source-closed")
     assert [[]] == [e.rule_ids for e in events if isinstance(e, SourceClosed)]  # the flow's close, not a later one
 
 
@@ -620,7 +591,7 @@ async def test_sw22_10_ehm_says_whom_it_allocated_a_tray_item(stack: Stack, syst
     request = lcs.request_stepdown(child)
     assert 1 == await stack.publisher.poll_once()
     tid = f"north-somerset-lcs-{request}".lower()
-    await _events(stack.settings, tid, "source-closed")
+    await events_until(stack.settings, tid, "source-closed")
     async with EhmConnector(systems.ehm.url, SecretStr(TOKEN)) as connector:
         assert isinstance(connector, KnowsAllocation)
         before = await connector.allocated_worker(tid)
@@ -640,14 +611,14 @@ async def test_ns12_a_step_up_published_again_after_its_episode_closed_plans_no_
     doc["child"]["identifiers"] = [{"system": "ehm", "id": episode}]
     doc["source_record"]["record_id"] = episode
     tid = doc["transfer_id"]
-    await _send(stack.settings, doc)
-    await _events(stack.settings, tid, "source-kept-open")
+    await send_transfer(stack.settings, doc)
+    await events_until(stack.settings, tid, "source-kept-open")
     lcs.http.post(f"/api/contacts/{tid}/decision", json={"decision": "accepted", "decided_by": "A Manager"})
     assert 1 == await stack.decisions.poll_once()
     assert 1 == await _poll_until_closed(stack)
     assert "closed" == ehm.episode(episode)["status"]
 
-    await _send(stack.settings, {**doc, "message_id": f"{doc['message_id']}-again"})
+    await send_transfer(stack.settings, {**doc, "message_id": f"{doc['message_id']}-again"})
 
     def two_closed(records: list[Any]) -> bool:
         return 2 <= sum(1 for e in events_of(records) if e.transfer_id == tid and e.event_type == "source-closed")
@@ -673,14 +644,14 @@ async def test_lu04_a_step_down_of_the_same_child_within_the_10_days_cancels_the
     earlier["child"]["identifiers"] = down["child"]["identifiers"] = up["child"]["identifiers"]  # one child
     tid = up["transfer_id"]
     async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:
-        await _send(settings, earlier)
-        await _events(settings, earlier["transfer_id"], "delivered")
-        await _send(settings, up)
-        await _events(settings, tid, "source-kept-open")
+        await send_transfer(settings, earlier)
+        await events_until(settings, earlier["transfer_id"], "delivered")
+        await send_transfer(settings, up)
+        await events_until(settings, tid, "source-kept-open")
         assert 0 == await _poll_until_closed(stack, tries=5)
         assert tid in stack.closures.pending  # the step-down before the step-up cancels nothing
-        await _send(settings, down)
-        await _events(settings, down["transfer_id"], "delivered")
+        await send_transfer(settings, down)
+        await events_until(settings, down["transfer_id"], "delivered")
         for _ in range(40):
             await stack.closures.poll_once()
             if tid not in stack.closures.pending:
@@ -689,7 +660,7 @@ async def test_lu04_a_step_down_of_the_same_child_within_the_10_days_cancels_the
         clock.offset = timedelta(days=11)
         assert 0 == await _poll_until_closed(stack, tries=3)
     assert up["source_record"]["record_id"] not in parts["mailbox_source"].closed
-    events = await _events(settings, tid, "milestone")
+    events = await events_until(settings, tid, "milestone")
     assert not [e for e in events if e.event_type == "source-closed"]
     [cancelled] = [e for e in events if isinstance(e, MilestoneRecorded)]
     assert ("closure-cancelled", ["LU-4"], "connector") == (
@@ -721,7 +692,7 @@ async def test_ns12_a_forged_front_door_decision_closes_nothing_and_raises_an_al
     stepup = ehm.request_stepup(episode)
     assert 1 == await stack.stepups.poll_once()
     tid = f"north-somerset-ehm-{stepup}".lower()
-    await _events(stack.settings, tid, "source-kept-open")
+    await events_until(stack.settings, tid, "source-kept-open")
     forged = FrontDoorDecided(
         event_id="forged-1", transfer_id=tid, target_system=CaseSystem.LCS, target_reference="C-1", decision="accepted"
     )
@@ -730,10 +701,10 @@ async def test_ns12_a_forged_front_door_decision_closes_nothing_and_raises_an_al
                   [(tid.encode(), forged.model_dump_json().encode())], headers=headers)  # fmt: skip
     for _ in range(10):
         assert 0 == await stack.closures.poll_once()
-    alerts = [e for e in await _events(stack.settings, tid, "alert") if e.event_type == "alert"]
+    alerts = [e for e in await events_until(stack.settings, tid, "alert") if e.event_type == "alert"]
     assert 1 == len(alerts) and "does not confirm" in alerts[0].summary  # type: ignore[union-attr]
     assert "open" == ehm.episode(episode)["status"]
-    assert "source-closed" not in [e.event_type for e in await _events(stack.settings, tid, "alert")]
+    assert "source-closed" not in [e.event_type for e in await events_until(stack.settings, tid, "alert")]
     # the Front Door's real decision, on LCS, read from LCS's feed: now the episode closes
     decision = {"decision": "accepted", "decided_by": "A Manager"}
     lcs.http.post(f"/api/contacts/{tid}/decision", json=decision).raise_for_status()
