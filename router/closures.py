@@ -7,9 +7,12 @@ staff names only), which the flow writes to the compacted ``<prefix>.pending-clo
 transfer id. ``ClosureScheduler`` reads that topic and the events topic. A closure falls due
 at its time (LU-4), on the transfer's ``allocated`` event (SW22-10) or on the Front Door's
 ``front-door-decision`` event (NS-12: accepted closes; not accepted cancels, the record
-stays open). An allocation an operator records (``router/allocations.py``: a team mailbox cannot report one)
-writes a closure waiting for an allocation back due now with the worker it names, which the close then uses
-instead of asking the target (SW22-10), or with which the documents go first (BA-9).
+stays open). A signal never acts alone: an ``allocated`` or ``front-door-decision`` event read on the events topic
+is confirmed with the system that owns it (the target's allocation of the transfer, LCS's decision on the contact)
+before anything closes; unconfirmed, nothing closes and a critical alert says so. An allocation an operator records
+(``router/allocations.py``: a team mailbox cannot report one) writes a closure waiting for an allocation back due now
+with the worker it names, which the close then uses instead of asking the target (SW22-10), or with which the
+documents go first (BA-9); its audit record, followed here, is what the ``allocated`` event is emitted for.
 LU-4 is cancelled when a step-down of the same child is agreed before it falls due
 (seed 002: co-working for 10 days, then early help closes or the case steps down): the
 scheduler reads the compacted child history (``router/_history.py``, written by the flow on
@@ -69,8 +72,11 @@ from .allocations import (
     AllocationAudit,
     AllocationNotPending,
     AllocationRefused,
+    KnowsAllocation,
     RecordedAllocation,
+    confirm_allocation,
     record_allocation,
+    recorded_allocation,
     recorded_allocation_event_id,
 )
 from .flow import event_id
@@ -163,13 +169,6 @@ class ClosurePlanner:
 
 
 @runtime_checkable
-class KnowsAllocation(Protocol):
-    """A target that can say who was allocated a transfer (SW22-10: the receiving early-help worker)."""
-
-    async def allocated_worker(self, transfer_id: str) -> Person | None: ...
-
-
-@runtime_checkable
 class KnowsDecision(Protocol):
     """A target that records a decision on the transfer itself (NS-12: the Front Door's, on the LCS contact)."""
 
@@ -217,6 +216,7 @@ class ClosureScheduler:
             topics.events,
             topics.pending_closures,
             topics.history,
+            topics.audit,
         )
         self.producer = idempotent_producer(settings.bootstrap_servers)
         self.pending: dict[str, PendingClosure] = {}
@@ -230,6 +230,8 @@ class ClosureScheduler:
         self.step_downs: dict[str, tuple[HistoryEntry, ...]] = {}  # exact tuples: the collector stops scanning them
         #: signals with nothing pending yet: transfer id -> (partition, offset, monotonic time read)
         self._unmatched: dict[str, tuple[TopicPartition, int, float]] = {}
+        #: operators' recorded allocations read in this poll: their ``allocated`` events go out before the commit
+        self._recorded: list[AllocationAudit] = []
 
     async def start(self) -> None:
         topic = self.settings.topics.pending_closures
@@ -252,6 +254,8 @@ class ClosureScheduler:
         for records in (await self.consumer.getmany(timeout_ms=200)).values():
             for r in records:
                 self._read(r)
+        recorded, self._recorded = self._recorded, []
+        await self._send_all([self._event_record(audit.event()) for audit in recorded])
         for tid in sorted(self.closed.keys() & self.pending.keys()):
             await self._write(tid, None)
             log.info("closure_not_needed", transfer_id=tid)
@@ -302,6 +306,11 @@ class ClosureScheduler:
         await self.consumer.commit(offsets)
 
     def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
+        if r.topic == self.settings.topics.audit:
+            audit = recorded_allocation(r.key, r.value)
+            if audit is not None:
+                self._recorded.append(audit)
+            return
         if r.topic == self.settings.topics.history:
             fold_compacted(self.step_downs, [r], _hashed, decode_history)
             return
@@ -361,33 +370,48 @@ class ClosureScheduler:
         log.info("closure_cancelled", transfer_id=tid, rule_ids=[p.rule_id], by_transfer=down.transfer_id)
 
     async def _on_signal(self, p: PendingClosure, go: bool, now: datetime) -> None:
-        """The signal arrived: due now (written back, so a restart keeps it), or cancelled (NS-12 not accepted)."""
+        """The signal arrived: due now (written back, so a restart keeps it), or cancelled (NS-12 not accepted).
+        Confirmed first with the system that owns it (``_confirmed``)."""
         tid = p.transfer_id
-        if p.trigger == "accepted" and not await self._confirmed_decision(p, go):
+        confirmed = await self._confirmed(p, go)
+        if confirmed is None:
             return
         if not go:
             await self._write(tid, None)
             log.info("closure_cancelled", transfer_id=tid, rule_ids=[p.rule_id])
             return
-        due = p.model_copy(update={"due_at": now})
-        await self._write(tid, due)
+        update: dict[str, Any] = {"due_at": now}
+        if isinstance(confirmed, Person) and p.worker is None:
+            update["worker"] = confirmed  # the worker the target names: the close does not ask again
+        await self._write(tid, p.model_copy(update=update))
         log.info("closure_due", transfer_id=tid, rule_ids=[p.rule_id], trigger=p.trigger)
 
-    async def _confirmed_decision(self, p: PendingClosure, accepted: bool) -> bool:
-        """A decision read on the events topic acts only once the system that owns it says the same: anyone who can
-        write to Kafka could have written the event. Unconfirmed: the signal is dropped, nothing closes, and an
-        alert says so (once per transfer). The target down: the signal waits for the next poll."""
+    async def _confirmed(self, p: PendingClosure, go: bool) -> Person | bool | None:
+        """A signal read on the events topic acts only once the system that owns it says the same: anyone who can
+        write to Kafka could have written the event. The front door's decision: LCS's decision on the contact; an
+        allocation: the target's allocation of the transfer (the worker it names). Unconfirmed: the signal is
+        dropped, nothing closes, and an alert says so (None is returned). The system down: the signal waits for the
+        next poll (None too, the signal kept)."""
         tid = p.transfer_id
         target = self.targets.get(p.target_system)
-        try:
-            actual = await target.front_door_decision(tid) if isinstance(target, KnowsDecision) else None
-        except CasebridgeError as exc:
-            if getattr(exc, "retriable", False):
-                log.warning("signal_unconfirmed_yet", transfer_id=tid, error_class=type(exc).__name__)
-                return False
-            actual = None
-        if actual is not None and (actual == "accepted") == accepted:
-            return True
+        if p.trigger == "allocated":
+            worker = await confirm_allocation(target, tid)
+            if worker is None:
+                return None  # ask again at the next poll
+            if worker is not False:
+                return worker
+            signal = "an allocated event"
+        else:
+            try:
+                actual = await target.front_door_decision(tid) if isinstance(target, KnowsDecision) else None
+            except CasebridgeError as exc:
+                if getattr(exc, "retriable", False):
+                    log.warning("signal_unconfirmed_yet", transfer_id=tid, error_class=type(exc).__name__)
+                    return None
+                actual = None
+            if actual is not None and (actual == "accepted") == go:
+                return True
+            signal = "a front-door-decision event"
         self.signals.pop(tid, None)
         log.warning("signal_not_confirmed", transfer_id=tid, rule_ids=[p.rule_id], system=p.target_system.value)
         await self._emit(
@@ -395,11 +419,11 @@ class ClosureScheduler:
                 **self._about(p, "signal-not-confirmed"),
                 severity="critical",
                 rule_ids=[p.rule_id],
-                summary=f"a front-door-decision event that {p.target_system.value} does not confirm was ignored:"
-                " nothing was closed; check who can write the events topic",
+                summary=f"{signal} that {p.target_system.value} does not confirm was ignored: nothing was closed;"
+                " check who can write the events topic",
             )
         )
-        return False
+        return None
 
     async def _close(self, p: PendingClosure) -> SourceClosed:
         """Close the record through its source connector (idempotent); returns the event to emit."""
