@@ -52,6 +52,7 @@ from contracts import (
     FrontDoorDecided,
     MilestoneRecorded,
     Person,
+    RecordState,
     SourceClosed,
     SourceRecord,
     TransferDeadLettered,
@@ -257,8 +258,12 @@ class ClosureScheduler:
         recorded, self._recorded = self._recorded, []
         await self._send_all([self._event_record(audit.event()) for audit in recorded])
         for tid in sorted(self.closed.keys() & self.pending.keys()):
-            await self._write(tid, None)
-            log.info("closure_not_needed", transfer_id=tid)
+            confirmed = await self._source_says_closed(self.pending[tid])
+            if confirmed:
+                await self._write(tid, None)
+                log.info("closure_not_needed", transfer_id=tid)
+            elif confirmed is False:
+                self.closed.pop(tid, None)
         for _, p in sorted(self.pending.items()):
             down = self._stepped_down(p)
             if down is not None:
@@ -424,6 +429,35 @@ class ClosureScheduler:
             )
         )
         return None
+
+    async def _source_says_closed(self, p: PendingClosure) -> bool | None:
+        """A ``source-closed`` event for a record this scheduler still means to close (e.g. a re-run of the transfer
+        closed it): the source is asked first, as for every signal. Closed there: True, nothing left to do. Still
+        open (a forged event, or one about another record): False, the closure stays pending, and an alert. The
+        source down: None, asked again at the next poll."""
+        tid = p.transfer_id
+        source = self.sources.get(p.source_record.system)
+        if source is not None:
+            try:
+                state = await source.state(p.closing_transfer())
+            except CasebridgeError as exc:
+                if getattr(exc, "retriable", False):
+                    log.warning("signal_unconfirmed_yet", transfer_id=tid, error_class=type(exc).__name__)
+                    return None
+            else:
+                if state.state is RecordState.CLOSED:
+                    return True
+        log.warning("signal_not_confirmed", transfer_id=tid, rule_ids=[p.rule_id], system=p.source_record.system.value)
+        await self._emit(
+            AlertRaised(
+                **self._about(p, "source-closed-not-confirmed"),
+                severity="critical",
+                rule_ids=[p.rule_id],
+                summary=f"a source-closed event that {p.source_record.system.value} does not confirm was ignored: "
+                "the closure stays pending; check who can write the events topic",
+            )
+        )
+        return False
 
     async def _close(self, p: PendingClosure) -> SourceClosed:
         """Close the record through its source connector (idempotent); returns the event to emit."""

@@ -436,6 +436,44 @@ async def test_sw22_10_an_allocated_event_the_team_does_not_confirm_closes_nothi
     assert [recorded_allocation_event_id(tid)] == [e.event_id for e in allocated if e.event_id != forged.event_id]
 
 
+async def test_a_source_closed_event_the_source_does_not_confirm_keeps_the_closure_pending(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """A ``source-closed`` event written raw for a record still open (forged, or about another record) would have
+    dropped the pending closure, leaving the record open for good: Care Director is asked first, says open, so the
+    closure stays pending, a critical alert names SW22-10, and the later allocation still closes the record."""
+    down = step_down("swindon-2022", 49)
+    down["professionals"] = {}
+    tid = down["transfer_id"]
+    async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
+        await send_transfer(settings, down)
+        await events_until(settings, tid, "source-kept-open")
+        forged = SourceClosed(
+            event_id="forged-closed-1",
+            transfer_id=tid,
+            source_system=CaseSystem.CARE_DIRECTOR,
+            source_reference=down["source_record"]["record_id"],
+        )
+        await produce(
+            settings.bootstrap_servers,
+            settings.topics.events,
+            [(tid.encode(), forged.model_dump_json().encode())],
+            headers=[("event_type", b"source-closed")],
+        )
+        with capture_logs() as logs:
+            for _ in range(40):
+                await stack.closures.poll_once()
+                if any(e["event"] == "signal_not_confirmed" for e in logs):
+                    break
+        assert not any(e["event"] == "closure_not_needed" for e in logs)
+        assert tid in stack.closures.pending
+        [alert] = [e for e in await events_until(settings, tid, "alert") if isinstance(e, AlertRaised)]
+        assert ("critical", ["SW22-10"], True) == (alert.severity, alert.rule_ids, "does not confirm" in alert.summary)
+        await allocate(settings.bootstrap_servers, settings.topics, tid, WORKER, "ops-test")
+        assert 1 == await _poll_until_closed(stack)
+    assert down["source_record"]["record_id"] in parts["care_director"].closed
+
+
 async def test_sw22_10_a_close_the_source_refuses_is_dead_lettered_and_closes_once_replayed(
     settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
 ) -> None:
