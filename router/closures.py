@@ -58,6 +58,7 @@ from contracts import (
     TransferDeadLettered,
     TransferEvent,
     TransferMessage,
+    TransferReplayed,
     field_errors,
     parse_event,
 )
@@ -69,6 +70,7 @@ from ._history import decode as decode_history
 from ._outbox import Failure, dead_letter_headers
 from ._pending import PendingClosure, Trigger
 from ._reading import fold_compacted, follower, replay_compacted
+from ._retry import H_REPLAY_OF, H_REPLAY_OPERATOR
 from .allocations import (
     AllocationAudit,
     AllocationNotPending,
@@ -233,6 +235,8 @@ class ClosureScheduler:
         self._unmatched: dict[str, tuple[TopicPartition, int, float]] = {}
         #: operators' recorded allocations read in this poll: their ``allocated`` events go out before the commit
         self._recorded: list[AllocationAudit] = []
+        #: replayed closures read in this poll: their ``replayed`` events go out before the commit
+        self._replays: list[TransferEvent] = []
 
     async def start(self) -> None:
         topic = self.settings.topics.pending_closures
@@ -256,7 +260,8 @@ class ClosureScheduler:
             for r in records:
                 self._read(r)
         recorded, self._recorded = self._recorded, []
-        await self._send_all([self._event_record(audit.event()) for audit in recorded])
+        replays, self._replays = self._replays, []
+        await self._send_all([self._event_record(e) for e in [*(a.event() for a in recorded), *replays]])
         for tid in sorted(self.closed.keys() & self.pending.keys()):
             confirmed = await self._source_says_closed(self.pending[tid])
             if confirmed:
@@ -324,6 +329,18 @@ class ClosureScheduler:
                 self._own.discard((r.partition, r.offset))
             else:
                 fold_compacted(self.pending, [r], bytes.decode, PendingClosure.decode)
+                of = dict(r.headers or ()).get(H_REPLAY_OF)
+                if of is not None and r.key is not None:  # an operator replayed its dead letter: the event is ours
+                    operator = dict(r.headers or ()).get(H_REPLAY_OPERATOR, b"unknown").decode(errors="replace")
+                    offset = of.decode(errors="replace").partition(":")[2]
+                    self._replays.append(
+                        TransferReplayed(
+                            event_id=event_id(of.decode(errors="replace"), "replayed"),
+                            transfer_id=r.key.decode(),
+                            operator=operator,
+                            dead_letter_offset=int(offset) if offset.isdigit() else 0,
+                        )
+                    )
             return
         kind = dict(r.headers or ()).get("event_type")
         if r.key is None or kind not in (b"allocated", b"front-door-decision", b"source-closed"):

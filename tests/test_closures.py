@@ -514,6 +514,9 @@ async def test_sw22_10_a_close_the_source_refuses_is_dead_lettered_and_closes_on
         assert 1 == len(report.replayed)
         assert 1 == await _poll_until_closed(stack)
         assert 0 == await _poll_until_closed(stack, tries=3)
+    # the scheduler, not the operator's replay, wrote the ``replayed`` event (once) when it read the closure back
+    replayed = [e for e in await events_until(settings, tid, "replayed", "source-closed") if e.event_type == "replayed"]
+    assert [("ops-test", tid)] == [(e.operator, e.transfer_id) for e in replayed]  # type: ignore[union-attr]
     given = refusing.given[down["source_record"]["record_id"]]
     assert WORKER == given.professionals.family_support_worker
 
