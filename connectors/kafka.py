@@ -92,7 +92,9 @@ class KafkaSecurity(BaseModel):
                 raise PydanticCustomError("kafka_settings", "give password or password_file, not both")
             value = self.password_file.read_text(encoding="utf-8").strip()
             if not value:
-                raise PydanticCustomError("kafka_settings", "password_file {path} is empty", {"path": str(self.password_file)})
+                raise PydanticCustomError(
+                    "kafka_settings", "password_file {path} is empty", {"path": str(self.password_file)}
+                )
             object.__setattr__(self, "password", SecretStr(value))
         if protocol in _SASL:
             missing = [k for k in ("sasl_mechanism", "username", "password") if getattr(self, k) is None]
@@ -150,7 +152,7 @@ class KafkaSecurity(BaseModel):
 
     def describe(self) -> str:
         """What is in use, without secrets: ``SASL_SSL, SCRAM-SHA-512 as router, CA /etc/ca.pem``."""
-        parts = [self.security_protocol]
+        parts: list[str] = [self.security_protocol]
         if self.security_protocol in _SASL:
             parts.append(f"{self.sasl_mechanism} as {self.username}")
         if self.security_protocol in _TLS:
@@ -192,9 +194,10 @@ def ssl_context(kafka: Kafka) -> ssl.SSLContext | None:
     conn = connection(kafka)
     if conn.security_protocol not in _TLS:
         return None
-    return create_ssl_context(
+    context: ssl.SSLContext = create_ssl_context(
         cafile=conn.ca_file, certfile=conn.cert_file, keyfile=conn.key_file, password=_no_key_password
     )
+    return context
 
 
 def client_kwargs(kafka: Kafka) -> dict[str, Any]:
