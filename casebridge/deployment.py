@@ -303,7 +303,7 @@ def _kafka(block: dict[str, Any], context: dict[str, Any], where: Any) -> tuple[
     values = dict(block)
     if "password_file" in values:
         return KafkaSecurity(), [
-            f"{where(('kafka', 'password_file'))}: unknown key here: write password = {{ file = \"PATH\" }}"
+            f'{where(("kafka", "password_file"))}: unknown key here: write password = {{ file = "PATH" }}'
             " (CASEBRIDGE_KAFKA__PASSWORD_FILE sets that too)"
         ]
     try:

@@ -183,8 +183,8 @@ def test_credentials_or_tls_files_on_a_protocol_that_does_not_use_them_are_refus
 
 
 def test_the_password_never_prints(pki: dict[str, Path]) -> None:
-    conn = KafkaConnection(bootstrap_servers="kafka:9093", security_protocol="SASL_SSL",
-                           sasl_mechanism="SCRAM-SHA-512", username="router", password=PASSWORD, ca_file=pki["ca"])  # fmt: skip
+    conn = KafkaConnection(bootstrap_servers="kafka:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                           username="router", password=PASSWORD, ca_file=pki["ca"])  # fmt: skip
     assert PASSWORD not in repr(conn) + str(conn) + conn.describe()
     assert f"SASL_SSL, SCRAM-SHA-512 as router, CA {pki['ca']}" == conn.describe()
     with pytest.raises(ValidationError) as raised:
@@ -228,7 +228,10 @@ async def test_sasl_ssl_clients_carry_the_mechanism_the_credentials_and_the_tls_
                            username="router", password_file=pki["password"], ca_file=pki["ca"])  # fmt: skip
     kw = clients.client_kwargs(conn)
     assert ("SASL_SSL", mechanism, "router", PASSWORD) == (
-        kw["security_protocol"], kw["sasl_mechanism"], kw["sasl_plain_username"], kw["sasl_plain_password"]
+        kw["security_protocol"],
+        kw["sasl_mechanism"],
+        kw["sasl_plain_username"],
+        kw["sasl_plain_password"],
     )
     assert {"commonName": "casebridge test CA"} == {
         k: v for rdn in kw["ssl_context"].get_ca_certs()[0]["subject"] for k, v in rdn
@@ -298,7 +301,10 @@ def test_operator_settings_come_from_casebridge_kafka_variables(
     env.setenv("CASEBRIDGE_KAFKA__CA_FILE", str(pki["ca"]))
     kw = clients.client_kwargs(Settings().connection)
     assert ("kafka.council.example:9093", "SASL_SSL", "operator", PASSWORD) == (
-        kw["bootstrap_servers"], kw["security_protocol"], kw["sasl_plain_username"], kw["sasl_plain_password"]
+        kw["bootstrap_servers"],
+        kw["security_protocol"],
+        kw["sasl_plain_username"],
+        kw["sasl_plain_password"],
     )
 
 
@@ -379,12 +385,15 @@ def test_the_kafka_table_takes_the_password_by_reference_and_files_relative_to_i
 ) -> None:
     (tmp_path / "ca.pem").write_bytes(pki["ca"].read_bytes())
     (tmp_path / "router.password").write_text(PASSWORD)
-    path = _deployment_file(tmp_path, """security_protocol = "SASL_SSL"
+    path = _deployment_file(
+        tmp_path,
+        """security_protocol = "SASL_SSL"
 sasl_mechanism = "SCRAM-SHA-512"
 username = "router"
 password = { file = "router.password" }
 ca_file = "ca.pem"
-""")
+""",
+    )
     conn = load(path).settings.connection
     assert (tmp_path / "ca.pem", "router", PASSWORD) == (conn.ca_file, conn.username, conn.password and
                                                           conn.password.get_secret_value())  # fmt: skip
@@ -402,12 +411,15 @@ ca_file = "ca.pem"
 def test_the_kafka_table_refuses_an_inline_password_and_names_file_line_and_key(
     tokens: pytest.MonkeyPatch, pki: dict[str, Path], tmp_path: Path
 ) -> None:
-    path = _deployment_file(tmp_path, f"""security_protocol = "SASL_SSL"
+    path = _deployment_file(
+        tmp_path,
+        f"""security_protocol = "SASL_SSL"
 sasl_mechanism = "SCRAM-SHA-512"
 username = "router"
 password = "{PASSWORD}"
 ca_file = "{pki["ca"]}"
-""")
+""",
+    )
     with pytest.raises(DeploymentError) as raised:
         load(path)
     [problem] = raised.value.problems
@@ -425,14 +437,17 @@ ca_file = "{pki["ca"]}"
 def test_config_check_reports_the_security_in_use_without_the_password(
     tokens: pytest.MonkeyPatch, pki: dict[str, Path], tmp_path: Path
 ) -> None:
-    path = _deployment_file(tmp_path, f"""security_protocol = "SASL_SSL"
+    path = _deployment_file(
+        tmp_path,
+        f"""security_protocol = "SASL_SSL"
 sasl_mechanism = "SCRAM-SHA-512"
 username = "router"
 password = {{ file = "{pki["password"]}" }}
 ca_file = "{pki["ca"]}"
 cert_file = "{pki["cert"]}"
 key_file = "{pki["key"]}"
-""")
+""",
+    )
     result = _invoke(["config", "check", str(path)], dict(TOKENS))
     assert 0 == result.exit_code, result.output
     assert (
