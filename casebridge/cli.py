@@ -380,9 +380,13 @@ def run(
     try:
         uvloop.run(main())  # libuv's event loop: less CPU a transfer than asyncio's (README Benchmark)
     except KafkaConnectionError:
+        protocol = deployment.settings.kafka.security_protocol
+        secured = (
+            f"; if it runs, check [kafka] ({protocol}: ca_file, username, password)" if protocol != "PLAINTEXT" else ""
+        )
         typer.echo(
             f"error: cannot reach Kafka at {deployment.settings.bootstrap_servers} (bootstrap_servers): start the"
-            " broker (casebridge kafka start) or correct the deployment file",
+            f" broker (casebridge kafka start) or correct the deployment file{secured}",
             err=True,
         )
         raise typer.Exit(code=5) from None

@@ -406,6 +406,15 @@ ca_file = "ca.pem"
     conn = load(path).settings.connection
     assert ("router-2", "another-password-0123456789") == (conn.username, conn.password and
                                                             conn.password.get_secret_value())  # fmt: skip
+    tokens.delenv("CASEBRIDGE_KAFKA__PASSWORD_FILE")  # a password written inline in the environment: refused too
+    tokens.setenv("CASEBRIDGE_KAFKA__PASSWORD", PASSWORD)
+    with pytest.raises(DeploymentError) as raised:
+        load(path)
+    [problem] = raised.value.problems
+    assert problem.startswith(
+        "north-somerset.toml: CASEBRIDGE_KAFKA__PASSWORD (environment): kafka.password: a secret is never written"
+    ), problem
+    assert PASSWORD not in str(raised.value)
 
 
 def test_the_kafka_table_refuses_an_inline_password_and_names_file_line_and_key(
