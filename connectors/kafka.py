@@ -101,7 +101,12 @@ class KafkaSecurity(BaseModel):
         if self.password_file is not None:
             if self.password is not None:
                 raise PydanticCustomError("kafka_settings", "give password or password_file, not both")
-            value = self.password_file.read_text(encoding="utf-8").strip()
+            try:
+                value = self.password_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                raise PydanticCustomError(
+                    "kafka_settings", "password_file {path} cannot be read as text", {"path": str(self.password_file)}
+                ) from None
             if not value:
                 raise PydanticCustomError(
                     "kafka_settings", "password_file {path} is empty", {"path": str(self.password_file)}
