@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from connectors.kafka import Kafka
 from contracts import (
     CaseSystem,
     Child,
@@ -151,7 +152,7 @@ def decode_notice_entry(raw: bytes) -> PendingNotice | Mark:
     return PendingNotice.decode(raw)
 
 
-async def read_pending_notices(bootstrap_servers: str, topic: str) -> dict[str, PendingNotice]:
+async def read_pending_notices(kafka: Kafka, topic: str) -> dict[str, PendingNotice]:
     """The notices waiting for their transfer's allocation, by transfer id, as the topic stands now (no marks)."""
-    entries = await replay_compacted(bootstrap_servers, topic, bytes.decode, decode_notice_entry)
+    entries = await replay_compacted(kafka, topic, bytes.decode, decode_notice_entry)
     return {k: v for k, v in entries.items() if isinstance(v, PendingNotice) and not k.startswith(MARK)}

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer
+from connectors.kafka import Kafka
 from contracts import CaseSystem, Person, TransferAllocated
 
 from ._pending import ALLOCATION_TRIGGERS, PendingClosure, PendingNotice, read_pending_notices
@@ -134,7 +135,7 @@ class RecordedAllocation:
 
 
 async def allocate(
-    bootstrap_servers: str,
+    kafka: Kafka,
     topics: Topics,
     transfer_id: str,
     worker: Person,
@@ -146,11 +147,11 @@ async def allocate(
         raise AllocationRefused("operator: required, every recorded allocation is audited (--operator)")
     if not worker.organisation:
         raise AllocationRefused("worker.organisation: required, the closure record names the worker's organisation")
-    closures = await replay_compacted(bootstrap_servers, topics.pending_closures, bytes.decode, PendingClosure.decode)
+    closures = await replay_compacted(kafka, topics.pending_closures, bytes.decode, PendingClosure.decode)
     closure = closures.get(transfer_id)
     if closure is not None and closure.trigger not in ALLOCATION_TRIGGERS:
         closure = None
-    notice = (await read_pending_notices(bootstrap_servers, topics.pending_notices)).get(transfer_id)
+    notice = (await read_pending_notices(kafka, topics.pending_notices)).get(transfer_id)
     if closure is None and notice is None:
         raise AllocationNotPending(
             f"transfer_id: {transfer_id!r} has nothing pending that an allocation serves (no closure or notice "
@@ -179,7 +180,7 @@ async def allocate(
         target_reference=target_reference,
         correlation_id=correlation_id,
     )
-    producer = idempotent_producer(bootstrap_servers)
+    producer = idempotent_producer(kafka)
     await producer.start()
     try:
         # the audit record first: nothing is recorded that was not audited (a failure after it leaves an audited
@@ -204,4 +205,4 @@ async def record_allocation(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RecordedAllocation:
     """``allocate`` on the deployment ``settings`` name (``casebridge allocate``)."""
-    return await allocate(settings.bootstrap_servers, settings.topics, transfer_id, worker, operator, clock)
+    return await allocate(settings.connection, settings.topics, transfer_id, worker, operator, clock)

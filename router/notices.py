@@ -55,13 +55,13 @@ class AllocationNotices:
         self.targets = targets
         topics = settings.topics
         self.consumer = follower(
-            settings.bootstrap_servers,
+            settings.connection,
             f"{settings.group_id}-notices",
             topics.events,
             topics.pending_notices,
             topics.audit,
         )
-        self.producer = idempotent_producer(settings.bootstrap_servers)
+        self.producer = idempotent_producer(settings.connection)
         self.pending: dict[str, PendingNotice] = {}
         #: allocations read in this poll (not yet durable): transfer id -> the target that must confirm it (None:
         #: an operator's audit record, confirmed)
@@ -71,7 +71,7 @@ class AllocationNotices:
 
     async def start(self) -> None:
         entries = await replay_compacted(
-            self.settings.bootstrap_servers, self.settings.topics.pending_notices, bytes.decode, decode_notice_entry
+            self.settings.connection, self.settings.topics.pending_notices, bytes.decode, decode_notice_entry
         )
         for key, value in entries.items():
             self._apply(key, value)
