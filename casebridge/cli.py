@@ -535,6 +535,35 @@ def _where(bootstrap: str | None, prefix: str | None) -> tuple[KafkaConnection, 
     return kafka, Topics(prefix or settings.topic_prefix)
 
 
+OperatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="who acts (audited). On an authenticated Kafka connection (SASL, or a client certificate) the audit names"
+        " the authenticated principal, and --operator, if given, must be it; otherwise --operator is required"
+    ),
+]
+
+
+def _operator(given: str | None, kafka: KafkaConnection, what: str) -> str:
+    """Who the audit record names: the principal Kafka authenticated this command as, or (over an unauthenticated
+    local connection) the name given. A name that is not the principal is refused: nobody acts as someone else."""
+    from connectors.kafka import principal
+
+    authenticated = principal(kafka)
+    name = (given or "").strip()
+    if authenticated is not None:
+        if name and name != authenticated:
+            _refuse(
+                f"--operator {name!r} is not the principal Kafka authenticates this command as ({authenticated!r},"
+                " CASEBRIDGE_KAFKA__USERNAME): leave --operator out, or sign in as that operator",
+                EXIT_USAGE,
+            )
+        return authenticated
+    if not name:
+        _refuse(f"--operator must name who {what} (every such action is audited)", EXIT_USAGE)
+    return name
+
+
 #: how long an operator command waits for Kafka to answer at all
 REACH_TIMEOUT = 15.0
 
@@ -709,7 +738,7 @@ def dlq_show(
 
 @app.command("replay")
 def replay_cmd(
-    operator: Annotated[str, typer.Option(help="who replays (every replay is audited)")],
+    operator: OperatorOpt = None,
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
     council: CouncilOpt = None,
@@ -734,9 +763,8 @@ def replay_cmd(
 
     Exits 1 if there is no dead-letter topic under the prefix, 2 without an operator, 5 if Kafka cannot be reached.
     """
-    if not operator.strip():
-        _refuse("--operator must name who replays (every replay is audited)", EXIT_USAGE)
     kafka, topics = _where(bootstrap, prefix)
+    operator = _operator(operator, kafka, "replays")
     filters = _filters(council, pathway, rule, error_class, transfer, since, until)
     _dead_letter_topic(kafka, topics)
     group = router_group or f"{topics.prefix}-router"
@@ -784,7 +812,7 @@ def allocate_cmd(
     ],
     worker: Annotated[str, typer.Option(help="the allocated worker's name (named on the closure record)")],
     organisation: Annotated[str, typer.Option(help="the worker's organisation (BA-6)")],
-    operator: Annotated[str, typer.Option(help="who records it (every allocation is audited)")],
+    operator: OperatorOpt = None,
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
@@ -797,8 +825,6 @@ def allocate_cmd(
     from contracts import Person
     from router.allocations import AllocationRefused, record_allocation
 
-    if not operator.strip():
-        _refuse("--operator must name who records the allocation (every allocation is audited)", EXIT_USAGE)
     settings = _settings()
     settings = settings.model_copy(
         update={
@@ -807,6 +833,7 @@ def allocate_cmd(
         }
     )
     kafka = settings.connection
+    operator = _operator(operator, kafka, "records the allocation")
     try:
         person = Person(name=worker, role="Family Support Worker", organisation=organisation)
     except ValidationError as exc:
