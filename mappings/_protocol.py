@@ -53,7 +53,7 @@ from ._outcomes import AssessmentOutcome, outcome_table
 
 PROTOCOL_DIR = DATA_DIR / "protocols"
 
-RuleIdStr = Annotated[str, Field(pattern=r"^(G[1-4]|SW26-\d+|SW22-\d+|LU-\d+|BA-\d+|NS-\d+)$")]
+RuleIdStr = Annotated[str, Field(pattern=r"^(G[1-4]|SW26-\d+|SW22-\d+|LU-\d+|BA-\d+|NS-\d+|FFX-\d+)$")]
 Role = Literal["social_worker", "lead_professional", "support_leader", "family_support_worker"]
 
 
