@@ -285,7 +285,7 @@ SchemaVersion = Annotated[
 def _version_text(value: object) -> str:
     """The version as MAJOR.MINOR text (1 -> 1.0), for the known forms and for naming an unknown one."""
     if value in _VERSION_FORMS and not isinstance(value, bool):
-        return _VERSION_FORMS[value]  # type: ignore[index]
+        return _VERSION_FORMS[value]
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value}.0"
     if isinstance(value, float):
