@@ -263,3 +263,48 @@ def _families_first(direction: str, bare: bool = False) -> dict[str, object]:
     lead = {"name": "Alex Example", "role": "Lead Practitioner", "organisation": "Family Help"}
     doc["professionals"] = {} if bare else {"lead_professional": lead}
     return doc
+
+
+def test_a_target_mapping_that_needs_a_date_of_birth_refuses_an_unborn_child_naming_the_field() -> None:
+    """The EHM tray and LCS contact templates need a date of birth: an unborn child is refused, never given one."""
+    from mappings import MappingError, load_mapping
+
+    unborn = TransferMessage.model_validate(_v11(date_of_birth=None, expected_date_of_birth="2027-03-01"))
+    for name in ("ehm-stepdown-tray", "lcs-contact"):
+        with pytest.raises(MappingError, match=r"needs source path 'transfer\.child\.date_of_birth'"):
+            load_mapping(name).apply({"transfer": unborn.model_dump(mode="json")})
+
+
+async def test_router_on_kafka_reads_1_0_and_1_1_and_dead_letters_2_0_naming_the_version(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """On a real broker: a 1.0 message and a 1.1 one (an unborn child) complete; a 2.0 one is dead-lettered at
+    validate with the version named in its reason."""
+    from connectors.memory import MemorySource, MemoryTarget
+    from contracts import CaseSystem
+    from router import Topics
+    from tests.support import count_type, events_of, ns_transfer, produce, read, running_router
+
+    topics = Topics(topic_prefix)
+    v10 = ns_transfer(1)
+    v11 = ns_transfer(2)
+    v11.pop("schema_version")
+    v11["child"].update(date_of_birth=None, expected_date_of_birth="2027-03-01", sex="U")
+    v20 = ns_transfer(3, schema_version="2.0")
+    items = [(f"lcs:LCS-{n}".encode(), json.dumps(d).encode()) for n, d in ((1, v10), (2, v11), (3, v20))]
+    target = MemoryTarget()
+    async with running_router(
+        kafka_bootstrap, topic_prefix, {CaseSystem.EHM: target}, {CaseSystem.LCS: MemorySource()}
+    ):
+        await produce(kafka_bootstrap, topics.transfers, items)
+        records = await read(kafka_bootstrap, topics.events, count_type("source-closed", 2), timeout=60)
+        [dead] = await read(kafka_bootstrap, topics.dead_letter, lambda r: len(r) >= 1, timeout=30)
+    closed = {e.transfer_id for e in events_of(records) if e.event_type == "source-closed"}
+    assert {"ns-1", "ns-2"} == closed
+    headers = dict(dead.headers)
+    assert (b"validate", b"ContractViolation", b"schema_version: unknown_version_2.0") == (
+        headers["casebridge.dlq.stage"],
+        headers["casebridge.dlq.error.class"],
+        headers["casebridge.dlq.error.message"],
+    )
+    assert b"ns-3" == headers["casebridge.dlq.transfer.id"]
