@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -217,52 +218,39 @@ def test_schemas_state_their_dialect_id_and_version() -> None:
     assert [] != list(validator.iter_errors({**example(), "schema_version": "2.0"}))
 
 
+ILLUSTRATIVE = EXAMPLES / "illustrative"
+
+
+def _illustrative(direction: str) -> dict[str, Any]:
+    [path] = ILLUSTRATIVE.glob(f"families-first-example.{direction}.*.json")
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
 def test_families_first_levels_describe_a_step_up_and_a_step_down_of_the_illustrative_council() -> None:
-    """Family Help and multi-agency child protection: an illustrative council's step-up and step-down meet its
-    protocol; a step between levels of the same rank (Family Help and child in need) is refused."""
+    """Family Help and multi-agency child protection: the illustrative council's committed step-down and step-up
+    (an unborn child) meet its protocol and route as it says; without plan and lead practitioner the step-down is
+    held with both rules; a step between levels of the same rank (Family Help and child in need) is refused."""
     from mappings import Facts, load_protocols
 
     protocol = load_protocols()[Council.FAMILIES_FIRST_EXAMPLE]
-    down = TransferMessage.model_validate(_families_first("step-down"))
-    up = TransferMessage.model_validate(_families_first("step-up"))
-    assert ("1.1", "1.1") == (down.schema_version, up.schema_version)
+    down = TransferMessage.model_validate(_illustrative("step-down"))
+    up = TransferMessage.model_validate(_illustrative("step-up"))
+    assert ("1.1", "1.1", True) == (down.schema_version, up.schema_version, up.child.unborn)
+    assert ("multi-agency-child-protection", "family-help") == (down.pathway.from_level, down.pathway.to_level)
     assert ([], []) == ([v.rule_id for v in protocol.check(down, Facts())], [v.rule_id for v in protocol.check(up)])
-    assert ("lead-professional", "Family Help") == (
-        protocol.route(down, Facts()).role,
-        protocol.route(down, Facts()).team,
-    )
+    route = protocol.route(down, Facts())
+    assert ("lead-professional", "Family Help") == (route.role, route.team)
     assert protocol.route(up, Facts()).urgent  # FFX-3: to the MACPT, urgent
-    assert ["FFX-6", "FFX-7"] == [
-        v.rule_id for v in protocol.check(TransferMessage.model_validate(_families_first("step-down", bare=True)))
-    ]
-    sideways = _families_first("step-down")
+    bare = {**_illustrative("step-down"), "documents": [], "professionals": {}}
+    assert ["FFX-6", "FFX-7"] == [v.rule_id for v in protocol.check(TransferMessage.model_validate(bare))]
+    no_consent = {**_illustrative("step-up"), "consent": None}
+    assert ["FFX-2"] == [v.rule_id for v in protocol.check(TransferMessage.model_validate(no_consent))]
+    sideways = _illustrative("step-down")
     sideways["pathway"].update(from_level="child-in-need-s17", to_level="family-help")
     assert [("pathway", "value_error")] == _errors(sideways)
-
-
-def _families_first(direction: str, bare: bool = False) -> dict[str, object]:
-    """The illustrative Families First council's step-down (MACPT -> Family Help) or step-up (the reverse)."""
-    doc = example(council="families-first-example")
-    doc.pop("schema_version")
-    down = direction == "step-down"
-    levels = ("multi-agency-child-protection", "family-help")
-    doc["pathway"] = {
-        "direction": direction,
-        "from_level": levels[0] if down else levels[1],
-        "to_level": levels[1] if down else levels[0],
-        "from_system": "lcs" if down else "ehm",
-        "to_system": "ehm" if down else "lcs",
-    }
-    doc["source_record"]["system"] = doc["pathway"]["from_system"]
-    manager = {"name": "Sam Example", "role": "MACPT Manager"}
-    doc["management_decision"] = {"decided_by": manager, "rationale": "needs met", "decided_on": "2026-11-20"}
-    doc["consent"] = {"given_by": "parent", "given_on": "2026-11-19", "scope": ["information-sharing"]}
-    doc["documents"] = (
-        [] if bare else [{"type": "plan" if down else "step-up-form", "content": "synthetic plan", "title": "t"}]
-    )
-    lead = {"name": "Alex Example", "role": "Lead Practitioner", "organisation": "Family Help"}
-    doc["professionals"] = {} if bare else {"lead_professional": lead}
-    return doc
+    stamped_1_0 = {**_illustrative("step-down"), "schema_version": 1}
+    assert [("$", "needs_version_1.1")] == _errors(stamped_1_0)
 
 
 def test_a_target_mapping_that_needs_a_date_of_birth_refuses_an_unborn_child_naming_the_field() -> None:
