@@ -24,6 +24,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     ValidationInfo,
     WithJsonSchema,
+    field_serializer,
     field_validator,
     model_serializer,
     model_validator,
@@ -294,20 +295,6 @@ def _version_text(value: object) -> str:
     return text if all(c.isdigit() or c == "." for c in text) and text else "unreadable"
 
 
-def _uses_1_1(data: dict[str, Any]) -> bool:
-    """Whether a raw message uses what only schema 1.1 has (before validation: it picks the default stamp)."""
-    child = data.get("child")
-    if isinstance(child, dict) and (
-        child.get("sex") is not None
-        or child.get("expected_date_of_birth") is not None
-        or child.get("date_of_birth") is None
-    ):
-        return True
-    pathway = data.get("pathway")
-    levels = {pathway.get("from_level"), pathway.get("to_level")} if isinstance(pathway, dict) else set()
-    return data.get("council") == Council.FAMILIES_FIRST_EXAMPLE.value or bool(levels & set(LEVELS_SINCE_1_1))
-
-
 class TransferMessage(Strict):
     """One handover of one child between services; the unit the router routes.
 
@@ -360,14 +347,6 @@ class TransferMessage(Strict):
         default=None, description="filled in by the router from the protocol before the source record is closed"
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _stamp(cls, data: Any) -> Any:
-        """A message without a version is stamped with the lowest that has what it uses (1.0 where it can)."""
-        if isinstance(data, dict) and "schema_version" not in data:
-            return {"schema_version": "1.1" if _uses_1_1(data) else "1.0", **data}
-        return data
-
     @field_validator("schema_version", mode="before")
     @classmethod
     def _known_version(cls, value: object, info: ValidationInfo) -> str:
@@ -395,28 +374,39 @@ class TransferMessage(Strict):
 
     @model_validator(mode="after")
     def _version_covers_fields(self) -> Self:
-        """A message stamped 1.0 uses nothing a 1.0 reader would refuse."""
-        if self.schema_version != "1.0":
+        """A message without a version is stamped with the lowest that has what it uses (1.0 where it can); one
+        stamped 1.0 uses nothing a 1.0 reader would refuse. (After validation, not before: a ``before`` model
+        validator would make pydantic build the whole JSON document in Python first, twice the cost.)"""
+        stated = "schema_version" in self.model_fields_set
+        if stated and self.schema_version != "1.0":
             return self
-        used = [f"child.{n}" for n in self.child.since_1_1]
-        used += ["child.date_of_birth (absent)"] if self.child.unborn else []
-        used += [f"pathway.{n}" for n in ("from_level", "to_level") if getattr(self.pathway, n) in LEVELS_SINCE_1_1]
+        c, p = self.child, self.pathway
+        plain = (
+            c.sex is None
+            and c.date_of_birth is not None
+            and p.from_level not in LEVELS_SINCE_1_1
+            and p.to_level not in LEVELS_SINCE_1_1
+            and self.council is not Council.FAMILIES_FIRST_EXAMPLE
+        )
+        if not stated:
+            self.__dict__["schema_version"] = "1.0" if plain else "1.1"  # frozen: set once, as validation ends
+            return self
+        if plain:
+            return self
+        used = [f"child.{n}" for n in c.since_1_1]
+        used += ["child.date_of_birth (absent)"] if c.unborn else []
+        used += [f"pathway.{n}" for n in ("from_level", "to_level") if getattr(p, n) in LEVELS_SINCE_1_1]
         used += ["council"] if self.council is Council.FAMILIES_FIRST_EXAMPLE else []
-        if used:
-            raise PydanticCustomError(
-                "needs_version_1.1",
-                "the message says schema version 1.0 but uses what 1.1 added ({used}): stamp it 1.1",
-                {"used": ", ".join(used)},
-            )
-        return self
+        raise PydanticCustomError(
+            "needs_version_1.1",
+            "the message says schema version 1.0 but uses what 1.1 added ({used}): stamp it 1.1",
+            {"used": ", ".join(used)},
+        )
 
-    @model_serializer(mode="wrap")
-    def _as_its_version(self, handler: SerializerFunctionWrapHandler) -> Any:
+    @field_serializer("schema_version")
+    def _version_as_written(self, version: str) -> int | str:
         """Written as its version's readers read it: 1.0 as the integer 1 (a 1.0 reader's ``Literal[1]``)."""
-        out = handler(self)
-        if isinstance(out, dict) and out.get("schema_version") == "1.0":
-            out["schema_version"] = 1
-        return out
+        return 1 if version == "1.0" else version
 
     @property
     def child_key(self) -> str:
