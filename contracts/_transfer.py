@@ -15,6 +15,7 @@ log and emit events from the rest without personal data.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
@@ -270,7 +271,7 @@ class ClosureRecord(Strict):
     rule_ids: list[RuleId] = Field(default_factory=list)
 
 
-_VERSION_FORMS = {1: "1.0", "1": "1.0", "1.0": "1.0", "1.1": "1.1"}
+_VERSION = re.compile(r"[0-9]{1,4}(\.[0-9]{1,4})?")
 SchemaVersion = Annotated[
     str,
     WithJsonSchema(
@@ -284,15 +285,20 @@ SchemaVersion = Annotated[
 
 
 def _version_text(value: object) -> str:
-    """The version as MAJOR.MINOR text (1 -> 1.0), for the known forms and for naming an unknown one."""
-    if value in _VERSION_FORMS and not isinstance(value, bool):
-        return _VERSION_FORMS[value]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value}.0"
-    if isinstance(value, float):
-        return f"{value:g}" if "." in f"{value:g}" else f"{value:g}.0"
-    text = str(value)[:16]
-    return text if all(c.isdigit() or c == "." for c in text) and text else "unreadable"
+    """The version as MAJOR.MINOR text (1 -> 1.0), for the known forms and for naming an unknown one.
+
+    Only an integer or a string of digits and a dot is a version; anything else (a float, a list, ...) is
+    "unreadable", never echoed.
+    """
+    if isinstance(value, bool):
+        return "unreadable"
+    if isinstance(value, int):
+        return f"{value}.0" if 0 <= value <= 9999 else "unreadable"
+    if isinstance(value, str):
+        text = value.strip()
+        if _VERSION.fullmatch(text):
+            return text if "." in text else f"{text}.0"
+    return "unreadable"
 
 
 class TransferMessage(Strict):

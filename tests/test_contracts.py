@@ -95,6 +95,12 @@ def test_schema_version_of_an_unknown_major_is_refused_by_name() -> None:
     assert "schema version 2.0 is a major version this reader does not know (it reads 1.0, 1.1)" in error.message
 
 
+def test_a_version_that_is_not_major_minor_is_refused_not_echoed_and_never_crashes() -> None:
+    """A float, a list, an object, a boolean or an enormous number as schema_version: one clear field error."""
+    for value in (1.1, [], {}, True, None, 10**30, "one"):
+        assert [("schema_version", "unreadable_version")] == _errors(example(schema_version=value)), value
+
+
 def test_events_round_trip_through_json() -> None:
     """An event serialises and parses back to the same typed event."""
     event = TransferDelivered(
