@@ -154,3 +154,36 @@ def test_ns01_missing_management_decision_is_named() -> None:
     [held] = NS.check(_t(management_decision=None), Facts())
     assert ("NS-1", "no management decision") == (held.rule_id, NS.details(_t(management_decision=None))["NS-1"])
     assert held.message.endswith("(no management decision)")
+
+
+async def test_ns02_ns06_router_on_kafka_dead_letters_naming_the_locality_and_the_missing_document_type(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """On a real broker: the dead letters' reasons name the unknown locality (NS-2) and the missing document type
+    (NS-6, NS-8), codes only: no name, no NHS number."""
+    import json
+
+    from connectors.memory import MemorySource, MemoryTarget
+    from contracts import CaseSystem
+    from router import Topics
+    from tests.support import ns_transfer, produce, read, running_router
+
+    topics = Topics(topic_prefix)
+    west = ns_transfer(1)
+    west["child"]["locality"] = "West"
+    no_plan = ns_transfer(2)
+    no_plan["documents"] = [d for d in no_plan["documents"] if d["type"] != "plan"]
+    items = [(f"lcs:LCS-{n}".encode(), json.dumps(d).encode()) for n, d in ((1, west), (2, no_plan))]
+    async with running_router(
+        kafka_bootstrap, topic_prefix, {CaseSystem.EHM: MemoryTarget()}, {CaseSystem.LCS: MemorySource()}
+    ):
+        await produce(kafka_bootstrap, topics.transfers, items)
+        dead = await read(kafka_bootstrap, topics.dead_letter, lambda r: len(r) >= 2, timeout=60)
+    reasons = {
+        dict(d.headers)["casebridge.dlq.transfer.id"]: dict(d.headers)["casebridge.dlq.error.message"] for d in dead
+    }
+    assert b"locality 'West' is not one of North, East, South (field child.locality)" in reasons[b"ns-1"]
+    assert reasons[b"ns-2"].startswith(b"protocol rules not met: NS-6 (missing document type plan)")
+    assert b"NS-8 (missing document type plan)" in reasons[b"ns-2"]
+    for reason in reasons.values():
+        assert b"Robin" not in reason and b"999" not in reason
