@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -62,19 +63,61 @@ class Watch:
         self.lag: list[dict[str, Any]] = []
         self.dead_letters: list[dict[str, Any]] = []
         self.refreshed_at = 0.0
+        #: Kafka as the last round found it: None before the first, else reachable or not (and since when)
+        self.kafka_reachable: bool | None = None
+        self.kafka_error: str | None = None
+        self.kafka_failing_since: float | None = None
+        self.kafka_checked_at: float | None = None
 
     async def refresh(self) -> None:
-        """Lag first (cheap), then the dead-letter and audit topics (read whole, like ``casebridge dlq list``)."""
-        rows = await group_lag(self.bootstrap_servers, self.topics)
-        tracker_lag = await self.tracker.lag()
+        """Lag first (cheap), then the dead-letter and audit topics (read whole, like ``casebridge dlq list``).
+
+        A round that cannot reach Kafka in time (two intervals, at least 10 s) marks Kafka unreachable
+        and keeps the last figures; the tracker's own lag is asked here too, so it stays current.
+        """
+        try:
+            async with asyncio.timeout(max(10.0, 2 * self.interval)):
+                rows = await group_lag(self.bootstrap_servers, self.topics)
+                tracker_lag = await self.tracker.lag()
+        except Exception as exc:
+            self._kafka_failed(exc)
+            raise
+        self._kafka_ok()
         rows.append({"group": TRACKER_GROUP, "topic": self.topics.events, "lag": sum(tracker_lag.values())})
         self.lag = rows
         letters = await list_dead_letters(self.bootstrap_servers, self.topics)
         # the completions from the tracker's store of events (as far as it has read the events topic)
-        completions = self.tracker.store.completions(d.transfer_id for d in letters if d.transfer_id)
+        store = self.tracker.store
+        completions = await store.read(store.completions, [d.transfer_id for d in letters if d.transfer_id])
         outcomes = await outcomes_from_topics(self.bootstrap_servers, self.topics, letters, completions)
         self.dead_letters = [d.listed(outcomes) for d in letters]
         self.refreshed_at = time.time()
+
+    def _kafka_failed(self, exc: BaseException) -> None:
+        now = time.time()
+        self.kafka_checked_at = now
+        self.kafka_error = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
+        if self.kafka_reachable is not False:
+            self.kafka_failing_since = now
+            log.warning("monitor_kafka_unreachable", bootstrap=self.bootstrap_servers, error=self.kafka_error)
+        self.kafka_reachable = False
+
+    def _kafka_ok(self) -> None:
+        now = time.time()
+        if self.kafka_reachable is False and self.kafka_failing_since is not None:
+            log.info("monitor_kafka_reachable", seconds=round(now - self.kafka_failing_since, 1))
+        self.kafka_reachable, self.kafka_error, self.kafka_failing_since = True, None, None
+        self.kafka_checked_at = now
+
+    def health(self) -> dict[str, Any]:
+        """Kafka as the last round found it (from memory)."""
+        return {
+            "reachable": self.kafka_reachable,
+            "error": self.kafka_error,
+            "failing_since": _iso(self.kafka_failing_since),
+            "checked_at": _iso(self.kafka_checked_at),
+            "lag_refreshed_at": _iso(self.refreshed_at or None),
+        }
 
     def by_status(self) -> dict[str, int]:
         """How many dead letters are in each status (every status named, 0 included)."""
@@ -92,10 +135,18 @@ class Watch:
         return [{"reason": r, "count": c} for r, c in reasons.most_common(n)]
 
     async def run(self, stopped: asyncio.Event) -> None:
+        failing: str | None = None
         while not stopped.is_set():
             try:
                 await self.refresh()
-            except Exception as exc:  # keep the last figures; try again next round
-                log.warning("monitor_refresh_failed", error_class=type(exc).__name__)
+                failing = None
+            except Exception as exc:  # keep the last figures; try again next round (one line per kind of failure)
+                if failing != type(exc).__name__:
+                    failing = type(exc).__name__
+                    log.warning("monitor_refresh_failed", error_class=failing)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopped.wait(), self.interval)
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()

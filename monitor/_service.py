@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
@@ -39,7 +41,53 @@ class Monitor:
         self.store = Store(self.settings.db)
         self.tracker = Tracker(self.store, self.bootstrap_servers, self.topics)
         self.watch = Watch(self.bootstrap_servers, self.topics, self.tracker, self.settings.lag_interval_seconds)
-        self.registry = registry_for(self.store, self.watch)
+        self.registry = registry_for(self.store, self.watch, self.health)
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz, ``/api/health``, the page's banner and the metrics say about the monitor itself.
+
+        From memory only (never SQLite, never Kafka), so it answers at once whatever is stuck. ``problems``
+        is one line per thing an operator should know: the tracker not storing, the tracker behind by more
+        than ``behind_threshold`` events, Kafka unreachable (or not checked for three intervals).
+        """
+        tracker, kafka = self.tracker.health(), self.watch.health()
+        problems: list[dict[str, str]] = []
+        lag = tracker["lag"]
+        behind = f"{lag} event(s) behind the events topic" if lag is not None else "how far behind is not known yet"
+        if not tracker["storing"]:
+            problems.append(
+                {
+                    "kind": "tracker-not-storing",
+                    "message": f"The tracker cannot store events ({tracker['store_error']}) since "
+                    f"{tracker['failing_since']}: {behind}. It retries and skips nothing; "
+                    "the figures below are as stored.",
+                }
+            )
+        elif lag is not None and lag > self.settings.behind_threshold:
+            problems.append(
+                {
+                    "kind": "tracker-behind",
+                    "message": f"The tracker is {behind} (more than {self.settings.behind_threshold}).",
+                }
+            )
+        checked = self.watch.kafka_checked_at
+        stale = checked is not None and time.time() - checked > 3 * self.watch.interval + 10
+        if kafka["reachable"] is False or stale:
+            why = kafka["error"] if kafka["reachable"] is False else "no answer for three rounds"
+            since = kafka["failing_since"] or kafka["checked_at"]
+            problems.append(
+                {
+                    "kind": "kafka-unreachable",
+                    "message": f"Kafka at {self.bootstrap_servers} is unreachable ({why}) since {since}: lag and "
+                    f"dead letters are from {kafka['lag_refreshed_at'] or 'never'}.",
+                }
+            )
+        return {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "tracker": {**tracker, "behind_threshold": self.settings.behind_threshold},
+            "kafka": kafka,
+        }
 
     async def start(self) -> None:
         self._stopped = asyncio.Event()

@@ -4,19 +4,28 @@ Events arrive at least once: ``event_id`` is the primary key, so a duplicate cha
 nothing. The events topic's next offsets are kept in the same database and written in the
 same transaction as the events they cover, so a restart resumes exactly where the store
 is, and deleting the file rebuilds everything from the topic's beginning.
+
+SQLite never runs on the event loop: the tracker writes through ``write`` (one writer thread) and
+the page, the API, the metrics and the watch read through ``read`` (a few reader threads), each
+thread with its own connection. In WAL mode readers do not wait for writers, so the page keeps
+answering (with what is stored) while the file is locked by someone else or the disk is full.
+The synchronous methods stay usable from any one thread (tests, rebuild tools).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from contracts import TransferEvent, TransferRequested, TransferRetryScheduled
 from router.deadletters import COMPLETED
@@ -44,6 +53,9 @@ RESOLVES_ALERTS = ("source-closed", "source-kept-open", "completed-no-record")
 #: an alert whose summary holds this word says the transfer recovered (router/app.py): it resolves the
 #: transfer's earlier alerts and is itself resolved (it needs no action)
 RECOVERED = "recovered"
+#: what a store call raises when SQLite cannot do it now (locked, disk full, read-only, I/O error)
+STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -86,38 +98,83 @@ class Position:
 
 
 class Store:
-    """SQLite, one connection, serialised by a lock (the web app and the tracker share it)."""
+    """SQLite: one connection per thread on a file (``:memory:``: one shared connection behind a lock).
 
-    def __init__(self, path: Path | str) -> None:
+    ``busy_timeout`` is how long one call waits for a lock another connection holds before it fails
+    with "database is locked" (the tracker then retries the same batch; a reader answers 503).
+    """
+
+    def __init__(self, path: Path | str, *, busy_timeout: float = 1.0, readers: int = 4) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
+        self._memory = str(path) == ":memory:"
+        if not self._memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._lock = threading.RLock()  # serialises the shared connection of an in-memory store
+        self._shared = self._connect() if self._memory else None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="monitor-store-write")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="monitor-store-read")
         self.version = 0  #: grows with every new event applied (for caches of derived views)
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
+        with self._use() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=self._busy_timeout, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        with self._connections_lock:
+            self._connections.append(db)
+        return db
+
+    @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection (the shared one, locked, for ``:memory:``)."""
+        if self._shared is not None:
+            with self._lock:
+                yield self._shared
+            return
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        yield db
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._connections_lock:
+            for db in self._connections:
+                with suppress(sqlite3.Error):
+                    db.close()
+            self._connections.clear()
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a reader thread (``fn`` reads this store: a view, a query, the metrics)."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, partial(fn, *args))
+
+    async def write(self, events: Iterable[TransferEvent], positions: Iterable[Position] = ()) -> int:
+        """``apply`` on the writer thread (one at a time, in order)."""
+        batch, at = list(events), list(positions)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self.apply, batch, at)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._use() as db:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if db.in_transaction:  # a failed COMMIT (disk full) can leave it open
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return list(self._db.execute(sql, tuple(params)))
+        with self._use() as db:
+            return list(db.execute(sql, tuple(params)))
 
     # -- writing ---------------------------------------------------------------------------
 
