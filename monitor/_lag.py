@@ -29,9 +29,9 @@ async def group_lag(bootstrap_servers: str, topics: Topics) -> list[dict[str, An
     """Every consumer group with committed offsets on ``<prefix>.*`` topics: lag per group and topic."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
-    await admin.start()
-    await consumer.start()
-    try:
+    try:  # closed whatever happens: a round that cannot reach Kafka must not leak its clients
+        await admin.start()
+        await consumer.start()
         committed: dict[str, dict[TopicPartition, int]] = {}
         for group in await admin.list_consumer_groups():
             offsets = await admin.list_consumer_group_offsets(group[0])

@@ -6,9 +6,13 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
+from prometheus_client import generate_latest
 
+from casebridge.localdeploy import free_port
 from connectors.memory import MemorySource, MemoryTarget
 from contracts import CaseSystem
+from monitor import Monitor
 from router.settings import Topics
 from tests.monitor_support import (
     OPERATOR_NAME,
@@ -16,6 +20,7 @@ from tests.monitor_support import (
     VIEWER_TOKEN,
     auth,
     get_json,
+    monitor_settings,
     running_monitor,
     wait_for,
 )
@@ -178,3 +183,40 @@ async def test_ns07_held_transfer_that_later_completes_shows_resolved(
             assert [letter["id"]] == [d["id"] for d in (await get_json(f"{url}?status=resolved"))["dead_letters"]]
             overview = (await get_json(f"{server.url}/api/overview"))["dead_letters"]
             assert (0, "resolved") == (overview["waiting"], overview["latest"][0]["status"])
+
+
+async def test_health_says_when_kafka_is_unreachable_and_clears_when_it_answers(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A round of the watch that cannot reach Kafka: /healthz's problems name the address and the metrics say 0;
+    the same monitor pointed at a broker that answers: the problem is gone. Never from SQLite (answers locked)."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    monitor = Monitor(monitor_settings(tmp_path / "m.sqlite3"), dead, Topics(topic_prefix))
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whatever aiokafka raises for "cannot connect"
+            await monitor.watch.refresh()
+        health = monitor.health()
+        assert "degraded" == health["status"]
+        assert ["kafka-unreachable"] == [p["kind"] for p in health["problems"]]
+        assert dead in health["problems"][0]["message"]
+        assert False is health["kafka"]["reachable"]
+        assert "casebridge_monitor_kafka_reachable 0.0" in generate_latest(monitor.registry).decode()
+        monitor.watch.bootstrap_servers = monitor.tracker.bootstrap_servers = kafka_bootstrap  # Kafka answers
+        await produce(
+            kafka_bootstrap, Topics(topic_prefix).events, [(b"t-k", _events("t-k")[0].model_dump_json().encode())]
+        )
+        await monitor.tracker.start()
+        try:
+            await monitor.tracker.catch_up(timeout=60)
+            await monitor.watch.refresh()
+        finally:
+            await monitor.tracker.stop()
+        health = monitor.health()
+        assert ("ok", [], True, 0) == (
+            health["status"],
+            health["problems"],
+            health["kafka"]["reachable"],
+            health["tracker"]["lag"],
+        )
+    finally:
+        monitor.store.close()
