@@ -149,4 +149,4 @@ class Watch:
 
 
 def _iso(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")

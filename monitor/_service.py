@@ -43,8 +43,10 @@ class Monitor:
         self.watch = Watch(self.bootstrap_servers, self.topics, self.tracker, self.settings.lag_interval_seconds)
         self.registry = registry_for(self.store, self.watch, self.health)
 
-    def health(self) -> dict[str, Any]:
+    def health(self, *, detail: bool = True) -> dict[str, Any]:
         """What /healthz, ``/api/health``, the page's banner and the metrics say about the monitor itself.
+
+        ``detail=False`` (the unauthenticated /healthz) leaves Kafka's address out.
 
         From memory only (never SQLite, never Kafka), so it answers at once whatever is stuck. ``problems``
         is one line per thing an operator should know: the tracker not storing, the tracker behind by more
@@ -73,12 +75,13 @@ class Monitor:
         checked = self.watch.kafka_checked_at
         stale = checked is not None and time.time() - checked > 3 * self.watch.interval + 10
         if kafka["reachable"] is False or stale:
+            where = f" at {self.bootstrap_servers}" if detail else ""
             why = kafka["error"] if kafka["reachable"] is False else "no answer for three rounds"
             since = kafka["failing_since"] or kafka["checked_at"]
             problems.append(
                 {
                     "kind": "kafka-unreachable",
-                    "message": f"Kafka at {self.bootstrap_servers} is unreachable ({why}) since {since}: lag and "
+                    "message": f"Kafka{where} is unreachable ({why}) since {since}: lag and "
                     f"dead letters are from {kafka['lag_refreshed_at'] or 'never'}.",
                 }
             )

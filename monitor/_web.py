@@ -312,8 +312,9 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        """Always 200 while the process serves: ``status`` ok or degraded, with the problems (from memory only)."""
-        return monitor.health()
+        """Always 200 while the process serves: ``status`` ok or degraded, with the problems (from memory only;
+        no token needed, so without Kafka's address)."""
+        return monitor.health(detail=False)
 
     # -- the JSON API --------------------------------------------------------------------
 
