@@ -137,6 +137,10 @@ async def test_monitor_database_locked_loses_nothing_and_says_it_is_behind(
                 started = time.monotonic()
                 overview = (await client.get(f"{m.url}/api/overview", headers=auth())).json()
                 overview_latency = time.monotonic() - started
+                locked_metrics = (await client.get(f"{m.url}/metrics", headers=auth())).text
+            assert "casebridge_monitor_tracker_storing 0.0" in locked_metrics
+            assert "casebridge_monitor_tracker_lag 40.0" in locked_metrics
+            assert "casebridge_monitor_store_readable 1.0" in locked_metrics  # WAL: the figures still read
             assert 5 == overview["total"]
             assert {"tracker-not-storing"} <= {p["kind"] for p in overview["health"]["problems"]}
             assert set(stored_event_ids(db)) == {e.event_id for e in before}  # nothing written under the lock
