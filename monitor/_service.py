@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from connectors._feed import idempotent_producer
 from router.settings import Topics
 
-from ._lag import Watch
+from ._lag import TRACKER_GROUP, Watch
 from ._metrics import registry_for
 from ._settings import MonitorSettings
 from ._store import Store
@@ -49,8 +49,9 @@ class Monitor:
         ``detail=False`` (the unauthenticated /healthz) leaves Kafka's address out.
 
         From memory only (never SQLite, never Kafka), so it answers at once whatever is stuck. ``problems``
-        is one line per thing an operator should know: the tracker not storing, the tracker behind by more
-        than ``behind_threshold`` events, Kafka unreachable (or not checked for three intervals).
+        is one line per thing an operator should know: the tracker not storing, the tracker (or a consumer group
+        on the deployment's topics) behind by more than ``behind_threshold``, Kafka unreachable (or not checked
+        for three intervals).
         """
         tracker, kafka = self.tracker.health(), self.watch.health()
         problems: list[dict[str, str]] = []
@@ -72,6 +73,15 @@ class Monitor:
                     "message": f"The tracker is {behind} (more than {self.settings.behind_threshold}).",
                 }
             )
+        for row in self.watch.lag:  # the router and the loops: a consumer group behind on a topic
+            if row["group"] != TRACKER_GROUP and row["lag"] > self.settings.behind_threshold:
+                problems.append(
+                    {
+                        "kind": "consumer-behind",
+                        "message": f"Consumer group {row['group']} is {row['lag']} message(s) behind on {row['topic']} "
+                        f"(more than {self.settings.behind_threshold}).",
+                    }
+                )
         checked = self.watch.kafka_checked_at
         stale = checked is not None and time.time() - checked > 3 * self.watch.interval + 10
         if kafka["reachable"] is False or stale:

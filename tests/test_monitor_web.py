@@ -7,6 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
 from prometheus_client import generate_latest
 
 from casebridge.localdeploy import free_port
@@ -219,4 +221,40 @@ async def test_health_says_when_kafka_is_unreachable_and_clears_when_it_answers(
             health["tracker"]["lag"],
         )
     finally:
+        monitor.store.close()
+
+
+async def test_health_says_when_a_consumer_group_is_behind_and_clears_when_it_catches_up(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The router's group with committed offsets 5 behind on the transfers topic (threshold 2): a "consumer-behind"
+    problem naming the group and topic; the group commits to the end: gone."""
+    topics = Topics(topic_prefix)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for _ in range(5):
+            await producer.send_and_wait(topics.transfers, b"{}", key=b"k", partition=0)
+    finally:
+        await producer.stop()
+    tp = TopicPartition(topics.transfers, 0)
+    group = f"{topic_prefix}-router"
+    settings = monitor_settings(tmp_path / "m.sqlite3").model_copy(update={"behind_threshold": 2})
+    monitor = Monitor(settings, kafka_bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    await monitor.tracker.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: 0})
+        await monitor.watch.refresh()
+        behind = [p for p in monitor.health()["problems"] if p["kind"] == "consumer-behind"]
+        assert 1 == len(behind), monitor.health()
+        assert f"Consumer group {group} is 5 message(s) behind on {topics.transfers}" in behind[0]["message"]
+        await consumer.commit({tp: 5})
+        await monitor.watch.refresh()
+        assert ("ok", []) == (monitor.health()["status"], monitor.health()["problems"])
+    finally:
+        await monitor.tracker.stop()
+        await consumer.stop()
         monitor.store.close()
