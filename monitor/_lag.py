@@ -14,9 +14,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
-from router.deadletters import Status, list_dead_letters, outcomes_from_topics
+from router.deadletters import Outcomes, Status, expired_ids, list_dead_letters, outcomes_from_topics
 from router.settings import Topics
 
+from ._index import DeadLetterIndex, letters_of
 from ._tracker import Tracker
 
 log = structlog.get_logger("casebridge.monitor")
@@ -55,8 +56,17 @@ async def group_lag(bootstrap_servers: str, topics: Topics) -> list[dict[str, An
 class Watch:
     """What the monitor reads from Kafka besides events: lag and dead letters, refreshed in the background."""
 
-    def __init__(self, bootstrap_servers: str, topics: Topics, tracker: Tracker, interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Topics,
+        tracker: Tracker,
+        interval: float = 5.0,
+        index: DeadLetterIndex | None = None,
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        #: the dead letters, replays and parkings indexed in the store (None: read the topics whole each round)
+        self.index = index
         self.topics = topics
         self.tracker = tracker
         self.interval = interval
@@ -85,11 +95,21 @@ class Watch:
         self._kafka_ok()
         rows.append({"group": TRACKER_GROUP, "topic": self.topics.events, "lag": sum(tracker_lag.values())})
         self.lag = rows
-        letters = await list_dead_letters(self.bootstrap_servers, self.topics)
-        # the completions from the tracker's store of events (as far as it has read the events topic)
         store = self.tracker.store
+        if self.index is not None:  # only what arrived since the last round is read from Kafka
+            await self.index.catch_up()
+            letters = letters_of(await store.read(store.indexed_dead_letters))
+            replayed = await store.read(store.indexed_ids, "replayed")
+            parked = await store.read(store.indexed_ids, "parked")
+        else:
+            letters = await list_dead_letters(self.bootstrap_servers, self.topics)
+        # the completions from the tracker's store of events (as far as it has read the events topic)
         completions = await store.read(store.completions, [d.transfer_id for d in letters if d.transfer_id])
-        outcomes = await outcomes_from_topics(self.bootstrap_servers, self.topics, letters, completions)
+        if self.index is not None:
+            expired = await expired_ids(self.bootstrap_servers, letters)  # by reference only: metadata, no records
+            outcomes = Outcomes(frozenset(replayed), frozenset(parked), completions, frozenset(expired))
+        else:
+            outcomes = await outcomes_from_topics(self.bootstrap_servers, self.topics, letters, completions)
         self.dead_letters = [d.listed(outcomes) for d in letters]
         self.refreshed_at = time.time()
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from connectors._feed import idempotent_producer
 from router.settings import Topics
 
+from ._index import DeadLetterIndex
 from ._lag import TRACKER_GROUP, Watch
 from ._metrics import registry_for
 from ._settings import MonitorSettings
@@ -28,6 +29,7 @@ class Monitor:
     rebuild: bool = False
     store: Store = field(init=False)
     tracker: Tracker = field(init=False)
+    index: DeadLetterIndex = field(init=False)
     watch: Watch = field(init=False)
     registry: CollectorRegistry = field(init=False)
     #: writes the milestones operators record (started and stopped with the monitor)
@@ -40,7 +42,10 @@ class Monitor:
             drop_store(self.settings.db)
         self.store = Store(self.settings.db)
         self.tracker = Tracker(self.store, self.bootstrap_servers, self.topics)
-        self.watch = Watch(self.bootstrap_servers, self.topics, self.tracker, self.settings.lag_interval_seconds)
+        self.index = DeadLetterIndex(self.store, self.bootstrap_servers, self.topics)
+        self.watch = Watch(
+            self.bootstrap_servers, self.topics, self.tracker, self.settings.lag_interval_seconds, self.index
+        )
         self.registry = registry_for(self.store, self.watch, self.health)
 
     def health(self, *, detail: bool = True) -> dict[str, Any]:
@@ -105,6 +110,7 @@ class Monitor:
     async def start(self) -> None:
         self._stopped = asyncio.Event()
         await self.tracker.start()
+        await self.index.start()
         self.producer = idempotent_producer(self.bootstrap_servers)  # on the loop that serves the monitor
         await self.producer.start()
         self._tasks = [
@@ -116,5 +122,6 @@ class Monitor:
         self._stopped.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.producer.stop()
+        await self.index.stop()
         await self.tracker.stop()
         self.store.close()

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -56,6 +56,7 @@ RECOVERED = "recovered"
 #: what a store call raises when SQLite cannot do it now (locked, disk full, read-only, I/O error)
 STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
 T = TypeVar("T")
+_DL_COLUMNS = ("id", "partition", "offset", "timestamp", "transfer_id", "pathway", "context")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -81,6 +82,18 @@ CREATE TABLE IF NOT EXISTS transfers (
     retries INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS transfers_state ON transfers (state);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    timestamp INTEGER,
+    transfer_id TEXT,
+    pathway TEXT,
+    context TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_transfer ON dead_letters (transfer_id);
+CREATE TABLE IF NOT EXISTS replayed (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS parked (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -88,6 +101,16 @@ CREATE TABLE IF NOT EXISTS offsets (
     PRIMARY KEY (topic, partition)
 );
 """
+
+
+@dataclass
+class IndexEntries:
+    """What the dead-letter index read in one batch: dead letters (ids, context headers, no value), replayed and
+    parked dead letter ids."""
+
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    replayed: list[str] = field(default_factory=list)
+    parked: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,7 @@ class Store:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="monitor-store-write")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="monitor-store-read")
         self.version = 0  #: grows with every new event applied (for caches of derived views)
+        self.index_version = 0  #: grows with every new dead letter, replay or parking indexed
         with self._use() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
@@ -154,6 +178,10 @@ class Store:
         """``fn(*args)`` on a reader thread (``fn`` reads this store: a view, a query, the metrics)."""
         return await asyncio.get_running_loop().run_in_executor(self._readers, partial(fn, *args))
 
+    async def write_index(self, entries: IndexEntries, positions: Iterable[Position]) -> int:
+        """``index`` on the writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self.index, entries, list(positions))
+
     async def write(self, events: Iterable[TransferEvent], positions: Iterable[Position] = ()) -> int:
         """``apply`` on the writer thread (one at a time, in order)."""
         batch, at = list(events), list(positions)
@@ -184,14 +212,49 @@ class Store:
         with self._tx() as db:
             for event in events:
                 new += self._apply_one(db, event)
-            for p in positions:
-                db.execute(
-                    "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
-                    "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-                    (p.topic, p.partition, p.next_offset),
-                )
+            self._positions(db, positions)
         self.version += new
         return new
+
+    def index(self, entries: IndexEntries, positions: Iterable[Position]) -> int:
+        """Dead letters, replays and parkings read from their topics, and the positions they bring us to, in one
+        transaction (the index's positions are its source of truth, as the events'); returns how many were new."""
+        new = 0
+        with self._tx() as db:
+            for d in entries.dead_letters:
+                cursor = db.execute(
+                    f"INSERT OR IGNORE INTO dead_letters ({', '.join(_DL_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' for _ in _DL_COLUMNS)})",
+                    tuple(d[c] for c in _DL_COLUMNS),
+                )
+                new += cursor.rowcount
+            for table, ids in (("replayed", entries.replayed), ("parked", entries.parked)):
+                for dl_id in ids:
+                    new += db.execute(f"INSERT OR IGNORE INTO {table} (id) VALUES (?)", (dl_id,)).rowcount
+            self._positions(db, positions)
+        self.index_version += new
+        return new
+
+    def _positions(self, db: sqlite3.Connection, positions: Iterable[Position]) -> None:
+        for p in positions:
+            db.execute(
+                "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                (p.topic, p.partition, p.next_offset),
+            )
+
+    def indexed_dead_letters(self) -> list[dict[str, Any]]:
+        """Every indexed dead letter in the order ``casebridge dlq list`` reads them (time, partition, offset)."""
+        rows = self._query(
+            "SELECT id, timestamp, pathway, context FROM dead_letters ORDER BY timestamp, partition, offset"
+        )
+        return [dict(r) for r in rows]
+
+    def indexed_ids(self, table: str) -> set[str]:
+        """The dead letter ids indexed as ``replayed`` or ``parked``."""
+        if table not in ("replayed", "parked"):
+            raise ValueError(f"no index {table!r}")
+        return {r["id"] for r in self._query(f"SELECT id FROM {table}")}
 
     def _apply_one(self, db: sqlite3.Connection, e: TransferEvent) -> int:
         at = e.occurred_at.isoformat()

@@ -204,14 +204,17 @@ async def test_health_says_when_kafka_is_unreachable_and_clears_when_it_answers(
         assert False is health["kafka"]["reachable"]
         assert "casebridge_monitor_kafka_reachable 0.0" in generate_latest(monitor.registry).decode()
         monitor.watch.bootstrap_servers = monitor.tracker.bootstrap_servers = kafka_bootstrap  # Kafka answers
+        monitor.index.bootstrap_servers = kafka_bootstrap
         await produce(
             kafka_bootstrap, Topics(topic_prefix).events, [(b"t-k", _events("t-k")[0].model_dump_json().encode())]
         )
         await monitor.tracker.start()
+        await monitor.index.start()
         try:
             await monitor.tracker.catch_up(timeout=60)
             await monitor.watch.refresh()
         finally:
+            await monitor.index.stop()
             await monitor.tracker.stop()
         health = monitor.health()
         assert ("ok", [], True, 0) == (
@@ -244,6 +247,7 @@ async def test_health_says_when_a_consumer_group_is_behind_and_clears_when_it_ca
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     await monitor.tracker.start()
+    await monitor.index.start()
     try:
         consumer.assign([tp])
         await consumer.commit({tp: 0})
@@ -255,6 +259,7 @@ async def test_health_says_when_a_consumer_group_is_behind_and_clears_when_it_ca
         await monitor.watch.refresh()
         assert ("ok", []) == (monitor.health()["status"], monitor.health()["problems"])
     finally:
+        await monitor.index.stop()
         await monitor.tracker.stop()
         await consumer.stop()
         monitor.store.close()
