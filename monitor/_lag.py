@@ -14,10 +14,18 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
-from router.deadletters import Outcomes, Status, expired_ids, list_dead_letters, outcomes_from_topics
+from router.deadletters import (
+    DeadLetter,
+    Outcomes,
+    Status,
+    expired_ids,
+    list_dead_letters,
+    outcomes_from_topics,
+)
 from router.settings import Topics
 
 from ._index import DeadLetterIndex, letters_of
+from ._store import Store
 from ._tracker import Tracker
 
 log = structlog.get_logger("casebridge.monitor")
@@ -80,7 +88,9 @@ class Watch:
         self.kafka_checked_at: float | None = None
 
     async def refresh(self) -> None:
-        """Lag first (cheap), then the dead-letter and audit topics (read whole, like ``casebridge dlq list``).
+        """Lag first (cheap), then the dead letters: with an index, only what arrived on the dead-letter, audit
+        and parking topics since the last round (the listing built on a reader thread); without, the topics read
+        whole, like ``casebridge dlq list``.
 
         A round that cannot reach Kafka in time (two intervals, at least 10 s) marks Kafka unreachable
         and keeps the last figures; the tracker's own lag is asked here too, so it stays current.
@@ -96,21 +106,17 @@ class Watch:
         rows.append({"group": TRACKER_GROUP, "topic": self.topics.events, "lag": sum(tracker_lag.values())})
         self.lag = rows
         store = self.tracker.store
-        if self.index is not None:  # only what arrived since the last round is read from Kafka
-            await self.index.catch_up()
-            letters = letters_of(await store.read(store.indexed_dead_letters))
-            replayed = await store.read(store.indexed_ids, "replayed")
-            parked = await store.read(store.indexed_ids, "parked")
-        else:
+        if self.index is None:
             letters = await list_dead_letters(self.bootstrap_servers, self.topics)
-        # the completions from the tracker's store of events (as far as it has read the events topic)
-        completions = await store.read(store.completions, [d.transfer_id for d in letters if d.transfer_id])
-        if self.index is not None:
-            expired = await expired_ids(self.bootstrap_servers, letters)  # by reference only: metadata, no records
-            outcomes = Outcomes(frozenset(replayed), frozenset(parked), completions, frozenset(expired))
-        else:
+            # the completions from the tracker's store of events (as far as it has read the events topic)
+            completions = await store.read(store.completions, [d.transfer_id for d in letters if d.transfer_id])
             outcomes = await outcomes_from_topics(self.bootstrap_servers, self.topics, letters, completions)
-        self.dead_letters = [d.listed(outcomes) for d in letters]
+            self.dead_letters = [d.listed(outcomes) for d in letters]
+        else:  # only what arrived since the last round is read from Kafka; the listing is built off the loop
+            await self.index.catch_up()
+            letters = await store.read(lambda: letters_of(store.indexed_dead_letters()))
+            expired = await expired_ids(self.bootstrap_servers, letters)  # by reference only: metadata, no records
+            self.dead_letters = await store.read(_listed, store, letters, frozenset(expired))
         self.refreshed_at = time.time()
 
     def _kafka_failed(self, exc: BaseException) -> None:
@@ -166,6 +172,15 @@ class Watch:
                     log.warning("monitor_refresh_failed", error_class=failing)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopped.wait(), self.interval)
+
+
+def _listed(store: Store, letters: list[DeadLetter], expired: frozenset[str]) -> list[dict[str, Any]]:
+    """The dead letters as listed, with their statuses from the store's index and events (on a reader thread)."""
+    completions = store.completions(d.transfer_id for d in letters if d.transfer_id)
+    outcomes = Outcomes(
+        frozenset(store.indexed_ids("replayed")), frozenset(store.indexed_ids("parked")), completions, expired
+    )
+    return [d.listed(outcomes) for d in letters]
 
 
 def _iso(at: float | None) -> str | None:

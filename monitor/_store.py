@@ -201,8 +201,12 @@ class Store:
                 raise
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """All rows, fetched a chunk at a time (a reader thread gives the event loop its turn in between)."""
         with self._use() as db:
-            return list(db.execute(sql, tuple(params)))
+            cursor, out = db.execute(sql, tuple(params)), []
+            while chunk := cursor.fetchmany(1000):
+                out.extend(chunk)
+            return out
 
     # -- writing ---------------------------------------------------------------------------
 
