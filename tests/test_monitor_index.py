@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor import Store
-from monitor._index import DeadLetterIndex
+from monitor import DeadLetterIndex, Store
 from router.settings import Topics
 from tests.support import produce
 
