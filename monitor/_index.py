@@ -19,6 +19,8 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
+from connectors import kafka as clients
+from connectors.kafka import Kafka
 from router._retry import H_REPLAY_OF
 from router.deadletters import _DEAD_LETTER_ID, DeadLetter, _partitions
 from router.settings import ALLOCATION_AUDIT_PREFIX, Topics
@@ -29,9 +31,9 @@ log = structlog.get_logger("casebridge.monitor")
 
 
 class DeadLetterIndex:
-    def __init__(self, store: Store, bootstrap_servers: str, topics: Topics) -> None:
+    def __init__(self, store: Store, kafka: Kafka, topics: Topics) -> None:
         self.store = store
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = kafka
         self.dead_letter, self.audit, self.parking = topics.dead_letter, topics.audit, topics.parking
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned: set[TopicPartition] = set()
@@ -39,9 +41,7 @@ class DeadLetterIndex:
         self.stored: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, group_id=None, enable_auto_commit=False
-        )
+        self.consumer = clients.consumer(self.kafka, group_id=None, enable_auto_commit=False)
         await self.consumer.start()
 
     async def stop(self) -> None:
@@ -53,7 +53,7 @@ class DeadLetterIndex:
         """Take on the partitions of the three topics that exist now (a metadata request for every topic: naming
         an absent one might create it), each from its stored position, else its beginning."""
         assert self.consumer is not None, "start() first"
-        cluster = await _partitions(self.bootstrap_servers)
+        cluster = await _partitions(self.kafka)
         names = (self.dead_letter, self.audit, self.parking)
         wanted = {TopicPartition(t, p) for t in names for p in cluster.get(t, ())}
         if wanted <= self.assigned:

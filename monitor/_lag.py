@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from connectors import kafka as clients
+from connectors.kafka import Kafka
 from router.deadletters import (
     DeadLetter,
     Outcomes,
@@ -34,10 +34,10 @@ TRACKER_GROUP = "casebridge-monitor (tracker)"
 OPEN_STATUSES = (Status.WAITING, Status.PARKED, Status.EXPIRED)
 
 
-async def group_lag(bootstrap_servers: str, topics: Topics) -> list[dict[str, Any]]:
+async def group_lag(kafka: Kafka, topics: Topics) -> list[dict[str, Any]]:
     """Every consumer group with committed offsets on ``<prefix>.*`` topics: lag per group and topic."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+    admin = clients.admin(kafka)
+    consumer = clients.consumer(kafka, group_id=None)
     try:  # closed whatever happens: a round that cannot reach Kafka must not leak its clients
         await admin.start()
         await consumer.start()
@@ -66,13 +66,13 @@ class Watch:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: Kafka,
         topics: Topics,
         tracker: Tracker,
         interval: float = 5.0,
         index: DeadLetterIndex | None = None,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = kafka
         #: the dead letters, replays and parkings indexed in the store (None: read the topics whole each round)
         self.index = index
         self.topics = topics
@@ -97,7 +97,7 @@ class Watch:
         """
         try:
             async with asyncio.timeout(max(10.0, 2 * self.interval)):
-                rows = await group_lag(self.bootstrap_servers, self.topics)
+                rows = await group_lag(self.kafka, self.topics)
                 tracker_lag = await self.tracker.lag()
         except Exception as exc:
             self._kafka_failed(exc)
@@ -107,15 +107,15 @@ class Watch:
         self.lag = rows
         store = self.tracker.store
         if self.index is None:
-            letters = await list_dead_letters(self.bootstrap_servers, self.topics)
+            letters = await list_dead_letters(self.kafka, self.topics)
             # the completions from the tracker's store of events (as far as it has read the events topic)
             completions = await store.read(store.completions, [d.transfer_id for d in letters if d.transfer_id])
-            outcomes = await outcomes_from_topics(self.bootstrap_servers, self.topics, letters, completions)
+            outcomes = await outcomes_from_topics(self.kafka, self.topics, letters, completions)
             self.dead_letters = [d.listed(outcomes) for d in letters]
         else:  # only what arrived since the last round is read from Kafka; the listing is built off the loop
             await self.index.catch_up()
             letters = await store.read(lambda: letters_of(store.indexed_dead_letters()))
-            expired = await expired_ids(self.bootstrap_servers, letters)  # by reference only: metadata, no records
+            expired = await expired_ids(self.kafka, letters)  # by reference only: metadata, no records
             self.dead_letters = await store.read(_listed, store, letters, frozenset(expired))
         self.refreshed_at = time.time()
 
@@ -125,7 +125,7 @@ class Watch:
         self.kafka_error = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
         if self.kafka_reachable is not False:
             self.kafka_failing_since = now
-            log.warning("monitor_kafka_unreachable", bootstrap=self.bootstrap_servers, error=self.kafka_error)
+            log.warning("monitor_kafka_unreachable", bootstrap=clients.servers(self.kafka), error=self.kafka_error)
         self.kafka_reachable = False
 
     def _kafka_ok(self) -> None:

@@ -10,7 +10,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from connectors import kafka as clients
 from connectors._feed import idempotent_producer
+from connectors.kafka import Kafka
 from router.settings import Topics
 
 from ._index import DeadLetterIndex
@@ -24,7 +26,7 @@ from ._tracker import Tracker, drop_store
 @dataclass
 class Monitor:
     settings: MonitorSettings
-    bootstrap_servers: str
+    kafka: Kafka
     topics: Topics
     rebuild: bool = False
     store: Store = field(init=False)
@@ -41,11 +43,9 @@ class Monitor:
         if self.rebuild:
             drop_store(self.settings.db)
         self.store = Store(self.settings.db)
-        self.tracker = Tracker(self.store, self.bootstrap_servers, self.topics)
-        self.index = DeadLetterIndex(self.store, self.bootstrap_servers, self.topics)
-        self.watch = Watch(
-            self.bootstrap_servers, self.topics, self.tracker, self.settings.lag_interval_seconds, self.index
-        )
+        self.tracker = Tracker(self.store, self.kafka, self.topics)
+        self.index = DeadLetterIndex(self.store, self.kafka, self.topics)
+        self.watch = Watch(self.kafka, self.topics, self.tracker, self.settings.lag_interval_seconds, self.index)
         self.registry = registry_for(self.store, self.watch, self.health)
 
     def health(self, *, detail: bool = True) -> dict[str, Any]:
@@ -90,7 +90,7 @@ class Monitor:
         checked = self.watch.kafka_checked_at
         stale = checked is not None and time.time() - checked > 3 * self.watch.interval + 10
         if kafka["reachable"] is False or stale:
-            where = f" at {self.bootstrap_servers}" if detail else ""
+            where = f" at {clients.servers(self.kafka)}" if detail else ""
             why = kafka["error"] if kafka["reachable"] is False else "no answer for three rounds"
             since = kafka["failing_since"] or kafka["checked_at"]
             problems.append(
@@ -111,7 +111,7 @@ class Monitor:
         self._stopped = asyncio.Event()
         await self.tracker.start()
         await self.index.start()
-        self.producer = idempotent_producer(self.bootstrap_servers)  # on the loop that serves the monitor
+        self.producer = idempotent_producer(self.kafka)  # on the loop that serves the monitor
         await self.producer.start()
         self._tasks = [
             asyncio.create_task(self.tracker.run(self._stopped)),

@@ -203,8 +203,7 @@ async def test_health_says_when_kafka_is_unreachable_and_clears_when_it_answers(
         assert dead in health["problems"][0]["message"]
         assert False is health["kafka"]["reachable"]
         assert "casebridge_monitor_kafka_reachable 0.0" in generate_latest(monitor.registry).decode()
-        monitor.watch.bootstrap_servers = monitor.tracker.bootstrap_servers = kafka_bootstrap  # Kafka answers
-        monitor.index.bootstrap_servers = kafka_bootstrap
+        monitor.watch.kafka = monitor.tracker.kafka = monitor.index.kafka = kafka_bootstrap  # Kafka answers
         await produce(
             kafka_bootstrap, Topics(topic_prefix).events, [(b"t-k", _events("t-k")[0].model_dump_json().encode())]
         )
