@@ -33,12 +33,12 @@ from pydantic import BaseModel, ValidationError
 from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer
 from connectors.kafka import Kafka
-from contracts import CaseSystem, Person, TransferAllocated
+from contracts import CaseSystem, MilestoneRecorded, Person, TransferAllocated
 
 from ._pending import ALLOCATION_TRIGGERS, PendingClosure, PendingNotice, read_pending_notices
 from ._reading import replay_compacted
 from .flow import event_id
-from .settings import ALLOCATION_AUDIT_PREFIX, Settings, Topics
+from .settings import ALLOCATION_AUDIT_PREFIX, MILESTONE_AUDIT_PREFIX, Settings, Topics
 
 log = structlog.get_logger("casebridge.router.allocations")
 
@@ -122,6 +122,46 @@ async def confirm_allocation(target: Target | None, transfer_id: str) -> Person 
             return None
         return False
     return worker if worker is not None else False
+
+
+class MilestoneAudit(BaseModel):
+    """One record of ``<prefix>.audit`` keyed ``MILESTONE_AUDIT_PREFIX`` + transfer id + ``/`` + milestone: an operator
+    recorded a step no router event marks (e.g. NS-4's meeting held) on the monitor. Like a recorded allocation it is
+    the signal: the closure scheduler emits the ``milestone`` event for it (the monitor's principal writes no events),
+    and the audit names who recorded it (the monitor token's name); the event names the step only."""
+
+    action: Literal["milestone-recorded"] = "milestone-recorded"
+    operator: str
+    at: datetime
+    transfer_id: str
+    milestone: str
+    council: str
+    rule_ids: list[str]
+
+    @property
+    def key(self) -> bytes:
+        return f"{MILESTONE_AUDIT_PREFIX}{self.transfer_id}/{self.milestone}".encode()
+
+    def event(self) -> MilestoneRecorded:
+        return MilestoneRecorded(
+            event_id=event_id(f"{self.transfer_id}/{self.milestone}", "milestone-recorded"),
+            transfer_id=self.transfer_id,
+            council=self.council,
+            occurred_at=self.at,
+            milestone=self.milestone,
+            rule_ids=self.rule_ids,
+        )
+
+
+def recorded_milestone(key: bytes | None, value: bytes | None) -> MilestoneAudit | None:
+    """The recorded milestone an audit record holds, or None (another kind of record, or unreadable)."""
+    if key is None or value is None or not key.startswith(MILESTONE_AUDIT_PREFIX.encode()):
+        return None
+    try:
+        return MilestoneAudit.model_validate_json(value)
+    except ValidationError:
+        log.warning("milestone_audit_unreadable")
+        return None
 
 
 @dataclass(frozen=True)

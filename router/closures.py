@@ -76,11 +76,13 @@ from .allocations import (
     AllocationNotPending,
     AllocationRefused,
     KnowsAllocation,
+    MilestoneAudit,
     RecordedAllocation,
     confirm_allocation,
     record_allocation,
     recorded_allocation,
     recorded_allocation_event_id,
+    recorded_milestone,
 )
 from .flow import event_id
 from .settings import Settings
@@ -233,8 +235,8 @@ class ClosureScheduler:
         self.step_downs: dict[str, tuple[HistoryEntry, ...]] = {}  # exact tuples: the collector stops scanning them
         #: signals with nothing pending yet: transfer id -> (partition, offset, monotonic time read)
         self._unmatched: dict[str, tuple[TopicPartition, int, float]] = {}
-        #: operators' recorded allocations read in this poll: their ``allocated`` events go out before the commit
-        self._recorded: list[AllocationAudit] = []
+        #: operators' recorded allocations and milestones read in this poll: their events go out before the commit
+        self._recorded: list[AllocationAudit | MilestoneAudit] = []
         #: replayed closures read in this poll: their ``replayed`` events go out before the commit
         self._replays: list[TransferEvent] = []
 
@@ -315,7 +317,7 @@ class ClosureScheduler:
 
     def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
         if r.topic == self.settings.topics.audit:
-            audit = recorded_allocation(r.key, r.value)
+            audit = recorded_allocation(r.key, r.value) or recorded_milestone(r.key, r.value)
             if audit is not None:
                 self._recorded.append(audit)
             return

@@ -15,7 +15,9 @@ from casebridge.localdeploy import free_port
 from connectors.memory import MemorySource, MemoryTarget
 from contracts import CaseSystem
 from monitor import Monitor
-from router.settings import Topics
+from router.app import ensure_topics
+from router.closures import ClosureScheduler
+from router.settings import Settings, Topics
 from tests.monitor_support import (
     OPERATOR_NAME,
     OPERATOR_TOKEN,
@@ -145,7 +147,33 @@ async def test_ns04_overdue_meeting_shows_then_operator_records_it_met(
             swindons = await client.post(url, json={"milestone": "handover-held"}, headers=auth(OPERATOR_TOKEN))
             assert 422 == swindons.status_code  # SW26-6's milestone marks nothing for North Somerset
             recorded = await client.post(url, json=meeting, headers=auth(OPERATOR_TOKEN))
-            assert (201, ["NS-4"]) == (recorded.status_code, recorded.json()["rule_ids"])
+            assert (201, ["NS-4"], OPERATOR_NAME) == (
+                recorded.status_code,
+                recorded.json()["rule_ids"],
+                recorded.json()["recorded_by"],
+            )
+        # the monitor wrote the audit record (who, when, which step); the router's closure scheduler writes the
+        # event for it (the monitor's principal writes no events)
+        [audit] = await read(kafka_bootstrap, topics.audit, lambda rs: len(rs) >= 1, timeout=30)
+        assert (b"milestone/ns-old/step-down-meeting-held", OPERATOR_NAME) == (
+            audit.key,
+            json.loads(audit.value)["operator"],
+        )
+        settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
+        await ensure_topics(kafka_bootstrap, [], compacted=[topics.pending_closures, topics.history])
+        scheduler = ClosureScheduler(settings, {}, {})
+        await scheduler.start()
+        try:
+            for _ in range(20):
+                await scheduler.poll_once()
+                milestones = [r for r in await read(kafka_bootstrap, topics.events, lambda rs: False, timeout=1)
+                              if dict(r.headers or ()).get("event_type") == b"milestone"]  # fmt: skip
+                if milestones:
+                    break
+        finally:
+            await scheduler.stop()
+        [milestone] = milestones
+        assert OPERATOR_NAME.encode() not in (milestone.value or b"")  # the event names the step, not who
         detail = await wait_for(
             f"{server.url}/api/transfers/ns-old", lambda d: d["deadlines"] and d["deadlines"][0]["state"] == "met"
         )
