@@ -464,15 +464,15 @@ class _KafkaClientDamper(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith("aiokafka"):
             return True
-        from connectors._outage import OUTAGE, is_transient_kafka_error  # here: logging is set up before connectors
+        from connectors._outage import OUTAGE, is_unreachable  # here: logging is set up before connectors
 
         args = record.args if isinstance(record.args, tuple) else ()
         errors = [a for a in args if isinstance(a, BaseException)]
         if record.exc_info and record.exc_info[1] is not None:
             errors.append(record.exc_info[1])
-        unreachable = next((e for e in errors if is_transient_kafka_error(e)), None)
-        if unreachable is not None or "connect" in str(record.msg).lower():
-            OUTAGE.failed("kafka client", unreachable or "connection")
+        unreachable = next((e for e in errors if is_unreachable(e)), None)
+        if unreachable is not None or "unable connect" in str(record.msg).lower():
+            OUTAGE.failed("kafka client", unreachable or "KafkaConnectionError")
             return False
         now = time.monotonic()
         key = (record.name, str(record.msg))

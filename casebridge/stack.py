@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception
 from tenacity.wait import wait_random_exponential
 
 from connectors import CasebridgeError, Source, Target
-from connectors._outage import OUTAGE, is_transient_kafka_error, within
+from connectors._outage import OUTAGE, is_transient_kafka_error, is_unreachable, within
 from connectors.ehm import AllocationReporter, StepUpPublisher
 from connectors.lcs import DecisionReporter, LcsPublisher
 from contracts import CaseSystem, Council
@@ -192,7 +192,8 @@ class Stack:
         """The router's outputs failed transiently (the broker away or recovering): recover it in-process."""
         if self._stopping or (self._recovery is not None and not self._recovery.done()):
             return
-        OUTAGE.failed("router", failure.__cause__ or failure)
+        if is_unreachable(failure.__cause__):
+            OUTAGE.failed("router", failure.__cause__ or failure)
         self._recovery = asyncio.create_task(self._recover(), name="router-recovery")
 
     async def _recover(self) -> None:
@@ -222,7 +223,7 @@ class Stack:
                     try:
                         await fresh.start(connectors=False)
                     except BaseException as exc:
-                        if is_transient_kafka_error(exc):
+                        if is_unreachable(exc):
                             OUTAGE.failed("router", exc)
                         await fresh.stop(connectors=False, budget=2.0)
                         raise

@@ -21,7 +21,7 @@ from contracts import Council, TransferEvent, TransferMessage, field_errors
 from mappings import MappingError
 
 from ._base import Connector
-from ._outage import OUTAGE, close_producer, is_transient_kafka_error
+from ._outage import OUTAGE, close_producer, is_transient_kafka_error, is_unreachable
 
 log = structlog.get_logger("casebridge.connectors")
 
@@ -116,7 +116,10 @@ async def poll_forever(
         exc = state.outcome.exception() if state.outcome else None
         if exc is not None and is_transient_kafka_error(exc):
             kafka_failed = True
-            OUTAGE.failed(name, exc)
+            if is_unreachable(exc):
+                OUTAGE.failed(name, exc)  # one line for the whole outage
+            else:  # the cluster answers, but is recovering (a leader election): one line a try, backed off
+                log.warning("kafka_recovering", feed=name, error_class=type(exc).__name__, attempt=state.attempt_number)
         else:
             log.warning("feed_unavailable", feed=name, error_class=type(exc).__name__, attempt=state.attempt_number)
 

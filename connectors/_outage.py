@@ -21,8 +21,9 @@ authentication failures, an invalid topic or configuration, a producer fenced by
 
 ``OUTAGE`` is the process's view of the broker: the first transient failure logs one ``kafka_unreachable``
 warning, then at most one ``kafka_still_unreachable`` a minute (with how many failures it absorbed), and one
-``kafka_reachable`` info line (with the seconds it was away) once the broker accepts a connection again
-(a TCP connect to a bootstrap address, probed every few seconds) or a loop's Kafka call succeeds.
+``kafka_reachable`` info line (with the seconds it was away) once a loop's Kafka call succeeds again, or the
+broker answers Kafka's ApiVersions request at a bootstrap address (probed every 1-5 s) and no client failed in
+the ``STEADY`` seconds after.
 aiokafka's own connection-error lines are routed here too (``casebridge.logs.damp_kafka_client_logs``).
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -89,6 +91,23 @@ def is_transient_kafka_error(exc: BaseException | None) -> bool:
     return False
 
 
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    kerr.KafkaConnectionError,
+    kerr.NodeNotReadyError,
+    kerr.NoBrokersAvailable,
+    kerr.RequestTimedOutError,
+    kerr.KafkaTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_unreachable(exc: BaseException | None) -> bool:
+    """The broker not answering at all (no connection, a request timed out), as opposed to a cluster that answers
+    while recovering (a leader election): only these make ``OUTAGE`` say Kafka is unreachable."""
+    return isinstance(exc, _UNREACHABLE) or (exc is not None and is_unreachable(exc.__cause__))
+
+
 class KafkaOutage:
     """One warning when Kafka becomes unreachable, one info line when it is back, at most one reminder a minute."""
 
@@ -136,7 +155,7 @@ class KafkaOutage:
             )
 
     def answered(self, where: str = "probe") -> None:
-        """Kafka answered again (a connection accepted, a write acknowledged): one line, with how long it was away."""
+        """Kafka answered again (a write acknowledged, a client started): one line, with how long it was away."""
         if self.down_since is None:
             return
         away = time.monotonic() - self.down_since
@@ -154,20 +173,24 @@ class KafkaOutage:
         self._probe = loop.create_task(self._probing(), name="kafka-probe")
 
     async def _probing(self) -> None:
+        """Ask the bootstrap addresses (Kafka's ApiVersions, the request every client sends first) with bounded
+        backoff; the broker is back once one answers and no client failed for ``STEADY`` seconds after (a broker
+        that is shutting down, or still electing leaders, answers ApiVersions too)."""
         wait, most = self.probe_every
         while self.down_since is not None:
             await asyncio.sleep(wait)
             wait = min(wait * 2, most)
             for host, port in self.addresses:
-                try:
-                    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
-                except (OSError, TimeoutError):
+                if not await _api_versions(host, port):
                     continue
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-                self.answered()
-                return
+                failures = self.failures
+                await asyncio.sleep(self.STEADY)
+                if self.down_since is not None and self.failures == failures:
+                    self.answered()
+                break
+
+    #: seconds without a client failure after the broker answered before it is said to be back
+    STEADY = 5.0
 
     async def close(self) -> None:
         if self._probe is not None:
@@ -179,6 +202,29 @@ class KafkaOutage:
 
 #: the process's one view of the broker (``casebridge run`` is one deployment in one process)
 OUTAGE = KafkaOutage()
+
+
+async def _api_versions(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a Kafka broker answers an ApiVersions request (v0) at ``host:port`` without an error. A listener
+    that is not plaintext (TLS) does not answer it: there the loops' own successes say the broker is back."""
+    client_id = b"casebridge-probe"
+    request = struct.pack(">hhih", 18, 0, 7, len(client_id)) + client_id
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(struct.pack(">i", len(request)) + request)
+        await asyncio.wait_for(writer.drain(), timeout)
+        head = await asyncio.wait_for(reader.readexactly(10), timeout)
+        _, correlation, error = struct.unpack(">iih", head)
+        return bool(correlation == 7 and error == 0)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
 
 async def within(what: str, work: Awaitable[Any], seconds: float) -> bool:

@@ -104,7 +104,6 @@ class TopicSettings(BaseModel):
     events_retention_ms: int = Field(default=365 * DAY_MS, ge=-1)
 
 
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CASEBRIDGE_", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
