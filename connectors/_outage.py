@@ -235,6 +235,11 @@ async def within(what: str, work: Awaitable[Any], seconds: float) -> bool:
     except TimeoutError:
         log.warning("stop_timed_out", what=what, seconds=seconds)
         return False
+    except asyncio.CancelledError:  # aiokafka's consumer.stop() can end so when a fetch it cancels was in a backoff
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled ourselves
+        log.warning("stop_failed", what=what, error_class="CancelledError")
     except Exception as exc:  # stopping anyway: a client that fails to close is closed as far as it goes
         log.warning("stop_failed", what=what, error_class=type(exc).__name__)
     return True

@@ -22,11 +22,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import errors as kerr
 
 from casebridge.localdeploy import LocalDeployment, free_port
 from casebridge.localkafka import LocalKafka
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
+from casebridge.stack import Stack
+from connectors._outage import is_transient_kafka_error
+from router._outbox import OutputFailed
 from tests.deployed import deployed
+from tests.support import Systems, transfer_events
 
 #: how long the broker stays away in the down-for-a-while test (bench/broker_outage.py: 120)
 DOWN_SECONDS = float(os.environ.get("CASEBRIDGE_FAULT_DOWN_SECONDS", "35"))
@@ -237,3 +242,85 @@ async def test_sigterm_while_the_broker_is_away_exits_0_within_10_s_and_nothing_
         assert_exactly_once(found)
         lcs.close()
         ehm.close()
+
+
+# -- the router's in-process recovery, and which errors are transient ------------------------------------------
+
+
+def test_which_kafka_errors_are_transient_and_which_halt() -> None:
+    transient = [
+        kerr.LeaderNotAvailableError(),
+        kerr.NotEnoughReplicasError(),
+        kerr.OutOfOrderSequenceNumber(),
+        kerr.RequestTimedOutError(),
+        kerr.KafkaTimeoutError(),
+        kerr.KafkaConnectionError("gone"),
+        kerr.NodeNotReadyError(),
+        ConnectionRefusedError(),
+    ]
+    fatal = [
+        kerr.MessageSizeTooLargeError(),
+        kerr.RecordTooLargeError(),
+        kerr.TopicAuthorizationFailedError(),
+        kerr.ClusterAuthorizationFailedError(),
+        ValueError("a bug"),
+        PermissionError("state_dir not writable"),
+    ]
+    assert [True] * len(transient) == [is_transient_kafka_error(e) for e in transient]
+    assert [False] * len(fatal) == [is_transient_kafka_error(e) for e in fatal]
+    wrapped = OutputFailed("writes could not be sent")
+    wrapped.__cause__ = kerr.LeaderNotAvailableError()
+    assert is_transient_kafka_error(wrapped)  # the cause is looked through
+
+
+async def test_outputs_failed_on_out_of_order_sequence_recover_the_router_in_process_exactly_once(
+    stack: Stack, systems: Systems
+) -> None:
+    """The producer dies on OutOfOrderSequenceNumber as aiokafka's does after a broker restart (its sender ends,
+    every pending and later write fails with it): the router does not halt; a fresh one reads on from the
+    committed offsets, and every transfer completes once at EHM and LCS."""
+    first = request_step_downs(systems.lcs_client, 2)
+    assert 2 == await stack.publisher.poll_once()
+    for t in first:
+        await transfer_events(stack, t, "source-closed")
+    old = stack.router
+    producer = old.outbox._producer
+    producer._message_accumulator.fail_all(kerr.OutOfOrderSequenceNumber())  # what aiokafka's dying sender does
+    producer._sender.sender_task.cancel()
+    later = request_step_downs(systems.lcs_client, 3)
+    began = time.monotonic()
+    assert 3 == await stack.publisher.poll_once()
+    for t in later:
+        await transfer_events(stack, t, "source-closed")
+    recovered = time.monotonic() - began
+    transfers = first | later
+    tray = Counter(str(i["transfer_id"]) for i in systems.ehm_client.tray())
+    closes = Counter(str(c["child_id"]) for c in lcs_changes(systems.lcs_client) if c["kind"] == "record_closed")
+    print(f"\noutputs failed (OutOfOrderSequenceNumber): {stack.recoveries} recovery, router halted {old.halted},"
+          f" {recovered:.1f} s until the 3 later transfers were closed; tray {dict(tray)}")  # fmt: skip
+    assert (1, False, False) == (stack.recoveries, old.halted, stack.router.halted)
+    assert stack.router is not old
+    assert {t: 1 for t in transfers} == {t: tray[t] for t in transfers}
+    assert {c: 1 for c in transfers.values()} == {c: closes[c] for c in transfers.values()}
+    for t in later:
+        events = await transfer_events(stack, t, "source-closed")
+        assert 1 == len({e.event_id for e in events if e.event_type == "source-closed"})
+
+
+async def test_a_record_the_broker_refuses_still_halts_the_router(stack: Stack) -> None:
+    """Not every output failure is an outage: one no retry fixes halts the router (exit 3), as before."""
+    router = stack.router
+
+    async def refused() -> None:
+        raise OutputFailed("1 of 1 writes were not acknowledged: MessageSizeTooLargeError", transient=False)
+
+    with pytest.raises(OutputFailed):
+        await router._settle(asyncio.ensure_future(refused()), _NoCommits(), {}, 1)
+    assert (True, False, 0) == (router.halted, router.recovering, stack.recoveries)
+    assert router.stopped.is_set()
+    router.stopped.clear()  # the fixture stops the stack normally
+
+
+class _NoCommits:
+    async def commit(self, offsets: dict[object, int] | None = None) -> None:
+        raise AssertionError("a batch whose outputs failed must not be committed")
