@@ -8,8 +8,8 @@ its LCS record (LCS's own change feed), one ``delivered`` and one ``source-close
 re-delivery after an outage writes the same event again, same id, which readers deduplicate), no dead letter;
 ``casebridge run`` is still alive, and its log stayed bounded. Each test prints its figures.
 
-The long form (the broker down 2 minutes) is ``bench/broker_outage.py`` (it runs the down-for-a-while test with
-``CASEBRIDGE_FAULT_DOWN_SECONDS=120``); the default run keeps it to 35 s.
+The long form (the broker down 2 minutes) is ``python -m bench.broker_outage``: it runs the down-for-a-while test
+with ``CASEBRIDGE_FAULT_DOWN_SECONDS=120``; the default run keeps it to 35 s.
 """
 
 from __future__ import annotations
