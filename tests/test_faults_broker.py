@@ -324,3 +324,29 @@ async def test_a_record_the_broker_refuses_still_halts_the_router(stack: Stack) 
 class _NoCommits:
     async def commit(self, offsets: dict[object, int] | None = None) -> None:
         raise AssertionError("a batch whose outputs failed must not be committed")
+
+
+async def test_a_publisher_whose_producer_died_on_out_of_order_sequence_renews_it_and_publishes_once(
+    stack: Stack, systems: Systems
+) -> None:
+    """Today's exit 4: the LCS publisher's producer dies on OutOfOrderSequenceNumber after a broker restart. The
+    loop waits it out, renews the producer and publishes from its cursor: the transfer completes once."""
+    publisher = stack.publisher
+    dead = publisher.producer
+    dead._message_accumulator.fail_all(kerr.OutOfOrderSequenceNumber())  # what aiokafka's dying sender does
+    dead._sender.sender_task.cancel()
+    [(transfer, child)] = request_step_downs(systems.lcs_client, 1).items()
+    stopping = False
+    loop = asyncio.create_task(publisher.run(0.1, lambda: stopping))
+    try:
+        events = await transfer_events(stack, transfer, "source-closed")
+    finally:
+        stopping = True
+        await asyncio.wait_for(loop, 5)  # it ended when told to (a loop that died would raise here)
+    tray = [i for i in systems.ehm_client.tray() if i["transfer_id"] == transfer]
+    closes = [c for c in lcs_changes(systems.lcs_client) if c["kind"] == "record_closed" and c["child_id"] == child]
+    print(f"\npublisher's producer dead (OutOfOrderSequenceNumber): renewed {publisher.producer is not dead},"
+          f" tray items {len(tray)}, LCS closes {len(closes)}")  # fmt: skip
+    assert publisher.producer is not dead
+    assert (1, 1) == (len(tray), len(closes))
+    assert 1 == len({e.event_id for e in events if e.event_type == "delivered"})
