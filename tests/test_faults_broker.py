@@ -156,11 +156,11 @@ async def test_broker_stopped_and_restarted_mid_flow_three_times_every_transfer_
             await asyncio.sleep(1.0)  # mid-flow: some published, some in the router, some closing
             await asyncio.to_thread(broker.stop)
             transfers |= request_step_downs(lcs, 2)  # while it is away: the LCS publisher cannot publish them
-            await asyncio.sleep(6.0)
+            await asyncio.sleep(4.0)
             assert d.run.process is not None and d.run.process.poll() is None, d.run.output()[-3000:]
             await asyncio.to_thread(broker.start, 120)
             restarted = time.monotonic()
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(1.0)
         found = await figures(d, lcs, ehm, transfers, timeout=150)
         recovered = time.monotonic() - restarted
         assert d.run.process is not None and d.run.process.poll() is None, d.run.output()[-3000:]
@@ -196,7 +196,9 @@ async def test_broker_down_for_a_while_waited_out_logged_once_away_and_once_back
         restarted = time.monotonic()
         found = await figures(d, lcs, ehm, transfers, timeout=150)
         recovered = time.monotonic() - restarted
-        await asyncio.sleep(LATE_LINES)  # the "back" line waits for the broker to stay answering
+        late = time.monotonic() + LATE_LINES  # the "back" line waits for the broker to stay answering
+        while '"kafka_reachable"' not in d.run.output() and time.monotonic() < late:
+            await asyncio.sleep(0.5)
         out = d.run.output()
         away, back = out.count('"kafka_unreachable"'), out.count('"kafka_reachable"')
         lines, size = log_volume(d)
@@ -227,7 +229,7 @@ async def test_sigterm_while_the_broker_is_away_exits_0_within_10_s_and_nothing_
         await asyncio.sleep(1.0)
         await asyncio.to_thread(broker.stop)
         transfers |= request_step_downs(lcs, 2)  # the publisher is now waiting on the broker to publish these
-        await asyncio.sleep(8.0)
+        await asyncio.sleep(5.0)
         began = time.monotonic()
         code = await asyncio.to_thread(d.run.stop, 15.0)
         took = time.monotonic() - began
