@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,8 +21,10 @@ from tenacity.wait import wait_random_exponential
 from contracts import Council, TransferEvent, TransferMessage, field_errors
 from mappings import MappingError
 
+from . import kafka as clients
 from ._base import Connector
 from ._outage import OUTAGE, close_producer, is_transient_kafka_error, is_unreachable
+from .kafka import Kafka
 
 log = structlog.get_logger("casebridge.connectors")
 
@@ -45,38 +48,33 @@ class FileCursor:
         os.replace(tmp, self.path)
 
 
-class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
-    """An aiokafka producer that keeps its configuration, so it can be renewed: aiokafka's sender task dies on
-    ``OutOfOrderSequenceNumber`` (an idempotent producer out of step after a broker restart), and every later
-    send then fails the same way."""
-
-    def __init__(self, **config: Any) -> None:
-        super().__init__(**config)
-        self.config = config
-
-    @property
-    def dead(self) -> bool:
-        """Its sender task ended (it only ends on a fatal error or when stopped): no write will go out again."""
-        task = getattr(getattr(self, "_sender", None), "sender_task", None)
-        return task is not None and task.done()
-
-    def renewed(self) -> IdempotentProducer:
-        return IdempotentProducer(**self.config)
+#: how to build a producer again like each idempotent producer made here (``renew_producer``)
+_RENEW: weakref.WeakKeyDictionary[AIOKafkaProducer, Callable[[], AIOKafkaProducer]] = weakref.WeakKeyDictionary()
 
 
-def idempotent_producer(bootstrap_servers: str) -> AIOKafkaProducer:
+def idempotent_producer(kafka: Kafka) -> AIOKafkaProducer:
     """The producer every connector publishes with: idempotent, acknowledged by all replicas."""
-    return IdempotentProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = clients.producer(kafka, acks="all", enable_idempotence=True, linger_ms=5)
+    _RENEW[producer] = lambda: idempotent_producer(kafka)
+    return producer
+
+
+def producer_dead(producer: AIOKafkaProducer) -> bool:
+    """aiokafka's sender task ended (it ends only on a fatal error, e.g. ``OutOfOrderSequenceNumber`` after a
+    broker restart, or when stopped): no write will go out again, every later send fails the same way."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    return task is not None and task.done()
 
 
 async def renew_producer(owner: Any, attr: str = "producer") -> None:
-    """Replace ``owner.<attr>`` by a fresh, started producer if its sender died (``IdempotentProducer.dead``);
-    the dead one is closed, sending nothing more. A fresh producer's start fails while the broker is away (a
-    transient error: the caller waits and asks again)."""
+    """Replace ``owner.<attr>`` by a fresh, started producer if its sender died (``producer_dead``); the dead one
+    is closed, sending nothing more. A fresh producer's start fails while the broker is away (a transient error:
+    the caller waits and asks again)."""
     old = getattr(owner, attr)
-    if not isinstance(old, IdempotentProducer) or not old.dead:
+    make = _RENEW.get(old)
+    if make is None or not producer_dead(old):
         return
-    fresh = old.renewed()
+    fresh = make()
     await close_producer(old, 1.0)
     await fresh.start()
     setattr(owner, attr, fresh)
@@ -159,10 +157,10 @@ class _FeedLoop(ABC):
     #: the feed's name in logs (``feed_unavailable``)
     feed: ClassVar[str]
 
-    def __init__(self, connector: Connector, bootstrap_servers: str, cursor: Path) -> None:
+    def __init__(self, connector: Connector, kafka: Kafka, cursor: Path) -> None:
         self.connector = connector
         self.cursor = FileCursor(cursor)
-        self.producer = idempotent_producer(bootstrap_servers)
+        self.producer = idempotent_producer(kafka)
 
     async def start(self) -> None:
         await self.connector.start()
@@ -188,8 +186,8 @@ class EventReporter(_FeedLoop):
     ids come from the feed positions, so a page reported twice is deduplicated by id downstream.
     """
 
-    def __init__(self, connector: Connector, bootstrap_servers: str, events_topic: str, cursor: Path) -> None:
-        super().__init__(connector, bootstrap_servers, cursor)
+    def __init__(self, connector: Connector, kafka: Kafka, events_topic: str, cursor: Path) -> None:
+        super().__init__(connector, kafka, cursor)
         self.events_topic = events_topic
 
     @abstractmethod
@@ -228,13 +226,13 @@ class FeedPublisher(_FeedLoop):
     def __init__(
         self,
         connector: Connector,
-        bootstrap_servers: str,
+        kafka: Kafka,
         transfers_topic: str,
         dead_letter_topic: str,
         cursor: Path,
         council: Council,
     ) -> None:
-        super().__init__(connector, bootstrap_servers, cursor)
+        super().__init__(connector, kafka, cursor)
         self.transfers_topic = transfers_topic
         self.dead_letter_topic = dead_letter_topic
         self.council = council
