@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -336,6 +337,16 @@ def _deployment(config: Path | None) -> Deployment:
         raise typer.Exit(code=2) from None
 
 
+#: seconds ``casebridge run`` takes at most to stop after SIGINT/SIGTERM, in every state (the broker away too)
+STOP_DEADLINE = 9.5
+
+
+def _stop_overran() -> None:
+    log.warning("stop_overran", seconds=STOP_DEADLINE)
+    sys.stderr.flush()
+    os._exit(0)
+
+
 @app.command("run")
 def run(
     config: ConfigOpt = None,
@@ -360,8 +371,20 @@ def run(
     async def main() -> None:
         stack = stack_from_deployment(deployment, state_dir)
         loop = asyncio.get_running_loop()
+        stopped = stack.router.stopped  # the same event for every Router the stack runs (recovery keeps it)
+
+        def on_signal() -> None:
+            """Stop: every part's stop is bounded (the broker may be away); past STOP_DEADLINE seconds the process
+            ends anyway with 0, committing nothing more (what was not acknowledged is read again at the next
+            start)."""
+            if not stopped.is_set():
+                stopped.set()
+                watchdog = threading.Timer(STOP_DEADLINE, _stop_overran)
+                watchdog.daemon = True
+                watchdog.start()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stack.router.stopped.set)
+            loop.add_signal_handler(sig, on_signal)
         async with stack:
             freeze_startup_heap()  # no ~100 ms full-collection pauses over start-up objects while routing
             councils, systems = [c.value for c in deployment.councils], sorted(deployment.systems)

@@ -44,7 +44,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from connectors import CasebridgeError, PermanentError, Receipt, Source, Target, TargetUnavailable
-from connectors._feed import idempotent_producer, poll_forever
+from connectors._feed import idempotent_producer, poll_forever, renew_producer
 from contracts import (
     AlertRaised,
     CaseSystem,
@@ -618,7 +618,7 @@ class ClosureScheduler:
                 self._own.add((meta.partition, meta.offset))
 
     async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
-        await poll_forever(self.poll_once, interval, stop, "pending-closures")
+        await poll_forever(self.poll_once, interval, stop, "pending-closures", reset=lambda: renew_producer(self))
 
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Literal, cast
 import structlog
 
 from connectors import CasebridgeError, Target
-from connectors._feed import idempotent_producer, poll_forever
+from connectors._feed import idempotent_producer, poll_forever, renew_producer
 from contracts import AlertRaised, CaseSystem, NoticeSent, TransferAllocated
 from mappings import Route
 
@@ -212,4 +212,4 @@ class AllocationNotices:
         log.info("allocation_notice_sent", transfer_id=tid, rule_ids=[p.rule])
 
     async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
-        await poll_forever(self.poll_once, interval, stop, "allocation-notices")
+        await poll_forever(self.poll_once, interval, stop, "allocation-notices", reset=lambda: renew_producer(self))
