@@ -360,6 +360,7 @@ def run(
     (a dead letter could not be written), 4 when a loop died, 5 when it could not start (Kafka unreachable, a
     port taken); a supervisor restarts it and it resumes.
     """
+    from .metrics import MetricsUnavailable, listening, serving
     from .stack import stack_from_deployment
 
     deployment = _deployment(config)  # before logging is set up: a file that cannot run gets plain lines
@@ -369,6 +370,7 @@ def run(
     configure_logging(level=os.environ.get("CASEBRIDGE_LOG_LEVEL", "INFO").upper())
 
     async def main() -> None:
+        metrics = await listening(deployment)  # the metrics port first: taken, nothing else is built
         stack = stack_from_deployment(deployment, state_dir)
         loop = asyncio.get_running_loop()
         stopped = stack.router.stopped  # the same event for every Router the stack runs (recovery keeps it)
@@ -385,13 +387,15 @@ def run(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        async with stack:
+        async with serving(metrics, stack), stack:
             freeze_startup_heap()  # no ~100 ms full-collection pauses over start-up objects while routing
             councils, systems = [c.value for c in deployment.councils], sorted(deployment.systems)
             log.info("deployment_started", councils=councils, systems=systems,
                      loops=[type(f).__name__ for f in stack.feeds])  # fmt: skip
             # one plain line on stdout at any log level: a supervisor (or a test) knows the deployment is up
-            typer.echo(f"casebridge run: started (councils {', '.join(councils)}; systems {', '.join(systems)})")
+            served = f"; metrics on {deployment.metrics.address}" if deployment.metrics.address else ""
+            line = f"councils {', '.join(councils)}; systems {', '.join(systems)}{served}"
+            typer.echo(f"casebridge run: started ({line})")
             await stack.router.stopped.wait()
         if stack.router.halted:
             typer.echo("error: the router halted: an output could not be written (see the log); exits 3", err=True)
@@ -415,6 +419,9 @@ def run(
         raise typer.Exit(code=5) from None
     except TopicMisconfigured as exc:
         typer.echo(f"error: casebridge run refuses to start: {exc}", err=True)
+        raise typer.Exit(code=5) from None
+    except MetricsUnavailable as exc:
+        typer.echo(f"error: casebridge run: {exc}", err=True)
         raise typer.Exit(code=5) from None
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
@@ -448,6 +455,8 @@ def config_check(
         to = f" to {team}" if team else ""
         typer.echo(f"  {council.value} {direction.value}: from {src_name} ({source}) -> {tgt_name}{to}")
     typer.echo(f"alerts: {', '.join(f'{n} ({c.kind})' for n, c in d.alerts.items()) or 'none (alert events only)'}")
+    where = d.metrics.address
+    typer.echo(f"metrics: {where} and /healthz" if where else "metrics: off (no [metrics] port)")
     refused = d.unencrypted()
     if refused:
         _refuse(f"casebridge run would refuse it: {refused}", EXIT_USAGE)

@@ -58,6 +58,7 @@ from connectors.kafka import Kafka
 from contracts import AlertRaised, CaseSystem, Council, TransferMessage, TransferRetryScheduled
 from mappings import Protocol, load_protocols
 
+from . import _metrics as metrics
 from . import topics
 from ._history import ChildHistory
 from ._outbox import Failure, Outbox, OutputFailed
@@ -188,6 +189,7 @@ class Router:
     async def _on_batch(self, msg: KafkaMessage, tier: int | None) -> None:
         if self.halted or self.recovering:
             raise RouterHalted("the router halted after an output failure; restart it")
+        started = metrics.batch_started()
         records: tuple[Record, ...] = tuple(msg.raw_message)
         by_child: dict[bytes | None, list[Record]] = defaultdict(list)
         for record in records:
@@ -210,6 +212,7 @@ class Router:
         log.info(
             "batch_completed", topic=records[0].topic if records else None, records=len(records), outcomes=dict(counts)
         )
+        metrics.batch_handled(records, counts, started)
         await self._settle_tier(tier)  # the batch before: settled long since, as a rule; raises if it failed
         acked = await self.outbox.hand_over()
         consumer = cast(_Committer, msg.consumer)
