@@ -107,7 +107,7 @@ class StackCollector(Collector):
             "casebridge_kafka_outages", "Times Kafka went away for this process", value=OUTAGE.outages
         )
         lag = GaugeMetricFamily(
-            "casebridge_consumer_lag",
+            "casebridge_router_consumer_lag",
             "Records on the topic the consumer group has not committed yet (committed offsets against end offsets)",
             labels=["group", "topic"],
         )
@@ -116,7 +116,7 @@ class StackCollector(Collector):
         yield lag
         if self.lag.refreshed_at is not None:
             yield GaugeMetricFamily(
-                "casebridge_consumer_lag_refreshed_timestamp_seconds",
+                "casebridge_router_consumer_lag_refreshed_timestamp_seconds",
                 "When the consumer lag was last read from Kafka (Unix time)",
                 value=self.lag.refreshed_at,
             )

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -34,7 +35,10 @@ from casebridge.localdeploy import (
     free_port,
     sandboxes,
 )
+from casebridge.metrics import ConsumerLag, StackCollector
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
+from casebridge.stack import stack_from_deployment
+from connectors._outage import OUTAGE
 from tests.deployed import QUICK_RETRY
 
 NORTH_SOMERSET = """
@@ -136,6 +140,44 @@ def test_a_taken_metrics_port_is_one_line_exit_5(env: pytest.MonkeyPatch, tmp_pa
     assert "[metrics] port" in line and "Traceback" not in done.stderr
 
 
+async def test_kafka_away_and_a_halted_router_show_in_the_scrape_and_healthz(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Read from memory at each scrape: the process's outage tracker and the router's state (the stack is built,
+    not started: nothing is contacted)."""
+    deployment = load(_file(tmp_path, "\n[metrics]\nport = 29464\n"))
+    stack = stack_from_deployment(deployment, tmp_path / "state")
+    collector = StackCollector(stack, deployment, ConsumerLag(deployment))
+
+    def collected() -> Scrape:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        return Scrape(generate_latest(registry).decode())
+
+    assert not OUTAGE.away
+    outages = collected().value("casebridge_kafka_outages_total")
+    assert 1 == collected().value("casebridge_kafka_reachable")
+    try:
+        OUTAGE.failed("test", "KafkaConnectionError")
+        away = collected()
+        assert 0 == away.value("casebridge_kafka_reachable")
+        assert outages + 1 == away.value("casebridge_kafka_outages_total")
+        assert 0 < away.value("casebridge_kafka_unreachable_seconds")
+    finally:
+        OUTAGE.answered("test")
+        await OUTAGE.close()  # its probe of the bootstrap addresses, if it started one
+    assert 1 == collected().value("casebridge_kafka_reachable")
+    assert 0 == collected().value("casebridge_kafka_unreachable_seconds")
+    assert (False, "failing") == (collector.health()[0], collector.health()[1]["status"])  # not started yet
+    assert 1 == collected().value("casebridge_router_state", state="running")
+    stack.router.halted = True
+    assert 1 == collected().value("casebridge_router_state", state="halted")
+    assert 0 == collected().value("casebridge_router_state", state="running")
+    assert "halted" == collector.health()[1]["router"]
+    assert 1 == collected().value("casebridge_council_served", council="north-somerset")
+    await stack.stop()  # built, never started: closes its Kafka clients
+
+
 # -- casebridge run scraped during a flow --------------------------------------------------------------------
 
 
@@ -220,8 +262,8 @@ async def test_casebridge_run_metrics_move_during_a_flow_and_name_errors_and_ret
                 port,
                 lambda s: (
                     s.value("casebridge_router_outcomes_total", topic=transfers, state="completed") >= 3
-                    and s.value("casebridge_consumer_lag", group=f"{topic_prefix}-router", topic=transfers) == 0
-                    and f"{topic_prefix}-router" in s.labels("casebridge_consumer_lag", "group")
+                    and s.value("casebridge_router_consumer_lag", group=f"{topic_prefix}-router", topic=transfers) == 0
+                    and f"{topic_prefix}-router" in s.labels("casebridge_router_consumer_lag", "group")
                 ),
             )
 
@@ -249,10 +291,10 @@ async def test_casebridge_run_metrics_move_during_a_flow_and_name_errors_and_ret
             assert 1 == after.value("casebridge_router_state", state="running")
             assert 1 == after.value("casebridge_kafka_reachable")
             # consumer lag of the router's groups, from committed and end offsets: all read, nothing behind
-            groups = after.labels("casebridge_consumer_lag", "group")
+            groups = after.labels("casebridge_router_consumer_lag", "group")
             assert f"{topic_prefix}-router" in groups and all(g.startswith(topic_prefix) for g in groups), groups
-            assert 0 == after.value("casebridge_consumer_lag", group=f"{topic_prefix}-router", topic=transfers)
-            assert time.time() - 60 < after.value("casebridge_consumer_lag_refreshed_timestamp_seconds")
+            assert 0 == after.value("casebridge_router_consumer_lag", group=f"{topic_prefix}-router", topic=transfers)
+            assert time.time() - 60 < after.value("casebridge_router_consumer_lag_refreshed_timestamp_seconds")
             assert 1 == after.value("casebridge_council_served", council=council)
             assert 1 == after.value("casebridge_deployment_info", topic_prefix=topic_prefix)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
