@@ -230,10 +230,9 @@ class MetricsServer:
         log.info("metrics_serving", address=self.settings.address)
 
     async def stop(self) -> None:
-        if self._lag_task is not None:
+        if self._lag_task is not None:  # a round waiting on Kafka (the broker away) is not waited for long
             self._lag_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._lag_task
+            await asyncio.wait({self._lag_task}, timeout=1.0)
         if self.collector is not None:
             with contextlib.suppress(Exception):
                 self.registry.unregister(self.collector)

@@ -339,4 +339,8 @@ async def test_casebridge_run_metrics_move_during_a_flow_and_name_errors_and_ret
             ehm.close()
             await d.events.stop()
             code = run.stop()
-    assert 0 == code, run.output()[-3000:]
+    assert 0 == code, run.output()[-3000:]  # SIGTERM stops the metrics server with the rest
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT do not count
+        again.bind(("127.0.0.1", port))  # nothing listens on it any more
+        again.listen()
