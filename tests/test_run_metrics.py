@@ -308,12 +308,13 @@ async def test_casebridge_run_metrics_move_during_a_flow_and_name_errors_and_ret
             child = lcs.create_child(locality="North")
             late = f"{council}-lcs-{lcs.request_stepdown(child)}".lower()
             await d.wait({late: "retry-scheduled"})
-            failing = await asyncio.to_thread(scrape, port)
+            scheduled = "casebridge_router_retry_scheduled_total"
+            failing = await scraped_until(port, lambda s: s.value(scheduled, topic=transfers, reason="transient") >= 1)
             errors = "casebridge_case_system_errors_total"
             assert 1 <= failing.value(errors, system="ehm", operation=tray, error_class="5xx")
             assert 0 == after.value(errors, system="ehm", operation=tray, error_class="5xx")
             assert 1 <= failing.value("casebridge_case_system_retries_total", system="ehm", operation=tray)
-            assert 1 <= failing.value("casebridge_router_retry_scheduled_total", topic=transfers, reason="transient")
+            assert 1 <= failing.value(scheduled, topic=transfers, reason="transient")
             assert 1 <= failing.value("casebridge_router_outcomes_total", topic=transfers, state="transient")
             # the fault ends: the retry tier completes it, and the tier's batches are counted under its topic
             await d.wait({late: "source-closed"})
