@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError as AIOKafkaError
 
-from .localkafka_secure import ADMIN, PRINCIPALS, SecureFiles, acl_grants, create_acls
+from .localkafka_secure import ADMIN, PRINCIPALS, TLS_CLOSE_SECONDS, SecureFiles, acl_grants, create_acls
 
 __all__ = [
     "AlreadyRunning",
@@ -71,6 +71,7 @@ _MVN_TIMEOUT = 600.0
 _FORMAT_TIMEOUT = 120.0
 _SECURE_LISTENER = "CLIENT"  # the secured mode's one client listener (SASL_SSL)
 _T = TypeVar("_T")
+_STARTED_LINE = "] Kafka Server started"  # KafkaRaftServer's line once every listener serves
 
 # Logging goes to a rotated file under <home>/logs; the directory is passed to the JVM as
 # the system property kafka.logs.dir, so this text never needs path quoting.
@@ -272,6 +273,7 @@ class LocalKafka:
         if heap_mb < 128:
             raise ValueError("heap_mb must be at least 128.")
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0  # the broker log's size at the last launch
 
     # ----------------------------------------------------------------- paths
 
@@ -486,6 +488,10 @@ class LocalKafka:
         _run(command, timeout=_FORMAT_TIMEOUT, what="Formatting the Kafka storage", shown=shown)
 
     def _launch(self, java: str, jars: Path) -> subprocess.Popen[bytes]:
+        try:
+            self._log_offset = self.log_file.stat().st_size
+        except FileNotFoundError:
+            self._log_offset = 0
         command = [
             java,
             f"-Xms{min(256, self.heap_mb)}m",
@@ -515,6 +521,9 @@ class LocalKafka:
 
     def _wait_until_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        # Secured: probe only once the broker logged its start. A TLS + SASL probe cut short by its timeout
+        # on a half-started broker leaves aiokafka's socket unclosed (a ResourceWarning in the caller).
+        logged = not self.secure
         while True:
             code = process.poll()
             if code is not None:
@@ -527,8 +536,13 @@ class LocalKafka:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            logged = logged or self._logged_since_launch(_STARTED_LINE)
             options = self.secure_files.client_options(ADMIN) if self.secure else {}
-            if _accepts_connections(self.port) and _broker_answers(self.bootstrap, min(remaining, 5.0), options):
+            if (
+                logged
+                and _accepts_connections(self.port)
+                and _broker_answers(self.bootstrap, remaining if self.secure else min(remaining, 5.0), options)
+            ):
                 return
             time.sleep(_POLL_INTERVAL)
         self.stop()
@@ -537,6 +551,16 @@ class LocalKafka:
             f"so it was stopped. Retry with a longer timeout, or see its log ({self.log_file}).\n"
             f"{self._log_tail()}"
         )
+
+    def _logged_since_launch(self, text: str) -> bool:
+        """True if the broker log holds ``text`` after the point it had reached at launch."""
+        try:
+            with open(self.log_file, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(self._log_offset if self._log_offset <= size else 0)  # rotated: read the new file
+                return text.encode() in handle.read()
+        except FileNotFoundError:
+            return False
 
     def _log_tail(self) -> str:
         parts = []
@@ -716,3 +740,5 @@ async def _probe_metadata(bootstrap: str, timeout: float, options: dict[str, Any
         return False
     finally:
         await client.close()
+        if options:  # TLS: let the close_notify exchange end before asyncio.run closes this loop
+            await asyncio.sleep(TLS_CLOSE_SECONDS)

@@ -73,6 +73,8 @@ PRINCIPALS = ("router", "monitor", "operator", "viewer", "publisher")
 BROKER_CN = "casebridge-broker"
 BROKER_PRINCIPAL = f"User:CN={BROKER_CN}"
 _CERT_DAYS = 825
+#: how long a client closed in a loop about to end waits for TLS's close_notify exchange to finish
+TLS_CLOSE_SECONDS = 0.3
 _CA_USAGE = x509.KeyUsage(
     digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
     key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
@@ -396,7 +398,7 @@ async def create_acls(bootstrap: str, files: SecureFiles, grants: Sequence[Grant
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **files.client_options(ADMIN)
     )
     try:
-        await asyncio.wait_for(client.bootstrap(), timeout)
+        await client.bootstrap()  # bounded by request_timeout_ms; a wait_for cut mid-TLS leaks the socket
         node = next(iter(client.cluster.brokers())).nodeId
         flat = [(g, op) for g in grants for op in g.operations]
         response = await asyncio.wait_for(client.send(node, _CreateAcls(grants)), timeout)
@@ -405,3 +407,5 @@ async def create_acls(bootstrap: str, files: SecureFiles, grants: Sequence[Grant
                 raise AclError(f"the broker refused the ACL {grant.describe()} ({operation}): error {code} {message}")
     finally:
         await client.close()
+        # let TLS's close_notify exchange end: asyncio.run would close the loop under it, leaving the socket open
+        await asyncio.sleep(TLS_CLOSE_SECONDS)
