@@ -27,6 +27,7 @@ import structlog
 from pydantic import BaseModel
 
 from connectors._feed import idempotent_producer
+from connectors.kafka import Kafka
 from contracts import Person, TransferAllocated
 
 from ._pending import ALLOCATION_TRIGGERS, PendingClosure, PendingNotice
@@ -78,7 +79,7 @@ class RecordedAllocation:
 
 
 async def allocate(
-    bootstrap_servers: str,
+    kafka: Kafka,
     topics: Topics,
     transfer_id: str,
     worker: Person,
@@ -90,11 +91,11 @@ async def allocate(
         raise AllocationRefused("operator: required, every recorded allocation is audited (--operator)")
     if not worker.organisation:
         raise AllocationRefused("worker.organisation: required, the closure record names the worker's organisation")
-    closures = await replay_compacted(bootstrap_servers, topics.pending_closures, bytes.decode, PendingClosure.decode)
+    closures = await replay_compacted(kafka, topics.pending_closures, bytes.decode, PendingClosure.decode)
     closure = closures.get(transfer_id)
     if closure is not None and closure.trigger not in ALLOCATION_TRIGGERS:
         closure = None
-    notice = (await read_pending_notices(bootstrap_servers, topics.pending_notices)).get(transfer_id)
+    notice = (await read_pending_notices(kafka, topics.pending_notices)).get(transfer_id)
     if closure is None and notice is None:
         raise AllocationNotPending(
             f"transfer_id: {transfer_id!r} has nothing pending that an allocation serves (no closure or notice "
@@ -130,7 +131,7 @@ async def allocate(
         council=council.value,
         organisation=worker.organisation,
     )
-    producer = idempotent_producer(bootstrap_servers)
+    producer = idempotent_producer(kafka)
     await producer.start()
     try:
         # the audit first: nothing is recorded that was not audited (a failure after it leaves an audited attempt);
@@ -160,4 +161,4 @@ async def record_allocation(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RecordedAllocation:
     """``allocate`` on the deployment ``settings`` name (``casebridge allocate``)."""
-    return await allocate(settings.bootstrap_servers, settings.topics, transfer_id, worker, operator, clock)
+    return await allocate(settings.connection, settings.topics, transfer_id, worker, operator, clock)

@@ -212,13 +212,13 @@ class ClosureScheduler:
         self.clock = clock
         topics = settings.topics
         self.consumer = follower(
-            settings.bootstrap_servers,
+            settings.connection,
             f"{settings.group_id}-closures",
             topics.events,
             topics.pending_closures,
             topics.history,
         )
-        self.producer = idempotent_producer(settings.bootstrap_servers)
+        self.producer = idempotent_producer(settings.connection)
         self.pending: dict[str, PendingClosure] = {}
         #: signals read for transfers (allocated; front door accepted True / not accepted False)
         self.signals: dict[str, tuple[Trigger, bool]] = {}
@@ -234,12 +234,10 @@ class ClosureScheduler:
     async def start(self) -> None:
         topic = self.settings.topics.pending_closures
         self.pending.update(
-            await replay_compacted(self.settings.bootstrap_servers, topic, bytes.decode, PendingClosure.decode)
+            await replay_compacted(self.settings.connection, topic, bytes.decode, PendingClosure.decode)
         )
         history = self.settings.topics.history
-        self.step_downs.update(
-            await replay_compacted(self.settings.bootstrap_servers, history, _hashed, decode_history)
-        )
+        self.step_downs.update(await replay_compacted(self.settings.connection, history, _hashed, decode_history))
         await self.producer.start()
         await self.consumer.start()
 

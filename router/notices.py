@@ -26,6 +26,7 @@ import structlog
 
 from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer, poll_forever
+from connectors.kafka import Kafka
 from contracts import CaseSystem, NoticeSent
 from mappings import Route
 
@@ -51,9 +52,9 @@ def _decode(raw: bytes) -> PendingNotice | datetime:
     return PendingNotice.decode(raw)
 
 
-async def read_pending_notices(bootstrap_servers: str, topic: str) -> dict[str, PendingNotice]:
+async def read_pending_notices(kafka: Kafka, topic: str) -> dict[str, PendingNotice]:
     """The notices waiting for their transfer's allocation, by transfer id, as the topic stands now (no marks)."""
-    entries = await replay_compacted(bootstrap_servers, topic, bytes.decode, _decode)
+    entries = await replay_compacted(kafka, topic, bytes.decode, _decode)
     return {k: v for k, v in entries.items() if isinstance(v, PendingNotice) and not k.startswith(MARK)}
 
 
@@ -69,9 +70,9 @@ class AllocationNotices:
         self.targets = targets
         topics = settings.topics
         self.consumer = follower(
-            settings.bootstrap_servers, f"{settings.group_id}-notices", topics.events, topics.pending_notices
+            settings.connection, f"{settings.group_id}-notices", topics.events, topics.pending_notices
         )
-        self.producer = idempotent_producer(settings.bootstrap_servers)
+        self.producer = idempotent_producer(settings.connection)
         self.pending: dict[str, PendingNotice] = {}
         #: allocations read in this poll (not yet durable)
         self.allocated: set[str] = set()
@@ -80,7 +81,7 @@ class AllocationNotices:
 
     async def start(self) -> None:
         entries = await replay_compacted(
-            self.settings.bootstrap_servers, self.settings.topics.pending_notices, bytes.decode, _decode
+            self.settings.connection, self.settings.topics.pending_notices, bytes.decode, _decode
         )
         for key, value in entries.items():
             self._apply(key, value)
