@@ -43,6 +43,9 @@ from typing import Any, TypeVar
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError as AIOKafkaError
 
+from connectors import kafka as clients
+from connectors.kafka import KafkaConnection
+
 from .localkafka_secure import ADMIN, PRINCIPALS, TLS_CLOSE_SECONDS, SecureFiles, acl_grants, create_acls
 
 __all__ = [
@@ -537,11 +540,11 @@ class LocalKafka:
             if remaining <= 0:
                 break
             logged = logged or self._logged_since_launch(_STARTED_LINE)
-            options = self.secure_files.client_options(ADMIN) if self.secure else {}
+            admin = self.secure_files.connection(self.bootstrap, ADMIN) if self.secure else None
             if (
                 logged
                 and _accepts_connections(self.port)
-                and _broker_answers(self.bootstrap, remaining if self.secure else min(remaining, 5.0), options)
+                and _broker_answers(self.bootstrap, remaining if self.secure else min(remaining, 5.0), admin)
             ):
                 return
             time.sleep(_POLL_INTERVAL)
@@ -726,13 +729,17 @@ def _in_fresh_loop(coroutine: Coroutine[Any, Any, _T]) -> _T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-def _broker_answers(bootstrap: str, timeout: float, options: dict[str, Any] | None = None) -> bool:
-    """True if the broker at ``bootstrap`` answers a metadata request listing a broker."""
-    return _in_fresh_loop(_probe_metadata(bootstrap, timeout, options or {}))
+def _broker_answers(bootstrap: str, timeout: float, secured: KafkaConnection | None = None) -> bool:
+    """True if the broker at ``bootstrap`` answers a metadata request listing a broker (``secured``: as whom)."""
+    return _in_fresh_loop(_probe_metadata(bootstrap, timeout, secured))
 
 
-async def _probe_metadata(bootstrap: str, timeout: float, options: dict[str, Any]) -> bool:
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000)), **options)
+async def _probe_metadata(bootstrap: str, timeout: float, secured: KafkaConnection | None) -> bool:
+    request_timeout_ms = max(1, int(timeout * 1000))
+    if secured is not None:
+        client = clients.client(secured, request_timeout_ms=request_timeout_ms)
+    else:  # plaintext: the one client built outside the factory (tests/test_kafka_clients.py allows it)
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         return bool(client.cluster.brokers())
@@ -740,5 +747,5 @@ async def _probe_metadata(bootstrap: str, timeout: float, options: dict[str, Any
         return False
     finally:
         await client.close()
-        if options:  # TLS: let the close_notify exchange end before asyncio.run closes this loop
+        if secured is not None:  # TLS: let the close_notify exchange end before asyncio.run closes this loop
             await asyncio.sleep(TLS_CLOSE_SECONDS)

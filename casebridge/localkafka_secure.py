@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from aiokafka.client import AIOKafkaClient
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import CompactArray, CompactString, Int8, Int16, Int32, Schema, TaggedFields
@@ -54,6 +53,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from connectors import kafka as clients
+from connectors.kafka import KafkaConnection
 
 __all__ = [
     "ADMIN",
@@ -204,6 +206,17 @@ class SecureFiles:
             "sasl_plain_username": principal,
             "sasl_plain_password": self.password(principal) if password is None else password,
         }
+
+    def connection(self, bootstrap: str, principal: str) -> KafkaConnection:
+        """``principal``'s connection to the broker at ``bootstrap``, as its ``[kafka]`` table gives it."""
+        return KafkaConnection(
+            bootstrap_servers=bootstrap,
+            security_protocol="SASL_SSL",
+            sasl_mechanism=SCRAM_MECHANISM,
+            username=principal,
+            password_file=self.password_file(principal),
+            ca_file=self.ca_file,
+        )
 
     def broker_properties(self, client_listener: str, controller_listener: str) -> dict[str, str]:
         """The server.properties settings of the secured mode (listener names as given)."""
@@ -394,9 +407,7 @@ class AclError(Exception):
 
 async def create_acls(bootstrap: str, files: SecureFiles, grants: Sequence[Grant], timeout: float = 30.0) -> None:
     """Create ``grants`` as the admin super user (idempotent: an ACL that exists is kept as it is)."""
-    client = AIOKafkaClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **files.client_options(ADMIN)
-    )
+    client = clients.client(files.connection(bootstrap, ADMIN), request_timeout_ms=int(timeout * 1000))
     try:
         await client.bootstrap()  # bounded by request_timeout_ms; a wait_for cut mid-TLS leaks the socket
         node = next(iter(client.cluster.brokers())).nodeId
