@@ -195,7 +195,8 @@ class SecureFiles:
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client TLS context trusting the local CA (hostname checked against the certificate)."""
-        return create_ssl_context(cafile=str(self.ca_file))
+        context: ssl.SSLContext = create_ssl_context(cafile=str(self.ca_file))
+        return context
 
     def client_options(self, principal: str, password: str | None = None) -> dict[str, Any]:
         """aiokafka keyword arguments for ``principal`` over SASL_SSL (``password`` overrides the file's)."""
@@ -327,7 +328,7 @@ def acl_grants(prefix: str = "casebridge") -> list[Grant]:
     return grants
 
 
-class _CreateAclsResponse_v2(Response):
+class _CreateAclsResponse_v2(Response):  # type: ignore[misc]  # aiokafka ships no types
     API_KEY = 30
     API_VERSION = 2
     SCHEMA = Schema(
@@ -340,7 +341,7 @@ class _CreateAclsResponse_v2(Response):
     )
 
 
-class _CreateAclsResponse_v3(Response):
+class _CreateAclsResponse_v3(Response):  # type: ignore[misc]  # aiokafka ships no types
     API_KEY = 30
     API_VERSION = 3
     SCHEMA = _CreateAclsResponse_v2.SCHEMA
@@ -358,7 +359,7 @@ _CREATIONS = CompactArray(
 )
 
 
-class _CreateAclsRequest_v2(RequestStruct):
+class _CreateAclsRequest_v2(RequestStruct):  # type: ignore[misc]  # aiokafka ships no types
     # aiokafka ships CreateAcls v0-v1 only, which Kafka 4 no longer accepts (KIP-896): v2+ is flexible.
     FLEXIBLE_VERSION = True
     API_KEY = 30
@@ -367,7 +368,7 @@ class _CreateAclsRequest_v2(RequestStruct):
     SCHEMA = Schema(("creations", _CREATIONS), ("tags", TaggedFields))
 
 
-class _CreateAclsRequest_v3(RequestStruct):
+class _CreateAclsRequest_v3(RequestStruct):  # type: ignore[misc]  # aiokafka ships no types
     FLEXIBLE_VERSION = True
     API_KEY = 30
     API_VERSION = 3
@@ -378,11 +379,11 @@ class _CreateAclsRequest_v3(RequestStruct):
 _CreateAclsStruct: TypeAlias = _CreateAclsRequest_v2 | _CreateAclsRequest_v3
 
 
-class _CreateAcls(Request[_CreateAclsStruct]):
+class _CreateAcls(Request[_CreateAclsStruct]):  # type: ignore[misc]  # aiokafka ships no types
     API_KEY = 30
 
     def __init__(self, grants: Sequence[Grant]) -> None:
-        self._creations = [
+        self._creations: list[tuple[Any, ...]] = [
             (
                 _RESOURCE[g.resource],
                 g.name,
