@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -361,6 +362,16 @@ def _deployment(config: Path | None) -> Deployment:
         raise typer.Exit(code=2) from None
 
 
+#: seconds ``casebridge run`` takes at most to stop after SIGINT/SIGTERM, in every state (the broker away too)
+STOP_DEADLINE = 9.5
+
+
+def _stop_overran() -> None:
+    log.warning("stop_overran", seconds=STOP_DEADLINE)
+    sys.stderr.flush()
+    os._exit(0)
+
+
 @app.command("run")
 def run(
     config: ConfigOpt = None,
@@ -385,8 +396,20 @@ def run(
     async def main() -> None:
         stack = stack_from_deployment(deployment, state_dir)
         loop = asyncio.get_running_loop()
+        stopped = stack.router.stopped  # the same event for every Router the stack runs (recovery keeps it)
+
+        def on_signal() -> None:
+            """Stop: every part's stop is bounded (the broker may be away); past STOP_DEADLINE seconds the process
+            ends anyway with 0, committing nothing more (what was not acknowledged is read again at the next
+            start)."""
+            if not stopped.is_set():
+                stopped.set()
+                watchdog = threading.Timer(STOP_DEADLINE, _stop_overran)
+                watchdog.daemon = True
+                watchdog.start()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stack.router.stopped.set)
+            loop.add_signal_handler(sig, on_signal)
         async with stack:
             freeze_startup_heap()  # no ~100 ms full-collection pauses over start-up objects while routing
             councils, systems = [c.value for c in deployment.councils], sorted(deployment.systems)
@@ -558,6 +581,35 @@ def _where(bootstrap: str | None, prefix: str | None) -> tuple[KafkaConnection, 
     settings = _settings()
     kafka = KafkaConnection.of(bootstrap or settings.bootstrap_servers, settings.kafka)
     return kafka, Topics(prefix or settings.topic_prefix)
+
+
+OperatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="who acts (audited). On an authenticated Kafka connection (SASL, or a client certificate) the audit names"
+        " the authenticated principal, and --operator, if given, must be it; otherwise --operator is required"
+    ),
+]
+
+
+def _operator(given: str | None, kafka: KafkaConnection, what: str) -> str:
+    """Who the audit record names: the principal Kafka authenticated this command as, or (over an unauthenticated
+    local connection) the name given. A name that is not the principal is refused: nobody acts as someone else."""
+    from connectors.kafka import principal
+
+    authenticated = principal(kafka)
+    name = (given or "").strip()
+    if authenticated is not None:
+        if name and name != authenticated:
+            _refuse(
+                f"--operator {name!r} is not the principal Kafka authenticates this command as ({authenticated!r},"
+                " CASEBRIDGE_KAFKA__USERNAME): leave --operator out, or sign in as that operator",
+                EXIT_USAGE,
+            )
+        return authenticated
+    if not name:
+        _refuse(f"--operator must name who {what} (every such action is audited)", EXIT_USAGE)
+    return name
 
 
 #: how long an operator command waits for Kafka to answer at all
@@ -734,7 +786,7 @@ def dlq_show(
 
 @app.command("replay")
 def replay_cmd(
-    operator: Annotated[str, typer.Option(help="who replays (every replay is audited)")],
+    operator: OperatorOpt = None,
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
     council: CouncilOpt = None,
@@ -759,9 +811,8 @@ def replay_cmd(
 
     Exits 1 if there is no dead-letter topic under the prefix, 2 without an operator, 5 if Kafka cannot be reached.
     """
-    if not operator.strip():
-        _refuse("--operator must name who replays (every replay is audited)", EXIT_USAGE)
     kafka, topics = _where(bootstrap, prefix)
+    operator = _operator(operator, kafka, "replays")
     filters = _filters(council, pathway, rule, error_class, transfer, since, until)
     _dead_letter_topic(kafka, topics)
     group = router_group or f"{topics.prefix}-router"
@@ -809,7 +860,7 @@ def allocate_cmd(
     ],
     worker: Annotated[str, typer.Option(help="the allocated worker's name (named on the closure record)")],
     organisation: Annotated[str, typer.Option(help="the worker's organisation (BA-6)")],
-    operator: Annotated[str, typer.Option(help="who records it (every allocation is audited)")],
+    operator: OperatorOpt = None,
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
 ) -> None:
@@ -822,8 +873,6 @@ def allocate_cmd(
     from contracts import Person
     from router.allocations import AllocationRefused, record_allocation
 
-    if not operator.strip():
-        _refuse("--operator must name who records the allocation (every allocation is audited)", EXIT_USAGE)
     settings = _settings()
     settings = settings.model_copy(
         update={
@@ -832,6 +881,7 @@ def allocate_cmd(
         }
     )
     kafka = settings.connection
+    operator = _operator(operator, kafka, "records the allocation")
     try:
         person = Person(name=worker, role="Family Support Worker", organisation=organisation)
     except ValidationError as exc:

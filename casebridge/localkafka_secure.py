@@ -22,9 +22,11 @@ router     the ``casebridge run`` process (router, feed publishers, reporters): 
            retry tiers, retry-state, child-history, pending-notices, pending-closures, events, dlq,
            parking; read audit; create and describe the prefix's topics; its groups ``<prefix>-``;
            idempotent write
-monitor    read events, dlq, parking, audit; write audit; describe; its groups ``<prefix>-``
-operator   the CLI (dlq list, replay, allocate): read dlq, parking, audit, events; write transfers, retry
-           tiers, audit; describe; describe groups ``<prefix>-`` (replay asks whether a router consumes)
+monitor    read events, dlq, parking, audit, pending-notices, pending-closures; write audit, transfers and
+           pending-closures (its replays and recorded allocations); describe; its groups ``<prefix>-``
+operator   the CLI (dlq list, replay, allocate): read dlq, parking, audit, events, pending-notices,
+           pending-closures; write transfers, retry tiers, audit, pending-closures (a later closure's replay,
+           an allocation); describe; describe groups ``<prefix>-`` (replay asks whether a router consumes)
 viewer     read events; describe
 publisher  write transfers
 =========  ===============================================================================================
@@ -310,14 +312,18 @@ def acl_grants(prefix: str = "casebridge") -> list[Grant]:
     allow("router", "group", [groups], ["read", "describe"])
     allow("router", "cluster", ["kafka-cluster"], ["idempotent-write"])
 
-    allow("monitor", "topic", (topic + t for t in ("events", "dlq", "parking")), ["read"])
-    allow("monitor", "topic", [topic + "audit"], rw)
+    # the monitor replays and records allocations too (router/deadletters.replay, router/allocations.allocate):
+    # a replay writes the message back (transfers, or pending-closures for a later closure) and its audit record;
+    # an allocation reads what waits for one (pending-closures, pending-notices), audits it, marks the closure due
+    allow("monitor", "topic", (topic + t for t in ("events", "dlq", "parking", "pending-notices")), ["read"])
+    allow("monitor", "topic", (topic + t for t in ("audit", "pending-closures")), rw)
+    allow("monitor", "topic", [topic + "transfers"], ["write"])
     allow("monitor", "topic", [topic], ["describe"])
     allow("monitor", "group", [groups], ["read", "describe"])
 
-    allow("operator", "topic", (topic + t for t in ("dlq", "parking", "events")), ["read"])
+    allow("operator", "topic", (topic + t for t in ("dlq", "parking", "events", "pending-notices")), ["read"])
     allow("operator", "topic", (topic + t for t in ("transfers", "retry.")), ["write"])
-    allow("operator", "topic", [topic + "audit"], rw)
+    allow("operator", "topic", (topic + t for t in ("audit", "pending-closures")), rw)
     allow("operator", "topic", [topic], ["describe"])
     allow("operator", "group", [groups], ["describe"])
 

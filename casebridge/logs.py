@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import sys
+import time
 import traceback
 import uuid
 from collections.abc import MutableMapping
@@ -446,3 +447,48 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         library.handlers[:] = []
         library.propagate = True
     logging.getLogger("casebridge").setLevel(level)
+    damp_kafka_client_logs()
+
+
+class _KafkaClientDamper(logging.Filter):
+    """aiokafka logs every failed connection attempt, fetch and heartbeat (millions of lines in a long outage).
+    Its lines about the broker being unreachable go to the outage tracker (``connectors._outage.OUTAGE``: one
+    line when Kafka goes away, one when it is back); every other line passes once, then at most once per
+    ``every`` seconds per message (with how many were dropped in between)."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        super().__init__()
+        self.every = every
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        from connectors._outage import OUTAGE, is_unreachable  # here: logging is set up before connectors
+
+        args = record.args if isinstance(record.args, tuple) else ()
+        errors = [a for a in args if isinstance(a, BaseException)]
+        if record.exc_info and record.exc_info[1] is not None:
+            errors.append(record.exc_info[1])
+        unreachable = next((e for e in errors if is_unreachable(e)), None)
+        if unreachable is not None or "unable connect" in str(record.msg).lower():
+            OUTAGE.failed("kafka client", unreachable or "KafkaConnectionError")
+            return False
+        now = time.monotonic()
+        key = (record.name, str(record.msg))
+        last, dropped = self._last.get(key, (-self.every, 0))
+        if now - last < self.every:
+            self._last[key] = (last, dropped + 1)
+            return False
+        self._last[key] = (now, 0)
+        if dropped:
+            record.msg = f"{record.msg} (and {dropped} more like it in the last {self.every:.0f} s)"
+        return True
+
+
+def damp_kafka_client_logs(every: float = 60.0) -> None:
+    """Route aiokafka's connection-error lines to the outage tracker and rate-limit its others (one filter on the
+    ``aiokafka`` logger's handler path: added once, so ``configure_logging`` can run again)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _KafkaClientDamper) for f in handler.filters):
+            handler.addFilter(_KafkaClientDamper(every))

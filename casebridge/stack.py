@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
+from tenacity import AsyncRetrying, retry_if_exception
+from tenacity.wait import wait_random_exponential
 
 from connectors import CasebridgeError, Source, Target
+from connectors._outage import OUTAGE, is_transient_kafka_error, is_unreachable, within
 from connectors.ehm import AllocationReporter, StepUpPublisher
 from connectors.lcs import DecisionReporter, LcsPublisher
 from contracts import CaseSystem, Council
 from mappings import load_protocols
 from router import Router, Settings, build_router
+from router._outbox import OutputFailed
 from router.alerts import AlertDispatcher
 from router.closures import ClosureScheduler, utc_now
 from router.notices import AllocationNotices
@@ -83,6 +87,9 @@ class Stack:
     #: why it died, in casebridge's own words (no values), or the error class
     failure: str | None = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
+    #: in-process recoveries of the router after a broker outage (``_recover``)
+    recoveries: int = field(default=0, init=False)
+    _recovery: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         topics = self.settings.topics
@@ -151,6 +158,8 @@ class Stack:
         return self.feed(DecisionReporter)
 
     async def start(self) -> None:
+        OUTAGE.configure(self.settings.bootstrap_servers)
+        self.router.recover = self._recover_soon
         await self.router.start()
         await self.notices.start()
         for feed in self.feeds:
@@ -177,14 +186,84 @@ class Stack:
         self.failure = reason or type(exc).__name__
         self.router.stopped.set()
 
+    # -- the router after a broker outage -------------------------------------------------------
+
+    def _recover_soon(self, failure: OutputFailed) -> None:
+        """The router's outputs failed transiently (the broker away or recovering): recover it in-process."""
+        if self._stopping or (self._recovery is not None and not self._recovery.done()):
+            return
+        if is_unreachable(failure.__cause__):
+            OUTAGE.failed("router", failure.__cause__ or failure)
+        self._recovery = asyncio.create_task(self._recover(), name="router-recovery")
+
+    async def _recover(self) -> None:
+        """What a supervisor's restart would do, in-process: stop the router's consumers and outbox (nothing
+        unacknowledged is committed or sent later), wait with bounded backoff until the broker answers, and start a
+        fresh Router on the same flow and connectors, which reads on from the committed offsets with its retry state
+        and child history reloaded. Every step is idempotent on transfer id and event ids are deterministic, so
+        the batches read again complete without duplicates at the case systems."""
+        started = asyncio.get_running_loop().time()
+        old = self.router
+        log.warning("router_recovering", reason="outputs not acknowledged by Kafka")
+        await old.stop(connectors=False, budget=4.0)
+        if old.flow.history is not None:
+            old.flow.history.by_key.clear()  # reloaded whole from the broker: only what it acknowledged
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_transient_kafka_error),
+            wait=wait_random_exponential(multiplier=1, max=15),
+            stop=lambda _: self._stopping,
+            sleep=self._sleep_unless_stopping,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    fresh = Router(old.settings, old.flow)
+                    fresh.stopped, fresh.outcomes, fresh.recover = old.stopped, old.outcomes, self._recover_soon
+                    try:
+                        await fresh.start(connectors=False)
+                    except BaseException as exc:
+                        if is_unreachable(exc):
+                            OUTAGE.failed("router", exc)
+                        await fresh.stop(connectors=False, budget=2.0)
+                        raise
+        except Exception as exc:
+            if self._stopping:
+                return
+            # no retry fixes it: the stack stops, as a dead loop stops it (exit 4), and its supervisor restarts it
+            log.error("loop_failed", loop="router-recovery", error_class=type(exc).__name__)
+            self.failed, self.failure = "router-recovery", type(exc).__name__
+            old.stopped.set()
+            return
+        if self._stopping:
+            await fresh.stop(connectors=False, budget=3.0)
+            return
+        self.router = fresh
+        self.recoveries += 1
+        OUTAGE.answered("router")
+        log.info("router_recovered", seconds=round(asyncio.get_running_loop().time() - started, 1))
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        end = asyncio.get_running_loop().time() + seconds
+        while not self._stopping and asyncio.get_running_loop().time() < end:
+            await asyncio.sleep(min(0.2, end - asyncio.get_running_loop().time()))
+
     async def stop(self) -> None:
+        """Stop everything within about 9 s in every state, the broker away included (``casebridge run`` honours
+        SIGTERM in 10 s): a loop still waiting on Kafka is cancelled after 1.5 s (its cursor did not move past
+        what was not acknowledged), every client's stop is bounded."""
         self._stopping = True
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for feed in reversed(self.feeds):
-            await feed.stop()
-        await self.closures.stop()
-        await self.notices.stop()
-        await self.router.stop()
+        if self._recovery is not None:
+            await within("router recovery", self._recovery, 1.0)
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=1.5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        parts = [*reversed(self.feeds), self.closures, self.notices]
+        await asyncio.gather(*(within(type(p).__name__, p.stop(), 2.0) for p in parts))
+        await self.router.stop(budget=4.5)
+        await OUTAGE.close()
 
     async def __aenter__(self) -> Stack:
         try:

@@ -103,7 +103,15 @@ def step_up_body(transfer: TransferMessage, subject: str) -> dict[str, Any]:
         subject: {
             "given_name": child.given_name,
             "family_name": child.family_name,
-            "date_of_birth": child.date_of_birth.isoformat(),
+            # an unborn child (schema 1.1) has the expected date only; a front door that needs a date of birth
+            # refuses it, naming the field, rather than receiving a guessed one
+            **(
+                {"date_of_birth": child.date_of_birth.isoformat()}
+                if child.date_of_birth is not None
+                else {"expected_date_of_birth": child.expected_date_of_birth.isoformat()}
+                if child.expected_date_of_birth is not None
+                else {}
+            ),
             "source_reference": transfer.source_record.record_id,
         },
         "urgency": transfer.urgency.value,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from mappings import MappingError
 
 from . import kafka as clients
 from ._base import Connector
+from ._outage import OUTAGE, close_producer, is_transient_kafka_error, is_unreachable
 from .kafka import Kafka
 
 log = structlog.get_logger("casebridge.connectors")
@@ -46,32 +48,106 @@ class FileCursor:
         os.replace(tmp, self.path)
 
 
+#: how to build a producer again like each idempotent producer made here (``renew_producer``)
+_RENEW: weakref.WeakKeyDictionary[AIOKafkaProducer, Callable[[], AIOKafkaProducer]] = weakref.WeakKeyDictionary()
+
+
 def idempotent_producer(kafka: Kafka) -> AIOKafkaProducer:
     """The producer every connector publishes with: idempotent, acknowledged by all replicas."""
-    return clients.producer(kafka, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = clients.producer(kafka, acks="all", enable_idempotence=True, linger_ms=5)
+    _RENEW[producer] = lambda: idempotent_producer(kafka)
+    return producer
+
+
+def producer_dead(producer: AIOKafkaProducer) -> bool:
+    """aiokafka's sender task ended (it ends only on a fatal error, e.g. ``OutOfOrderSequenceNumber`` after a
+    broker restart, or when stopped): no write will go out again, every later send fails the same way."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    return task is not None and task.done()
+
+
+async def renew_producer(owner: Any, attr: str = "producer") -> None:
+    """Replace ``owner.<attr>`` by a fresh, started producer if its sender died (``producer_dead``); the dead one
+    is closed, sending nothing more. A fresh producer's start fails while the broker is away (a transient error:
+    the caller waits and asks again)."""
+    old = getattr(owner, attr)
+    make = _RENEW.get(old)
+    if make is None or not producer_dead(old):
+        return
+    fresh = make()
+    await close_producer(old, 1.0)
+    await fresh.start()
+    setattr(owner, attr, fresh)
+    log.info("kafka_producer_renewed", owner=type(owner).__name__)
+
+
+async def _sleep_unless(stop: Callable[[], bool], seconds: float) -> None:
+    """Sleep ``seconds``, but return within 0.2 s once ``stop()`` (SIGTERM must not wait out a backoff)."""
+    end = asyncio.get_running_loop().time() + seconds
+    while not stop():
+        left = end - asyncio.get_running_loop().time()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, 0.2))
 
 
 async def poll_forever(
-    poll_once: Callable[[], Awaitable[int]], interval: float, stop: Callable[[], bool], name: str
+    poll_once: Callable[[], Awaitable[int]],
+    interval: float,
+    stop: Callable[[], bool],
+    name: str,
+    reset: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Poll a feed until ``stop()``; a case system that is down is waited for (tenacity backoff), not fatal."""
+    """Poll a feed until ``stop()``. Waited for (tenacity backoff, at most 30 s between tries), never fatal: a
+    case system that is down (its error says ``retriable``) and a transient Kafka error
+    (``connectors._outage``: the broker away or recovering). A Kafka error is reported to ``OUTAGE`` (one line
+    for the whole outage, not one a try) and ``reset()`` runs before the next try (a producer whose sender died
+    is renewed). The loop resumes from its durable cursor or committed offsets: nothing moved past an
+    unacknowledged write. Any other error ends the loop (the stack then exits 4)."""
+    kafka_failed = False
+
+    def transient(exc: BaseException) -> bool:
+        return bool(getattr(exc, "retriable", False)) or is_transient_kafka_error(exc)
 
     def note(state: RetryCallState) -> None:
+        nonlocal kafka_failed
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("feed_unavailable", feed=name, error_class=type(exc).__name__, attempt=state.attempt_number)
+        if exc is not None and is_transient_kafka_error(exc):
+            kafka_failed = True
+            if is_unreachable(exc):
+                OUTAGE.failed(name, exc)  # one line for the whole outage
+            else:  # the cluster answers, but is recovering (a leader election): one line a try, backed off
+                log.warning("kafka_recovering", feed=name, error_class=type(exc).__name__, attempt=state.attempt_number)
+        else:
+            log.warning("feed_unavailable", feed=name, error_class=type(exc).__name__, attempt=state.attempt_number)
+
+    async def sleep(seconds: float) -> None:
+        await _sleep_unless(stop, seconds)
 
     retrying = AsyncRetrying(
-        retry=retry_if_exception(lambda e: getattr(e, "retriable", False)),
+        retry=retry_if_exception(transient),
         wait=wait_random_exponential(multiplier=0.5, max=30),
+        stop=lambda _: stop(),
+        sleep=sleep,
         before_sleep=note,
         reraise=True,
     )
     while not stop():
-        async for attempt in retrying:
-            with attempt:
-                found = await poll_once()
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if kafka_failed and reset is not None:
+                        await reset()
+                    found = await poll_once()
+        except Exception as exc:
+            if stop() and transient(exc):
+                return  # told to stop while waiting: the cursor did not move past what failed
+            raise
+        if kafka_failed:
+            kafka_failed = False
+            OUTAGE.answered(name)
         if found == 0:
-            await asyncio.sleep(interval)
+            await _sleep_unless(stop, interval)
 
 
 class _FeedLoop(ABC):
@@ -91,7 +167,7 @@ class _FeedLoop(ABC):
         await self.producer.start()
 
     async def stop(self) -> None:
-        await self.producer.stop()
+        await close_producer(self.producer, 2.0, f"{self.feed} producer")  # bounded: the broker may be away
         await self.connector.stop()
 
     @abstractmethod
@@ -99,7 +175,7 @@ class _FeedLoop(ABC):
         """Handle everything new in the feed; returns how many records were written."""
 
     async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
-        await poll_forever(self.poll_once, interval, stop, self.feed)
+        await poll_forever(self.poll_once, interval, stop, self.feed, reset=lambda: renew_producer(self))
 
 
 class EventReporter(_FeedLoop):

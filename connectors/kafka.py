@@ -204,6 +204,22 @@ def servers(kafka: Kafka) -> str:
     return connection(kafka).bootstrap_servers
 
 
+def principal(kafka: Kafka) -> str | None:
+    """Who the broker knows this client as, when it authenticates: the SASL user, or the common name of the client
+    certificate (mutual TLS); None over an unauthenticated connection (PLAINTEXT, or TLS without a certificate)."""
+    conn = connection(kafka)
+    if conn.security_protocol.startswith("SASL_"):
+        return conn.username
+    if conn.security_protocol == "SSL" and conn.cert_file is not None:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        cert = x509.load_pem_x509_certificate(conn.cert_file.read_bytes())
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(names[0].value) if names else cert.subject.rfc4514_string()
+    return None
+
+
 def ssl_context(kafka: Kafka) -> ssl.SSLContext | None:
     """The TLS context of ``kafka`` (None unless its protocol is SSL or SASL_SSL)."""
     conn = connection(kafka)

@@ -4,7 +4,7 @@ Contracts depend on nothing else in the project. Transport metadata (topic, part
 offset, headers) lives beside them in the transport envelope, never inside them.
 """
 
-from ._common import SCHEMA_VERSION, CaseSystem, Council, Direction, ServiceLevel, utcnow
+from ._common import KNOWN_VERSIONS, SCHEMA_VERSION, CaseSystem, Council, Direction, ServiceLevel, utcnow
 from ._errors import field_errors
 from ._events import (
     EVENT_ADAPTER,
@@ -59,6 +59,7 @@ from ._transfer import (
     Professionals,
     Purpose,
     RecordState,
+    Sex,
     SourceRecord,
     SystemIdentifier,
     TransferMessage,
@@ -67,6 +68,7 @@ from ._transfer import (
 
 __all__ = [
     "EVENT_ADAPTER",
+    "KNOWN_VERSIONS",
     "SCHEMA_VERSION",
     "SYNTHETIC_NHS_NUMBERS",
     "SYNTHETIC_UPNS",
@@ -87,6 +89,7 @@ __all__ = [
     "FrontDoorDecided",
     "MilestoneRecorded",
     "Gender",
+    "Sex",
     "NhsNumber",
     "ManagementDecision",
     "NoticeSent",

@@ -8,7 +8,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION: Literal[1] = 1
+#: the contract's version, MAJOR.MINOR (docs/contract-compatibility.md): a minor version only adds optional
+#: fields and enum values; a reader accepts every version in KNOWN_VERSIONS and refuses any other, naming it
+SCHEMA_VERSION: Literal["1.1"] = "1.1"
+KNOWN_VERSIONS: tuple[str, ...] = ("1.0", "1.1")
 
 
 class Strict(BaseModel):
@@ -30,7 +33,7 @@ def _aware(value: datetime) -> datetime:
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
 NonEmpty = Annotated[str, Field(min_length=1, max_length=20_000)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
-RuleId = Annotated[str, Field(pattern=r"^(G[1-4]|SW26-\d+|SW22-\d+|LU-\d+|BA-\d+|NS-\d+)$")]
+RuleId = Annotated[str, Field(pattern=r"^(G[1-4]|SW26-\d+|SW22-\d+|LU-\d+|BA-\d+|NS-\d+|FFX-\d+)$")]
 
 
 def utcnow() -> datetime:
@@ -45,6 +48,9 @@ class Council(StrEnum):
     LUTON = "luton"
     BARNSLEY = "barnsley"
     NORTH_SOMERSET = "north-somerset"
+    #: illustrative, not a real council (schema 1.1): a council that has adopted the Families First reforms
+    #: (Family Help, multi-agency child protection teams); protocol ``families-first-example.toml``, rules FFX-n
+    FAMILIES_FIRST_EXAMPLE = "families-first-example"
 
 
 class Direction(StrEnum):
@@ -53,20 +59,39 @@ class Direction(StrEnum):
 
 
 class ServiceLevel(StrEnum):
-    """Levels of need, lowest first (the order is used to check a pathway's direction)."""
+    """Levels of need, lowest first (the rank is used to check a pathway's direction).
+
+    Schema 1.1 adds the Families First levels: ``family-help`` (the Family Help service that replaces
+    targeted early help and child in need where a council has adopted the reforms) and
+    ``multi-agency-child-protection`` (the multi-agency child protection teams, s.47). A step between two
+    levels of the same rank (family-help and child-in-need-s17; child-protection-s47 and
+    multi-agency-child-protection) is neither up nor down, and refused.
+    """
 
     UNIVERSAL = "universal"
     EARLY_HELP = "early-help"
     INTENSIVE_EARLY_HELP = "intensive-early-help"
     CHILD_IN_NEED = "child-in-need-s17"
     CHILD_PROTECTION = "child-protection-s47"
+    FAMILY_HELP = "family-help"
+    MULTI_AGENCY_CHILD_PROTECTION = "multi-agency-child-protection"
 
     @property
     def rank(self) -> int:
         return _RANK[self]
 
 
-_RANK = {level: i for i, level in enumerate(ServiceLevel)}  # the declaration order, looked up once per check
+_RANK = {
+    ServiceLevel.UNIVERSAL: 0,
+    ServiceLevel.EARLY_HELP: 1,
+    ServiceLevel.INTENSIVE_EARLY_HELP: 2,
+    ServiceLevel.FAMILY_HELP: 3,
+    ServiceLevel.CHILD_IN_NEED: 3,
+    ServiceLevel.CHILD_PROTECTION: 4,
+    ServiceLevel.MULTI_AGENCY_CHILD_PROTECTION: 4,
+}
+#: the levels and codes a 1.0 reader does not know: a message using one is schema 1.1
+LEVELS_SINCE_1_1 = frozenset({ServiceLevel.FAMILY_HELP, ServiceLevel.MULTI_AGENCY_CHILD_PROTECTION})
 
 
 class CaseSystem(StrEnum):

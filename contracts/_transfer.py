@@ -1,4 +1,10 @@
-"""The canonical transfer message: one child's step-up or step-down, schema version 1.
+"""The canonical transfer message: one child's step-up or step-down, schema version 1.1.
+
+Version 1.1 (additive, docs/contract-compatibility.md): ``child.sex`` (the DfE children in need census
+values) beside ``child.gender``; an unborn child (``child.expected_date_of_birth`` where there is no
+``date_of_birth``); the service levels ``family-help`` and ``multi-agency-child-protection``. A message
+that uses none of them is stamped 1.0 and written as a 1.0 reader reads it (``"schema_version": 1``, no
+1.1 keys), so a 1.0 reader still reads it.
 
 Field names follow what councils already know from the DfE children's social care data
 (Standard Safeguarding Dataset / CSC API payload): ``upn``, ``nhs_number``,
@@ -9,13 +15,26 @@ log and emit events from the rest without personal data.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    WithJsonSchema,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ._common import (
+    KNOWN_VERSIONS,
+    LEVELS_SINCE_1_1,
     SCHEMA_VERSION,
     AwareDatetime,
     CaseSystem,
@@ -40,7 +59,7 @@ class Pathway(Strict):
     @model_validator(mode="after")
     def _direction_matches_levels(self) -> Self:
         going_up = self.to_level.rank > self.from_level.rank
-        if self.from_level == self.to_level or going_up != (self.direction is Direction.STEP_UP):
+        if self.from_level.rank == self.to_level.rank or going_up != (self.direction is Direction.STEP_UP):
             raise ValueError(
                 f"direction {self.direction.value!r} does not match levels "
                 f"{self.from_level.value!r} -> {self.to_level.value!r}"
@@ -60,19 +79,69 @@ class Gender(StrEnum):
     UNKNOWN = "unknown"
 
 
+class Sex(StrEnum):
+    """The child's sex as the DfE children in need census records it (``<Sex>``, N00783): M, F or U.
+
+    U is "not known", and the only value for an unborn child (census rule 8750). Schema 1.1.
+    """
+
+    MALE = "M"
+    FEMALE = "F"
+    UNKNOWN = "U"
+
+
 class Child(Strict):
-    """The child. Every field here is personal data: never log it."""
+    """The child. Every field here is personal data: never log it.
+
+    Exactly one of ``date_of_birth`` and ``expected_date_of_birth`` (census rule 8525): an unborn child has
+    the expected date only (schema 1.1), and its ``sex``, where stated, is U (census rule 8750).
+    """
 
     identifiers: list[SystemIdentifier] = Field(min_length=1)
     given_name: NonEmpty
     family_name: NonEmpty
-    date_of_birth: date
+    date_of_birth: date | None = Field(default=None, description="required unless expected_date_of_birth is given")
+    expected_date_of_birth: date | None = Field(
+        default=None,
+        description="schema 1.1: an unborn child's expected date of birth, where there is no date of birth",
+    )
     gender: Gender = Gender.UNKNOWN
+    sex: Sex | None = Field(default=None, description="schema 1.1: the DfE census sex (M, F, U), beside gender")
     upn: Upn | None = None
     nhs_number: NhsNumber | None = None
     locality: str | None = Field(default=None, max_length=64)
     disabled: bool = False
     direct_payment: bool = Field(default=False, description="direct payment or individual budget in place (BA-13)")
+
+    @model_validator(mode="after")
+    def _born_or_expected(self) -> Self:
+        if (self.date_of_birth is None) == (self.expected_date_of_birth is None):
+            raise PydanticCustomError(
+                "date_of_birth_or_expected",
+                "give exactly one of date_of_birth and expected_date_of_birth (an unborn child: the expected date)",
+            )
+        if self.expected_date_of_birth is not None and self.sex not in (None, Sex.UNKNOWN):
+            raise PydanticCustomError("unborn_sex", "an unborn child's sex is U (DfE census rule 8750)")
+        return self
+
+    @property
+    def unborn(self) -> bool:
+        return self.date_of_birth is None
+
+    @property
+    def since_1_1(self) -> list[str]:
+        """The fields set here that a 1.0 reader does not know."""
+        return [n for n in ("expected_date_of_birth", "sex") if getattr(self, n) is not None]
+
+    @model_serializer(mode="wrap")
+    def _as_its_version(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """1.1's fields only where set: a 1.0 message written by 1.1 is one a 1.0 reader reads."""
+        out = handler(self)
+        if isinstance(out, dict):
+            for name in ("expected_date_of_birth", "sex"):
+                if out.get(name) is None:
+                    out.pop(name, None)
+        return out
 
     def identifier(self, system: CaseSystem) -> str | None:
         return next((i.id for i in self.identifiers if i.system is system), None)
@@ -202,10 +271,46 @@ class ClosureRecord(Strict):
     rule_ids: list[RuleId] = Field(default_factory=list)
 
 
-class TransferMessage(Strict):
-    """One handover of one child between services; the unit the router routes."""
+_VERSION = re.compile(r"[0-9]{1,4}(\.[0-9]{1,4})?")
+SchemaVersion = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "description": "MAJOR.MINOR of this contract; 1.0 producers write the integer 1 (read as 1.0). A reader "
+            "accepts the versions it knows and refuses any other, naming it (docs/contract-compatibility.md)",
+            "anyOf": [{"const": 1}, {"enum": list(KNOWN_VERSIONS)}],
+        }
+    ),
+]
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+
+def _version_text(value: object) -> str:
+    """The version as MAJOR.MINOR text (1 -> 1.0), for the known forms and for naming an unknown one.
+
+    Only an integer or a string of digits and a dot is a version; anything else (a float, a list, ...) is
+    "unreadable", never echoed.
+    """
+    if isinstance(value, bool):
+        return "unreadable"
+    if isinstance(value, int):
+        return f"{value}.0" if 0 <= value <= 9999 else "unreadable"
+    if isinstance(value, str):
+        text = value.strip()
+        if _VERSION.fullmatch(text):
+            return text if "." in text else f"{text}.0"
+    return "unreadable"
+
+
+class TransferMessage(Strict):
+    """One handover of one child between services; the unit the router routes.
+
+    ``schema_version`` is checked first against the versions this reader knows (``KNOWN_VERSIONS``, or the
+    validation context's ``schema_versions``: how a reader of an older minor version is modelled); another
+    is refused as ``schema_version: unknown_version_<v>`` (a major version this reader does not know) or
+    ``newer_version_<v>`` (a later minor version: upgrade the reader before its producers).
+    """
+
+    schema_version: SchemaVersion = Field(default=SCHEMA_VERSION)
     transfer_id: Identifier = Field(description="stable for the handover: the same transfer published twice has one id")
     message_id: Identifier = Field(description="unique per publication of the transfer")
     correlation_id: Identifier
@@ -247,6 +352,67 @@ class TransferMessage(Strict):
     closure: ClosureRecord | None = Field(
         default=None, description="filled in by the router from the protocol before the source record is closed"
     )
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _known_version(cls, value: object, info: ValidationInfo) -> str:
+        known: tuple[str, ...] = tuple((info.context or {}).get("schema_versions", KNOWN_VERSIONS))
+        version = _version_text(value)
+        if version in known:
+            return version
+        if version == "unreadable":
+            raise PydanticCustomError("unreadable_version", "schema_version is not a MAJOR.MINOR version such as 1.1")
+        majors = {k.split(".")[0] for k in known}
+        reads = ", ".join(known)
+        if version.split(".")[0] in majors:
+            raise PydanticCustomError(
+                f"newer_version_{version}",
+                "schema version {version} is newer than this reader knows (it reads {reads}): upgrade the reader "
+                "before its producers",
+                {"version": version, "reads": reads},
+            )
+        raise PydanticCustomError(
+            f"unknown_version_{version}",
+            "schema version {version} is a major version this reader does not know (it reads {reads}); it is "
+            "refused, not guessed at",
+            {"version": version, "reads": reads},
+        )
+
+    @model_validator(mode="after")
+    def _version_covers_fields(self) -> Self:
+        """A message without a version is stamped with the lowest that has what it uses (1.0 where it can); one
+        stamped 1.0 uses nothing a 1.0 reader would refuse. (After validation, not before: a ``before`` model
+        validator would make pydantic build the whole JSON document in Python first, twice the cost.)"""
+        stated = "schema_version" in self.model_fields_set
+        if stated and self.schema_version != "1.0":
+            return self
+        c, p = self.child, self.pathway
+        plain = (
+            c.sex is None
+            and c.date_of_birth is not None
+            and p.from_level not in LEVELS_SINCE_1_1
+            and p.to_level not in LEVELS_SINCE_1_1
+            and self.council is not Council.FAMILIES_FIRST_EXAMPLE
+        )
+        if not stated:
+            self.__dict__["schema_version"] = "1.0" if plain else "1.1"  # frozen: set once, as validation ends
+            return self
+        if plain:
+            return self
+        used = [f"child.{n}" for n in c.since_1_1]
+        used += ["child.date_of_birth (absent)"] if c.unborn else []
+        used += [f"pathway.{n}" for n in ("from_level", "to_level") if getattr(p, n) in LEVELS_SINCE_1_1]
+        used += ["council"] if self.council is Council.FAMILIES_FIRST_EXAMPLE else []
+        raise PydanticCustomError(
+            "needs_version_1.1",
+            "the message says schema version 1.0 but uses what 1.1 added ({used}): stamp it 1.1",
+            {"used": ", ".join(used)},
+        )
+
+    @field_serializer("schema_version")
+    def _version_as_written(self, version: str) -> int | str:
+        """Written as its version's readers read it: 1.0 as the integer 1 (a 1.0 reader's ``Literal[1]``)."""
+        return 1 if version == "1.0" else version
 
     @property
     def child_key(self) -> str:

@@ -10,10 +10,16 @@ import json
 import sys
 from pathlib import Path
 
+from ._common import SCHEMA_VERSION
 from ._events import EVENT_ADAPTER
 from ._transfer import TransferMessage
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
+#: the dialect pydantic generates
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+#: a stable identifier per schema file, not a download address: one file per major version, the minor
+#: version (additive, docs/contract-compatibility.md) in ``x-casebridge-version``
+ID_BASE = "urn:casebridge:contracts:schemas:"
 
 
 def render() -> dict[str, str]:
@@ -22,6 +28,10 @@ def render() -> dict[str, str]:
         "transfer-message.v1.schema.json": TransferMessage.model_json_schema(),
         "transfer-event.v1.schema.json": EVENT_ADAPTER.json_schema(),
     }
+    for name, schema in schemas.items():
+        schema["$schema"] = DIALECT
+        schema["$id"] = ID_BASE + name
+        schema["x-casebridge-version"] = SCHEMA_VERSION
     return {name: json.dumps(s, indent=2, sort_keys=True) + "\n" for name, s in schemas.items()}
 
 

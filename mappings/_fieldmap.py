@@ -18,6 +18,7 @@ Mappings are pure: no I/O beyond loading the file, no logging.
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,21 @@ class MappingSpec(BaseModel):
     source: str
     target: str
     field: list[FieldRule] = Field(min_length=1)
+
+
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,39}$")
+
+
+def _named_value(target: str, value: Any) -> str:
+    """The untranslatable value, where it is a code (a level, stage or reason code); never a child's data.
+
+    Anything mapped into ``child.*`` is personal data (a gender code too), and anything that does not look like a
+    short code may be free text: both are left unnamed.
+    """
+    text = str(value)
+    if target.startswith("child.") or not _CODE.match(text):
+        return "its value"
+    return repr(text)
 
 
 def _lookup(doc: Any, path: str) -> Any:
@@ -120,7 +136,7 @@ class FieldMapping:
                 if rule.values is not None:
                     if str(value) not in rule.values:
                         raise MappingError(
-                            f"{self.origin}: field {rule.to!r} has no translation for its value "
+                            f"{self.origin}: field {rule.to!r} has no translation for {_named_value(rule.to, value)} "
                             f"(allowed: {', '.join(sorted(rule.values))})"
                         )
                     value = rule.values[str(value)]

@@ -53,7 +53,7 @@ from ._outcomes import AssessmentOutcome, outcome_table
 
 PROTOCOL_DIR = DATA_DIR / "protocols"
 
-RuleIdStr = Annotated[str, Field(pattern=r"^(G[1-4]|SW26-\d+|SW22-\d+|LU-\d+|BA-\d+|NS-\d+)$")]
+RuleIdStr = Annotated[str, Field(pattern=r"^(G[1-4]|SW26-\d+|SW22-\d+|LU-\d+|BA-\d+|NS-\d+|FFX-\d+)$")]
 Role = Literal["social_worker", "lead_professional", "support_leader", "family_support_worker"]
 
 
@@ -124,6 +124,18 @@ class ManagementDecisionRule(_Rule):
             return False
         return not self.roles or _has_role(d.decided_by.role, self.roles)
 
+    def detail(self, t: TransferMessage) -> str | None:
+        d = t.management_decision
+        if d is None:
+            return "no management decision"
+        if (self.forum_required or self.forums) and not d.forum:
+            return "no forum named"
+        if self.forums and not _has_role(d.forum or "", self.forums):
+            return f"the forum is not one of {', '.join(self.forums)}"
+        if self.roles and not _has_role(d.decided_by.role, self.roles):
+            return f"not decided by a {' / '.join(self.roles)}"
+        return None
+
 
 class DocumentsRule(_Rule):
     """NS-6 / NS-8 / NS-9 / SW22-3 / SW22-14 / BA-7: these documents travel with the transfer."""
@@ -142,6 +154,15 @@ class DocumentsRule(_Rule):
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
         kinds = {d.type for d in t.documents}
         return kinds.issuperset(self.documents) and (not self.any_of or not kinds.isdisjoint(self.any_of))
+
+    def detail(self, t: TransferMessage) -> str | None:
+        """The document types that are missing (enum values of the contract)."""
+        kinds = {d.type for d in t.documents}
+        missing = [d.value for d in self.documents if d not in kinds]
+        said = [f"missing document type {', '.join(missing)}"] if missing else []
+        if self.any_of and kinds.isdisjoint(self.any_of):
+            said.append(f"none of the document types {', '.join(d.value for d in self.any_of)}")
+        return "; ".join(said) or None
 
 
 class ProfessionalRule(_Rule):
@@ -163,6 +184,13 @@ class ProfessionalRule(_Rule):
         if person is None:
             return self.absent_ok
         return not self.organisation_required or bool(person.organisation)
+
+    def detail(self, t: TransferMessage) -> str | None:
+        if self.holds(t, Facts()):
+            return None
+        if getattr(t.professionals, self.role) is None:
+            return f"no professionals.{self.role}"
+        return f"professionals.{self.role} has no organisation"
 
 
 class SourceOpenRule(_Rule):
@@ -252,8 +280,16 @@ class ConsentRule(_Rule):
         return t.consent_exemption is not None and self._exemption_problem(t) is None
 
     def detail(self, t: TransferMessage) -> str | None:
-        if t.consent_exemption is None or self._consent_holds(t):
+        if self._consent_holds(t):
             return None
+        if t.consent_exemption is None:
+            c = t.consent
+            if c is None:
+                return "no consent"
+            if self.signed and not c.signed:
+                return "consent not signed"
+            lacking = [s for s in self.scope if s not in {x.value for x in c.scope}]
+            return f"consent scope lacks {', '.join(lacking)}" if lacking else None
         return self._exemption_problem(t)
 
 
@@ -274,6 +310,14 @@ class PurposeNotRule(_Rule):
         if t.purpose_code is not None:
             return t.purpose_code not in self.codes
         return not self.free_text_fallback_matches(t.purpose)
+
+    def detail(self, t: TransferMessage) -> str | None:
+        """The refused purpose code, or the protocol's keyword the free text matched (never the text)."""
+        if t.purpose_code is not None:
+            return f"purpose code {t.purpose_code.value!r}" if t.purpose_code in self.codes else None
+        text = _words(t.purpose or "")
+        matched = [w for w in self.fallback_keywords if re.search(rf"(?<!\w){re.escape(_words(w))}", text)]
+        return f"the purpose names {matched[0]!r}" if matched else None
 
     def free_text_fallback_matches(self, purpose: str | None) -> bool:
         """The fallback: does the free-text purpose name one of the forbidden purposes?"""
@@ -361,6 +405,13 @@ class StatedDeadlineRule(_Rule):
             return True
         limit = self.limit(t.requested_at)
         return all(due <= limit for due in stated)
+
+    def detail(self, t: TransferMessage) -> str | None:
+        limit = self.limit(t.requested_at)
+        late = [d.due for d in t.deadlines if d.rule_id == self.id and d.due > limit]
+        if not late:
+            return None
+        return f"stated due {late[0].isoformat()} is later than {limit.isoformat()}"
 
 
 Rule = Annotated[
@@ -574,6 +625,20 @@ class Route:
     withhold_documents: bool = False
 
 
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/&()'-]{0,59}$")
+
+
+def _code(what: str, value: str | None) -> str:
+    """``what`` with its value where the value is a code (short, code characters); never free text at length.
+
+    A locality or an outcome is a code of the council's systems, not personal data; anything longer or with
+    other characters is not named, in case a person's details were typed where a code belongs.
+    """
+    if not value:
+        return f"no {what}"
+    return f"{what} {value!r}" if _CODE.match(value) else f"a {what} that is not a code"
+
+
 def _with_detail(message: str, detail: str | None) -> str:
     return f"{message} ({detail})" if detail else message
 
@@ -645,14 +710,20 @@ class Protocol:
         """Apply one routing step to the route being built; whether it applied."""
         if isinstance(step, LocalityRouting):
             if t.child.locality not in step.localities:
-                raise MappingError(f"{self.origin}: {step.rule}: locality is not one of {', '.join(step.localities)}")
+                raise MappingError(
+                    f"{self.origin}: {step.rule}: {_code('locality', t.child.locality)} is not one of"
+                    f" {', '.join(step.localities)} (field child.locality)"
+                )
             r["role"] = "team-manager" if facts.leader_away else "support-leader"
             return True
         if isinstance(step, OutcomeRouting):
             table = next(x for x in self.spec.rule if isinstance(x, AssessmentOutcomeRule))
             chosen = table.chosen(t)
             if chosen is None:
-                raise MappingError(f"{self.origin}: {step.rule}: the assessment outcome is not one of the protocol's")
+                raise MappingError(
+                    f"{self.origin}: {step.rule}: {_code('assessment outcome', t.assessment_outcome)} is not one of"
+                    f" the protocol's step-down outcomes (field assessment_outcome)"
+                )
             r.update(system=chosen.target, team=chosen.team)
             return True
         if isinstance(step, LeadProfessionalRouting):

@@ -6,6 +6,7 @@ API, ``/metrics`` for Prometheus and ``/asyncapi.json``, behind viewer/operator 
 """
 
 from ._asyncapi import asyncapi_document
+from ._index import DeadLetterIndex
 from ._lag import Watch, group_lag
 from ._service import Monitor
 from ._sessions import LoginThrottle, Sessions
@@ -25,6 +26,7 @@ __all__ = [
     "TokenGrant",
     "Store",
     "Tracker",
+    "DeadLetterIndex",
     "Watch",
     "drop_store",
     "group_lag",

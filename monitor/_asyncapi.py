@@ -14,8 +14,23 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from contracts import EVENT_ADAPTER, TransferMessage
+from contracts import EVENT_ADAPTER, SCHEMA_VERSION, TransferMessage
+from router._pending import PendingClosure
+from router._retry import (
+    H_ATTEMPTS,
+    H_DUE,
+    H_FIRST,
+    H_ID,
+    H_ORIG_OFFSET,
+    H_ORIG_PARTITION,
+    H_ORIG_TOPIC,
+    H_REPLAY_OF,
+    H_REPLAY_OPERATOR,
+    H_TIER,
+)
 from router.closures import AllocationAudit
+from router.settings import ALLOCATION_AUDIT_PREFIX, RetrySettings, Topics, TopicSettings
+from router.topics import configs
 
 ASYNCAPI_FILE = Path(__file__).parent.parent / "contracts" / "asyncapi.json"
 REF = "#/components/schemas/{model}"
@@ -58,22 +73,27 @@ class _Audit(BaseModel):
     reason: str
 
 
-def _header_schema(names: dict[str, str]) -> dict[str, Any]:
-    return {
+def _header_schema(names: dict[str, str], note: str = "") -> dict[str, Any]:
+    """Kafka headers as an object of strings (each header's value is UTF-8 text); none is required."""
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {name: {"type": "string", "description": text} for name, text in names.items()},
     }
+    if note:
+        schema["description"] = note
+    return schema
 
 
+#: what the router's ``dead_letter_headers`` (router/_outbox.py) writes after the original record's headers
 DLQ_HEADERS = {
-    "casebridge.dlq.original.topic": "topic the record was read from",
+    "casebridge.dlq.original.topic": "topic the record was read from (for a retried message: where it first entered)",
     "casebridge.dlq.original.partition": "its partition",
     "casebridge.dlq.original.offset": "its offset",
     "casebridge.dlq.original.timestamp": "its timestamp (ms since the epoch)",
-    "casebridge.dlq.consumer.group": "the consumer group that read it",
-    "casebridge.dlq.stage": "contract, protocol, deliver or internal",
+    "casebridge.dlq.consumer.group": "the consumer group that read it (<group>-closures for a close-later dead letter)",
+    "casebridge.dlq.stage": "map, validate, protocol, deliver, internal or close-later",
     "casebridge.dlq.error.class": "the error class, e.g. ProtocolRuleNotMet",
-    "casebridge.dlq.error.message": "why (field and rule names only, no personal data)",
+    "casebridge.dlq.error.message": "why (field and rule names, codes; no personal data)",
     "casebridge.dlq.attempts": "delivery attempts made",
     "casebridge.dlq.first.failure": "ISO 8601",
     "casebridge.dlq.last.failure": "ISO 8601",
@@ -82,6 +102,58 @@ DLQ_HEADERS = {
     "casebridge.dlq.council": "the council",
     "casebridge.dlq.version": "the casebridge version that dead-lettered it",
 }
+#: added by the outbox to a record too big to dead-letter whole (its value is then absent)
+DLQ_BY_REFERENCE_HEADERS = {
+    "casebridge.dlq.by.reference": "true: the value is not here; the record is at original.topic/partition/offset",
+    "casebridge.dlq.original.size": "the size in bytes it would have had (key, value and headers)",
+}
+#: the subset a source connector's map-stage dead letter carries (connectors/_feed.py)
+MAP_STAGE_HEADERS = (
+    "casebridge.dlq.stage",
+    "casebridge.dlq.error.class",
+    "casebridge.dlq.error.message",
+    "casebridge.dlq.rule.ids",
+    "casebridge.dlq.transfer.id",
+    "casebridge.dlq.council",
+    "casebridge.dlq.last.failure",
+)
+#: router/_retry.py: on a record in a delayed retry tier (stripped again before it is dead-lettered or delivered)
+RETRY_HEADERS = {
+    H_ID: "the retry's id (one per message and tier entry)",
+    H_TIER: "the tier it waits in, 0 first",
+    H_DUE: "ISO 8601: not handled before this time",
+    H_ATTEMPTS: "delivery attempts made so far",
+    H_FIRST: "ISO 8601: the first failure",
+    H_ORIG_TOPIC: "the topic it first entered",
+    H_ORIG_PARTITION: "its partition there",
+    H_ORIG_OFFSET: "its offset there",
+}
+#: router/_retry.py: on a dead letter an operator replayed (casebridge replay) to its original topic
+REPLAY_HEADERS = {
+    H_REPLAY_OF: "the dead letter's id (dlq/<partition>/<offset>) this record replays",
+    H_REPLAY_OPERATOR: "who replayed it (casebridge replay --operator)",
+}
+
+_TRANSFER_KEY = "the child, e.g. lcs:LCS-12 (a child's transfers stay in order)"
+
+
+def _binding(config: dict[str, str], topics: TopicSettings) -> dict[str, Any]:
+    """A Kafka channel binding from the configuration ``router/topics.py`` creates the topic with (its defaults)."""
+    topic_config: dict[str, Any] = {}
+    if "cleanup.policy" in config:
+        topic_config["cleanup.policy"] = config["cleanup.policy"].split(",")
+    else:
+        topic_config["cleanup.policy"] = ["delete"]
+    if "retention.ms" in config:
+        topic_config["retention.ms"] = int(config["retention.ms"])
+    return {
+        "partitions": topics.partitions,
+        "topicConfiguration": topic_config,
+        "x-replication": "the deployment's [topics] replication_factor, by default 3 or the number of brokers where "
+        "fewer; min.insync.replicas one less (at least 1). Partitions and retention are the defaults of [topics]; "
+        "an existing kept or compacted topic that would lose records is refused at start",
+        "bindingVersion": "0.5.0",
+    }
 
 
 def asyncapi_document() -> dict[str, Any]:
@@ -92,6 +164,92 @@ def asyncapi_document() -> dict[str, Any]:
     schemas["TransferEvent"] = event
     schemas["AuditRecord"] = _hoist(_Audit.model_json_schema(ref_template=REF), schemas)
     schemas["AllocationAudit"] = _hoist(AllocationAudit.model_json_schema(ref_template=REF), schemas)
+    schemas["PendingClosure"] = _hoist(PendingClosure.model_json_schema(ref_template=REF), schemas)
+    schemas["PendingNotice"] = {
+        "type": "object",
+        "title": "PendingNotice",
+        "description": "LU-7: a notice due when the transfer is allocated (router/_pending.py)",
+        "properties": {
+            "rule": {"type": "string", "description": "the rule id, e.g. LU-7"},
+            "channel": {"$ref": REF.format(model="CaseSystem")},
+            "to": {"type": "array", "items": {"type": "string", "enum": ["social_worker", "manager"]}},
+            "notice": {"$ref": REF.format(model="TransferMessage")},
+        },
+        "required": ["rule", "channel", "to", "notice"],
+    }
+    schemas["AllocationMark"] = {
+        "type": "object",
+        "title": "AllocationMark",
+        "description": "the transfer was allocated (key allocated:<transfer id>); its notices are now due",
+        "properties": {
+            "allocated_at": {"type": "string", "format": "date-time"},
+            "confirm_with": {
+                "description": "the target that must confirm it; null: an operator's audit record",
+                "anyOf": [{"$ref": REF.format(model="CaseSystem")}, {"type": "null"}],
+            },
+        },
+        "required": ["allocated_at"],
+    }
+    schemas["RetryState"] = {
+        "type": "object",
+        "title": "RetryState",
+        "description": "a child with transfers waiting in a retry tier: the tier, and the retry ids pending there",
+        "properties": {
+            "tier": {"type": "integer", "minimum": 0},
+            "pending": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["tier", "pending"],
+    }
+    schemas["ChildHistory"] = {
+        "type": "array",
+        "title": "ChildHistory",
+        "description": "the child's completed step-downs of the last year, oldest first (LU-9, NS-10)",
+        "items": {
+            "type": "object",
+            "properties": {
+                "transfer_id": {"type": "string"},
+                "council": {"$ref": REF.format(model="Council")},
+                "at": {"type": "string", "format": "date-time"},
+                "team": {"type": ["string", "null"]},
+                "social_worker": {"type": ["string", "null"], "description": "a member of staff, not the family"},
+            },
+            "required": ["transfer_id", "council", "at"],
+        },
+    }
+    schemas["SourceSystemRecord"] = {
+        "type": "object",
+        "title": "SourceSystemRecord",
+        "description": "stage map: the source system's own record as its connector read it (an LCS change, an EHM "
+        "step-up request, a Care Director or TED change), which could not be mapped to a TransferMessage; its shape "
+        "is the source system's, not casebridge's. Holds personal data.",
+    }
+    schemas["UnreadableBytes"] = {
+        "type": "string",
+        "title": "UnreadableBytes",
+        "description": "stage validate, error class MalformedJson: the bytes as they were on the transfers topic, "
+        "not JSON (or not an object); anything at all",
+    }
+    schemas["ByReference"] = {
+        "type": "null",
+        "title": "ByReference",
+        "description": "casebridge.dlq.by.reference = true: no value; the record stays at its original topic, "
+        "partition and offset",
+    }
+    schemas["DeadLetterValue"] = {
+        "title": "DeadLetterValue",
+        "description": "A dead letter's value is the original record's bytes, unchanged, so its shape depends on "
+        "where it failed (casebridge.dlq.stage): a TransferMessage (validate: one the contract refused, may be "
+        "partly invalid; protocol, deliver, internal), the source system's record (map), a PendingClosure "
+        "(close-later, original topic <prefix>.pending-closures), arbitrary bytes (validate, MalformedJson), or "
+        "no value at all (by reference). anyOf, not oneOf: a source record and a TransferMessage are both objects.",
+        "anyOf": [
+            {"$ref": REF.format(model="TransferMessage")},
+            {"$ref": REF.format(model="SourceSystemRecord")},
+            {"$ref": REF.format(model="PendingClosure")},
+            {"$ref": REF.format(model="UnreadableBytes")},
+            {"$ref": REF.format(model="ByReference")},
+        ],
+    }
 
     def message(name: str, title: str, summary: str, schema: str, key: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -104,16 +262,33 @@ def asyncapi_document() -> dict[str, Any]:
             **extra,
         }
 
-    prefix = {
-        "prefix": {"description": "the deployment's topic prefix (CASEBRIDGE_TOPIC_PREFIX)", "default": "casebridge"}
-    }
+    dead_letter_note = (
+        "The original record's headers byte for byte (a retried message's without casebridge.retry.*), then "
+        "casebridge.dlq.*. A source connector's map-stage dead letter carries only "
+        + ", ".join(MAP_STAGE_HEADERS)
+        + "."
+    )
+    tombstone = " A tombstone (no value) removes the key."
     messages = {
         "TransferMessage": message(
             "TransferMessage",
             "Transfer request",
             "One handover of one child between services (holds personal data: the child, consent, documents).",
             "TransferMessage",
-            "the child, e.g. lcs:LCS-12 (a child's transfers stay in order)",
+            _TRANSFER_KEY,
+            headers=_header_schema(
+                REPLAY_HEADERS, "the source's own headers, if any; casebridge.replay.* only on a replayed dead letter"
+            ),
+        ),
+        "RetriedTransfer": message(
+            "RetriedTransfer",
+            "Transfer waiting for a retry",
+            "A TransferMessage byte for byte, waiting in a delayed retry tier for its target.",
+            "TransferMessage",
+            _TRANSFER_KEY,
+            headers=_header_schema(
+                {**RETRY_HEADERS, **REPLAY_HEADERS}, "the original headers, then casebridge.retry.*"
+            ),
         ),
         "TransferEvent": message(
             "TransferEvent",
@@ -121,15 +296,28 @@ def asyncapi_document() -> dict[str, Any]:
             "One step of one transfer; no personal data (ids, council, pathway, rule ids, outcomes).",
             "TransferEvent",
             "the transfer id",
-            headers={"type": "object", "properties": {"event_type": {"type": "string"}}},
+            headers=_header_schema({"event_type": "the event's type, as its payload's event_type"}),
         ),
         "DeadLetter": message(
             "DeadLetter",
             "Dead letter",
-            "The original record byte for byte, with why it could not be handled in casebridge.dlq.* headers.",
-            "TransferMessage",
+            "The original record byte for byte (see DeadLetterValue: what it is depends on the stage), with why "
+            "it could not be handled in casebridge.dlq.* headers.",
+            "DeadLetterValue",
             "the original record's key",
-            headers=_header_schema(DLQ_HEADERS),
+            headers=_header_schema({**DLQ_HEADERS, **DLQ_BY_REFERENCE_HEADERS}, dead_letter_note),
+        ),
+        "ParkedDeadLetter": message(
+            "ParkedDeadLetter",
+            "Parked dead letter",
+            "A replayed dead letter that failed again: as a dead letter, with the replay's casebridge.replay.* "
+            "headers among the original ones.",
+            "DeadLetterValue",
+            "the original record's key",
+            headers=_header_schema(
+                {**REPLAY_HEADERS, **DLQ_HEADERS, **DLQ_BY_REFERENCE_HEADERS},
+                "the replayed record's headers (casebridge.replay.* among them), then casebridge.dlq.*",
+            ),
         ),
         "AuditRecord": message(
             "AuditRecord", "Replay audit record", "One replayed dead letter.", "AuditRecord", "the dead letter id"
@@ -139,59 +327,163 @@ def asyncapi_document() -> dict[str, Any]:
             "Allocation audit record",
             "One allocation recorded by an operator (BA-9, casebridge allocate); no worker's name.",
             "AllocationAudit",
-            "allocation/<transfer id>",
+            f"{ALLOCATION_AUDIT_PREFIX}<transfer id>",
+        ),
+        "RetryState": message(
+            "RetryState",
+            "Retry state",
+            "Which children wait in a retry tier, so a restarted router keeps each child's order." + tombstone,
+            "RetryState",
+            "the child key, as the transfer's",
+        ),
+        "ChildHistory": message(
+            "ChildHistory",
+            "Child step-down history",
+            "A child's recent step-downs, for routing a step-up back (LU-9, NS-10)." + tombstone,
+            "ChildHistory",
+            "one of the child's identifiers, system:id (one record per identifier)",
+        ),
+        "PendingNotice": message(
+            "PendingNotice",
+            "Pending notice",
+            "A notice due on allocation (LU-7); tombstoned once sent." + tombstone,
+            "PendingNotice",
+            "the transfer id",
+        ),
+        "AllocationMark": message(
+            "AllocationMark",
+            "Allocation mark",
+            "The transfer was allocated: its pending notices are due." + tombstone,
+            "AllocationMark",
+            "allocated:<transfer id>",
+        ),
+        "PendingClosure": message(
+            "PendingClosure",
+            "Pending closure",
+            "A source record kept open, to close later (LU-4, SW22-10, NS-12, BA-9); tombstoned once closed. Ids, "
+            "times and hashed child keys, no child data." + tombstone,
+            "PendingClosure",
+            "the transfer id",
         ),
     }
 
-    def channel(address: str, description: str, *names: str, **params: Any) -> dict[str, Any]:
+    topics = Topics("{prefix}")
+    topic_settings = TopicSettings()
+    created = configs(topics, 1, topic_settings, 1)
+    prefix = {
+        "prefix": {"description": "the deployment's topic prefix (CASEBRIDGE_TOPIC_PREFIX)", "default": "casebridge"}
+    }
+
+    def channel(address: str, created_as: str, description: str, *names: str, **params: Any) -> dict[str, Any]:
         return {
             "address": address,
             "description": description,
             "parameters": {**prefix, **params},
             "messages": {n: {"$ref": f"#/components/messages/{n}"} for n in names},
+            "bindings": {"kafka": _binding(created[created_as], topic_settings)},
         }
 
+    tiers = RetrySettings().tiers
     channels = {
-        "transfers": channel("{prefix}.transfers", "Transfer requests from source connectors.", "TransferMessage"),
-        "events": channel("{prefix}.events", "Every step of every transfer.", "TransferEvent"),
+        "transfers": channel(
+            topics.transfers, topics.transfers, "Transfer requests from source connectors.", "TransferMessage"
+        ),
+        "events": channel(topics.events, topics.events, "Every step of every transfer.", "TransferEvent"),
         "retry": channel(
             "{prefix}.retry.{tier}",
-            "Delayed retry tiers (30 s, 5 min by default) for transfers whose target was unavailable.",
-            "TransferMessage",
-            tier={"description": "tier number, 0 first"},
+            topics.retry(0),
+            f"Delayed retry tiers ({', '.join(f'{t:g} s' for t in tiers)} by default) for transfers whose target "
+            "was unavailable; after the last, the dead-letter topic.",
+            "RetriedTransfer",
+            tier={"description": "tier number, 0 first", "enum": [str(i) for i in range(len(tiers))]},
         ),
-        "deadLetters": channel("{prefix}.dlq", "Messages that could not be handled.", "DeadLetter"),
-        "parking": channel("{prefix}.parking", "Replayed messages that failed again.", "DeadLetter"),
+        "deadLetters": channel(
+            topics.dead_letter, topics.dead_letter, "Messages that could not be handled.", "DeadLetter"
+        ),
+        "parking": channel(topics.parking, topics.parking, "Replayed messages that failed again.", "ParkedDeadLetter"),
         "audit": channel(
-            "{prefix}.audit", "Operators' actions: replays and recorded allocations.", "AuditRecord", "AllocationAudit"
+            topics.audit,
+            topics.audit,
+            "Operators' actions: replays and recorded allocations.",
+            "AuditRecord",
+            "AllocationAudit",
+        ),
+        "retryState": channel(
+            topics.retry_state, topics.retry_state, "Compacted: children waiting in a retry tier.", "RetryState"
+        ),
+        "childHistory": channel(
+            topics.history, topics.history, "Compacted: each child's step-downs of the last year.", "ChildHistory"
+        ),
+        "pendingNotices": channel(
+            topics.pending_notices,
+            topics.pending_notices,
+            "Compacted: notices due on allocation, and allocation marks.",
+            "PendingNotice",
+            "AllocationMark",
+        ),
+        "pendingClosures": channel(
+            topics.pending_closures,
+            topics.pending_closures,
+            "Compacted: source records to close later.",
+            "PendingClosure",
         ),
     }
 
-    def operation(action: str, ch: str, summary: str) -> dict[str, Any]:
-        return {
+    def operation(action: str, ch: str, summary: str, group: str | None = None) -> dict[str, Any]:
+        op: dict[str, Any] = {
             "action": action,
             "channel": {"$ref": f"#/channels/{ch}"},
             "summary": summary,
             "messages": [{"$ref": f"#/channels/{ch}/messages/{n}"} for n in channels[ch]["messages"]],
         }
+        if group is not None:
+            op["bindings"] = {
+                "kafka": {
+                    "groupId": {"type": "string", "description": group},
+                    "bindingVersion": "0.5.0",
+                }
+            }
+        return op
 
+    router_group = "the router's group: the deployment's group_id, by default <prefix>-router"
     operations = {
         "publishTransfer": operation("send", "transfers", "A source connector (e.g. the LCS publisher) publishes."),
-        "routeTransfer": operation("receive", "transfers", "The router consumes, checks and delivers."),
+        "replayTransfer": operation(
+            "send", "transfers", "casebridge replay republishes a dead letter, with casebridge.replay.*."
+        ),
+        "routeTransfer": operation("receive", "transfers", "The router consumes, checks and delivers.", router_group),
         "emitEvent": operation("send", "events", "The router and connectors record each step."),
-        "trackEvents": operation("receive", "events", "The monitor's flow tracker reads every step."),
+        "trackEvents": operation("receive", "events", "The monitor's flow tracker reads every step (no group)."),
         "retryLater": operation("send", "retry", "The router parks a transfer in a delayed retry tier."),
-        "deadLetter": operation("send", "deadLetters", "The router dead-letters what it cannot handle."),
-        "replayDeadLetters": operation("receive", "deadLetters", "An operator lists and replays dead letters."),
+        "retryDue": operation("receive", "retry", "The router takes a retried transfer again once due.", router_group),
+        "deadLetter": operation(
+            "send",
+            "deadLetters",
+            "The router, the closure scheduler and source connectors dead-letter what they cannot handle.",
+        ),
+        "replayDeadLetters": operation(
+            "receive", "deadLetters", "An operator lists and replays dead letters (no group)."
+        ),
         "park": operation("send", "parking", "A replayed message that failed again."),
         "audit": operation("send", "audit", "Each replay and each recorded allocation is audited."),
+        "keepRetryState": operation("send", "retryState", "The router records which children wait in a tier."),
+        "rememberStepDown": operation("send", "childHistory", "The router records each completed step-down."),
+        "holdNotice": operation("send", "pendingNotices", "The router records a notice due on allocation."),
+        "sendNotices": operation(
+            "receive", "pendingNotices", "The notice loop sends due notices.", "<group_id>-notices"
+        ),
+        "holdClosure": operation("send", "pendingClosures", "The router records a source record to close later."),
+        "closeLater": operation(
+            "receive", "pendingClosures", "The closure scheduler closes due records.", "<group_id>-closures"
+        ),
     }
     return {
         "asyncapi": "3.0.0",
         "info": {
             "title": "casebridge",
             "version": version("casebridge"),
-            "description": "Step-up / step-down handovers between children's case systems over Apache Kafka.",
+            "description": "Step-up / step-down handovers between children's case systems over Apache Kafka. "
+            f"Transfer message schema {SCHEMA_VERSION} (docs/contract-compatibility.md).",
         },
         "defaultContentType": "application/json",
         "servers": {

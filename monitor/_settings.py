@@ -51,7 +51,7 @@ class Principal:
 class MonitorSettings(BaseSettings):
     """``CASEBRIDGE_MONITOR__DB``, ``__TOKENS`` (JSON list of {token, name, role}), ``__HOST``, ``__PORT``,
     ``__SESSION_IDLE_MINUTES``, ``__SESSION_MAX_HOURS``, ``__SECURE_COOKIES``, ``__TRUST_PROXY``,
-    ``__LOGIN_FAILURES_PER_MINUTE``."""
+    ``__LOGIN_FAILURES_PER_MINUTE``, ``__BEHIND_THRESHOLD``."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True)
 
@@ -60,6 +60,8 @@ class MonitorSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8100, ge=0, le=65535)
     lag_interval_seconds: float = Field(default=5.0, gt=0)
+    #: the tracker is "behind" (a banner on the page, ``degraded`` in /healthz) with more events than this unstored
+    behind_threshold: int = Field(default=1000, ge=0)
     #: a page session ends after this long without a request ...
     session_idle_minutes: float = Field(default=30.0, gt=0)
     #: ... and this long after sign-in, whatever happens

@@ -4,19 +4,28 @@ Events arrive at least once: ``event_id`` is the primary key, so a duplicate cha
 nothing. The events topic's next offsets are kept in the same database and written in the
 same transaction as the events they cover, so a restart resumes exactly where the store
 is, and deleting the file rebuilds everything from the topic's beginning.
+
+SQLite never runs on the event loop: the tracker writes through ``write`` (one writer thread) and
+the page, the API, the metrics and the watch read through ``read`` (a few reader threads), each
+thread with its own connection. In WAL mode readers do not wait for writers, so the page keeps
+answering (with what is stored) while the file is locked by someone else or the disk is full.
+The synchronous methods stay usable from any one thread (tests, rebuild tools).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from contracts import TransferEvent, TransferRequested, TransferRetryScheduled
 from router.deadletters import COMPLETED
@@ -44,6 +53,10 @@ RESOLVES_ALERTS = ("source-closed", "source-kept-open", "completed-no-record")
 #: an alert whose summary holds this word says the transfer recovered (router/app.py): it resolves the
 #: transfer's earlier alerts and is itself resolved (it needs no action)
 RECOVERED = "recovered"
+#: what a store call raises when SQLite cannot do it now (locked, disk full, read-only, I/O error)
+STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+T = TypeVar("T")
+_DL_COLUMNS = ("id", "partition", "offset", "timestamp", "transfer_id", "pathway", "context")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -69,6 +82,18 @@ CREATE TABLE IF NOT EXISTS transfers (
     retries INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS transfers_state ON transfers (state);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    timestamp INTEGER,
+    transfer_id TEXT,
+    pathway TEXT,
+    context TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_transfer ON dead_letters (transfer_id);
+CREATE TABLE IF NOT EXISTS replayed (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS parked (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -76,6 +101,16 @@ CREATE TABLE IF NOT EXISTS offsets (
     PRIMARY KEY (topic, partition)
 );
 """
+
+
+@dataclass
+class IndexEntries:
+    """What the dead-letter index read in one batch: dead letters (ids, context headers, no value), replayed and
+    parked dead letter ids."""
+
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    replayed: list[str] = field(default_factory=list)
+    parked: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -86,38 +121,92 @@ class Position:
 
 
 class Store:
-    """SQLite, one connection, serialised by a lock (the web app and the tracker share it)."""
+    """SQLite: one connection per thread on a file (``:memory:``: one shared connection behind a lock).
 
-    def __init__(self, path: Path | str) -> None:
+    ``busy_timeout`` is how long one call waits for a lock another connection holds before it fails
+    with "database is locked" (the tracker then retries the same batch; a reader answers 503).
+    """
+
+    def __init__(self, path: Path | str, *, busy_timeout: float = 1.0, readers: int = 4) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
+        self._memory = str(path) == ":memory:"
+        if not self._memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._lock = threading.RLock()  # serialises the shared connection of an in-memory store
+        self._shared = self._connect() if self._memory else None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="monitor-store-write")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="monitor-store-read")
         self.version = 0  #: grows with every new event applied (for caches of derived views)
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
+        self.index_version = 0  #: grows with every new dead letter, replay or parking indexed
+        with self._use() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=self._busy_timeout, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        with self._connections_lock:
+            self._connections.append(db)
+        return db
+
+    @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection (the shared one, locked, for ``:memory:``)."""
+        if self._shared is not None:
+            with self._lock:
+                yield self._shared
+            return
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        yield db
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._connections_lock:
+            for db in self._connections:
+                with suppress(sqlite3.Error):
+                    db.close()
+            self._connections.clear()
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a reader thread (``fn`` reads this store: a view, a query, the metrics)."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, partial(fn, *args))
+
+    async def write_index(self, entries: IndexEntries, positions: Iterable[Position]) -> int:
+        """``index`` on the writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self.index, entries, list(positions))
+
+    async def write(self, events: Iterable[TransferEvent], positions: Iterable[Position] = ()) -> int:
+        """``apply`` on the writer thread (one at a time, in order)."""
+        batch, at = list(events), list(positions)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self.apply, batch, at)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._use() as db:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if db.in_transaction:  # a failed COMMIT (disk full) can leave it open
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return list(self._db.execute(sql, tuple(params)))
+        """All rows, fetched a chunk at a time (a reader thread gives the event loop its turn in between)."""
+        with self._use() as db:
+            cursor, out = db.execute(sql, tuple(params)), []
+            while chunk := cursor.fetchmany(1000):
+                out.extend(chunk)
+            return out
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -127,14 +216,49 @@ class Store:
         with self._tx() as db:
             for event in events:
                 new += self._apply_one(db, event)
-            for p in positions:
-                db.execute(
-                    "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
-                    "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-                    (p.topic, p.partition, p.next_offset),
-                )
+            self._positions(db, positions)
         self.version += new
         return new
+
+    def index(self, entries: IndexEntries, positions: Iterable[Position]) -> int:
+        """Dead letters, replays and parkings read from their topics, and the positions they bring us to, in one
+        transaction (the index's positions are its source of truth, as the events'); returns how many were new."""
+        new = 0
+        with self._tx() as db:
+            for d in entries.dead_letters:
+                cursor = db.execute(
+                    f"INSERT OR IGNORE INTO dead_letters ({', '.join(_DL_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' for _ in _DL_COLUMNS)})",
+                    tuple(d[c] for c in _DL_COLUMNS),
+                )
+                new += cursor.rowcount
+            for table, ids in (("replayed", entries.replayed), ("parked", entries.parked)):
+                for dl_id in ids:
+                    new += db.execute(f"INSERT OR IGNORE INTO {table} (id) VALUES (?)", (dl_id,)).rowcount
+            self._positions(db, positions)
+        self.index_version += new
+        return new
+
+    def _positions(self, db: sqlite3.Connection, positions: Iterable[Position]) -> None:
+        for p in positions:
+            db.execute(
+                "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                (p.topic, p.partition, p.next_offset),
+            )
+
+    def indexed_dead_letters(self) -> list[dict[str, Any]]:
+        """Every indexed dead letter in the order ``casebridge dlq list`` reads them (time, partition, offset)."""
+        rows = self._query(
+            "SELECT id, timestamp, pathway, context FROM dead_letters ORDER BY timestamp, partition, offset"
+        )
+        return [dict(r) for r in rows]
+
+    def indexed_ids(self, table: str) -> set[str]:
+        """The dead letter ids indexed as ``replayed`` or ``parked``."""
+        if table not in ("replayed", "parked"):
+            raise ValueError(f"no index {table!r}")
+        return {r["id"] for r in self._query(f"SELECT id FROM {table}")}
 
     def _apply_one(self, db: sqlite3.Connection, e: TransferEvent) -> int:
         at = e.occurred_at.isoformat()

@@ -16,9 +16,11 @@ events carry no personal data, and neither does anything here.
 from __future__ import annotations
 
 import json
-import uuid
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -30,9 +32,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts import MilestoneRecorded, Person
+from contracts import Person
 from mappings import load_deadlines
-from router.allocations import AllocationNotPending, AllocationRefused, allocate
+from router.allocations import AllocationNotPending, AllocationRefused, MilestoneAudit, allocate
 from router.deadletters import Filters, Status, replay
 
 from ._asyncapi import asyncapi_document
@@ -57,7 +59,6 @@ SECURITY_HEADERS = {
 }
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _STATIC = {"monitor.js": "text/javascript", "monitor.css": "text/css", "login.css": "text/css"}
-_MILESTONE_NS = uuid.UUID("8d3c1f0e-5d1b-4a57-9c57-5b0c7d2f9a11")
 
 
 @cache
@@ -211,6 +212,24 @@ def create_app(monitor: Monitor) -> FastAPI:
         idle=settings.session_idle_minutes * 60, absolute=settings.session_max_hours * 3600
     )
     throttle = LoginThrottle(settings.login_failures_per_minute, 60.0)
+    store = monitor.store
+
+    unreadable_logged = [0.0]
+
+    async def store_unreadable(request: Request, exc: Exception) -> JSONResponse:
+        """A store read that failed (the file locked by another process, an I/O error): 503 saying so, one line;
+        logged at most once a minute."""
+        reason = str(exc)[:120] or type(exc).__name__
+        if time.monotonic() - unreadable_logged[0] >= 60.0:
+            unreadable_logged[0] = time.monotonic()
+            log.warning("monitor_store_unreadable", path=request.url.path, reason=reason)
+        return JSONResponse(
+            {"detail": f"the monitor's store cannot be read right now ({reason}): try again shortly"},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
+
+    app.add_exception_handler(sqlite3.Error, store_unreadable)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -291,8 +310,10 @@ def create_app(monitor: Monitor) -> FastAPI:
         return response
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, Any]:
+        """Always 200 while the process serves: ``status`` ok or degraded, with the problems (from memory only;
+        no token needed, so without Kafka's address)."""
+        return monitor.health(detail=False)
 
     # -- the JSON API --------------------------------------------------------------------
 
@@ -300,18 +321,23 @@ def create_app(monitor: Monitor) -> FastAPI:
     async def me(principal: Viewer) -> dict[str, Any]:
         return {"name": principal.name, "role": principal.role, "milestones": milestones()}
 
+    @app.get("/api/health")
+    async def api_health(_: Viewer) -> dict[str, Any]:
+        return monitor.health()
+
     @app.get("/api/overview")
     async def api_overview(_: Viewer) -> dict[str, Any]:
-        return overview(monitor.store, monitor.watch)
+        return {**await store.read(overview, store, monitor.watch), "health": monitor.health()}
 
     @app.get("/api/transfers")
     async def api_transfers(_: Viewer, q: str = "", state: str | None = None, limit: int = 50) -> dict[str, Any]:
         states = [state] if state else None
-        return {"transfers": monitor.store.transfers(states=states, prefix=q or None, limit=min(max(limit, 1), 500))}
+        rows = await store.read(lambda: store.transfers(states=states, prefix=q or None, limit=min(max(limit, 1), 500)))
+        return {"transfers": rows}
 
     @app.get("/api/transfers/{transfer_id}")
     async def api_transfer(_: Viewer, transfer_id: str) -> dict[str, Any]:
-        detail = transfer_detail(monitor.store, monitor.watch, transfer_id)
+        detail = await store.read(transfer_detail, store, monitor.watch, transfer_id)
         if detail is None:
             raise HTTPException(404, f"no transfer {transfer_id!r} in the tracker")
         return detail
@@ -329,7 +355,7 @@ def create_app(monitor: Monitor) -> FastAPI:
         _: Viewer, status: Literal["open", "resolved"] | None = None, limit: int = 100
     ) -> dict[str, Any]:
         """Alerts, newest first, open or resolved (``Store.alerts``); the counts are over the latest 1,000."""
-        every = monitor.store.alerts(limit=1000)
+        every = await store.read(store.alerts, 1000)
         chosen = [a for a in every if status is None or a["status"] == status]
         return {
             "alerts": chosen[: min(max(limit, 1), 1000)],
@@ -366,8 +392,10 @@ def create_app(monitor: Monitor) -> FastAPI:
         }
 
     @app.post("/api/transfers/{transfer_id}/milestones")
-    async def api_milestone(_: Operator, transfer_id: str, body: MilestoneRequest) -> JSONResponse:
-        row = monitor.store.transfer(transfer_id)
+    async def api_milestone(principal: Operator, transfer_id: str, body: MilestoneRequest) -> JSONResponse:
+        """Audited under the token's name; the closure scheduler writes the ``milestone`` event for the audit
+        record (the monitor's principal writes no events), and the tracker then shows it."""
+        row = await store.read(store.transfer, transfer_id)
         if row is None:
             raise HTTPException(404, f"no transfer {transfer_id!r} in the tracker")
         rule_ids = milestones().get(body.milestone, {}).get(row["council"] or "", [])
@@ -375,20 +403,18 @@ def create_app(monitor: Monitor) -> FastAPI:
             raise HTTPException(
                 422, f"milestone: {body.milestone!r} marks no deadline rule of council {row['council']!r}"
             )
-        event = MilestoneRecorded(
-            event_id=str(uuid.uuid5(_MILESTONE_NS, f"{transfer_id}/{body.milestone}")),
+        audit = MilestoneAudit(
+            operator=principal.name,
+            at=datetime.now(UTC),
             transfer_id=transfer_id,
-            council=row["council"],
             milestone=body.milestone,
+            council=row["council"],
             rule_ids=rule_ids,
         )
         await monitor.producer.send_and_wait(
-            monitor.topics.events,
-            value=event.model_dump_json().encode(),
-            key=transfer_id.encode(),
-            headers=[("event_type", b"milestone")],
+            monitor.topics.audit, value=audit.model_dump_json().encode(), key=audit.key
         )
-        return JSONResponse(json.loads(event.model_dump_json()), status_code=201)
+        return JSONResponse({**json.loads(audit.event().model_dump_json()), "recorded_by": principal.name}, 201)
 
     @app.post("/api/transfers/{transfer_id}/allocation")
     async def api_allocation(principal: Operator, transfer_id: str, body: AllocationRequest) -> JSONResponse:
@@ -415,7 +441,7 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics(_: Viewer) -> Response:
-        return Response(generate_latest(monitor.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await store.read(generate_latest, monitor.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/asyncapi.json")
     async def asyncapi(_: Viewer) -> dict[str, Any]:

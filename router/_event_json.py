@@ -39,7 +39,7 @@ from contracts import (
 #: contracts' Identifier (``^[A-Za-z0-9][A-Za-z0-9._:\-]*$``, at most 128): nothing to escape or strip
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 #: contracts' RuleId, ASCII digits only (the model's pattern decides anything else)
-_RULE_ID = re.compile(r"(?:G[1-4]|SW26-[0-9]+|SW22-[0-9]+|LU-[0-9]+|BA-[0-9]+|NS-[0-9]+)")
+_RULE_ID = re.compile(r"(?:G[1-4]|SW26-[0-9]+|SW22-[0-9]+|LU-[0-9]+|BA-[0-9]+|NS-[0-9]+|FFX-[0-9]+)")
 #: printable ASCII without a quote or backslash (nothing JSON escapes), no whitespace at either end to strip
 _TEXT = re.compile(r"[!#-\[\]-~](?:[ !#-\[\]-~]*[!#-\[\]-~])?")
 

@@ -30,6 +30,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from connectors import kafka as clients
+from connectors._outage import close_producer, is_transient_kafka_error
 from connectors.kafka import Kafka
 from contracts import TransferEvent
 
@@ -48,7 +49,16 @@ LINGER = 0.01  # seconds a queued write waits at most for more, while writes kee
 
 
 class OutputFailed(Exception):
-    """The broker did not acknowledge an event or a dead letter: processing must stop."""
+    """The broker did not acknowledge an event or a dead letter: nothing of the batch may be committed.
+
+    ``transient``: every failure was one a broker's recovery makes go away (``connectors._outage``: the broker
+    away, a leader election, an idempotent producer out of step after a restart, a batch that timed out): the
+    router recovers in-process (``casebridge.stack``). Otherwise (a record too large, not authorized) it halts.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -128,8 +138,10 @@ class Outbox:
         for topic in topics:
             await self._producer.partitions_for(topic)
 
-    async def stop(self) -> None:
-        await self._producer.stop()
+    async def stop(self, within: float = 3.0) -> None:
+        """Flush and close, for ``within`` seconds at most: past that (the broker away) what is still unsent is
+        dropped, never sent later; it was not acknowledged, so its batch was not committed and is read again."""
+        await close_producer(self._producer, within, "router outbox")
 
     async def emit(self, event: TransferEvent) -> None:
         """Queue an event (keyed by transfer id); sent at the next hand-over."""
@@ -284,7 +296,12 @@ async def _acknowledged(
     if previous is not None:
         await previous  # raises OutputFailed if an earlier hand-over failed: this one is not "all so far" then
     if error is not None:
-        raise OutputFailed(f"writes could not be sent: {type(error).__name__}") from error
+        raise OutputFailed(
+            f"writes could not be sent: {type(error).__name__}", transient=is_transient_kafka_error(error)
+        ) from error
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
-        raise OutputFailed(f"{len(failed)} of {len(results)} writes were not acknowledged: {type(failed[0]).__name__}")
+        raise OutputFailed(
+            f"{len(failed)} of {len(results)} writes were not acknowledged: {type(failed[0]).__name__}",
+            transient=all(is_transient_kafka_error(f) for f in failed),
+        ) from failed[0]

@@ -19,6 +19,13 @@ Commit scheme (what makes "nothing is lost" true):
   dead-letter topic; the flow never raises. If an output cannot be written (the dead-letter
   write itself failed), the router halts without committing: on restart the batch is read
   again and, every step being idempotent on transfer id, completes without duplicates.
+- Broker outages: an output that failed for a transient reason (``connectors._outage``: the
+  broker away, a leader election, an idempotent producer out of step after a restart) is not
+  a halt. Nothing is committed, the router stops handling batches (``recovering``) and calls
+  ``recover``: ``casebridge.stack`` then stops its consumers and outbox, waits (bounded
+  backoff) until the broker answers and starts a fresh Router on the same flow, which reads
+  on from the committed offsets with its state reloaded, as a supervisor's restart would.
+  Only a failure no retry fixes (a record too large, not authorized) halts (exit 3).
 
 Retry tiers (see ``_retry.py``): a transfer whose target stays unavailable moves to tier
 0, then 1, ..., then the dead-letter topic; the child's later messages follow it.
@@ -31,7 +38,7 @@ import contextlib
 import traceback
 import typing
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias, cast
 
@@ -46,6 +53,7 @@ from pydantic import ValidationError
 
 from connectors import Source, Target
 from connectors import kafka as clients
+from connectors._outage import within
 from connectors.kafka import Kafka
 from contracts import AlertRaised, CaseSystem, Council, TransferMessage, TransferRetryScheduled
 from mappings import Protocol, load_protocols
@@ -134,6 +142,9 @@ class Router:
         self.topics = settings.topics
         self.tiers = list(settings.retry.tiers)
         self.halted = False
+        #: an output failed transiently: no batch is handled until ``recover`` (set by the stack) replaced us
+        self.recovering = False
+        self.recover: Callable[[OutputFailed], None] | None = None
         self.stopped = asyncio.Event()
         self.outcomes: dict[str, int] = defaultdict(int)
         self.retry_state = RetryState()
@@ -175,7 +186,7 @@ class Router:
     # -- one batch -------------------------------------------------------------------------
 
     async def _on_batch(self, msg: KafkaMessage, tier: int | None) -> None:
-        if self.halted:
+        if self.halted or self.recovering:
             raise RouterHalted("the router halted after an output failure; restart it")
         records: tuple[Record, ...] = tuple(msg.raw_message)
         by_child: dict[bytes | None, list[Record]] = defaultdict(list)
@@ -214,7 +225,12 @@ class Router:
         try:
             await acked
         except OutputFailed as exc:
-            if not self.halted:
+            if exc.transient and self.recover is not None and not self.halted:
+                if not self.recovering:  # the broker away or recovering: not committed, the stack recovers us
+                    self.recovering = True
+                    log.warning("router_outputs_unacknowledged", reason=str(exc), records=count)
+                    self.recover(exc)
+            elif not self.halted:
                 self.halted = True
                 log.critical("router_halted", reason=str(exc), records=count)
                 self.stopped.set()
@@ -366,7 +382,9 @@ class Router:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, connectors: bool = True) -> None:
+        """Prepare the topics, load the state, connect and consume; ``connectors=False``: the case systems'
+        connectors are already started (a fresh Router after an outage)."""
         self._closing = False
         t = self.topics
         # every topic created with its documented configuration; refused if an existing one would lose records
@@ -374,7 +392,7 @@ class Router:
         await self.retry_state.load(self.settings.connection, t.retry_state)
         if self.flow.history is not None:
             await self.flow.history.load(self.settings.connection, t.history)
-        for connector in self._connectors():
+        for connector in self._connectors() if connectors else ():
             await connector.start()
         await self.outbox.start([t.events, t.history, t.pending_notices, t.pending_closures])  # every transfer's
         await self.broker.start()
@@ -382,17 +400,23 @@ class Router:
             "router_started", topic=t.transfers, group_id=self.settings.group_id, parked=len(self.retry_state.parked)
         )
 
-    async def stop(self) -> None:
+    async def stop(self, connectors: bool = True, budget: float = 6.0) -> None:
+        """Stop within about ``budget`` seconds in every state, the broker away included (SIGTERM is honoured in
+        10 s): what is not acknowledged by then is not committed, and is read again at the next start."""
         self._closing = True  # a batch still being processed settles before its handler returns
-        with contextlib.suppress(OutputFailed):  # logged as router_halted already
-            await self.settled()
-        await self.broker.stop()  # waits (graceful timeout) for a batch in its handler
-        with contextlib.suppress(OutputFailed):
-            await self.settled()
-        await self.outbox.stop()
-        for connector in self._connectors():
+        with contextlib.suppress(AttributeError):  # FastStream's wait for a handler in flight (default 15 s)
+            self.broker.config.broker_config.graceful_timeout = budget / 3
+        await within("router batches", self._settled_quietly(), budget / 3)
+        await within("router consumers", self.broker.stop(), budget / 2)  # waits for a batch in its handler
+        await within("router batches", self._settled_quietly(), budget / 6)
+        await self.outbox.stop(within=budget / 6)
+        for connector in self._connectors() if connectors else ():
             await connector.stop()
         log.info("router_stopped", outcomes=dict(self.outcomes))
+
+    async def _settled_quietly(self) -> None:
+        with contextlib.suppress(OutputFailed, RouterHalted):  # logged as router_halted / recovering already
+            await self.settled()
 
     def _connectors(self) -> list[Target | Source]:
         return [*self.flow.targets.values(), *self.flow.sources.values()]

@@ -3,10 +3,11 @@
 A dead letter is the original record (key, value, headers) plus ``casebridge.dlq.*``
 context headers. Replay puts the original back on the transfers topic, so it goes through
 every check again, with ``casebridge.replay.*`` headers naming the operator and the dead
-letter. Each replay is audited (an audit record keyed by the dead letter, and a
-``replayed`` event). Replay is idempotent: a dead letter already replayed is skipped, and
-delivery itself is idempotent on transfer id. A replayed message that fails again goes to
-the parking topic, not back to the dead-letter topic, so nothing loops.
+letter. Each replay is audited (an audit record keyed by the dead letter); the router (or, for a
+later closure, the closure scheduler) writes the ``replayed`` event when it reads the record again,
+the operator's principal writing no events (README "Deploying securely"). Replay is idempotent:
+a dead letter already replayed is skipped, and delivery itself is idempotent on transfer id. A replayed
+message that fails again goes to the parking topic, not back to the dead-letter topic, so nothing loops.
 
 Each dead letter has a status (``STATUSES``), from what happened since: ``resolved`` (its transfer
 later reached a completed state, ``COMPLETED``, on the events topic), ``parked`` (its replay failed
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from connectors import kafka as clients
 from connectors.kafka import Kafka
-from contracts import TransferReplayed
 
 from ._outbox import DLQ_PREFIX
 from ._reading import read_all
@@ -438,19 +437,6 @@ async def replay(
             )
             audit = {"operator": operator, "at": now.isoformat(), "dead_letter": dl_id, **d.summary()}
             await producer.send_and_wait(topics.audit, value=json.dumps(audit).encode(), key=dl_id.encode())
-            transfer_id = d.context.get("transfer.id") or None
-            event = TransferReplayed(
-                event_id=str(uuid.uuid4()),
-                transfer_id=transfer_id,
-                operator=operator,
-                dead_letter_offset=int(dl_id.split(":")[1]),
-            )
-            await producer.send_and_wait(
-                topics.events,
-                value=event.model_dump_json().encode(),
-                key=(transfer_id or event.event_id).encode(),
-                headers=[("event_type", b"replayed")],
-            )
             report.replayed.append(dl_id)
             await asyncio.sleep(1.0 / rate_per_second)
     finally:

@@ -71,6 +71,8 @@ class Topics:
 
 #: the audit topic's key prefix for a recorded allocation (a replay's key is its dead letter id)
 ALLOCATION_AUDIT_PREFIX = "allocation/"
+#: the audit topic's key prefix for a milestone an operator recorded on the monitor (``milestone/<transfer>/<step>``)
+MILESTONE_AUDIT_PREFIX = "milestone/"
 
 
 class RetrySettings(BaseModel):

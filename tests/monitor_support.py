@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from casebridge.localdeploy import free_port
+from contracts import CaseSystem, Council, Direction, ServiceLevel, TransferEvent, TransferRequested
 from monitor import Monitor, MonitorSettings, TokenGrant, create_app
 from router.settings import Topics
 from sandboxes import ServerHandle, serve
@@ -61,3 +71,92 @@ async def wait_for(url: str, ok: Callable[[Any], bool], timeout: float = 90.0, t
             return body
         await asyncio.sleep(0.3)
     raise AssertionError(f"timed out waiting on {url}: {json.dumps(body)[:2000]}")
+
+
+# -- `casebridge monitor` as a process of its own (the fault suite) ---------------------------
+
+
+def requested_events(prefix: str, n: int) -> list[TransferEvent]:
+    """``n`` synthetic ``requested`` events, one transfer each (ids only: no personal data)."""
+    at = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    return [
+        TransferRequested(
+            event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{prefix}/{i}/requested")),
+            transfer_id=f"{prefix}-{i:05d}",
+            council=Council.NORTH_SOMERSET,
+            occurred_at=at + timedelta(seconds=i),
+            direction=Direction.STEP_DOWN,
+            from_level=ServiceLevel.CHILD_IN_NEED,
+            to_level=ServiceLevel.EARLY_HELP,
+            from_system=CaseSystem.LCS,
+            to_system=CaseSystem.EHM,
+        )
+        for i in range(n)
+    ]
+
+
+def keyed(events: list[TransferEvent]) -> list[tuple[bytes | None, bytes]]:
+    return [((e.transfer_id or "").encode(), e.model_dump_json().encode()) for e in events]
+
+
+def stored_event_ids(db: Path) -> list[str]:
+    """Every event id in the monitor's store, read with a connection of its own (WAL: never waits on the writer)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return [r[0] for r in con.execute("SELECT event_id FROM events")]
+    finally:
+        con.close()
+
+
+@dataclass
+class MonitorProcess:
+    url: str
+    process: subprocess.Popen[str]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def monitor_process(
+    bootstrap: str, prefix: str, db: Path, workdir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[MonitorProcess]:
+    """``casebridge monitor`` on a free port as a subprocess, its output in ``workdir/monitor.log``; stopped after."""
+    port = free_port()
+    tokens = [
+        {"token": VIEWER_TOKEN, "name": "viewer-1", "role": "viewer"},
+        {"token": OPERATOR_TOKEN, "name": OPERATOR_NAME, "role": "operator"},
+    ]
+    env = {
+        **os.environ,
+        "CASEBRIDGE_BOOTSTRAP_SERVERS": bootstrap,
+        "CASEBRIDGE_TOPIC_PREFIX": prefix,
+        "CASEBRIDGE_MONITOR__TOKENS": json.dumps(tokens),
+        "CASEBRIDGE_MONITOR__DB": str(db),
+        "CASEBRIDGE_MONITOR__LAG_INTERVAL_SECONDS": "0.5",
+        **(extra_env or {}),
+    }
+    log = workdir / "monitor.log"
+    command = [sys.executable, "-m", "casebridge", "monitor", "--port", str(port)]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None, f"casebridge monitor exited: {log.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, "casebridge monitor did not start in 60 s"
+                time.sleep(0.3)
+        yield MonitorProcess(url, process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -141,9 +141,9 @@ def test_version() -> None:
 @pytest.mark.parametrize(
     ("args", "option"),
     [
-        (["replay"], "--operator"),
-        (["allocate", "T-1", "--worker", "W", "--organisation", "O"], "--operator"),
+        # --operator is required only without an authenticated Kafka principal (tests/test_kafka_clients.py)
         (["allocate", "T-1", "--operator", "ops", "--organisation", "O"], "--worker"),
+        (["allocate", "T-1", "--operator", "ops", "--worker", "W"], "--organisation"),
     ],
 )
 def test_required_options_are_required_and_shown_so(args: list[str], option: str) -> None:
@@ -167,7 +167,7 @@ def test_enum_options_are_checked(command: list[str]) -> None:
 
 def test_blank_operator_and_malformed_ids_are_wrong_use() -> None:
     blank = invoke(["replay", "--operator", " ", "--bootstrap", UNREACHABLE])
-    assert (2, "error: --operator must name who replays (every replay is audited)") == (
+    assert (2, "error: --operator must name who replays (every such action is audited)") == (
         blank.exit_code,
         one_error_line(blank),
     )

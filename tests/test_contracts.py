@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from contracts import (
+    SCHEMA_VERSION,
+    Council,
+    Sex,
     TransferDelivered,
     TransferMessage,
     field_errors,
@@ -35,7 +40,7 @@ def test_there_is_an_example_for_each_of_the_five_seed_protocols() -> None:
 def test_seed_example_validates(name: str) -> None:
     """Each committed example message is a valid transfer message."""
     message = TransferMessage.model_validate_json((EXAMPLES / name).read_text())
-    assert 1 == message.schema_version
+    assert "1.0" == message.schema_version  # written by 1.0 as the integer 1, read by 1.1 as 1.0
 
 
 def test_unknown_field_is_refused_and_named() -> None:
@@ -80,9 +85,20 @@ def test_document_needs_content_or_reference_not_both() -> None:
     assert [("documents.0", "value_error")] == _errors(doc)
 
 
-def test_schema_version_other_than_1_is_refused() -> None:
-    """Only schema version 1 is accepted by this contract."""
-    assert [("schema_version", "literal_error")] == _errors(example(schema_version=2))
+def test_schema_version_of_an_unknown_major_is_refused_by_name() -> None:
+    """A major version this reader does not know (2, 2.0) is refused, the version named in rule and message."""
+    assert [("schema_version", "unknown_version_2.0")] == _errors(example(schema_version=2))
+    with pytest.raises(ValidationError) as caught:
+        TransferMessage.model_validate(example(schema_version="2.0"))
+    [error] = field_errors(caught.value)
+    assert ("schema_version", "unknown_version_2.0") == (error.field, error.rule)
+    assert "schema version 2.0 is a major version this reader does not know (it reads 1.0, 1.1)" in error.message
+
+
+def test_a_version_that_is_not_major_minor_is_refused_not_echoed_and_never_crashes() -> None:
+    """A float, a list, an object, a boolean or an enormous number as schema_version: one clear field error."""
+    for value in (1.1, [], {}, True, None, 10**30, "one"):
+        assert [("schema_version", "unreadable_version")] == _errors(example(schema_version=value)), value
 
 
 def test_events_round_trip_through_json() -> None:
@@ -111,3 +127,178 @@ def test_each_council_has_a_step_down_and_a_step_up_example_and_each_meets_its_p
         assert [] == [v.rule_id for v in protocols[message.council].check(message, Facts())], name
     councils = ("swindon", "swindon-2022", "luton", "barnsley", "north-somerset")
     assert {(c, d) for c in councils for d in ("step-down", "step-up")} == seen
+
+
+# -- contract 1.1: additive and compatible (docs/contract-compatibility.md) --------------------
+
+
+def _v11(**child: object) -> dict[str, object]:
+    """A 1.1 message: the seed example with 1.1's optional fields."""
+    doc = example()
+    doc.pop("schema_version")
+    doc["child"].update(child)
+    return doc
+
+
+def test_a_1_0_message_is_read_by_1_1_and_written_back_as_1_0() -> None:
+    """Every committed 1.0 example reads as 1.0 and serialises byte-for-byte as 1.0 readers expect."""
+    for name in SEED_EXAMPLES:
+        raw = json.loads((EXAMPLES / name).read_text())
+        assert 1 == raw["schema_version"] and "sex" not in raw["child"], name  # written by 1.0
+        message = TransferMessage.model_validate(raw)
+        assert ("1.0", None, None) == (message.schema_version, message.child.sex, message.child.expected_date_of_birth)
+        out = json.loads(message.model_dump_json())
+        assert 1 == out["schema_version"] and {"sex", "expected_date_of_birth"}.isdisjoint(out["child"]), name
+
+
+def test_a_1_1_message_is_refused_by_a_1_0_reader_naming_the_version() -> None:
+    """A 1.0 reader (knows only 1.0) refuses a 1.1 message by its version, before any field it does not know."""
+    doc = _v11(sex="F")
+    message = TransferMessage.model_validate(doc)  # the 1.1 reader
+    assert ("1.1", Sex.FEMALE) == (message.schema_version, message.child.sex)
+    wire = json.loads(message.model_dump_json())
+    assert ("1.1", "F") == (wire["schema_version"], wire["child"]["sex"])
+    with pytest.raises(ValidationError) as caught:
+        TransferMessage.model_validate(wire, context={"schema_versions": ("1.0",)})
+    [error] = field_errors(caught.value)
+    assert ("schema_version", "newer_version_1.1") == (error.field, error.rule)
+    assert "schema version 1.1 is newer than this reader knows (it reads 1.0)" in error.message
+
+
+def test_a_message_stamped_1_0_may_not_use_what_1_1_added() -> None:
+    """Stamped 1.0 but carrying child.sex: refused, naming the field, so a 1.0 reader is never surprised."""
+    doc = example()
+    doc["child"]["sex"] = "M"
+    assert [("$", "needs_version_1.1")] == _errors(doc)
+
+
+def test_sex_takes_the_census_values_only() -> None:
+    """child.sex is the DfE children in need census's M, F or U; anything else is refused by field."""
+    for value in ("M", "F", "U"):
+        assert value == TransferMessage.model_validate(_v11(sex=value)).child.sex
+    assert [("child.sex", "enum")] == _errors(_v11(sex="female"))
+
+
+def test_an_unborn_child_has_an_expected_date_of_birth_instead() -> None:
+    """Census rules 8525 and 8750: exactly one of the dates; an unborn child's sex, if stated, is U."""
+    unborn = TransferMessage.model_validate(_v11(date_of_birth=None, expected_date_of_birth="2027-03-01"))
+    assert (True, "1.1", None) == (unborn.child.unborn, unborn.schema_version, unborn.child.date_of_birth)
+    assert [("child", "date_of_birth_or_expected")] == _errors(_v11(date_of_birth=None))
+    assert [("child", "date_of_birth_or_expected")] == _errors(_v11(expected_date_of_birth="2027-03-01"))
+    assert [("child", "unborn_sex")] == _errors(_v11(date_of_birth=None, expected_date_of_birth="2027-03-01", sex="F"))
+
+
+def test_every_protocol_check_and_summary_that_reads_the_date_of_birth_takes_an_unborn_child() -> None:
+    """Each council's protocol checks an unborn child as any other; the mailbox summary says the expected date."""
+    from connectors._base import step_up_body
+    from connectors.mailbox._message import summary
+    from mappings import Facts, load_protocols
+
+    doc = _v11(date_of_birth=None, expected_date_of_birth="2027-03-01", sex="U")
+    unborn = TransferMessage.model_validate(doc)
+    born = TransferMessage.model_validate(example())
+    protocol = load_protocols()[born.council]
+    assert [v.rule_id for v in protocol.check(born, Facts())] == [v.rule_id for v in protocol.check(unborn, Facts())]
+    assert "Expected date of birth (unborn): 2027-03-01" in summary(unborn, "Early Help")
+    body = step_up_body(unborn, "child")["child"]
+    assert ("2027-03-01", None) == (body["expected_date_of_birth"], body.get("date_of_birth"))
+
+
+def test_schemas_state_their_dialect_id_and_version() -> None:
+    """Each committed schema names its JSON Schema dialect, a stable $id and the contract version."""
+    from jsonschema import Draft202012Validator
+
+    for path in Path(SCHEMA_DIR).glob("*.json"):
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        Draft202012Validator.check_schema(schema)
+        assert ("https://json-schema.org/draft/2020-12/schema", f"urn:casebridge:contracts:schemas:{path.name}") == (
+            schema["$schema"],
+            schema["$id"],
+        )
+        assert SCHEMA_VERSION == schema["x-casebridge-version"]
+    schema = json.loads((Path(SCHEMA_DIR) / "transfer-message.v1.schema.json").read_text(encoding="utf-8"))
+    validator = Draft202012Validator(schema)
+    assert [] == list(
+        validator.iter_errors(json.loads(TransferMessage.model_validate(_v11(sex="U")).model_dump_json()))
+    )
+    assert [] != list(validator.iter_errors({**example(), "schema_version": "2.0"}))
+
+
+ILLUSTRATIVE = EXAMPLES / "illustrative"
+
+
+def _illustrative(direction: str) -> dict[str, Any]:
+    [path] = ILLUSTRATIVE.glob(f"families-first-example.{direction}.*.json")
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def test_families_first_levels_describe_a_step_up_and_a_step_down_of_the_illustrative_council() -> None:
+    """Family Help and multi-agency child protection: the illustrative council's committed step-down and step-up
+    (an unborn child) meet its protocol and route as it says; without plan and lead practitioner the step-down is
+    held with both rules; a step between levels of the same rank (Family Help and child in need) is refused."""
+    from mappings import Facts, load_protocols
+
+    protocol = load_protocols()[Council.FAMILIES_FIRST_EXAMPLE]
+    down = TransferMessage.model_validate(_illustrative("step-down"))
+    up = TransferMessage.model_validate(_illustrative("step-up"))
+    assert ("1.1", "1.1", True) == (down.schema_version, up.schema_version, up.child.unborn)
+    assert ("multi-agency-child-protection", "family-help") == (down.pathway.from_level, down.pathway.to_level)
+    assert ([], []) == ([v.rule_id for v in protocol.check(down, Facts())], [v.rule_id for v in protocol.check(up)])
+    route = protocol.route(down, Facts())
+    assert ("lead-professional", "Family Help") == (route.role, route.team)
+    assert protocol.route(up, Facts()).urgent  # FFX-3: to the MACPT, urgent
+    bare = {**_illustrative("step-down"), "documents": [], "professionals": {}}
+    assert ["FFX-6", "FFX-7"] == [v.rule_id for v in protocol.check(TransferMessage.model_validate(bare))]
+    no_consent = {**_illustrative("step-up"), "consent": None}
+    assert ["FFX-2"] == [v.rule_id for v in protocol.check(TransferMessage.model_validate(no_consent))]
+    sideways = _illustrative("step-down")
+    sideways["pathway"].update(from_level="child-in-need-s17", to_level="family-help")
+    assert [("pathway", "value_error")] == _errors(sideways)
+    stamped_1_0 = {**_illustrative("step-down"), "schema_version": 1}
+    assert [("$", "needs_version_1.1")] == _errors(stamped_1_0)
+
+
+def test_a_target_mapping_that_needs_a_date_of_birth_refuses_an_unborn_child_naming_the_field() -> None:
+    """The EHM tray and LCS contact templates need a date of birth: an unborn child is refused, never given one."""
+    from mappings import MappingError, load_mapping
+
+    unborn = TransferMessage.model_validate(_v11(date_of_birth=None, expected_date_of_birth="2027-03-01"))
+    for name in ("ehm-stepdown-tray", "lcs-contact"):
+        with pytest.raises(MappingError, match=r"needs source path 'transfer\.child\.date_of_birth'"):
+            load_mapping(name).apply({"transfer": unborn.model_dump(mode="json")})
+
+
+async def test_router_on_kafka_reads_1_0_and_1_1_and_dead_letters_2_0_naming_the_version(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """On a real broker: a 1.0 message and a 1.1 one (an unborn child) complete; a 2.0 one is dead-lettered at
+    validate with the version named in its reason."""
+    from connectors.memory import MemorySource, MemoryTarget
+    from contracts import CaseSystem
+    from router import Topics
+    from tests.support import count_type, events_of, ns_transfer, produce, read, running_router
+
+    topics = Topics(topic_prefix)
+    v10 = ns_transfer(1)
+    v11 = ns_transfer(2)
+    v11.pop("schema_version")
+    v11["child"].update(date_of_birth=None, expected_date_of_birth="2027-03-01", sex="U")
+    v20 = ns_transfer(3, schema_version="2.0")
+    items = [(f"lcs:LCS-{n}".encode(), json.dumps(d).encode()) for n, d in ((1, v10), (2, v11), (3, v20))]
+    target = MemoryTarget()
+    async with running_router(
+        kafka_bootstrap, topic_prefix, {CaseSystem.EHM: target}, {CaseSystem.LCS: MemorySource()}
+    ):
+        await produce(kafka_bootstrap, topics.transfers, items)
+        records = await read(kafka_bootstrap, topics.events, count_type("source-closed", 2), timeout=60)
+        [dead] = await read(kafka_bootstrap, topics.dead_letter, lambda r: len(r) >= 1, timeout=30)
+    closed = {e.transfer_id for e in events_of(records) if e.event_type == "source-closed"}
+    assert {"ns-1", "ns-2"} == closed
+    headers = dict(dead.headers)
+    assert (b"validate", b"ContractViolation", b"schema_version: unknown_version_2.0") == (
+        headers["casebridge.dlq.stage"],
+        headers["casebridge.dlq.error.class"],
+        headers["casebridge.dlq.error.message"],
+    )
+    assert b"ns-3" == headers["casebridge.dlq.transfer.id"]

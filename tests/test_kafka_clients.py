@@ -530,3 +530,52 @@ def test_no_module_but_the_factory_builds_a_kafka_client() -> None:
     assert scanned > 50
     assert {} == found, "build Kafka clients with connectors.kafka (producer, consumer, admin, client, broker)"
     assert _constructions((ROOT / "connectors" / "kafka.py").read_text())  # the factory is where they are built
+
+
+# -- operators are authenticated, not named (#15) -------------------------------------------------------------
+
+
+def test_the_principal_is_the_sasl_user_or_the_client_certificate_and_none_without_authentication(
+    pki: dict[str, Path],
+) -> None:
+    sasl = KafkaConnection(
+        bootstrap_servers="k:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+        username="operator", password=PASSWORD, ca_file=pki["ca"],
+    )  # fmt: skip
+    mtls = KafkaConnection(
+        bootstrap_servers="k:9093", security_protocol="SSL", ca_file=pki["ca"], cert_file=pki["cert"],
+        key_file=pki["key"],
+    )  # fmt: skip
+    tls_only = KafkaConnection(bootstrap_servers="k:9093", security_protocol="SSL", ca_file=pki["ca"])
+    assert ("operator", "operator", None, None) == (
+        clients.principal(sasl),
+        clients.principal(mtls),  # the client certificate's common name
+        clients.principal(tls_only),
+        clients.principal("127.0.0.1:9092"),
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["replay", "--dry-run"], ["allocate", "T-1", "--worker", "A Worker", "--organisation", "Org"]],
+)
+def test_an_operator_name_that_is_not_the_authenticated_principal_is_refused(
+    no_casebridge_env: pytest.MonkeyPatch, pki: dict[str, Path], command: list[str]
+) -> None:
+    """Over SASL the audit names the SASL user: `--operator Director-of-Childrens-Services` is refused in one
+    line before anything is read or written; without SASL (a local development broker) --operator is required."""
+    secured = {
+        "CASEBRIDGE_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "CASEBRIDGE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+        "CASEBRIDGE_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+        "CASEBRIDGE_KAFKA__USERNAME": "operator",
+        "CASEBRIDGE_KAFKA__PASSWORD_FILE": str(pki["password"]),
+        "CASEBRIDGE_KAFKA__CA_FILE": str(pki["ca"]),
+    }
+    forged = _invoke([*command, "--operator", "Director-of-Childrens-Services"], secured)
+    assert 2 == forged.exit_code, forged.output
+    line = _one_error(forged)
+    assert line.startswith("error: --operator 'Director-of-Childrens-Services' is not the principal Kafka"), line
+    assert "'operator'" in line and PASSWORD not in forged.output
+    nameless = _invoke(command, {"CASEBRIDGE_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert (2, True) == (nameless.exit_code, _one_error(nameless).startswith("error: --operator must name who"))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
+from aiokafka.structs import ConsumerRecord
 
 from monitor import asyncapi_document
 from monitor._asyncapi import ASYNCAPI_FILE, render
@@ -29,6 +32,10 @@ def test_asyncapi_document_names_every_topic_and_resolves_its_references() -> No
         "{prefix}.dlq",
         "{prefix}.parking",
         "{prefix}.audit",
+        "{prefix}.retry-state",
+        "{prefix}.child-history",
+        "{prefix}.pending-notices",
+        "{prefix}.pending-closures",
     } == addresses
     refs: list[str] = []
 
@@ -56,3 +63,75 @@ async def test_monitor_serves_the_asyncapi_document(kafka_bootstrap: str, topic_
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             served = (await client.get("/asyncapi.json", headers=auth())).json()
     assert json.loads(ASYNCAPI_FILE.read_text(encoding="utf-8")) == served
+
+
+def _channel(doc: dict[str, Any], address: str) -> dict[str, Any]:
+    [found] = [c for c in doc["channels"].values() if c["address"] == address]
+    return found
+
+
+def _record(topic: str, headers: list[tuple[str, bytes]]) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(topic, 1, 7, 1_700_000_000_000, 0, b"k", b"{}", None, 1, 2, headers)
+
+
+def test_every_topic_router_topics_creates_is_a_channel_with_its_kafka_binding() -> None:
+    """Each topic ``router/topics.py`` creates is a channel whose binding states its partitions, cleanup policy
+    and retention as created (the defaults of a deployment's [topics])."""
+    from router.settings import RetrySettings, Topics, TopicSettings
+    from router.topics import configs
+
+    doc = asyncapi_document()
+    topics, settings = Topics("{prefix}"), TopicSettings()
+    tiers = len(RetrySettings().tiers)
+    created = configs(topics, tiers, settings, 1)
+    for name, config in created.items():
+        address = "{prefix}.retry.{tier}" if name.startswith("{prefix}.retry.") else name
+        binding = _channel(doc, address)["bindings"]["kafka"]
+        topic_config = binding["topicConfiguration"]
+        assert settings.partitions == binding["partitions"], name
+        assert config.get("cleanup.policy", "delete").split(",") == topic_config["cleanup.policy"], name
+        assert config.get("retention.ms") == (
+            str(topic_config["retention.ms"]) if "retention.ms" in topic_config else None
+        )
+    assert ["compact"] == _channel(doc, "{prefix}.pending-closures")["bindings"]["kafka"]["topicConfiguration"][
+        "cleanup.policy"
+    ]
+    assert -1 == _channel(doc, "{prefix}.dlq")["bindings"]["kafka"]["topicConfiguration"]["retention.ms"]
+    retry = _channel(doc, "{prefix}.retry.{tier}")["parameters"]["tier"]
+    assert [str(i) for i in range(tiers)] == retry["enum"]
+
+
+def test_every_dead_letter_retry_and_replay_header_is_declared() -> None:
+    """The headers the router really writes (dead_letter_headers, the retry tiers' and a replay's) are declared."""
+    from router._outbox import DLQ_PREFIX, Failure, dead_letter_headers
+    from router._retry import H_REPLAY_OF, H_REPLAY_OPERATOR, Origin
+
+    doc = asyncapi_document()
+    messages = doc["components"]["messages"]
+    failure = Failure(stage="protocol", error_class="ProtocolRuleNotMet", message="NS-6", rule_ids=["NS-6"])
+    written = {k for k, _ in dead_letter_headers(_record("p.transfers", []), "g", failure)}
+    by_reference = {DLQ_PREFIX + "by.reference", DLQ_PREFIX + "original.size"}
+    for name in ("DeadLetter", "ParkedDeadLetter"):
+        declared = set(messages[name]["headers"]["properties"])
+        assert written | by_reference <= declared, name
+    retry = Origin.of(_record("p.transfers", [])).retry_headers(0, datetime.now(UTC), 1, datetime.now(UTC))
+    assert {k for k, _ in retry} <= set(messages["RetriedTransfer"]["headers"]["properties"])
+    for name in ("TransferMessage", "RetriedTransfer", "ParkedDeadLetter"):
+        assert {H_REPLAY_OF, H_REPLAY_OPERATOR} <= set(messages[name]["headers"]["properties"]), name
+
+
+def test_dead_letter_payload_is_described_as_it_is_not_as_a_transfer_message() -> None:
+    """A dead letter's value: a TransferMessage, a source system's record, a pending closure, raw bytes, or none."""
+    doc = asyncapi_document()
+    assert "#/components/schemas/DeadLetterValue" == doc["components"]["messages"]["DeadLetter"]["payload"]["$ref"]
+    value = doc["components"]["schemas"]["DeadLetterValue"]
+    assert [
+        "#/components/schemas/TransferMessage",
+        "#/components/schemas/SourceSystemRecord",
+        "#/components/schemas/PendingClosure",
+        "#/components/schemas/UnreadableBytes",
+        "#/components/schemas/ByReference",
+    ] == [alt["$ref"] for alt in value["anyOf"]]
+    assert "transfer_id" in doc["components"]["schemas"]["PendingClosure"]["properties"]
+    for state in ("RetryState", "ChildHistory", "PendingNotice", "AllocationMark", "PendingClosure"):
+        assert "tombstone" in doc["components"]["messages"][state]["summary"], state

@@ -8,6 +8,7 @@ transfer's timeline opens. The screenshot is saved under tests/artifacts/ (not c
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from casebridge.stack import Stack
 from router import Settings
-from router.settings import RetrySettings
-from tests.monitor_support import OPERATOR_TOKEN, running_monitor
-from tests.support import Systems
+from router.settings import RetrySettings, Topics
+from tests.monitor_support import OPERATOR_TOKEN, keyed, requested_events, running_monitor
+from tests.support import Systems, produce
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -147,3 +148,62 @@ async def test_monitor_page_in_chromium_counts_change_and_timeline_opens(
             await asyncio.to_thread(no_csp_violations_then_sign_out)
     assert ["requested", "validated", "delivered", "acknowledged", "source-closed"] == events[:5]
     assert (ARTIFACTS / "monitor-page.png").stat().st_size > 10_000
+
+
+def banner_kinds(driver: webdriver.Chrome) -> list[str]:
+    """The kinds of line the page's banner shows now ([] when it is hidden)."""
+    if not driver.find_element(By.ID, "banner").is_displayed():
+        return []
+    return [str(li.get_attribute("data-kind")) for li in driver.find_elements(By.CSS_SELECTOR, "#banner-list li")]
+
+
+async def test_monitor_page_banner_appears_and_goes_with_the_store_and_the_network(
+    browser: webdriver.Chrome, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """No banner while all is well; another process locks the store while events arrive: the banner says the
+    tracker is not storing (the counts stay as stored), and goes once the lock is released (the counts catch up);
+    the browser offline: the banner says the page could not refresh, and goes once it is back online."""
+    topics = Topics(topic_prefix)
+    first, later = requested_events(f"{topic_prefix}-a", 3), requested_events(f"{topic_prefix}-b", 4)
+    await produce(kafka_bootstrap, topics.events, keyed(first))
+    db = tmp_path / "m.sqlite3"
+    with running_monitor(kafka_bootstrap, topic_prefix, db) as (server, _):
+
+        def sign_in() -> None:
+            browser.get(server.url + "/")
+            browser.find_element(By.ID, "token").send_keys(OPERATOR_TOKEN)
+            browser.find_element(By.ID, "sign-in").click()
+            wait_text(browser, "total-transfers", "3")
+            assert [] == banner_kinds(browser)
+
+        await asyncio.to_thread(sign_in)
+        lock = sqlite3.connect(str(db), isolation_level=None, timeout=10)
+        lock.execute("BEGIN EXCLUSIVE")  # the tracker cannot write; the page's reads go on (WAL)
+        try:
+            await produce(kafka_bootstrap, topics.events, keyed(later))
+
+            def banner_says_not_storing() -> None:
+                WebDriverWait(browser, 60, 0.3).until(lambda d: "tracker-not-storing" in banner_kinds(d))
+                assert "3" == text_of(browser, "total-transfers")  # what is stored, not a guess
+                assert "cannot store events (database is locked)" in text_of(browser, "banner")
+                ARTIFACTS.mkdir(exist_ok=True)
+                assert browser.save_screenshot(str(ARTIFACTS / "monitor-banner.png"))
+
+            await asyncio.to_thread(banner_says_not_storing)
+        finally:
+            lock.execute("COMMIT")
+            lock.close()
+
+        def banner_goes_then_offline_and_back() -> None:
+            wait_text(browser, "total-transfers", "7")
+            WebDriverWait(browser, 30, 0.3).until(lambda d: [] == banner_kinds(d))
+            offline = {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+            browser.execute_cdp_cmd("Network.enable", {})
+            browser.execute_cdp_cmd("Network.emulateNetworkConditions", offline)
+            WebDriverWait(browser, 30, 0.3).until(lambda d: ["refresh-failed"] == banner_kinds(d))
+            assert "This page could not refresh" in text_of(browser, "banner")
+            browser.execute_cdp_cmd("Network.emulateNetworkConditions", {**offline, "offline": False})
+            WebDriverWait(browser, 30, 0.3).until(lambda d: [] == banner_kinds(d))
+            assert [] == csp_violations(browser)
+
+        await asyncio.to_thread(banner_goes_then_offline_and_back)

@@ -6,16 +6,25 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+from prometheus_client import generate_latest
 
+from casebridge.localdeploy import free_port
 from connectors.memory import MemorySource, MemoryTarget
 from contracts import CaseSystem
-from router.settings import Topics
+from monitor import Monitor
+from router.app import ensure_topics
+from router.closures import ClosureScheduler
+from router.settings import Settings, Topics
 from tests.monitor_support import (
     OPERATOR_NAME,
     OPERATOR_TOKEN,
     VIEWER_TOKEN,
     auth,
     get_json,
+    monitor_settings,
     running_monitor,
     wait_for,
 )
@@ -138,7 +147,33 @@ async def test_ns04_overdue_meeting_shows_then_operator_records_it_met(
             swindons = await client.post(url, json={"milestone": "handover-held"}, headers=auth(OPERATOR_TOKEN))
             assert 422 == swindons.status_code  # SW26-6's milestone marks nothing for North Somerset
             recorded = await client.post(url, json=meeting, headers=auth(OPERATOR_TOKEN))
-            assert (201, ["NS-4"]) == (recorded.status_code, recorded.json()["rule_ids"])
+            assert (201, ["NS-4"], OPERATOR_NAME) == (
+                recorded.status_code,
+                recorded.json()["rule_ids"],
+                recorded.json()["recorded_by"],
+            )
+        # the monitor wrote the audit record (who, when, which step); the router's closure scheduler writes the
+        # event for it (the monitor's principal writes no events)
+        [audit] = await read(kafka_bootstrap, topics.audit, lambda rs: len(rs) >= 1, timeout=30)
+        assert (b"milestone/ns-old/step-down-meeting-held", OPERATOR_NAME) == (
+            audit.key,
+            json.loads(audit.value)["operator"],
+        )
+        settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
+        await ensure_topics(kafka_bootstrap, [], compacted=[topics.pending_closures, topics.history])
+        scheduler = ClosureScheduler(settings, {}, {})
+        await scheduler.start()
+        try:
+            for _ in range(20):
+                await scheduler.poll_once()
+                milestones = [r for r in await read(kafka_bootstrap, topics.events, lambda rs: False, timeout=1)
+                              if dict(r.headers or ()).get("event_type") == b"milestone"]  # fmt: skip
+                if milestones:
+                    break
+        finally:
+            await scheduler.stop()
+        [milestone] = milestones
+        assert OPERATOR_NAME.encode() not in (milestone.value or b"")  # the event names the step, not who
         detail = await wait_for(
             f"{server.url}/api/transfers/ns-old", lambda d: d["deadlines"] and d["deadlines"][0]["state"] == "met"
         )
@@ -178,3 +213,80 @@ async def test_ns07_held_transfer_that_later_completes_shows_resolved(
             assert [letter["id"]] == [d["id"] for d in (await get_json(f"{url}?status=resolved"))["dead_letters"]]
             overview = (await get_json(f"{server.url}/api/overview"))["dead_letters"]
             assert (0, "resolved") == (overview["waiting"], overview["latest"][0]["status"])
+
+
+async def test_health_says_when_kafka_is_unreachable_and_clears_when_it_answers(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A round of the watch that cannot reach Kafka: /healthz's problems name the address and the metrics say 0;
+    the same monitor pointed at a broker that answers: the problem is gone. Never from SQLite (answers locked)."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    monitor = Monitor(monitor_settings(tmp_path / "m.sqlite3"), dead, Topics(topic_prefix))
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whatever aiokafka raises for "cannot connect"
+            await monitor.watch.refresh()
+        health = monitor.health()
+        assert "degraded" == health["status"]
+        assert ["kafka-unreachable"] == [p["kind"] for p in health["problems"]]
+        assert dead in health["problems"][0]["message"]
+        assert False is health["kafka"]["reachable"]
+        assert "casebridge_monitor_kafka_reachable 0.0" in generate_latest(monitor.registry).decode()
+        monitor.watch.kafka = monitor.tracker.kafka = monitor.index.kafka = kafka_bootstrap  # Kafka answers
+        await produce(
+            kafka_bootstrap, Topics(topic_prefix).events, [(b"t-k", _events("t-k")[0].model_dump_json().encode())]
+        )
+        await monitor.tracker.start()
+        await monitor.index.start()
+        try:
+            await monitor.tracker.catch_up(timeout=60)
+            await monitor.watch.refresh()
+        finally:
+            await monitor.index.stop()
+            await monitor.tracker.stop()
+        health = monitor.health()
+        assert ("ok", [], True, 0) == (
+            health["status"],
+            health["problems"],
+            health["kafka"]["reachable"],
+            health["tracker"]["lag"],
+        )
+    finally:
+        monitor.store.close()
+
+
+async def test_health_says_when_a_consumer_group_is_behind_and_clears_when_it_catches_up(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The router's group with committed offsets 5 behind on the transfers topic (threshold 2): a "consumer-behind"
+    problem naming the group and topic; the group commits to the end: gone."""
+    topics = Topics(topic_prefix)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for _ in range(5):
+            await producer.send_and_wait(topics.transfers, b"{}", key=b"k", partition=0)
+    finally:
+        await producer.stop()
+    tp = TopicPartition(topics.transfers, 0)
+    group = f"{topic_prefix}-router"
+    settings = monitor_settings(tmp_path / "m.sqlite3").model_copy(update={"behind_threshold": 2})
+    monitor = Monitor(settings, kafka_bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    await monitor.tracker.start()
+    await monitor.index.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: 0})
+        await monitor.watch.refresh()
+        behind = [p for p in monitor.health()["problems"] if p["kind"] == "consumer-behind"]
+        assert 1 == len(behind), monitor.health()
+        assert f"Consumer group {group} is 5 message(s) behind on {topics.transfers}" in behind[0]["message"]
+        await consumer.commit({tp: 5})
+        await monitor.watch.refresh()
+        assert ("ok", []) == (monitor.health()["status"], monitor.health()["problems"])
+    finally:
+        await monitor.index.stop()
+        await monitor.tracker.stop()
+        await consumer.stop()
+        monitor.store.close()

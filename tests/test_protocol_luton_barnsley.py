@@ -188,3 +188,25 @@ def test_ba15_closure_record_on_ted_says_the_step_down_was_sent() -> None:
     """BA-15: TED's closure says what was sent (the flow closes only after the target acknowledged: e2e)."""
     closure = BA.closure(transfer(step_down("barnsley")))
     assert closure is not None and ["BA-15"] == closure.rule_ids
+
+
+def test_ba05_refused_purpose_code_or_keyword_is_named_never_the_free_text() -> None:
+    """BA-5: the violation names the refused code, or the protocol's keyword the free text matched."""
+    from contracts import TransferMessage
+
+    coded = TransferMessage.model_validate(step_down("barnsley", purpose_code="monitoring"))
+    assert "purpose code 'monitoring'" == BA.details(coded)["BA-5"]
+    worded = TransferMessage.model_validate(step_down("barnsley", purpose="so that school can monitor Robin"))
+    detail = BA.details(worded)["BA-5"]
+    assert detail.startswith("the purpose names 'monitor") and "Robin" not in detail
+
+
+def test_ba06_missing_organisation_is_named() -> None:
+    """BA-6: the lead professional without an organisation is named by field."""
+    from contracts import TransferMessage
+
+    doc = step_down("barnsley")
+    doc["professionals"]["lead_professional"].pop("organisation", None)
+    t = TransferMessage.model_validate(doc)
+    assert ["BA-6"] == _held(BA, doc)
+    assert "professionals.lead_professional has no organisation" == BA.details(t)["BA-6"]

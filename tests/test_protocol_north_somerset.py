@@ -117,3 +117,73 @@ def test_protocol_file_errors_name_the_file_and_the_rule(tmp_path: Any) -> None:
     )
     with pytest.raises(MappingError, match=r"bad\.toml: line 7: rule NS-6 \(#1\): documents"):
         load_protocol(bad)
+
+
+def test_ns02_unknown_locality_is_named_in_the_error() -> None:
+    """NS-2: the error names the locality that is not one of the protocol's, and the field."""
+    doc = example()
+    doc["child"]["locality"] = "West"
+    with pytest.raises(MappingError) as caught:
+        NS.route(TransferMessage.model_validate(doc), Facts())
+    assert "locality 'West' is not one of North, East, South (field child.locality)" in str(caught.value)
+
+
+def test_ns02_a_locality_that_is_not_a_code_is_not_echoed() -> None:
+    """NS-2: free text typed where the locality code belongs (it may be an address) is not repeated."""
+    doc = example()
+    doc["child"]["locality"] = "12 Example Road, Weston; lives with gran"
+    with pytest.raises(MappingError) as caught:
+        NS.route(TransferMessage.model_validate(doc), Facts())
+    assert "a locality that is not a code is not one of North, East, South" in str(caught.value)
+    assert "Example Road" not in str(caught.value)
+
+
+def test_ns06_ns08_missing_document_type_is_named_in_the_violation() -> None:
+    """NS-6 / NS-8: the violation and the dead-letter detail name the missing document type."""
+    doc = example()
+    doc["documents"] = [d for d in doc["documents"] if d["type"] != "plan"]
+    t = TransferMessage.model_validate(doc)
+    held = NS.check(t, Facts())
+    assert all(v.message.endswith("(missing document type plan)") for v in held), [v.message for v in held]
+    assert {"NS-6": "missing document type plan", "NS-8": "missing document type plan"} == NS.details(t)
+    assert {} == NS.details(_t())  # nothing missing: nothing named
+
+
+def test_ns01_missing_management_decision_is_named() -> None:
+    """NS-1: the violation says what is missing (no decision), not just the rule."""
+    [held] = NS.check(_t(management_decision=None), Facts())
+    assert ("NS-1", "no management decision") == (held.rule_id, NS.details(_t(management_decision=None))["NS-1"])
+    assert held.message.endswith("(no management decision)")
+
+
+async def test_ns02_ns06_router_on_kafka_dead_letters_naming_the_locality_and_the_missing_document_type(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """On a real broker: the dead letters' reasons name the unknown locality (NS-2) and the missing document type
+    (NS-6, NS-8), codes only: no name, no NHS number."""
+    import json
+
+    from connectors.memory import MemorySource, MemoryTarget
+    from contracts import CaseSystem
+    from router import Topics
+    from tests.support import ns_transfer, produce, read, running_router
+
+    topics = Topics(topic_prefix)
+    west = ns_transfer(1)
+    west["child"]["locality"] = "West"
+    no_plan = ns_transfer(2)
+    no_plan["documents"] = [d for d in no_plan["documents"] if d["type"] != "plan"]
+    items = [(f"lcs:LCS-{n}".encode(), json.dumps(d).encode()) for n, d in ((1, west), (2, no_plan))]
+    async with running_router(
+        kafka_bootstrap, topic_prefix, {CaseSystem.EHM: MemoryTarget()}, {CaseSystem.LCS: MemorySource()}
+    ):
+        await produce(kafka_bootstrap, topics.transfers, items)
+        dead = await read(kafka_bootstrap, topics.dead_letter, lambda r: len(r) >= 2, timeout=60)
+    reasons = {
+        dict(d.headers)["casebridge.dlq.transfer.id"]: dict(d.headers)["casebridge.dlq.error.message"] for d in dead
+    }
+    assert b"locality 'West' is not one of North, East, South (field child.locality)" in reasons[b"ns-1"]
+    assert reasons[b"ns-2"].startswith(b"protocol rules not met: NS-6 (missing document type plan)")
+    assert b"NS-8 (missing document type plan)" in reasons[b"ns-2"]
+    for reason in reasons.values():
+        assert b"Robin" not in reason and b"999" not in reason

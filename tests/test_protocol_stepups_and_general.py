@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from contracts import CaseSystem, Council, TransferMessage
 from mappings import Facts, StepDownMemory, load_protocol, load_protocols
 from router.flow import _notice_of
@@ -92,3 +94,26 @@ def test_g4_notices_carry_no_case_documents_and_withheld_documents_are_flagged()
     doc: dict[str, Any] = step_down("barnsley")
     doc["professionals"] = {}
     assert ALL[Council.BARNSLEY].route(transfer(doc), Facts()).withhold_documents
+
+
+def test_a_level_code_without_translation_is_named_but_a_childs_code_is_not(tmp_path: Any) -> None:
+    """A mapping's translation table names the code it cannot translate (a level, a reason code), never the
+    value of a child's field (personal data, even as a code) nor free text."""
+    from mappings import MappingError, load_mapping
+
+    path = tmp_path / "m.toml"
+    path.write_text(
+        '[mapping]\nid = "m"\nsource = "lcs"\ntarget = "transfer"\n'
+        '[[field]]\nto = "pathway.to_level"\nfrom = "level"\nvalues = { early_help = "early-help" }\n'
+        '[[field]]\nto = "child.gender"\nfrom = "gender"\nvalues = { F = "female" }\n'
+    )
+    mapping = load_mapping(path)
+    with pytest.raises(MappingError) as level:
+        mapping.apply({"level": "family_help", "gender": "F"})
+    assert "field 'pathway.to_level' has no translation for 'family_help' (allowed: early_help)" in str(level.value)
+    with pytest.raises(MappingError) as gender:
+        mapping.apply({"level": "early_help", "gender": "X"})
+    assert "field 'child.gender' has no translation for its value (allowed: F)" in str(gender.value)
+    with pytest.raises(MappingError) as text:
+        mapping.apply({"level": "lives with gran; see notes", "gender": "F"})
+    assert "no translation for its value" in str(text.value) and "gran" not in str(text.value)

@@ -53,7 +53,9 @@ def summary(transfer: TransferMessage, team: str) -> str:
         "",
         "Child",
         f"  Name: {child.given_name} {child.family_name}",
-        f"  Date of birth: {child.date_of_birth.isoformat()}",
+        f"  Date of birth: {child.date_of_birth.isoformat()}"
+        if child.date_of_birth is not None
+        else f"  Expected date of birth (unborn): {child.expected_date_of_birth or '-'}",
         f"  Reference on {t.source_record.system.value}: {t.source_record.record_id}",
         "",
     ]

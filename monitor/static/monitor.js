@@ -1,11 +1,12 @@
 "use strict";
-let me = {role: "viewer", milestones: {}};
+let me = {name: null, role: "viewer", milestones: {}};
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
 async function api(path, options) {
-  const r = await fetch(path, Object.assign({credentials: "same-origin"}, options || {}));
+  const r = await fetch(path, Object.assign({credentials: "same-origin", signal: AbortSignal.timeout(15000)}, options || {}));
   if (r.status === 401) { window.location = "/login"; throw new Error("signed out"); }
-  const body = await r.json();
-  if (!r.ok) throw new Error(body.detail || r.statusText);
+  let body = null;
+  try { body = await r.json(); } catch (err) { if (r.ok) throw new Error("the answer was not JSON"); }
+  if (!r.ok) throw new Error("HTTP " + r.status + ": " + ((body && body.detail) || r.statusText || "error"));
   return body;
 }
 function table(id, head, rows) {
@@ -37,8 +38,33 @@ async function refresh() {
           td(d.error_class), td(d.rule_ids.join(", ")), td(d.reason), td(d.status, "dl-" + d.status)]));
   set("dead-letter-statuses", Object.entries(o.dead_letters.by_status).map(([s, n]) => n + " " + s).join(" · "));
   table("lag", ["consumer group", "topic", "lag"], o.consumer_lag.map((l) => [td(l.group), td(l.topic), td(l.lag)]));
-  set("updated", new Date().toLocaleTimeString());
   await refreshAlerts();
+  lastRefreshed = new Date().toLocaleTimeString();
+  set("updated", lastRefreshed);
+}
+
+// The banner: what /api/health says is wrong (the tracker not storing or behind, Kafka unreachable), and this
+// page's own refresh failing (a network error, a timeout, a non-2xx answer); each line goes when it clears.
+let lastRefreshed = null;
+function showBanner(lines) {
+  document.getElementById("banner-list").innerHTML =
+    lines.map((l) => '<li class="banner-' + esc(l.kind) + '" data-kind="' + esc(l.kind) + '">' + esc(l.text) + "</li>").join("");
+  document.getElementById("banner").hidden = lines.length === 0;
+}
+async function tick() {
+  const lines = [], failed = [];
+  try {
+    if (!me.name) { me = await api("/api/me"); set("me", me.name + " (" + me.role + ")"); }
+    const h = await api("/api/health");
+    for (const p of h.problems) lines.push({kind: p.kind, text: p.message});
+  } catch (err) { failed.push(err.message); }
+  try { await refresh(); } catch (err) { failed.push(err.message); }
+  if (failed.length) lines.push({kind: "refresh-failed", text: "This page could not refresh (" + failed.join("; ") +
+    "): the figures shown are from " + (lastRefreshed || "never") + ". Retrying every 2 s."});
+  showBanner(lines);
+}
+async function loop() {
+  try { await tick(); } finally { setTimeout(loop, 2000); }
 }
 
 async function refreshAlerts() {
@@ -112,9 +138,4 @@ document.addEventListener("click", async (ev) => {
 });
 document.getElementById("search-input").addEventListener("keydown", (ev) => { if (ev.key === "Enter") search(); });
 
-(async () => {
-  me = await api("/api/me");
-  set("me", me.name + " (" + me.role + ")");
-  await refresh();
-  setInterval(() => refresh().catch(() => {}), 2000);
-})();
+loop();
