@@ -34,7 +34,7 @@ from casebridge.localkafka import LocalKafka, SecurityMismatch
 from casebridge.localkafka_secure import PRINCIPALS
 
 PREFIX = f"sec-{uuid.uuid4().hex[:8]}"
-TOPICS = ("transfers", "events", "dlq", "audit", "parking")
+TOPICS = ("transfers", "events", "dlq", "audit", "parking", "retry.1")
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,17 @@ async def test_the_viewer_reads_events_but_is_refused_the_dlq_and_transfers(
     for topic in (topics["dlq"], topics["transfers"], topics["parking"]):
         with pytest.raises(TopicAuthorizationFailedError):
             await _read(broker, "viewer", topic)
+
+
+@pytest.mark.parametrize("principal", ["operator", "viewer", "publisher", "monitor"])
+async def test_only_the_router_reads_the_transfers_and_retry_tiers(
+    broker: LocalKafka, topics: dict[str, str], principal: str
+) -> None:
+    await _produce(broker, "router", topics["retry.1"], b"a transfer waiting to retry")
+    for topic in (topics["transfers"], topics["retry.1"]):
+        with pytest.raises(TopicAuthorizationFailedError):
+            await _read(broker, principal, topic)
+    assert b"a transfer waiting to retry" in await _read(broker, "router", topics["retry.1"])
 
 
 @pytest.mark.parametrize("principal", ["operator", "viewer", "publisher", "monitor"])
