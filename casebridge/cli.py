@@ -45,7 +45,8 @@ from router.deadletters import replay as replay_dead_letters
 from router.settings import Topics
 from router.topics import TopicMisconfigured
 
-from .localkafka import AlreadyRunning, KafkaError, LocalKafka, default_home
+from .localkafka import AlreadyRunning, KafkaError, LocalKafka, SecurityMismatch, default_home
+from .localkafka_secure import PRINCIPALS as SECURE_PRINCIPALS
 from .logs import configure_logging
 from .process import freeze_startup_heap
 
@@ -180,6 +181,9 @@ HomeOpt = Annotated[
 PortOpt = Annotated[int, typer.Option(min=1, max=65535, help="client port; the controller listens on port+1")]
 
 
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}")  # as the deployment file's topic_prefix
+
+
 def _broker(home: Path | None, port: int) -> LocalKafka:
     return LocalKafka(home or default_home(), port=port)
 
@@ -197,24 +201,40 @@ def kafka_start(
         int | None, typer.Option(min=1, max=65535, help="controller port (default: --port + 1)")
     ] = None,
     timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for the broker to answer")] = 120.0,
+    secure: Annotated[
+        bool, typer.Option("--secure", help="TLS + SASL SCRAM-SHA-512, ACLs per principal (README: Deploying securely)")
+    ] = False,
+    prefix: Annotated[
+        str, typer.Option(help="--secure: the topic prefix the principals' ACLs are granted on")
+    ] = "casebridge",
 ) -> None:
     """Start the broker (fetching Kafka's jars with Maven the first time) and print its bootstrap address.
 
-    Progress goes to stderr, the address to stdout. Exits 2 if this home's broker already runs at another
-    address, or for a --controller-port equal to --port; 5 if it could not start (a port taken, no Java, no
-    Maven, no answer in time).
+    Progress goes to stderr, the address to stdout; with --secure, then each principal's deployment-file
+    [kafka] table (also in HOME/secure/PRINCIPAL.toml). Exits 2 if this home's broker already runs at another
+    address, for a --controller-port equal to --port, or --secure on a home formatted plaintext (or the
+    reverse); 5 if it could not start (a port taken, no Java, no Maven, no answer in time).
     """
     if controller_port == port:
         _refuse("--controller-port must differ from --port", EXIT_USAGE)
-    broker = LocalKafka(home or default_home(), port=port, controller_port=controller_port)
+    if secure and not _PREFIX_RE.fullmatch(prefix):
+        _refuse("--prefix must be a topic prefix: a letter or digit, then letters, digits, '.', '_' or '-'", EXIT_USAGE)
+    broker = LocalKafka(
+        home or default_home(), port=port, controller_port=controller_port, secure=secure, topic_prefix=prefix
+    )
     try:
         address = broker.start(timeout=timeout, exact=True, progress=lambda line: typer.echo(line, err=True))
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, SecurityMismatch) as exc:
         _refuse(exc.summary, EXIT_USAGE, exc)
     except KafkaError as exc:
         more = " (--debug shows the details)" if exc.summary != str(exc).strip() and not _State.debug else ""
         _refuse(f"{exc.summary}{more}", EXIT_KAFKA, exc)
     typer.echo(address)
+    if secure:
+        files = broker.secure_files
+        for principal in SECURE_PRINCIPALS:
+            typer.echo(f"\n# {principal} (topics {prefix}.*): {files.settings_file(principal)}")
+            typer.echo(files.client_table(principal), nl=False)
 
 
 @kafka_app.command("stop")
@@ -232,7 +252,12 @@ def kafka_stop(home: HomeOpt = None, port: PortOpt = 9092) -> None:
 def kafka_status(home: HomeOpt = None, port: PortOpt = 9092) -> None:
     """Say whether the broker runs, and where."""
     s = _broker(home, port).status()
-    typer.echo(f"running at {s.bootstrap} (pid {s.pid})" if s.running else f"not running (home {s.home})")
+    security = (
+        f"secured: SASL_SSL, SCRAM-SHA-512, ACLs; client settings in {s.home / 'secure'}/*.toml"
+        if s.secure
+        else "plaintext"
+    )
+    typer.echo(f"running at {s.bootstrap} (pid {s.pid}), {security}" if s.running else f"not running (home {s.home})")
     if not s.running:
         raise typer.Exit(code=1)
 
