@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import structlog
 import typer
 import uvloop
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.errors import KafkaError as AIOKafkaError
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -31,6 +36,7 @@ from typer.core import TyperGroup
 
 from connectors import kafka as clients
 from connectors.kafka import KafkaConnection
+from connectors.kafka import principal as authenticated_principal
 from contracts import Council, Direction
 from router.deadletters import (
     Filters,
@@ -595,9 +601,7 @@ OperatorOpt = Annotated[
 def _operator(given: str | None, kafka: KafkaConnection, what: str) -> str:
     """Who the audit record names: the principal Kafka authenticated this command as, or (over an unauthenticated
     local connection) the name given. A name that is not the principal is refused: nobody acts as someone else."""
-    from connectors.kafka import principal
-
-    authenticated = principal(kafka)
+    authenticated = authenticated_principal(kafka)
     name = (given or "").strip()
     if authenticated is not None:
         if name and name != authenticated:
@@ -640,6 +644,15 @@ def _kafka(kafka: KafkaConnection) -> Iterator[None]:
         _refuse(
             f"cannot reach Kafka at {servers}: is it running? Start it (casebridge kafka start) or pass"
             f" --bootstrap HOST:PORT (default $CASEBRIDGE_BOOTSTRAP_SERVERS).{secured}",
+            EXIT_KAFKA,
+            exc,
+        )
+    except (TopicAuthorizationFailedError, GroupAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
+        who = authenticated_principal(kafka)
+        _refuse(
+            f"Kafka at {servers} refused {'principal ' + repr(who) if who else 'this client'}: not authorized"
+            f" ({type(exc).__name__}); this command needs the ACLs of the operator principal (README, Deploying"
+            " securely): sign in as an operator (CASEBRIDGE_KAFKA__USERNAME) or ask for the ACL",
             EXIT_KAFKA,
             exc,
         )

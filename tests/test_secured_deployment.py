@@ -148,6 +148,7 @@ async def test_secured_deployment_delivers_a_step_down_and_the_operator_replays_
         assert 0 != viewer.returncode
         assert 1 == len(viewer.stderr.splitlines()) and viewer.stderr.startswith("error: "), viewer.stderr
         assert "TopicAuthorizationFailedError" in viewer.stderr and "Traceback" not in viewer.stderr
+        assert "refused principal 'viewer': not authorized" in viewer.stderr and "retry" not in viewer.stderr
         consumer = clients.consumer(_as(broker, "viewer"), group_id=None, auto_offset_reset="earliest")
         await consumer.start()
         try:
