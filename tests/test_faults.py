@@ -1,0 +1,273 @@
+"""The fault suite (issue 19, item 7): North Somerset deployed as a council deploys it (``casebridge run --config``
+as a process of its own, on the LCS and EHM sandboxes and the session's broker, at DEBUG), a fault, and then, counted
+from outside: every step-down in EHM's tray once, its LCS record closed once, one ``delivered`` event id, nothing of
+it dead-lettered; the process alive or ended with its documented exit code; the log bounded, with no traceback and
+none of the children's personal data. Each fault prints its figures (``pytest -s`` shows them; ``-rA`` too).
+
+The broker's own outages and the monitor's storage faults are tests of their own (test_broker_outages,
+the monitor's). ``FAULTS_N`` sets the number of step-downs per fault (the long form: ``FAULTS_N=1000``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+
+from router import Topics
+from tests.faults_support import (
+    EHM_DEADLINE,
+    Council,
+    Tally,
+    Topic,
+    assert_every_transfer_once,
+    assert_log_bounded,
+    council,
+    figures,
+    fuzz_base,
+    fuzz_corpus,
+    group_members,
+    leaks,
+    tally,
+    until_closed,
+    until_tray,
+)
+
+N = int(os.environ.get("FAULTS_N", "60"))
+FUZZ = max(1000, int(os.environ.get("FAULTS_FUZZ", "1000")))
+
+
+async def _finish(c: Council, fault: str, recovered: float | None, transfers: int, **extra: object) -> Tally:
+    """After a fault: the tally (printed as the fault's figures), every step-down once, the run alive and ended by
+    SIGTERM with 0, the log bounded and free of personal data."""
+    events, dead = Topic(c.bootstrap, Topics(c.prefix).events), Topic(c.bootstrap, Topics(c.prefix).dead_letter)
+    try:
+        t = await tally(c, events, dead)
+    finally:
+        await events.stop()
+        await dead.stop()
+    alive = c.alive()
+    code = c.stop() if alive else c.process.returncode
+    figures(fault, c, t, recovered, exits=c.exits, **extra).show()
+    assert (True, 0) == (alive, code), c.log_text()[-3000:]
+    assert_every_transfer_once(c, t)
+    assert_log_bounded(c, transfers)
+    assert [] == leaks(c.log_text(), [ch.personal for ch in c.children])
+    return t
+
+
+async def test_router_sigkilled_three_times_mid_flow_loses_nothing_and_delivers_nothing_twice(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """``casebridge run`` SIGKILLed three times while N step-downs flow, restarted each time (as a supervisor
+    does): each resumes from its committed offsets and LCS cursor; 0 lost, 0 delivered twice."""
+    async with council(tmp_path, kafka_bootstrap, topic_prefix, batch_size=5, start=False) as c:
+        c.step_down(N)
+        c.start()
+        for k in range(1, 4):
+            await until_tray(c, more_than=k * N // 5)
+            c.kill()
+            c.start()
+        killed_at = time.monotonic()
+        events = Topic(kafka_bootstrap, Topics(topic_prefix).events)
+        try:
+            await until_closed(c, events, timeout=180)
+        finally:
+            await events.stop()
+        recovered = time.monotonic() - killed_at
+        assert [-9, -9, -9] == c.exits  # the kills (SIGKILL), nothing else ended a run
+        await _finish(c, "router SIGKILLed x3", recovered, N, step_downs=N)
+
+
+async def test_router_paused_past_its_session_timeout_and_resumed_loses_nothing_and_delivers_nothing_twice(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """``casebridge run`` stopped (SIGSTOP) for longer than its consumer's 10 s session timeout mid-flow, so the
+    group evicts it, then continued (SIGCONT): it rejoins, the batch it held is read again, 0 lost, 0 twice."""
+    async with council(tmp_path, kafka_bootstrap, topic_prefix, batch_size=5, start=False) as c:
+        c.step_down(N)
+        c.start()
+        group = f"{topic_prefix}-router"
+        before = await group_members(kafka_bootstrap, group)
+        await until_tray(c, more_than=N // 4)
+        c.pause()
+        await asyncio.sleep(16)  # past session.timeout.ms (10 s): the broker drops the member
+        evicted = await group_members(kafka_bootstrap, group)
+        c.resume()
+        resumed_at = time.monotonic()
+        events = Topic(kafka_bootstrap, Topics(topic_prefix).events)
+        try:
+            await until_closed(c, events, timeout=180)
+        finally:
+            await events.stop()
+        recovered = time.monotonic() - resumed_at
+        after = await group_members(kafka_bootstrap, group)
+        assert before and not (before & evicted)  # the pause did evict it: the fault happened
+        assert after and not (after & before)  # and it came back as a new member
+        await _finish(c, "router SIGSTOP 16 s", recovered, N, step_downs=N)
+
+
+async def _target_fault(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, mode: str) -> None:
+    """EHM behind a proxy that, for ``seconds`` mid-flow, hangs / refuses / answers 503; then EHM is back."""
+    seconds = 6.0  # under the retry tiers' 3 + 6 + 12 s: caught transfers wait in the tiers, none dead-lettered
+    async with council(tmp_path, kafka_bootstrap, topic_prefix, ehm_proxy=True, batch_size=5, start=False) as c:
+        assert c.proxy is not None
+        n = max(20, N // 3)
+        c.step_down(n // 2)
+        c.start()
+        group = f"{topic_prefix}-router"
+        await until_tray(c, more_than=0)
+        before = await group_members(kafka_bootstrap, group)
+        c.proxy.set(mode)
+        began = time.monotonic()
+        c.step_down(n - n // 2)  # published while EHM is down
+        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - began)))
+        assert c.alive(), c.log_text()[-3000:]
+        c.proxy.set("pass")
+        back = time.monotonic()
+        events = Topic(kafka_bootstrap, Topics(topic_prefix).events)
+        try:
+            await until_closed(c, events, timeout=120)
+            retried = {r.key for r in await events.poll(0.1) if dict(r.headers).get("event_type") == b"retry-scheduled"}
+        finally:
+            await events.stop()
+        recovered = time.monotonic() - back
+        after = await group_members(kafka_bootstrap, group)
+        hits = c.proxy.accepted[mode]
+        held = max(c.proxy.held, default=0.0)
+        await _finish(c, f"EHM {mode} {seconds:g} s", recovered, n, step_downs=n, calls_faulted=hits,
+                      transfers_retried=len(retried), longest_hung_call=round(held, 2),
+                      hung_calls_not_given_up=c.proxy.still_held)  # fmt: skip
+        assert hits > 0 and retried  # the fault was met, and the tiers carried what it caught
+        assert before == after  # the consumer was never evicted from its group
+        if mode == "hang":
+            assert c.proxy.held and held <= EHM_DEADLINE + 1.0  # each call ended at its total deadline
+            assert 0 == c.proxy.still_held  # no call outlived it
+
+
+async def test_ehm_that_hangs_each_call_bounded_by_its_deadline_then_delivered_once_back(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """EHM accepts and never answers for 6 s: each call ends at EHM's total deadline, the transfers go through the
+    retry tiers, the consumer stays in its group, and every one is delivered once EHM answers again."""
+    await _target_fault(kafka_bootstrap, topic_prefix, tmp_path, "hang")
+
+
+async def test_ehm_refusing_connections_then_back_every_transfer_delivered_once(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Nothing listens at EHM's address for 6 s: the transfers wait in the retry tiers and are delivered once."""
+    await _target_fault(kafka_bootstrap, topic_prefix, tmp_path, "refuse")
+
+
+async def test_ehm_answering_503_then_recovering_every_transfer_delivered_once(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """EHM answers 503 for 6 s: the transfers wait in the retry tiers and are delivered once it recovers."""
+    await _target_fault(kafka_bootstrap, topic_prefix, tmp_path, "503")
+
+
+async def test_an_oversized_record_is_dead_lettered_by_reference_and_the_transfers_after_it_delivered(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A 1.5 MiB transfer produced raw onto the transfers topic (whose limit allows it) is dead-lettered by
+    reference (no value; where it is, its size, why); ``casebridge run`` goes on and delivers the step-downs
+    published after it."""
+    topics = Topics(topic_prefix)
+    async with council(tmp_path, kafka_bootstrap, topic_prefix) as c:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            limit = {"max.message.bytes": str(4 * 1024 * 1024)}
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topics.transfers, configs=limit)])
+        finally:
+            await admin.close()
+        huge, personal = fuzz_base(0)
+        huge["documents"][0]["content"] = "x" * 1_572_864
+        value = json.dumps(huge).encode()
+        key = f"lcs:{huge['child']['identifiers'][0]['id']}".encode()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=4 * 1024 * 1024)
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait(topics.transfers, value, key=key)
+        finally:
+            await producer.stop()
+        produced_at = time.monotonic()
+        c.step_down(max(10, N // 6))
+        events = Topic(kafka_bootstrap, topics.events)
+        try:
+            await until_closed(c, events, timeout=120)
+        finally:
+            await events.stop()
+        recovered = time.monotonic() - produced_at
+        t = await _finish(c, "oversized record 1.5 MiB", recovered, len(c.children) + 1, size=len(value))
+    assert [] == leaks(c.log_text(), [personal])
+    [dead] = t.dead
+    assert ("true", "fuzz-0", "validate") == (
+        dead["casebridge.dlq.by.reference"],
+        dead["casebridge.dlq.transfer.id"],
+        dead["casebridge.dlq.stage"],
+    )
+    assert (topics.transfers, str(sent.partition), str(sent.offset)) == (
+        dead["casebridge.dlq.original.topic"],
+        dead["casebridge.dlq.original.partition"],
+        dead["casebridge.dlq.original.offset"],
+    )
+    assert int(dead["casebridge.dlq.original.size"]) > len(value)
+
+
+async def test_a_fuzz_corpus_of_1000_mutated_transfers_each_dead_lettered_once_and_every_valid_one_delivered(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """At least 1,000 mutated transfer messages (truncated, wrong types, missing fields, deep nesting, invalid UTF-8,
+    huge strings, wrong or no keys, null bytes, numbers as strings, extra fields...; seeded, so the same every run)
+    produced raw, interleaved with real step-downs: each mutant in the dead-letter topic exactly once with its reason,
+    each step-down delivered once, ``casebridge run`` alive throughout and no traceback in its output."""
+    topics = Topics(topic_prefix)
+    corpus, drawn = fuzz_corpus(FUZZ)
+    rounds = 10
+    async with council(tmp_path, kafka_bootstrap, topic_prefix) as c:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+        await producer.start()
+        where: dict[tuple[int, int], int] = {}
+        try:
+            for r in range(rounds):
+                chunk = corpus[r * len(corpus) // rounds : (r + 1) * len(corpus) // rounds]
+                start = r * len(corpus) // rounds
+                futures = [await producer.send(topics.transfers, m.value, key=m.key) for m in chunk]
+                for i, meta in enumerate(await asyncio.gather(*futures)):
+                    where[(meta.partition, meta.offset)] = start + i
+                c.step_down(max(3, N // rounds))
+                assert c.alive(), c.log_text()[-3000:]
+        finally:
+            await producer.stop()
+        injected = time.monotonic()
+        events, dead = Topic(kafka_bootstrap, topics.events), Topic(kafka_bootstrap, topics.dead_letter)
+        try:
+            await until_closed(c, events, timeout=180)
+            deadline = time.monotonic() + 120
+            while len(await dead.poll(0.5)) < len(corpus) and time.monotonic() < deadline:
+                assert c.alive(), c.log_text()[-3000:]
+        finally:
+            await events.stop()
+            await dead.stop()
+        recovered = time.monotonic() - injected
+        t = await _finish(c, f"fuzz corpus {len(corpus)}", recovered, len(c.children) + len(corpus),
+                          mutants=len(corpus), mutations_drawn=drawn, step_downs=len(c.children))  # fmt: skip
+    assert [] == leaks(c.log_text(), [m.personal for m in corpus])
+    letters = [d for d in t.dead if d.get("casebridge.dlq.original.topic") == topics.transfers]
+    found = sorted(
+        where.get((int(d["casebridge.dlq.original.partition"]), int(d["casebridge.dlq.original.offset"])), -1)
+        for d in letters
+    )
+    assert list(range(len(corpus))) == found  # each mutant once, nothing else
+    assert len(t.dead) == len(letters)
+    reasons = {(d["casebridge.dlq.stage"], d["casebridge.dlq.error.class"]) for d in letters}
+    assert {"validate"} == {stage for stage, _ in reasons}
+    assert {"ContractViolation", "MalformedJson", "MissingKey", "KeyMismatch"} >= {cls for _, cls in reasons}
+    assert all(d["casebridge.dlq.error.message"] for d in letters)
