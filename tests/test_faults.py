@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from router import Topics
 from tests.faults_support import (
@@ -114,7 +115,9 @@ async def test_router_paused_past_its_session_timeout_and_resumed_loses_nothing_
 
 async def _target_fault(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, mode: str) -> None:
     """EHM behind a proxy that, for ``seconds`` mid-flow, hangs / refuses / answers 503; then EHM is back."""
-    seconds = 6.0  # under the retry tiers' 3 + 6 + 12 s: caught transfers wait in the tiers, none dead-lettered
+    # under the retry tiers' 3 + 6 + 12 s, so what it catches waits in the tiers and is never dead-lettered; a hang
+    # outlasts a call's total deadline, so calls end at their deadline, not when the proxy lets go
+    seconds = EHM_DEADLINE + 2.0 if mode == "hang" else 6.0
     async with council(tmp_path, kafka_bootstrap, topic_prefix, ehm_proxy=True, batch_size=5, start=False) as c:
         assert c.proxy is not None
         n = max(20, N // 3)
@@ -153,7 +156,7 @@ async def _target_fault(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path,
 async def test_ehm_that_hangs_each_call_bounded_by_its_deadline_then_delivered_once_back(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    """EHM accepts and never answers for 6 s: each call ends at EHM's total deadline, the transfers go through the
+    """EHM accepts and never answers for 12 s: each call ends at EHM's total deadline, the transfers go through the
     retry tiers, the consumer stays in its group, and every one is delivered once EHM answers again."""
     await _target_fault(kafka_bootstrap, topic_prefix, tmp_path, "hang")
 
