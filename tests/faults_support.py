@@ -371,7 +371,7 @@ def leaks(text: str, people: Iterable[Mapping[str, str]]) -> list[str]:
     found = []
     for personal in people:
         for value in personal_forms(personal):
-            if re.search(rf"(?<![\w-]){re.escape(value)}(?![\w])", text):
+            if value in text and re.search(rf"(?<![\w-]){re.escape(value)}(?![\w])", text):
                 found.append(value)
     return found
 
@@ -396,8 +396,9 @@ class FaultProxy:
         self.accepted: Counter[str] = Counter()
         #: how long each hung connection was held open by its caller before it gave up (seconds)
         self.held: list[float] = []
-        #: hung connections still open when the mode changed (their caller had not given up)
-        self.still_held = 0
+        #: how long each hung connection still open when the mode changed had been held (its caller had not given
+        #: up yet: its call's deadline had not passed)
+        self.cut: list[float] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fault-proxy")
         self._server: asyncio.Server | None = None
@@ -450,7 +451,7 @@ class FaultProxy:
                 if self.mode == "hang":
                     self.held.append(time.monotonic() - started)
                 else:
-                    self.still_held += 1
+                    self.cut.append(time.monotonic() - started)
             elif mode == "503":
                 await reader.readuntil(b"\r\n\r\n")
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
