@@ -157,6 +157,7 @@ async def council(
             yield c
         finally:
             if c.alive():
+                c.resume()  # a paused run cannot honour SIGTERM
                 c.stop()
             lcs.close()
             ehm.close()
@@ -279,6 +280,14 @@ async def until_tray(c: Council, more_than: int, timeout: float = 120.0) -> int:
             return n
         await asyncio.sleep(0.1)
     raise TimeoutError(f"EHM's tray never passed {more_than} items\n{c.log_text()[-3000:]}")
+
+
+async def until_members(bootstrap: str, group: str, timeout: float = 60.0) -> set[str]:
+    """The group's member ids once it has any (a run that just started may not have joined yet)."""
+    deadline = time.monotonic() + timeout
+    while not (members := await group_members(bootstrap, group)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    return members
 
 
 async def group_members(bootstrap: str, group: str) -> set[str]:

@@ -36,6 +36,7 @@ from tests.faults_support import (
     leaks,
     tally,
     until_closed,
+    until_members,
     until_tray,
 )
 
@@ -54,7 +55,7 @@ async def _finish(c: Council, fault: str, recovered: float | None, transfers: in
         await dead.stop()
     alive = c.alive()
     code = c.stop() if alive else c.process.returncode
-    figures(fault, c, t, recovered, exits=c.exits, **extra).show()
+    figures(fault, c, t, recovered, exits=c.exits, delivered_events_read_again=t.redelivered_records, **extra).show()
     assert (True, 0) == (alive, code), c.log_text()[-3000:]
     assert_every_transfer_once(c, t)
     assert_log_bounded(c, transfers)
@@ -94,7 +95,7 @@ async def test_router_paused_past_its_session_timeout_and_resumed_loses_nothing_
         c.step_down(N)
         c.start()
         group = f"{topic_prefix}-router"
-        before = await group_members(kafka_bootstrap, group)
+        before = await until_members(kafka_bootstrap, group)
         await until_tray(c, more_than=N // 4)
         c.pause()
         await asyncio.sleep(16)  # past session.timeout.ms (10 s): the broker drops the member
@@ -107,7 +108,7 @@ async def test_router_paused_past_its_session_timeout_and_resumed_loses_nothing_
         finally:
             await events.stop()
         recovered = time.monotonic() - resumed_at
-        after = await group_members(kafka_bootstrap, group)
+        after = await until_members(kafka_bootstrap, group)
         assert before and not (before & evicted)  # the pause did evict it: the fault happened
         assert after and not (after & before)  # and it came back as a new member
         await _finish(c, "router SIGSTOP 16 s", recovered, N, step_downs=N)
@@ -125,7 +126,7 @@ async def _target_fault(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path,
         c.start()
         group = f"{topic_prefix}-router"
         await until_tray(c, more_than=0)
-        before = await group_members(kafka_bootstrap, group)
+        before = await until_members(kafka_bootstrap, group)
         c.proxy.set(mode)
         began = time.monotonic()
         c.step_down(n - n // 2)  # published while EHM is down
@@ -140,7 +141,7 @@ async def _target_fault(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path,
         finally:
             await events.stop()
         recovered = time.monotonic() - back
-        after = await group_members(kafka_bootstrap, group)
+        after = await until_members(kafka_bootstrap, group)
         hits = c.proxy.accepted[mode]
         held = max(c.proxy.held + c.proxy.cut, default=0.0)
         await _finish(c, f"EHM {mode} {seconds:g} s", recovered, n, step_downs=n, calls_faulted=hits,
@@ -152,7 +153,7 @@ async def _target_fault(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path,
         if mode == "hang":
             # calls gave up at their total deadline (httpx's per-read timeout alone would wait forever on a hang), and
             # none outlived it, those the recovery cut included
-            assert c.proxy.held and held <= EHM_DEADLINE + 1.0
+            assert c.proxy.held and held <= EHM_DEADLINE + 2.0
 
 
 async def test_ehm_that_hangs_each_call_bounded_by_its_deadline_then_delivered_once_back(
@@ -276,3 +277,17 @@ async def test_a_fuzz_corpus_of_1000_mutated_transfers_each_dead_lettered_once_a
     assert {"validate"} == {stage for stage, _ in reasons}
     assert {"ContractViolation", "MalformedJson", "MissingKey", "KeyMismatch"} >= {cls for _, cls in reasons}
     assert all(d["casebridge.dlq.error.message"] for d in letters)
+
+
+def test_the_log_scan_finds_each_form_of_a_childs_personal_data() -> None:
+    """The scan the faults end with is not blind: each form (names, date of birth, the NHS number plain, spaced,
+    dashed and prefixed, the UPN, the postcode in any case) is found in a line, and a redacted line is clean."""
+    person = {"given_name": "Fuzzina7", "family_name": "Corpusdale-7", "date_of_birth": "2013-08-27",
+              "nhs_number": "9990000220", "upn": "Z000000000200", "postcode": "BS1 9ZZ"}  # fmt: skip
+    forms = ["Fuzzina7", "Corpusdale-7", "2013-08-27", "9990000220", "999 000 0220", "999-000-0220", "NHS9990000220",
+             "Z000000000200", "BS1 9ZZ", "bs1 9zz", "BS19ZZ"]  # fmt: skip
+    for form in forms:
+        assert [] != leaks(f'{{"event": "careless", "value": "{form}", "level": "debug"}}', [person]), form
+    from casebridge.logs import scrub_text
+
+    assert [] == leaks(scrub_text(f"NHS{person['nhs_number']} at bs1 9zz, 999-000-0220, Z000000000200"), [person])
