@@ -175,13 +175,31 @@ class Topic:
         self.records: list[ConsumerRecord[bytes, bytes]] = []
         self._consumer: AIOKafkaConsumer | None = None
 
-    async def poll(self, seconds: float = 0.5) -> list[ConsumerRecord[bytes, bytes]]:
+    async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             self._consumer = AIOKafkaConsumer(
                 self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", group_id=None,
                 max_partition_fetch_bytes=4 * 1024 * 1024,
             )  # fmt: skip
             await self._consumer.start()
+        return self._consumer
+
+    async def to_end(self, timeout: float = 60.0) -> list[ConsumerRecord[bytes, bytes]]:
+        """Every record up to the topic's end now (its end offsets when asked)."""
+        consumer = await self._started()
+        deadline = time.monotonic() + timeout
+        while not consumer.assignment() and time.monotonic() < deadline:
+            await self.poll(0.2)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        while time.monotonic() < deadline:
+            if all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                return self.records
+            await self.poll(0.5)
+        raise TimeoutError(f"{self.topic} not read to its end in {timeout:.0f} s")
+
+    async def poll(self, seconds: float = 0.5) -> list[ConsumerRecord[bytes, bytes]]:
+        await self._started()
+        assert self._consumer is not None
         deadline = time.monotonic() + seconds
         while True:
             batch = await self._consumer.getmany(timeout_ms=max(1, int((deadline - time.monotonic()) * 1000)))
@@ -226,7 +244,10 @@ class Tally:
 
 
 async def tally(c: Council, events: Topic, dead: Topic, settle: float = 1.0) -> Tally:
-    records = await events.poll(settle)
+    """Everything on the events and dead-letter topics (after ``settle`` seconds for late writes), EHM's tray and
+    LCS's closes, now."""
+    await asyncio.sleep(settle)
+    records = await events.to_end()
     counts: Counter[tuple[str, str]] = Counter()
     delivered: dict[str, set[str]] = {}
     for r in records:
@@ -238,7 +259,7 @@ async def tally(c: Council, events: Topic, dead: Topic, settle: float = 1.0) -> 
             delivered.setdefault(e.transfer_id or "", set()).add(str(e.event_id))
     tray = Counter(str(i["transfer_id"]) for i in await asyncio.to_thread(c.ehm.tray))
     closes = Counter(await asyncio.to_thread(_closes, c.lcs))
-    letters = [{k: v.decode(errors="replace") for k, v in r.headers} for r in await dead.poll(0.3)]
+    letters = [{k: v.decode(errors="replace") for k, v in r.headers} for r in await dead.to_end()]
     return Tally([ch.transfer_id for ch in c.children], counts, delivered, tray, closes, letters)
 
 
