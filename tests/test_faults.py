@@ -15,12 +15,17 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import CommitFailedError
 
-from router import Topics
+from contracts import CaseSystem
+from router import Settings, Topics
+from router.closures import ClosureScheduler
+from router.notices import AllocationNotices
 from tests.faults_support import (
     EHM_DEADLINE,
     Council,
@@ -291,3 +296,60 @@ def test_the_log_scan_finds_each_form_of_a_childs_personal_data() -> None:
     from casebridge.logs import scrub_text
 
     assert [] == leaks(scrub_text(f"NHS{person['nhs_number']} at bs1 9zz, 999-000-0220, Z000000000200"), [person])
+
+
+# -- the side loops a pause evicts: a commit refused after a rebalance is read again, not fatal -----------------
+
+
+def _refuse_commits(consumer: Any, times: int) -> list[int]:
+    """Make ``consumer.commit`` fail as it does once the group rebalanced without it (aiokafka's CommitFailedError),
+    ``times`` times; the list counts the refusals."""
+    real, refused = consumer.commit, [0]
+
+    async def commit(*args: Any, **kwargs: Any) -> Any:
+        if refused[0] < times:
+            refused[0] += 1
+            raise CommitFailedError("the group rebalanced (this member was evicted)")
+        return await real(*args, **kwargs)
+
+    consumer.commit = commit
+    return refused
+
+
+async def test_lu07_the_notices_loop_goes_on_when_a_rebalance_refuses_its_commit_and_sends_once(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """The allocation notices loop's commits refused (evicted from its group): it goes on, the notice goes once."""
+    from tests.test_notices_restart import Mailbox, _allocate, _pend
+
+    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
+    mailbox = Mailbox()
+    notices = AllocationNotices(settings, {CaseSystem.MAILBOX: mailbox})
+    await notices.start()
+    refused = _refuse_commits(notices.consumer, 3)
+    try:
+        await _pend(settings, "LU7-EVICTED-1")
+        await _allocate(settings, "LU7-EVICTED-1")
+        sent = 0
+        for _ in range(40):
+            sent += await notices.poll_once()
+        assert (3, 1) == (refused[0], sent)
+    finally:
+        await notices.stop()
+    assert ["LU7-EVICTED-1-notice-allocation"] == mailbox.order
+
+
+async def test_the_closure_scheduler_goes_on_when_a_rebalance_refuses_its_commit(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """The closure scheduler's commit refused (evicted from its group, as casebridge run paused past its session
+    timeout is): the poll ends normally and the next commits go through (before: the loop died, exit 4)."""
+    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
+    scheduler = ClosureScheduler(settings, {}, {})
+    await scheduler.start()
+    refused = _refuse_commits(scheduler.consumer, 2)
+    try:
+        assert [0, 0, 0, 0] == [await scheduler.poll_once() for _ in range(4)]
+        assert 2 == refused[0]
+    finally:
+        await scheduler.stop()
