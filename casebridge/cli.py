@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import structlog
 import typer
 import uvloop
-from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.errors import KafkaError as AIOKafkaError
 from pydantic import ValidationError
@@ -29,6 +28,8 @@ from pydantic_settings import SettingsError
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own click
 from typer.core import TyperGroup
 
+from connectors import kafka as clients
+from connectors.kafka import KafkaConnection
 from contracts import Council, Direction
 from router.deadletters import (
     Filters,
@@ -351,6 +352,9 @@ def run(
     from .stack import stack_from_deployment
 
     deployment = _deployment(config)  # before logging is set up: a file that cannot run gets plain lines
+    refused = deployment.unencrypted()
+    if refused:
+        _refuse(refused, EXIT_USAGE)
     configure_logging(level=os.environ.get("CASEBRIDGE_LOG_LEVEL", "INFO").upper())
 
     async def main() -> None:
@@ -376,9 +380,13 @@ def run(
     try:
         uvloop.run(main())  # libuv's event loop: less CPU a transfer than asyncio's (README Benchmark)
     except KafkaConnectionError:
+        protocol = deployment.settings.kafka.security_protocol
+        secured = (
+            f"; if it runs, check [kafka] ({protocol}: ca_file, username, password)" if protocol != "PLAINTEXT" else ""
+        )
         typer.echo(
             f"error: cannot reach Kafka at {deployment.settings.bootstrap_servers} (bootstrap_servers): start the"
-            " broker (casebridge kafka start) or correct the deployment file",
+            f" broker (casebridge kafka start) or correct the deployment file{secured}",
             err=True,
         )
         raise typer.Exit(code=5) from None
@@ -402,6 +410,8 @@ def config_check(
     s = d.settings
     typer.echo(f"deployment {config}: councils {', '.join(c.value for c in d.councils)}")
     typer.echo(f"  kafka {s.bootstrap_servers}, topics {s.topic_prefix}.*, router group {s.group_id}")
+    local = " (local_development = true)" if d.local_development else ""
+    typer.echo(f"  kafka security: {s.kafka.describe()}{local}")
     typer.echo(f"  state in {d.state_dir}; retry tiers {', '.join(f'{t:g}s' for t in s.retry.tiers)}")
     typer.echo("systems:")
     for name, cfg in d.systems.items():
@@ -415,6 +425,9 @@ def config_check(
         to = f" to {team}" if team else ""
         typer.echo(f"  {council.value} {direction.value}: from {src_name} ({source}) -> {tgt_name}{to}")
     typer.echo(f"alerts: {', '.join(f'{n} ({c.kind})' for n, c in d.alerts.items()) or 'none (alert events only)'}")
+    refused = d.unencrypted()
+    if refused:
+        _refuse(f"casebridge run would refuse it: {refused}", EXIT_USAGE)
     typer.echo("ok")
 
 
@@ -514,9 +527,12 @@ def _settings() -> Settings:
         raise typer.Exit(code=EXIT_USAGE) from None
 
 
-def _where(bootstrap: str | None, prefix: str | None) -> tuple[str, Topics]:
+def _where(bootstrap: str | None, prefix: str | None) -> tuple[KafkaConnection, Topics]:
+    """Where Kafka is and how to talk to it (--bootstrap or CASEBRIDGE_BOOTSTRAP_SERVERS; CASEBRIDGE_KAFKA__*
+    for TLS and SASL), and the topics (--prefix or CASEBRIDGE_TOPIC_PREFIX)."""
     settings = _settings()
-    return bootstrap or settings.bootstrap_servers, Topics(prefix or settings.topic_prefix)
+    kafka = KafkaConnection.of(bootstrap or settings.bootstrap_servers, settings.kafka)
+    return kafka, Topics(prefix or settings.topic_prefix)
 
 
 #: how long an operator command waits for Kafka to answer at all
@@ -531,15 +547,22 @@ def _quiet_kafka_logs() -> None:
 
 
 @contextlib.contextmanager
-def _kafka(servers: str) -> Iterator[None]:
+def _kafka(kafka: KafkaConnection) -> Iterator[None]:
     """Kafka unreachable (or failing) inside: one line naming the address, exit 5."""
     _quiet_kafka_logs()
+    servers = kafka.bootstrap_servers
+    secured = (
+        f" If it runs, check its {kafka.security_protocol} settings (CASEBRIDGE_KAFKA__*: the CA, the user and"
+        " password)"
+        if kafka.security_protocol != "PLAINTEXT"
+        else ""
+    )
     try:
         yield
     except (KafkaConnectionError, TimeoutError) as exc:
         _refuse(
             f"cannot reach Kafka at {servers}: is it running? Start it (casebridge kafka start) or pass"
-            " --bootstrap HOST:PORT (default $CASEBRIDGE_BOOTSTRAP_SERVERS)",
+            f" --bootstrap HOST:PORT (default $CASEBRIDGE_BOOTSTRAP_SERVERS).{secured}",
             EXIT_KAFKA,
             exc,
         )
@@ -547,9 +570,9 @@ def _kafka(servers: str) -> Iterator[None]:
         _refuse(f"Kafka at {servers} failed: {type(exc).__name__}; retry, or see the broker's log", EXIT_KAFKA, exc)
 
 
-async def _topics_on(servers: str) -> set[str]:
+async def _topics_on(kafka: KafkaConnection) -> set[str]:
     """The topics of the cluster (asking for all of them: a metadata request naming one may create it)."""
-    client = AIOKafkaClient(bootstrap_servers=servers, request_timeout_ms=int(REACH_TIMEOUT * 1000))
+    client = clients.client(kafka, request_timeout_ms=int(REACH_TIMEOUT * 1000))
     try:
         await asyncio.wait_for(client.bootstrap(), REACH_TIMEOUT)
         metadata = await asyncio.wait_for(client.fetch_all_metadata(), REACH_TIMEOUT)
@@ -558,17 +581,18 @@ async def _topics_on(servers: str) -> set[str]:
         await client.close()
 
 
-def _reach(servers: str) -> set[str]:
-    """Ask Kafka at ``servers`` for its topics; unreachable: one line, exit 5; not HOST:PORT: exit 2."""
+def _reach(kafka: KafkaConnection) -> set[str]:
+    """Ask Kafka at ``kafka`` for its topics; unreachable: one line, exit 5; not HOST:PORT: exit 2."""
+    servers = kafka.bootstrap_servers
     if not all(re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}|[\w.-]+", part.strip()) for part in servers.split(",")):
         _refuse(
             f"Kafka bootstrap servers {servers!r} are not HOST:PORT[,HOST:PORT] (--bootstrap or"
             " CASEBRIDGE_BOOTSTRAP_SERVERS)",
             EXIT_USAGE,
         )
-    with _kafka(servers):
+    with _kafka(kafka):
         try:
-            return asyncio.run(_topics_on(servers))
+            return asyncio.run(_topics_on(kafka))
         except ValueError as exc:
             _refuse(f"Kafka bootstrap servers {servers!r} are not HOST:PORT[,HOST:PORT]", EXIT_USAGE, exc)
 
@@ -586,12 +610,12 @@ def _port_free(host: str, port: int) -> None:
             _refuse(f"cannot listen on {host}:{port}: {why}; stop what holds it or pick another --port", EXIT_KAFKA)
 
 
-def _dead_letter_topic(servers: str, topics: Topics) -> None:
+def _dead_letter_topic(kafka: KafkaConnection, topics: Topics) -> None:
     """Exit 1 with a hint when the dead-letter topic does not exist (a wrong prefix, most often)."""
-    if topics.dead_letter not in _reach(servers):
+    if topics.dead_letter not in _reach(kafka):
         _refuse(
-            f"no dead-letter topic {topics.dead_letter} on {servers}: is the prefix right? (the deployment"
-            " file's topic_prefix; --prefix or CASEBRIDGE_TOPIC_PREFIX)",
+            f"no dead-letter topic {topics.dead_letter} on {kafka.bootstrap_servers}: is the prefix right? (the"
+            " deployment file's topic_prefix; --prefix or CASEBRIDGE_TOPIC_PREFIX)",
             EXIT_NOT_FOUND,
         )
 
@@ -643,11 +667,11 @@ def dlq_list(
 
     Exits 1 if there is no dead-letter topic under the prefix, 5 if Kafka cannot be reached.
     """
-    servers, topics = _where(bootstrap, prefix)
-    _dead_letter_topic(servers, topics)
+    kafka, topics = _where(bootstrap, prefix)
+    _dead_letter_topic(kafka, topics)
     filters = _filters(council, pathway, rule, error_class, transfer, since, until)
-    with _kafka(servers):
-        rows = asyncio.run(list_with_status(servers, topics, filters, status))
+    with _kafka(kafka):
+        rows = asyncio.run(list_with_status(kafka, topics, filters, status))
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))
@@ -671,10 +695,10 @@ def dlq_show(
     """
     if not re.fullmatch(r"\d+:\d+", dead_letter_id):
         _refuse("a dead letter id is PARTITION:OFFSET, e.g. 0:12 (as `casebridge dlq list` shows)", EXIT_USAGE)
-    servers, topics = _where(bootstrap, prefix)
-    _dead_letter_topic(servers, topics)
-    with _kafka(servers):
-        found = [d for d in asyncio.run(list_dead_letters(servers, topics)) if d.id == dead_letter_id]
+    kafka, topics = _where(bootstrap, prefix)
+    _dead_letter_topic(kafka, topics)
+    with _kafka(kafka):
+        found = [d for d in asyncio.run(list_dead_letters(kafka, topics)) if d.id == dead_letter_id]
     if not found:
         _refuse(f"no dead letter {dead_letter_id} in {topics.dead_letter} (see `casebridge dlq list`)", EXIT_NOT_FOUND)
     d = found[0]
@@ -712,20 +736,20 @@ def replay_cmd(
     """
     if not operator.strip():
         _refuse("--operator must name who replays (every replay is audited)", EXIT_USAGE)
-    servers, topics = _where(bootstrap, prefix)
+    kafka, topics = _where(bootstrap, prefix)
     filters = _filters(council, pathway, rule, error_class, transfer, since, until)
-    _dead_letter_topic(servers, topics)
+    _dead_letter_topic(kafka, topics)
     group = router_group or f"{topics.prefix}-router"
 
     async def replaying() -> tuple[ReplayReport, int | None]:
-        members = await router_members(servers, group)
+        members = await router_members(kafka, group)
         report = await replay_dead_letters(
-            servers, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit, rate_per_second=rate
+            kafka, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit, rate_per_second=rate
         )
         return report, members
 
     try:
-        with _kafka(servers):
+        with _kafka(kafka):
             report, members = asyncio.run(replaying())
     except ReplayRefused as exc:
         raise _fail(exc) from exc
@@ -782,14 +806,15 @@ def allocate_cmd(
             "topic_prefix": prefix or settings.topic_prefix,
         }
     )
+    kafka = settings.connection
     try:
         person = Person(name=worker, role="Family Support Worker", organisation=organisation)
     except ValidationError as exc:
         fields = ", ".join(sorted({"--" + str(e["loc"][0]) for e in exc.errors() if e["loc"]})) or "--worker"
         _refuse(f"{fields.replace('--name', '--worker')}: not a usable name (value not shown)", EXIT_USAGE)
-    _reach(settings.bootstrap_servers)
+    _reach(kafka)
     try:
-        with _kafka(settings.bootstrap_servers):
+        with _kafka(kafka):
             done = asyncio.run(record_allocation(settings, transfer_id, person, operator))
     except AllocationRefused as exc:
         raise _fail(exc) from exc
@@ -828,8 +853,8 @@ def monitor_cmd(
         for problem in exc.problems:
             typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(code=2) from None
-    servers, topics = _where(bootstrap, prefix)
-    _reach(servers)  # before logging is set up: an unreachable broker gets one plain line, exit 5
+    kafka, topics = _where(bootstrap, prefix)
+    _reach(kafka)  # before logging is set up: an unreachable broker gets one plain line, exit 5
     logging.getLogger("aiokafka").setLevel(logging.NOTSET)
     logging.getLogger("asyncio").setLevel(logging.NOTSET)
     configure_logging()
@@ -839,7 +864,7 @@ def monitor_cmd(
     _port_free(settings.host, settings.port)
     if not settings.tokens:
         typer.echo("warning: CASEBRIDGE_MONITOR__TOKENS is empty, so nobody can sign in", err=True)
-    monitor = Monitor(settings, servers, topics, rebuild=rebuild)
+    monitor = Monitor(settings, kafka, topics, rebuild=rebuild)
     typer.echo(
         f"casebridge monitor on http://{settings.host}:{settings.port}/ (events {topics.events}, db {settings.db})"
     )

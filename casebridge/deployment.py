@@ -3,6 +3,12 @@
     councils = ["north-somerset"]          # the councils this deployment serves (their protocols apply)
     bootstrap_servers = "kafka:9092"
     topic_prefix = "casebridge"
+    [kafka]                                # how to talk to Kafka (connectors/kafka.py): TLS, SASL
+    security_protocol = "SASL_SSL"
+    sasl_mechanism = "SCRAM-SHA-512"
+    username = "router"
+    password = { file = "/run/secrets/kafka-router" }
+    ca_file = "/etc/casebridge/kafka-ca.pem"
     [retry]                                # in-process retries and the delayed tiers (router.settings)
     [systems.lcs]                          # one block per case system or channel; ``kind`` picks the connector
     kind = "lcs"
@@ -12,7 +18,8 @@
 Validated at load, strictly: an unknown key is an error, each error names the file, the line and the key,
 and no error prints a value (secrets included). ``CASEBRIDGE_*`` environment variables override the file,
 with ``__`` between levels (``CASEBRIDGE_BOOTSTRAP_SERVERS``, ``CASEBRIDGE_SYSTEMS__LCS__URL``); an
-unknown one is an error too, not ignored.
+unknown one is an error too, not ignored. ``casebridge run`` refuses a deployment whose Kafka traffic is
+not encrypted (PLAINTEXT, SASL_PLAINTEXT) unless the file says ``local_development = true``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from connectors.kafka import UNENCRYPTED, KafkaSecurity
 from contracts import Council, Direction
 from router.settings import RetrySettings, Settings, TopicSettings
 
@@ -53,6 +61,11 @@ class _Top(BaseModel):
 
     councils: list[Council] = Field(min_length=1)
     bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    #: how to talk to Kafka: security_protocol, sasl_mechanism, username, password (by reference), ca_file,
+    #: cert_file, key_file (checked by ``_kafka`` into a ``KafkaSecurity``)
+    kafka: dict[str, Any] = Field(default_factory=dict)
+    #: a deployment on one machine for development or a demo: the only kind that may talk to Kafka unencrypted
+    local_development: bool = False
     topic_prefix: str = Field(default="casebridge", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
     #: the router's consumer group (default ``<topic_prefix>-router``)
     group_id: str | None = Field(default=None, min_length=1)
@@ -78,6 +91,21 @@ class Deployment:
     state_dir: Path
     systems: Mapping[str, SystemConfig]
     alerts: Mapping[str, Any]
+    #: the file says it is a local development deployment (``local_development = true``)
+    local_development: bool = False
+
+    def unencrypted(self) -> str | None:
+        """Why ``casebridge run`` refuses this deployment's Kafka settings, or None: traffic that is not
+        encrypted (PLAINTEXT, SASL_PLAINTEXT) only in a local development deployment."""
+        protocol = self.settings.kafka.security_protocol
+        if protocol not in UNENCRYPTED or self.local_development:
+            return None
+        where = self.path.name if self.path else "deployment"
+        return (
+            f"{where}: kafka.security_protocol is {protocol}: children's records would cross the network"
+            ' unencrypted; set [kafka] security_protocol = "SASL_SSL" (or "SSL") with its settings (README,'
+            " Deploying securely), or local_development = true for a deployment on one machine"
+        )
 
     def kind(self, name: str) -> Kind:
         return KINDS[self.systems[name].kind]
@@ -190,9 +218,12 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
                 f"{where(('systems', name, *e['loc']))}: {_message(e)}" for e in exc.errors(include_input=False)
             ]
     alerts: dict[str, Any] = {}
+    security = KafkaSecurity()
     if top is not None:
         alerts, alert_problems = _alerts(top.alerts, context, where)
         problems += alert_problems
+        security, kafka_problems = _kafka(top.kafka, context, where)
+        problems += kafka_problems
         named_kinds = {b.get("kind") for b in (data.get("systems") or {}).values() if isinstance(b, dict)}
         if any(getattr(c, "kind", "") == "email" for c in alerts.values()) and "mailbox" not in named_kinds:
             problems.append(f"{path.name}: an e-mail alert channel needs a [systems.NAME] block of kind mailbox")
@@ -220,6 +251,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
         raise DeploymentError(problems)
     settings = Settings(
         bootstrap_servers=top.bootstrap_servers,
+        kafka=security,
         topic_prefix=top.topic_prefix,
         group_id=top.group_id or f"{top.topic_prefix}-router",
         batch_size=top.batch_size,
@@ -229,7 +261,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
         topic_config=top.topics,
         council=top.councils[0],
     )
-    deployment = Deployment(path, tuple(top.councils), settings, top.state_dir, systems, alerts)
+    deployment = Deployment(path, tuple(top.councils), settings, top.state_dir, systems, alerts, top.local_development)
     unserved = deployment.unserved()
     if unserved:
         raise DeploymentError(unserved)
@@ -264,6 +296,26 @@ def _alerts(blocks: dict[str, dict[str, Any]], context: dict[str, Any], where: A
     return channels, problems
 
 
+def _kafka(block: dict[str, Any], context: dict[str, Any], where: Any) -> tuple[KafkaSecurity, list[str]]:
+    """The ``[kafka]`` table: the password by reference, like every secret; the settings checked together."""
+    from .secrets import SecretRef
+
+    values = dict(block)
+    if "password_file" in values:
+        return KafkaSecurity(), [
+            f'{where(("kafka", "password_file"))}: unknown key here: write password = {{ file = "PATH" }}'
+            " (CASEBRIDGE_KAFKA__PASSWORD_FILE sets that too)"
+        ]
+    try:
+        if "password" in values:
+            values["password"] = SecretRef.model_validate(values["password"], context=context).value
+        return KafkaSecurity.model_validate(values, context=context), []
+    except ValidationError as exc:
+        inner = ("password",) if exc.title == "SecretRef" else ()
+        errors = exc.errors(include_input=False)
+        return KafkaSecurity(), [f"{where(('kafka', *inner, *e['loc']))}: {_message(e)}" for e in errors]
+
+
 def _override(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """Apply ``CASEBRIDGE_*`` variables over the file; returns {variable: first key} (and unknown ones)."""
     done: dict[str, Any] = {}
@@ -283,6 +335,9 @@ def _override(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
                 hint = f"the deployment file's keys: {', '.join(sorted(top_keys))}"
             unknown.append(f"{var} (environment): no such setting ({hint})")
             continue
+        raw: Any = _value(environ[var])
+        if parts == ["kafka", "password_file"]:  # the operator commands' variable names the same secret
+            parts, raw = ["kafka", "password"], {"file": environ[var]}
         node: Any = data
         for part in parts[:-1]:
             if not isinstance(node, dict):
@@ -290,7 +345,7 @@ def _override(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
             key = _existing(node, part)
             node = node.setdefault(key, {})
         if isinstance(node, dict):
-            node[_existing(node, parts[-1])] = _value(environ[var])
+            node[_existing(node, parts[-1])] = raw
             done[var] = parts[0]
     if unknown:
         done["__unknown__"] = unknown

@@ -28,6 +28,8 @@ from typing import IO, Any
 import httpx
 from aiokafka import AIOKafkaConsumer
 
+from connectors import kafka as clients
+from connectors.kafka import Kafka
 from contracts import TransferEvent, parse_event
 from sandboxes import (
     SmtpSandbox,
@@ -136,6 +138,7 @@ def deployment_file(
     lines = [
         f"# {council} on the local sandboxes (written by casebridge/localdeploy.py)",
         f'councils = ["{council}"]',
+        "local_development = true  # this machine's sandboxes and local broker",
         f'bootstrap_servers = "{bootstrap}"',
         f'topic_prefix = "{prefix}"',
         f'state_dir = "{state_dir}"',
@@ -266,7 +269,7 @@ def _clean(environ: Mapping[str, str]) -> dict[str, str]:
 class Events:
     """The deployment's events topic, read from the beginning into per-transfer timelines."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: Kafka, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.by_transfer: dict[str, list[TransferEvent]] = {}
@@ -275,9 +278,7 @@ class Events:
     async def until(self, wanted: Mapping[str, str], timeout: float = 90.0) -> dict[str, list[TransferEvent]]:
         """Read until every transfer in ``wanted`` has an event of its type (or the timeout); the timelines."""
         if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(
-                self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", group_id=None
-            )
+            self._consumer = clients.consumer(self.bootstrap, self.topic, auto_offset_reset="earliest", group_id=None)
             await self._consumer.start()
         deadline = asyncio.get_running_loop().time() + timeout
         while not self.has(wanted) and asyncio.get_running_loop().time() < deadline:
@@ -324,9 +325,7 @@ class LocalDeployment:
 
     async def dead_letters(self, n: int, timeout: float = 30.0) -> list[dict[str, str]]:
         """The context headers of the first ``n`` dead letters (fewer if the timeout passes first)."""
-        consumer = AIOKafkaConsumer(
-            f"{self.prefix}.dlq", bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", group_id=None
-        )
+        consumer = clients.consumer(self.bootstrap, f"{self.prefix}.dlq", auto_offset_reset="earliest", group_id=None)
         await consumer.start()
         found: list[dict[str, str]] = []
         try:

@@ -20,6 +20,7 @@ from connectors import Source, Target
 from connectors.care_director import CareDirectorConnector, CareDirectorPublisher
 from connectors.ehm import AllocationReporter, EhmConnector, StepUpPublisher
 from connectors.intake import STORE_NAME, IntakeCaller, IntakeServer, IntakeSettings, IntakeSource
+from connectors.kafka import Kafka
 from connectors.lcs import DecisionReporter, LcsConnector, LcsPublisher
 from connectors.mailbox import MailboxConnector, MailboxSettings
 from connectors.ted import TedConnector, TedPublisher
@@ -43,7 +44,7 @@ class Loop(Protocol):
 class Wiring:
     """What every kind's ``build`` is given: where Kafka is, the topics, the state folder, the council."""
 
-    bootstrap_servers: str
+    kafka: Kafka
     topics: Topics
     state_dir: Path
     #: the council whose requests this system's feeds publish (the block's ``council``, else the deployment's)
@@ -177,9 +178,9 @@ def _lcs(c: LcsSystem, w: Wiring) -> Built:
     loops: list[Any] = []
     if c.feeds:
         loops = [
-            LcsPublisher(new(), w.bootstrap_servers, w.topics.transfers, w.topics.dead_letter,
+            LcsPublisher(new(), w.kafka, w.topics.transfers, w.topics.dead_letter,
                          _cursor(w, "stepdowns"), council=w.council),
-            DecisionReporter(new(), w.bootstrap_servers, w.topics.events, _cursor(w, "decisions")),
+            DecisionReporter(new(), w.kafka, w.topics.events, _cursor(w, "decisions")),
         ]  # fmt: skip
     return Built({CaseSystem.LCS: new()}, {CaseSystem.LCS: new()}, loops)
 
@@ -191,9 +192,9 @@ def _ehm(c: EhmSystem, w: Wiring) -> Built:
     loops: list[Any] = []
     if c.feeds:
         loops = [
-            StepUpPublisher(new(), w.bootstrap_servers, w.topics.transfers, w.topics.dead_letter,
+            StepUpPublisher(new(), w.kafka, w.topics.transfers, w.topics.dead_letter,
                             _cursor(w, "stepups"), council=w.council),
-            AllocationReporter(new(), w.bootstrap_servers, w.topics.events, _cursor(w, "allocations")),
+            AllocationReporter(new(), w.kafka, w.topics.events, _cursor(w, "allocations")),
         ]  # fmt: skip
     return Built({CaseSystem.EHM: new()}, {CaseSystem.EHM: new()}, loops)
 
@@ -204,7 +205,7 @@ def _ted(c: TedSystem, w: Wiring) -> Built:
 
     loops: list[Any] = []
     if c.feeds:
-        loops = [TedPublisher(new(), w.bootstrap_servers, w.topics.transfers, w.topics.dead_letter,
+        loops = [TedPublisher(new(), w.kafka, w.topics.transfers, w.topics.dead_letter,
                               _cursor(w, "stepdowns"), council=w.council)]  # fmt: skip
     return Built({CaseSystem.TED: new()}, {CaseSystem.TED: new()}, loops)
 
@@ -215,7 +216,7 @@ def _care_director(c: CareDirectorSystem, w: Wiring) -> Built:
 
     loops: list[Any] = []
     if c.feeds:
-        loops = [CareDirectorPublisher(new(), w.bootstrap_servers, w.topics.transfers, w.topics.dead_letter,
+        loops = [CareDirectorPublisher(new(), w.kafka, w.topics.transfers, w.topics.dead_letter,
                                        _cursor(w, "stepdowns"), council=w.council)]  # fmt: skip
     return Built({CaseSystem.CARE_DIRECTOR: new()}, {CaseSystem.CARE_DIRECTOR: new()}, loops)
 
@@ -226,7 +227,7 @@ def _mailbox(c: MailboxSystem, w: Wiring) -> Built:
 
 def _intake(c: IntakeSystem, w: Wiring) -> Built:
     store = w.state_dir / STORE_NAME
-    server = IntakeServer(c.intake_settings(), w.bootstrap_servers, w.topics, store)
+    server = IntakeServer(c.intake_settings(), w.kafka, w.topics, store)
     return Built(sources={CaseSystem.MAILBOX: IntakeSource(store)}, loops=[server])
 
 

@@ -92,7 +92,7 @@ class Stack:
         default_council = self.councils[0] if self.councils else self.settings.council
         for name, config in self.systems.items():
             wiring = Wiring(
-                bootstrap_servers=self.settings.bootstrap_servers,
+                kafka=self.settings.connection,
                 topics=topics,
                 state_dir=self.state_dir,
                 council=config.council or default_council,
@@ -115,7 +115,7 @@ class Stack:
             mail = next((c for c in self.systems.values() if isinstance(c, MailboxSystem)), None)
             feeds.append(
                 AlertDispatcher(
-                    self.settings.bootstrap_servers,
+                    self.settings.connection,
                     topics,
                     f"{self.settings.group_id}-alerts",
                     dict(self.alerts),

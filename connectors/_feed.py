@@ -20,7 +20,9 @@ from tenacity.wait import wait_random_exponential
 from contracts import Council, TransferEvent, TransferMessage, field_errors
 from mappings import MappingError
 
+from . import kafka as clients
 from ._base import Connector
+from .kafka import Kafka
 
 log = structlog.get_logger("casebridge.connectors")
 
@@ -44,9 +46,9 @@ class FileCursor:
         os.replace(tmp, self.path)
 
 
-def idempotent_producer(bootstrap_servers: str) -> AIOKafkaProducer:
+def idempotent_producer(kafka: Kafka) -> AIOKafkaProducer:
     """The producer every connector publishes with: idempotent, acknowledged by all replicas."""
-    return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5)
+    return clients.producer(kafka, acks="all", enable_idempotence=True, linger_ms=5)
 
 
 async def poll_forever(
@@ -79,10 +81,10 @@ class _FeedLoop(ABC):
     #: the feed's name in logs (``feed_unavailable``)
     feed: ClassVar[str]
 
-    def __init__(self, connector: Connector, bootstrap_servers: str, cursor: Path) -> None:
+    def __init__(self, connector: Connector, kafka: Kafka, cursor: Path) -> None:
         self.connector = connector
         self.cursor = FileCursor(cursor)
-        self.producer = idempotent_producer(bootstrap_servers)
+        self.producer = idempotent_producer(kafka)
 
     async def start(self) -> None:
         await self.connector.start()
@@ -108,8 +110,8 @@ class EventReporter(_FeedLoop):
     ids come from the feed positions, so a page reported twice is deduplicated by id downstream.
     """
 
-    def __init__(self, connector: Connector, bootstrap_servers: str, events_topic: str, cursor: Path) -> None:
-        super().__init__(connector, bootstrap_servers, cursor)
+    def __init__(self, connector: Connector, kafka: Kafka, events_topic: str, cursor: Path) -> None:
+        super().__init__(connector, kafka, cursor)
         self.events_topic = events_topic
 
     @abstractmethod
@@ -148,13 +150,13 @@ class FeedPublisher(_FeedLoop):
     def __init__(
         self,
         connector: Connector,
-        bootstrap_servers: str,
+        kafka: Kafka,
         transfers_topic: str,
         dead_letter_topic: str,
         cursor: Path,
         council: Council,
     ) -> None:
-        super().__init__(connector, bootstrap_servers, cursor)
+        super().__init__(connector, kafka, cursor)
         self.transfers_topic = transfers_topic
         self.dead_letter_topic = dead_letter_topic
         self.council = council

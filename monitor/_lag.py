@@ -9,10 +9,10 @@ from collections import Counter
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from connectors import kafka as clients
+from connectors.kafka import Kafka
 from router.deadletters import Status, list_dead_letters, outcomes_from_topics
 from router.settings import Topics
 
@@ -24,10 +24,10 @@ TRACKER_GROUP = "casebridge-monitor (tracker)"
 OPEN_STATUSES = (Status.WAITING, Status.PARKED, Status.EXPIRED)
 
 
-async def group_lag(bootstrap_servers: str, topics: Topics) -> list[dict[str, Any]]:
+async def group_lag(kafka: Kafka, topics: Topics) -> list[dict[str, Any]]:
     """Every consumer group with committed offsets on ``<prefix>.*`` topics: lag per group and topic."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+    admin = clients.admin(kafka)
+    consumer = clients.consumer(kafka, group_id=None)
     await admin.start()
     await consumer.start()
     try:
@@ -54,8 +54,8 @@ async def group_lag(bootstrap_servers: str, topics: Topics) -> list[dict[str, An
 class Watch:
     """What the monitor reads from Kafka besides events: lag and dead letters, refreshed in the background."""
 
-    def __init__(self, bootstrap_servers: str, topics: Topics, tracker: Tracker, interval: float = 5.0) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, kafka: Kafka, topics: Topics, tracker: Tracker, interval: float = 5.0) -> None:
+        self.kafka = kafka
         self.topics = topics
         self.tracker = tracker
         self.interval = interval
@@ -65,14 +65,14 @@ class Watch:
 
     async def refresh(self) -> None:
         """Lag first (cheap), then the dead-letter and audit topics (read whole, like ``casebridge dlq list``)."""
-        rows = await group_lag(self.bootstrap_servers, self.topics)
+        rows = await group_lag(self.kafka, self.topics)
         tracker_lag = await self.tracker.lag()
         rows.append({"group": TRACKER_GROUP, "topic": self.topics.events, "lag": sum(tracker_lag.values())})
         self.lag = rows
-        letters = await list_dead_letters(self.bootstrap_servers, self.topics)
+        letters = await list_dead_letters(self.kafka, self.topics)
         # the completions from the tracker's store of events (as far as it has read the events topic)
         completions = self.tracker.store.completions(d.transfer_id for d in letters if d.transfer_id)
-        outcomes = await outcomes_from_topics(self.bootstrap_servers, self.topics, letters, completions)
+        outcomes = await outcomes_from_topics(self.kafka, self.topics, letters, completions)
         self.dead_letters = [d.listed(outcomes) for d in letters]
         self.refreshed_at = time.time()
 

@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from connectors._feed import idempotent_producer
+from connectors.kafka import Kafka
 from router.settings import Topics
 
 from ._lag import Watch
@@ -21,7 +22,7 @@ from ._tracker import Tracker, drop_store
 @dataclass
 class Monitor:
     settings: MonitorSettings
-    bootstrap_servers: str
+    kafka: Kafka
     topics: Topics
     rebuild: bool = False
     store: Store = field(init=False)
@@ -37,14 +38,14 @@ class Monitor:
         if self.rebuild:
             drop_store(self.settings.db)
         self.store = Store(self.settings.db)
-        self.tracker = Tracker(self.store, self.bootstrap_servers, self.topics)
-        self.watch = Watch(self.bootstrap_servers, self.topics, self.tracker, self.settings.lag_interval_seconds)
+        self.tracker = Tracker(self.store, self.kafka, self.topics)
+        self.watch = Watch(self.kafka, self.topics, self.tracker, self.settings.lag_interval_seconds)
         self.registry = registry_for(self.store, self.watch)
 
     async def start(self) -> None:
         self._stopped = asyncio.Event()
         await self.tracker.start()
-        self.producer = idempotent_producer(self.bootstrap_servers)  # on the loop that serves the monitor
+        self.producer = idempotent_producer(self.kafka)  # on the loop that serves the monitor
         await self.producer.start()
         self._tasks = [
             asyncio.create_task(self.tracker.run(self._stopped)),

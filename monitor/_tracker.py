@@ -15,6 +15,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
+from connectors import kafka as clients
+from connectors.kafka import Kafka
 from contracts import TransferEvent, parse_event
 from router.settings import Topics
 
@@ -30,17 +32,17 @@ def drop_store(path: Path) -> None:
 
 
 class Tracker:
-    def __init__(self, store: Store, bootstrap_servers: str, topics: Topics) -> None:
+    def __init__(self, store: Store, kafka: Kafka, topics: Topics) -> None:
         self.store = store
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = kafka
         self.topic = topics.events
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned: list[TopicPartition] = []
         self.skipped = 0  # records that are not valid events (kept out of the store, counted)
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+        self.consumer = clients.consumer(
+            self.kafka,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

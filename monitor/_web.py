@@ -344,7 +344,7 @@ def create_app(monitor: Monitor) -> FastAPI:
     @app.post("/api/replay")
     async def api_replay(principal: Operator, body: ReplayRequest) -> dict[str, Any]:
         report = await replay(
-            monitor.bootstrap_servers,
+            monitor.kafka,
             monitor.topics,
             operator=principal.name,
             filters=Filters(transfer_id=body.transfer_id),
@@ -395,7 +395,7 @@ def create_app(monitor: Monitor) -> FastAPI:
         """The same audited allocation as ``casebridge allocate`` (LU-7 notice, SW22-10 / BA-9 closure)."""
         worker = Person(name=body.worker, role="Family Support Worker", organisation=body.organisation)
         try:
-            done = await allocate(monitor.bootstrap_servers, monitor.topics, transfer_id, worker, principal.name)
+            done = await allocate(monitor.kafka, monitor.topics, transfer_id, worker, principal.name)
         except AllocationNotPending as exc:
             raise HTTPException(409, str(exc)) from exc
         except AllocationRefused as exc:

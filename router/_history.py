@@ -25,6 +25,7 @@ from operator import itemgetter
 from aiokafka.structs import ConsumerRecord
 from pydantic_core import to_json
 
+from connectors.kafka import Kafka
 from contracts import TransferMessage
 from mappings import StepDownMemory
 
@@ -94,8 +95,8 @@ class ChildHistory:
         """Rebuild from the compacted topic (last value per key wins)."""
         fold_compacted(self.by_key, records, bytes.decode, decode)
 
-    async def load(self, bootstrap_servers: str, topic: str) -> None:
-        self.by_key.update(await replay_compacted(bootstrap_servers, topic, bytes.decode, decode))
+    async def load(self, kafka: Kafka, topic: str) -> None:
+        self.by_key.update(await replay_compacted(kafka, topic, bytes.decode, decode))
 
 
 def decode(raw: bytes) -> tuple[Entry, ...]:

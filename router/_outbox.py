@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
-from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
+from connectors import kafka as clients
+from connectors.kafka import Kafka
 from contracts import TransferEvent
 
 from . import __version__
@@ -96,14 +97,14 @@ def dead_letter_headers(
 class Outbox:
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: Kafka,
         events_topic: str,
         dead_letter_topic: str,
         group_id: str,
         parking_topic: str | None = None,
     ) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+        self._producer = clients.producer(
+            kafka,
             acks="all",
             enable_idempotence=True,
             linger_ms=5,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from connectors.kafka import Kafka
 from contracts import (
     CaseSystem,
     Child,
@@ -23,6 +24,8 @@ from contracts import (
     TransferMessage,
 )
 from contracts._common import AwareDatetime, Identifier, RuleId
+
+from ._reading import replay_compacted
 
 
 @dataclass(frozen=True)
@@ -130,3 +133,26 @@ class PendingClosure(BaseModel):
 
 #: the stand-in for personal fields a pending closure does not keep
 NOT_KEPT = "not-kept"
+
+
+#: key prefix of a durable allocation mark on the pending-notices topic
+MARK = "allocated:"
+
+
+#: an allocation mark: when it was read, and the target that must confirm it (None: an operator's audit record)
+Mark = tuple[datetime, CaseSystem | None]
+
+
+def decode_notice_entry(raw: bytes) -> PendingNotice | Mark:
+    """A pending notice, or an allocation mark."""
+    doc = json.loads(raw)
+    if isinstance(doc, dict) and "allocated_at" in doc and set(doc) <= {"allocated_at", "confirm_with"}:
+        system = doc.get("confirm_with")
+        return datetime.fromisoformat(doc["allocated_at"]), CaseSystem(system) if system else None
+    return PendingNotice.decode(raw)
+
+
+async def read_pending_notices(kafka: Kafka, topic: str) -> dict[str, PendingNotice]:
+    """The notices waiting for their transfer's allocation, by transfer id, as the topic stands now (no marks)."""
+    entries = await replay_compacted(kafka, topic, bytes.decode, decode_notice_entry)
+    return {k: v for k, v in entries.items() if isinstance(v, PendingNotice) and not k.startswith(MARK)}

@@ -9,24 +9,27 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
+from connectors import kafka as clients
+from connectors.kafka import Kafka
+
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-def follower(bootstrap_servers: str, group_id: str, *topics: str) -> AIOKafkaConsumer:
+def follower(kafka: Kafka, group_id: str, *topics: str) -> AIOKafkaConsumer:
     """A side loop's consumer (notices, closures): its own group, from the beginning, offsets committed by hand."""
-    return AIOKafkaConsumer(
+    return clients.consumer(
+        kafka,
         *topics,
-        bootstrap_servers=bootstrap_servers,
         group_id=group_id,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
 
 
-async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_all(kafka: Kafka, topic: str, timeout: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of a topic, from the beginning to its end now."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers, group_id=None, auto_offset_reset="earliest")
+    consumer = clients.consumer(kafka, topic, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     out: list[ConsumerRecord[bytes, bytes]] = []
     try:
@@ -66,8 +69,8 @@ def fold_compacted(
 
 
 async def replay_compacted(
-    bootstrap_servers: str, topic: str, key: Callable[[bytes], K], value: Callable[[bytes], V]
+    kafka: Kafka, topic: str, key: Callable[[bytes], K], value: Callable[[bytes], V]
 ) -> dict[K, V]:
     """A compacted topic as it stands now, as a dict (state rebuilt at start: retry state, history, pending work)."""
-    records = sorted(await read_all(bootstrap_servers, topic), key=lambda r: (r.partition, r.offset))
+    records = sorted(await read_all(kafka, topic), key=lambda r: (r.partition, r.offset))
     return fold_compacted({}, records, key, value)

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 
 from aiokafka.structs import ConsumerRecord
 
+from connectors.kafka import Kafka
+
 from ._reading import fold_compacted, replay_compacted
 
 RETRY_PREFIX = "casebridge.retry."
@@ -141,9 +143,9 @@ class RetryState:
         """Rebuild from the compacted state topic (last value per key wins; a tombstone unparks)."""
         fold_compacted(self.parked, records, bytes, _parked)
 
-    async def load(self, bootstrap_servers: str, topic: str) -> None:
+    async def load(self, kafka: Kafka, topic: str) -> None:
         """Read the state topic to its end (it must exist; the router creates it at start)."""
-        self.parked.update(await replay_compacted(bootstrap_servers, topic, bytes, _parked))
+        self.parked.update(await replay_compacted(kafka, topic, bytes, _parked))
 
 
 def _parked(raw: bytes) -> Parked:

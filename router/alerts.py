@@ -35,7 +35,7 @@ ledger as failed and not tried again: it never blocks the other channels or aler
 
 Wiring (``casebridge/stack.py`` shape)::
 
-    dispatcher = AlertDispatcher(settings.bootstrap_servers, settings.topics, f"{settings.group_id}-alerts",
+    dispatcher = AlertDispatcher(settings.connection, settings.topics, f"{settings.group_id}-alerts",
                                  channels, mail_settings, state_dir)
     await dispatcher.start()
     task = asyncio.create_task(dispatcher.run(interval, stop))
@@ -70,6 +70,7 @@ from tenacity.wait import wait_random_exponential
 
 from connectors import CasebridgeError, PermanentError, TargetRefused, TargetUnavailable
 from connectors._feed import poll_forever
+from connectors.kafka import Kafka
 from connectors.mailbox import MailboxSettings, relay_tls_context, send_via_relay
 from contracts import AlertRaised, parse_event, utcnow
 
@@ -250,7 +251,7 @@ class AlertDispatcher:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: Kafka,
         topics: Topics,
         group_id: str,
         channels: dict[str, EmailChannel | WebhookChannel],
@@ -265,7 +266,7 @@ class AlertDispatcher:
     ) -> None:
         if any(isinstance(c, EmailChannel) for c in channels.values()) and mail is None:
             raise ValueError("alerts: an e-mail channel needs the mailbox relay settings (mail)")
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = kafka
         self.topics = topics
         self.group_id = group_id
         self.channels = dict(channels)
@@ -293,7 +294,7 @@ class AlertDispatcher:
         self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
         self._partitions.clear()
         self._paused.clear()
-        self.consumer = follower(self.bootstrap_servers, self.group_id, self.topics.events)
+        self.consumer = follower(self.kafka, self.group_id, self.topics.events)
         await self.consumer.start()
 
     async def stop(self) -> None:

@@ -7,13 +7,17 @@ topics for the transfer and serves what waits there, decided by what each entry 
 - a pending closure whose trigger is an allocation (``ALLOCATION_TRIGGERS``) is written back due now with the
   worker, so the closure scheduler closes the source naming that worker (and first sends the documents where the
   entry says so);
-- a pending notice (every one waits for the allocation) is sent by the notices loop on the ``allocated`` event
-  this emits, once, across restarts (``router/notices.py``'s durable marks).
+- a pending notice (every one waits for the allocation) is sent by the notices loop on the audit record, once,
+  across restarts (``router/notices.py``'s durable marks).
 
-Each recorded allocation writes one audit record (operator, time, transfer, rule ids, council, organisation) to
-``<prefix>.audit`` before anything else. The worker's name goes into the compacted pending closure only: never into
-an event, the audit record or a log line. Refused, writing nothing, without an operator or when nothing pending is
-served by an allocation.
+Each recorded allocation writes one audit record (operator, time, transfer, rule ids, council, organisation, the
+target) to ``<prefix>.audit`` before anything else. The audit record is the signal: the notices loop and the closure
+scheduler follow the audit topic, and the closure scheduler (the router's principal, the only writer of the events
+topic with the reporters) emits the ``allocated`` event for it. An ``allocated`` event on the events topic alone
+proves nothing (anyone who can write to Kafka could have written it): it acts only once the target that holds the
+transfer confirms it (``confirm_allocation``); where the target cannot say (a team mailbox), only an audit record
+counts. The worker's name goes into the compacted pending closure only: never into an event, the audit record or a
+log line. Refused, writing nothing, without an operator or when nothing pending is served by an allocation.
 """
 
 from __future__ import annotations
@@ -21,21 +25,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import structlog
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer
-from contracts import Person, TransferAllocated
+from connectors.kafka import Kafka
+from contracts import CaseSystem, Person, TransferAllocated
 
-from ._pending import ALLOCATION_TRIGGERS, PendingClosure, PendingNotice
+from ._pending import ALLOCATION_TRIGGERS, PendingClosure, PendingNotice, read_pending_notices
 from ._reading import replay_compacted
 from .flow import event_id
-from .notices import read_pending_notices
 from .settings import ALLOCATION_AUDIT_PREFIX, Settings, Topics
 
 log = structlog.get_logger("casebridge.router.allocations")
+
+
+@runtime_checkable
+class KnowsAllocation(Protocol):
+    """A target that can say who was allocated a transfer (SW22-10: the receiving early-help worker; LU-7's notice
+    and every allocation signal are confirmed with it)."""
+
+    async def allocated_worker(self, transfer_id: str) -> Person | None: ...
 
 
 def recorded_allocation_event_id(transfer_id: str) -> str:
@@ -65,6 +78,50 @@ class AllocationAudit(BaseModel):
     rule_ids: list[str]
     council: str
     organisation: str | None
+    #: the target that holds the transfer, and its reference there (the ``allocated`` event names them)
+    target_system: CaseSystem | None = None
+    target_reference: str | None = None
+    correlation_id: str | None = None
+
+    def event(self) -> TransferAllocated:
+        """The ``allocated`` event of this recorded allocation (the closure scheduler emits it)."""
+        return TransferAllocated(
+            event_id=recorded_allocation_event_id(self.transfer_id),
+            transfer_id=self.transfer_id,
+            correlation_id=self.correlation_id,
+            council=self.council,
+            occurred_at=self.at,
+            target_system=self.target_system or CaseSystem.MAILBOX,
+            target_reference=self.target_reference or self.transfer_id,
+            episode_reference=self.target_reference or self.transfer_id,
+        )
+
+
+def recorded_allocation(key: bytes | None, value: bytes | None) -> AllocationAudit | None:
+    """The recorded allocation an audit record holds, or None (a replay's or the intake's record, or unreadable)."""
+    if key is None or value is None or not key.startswith(ALLOCATION_AUDIT_PREFIX.encode()):
+        return None
+    try:
+        return AllocationAudit.model_validate_json(value)
+    except ValidationError:
+        log.warning("allocation_audit_unreadable")
+        return None
+
+
+async def confirm_allocation(target: Target | None, transfer_id: str) -> Person | bool | None:
+    """Whether the target that holds the transfer says it is allocated: the worker it names; False when it says
+    nobody is, or cannot say (a team mailbox: only an operator's audit record counts there); None when it cannot be
+    asked now (unavailable: ask again later)."""
+    if not isinstance(target, KnowsAllocation):
+        return False
+    try:
+        worker = await target.allocated_worker(transfer_id)
+    except CasebridgeError as exc:
+        if getattr(exc, "retriable", False):
+            log.warning("allocation_unconfirmed_yet", transfer_id=transfer_id, error_class=type(exc).__name__)
+            return None
+        return False
+    return worker if worker is not None else False
 
 
 @dataclass(frozen=True)
@@ -78,7 +135,7 @@ class RecordedAllocation:
 
 
 async def allocate(
-    bootstrap_servers: str,
+    kafka: Kafka,
     topics: Topics,
     transfer_id: str,
     worker: Person,
@@ -90,11 +147,11 @@ async def allocate(
         raise AllocationRefused("operator: required, every recorded allocation is audited (--operator)")
     if not worker.organisation:
         raise AllocationRefused("worker.organisation: required, the closure record names the worker's organisation")
-    closures = await replay_compacted(bootstrap_servers, topics.pending_closures, bytes.decode, PendingClosure.decode)
+    closures = await replay_compacted(kafka, topics.pending_closures, bytes.decode, PendingClosure.decode)
     closure = closures.get(transfer_id)
     if closure is not None and closure.trigger not in ALLOCATION_TRIGGERS:
         closure = None
-    notice = (await read_pending_notices(bootstrap_servers, topics.pending_notices)).get(transfer_id)
+    notice = (await read_pending_notices(kafka, topics.pending_notices)).get(transfer_id)
     if closure is None and notice is None:
         raise AllocationNotPending(
             f"transfer_id: {transfer_id!r} has nothing pending that an allocation serves (no closure or notice "
@@ -111,16 +168,6 @@ async def allocate(
         # a pending notice keeps no target receipt: the team mailbox holds the transfer under its id
         council, target_system, target_reference = notice.notice.council, notice.channel, transfer_id
         correlation_id = notice.notice.correlation_id
-    event = TransferAllocated(
-        event_id=recorded_allocation_event_id(transfer_id),
-        transfer_id=transfer_id,
-        correlation_id=correlation_id,
-        council=council,
-        occurred_at=now,
-        target_system=target_system,
-        target_reference=target_reference,
-        episode_reference=target_reference,
-    )
     audit = AllocationAudit(
         operator=operator.strip(),
         at=now,
@@ -129,23 +176,21 @@ async def allocate(
         rule_ids=rule_ids,
         council=council.value,
         organisation=worker.organisation,
+        target_system=target_system,
+        target_reference=target_reference,
+        correlation_id=correlation_id,
     )
-    producer = idempotent_producer(bootstrap_servers)
+    producer = idempotent_producer(kafka)
     await producer.start()
     try:
-        # the audit first: nothing is recorded that was not audited (a failure after it leaves an audited attempt);
-        # the closure before the event, so the closure scheduler need not act on the event (it is not its signal)
+        # the audit record first: nothing is recorded that was not audited (a failure after it leaves an audited
+        # attempt: record it again). It is the signal: the notices loop sends on it, and the closure scheduler emits
+        # the ``allocated`` event for it. Nothing is written to the events topic from here.
         await producer.send_and_wait(
             topics.audit, audit.model_dump_json().encode(), key=f"{ALLOCATION_AUDIT_PREFIX}{transfer_id}".encode()
         )
         if due is not None:
             await producer.send_and_wait(topics.pending_closures, due.encode(), key=transfer_id.encode())
-        await producer.send_and_wait(
-            topics.events,
-            event.model_dump_json().encode(),
-            key=transfer_id.encode(),
-            headers=[("event_type", b"allocated")],
-        )
     finally:
         await producer.stop()
     log.info("allocation_recorded", transfer_id=transfer_id, rule_ids=rule_ids, closure=due is not None)
@@ -160,4 +205,4 @@ async def record_allocation(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RecordedAllocation:
     """``allocate`` on the deployment ``settings`` name (``casebridge allocate``)."""
-    return await allocate(settings.bootstrap_servers, settings.topics, transfer_id, worker, operator, clock)
+    return await allocate(settings.connection, settings.topics, transfer_id, worker, operator, clock)

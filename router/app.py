@@ -37,14 +37,16 @@ from typing import Any, Literal, TypeAlias, cast
 
 import structlog
 from aiokafka import ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from faststream import AckPolicy, FastStream
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaMessage
 from pydantic import ValidationError
 
 from connectors import Source, Target
+from connectors import kafka as clients
+from connectors.kafka import Kafka
 from contracts import AlertRaised, CaseSystem, Council, TransferMessage, TransferRetryScheduled
 from mappings import Protocol, load_protocols
 
@@ -63,11 +65,9 @@ class RouterHalted(RuntimeError):
     """Raised for every batch after an output failed: nothing more is committed."""
 
 
-async def ensure_topics(
-    bootstrap_servers: str, names: Sequence[str], compacted: Sequence[str] = (), partitions: int = 3
-) -> None:
+async def ensure_topics(kafka: Kafka, names: Sequence[str], compacted: Sequence[str] = (), partitions: int = 3) -> None:
     """Create the topics if they do not exist (single-node default: replication factor 1)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = clients.admin(kafka)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -138,13 +138,13 @@ class Router:
         self.outcomes: dict[str, int] = defaultdict(int)
         self.retry_state = RetryState()
         self.outbox = Outbox(
-            settings.bootstrap_servers,
+            settings.connection,
             self.topics.events,
             self.topics.dead_letter,
             settings.group_id,
             parking_topic=self.topics.parking,
         )
-        self.broker = KafkaBroker(settings.bootstrap_servers, logger=None)
+        self.broker = clients.broker(settings.connection, logger=None)
         self.app = FastStream(self.broker)
         self._gate = asyncio.Semaphore(settings.concurrency)
         self._settling: dict[int | None, asyncio.Task[None]] = {}  # per subscriber: its batch in flight
@@ -370,10 +370,10 @@ class Router:
         self._closing = False
         t = self.topics
         # every topic created with its documented configuration; refused if an existing one would lose records
-        await topics.prepare(self.settings.bootstrap_servers, t, len(self.tiers), self.settings.topic_config)
-        await self.retry_state.load(self.settings.bootstrap_servers, t.retry_state)
+        await topics.prepare(self.settings.connection, t, len(self.tiers), self.settings.topic_config)
+        await self.retry_state.load(self.settings.connection, t.retry_state)
         if self.flow.history is not None:
-            await self.flow.history.load(self.settings.bootstrap_servers, t.history)
+            await self.flow.history.load(self.settings.connection, t.history)
         for connector in self._connectors():
             await connector.start()
         await self.outbox.start([t.events, t.history, t.pending_notices, t.pending_closures])  # every transfer's

@@ -7,9 +7,12 @@ staff names only), which the flow writes to the compacted ``<prefix>.pending-clo
 transfer id. ``ClosureScheduler`` reads that topic and the events topic. A closure falls due
 at its time (LU-4), on the transfer's ``allocated`` event (SW22-10) or on the Front Door's
 ``front-door-decision`` event (NS-12: accepted closes; not accepted cancels, the record
-stays open). An allocation an operator records (``router/allocations.py``: a team mailbox cannot report one)
-writes a closure waiting for an allocation back due now with the worker it names, which the close then uses
-instead of asking the target (SW22-10), or with which the documents go first (BA-9).
+stays open). A signal never acts alone: an ``allocated`` or ``front-door-decision`` event read on the events topic
+is confirmed with the system that owns it (the target's allocation of the transfer, LCS's decision on the contact)
+before anything closes; unconfirmed, nothing closes and a critical alert says so. An allocation an operator records
+(``router/allocations.py``: a team mailbox cannot report one) writes a closure waiting for an allocation back due now
+with the worker it names, which the close then uses instead of asking the target (SW22-10), or with which the
+documents go first (BA-9); its audit record, followed here, is what the ``allocated`` event is emitted for.
 LU-4 is cancelled when a step-down of the same child is agreed before it falls due
 (seed 002: co-working for 10 days, then early help closes or the case steps down): the
 scheduler reads the compacted child history (``router/_history.py``, written by the flow on
@@ -50,11 +53,13 @@ from contracts import (
     FrontDoorDecided,
     MilestoneRecorded,
     Person,
+    RecordState,
     SourceClosed,
     SourceRecord,
     TransferDeadLettered,
     TransferEvent,
     TransferMessage,
+    TransferReplayed,
     field_errors,
     parse_event,
 )
@@ -66,12 +71,16 @@ from ._history import decode as decode_history
 from ._outbox import Failure, dead_letter_headers
 from ._pending import PendingClosure, Trigger
 from ._reading import fold_compacted, follower, replay_compacted
+from ._retry import H_REPLAY_OF, H_REPLAY_OPERATOR
 from .allocations import (
     AllocationAudit,
     AllocationNotPending,
     AllocationRefused,
+    KnowsAllocation,
     RecordedAllocation,
+    confirm_allocation,
     record_allocation,
+    recorded_allocation,
     recorded_allocation_event_id,
 )
 from .flow import event_id
@@ -164,13 +173,6 @@ class ClosurePlanner:
 
 
 @runtime_checkable
-class KnowsAllocation(Protocol):
-    """A target that can say who was allocated a transfer (SW22-10: the receiving early-help worker)."""
-
-    async def allocated_worker(self, transfer_id: str) -> Person | None: ...
-
-
-@runtime_checkable
 class KnowsDecision(Protocol):
     """A target that records a decision on the transfer itself (NS-12: the Front Door's, on the LCS contact)."""
 
@@ -213,13 +215,14 @@ class ClosureScheduler:
         self.clock = clock
         topics = settings.topics
         self.consumer = follower(
-            settings.bootstrap_servers,
+            settings.connection,
             f"{settings.group_id}-closures",
             topics.events,
             topics.pending_closures,
             topics.history,
+            topics.audit,
         )
-        self.producer = idempotent_producer(settings.bootstrap_servers)
+        self.producer = idempotent_producer(settings.connection)
         self.pending: dict[str, PendingClosure] = {}
         #: signals read for transfers (allocated; front door accepted True / not accepted False)
         self.signals: dict[str, tuple[Trigger, bool]] = {}
@@ -231,16 +234,18 @@ class ClosureScheduler:
         self.step_downs: dict[str, tuple[HistoryEntry, ...]] = {}  # exact tuples: the collector stops scanning them
         #: signals with nothing pending yet: transfer id -> (partition, offset, monotonic time read)
         self._unmatched: dict[str, tuple[TopicPartition, int, float]] = {}
+        #: operators' recorded allocations read in this poll: their ``allocated`` events go out before the commit
+        self._recorded: list[AllocationAudit] = []
+        #: replayed closures read in this poll: their ``replayed`` events go out before the commit
+        self._replays: list[TransferEvent] = []
 
     async def start(self) -> None:
         topic = self.settings.topics.pending_closures
         self.pending.update(
-            await replay_compacted(self.settings.bootstrap_servers, topic, bytes.decode, PendingClosure.decode)
+            await replay_compacted(self.settings.connection, topic, bytes.decode, PendingClosure.decode)
         )
         history = self.settings.topics.history
-        self.step_downs.update(
-            await replay_compacted(self.settings.bootstrap_servers, history, _hashed, decode_history)
-        )
+        self.step_downs.update(await replay_compacted(self.settings.connection, history, _hashed, decode_history))
         await self.producer.start()
         await self.consumer.start()
 
@@ -253,9 +258,16 @@ class ClosureScheduler:
         for records in (await self.consumer.getmany(timeout_ms=200)).values():
             for r in records:
                 self._read(r)
+        recorded, self._recorded = self._recorded, []
+        replays, self._replays = self._replays, []
+        await self._send_all([self._event_record(e) for e in [*(a.event() for a in recorded), *replays]])
         for tid in sorted(self.closed.keys() & self.pending.keys()):
-            await self._write(tid, None)
-            log.info("closure_not_needed", transfer_id=tid)
+            confirmed = await self._source_says_closed(self.pending[tid])
+            if confirmed:
+                await self._write(tid, None)
+                log.info("closure_not_needed", transfer_id=tid)
+            elif confirmed is False:
+                self.closed.pop(tid, None)
         for _, p in sorted(self.pending.items()):
             down = self._stepped_down(p)
             if down is not None:
@@ -313,6 +325,11 @@ class ClosureScheduler:
         await self.consumer.commit(offsets)
 
     def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
+        if r.topic == self.settings.topics.audit:
+            audit = recorded_allocation(r.key, r.value)
+            if audit is not None:
+                self._recorded.append(audit)
+            return
         if r.topic == self.settings.topics.history:
             fold_compacted(self.step_downs, [r], _hashed, decode_history)
             return
@@ -321,6 +338,18 @@ class ClosureScheduler:
                 self._own.discard((r.partition, r.offset))
             else:
                 fold_compacted(self.pending, [r], bytes.decode, PendingClosure.decode)
+                of = dict(r.headers or ()).get(H_REPLAY_OF)
+                if of is not None and r.key is not None:  # an operator replayed its dead letter: the event is ours
+                    operator = dict(r.headers or ()).get(H_REPLAY_OPERATOR, b"unknown").decode(errors="replace")
+                    offset = of.decode(errors="replace").partition(":")[2]
+                    self._replays.append(
+                        TransferReplayed(
+                            event_id=event_id(of.decode(errors="replace"), "replayed"),
+                            transfer_id=r.key.decode(),
+                            operator=operator,
+                            dead_letter_offset=int(offset) if offset.isdigit() else 0,
+                        )
+                    )
             return
         kind = dict(r.headers or ()).get("event_type")
         if r.key is None or kind not in (b"allocated", b"front-door-decision", b"source-closed"):
@@ -372,33 +401,48 @@ class ClosureScheduler:
         log.info("closure_cancelled", transfer_id=tid, rule_ids=[p.rule_id], by_transfer=down.transfer_id)
 
     async def _on_signal(self, p: PendingClosure, go: bool, now: datetime) -> None:
-        """The signal arrived: due now (written back, so a restart keeps it), or cancelled (NS-12 not accepted)."""
+        """The signal arrived: due now (written back, so a restart keeps it), or cancelled (NS-12 not accepted).
+        Confirmed first with the system that owns it (``_confirmed``)."""
         tid = p.transfer_id
-        if p.trigger == "accepted" and not await self._confirmed_decision(p, go):
+        confirmed = await self._confirmed(p, go)
+        if confirmed is None:
             return
         if not go:
             await self._write(tid, None)
             log.info("closure_cancelled", transfer_id=tid, rule_ids=[p.rule_id])
             return
-        due = p.model_copy(update={"due_at": now})
-        await self._write(tid, due)
+        update: dict[str, Any] = {"due_at": now}
+        if isinstance(confirmed, Person) and p.worker is None:
+            update["worker"] = confirmed  # the worker the target names: the close does not ask again
+        await self._write(tid, p.model_copy(update=update))
         log.info("closure_due", transfer_id=tid, rule_ids=[p.rule_id], trigger=p.trigger)
 
-    async def _confirmed_decision(self, p: PendingClosure, accepted: bool) -> bool:
-        """A decision read on the events topic acts only once the system that owns it says the same: anyone who can
-        write to Kafka could have written the event. Unconfirmed: the signal is dropped, nothing closes, and an
-        alert says so (once per transfer). The target down: the signal waits for the next poll."""
+    async def _confirmed(self, p: PendingClosure, go: bool) -> Person | bool | None:
+        """A signal read on the events topic acts only once the system that owns it says the same: anyone who can
+        write to Kafka could have written the event. The front door's decision: LCS's decision on the contact; an
+        allocation: the target's allocation of the transfer (the worker it names). Unconfirmed: the signal is
+        dropped, nothing closes, and an alert says so (None is returned). The system down: the signal waits for the
+        next poll (None too, the signal kept)."""
         tid = p.transfer_id
         target = self.targets.get(p.target_system)
-        try:
-            actual = await target.front_door_decision(tid) if isinstance(target, KnowsDecision) else None
-        except CasebridgeError as exc:
-            if getattr(exc, "retriable", False):
-                log.warning("signal_unconfirmed_yet", transfer_id=tid, error_class=type(exc).__name__)
-                return False
-            actual = None
-        if actual is not None and (actual == "accepted") == accepted:
-            return True
+        if p.trigger == "allocated":
+            worker = await confirm_allocation(target, tid)
+            if worker is None:
+                return None  # ask again at the next poll
+            if worker is not False:
+                return worker
+            signal = "an allocated event"
+        else:
+            try:
+                actual = await target.front_door_decision(tid) if isinstance(target, KnowsDecision) else None
+            except CasebridgeError as exc:
+                if getattr(exc, "retriable", False):
+                    log.warning("signal_unconfirmed_yet", transfer_id=tid, error_class=type(exc).__name__)
+                    return None
+                actual = None
+            if actual is not None and (actual == "accepted") == go:
+                return True
+            signal = "a front-door-decision event"
         self.signals.pop(tid, None)
         log.warning("signal_not_confirmed", transfer_id=tid, rule_ids=[p.rule_id], system=p.target_system.value)
         await self._emit(
@@ -406,8 +450,37 @@ class ClosureScheduler:
                 **self._about(p, "signal-not-confirmed"),
                 severity="critical",
                 rule_ids=[p.rule_id],
-                summary=f"a front-door-decision event that {p.target_system.value} does not confirm was ignored:"
-                " nothing was closed; check who can write the events topic",
+                summary=f"{signal} that {p.target_system.value} does not confirm was ignored: nothing was closed;"
+                " check who can write the events topic",
+            )
+        )
+        return None
+
+    async def _source_says_closed(self, p: PendingClosure) -> bool | None:
+        """A ``source-closed`` event for a record this scheduler still means to close (e.g. a re-run of the transfer
+        closed it): the source is asked first, as for every signal. Closed there: True, nothing left to do. Still
+        open (a forged event, or one about another record): False, the closure stays pending, and an alert. The
+        source down: None, asked again at the next poll."""
+        tid = p.transfer_id
+        source = self.sources.get(p.source_record.system)
+        if source is not None:
+            try:
+                state = await source.state(p.closing_transfer())
+            except CasebridgeError as exc:
+                if getattr(exc, "retriable", False):
+                    log.warning("signal_unconfirmed_yet", transfer_id=tid, error_class=type(exc).__name__)
+                    return None
+            else:
+                if state.state is RecordState.CLOSED:
+                    return True
+        log.warning("signal_not_confirmed", transfer_id=tid, rule_ids=[p.rule_id], system=p.source_record.system.value)
+        await self._emit(
+            AlertRaised(
+                **self._about(p, "source-closed-not-confirmed"),
+                severity="critical",
+                rule_ids=[p.rule_id],
+                summary=f"a source-closed event that {p.source_record.system.value} does not confirm was ignored: "
+                "the closure stays pending; check who can write the events topic",
             )
         )
         return False

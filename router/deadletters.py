@@ -3,10 +3,11 @@
 A dead letter is the original record (key, value, headers) plus ``casebridge.dlq.*``
 context headers. Replay puts the original back on the transfers topic, so it goes through
 every check again, with ``casebridge.replay.*`` headers naming the operator and the dead
-letter. Each replay is audited (an audit record keyed by the dead letter, and a
-``replayed`` event). Replay is idempotent: a dead letter already replayed is skipped, and
-delivery itself is idempotent on transfer id. A replayed message that fails again goes to
-the parking topic, not back to the dead-letter topic, so nothing loops.
+letter. Each replay is audited (an audit record keyed by the dead letter); the router (or, for a
+later closure, the closure scheduler) writes the ``replayed`` event when it reads the record again,
+the operator's principal writing no events (README "Deploying securely"). Replay is idempotent:
+a dead letter already replayed is skipped, and delivery itself is idempotent on transfer id. A replayed
+message that fails again goes to the parking topic, not back to the dead-letter topic, so nothing loops.
 
 Each dead letter has a status (``STATUSES``), from what happened since: ``resolved`` (its transfer
 later reached a completed state, ``COMPLETED``, on the events topic), ``parked`` (its replay failed
@@ -21,20 +22,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.client import AIOKafkaClient
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts import TransferReplayed
+from connectors import kafka as clients
+from connectors.kafka import Kafka
 
 from ._outbox import DLQ_PREFIX
 from ._reading import read_all
@@ -213,21 +211,21 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-async def list_dead_letters(bootstrap_servers: str, topics: Topics, filters: Filters | None = None) -> list[DeadLetter]:
-    letters = [DeadLetter.of(r) for r in await read_all(bootstrap_servers, topics.dead_letter)]
+async def list_dead_letters(kafka: Kafka, topics: Topics, filters: Filters | None = None) -> list[DeadLetter]:
+    letters = [DeadLetter.of(r) for r in await read_all(kafka, topics.dead_letter)]
     return [d for d in letters if filters is None or filters.matches(d)]
 
 
-async def replayed_ids(bootstrap_servers: str, topics: Topics) -> set[str]:
+async def replayed_ids(kafka: Kafka, topics: Topics) -> set[str]:
     """The dead letters replayed so far: the keys of the audit topic's replay records (not allocations' or intake's)."""
-    keys = {r.key.decode() for r in await read_all(bootstrap_servers, topics.audit) if r.key is not None}
+    keys = {r.key.decode() for r in await read_all(kafka, topics.audit) if r.key is not None}
     return {k for k in keys if not k.startswith(ALLOCATION_AUDIT_PREFIX) and _DEAD_LETTER_ID.fullmatch(k)}
 
 
-async def _partitions(bootstrap_servers: str) -> dict[str, set[int]]:
+async def _partitions(kafka: Kafka) -> dict[str, set[int]]:
     """The cluster's topics and their partitions (a metadata request for all of them: naming an absent topic
     might create it)."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
+    client = clients.client(kafka)
     await client.bootstrap()
     try:
         cluster = await client.fetch_all_metadata()
@@ -236,17 +234,17 @@ async def _partitions(bootstrap_servers: str) -> dict[str, set[int]]:
         await client.close()
 
 
-async def parked_ids(bootstrap_servers: str, topics: Topics) -> set[str]:
+async def parked_ids(kafka: Kafka, topics: Topics) -> set[str]:
     """The dead letters whose replay failed again: the ``casebridge.replay.of`` of the parking topic's records."""
     out = set()
-    for r in await read_all(bootstrap_servers, topics.parking):
+    for r in await read_all(kafka, topics.parking):
         of = dict(r.headers or ()).get(H_REPLAY_OF)
         if of is not None:
             out.add(bytes(of).decode(errors="replace"))
     return out
 
 
-async def expired_ids(bootstrap_servers: str, letters: Sequence[DeadLetter]) -> set[str]:
+async def expired_ids(kafka: Kafka, letters: Sequence[DeadLetter]) -> set[str]:
     """Dead letters held by reference whose record is gone: its topic or partition no longer there, or its offset
     below the partition's first (retention deleted it; transfers are kept 7 days)."""
     refs: dict[str, TopicPartition | None] = {}
@@ -258,11 +256,11 @@ async def expired_ids(bootstrap_servers: str, letters: Sequence[DeadLetter]) -> 
                 refs[d.id] = None  # it names no record: nothing to find
     if not refs:
         return set()
-    cluster = await _partitions(bootstrap_servers)
+    cluster = await _partitions(kafka)
     there = sorted({tp for tp in refs.values() if tp is not None and tp.partition in cluster.get(tp.topic, ())})
     first: dict[TopicPartition, int] = {}
     if there:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+        consumer = clients.consumer(kafka, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
             consumer.assign(there)  # the consumer learns these topics' leaders
@@ -279,7 +277,7 @@ async def expired_ids(bootstrap_servers: str, letters: Sequence[DeadLetter]) -> 
 
 
 async def completions_since(
-    bootstrap_servers: str, events_topic: str, transfer_ids: Iterable[str], since: datetime | None
+    kafka: Kafka, events_topic: str, transfer_ids: Iterable[str], since: datetime | None
 ) -> dict[str, list[tuple[str, datetime]]]:
     """Completion events (``COMPLETED``) of these transfers on the events topic, from a little before ``since``
     (the oldest dead letter: nothing older can resolve one) to the topic's end now."""
@@ -287,12 +285,10 @@ async def completions_since(
     out: dict[str, list[tuple[str, datetime]]] = {}
     if not wanted:
         return out
-    partitions = [
-        TopicPartition(events_topic, p) for p in sorted((await _partitions(bootstrap_servers)).get(events_topic, ()))
-    ]
+    partitions = [TopicPartition(events_topic, p) for p in sorted((await _partitions(kafka)).get(events_topic, ()))]
     if not partitions:
         return out
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+    consumer = clients.consumer(kafka, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(partitions)
@@ -325,7 +321,7 @@ async def completions_since(
 
 
 async def outcomes_from_topics(
-    bootstrap_servers: str,
+    kafka: Kafka,
     topics: Topics,
     letters: Sequence[DeadLetter],
     completions: Mapping[str, Sequence[tuple[str, datetime]]] | None = None,
@@ -335,7 +331,7 @@ async def outcomes_from_topics(
     The events topic is read from a little before the oldest of these dead letters only (nothing older can
     resolve one), unless ``completions`` are given (the monitor has them in its store); a topic that does not
     exist yet has nothing to say."""
-    there = await _partitions(bootstrap_servers)
+    there = await _partitions(kafka)
     with_transfer = [d for d in letters if d.transfer_id]
     times = [d.failed_at for d in with_transfer]
     since = None if None in times else min((t for t in times if t is not None), default=None)
@@ -348,29 +344,29 @@ async def outcomes_from_topics(
 
     wanted = {d.transfer_id or "" for d in with_transfer}
     replayed, parked, completed, expired = await asyncio.gather(
-        replayed_ids(bootstrap_servers, topics) if topics.audit in there else nothing(),
-        parked_ids(bootstrap_servers, topics) if topics.parking in there else nothing(),
-        completions_since(bootstrap_servers, topics.events, wanted, since)
+        replayed_ids(kafka, topics) if topics.audit in there else nothing(),
+        parked_ids(kafka, topics) if topics.parking in there else nothing(),
+        completions_since(kafka, topics.events, wanted, since)
         if completions is None and topics.events in there and with_transfer
         else given(),
-        expired_ids(bootstrap_servers, letters),
+        expired_ids(kafka, letters),
     )
     return Outcomes(frozenset(replayed), frozenset(parked), completed, frozenset(expired))
 
 
 async def list_with_status(
-    bootstrap_servers: str, topics: Topics, filters: Filters | None = None, status: Status | None = None
+    kafka: Kafka, topics: Topics, filters: Filters | None = None, status: Status | None = None
 ) -> list[dict[str, Any]]:
     """The matching dead letters as listed (``DeadLetter.listed``: summary and status), only ``status`` if given."""
-    letters = await list_dead_letters(bootstrap_servers, topics, filters)
-    outcomes = await outcomes_from_topics(bootstrap_servers, topics, letters)
+    letters = await list_dead_letters(kafka, topics, filters)
+    outcomes = await outcomes_from_topics(kafka, topics, letters)
     rows = [d.listed(outcomes) for d in letters]
     return [r for r in rows if status is None or r["status"] == status]
 
 
-async def router_members(bootstrap_servers: str, group_id: str) -> int | None:
+async def router_members(kafka: Kafka, group_id: str) -> int | None:
     """How many members the router's consumer group has now (0: no router is consuming); None if Kafka cannot say."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = clients.admin(kafka)
     await admin.start()
     try:
         responses = await admin.describe_consumer_groups([group_id])
@@ -399,7 +395,7 @@ class ReplayReport:
 
 
 async def replay(
-    bootstrap_servers: str,
+    kafka: Kafka,
     topics: Topics,
     *,
     operator: str | None,
@@ -411,8 +407,8 @@ async def replay(
     """Replay matching dead letters once each; audited; ``dry_run`` only reports what it would do."""
     if not operator or not operator.strip():
         raise ReplayRefused("replay needs an operator identity (--operator): every replay is audited")
-    letters = await list_dead_letters(bootstrap_servers, topics, filters)
-    outcomes = await outcomes_from_topics(bootstrap_servers, topics, letters)
+    letters = await list_dead_letters(kafka, topics, filters)
+    outcomes = await outcomes_from_topics(kafka, topics, letters)
     report = ReplayReport(dry_run=dry_run)
     for d in letters:
         if d.id in outcomes.replayed:
@@ -426,8 +422,8 @@ async def replay(
         report.letters[d.id] = d.listed(outcomes)
     if dry_run or not report.selected:
         return report
-    chosen = {d.id: d for d in await list_dead_letters(bootstrap_servers, topics) if d.id in set(report.selected)}
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
+    chosen = {d.id: d for d in await list_dead_letters(kafka, topics) if d.id in set(report.selected)}
+    producer = clients.producer(kafka, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for dl_id in report.selected:
@@ -441,19 +437,6 @@ async def replay(
             )
             audit = {"operator": operator, "at": now.isoformat(), "dead_letter": dl_id, **d.summary()}
             await producer.send_and_wait(topics.audit, value=json.dumps(audit).encode(), key=dl_id.encode())
-            transfer_id = d.context.get("transfer.id") or None
-            event = TransferReplayed(
-                event_id=str(uuid.uuid4()),
-                transfer_id=transfer_id,
-                operator=operator,
-                dead_letter_offset=int(dl_id.split(":")[1]),
-            )
-            await producer.send_and_wait(
-                topics.events,
-                value=event.model_dump_json().encode(),
-                key=(transfer_id or event.event_id).encode(),
-                headers=[("event_type", b"replayed")],
-            )
             report.replayed.append(dl_id)
             await asyncio.sleep(1.0 / rate_per_second)
     finally:

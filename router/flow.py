@@ -57,6 +57,7 @@ from contracts import (
     TransferHeld,
     TransferMessage,
     TransferRejected,
+    TransferReplayed,
     TransferRequested,
     TransferValidated,
     field_errors,
@@ -68,6 +69,7 @@ from ._event_json import encode_event, event_type_of, transfer_head, utc_datetim
 from ._history import ChildHistory
 from ._outbox import Failure
 from ._pending import PendingNotice
+from ._retry import H_REPLAY_OF, H_REPLAY_OPERATOR, H_TIER, header
 from .settings import RetrySettings
 
 if TYPE_CHECKING:
@@ -151,6 +153,7 @@ class TransferFlow:
         parsed: TransferMessage | ValidationError | None = None,
     ) -> Outcome:
         """Carry one record through the flow; ``parsed`` is ``parse(record)`` when the caller has it already."""
+        await self._replayed(record, sink)
         # 1. the contract
         transfer = self.parse(record) if parsed is None else parsed
         if isinstance(transfer, ValidationError):
@@ -406,6 +409,23 @@ class TransferFlow:
                     exc.attempts = attempt.retry_state.attempt_number  # type: ignore[attr-defined]
                     raise
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _replayed(self, record: ConsumerRecord[bytes, bytes], sink: Sink) -> None:
+        """A dead letter an operator replayed (``casebridge replay`` wrote it back with its headers, and its audit
+        record): the ``replayed`` event is the router's to write, once, when the record is first read again (the
+        operator's principal writes no events). Its id is the dead letter's: a re-read writes the same event."""
+        of = header(record, H_REPLAY_OF)
+        if of is None or header(record, H_TIER) is not None:  # not replayed, or a retry of the replayed record
+            return
+        _, _, offset = of.partition(":")
+        await sink.emit(
+            TransferReplayed(
+                event_id=event_id(of, "replayed"),
+                transfer_id=peek_transfer_id(record.value),
+                operator=header(record, H_REPLAY_OPERATOR) or "unknown",
+                dead_letter_offset=int(offset) if offset.isdigit() else 0,
+            )
+        )
 
     async def _reject(self, record: ConsumerRecord[bytes, bytes], exc: ValidationError, sink: Sink) -> Outcome:
         errors = field_errors(exc)

@@ -1,12 +1,13 @@
 """Notices due when a transfer is allocated (LU-7: early help tells the social worker and manager).
 
 The flow writes a ``PendingNotice`` to the compacted ``<prefix>.pending-notices`` topic once the
-target holds the transfer. This loop reads that topic and the events topic; when an
-``allocated`` event arrives for a transfer with a pending notice (from any allocation reporter,
-e.g. EHM's, or an operator's recorded allocation where the target is a team mailbox: ``router/allocations.py``), it
-sends the notice through the channel's Target, emits ``notice-sent`` and
-tombstones the pending entry. Delivery: at least once; a notice whose channel is down stays
-due and is tried again on the next poll.
+target holds the transfer. This loop reads that topic, the events topic and the audit topic; when a transfer with a
+pending notice is allocated it sends the notice through the channel's Target, emits ``notice-sent`` and tombstones
+the pending entry. Allocated means: an operator's recorded allocation (its audit record, ``router/allocations.py``:
+where the target is a team mailbox), or an ``allocated`` event from an allocation reporter (e.g. EHM's) that the
+target confirms (``confirm_allocation``: the event alone proves nothing, anyone who can write to Kafka could have
+written it). An event the target does not confirm sends nothing and raises a critical alert. Delivery: at least
+once; a notice whose channel is down stays due and is tried again on the next poll.
 
 An allocation read before its pending notice (or whose notice could not go yet) is made durable
 before the events topic's offset is committed past it: a mark ``allocated:<transfer id>`` is
@@ -27,35 +28,20 @@ from aiokafka.errors import CommitFailedError
 
 from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer, poll_forever
-from contracts import CaseSystem, NoticeSent
+from contracts import AlertRaised, CaseSystem, NoticeSent, TransferAllocated
 from mappings import Route
 
-from ._pending import PendingNotice
+from ._pending import MARK, Mark, PendingNotice, decode_notice_entry
 from ._reading import follower, replay_compacted
+from .allocations import confirm_allocation, recorded_allocation, recorded_allocation_event_id
 from .flow import event_id
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router.notices")
 Recipient = Literal["social_worker", "manager"]
-#: key prefix of a durable allocation mark on the pending-notices topic
-MARK = "allocated:"
 #: how long an allocation with no pending notice is remembered (the flow writes the notice when the target holds
 #: the transfer, before anyone can allocate it, so only a crashed or lagging flow writes it later)
 KEEP_MARKS = timedelta(days=30)
-
-
-def _decode(raw: bytes) -> PendingNotice | datetime:
-    """A pending notice, or the time of an allocation mark."""
-    doc = json.loads(raw)
-    if isinstance(doc, dict) and set(doc) == {"allocated_at"}:
-        return datetime.fromisoformat(doc["allocated_at"])
-    return PendingNotice.decode(raw)
-
-
-async def read_pending_notices(bootstrap_servers: str, topic: str) -> dict[str, PendingNotice]:
-    """The notices waiting for their transfer's allocation, by transfer id, as the topic stands now (no marks)."""
-    entries = await replay_compacted(bootstrap_servers, topic, bytes.decode, _decode)
-    return {k: v for k, v in entries.items() if isinstance(v, PendingNotice) and not k.startswith(MARK)}
 
 
 class AllocationNotices:
@@ -70,18 +56,23 @@ class AllocationNotices:
         self.targets = targets
         topics = settings.topics
         self.consumer = follower(
-            settings.bootstrap_servers, f"{settings.group_id}-notices", topics.events, topics.pending_notices
+            settings.connection,
+            f"{settings.group_id}-notices",
+            topics.events,
+            topics.pending_notices,
+            topics.audit,
         )
-        self.producer = idempotent_producer(settings.bootstrap_servers)
+        self.producer = idempotent_producer(settings.connection)
         self.pending: dict[str, PendingNotice] = {}
-        #: allocations read in this poll (not yet durable)
-        self.allocated: set[str] = set()
-        #: durable allocation marks: transfer id -> when marked
-        self.marks: dict[str, datetime] = {}
+        #: allocations read in this poll (not yet durable): transfer id -> the target that must confirm it (None:
+        #: an operator's audit record, confirmed)
+        self.allocated: dict[str, CaseSystem | None] = {}
+        #: durable allocation marks: transfer id -> when marked, and the target that must confirm it
+        self.marks: dict[str, Mark] = {}
 
     async def start(self) -> None:
         entries = await replay_compacted(
-            self.settings.bootstrap_servers, self.settings.topics.pending_notices, bytes.decode, _decode
+            self.settings.connection, self.settings.topics.pending_notices, bytes.decode, decode_notice_entry
         )
         for key, value in entries.items():
             self._apply(key, value)
@@ -94,33 +85,48 @@ class AllocationNotices:
 
     async def poll_once(self) -> int:
         """Read what is new; send every notice now due. Returns how many notices were sent."""
+        topics = self.settings.topics
         for records in (await self.consumer.getmany(timeout_ms=200)).values():
             for r in records:
                 if r.key is None:
                     continue
-                if r.topic == self.settings.topics.pending_notices:
-                    self._apply(r.key.decode(), None if r.value is None else _decode(r.value))
+                if r.topic == topics.pending_notices:
+                    self._apply(r.key.decode(), None if r.value is None else decode_notice_entry(r.value))
+                elif r.topic == topics.audit:
+                    audit = recorded_allocation(r.key, r.value)
+                    if audit is not None:
+                        self.allocated[audit.transfer_id] = None
                 elif dict(r.headers or ()).get("event_type") == b"allocated":
-                    self.allocated.add(r.key.decode())
+                    self._read_allocated(r.key.decode(), r.value)
         sent = 0
-        for tid in sorted((self.allocated | self.marks.keys()) & self.pending.keys()):
+        for tid in sorted((self.allocated.keys() | self.marks.keys()) & self.pending.keys()):
+            pending = self.pending[tid]
+            system = self.allocated[tid] if tid in self.allocated else self.marks[tid][1]
+            if system is not None:
+                confirmed = await confirm_allocation(self.targets.get(system), tid)
+                if confirmed is None:
+                    continue  # the target cannot be asked now: the allocation stays, asked again next poll
+                if confirmed is False:
+                    await self._unconfirmed(tid, pending, system)
+                    continue
             try:
-                await self._send(tid, self.pending[tid])
+                await self._send(tid, pending)
             except CasebridgeError as exc:  # the channel is down: the notice stays due
                 log.warning("allocation_notice_failed", transfer_id=tid, error_class=type(exc).__name__)
                 continue
             del self.pending[tid]
-            self.allocated.discard(tid)
+            self.allocated.pop(tid, None)
             if self.marks.pop(tid, None) is not None:
                 await self._mark(tid, None)
             sent += 1
         # every allocation still waiting for its notice is on the broker before the offsets move past it
         now = self.clock()
-        for tid in sorted(self.allocated - self.marks.keys()):
-            await self._mark(tid, now)
-            self.marks[tid] = now
+        for tid, system in sorted(self.allocated.items()):
+            if tid not in self.marks:
+                await self._mark(tid, (now, system))
+                self.marks[tid] = (now, system)
         self.allocated.clear()
-        for tid, at in sorted(self.marks.items()):
+        for tid, (at, _) in sorted(self.marks.items()):
             if now - at > KEEP_MARKS and tid not in self.pending:
                 await self._mark(tid, None)
                 del self.marks[tid]
@@ -131,11 +137,46 @@ class AllocationNotices:
             log.warning("notice_commit_failed", reason="the group rebalanced; read again from the last commit")
         return sent
 
-    def _apply(self, key: str, value: PendingNotice | datetime | None) -> None:
+    def _read_allocated(self, tid: str, value: bytes | None) -> None:
+        """An ``allocated`` event: an allocation to confirm with the target it names. An operator's recorded
+        allocation's own event is not the signal (its audit record is, read on the audit topic)."""
+        try:
+            event = TransferAllocated.model_validate_json(value or b"")
+        except ValueError:
+            log.warning("allocated_event_unreadable", transfer_id=tid)
+            return
+        if event.event_id != recorded_allocation_event_id(tid):
+            self.allocated.setdefault(tid, event.target_system)
+
+    async def _unconfirmed(self, tid: str, p: PendingNotice, system: CaseSystem) -> None:
+        """An allocation the target does not confirm: nothing is sent, the allocation is forgotten, an alert."""
+        self.allocated.pop(tid, None)
+        if self.marks.pop(tid, None) is not None:
+            await self._mark(tid, None)
+        log.warning("signal_not_confirmed", transfer_id=tid, rule_ids=[p.rule], system=system.value)
+        alert = AlertRaised(
+            event_id=event_id(f"{tid}/allocation-unconfirmed", "alert"),
+            transfer_id=tid,
+            correlation_id=p.notice.correlation_id,
+            council=p.notice.council,
+            occurred_at=self.clock(),
+            severity="critical",
+            rule_ids=[p.rule],
+            summary=f"an allocated event that {system.value} does not confirm was ignored: no notice was sent;"
+            " check who can write the events topic",
+        )
+        await self.producer.send_and_wait(
+            self.settings.topics.events,
+            alert.model_dump_json().encode(),
+            key=tid.encode(),
+            headers=[("event_type", b"alert")],
+        )
+
+    def _apply(self, key: str, value: PendingNotice | Mark | None) -> None:
         """One record of the pending-notices topic: a notice or an allocation mark; None: a tombstone."""
         if key.startswith(MARK):
             tid = key.removeprefix(MARK)
-            if isinstance(value, datetime):
+            if isinstance(value, tuple):
                 self.marks[tid] = value
             else:
                 self.marks.pop(tid, None)
@@ -144,8 +185,11 @@ class AllocationNotices:
         else:
             self.pending.pop(key, None)
 
-    async def _mark(self, tid: str, at: datetime | None) -> None:
-        value = None if at is None else json.dumps({"allocated_at": at.isoformat()}).encode()
+    async def _mark(self, tid: str, mark: Mark | None) -> None:
+        value = None
+        if mark is not None:
+            at, system = mark
+            value = json.dumps({"allocated_at": at.isoformat(), "confirm_with": system and system.value}).encode()
         await self.producer.send_and_wait(self.settings.topics.pending_notices, value, key=f"{MARK}{tid}".encode())
 
     async def _send(self, tid: str, p: PendingNotice) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connectors.kafka import KafkaConnection, KafkaSecurity
 from contracts import Council
 
 
@@ -104,13 +105,14 @@ class TopicSettings(BaseModel):
     events_retention_ms: int = Field(default=365 * DAY_MS, ge=-1)
 
 
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CASEBRIDGE_", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
     )
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    #: how to talk to Kafka: TLS, SASL (``CASEBRIDGE_KAFKA__SECURITY_PROTOCOL``, ``__USERNAME``, ...)
+    kafka: KafkaSecurity = KafkaSecurity()
     topic_prefix: str = "casebridge"
     group_id: str = "casebridge-router"
     #: records handled together: their outputs are acknowledged, and their offsets committed, once
@@ -127,3 +129,8 @@ class Settings(BaseSettings):
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    @property
+    def connection(self) -> KafkaConnection:
+        """Where Kafka is and how to talk to it: what every client of this deployment is built from."""
+        return KafkaConnection.of(self.bootstrap_servers, self.kafka)

@@ -23,6 +23,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from connectors import kafka as clients
+from connectors.kafka import Kafka
+
 from .settings import DAY_MS, Topics, TopicSettings
 
 
@@ -53,12 +56,10 @@ def configs(topics: Topics, tiers: int, s: TopicSettings, min_insync: int) -> di
     return out
 
 
-async def prepare(
-    bootstrap_servers: str, topics: Topics, tiers: int, s: TopicSettings, only: set[str] | None = None
-) -> None:
+async def prepare(kafka: Kafka, topics: Topics, tiers: int, s: TopicSettings, only: set[str] | None = None) -> None:
     """Create the missing topics as ``configs`` says, then check the existing ones; raises TopicMisconfigured.
     ``only``: just these of the deployment's topics (a publisher that writes two of them)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = clients.admin(kafka)
     await admin.start()
     try:
         brokers = len((await admin.describe_cluster())["brokers"]) or 1

@@ -126,6 +126,7 @@ async def test_lu07_a_recorded_allocation_sends_the_allocation_notice_once_acros
         assert (0, f"recorded: {tid} (LU-7)") == (recorded.exit_code, said.split(";")[0])
         for _ in range(40):  # the notices loop reads the allocation; the notice cannot go yet
             await stack.notices.poll_once()
+            await stack.closures.poll_once()  # it emits the recorded allocation's ``allocated`` event
             if tid in stack.notices.marks:
                 break
         assert tid in stack.notices.marks and f"{tid}-notice-allocation" not in mailbox.items

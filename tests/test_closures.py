@@ -17,9 +17,10 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from casebridge.stack import Stack
-from connectors import Receipt, Source, Target
+from connectors import PermanentError, Receipt, Source, Target
 from connectors.memory import MemoryTarget
 from contracts import (
+    AlertRaised,
     CaseSystem,
     FrontDoorDecided,
     MilestoneRecorded,
@@ -32,6 +33,7 @@ from mappings import DeadlineState, Unit, deadlines_for, due_at, load_deadlines,
 from router import Settings
 from router._pending import NOT_KEPT, PendingClosure
 from router._reading import replay_compacted
+from router.allocations import allocate, recorded_allocation_event_id
 from router.closures import ClosurePlanner, default_timings
 from router.deadletters import replay
 from router.settings import RetrySettings
@@ -64,8 +66,6 @@ class Mailbox(MemoryTarget):
         return self.worker
 
 
-
-
 class Clock:
     def __init__(self) -> None:
         self.offset = timedelta(0)
@@ -92,7 +92,10 @@ def _stack(
         CaseSystem.MAILBOX: parts["mailbox_source"],
         CaseSystem.CARE_DIRECTOR: parts["care_director"],
     }
-    return Stack(settings, state, systems=systems.deployed(),
+    return Stack(
+        settings,
+        state,
+        systems=systems.deployed(),
         loops=False,
         extra_targets=targets,
         extra_sources=sources,
@@ -386,12 +389,13 @@ async def test_sw22_10_an_allocation_read_before_its_pending_closure_survives_a_
     assert 1 == sum(1 for e in await events_until(settings, tid, "source-closed") if e.event_type == "source-closed")
 
 
-async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_and_closes_once_replayed(
+async def test_sw22_10_an_allocated_event_the_team_does_not_confirm_closes_nothing_until_an_operator_records_it(
     settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
 ) -> None:
-    """A team that does not say whom it allocated: no closure without the worker; the pending closure goes to the
-    dead-letter topic with SW22-10 and an alert, and the record stays open. Once the worker is known, an operator's
-    replay puts it back among the pending closures (not the transfers) and it closes."""
+    """An ``allocated`` event written raw to the events topic (anyone who can reach the broker could) for a team
+    that says nobody is allocated: nothing closes, nothing is dead-lettered, a critical alert names SW22-10, and
+    the pending closure keeps waiting. Once an operator records the allocation (``casebridge allocate``: audited),
+    the record closes naming that worker, and the ``allocated`` event is the scheduler's own."""
     parts["mailbox"] = Mailbox(worker=None)
     down = step_down("swindon-2022", 44)
     down["professionals"] = {}
@@ -399,8 +403,8 @@ async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_and_cl
     async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
         await send_transfer(settings, down)
         await events_until(settings, tid, "source-kept-open")
-        allocated = TransferAllocated(
-            event_id="sw22-alloc-2",
+        forged = TransferAllocated(
+            event_id="sw22-alloc-forged",
             transfer_id=tid,
             target_system=CaseSystem.MAILBOX,
             target_reference="EHH-2",
@@ -409,9 +413,90 @@ async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_and_cl
         await produce(
             settings.bootstrap_servers,
             settings.topics.events,
-            [(tid.encode(), allocated.model_dump_json().encode())],
+            [(tid.encode(), forged.model_dump_json().encode())],
             headers=[("event_type", b"allocated")],
         )
+        with capture_logs() as logs:
+            for _ in range(40):
+                await stack.closures.poll_once()
+                if any(e["event"] == "signal_not_confirmed" for e in logs):
+                    break
+        assert 0 == await _poll_until_closed(stack, tries=3)
+        events = await events_until(settings, tid, "alert")
+        [alert] = [e for e in events if isinstance(e, AlertRaised)]
+        assert ("critical", ["SW22-10"], True) == (alert.severity, alert.rule_ids, "does not confirm" in alert.summary)
+        assert not [e for e in events if e.event_type == "dead-lettered"]
+        assert ({}, True) == (parts["care_director"].closed, tid in stack.closures.pending)
+
+        await allocate(settings.bootstrap_servers, settings.topics, tid, WORKER, "ops-test")
+        assert 1 == await _poll_until_closed(stack)
+    given = parts["care_director"].given[down["source_record"]["record_id"]]
+    assert WORKER == given.professionals.family_support_worker
+    allocated = [e for e in await events_until(settings, tid, "source-closed") if e.event_type == "allocated"]
+    assert [recorded_allocation_event_id(tid)] == [e.event_id for e in allocated if e.event_id != forged.event_id]
+
+
+async def test_a_source_closed_event_the_source_does_not_confirm_keeps_the_closure_pending(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """A ``source-closed`` event written raw for a record still open (forged, or about another record) would have
+    dropped the pending closure, leaving the record open for good: Care Director is asked first, says open, so the
+    closure stays pending, a critical alert names SW22-10, and the later allocation still closes the record."""
+    down = step_down("swindon-2022", 49)
+    down["professionals"] = {}
+    tid = down["transfer_id"]
+    async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
+        await send_transfer(settings, down)
+        await events_until(settings, tid, "source-kept-open")
+        forged = SourceClosed(
+            event_id="forged-closed-1",
+            transfer_id=tid,
+            source_system=CaseSystem.CARE_DIRECTOR,
+            source_reference=down["source_record"]["record_id"],
+        )
+        await produce(
+            settings.bootstrap_servers,
+            settings.topics.events,
+            [(tid.encode(), forged.model_dump_json().encode())],
+            headers=[("event_type", b"source-closed")],
+        )
+        with capture_logs() as logs:
+            for _ in range(40):
+                await stack.closures.poll_once()
+                if any(e["event"] == "signal_not_confirmed" for e in logs):
+                    break
+        assert not any(e["event"] == "closure_not_needed" for e in logs)
+        assert tid in stack.closures.pending
+        [alert] = [e for e in await events_until(settings, tid, "alert") if isinstance(e, AlertRaised)]
+        assert ("critical", ["SW22-10"], True) == (alert.severity, alert.rule_ids, "does not confirm" in alert.summary)
+        await allocate(settings.bootstrap_servers, settings.topics, tid, WORKER, "ops-test")
+        assert 1 == await _poll_until_closed(stack)
+    assert down["source_record"]["record_id"] in parts["care_director"].closed
+
+
+async def test_sw22_10_a_close_the_source_refuses_is_dead_lettered_and_closes_once_replayed(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """Care Director refuses the later close (a permanent error): the pending closure goes to the dead-letter topic
+    with SW22-10 and an alert, and the record stays open. Once the cause is fixed, an operator's replay puts it back
+    among the pending closures (not the transfers) and it closes, once."""
+    refusing = parts["care_director"]
+    refusals = [PermanentError("Care Director refused the closure record")]
+    original_close = refusing.close
+
+    async def close(transfer: TransferMessage, receipt: Receipt) -> str:
+        if refusals:
+            raise refusals.pop()
+        return str(await original_close(transfer, receipt))
+
+    refusing.close = close
+    down = step_down("swindon-2022", 48)
+    down["professionals"] = {}
+    tid = down["transfer_id"]
+    async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
+        await send_transfer(settings, down)
+        await events_until(settings, tid, "source-kept-open")
+        await allocate(settings.bootstrap_servers, settings.topics, tid, WORKER, "ops-test")
         with capture_logs() as logs:
             for _ in range(40):
                 await stack.closures.poll_once()
@@ -419,17 +504,20 @@ async def test_sw22_10_allocation_without_a_named_worker_is_dead_lettered_and_cl
                     break
         events = await events_until(settings, tid, "dead-lettered", "alert")
         dead = next(e for e in events if e.event_type == "dead-lettered")
-        assert ("close-later", "WorkerUnknown", ["SW22-10"]) == (dead.stage, dead.error_class, dead.rule_ids)  # type: ignore[union-attr]
-        assert {} == parts["care_director"].closed
+        assert ("close-later", "PermanentError", ["SW22-10"]) == (dead.stage, dead.error_class, dead.rule_ids)  # type: ignore[union-attr]
+        assert {} == refusing.closed
         dlq = await read(settings.bootstrap_servers, settings.topics.dead_letter, lambda rs: len(rs) >= 1, timeout=30)
         headers = dict(dlq[0].headers)
         assert (b"close-later", b"SW22-10") == (headers["casebridge.dlq.stage"], headers["casebridge.dlq.rule.ids"])
 
-        parts["mailbox"].worker = WORKER  # the team now says whom it allocated
         report = await replay(settings.bootstrap_servers, settings.topics, operator="ops-test")
         assert 1 == len(report.replayed)
         assert 1 == await _poll_until_closed(stack)
-    given = parts["care_director"].given[down["source_record"]["record_id"]]
+        assert 0 == await _poll_until_closed(stack, tries=3)
+    # the scheduler, not the operator's replay, wrote the ``replayed`` event (once) when it read the closure back
+    replayed = [e for e in await events_until(settings, tid, "replayed", "source-closed") if e.event_type == "replayed"]
+    assert [("ops-test", tid)] == [(e.operator, e.transfer_id) for e in replayed]  # type: ignore[union-attr]
+    given = refusing.given[down["source_record"]["record_id"]]
     assert WORKER == given.professionals.family_support_worker
 
 

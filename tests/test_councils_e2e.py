@@ -18,11 +18,14 @@ from pydantic import SecretStr
 from casebridge.stack import Stack
 from connectors import Receipt, Source, Target
 from connectors.memory import MemorySource, MemoryTarget
-from contracts import CaseSystem, ClosureRecord, TransferAllocated, TransferEvent, TransferMessage
+from contracts import CaseSystem, ClosureRecord, Person, TransferEvent, TransferMessage
 from router import Settings
+from router.allocations import allocate
 from router.settings import RetrySettings
 from tests.council_data import step_down, step_up
 from tests.support import TOKEN, Systems, events_of, produce, read
+
+WORKER = Person(name="Jo Madeup", role="Family Support Worker", organisation="Example Early Help Team")
 
 
 class MemoryMailbox(MemoryTarget):
@@ -276,19 +279,9 @@ async def test_luton_lu07_receipt_notice_and_lu09_step_up_returns_to_the_team_af
         await _send(stack.settings, down)
         events = (await _outcomes(settings, down["transfer_id"]))[down["transfer_id"]]
         assert 0 == await stack.notices.poll_once()  # not allocated yet: nothing to say
-        allocated = TransferAllocated(
-            event_id="alloc-1",
-            transfer_id=down["transfer_id"],
-            target_system=CaseSystem.MAILBOX,
-            target_reference="EH-TEAM-1",
-            episode_reference="EH-EP-1",
-        )
-        await produce(
-            settings.bootstrap_servers,
-            settings.topics.events,
-            [(down["transfer_id"].encode(), allocated.model_dump_json().encode())],
-            headers=[("event_type", b"allocated")],
-        )
+        # the team mailbox cannot report an allocation: an operator records it (an ``allocated`` event alone
+        # would prove nothing, tests/test_notices_restart.py)
+        await allocate(settings.bootstrap_servers, settings.topics, down["transfer_id"], WORKER, "ops-luton")
         sent = 0
         for _ in range(40):
             sent += await stack.notices.poll_once()

@@ -35,6 +35,7 @@ async def test_router_sigkilled_three_times_while_2000_transfers_flow_delivers_e
     config.write_text(
         f"""
 councils = ["north-somerset"]
+local_development = true
 bootstrap_servers = "{kafka_bootstrap}"
 topic_prefix = "{topic_prefix}"
 state_dir = "{tmp_path / "state"}"

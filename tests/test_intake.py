@@ -62,7 +62,7 @@ async def http(intake: IntakeServer) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def audits(server: IntakeServer, n: int) -> list[dict[str, Any]]:
-    records = await read(server.bootstrap_servers, server.topics.audit, lambda rs: len(rs) >= n, timeout=30)
+    records = await read(server.kafka, server.topics.audit, lambda rs: len(rs) >= n, timeout=30)
     assert all(r.key is not None and r.key.startswith(b"intake/") for r in records)
     return [json.loads(r.value) for r in records if r.value is not None]
 
@@ -78,7 +78,7 @@ async def test_a_valid_luton_step_down_is_published_keyed_by_child_and_audited_a
     answer = await http.post("/api/transfers", json=doc, headers=auth())
     assert (202, {"transfer_id": "luton-sd-1", "status": "accepted"}) == (answer.status_code, answer.json())
 
-    [record] = await read(intake.bootstrap_servers, intake.topics.transfers, lambda rs: len(rs) >= 1, timeout=30)
+    [record] = await read(intake.kafka, intake.topics.transfers, lambda rs: len(rs) >= 1, timeout=30)
     assert b"mailbox:MAILBOX-1" == record.key  # <system>:<id> of the first child identifier, as every publisher
     assert TransferMessage.model_validate(doc) == TransferMessage.model_validate_json(record.value)
 
@@ -101,7 +101,7 @@ async def test_a_valid_luton_step_down_is_published_keyed_by_child_and_audited_a
     for a in (accepted, repeated, conflict):
         no_personal_data(json.dumps(a))
     # only the first post was published
-    records = await read(intake.bootstrap_servers, intake.topics.transfers, lambda rs: len(rs) >= 2, timeout=3)
+    records = await read(intake.kafka, intake.topics.transfers, lambda rs: len(rs) >= 2, timeout=3)
     assert 1 == len(records)
 
 
@@ -180,7 +180,7 @@ async def test_no_token_or_a_wrong_one_is_401_another_councils_transfer_403_too_
         # nothing refused reached the transfers topic
         ok = await http.post("/api/transfers", json=luton(6), headers=auth())
         assert 202 == ok.status_code
-        records = await read(intake.bootstrap_servers, intake.topics.transfers, lambda rs: len(rs) >= 2, timeout=3)
+        records = await read(intake.kafka, intake.topics.transfers, lambda rs: len(rs) >= 2, timeout=3)
         assert [b"mailbox:MAILBOX-6"] == [r.key for r in records]
 
 

@@ -1,4 +1,5 @@
-"""LU-7's allocation notice across a router restart (router/notices.py), on the real broker."""
+"""LU-7's allocation notice across a router restart (router/notices.py), on the real broker; and an ``allocated``
+event that the target does not confirm sends nothing."""
 
 from __future__ import annotations
 
@@ -8,29 +9,68 @@ from typing import ClassVar
 import pytest
 
 from connectors.memory import MemoryTarget
-from contracts import CaseSystem, NoticeSent, TransferAllocated
+from contracts import AlertRaised, CaseSystem, NoticeSent, Person, TransferAllocated
 from router import Settings
 from router._pending import PendingNotice
 from router._reading import replay_compacted
+from router.allocations import AllocationAudit
+from router.app import ensure_topics
 from router.notices import MARK, AllocationNotices
+from router.settings import ALLOCATION_AUDIT_PREFIX
 from tests.council_data import step_down, transfer
 from tests.support import events_of, produce, read
 
 
 class Mailbox(MemoryTarget):
+    """A team mailbox: it cannot say whom its team allocated (only an operator's recorded allocation counts)."""
+
     system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
 
 
+class Ehm(MemoryTarget):
+    """A target that says whom it allocated each transfer to (as EHM's tray does)."""
+
+    system: ClassVar[CaseSystem] = CaseSystem.EHM
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.allocated_to: dict[str, Person] = {}
+
+    async def allocated_worker(self, transfer_id: str) -> Person | None:
+        return self.allocated_to.get(transfer_id)
+
+
 @pytest.fixture
-def settings(kafka_bootstrap: str, topic_prefix: str) -> Settings:
-    return Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-router")
+async def settings(kafka_bootstrap: str, topic_prefix: str) -> Settings:
+    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-router")
+    t = settings.topics
+    await ensure_topics(kafka_bootstrap, [t.events, t.audit], compacted=[t.pending_notices])
+    return settings
 
 
 async def _allocate(settings: Settings, tid: str) -> None:
+    """An operator's recorded allocation (``casebridge allocate`` writes this audit record)."""
+    audit = AllocationAudit(
+        operator="ops-test",
+        at=datetime.now(UTC),
+        transfer_id=tid,
+        rule_id="LU-7",
+        rule_ids=["LU-7"],
+        council="luton",
+        organisation="Example Early Help Team",
+        target_system=CaseSystem.MAILBOX,
+        target_reference=tid,
+    )
+    key = f"{ALLOCATION_AUDIT_PREFIX}{tid}".encode()
+    await produce(settings.bootstrap_servers, settings.topics.audit, [(key, audit.model_dump_json().encode())])
+
+
+async def _reported(settings: Settings, tid: str, system: CaseSystem) -> None:
+    """An ``allocated`` event as an allocation reporter writes it (or anyone who can write the events topic)."""
     event = TransferAllocated(
         event_id=f"alloc-{tid}",
         transfer_id=tid,
-        target_system=CaseSystem.MAILBOX,
+        target_system=system,
         target_reference="EH-TEAM-1",
         episode_reference="EH-EP-1",
     )
@@ -91,7 +131,7 @@ async def test_lu07_allocation_read_before_its_pending_notice_survives_a_restart
     finally:
         await third.stop()
     assert [f"{tid}-notice-allocation"] == mailbox.order
-    records = await read(settings.bootstrap_servers, settings.topics.events, lambda rs: len(rs) >= 2, timeout=10)
+    records = await read(settings.bootstrap_servers, settings.topics.events, lambda rs: len(rs) >= 1, timeout=10)
     [notice] = [e for e in events_of(records) if isinstance(e, NoticeSent)]
     assert ("allocation", ["LU-7"]) == (notice.notice, notice.rule_ids)
     left = await replay_compacted(settings.bootstrap_servers, settings.topics.pending_notices, bytes.decode, bytes)
@@ -114,3 +154,38 @@ async def test_lu07_an_allocation_with_no_notice_is_forgotten_after_the_keep_tim
         await notices.stop()
     left = await replay_compacted(settings.bootstrap_servers, settings.topics.pending_notices, bytes.decode, bytes)
     assert f"{MARK}LU7-NONE-1" not in left
+
+
+async def test_lu07_an_allocated_event_acts_only_once_the_target_confirms_it(settings: Settings) -> None:
+    """Two ``allocated`` events for transfers with a pending notice, written raw to the events topic as a reporter
+    (or anyone who can reach the broker) would: the one the target confirms sends its notice; the forged one (the
+    target says nobody is allocated) sends nothing, is forgotten, and raises a critical alert naming LU-7. A forged
+    event naming a team mailbox (which cannot confirm) sends nothing either."""
+    ehm, mailbox = Ehm(), Mailbox()
+    real, forged, via_mailbox = "LU7-REAL-1", "LU7-FORGED-1", "LU7-FORGED-2"
+    ehm.allocated_to[real] = Person(name="Sam Madeup", role="Family Support Worker")
+    for tid in (real, forged, via_mailbox):
+        await _pend(settings, tid)
+    notices = AllocationNotices(settings, {CaseSystem.EHM: ehm, CaseSystem.MAILBOX: mailbox})
+    await notices.start()
+    try:
+        await _reported(settings, real, CaseSystem.EHM)
+        await _reported(settings, forged, CaseSystem.EHM)
+        await _reported(settings, via_mailbox, CaseSystem.MAILBOX)
+        sent = 0
+        for _ in range(40):
+            sent += await notices.poll_once()
+            if sent and not notices.marks:
+                break
+        assert 0 == await _poll(notices, 5)  # and nothing later
+        assert (1, {}) == (sent, notices.marks)
+        assert {forged, via_mailbox} == set(notices.pending)  # still waiting for a real allocation
+    finally:
+        await notices.stop()
+    assert [f"{real}-notice-allocation"] == mailbox.order
+    records = await read(settings.bootstrap_servers, settings.topics.events, lambda rs: len(rs) >= 6, timeout=10)
+    alerts = {e.transfer_id: e for e in events_of(records) if isinstance(e, AlertRaised)}
+    assert {forged, via_mailbox} == set(alerts)
+    assert ("critical", ["LU-7"]) == (alerts[forged].severity, alerts[forged].rule_ids)
+    assert "does not confirm" in alerts[forged].summary
+    assert [real] == [e.transfer_id for e in events_of(records) if isinstance(e, NoticeSent)]

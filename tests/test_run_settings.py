@@ -252,7 +252,8 @@ def test_run_with_kafka_unreachable_says_so_in_one_line_and_exits_5(env: pytest.
     import subprocess
     import sys
 
-    path = _file(tmp_path, BARNSLEY)  # bootstrap_servers = "127.0.0.1:1": nothing listens there
+    local = BARNSLEY.replace('topic_prefix = "t-run"', 'topic_prefix = "t-run"\nlocal_development = true')
+    path = _file(tmp_path, local)  # bootstrap_servers = "127.0.0.1:1": nothing listens there
     done = subprocess.run(
         [sys.executable, "-m", "casebridge", "run", "--config", str(path)],
         env={k: v for k, v in os.environ.items() if not k.startswith("CASEBRIDGE_")},

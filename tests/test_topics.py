@@ -83,6 +83,7 @@ async def test_g3_casebridge_run_refuses_a_seven_day_dead_letter_topic_in_one_li
     config = tmp_path / "barnsley.toml"
     config.write_text(
         f"""councils = ["barnsley"]
+local_development = true
 bootstrap_servers = "{kafka_bootstrap}"
 topic_prefix = "{topic_prefix}"
 state_dir = "{tmp_path / "state"}"

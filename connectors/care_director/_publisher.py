@@ -8,6 +8,7 @@ from contracts import Council, TransferMessage
 from mappings import MappingError, load_mapping
 
 from .._feed import FeedPublisher
+from ..kafka import Kafka
 from ._connector import CareDirectorConnector
 from ._outcomes import outcome_of
 
@@ -33,13 +34,13 @@ class CareDirectorPublisher(FeedPublisher):
     def __init__(
         self,
         cd: CareDirectorConnector,
-        bootstrap_servers: str,
+        kafka: Kafka,
         transfers_topic: str,
         dead_letter_topic: str,
         cursor: Path,
         council: Council = Council.SWINDON_2022,
     ) -> None:
-        super().__init__(cd, bootstrap_servers, transfers_topic, dead_letter_topic, cursor, council)
+        super().__init__(cd, kafka, transfers_topic, dead_letter_topic, cursor, council)
         self.cd = cd
 
     async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:

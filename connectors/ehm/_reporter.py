@@ -5,6 +5,7 @@ from pathlib import Path
 from contracts import TransferEvent
 
 from .._feed import EventReporter
+from ..kafka import Kafka
 from ._connector import EhmConnector, allocation_events
 
 
@@ -13,8 +14,8 @@ class AllocationReporter(EventReporter):
 
     feed = "ehm-allocations"
 
-    def __init__(self, ehm: EhmConnector, bootstrap_servers: str, events_topic: str, cursor: Path) -> None:
-        super().__init__(ehm, bootstrap_servers, events_topic, cursor)
+    def __init__(self, ehm: EhmConnector, kafka: Kafka, events_topic: str, cursor: Path) -> None:
+        super().__init__(ehm, kafka, events_topic, cursor)
         self.ehm = ehm
 
     async def read(self, after: int) -> tuple[list[TransferEvent], int]:

@@ -8,6 +8,7 @@ from contracts import Council, ServiceLevel, TransferMessage
 from mappings import load_mapping
 
 from .._feed import FeedPublisher
+from ..kafka import Kafka
 from ._connector import EhmConnector
 
 _MAPPING = load_mapping("ehm-stepup")
@@ -30,14 +31,14 @@ class StepUpPublisher(FeedPublisher):
     def __init__(
         self,
         ehm: EhmConnector,
-        bootstrap_servers: str,
+        kafka: Kafka,
         transfers_topic: str,
         dead_letter_topic: str,
         cursor: Path,
         council: Council = Council.NORTH_SOMERSET,
         from_level: ServiceLevel = ServiceLevel.INTENSIVE_EARLY_HELP,
     ) -> None:
-        super().__init__(ehm, bootstrap_servers, transfers_topic, dead_letter_topic, cursor, council)
+        super().__init__(ehm, kafka, transfers_topic, dead_letter_topic, cursor, council)
         self.ehm = ehm
         self.from_level = from_level
 

@@ -48,6 +48,7 @@ from router import topics as topic_setup
 from router.settings import Topics, TopicSettings
 
 from .._feed import idempotent_producer
+from ..kafka import Kafka
 from ._settings import IntakeCaller, IntakeSettings
 from ._store import IntakeStore, digest
 
@@ -131,7 +132,7 @@ class _InLoopServer(uvicorn.Server):
 class IntakeServer:
     """The intake's HTTP endpoint, served by uvicorn on the running asyncio loop, and its Kafka producer.
 
-    ``IntakeServer(settings, bootstrap_servers, topics, store_path)``: ``settings`` says where to listen and
+    ``IntakeServer(settings, kafka, topics, store_path)``: ``settings`` says where to listen and
     who may post; transfers go to ``topics.transfers`` and audit records to ``topics.audit``; ``store_path`` is
     the SQLite file of what was received (:data:`STORE_NAME` under the deployment's state directory), the same
     file the router's :class:`IntakeSource` reads and writes. ``start()`` binds and serves (``port`` 0 picks a
@@ -142,21 +143,21 @@ class IntakeServer:
     def __init__(
         self,
         settings: IntakeSettings,
-        bootstrap_servers: str,
+        kafka: Kafka,
         topics: Topics,
         store_path: Path,
         *,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self.settings = settings
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = kafka
         self.topics = topics
         self.store_path = store_path
         self.clock = clock
         self.port: int | None = None
         self.app = self._create_app()
         self._store: IntakeStore | None = None
-        self._producer = idempotent_producer(bootstrap_servers)
+        self._producer = idempotent_producer(kafka)
         self._server: _InLoopServer | None = None
         self._task: asyncio.Task[None] | None = None
         #: posts of one transfer id are handled one at a time (striped: bounded, whatever the traffic)
@@ -182,7 +183,7 @@ class IntakeServer:
         # the router creates them too; whichever starts first, they are created alike (the router's partitions,
         # the audit trail kept forever: router/topics.py)
         mine = {self.topics.transfers, self.topics.audit}
-        await topic_setup.prepare(self.bootstrap_servers, self.topics, 0, TopicSettings(), mine)
+        await topic_setup.prepare(self.kafka, self.topics, 0, TopicSettings(), mine)
         self._store = IntakeStore(self.store_path)
         await self._producer.start()
         try:

@@ -9,6 +9,7 @@ from contracts import Council, TransferMessage
 from mappings import load_mapping
 
 from .._feed import FeedPublisher
+from ..kafka import Kafka
 from ._connector import LcsConnector
 
 _MAPPING = load_mapping("lcs-stepdown")
@@ -31,13 +32,13 @@ class LcsPublisher(FeedPublisher):
     def __init__(
         self,
         lcs: LcsConnector,
-        bootstrap_servers: str,
+        kafka: Kafka,
         transfers_topic: str,
         dead_letter_topic: str,
         cursor: Path,
         council: Council = Council.NORTH_SOMERSET,
     ) -> None:
-        super().__init__(lcs, bootstrap_servers, transfers_topic, dead_letter_topic, cursor, council)
+        super().__init__(lcs, kafka, transfers_topic, dead_letter_topic, cursor, council)
         self.lcs = lcs
 
     async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:

@@ -5,6 +5,7 @@ from pathlib import Path
 from contracts import TransferEvent
 
 from .._feed import EventReporter
+from ..kafka import Kafka
 from ._connector import LcsConnector, decision_events
 
 
@@ -13,8 +14,8 @@ class DecisionReporter(EventReporter):
 
     feed = "lcs-front-door-decisions"
 
-    def __init__(self, lcs: LcsConnector, bootstrap_servers: str, events_topic: str, cursor: Path) -> None:
-        super().__init__(lcs, bootstrap_servers, events_topic, cursor)
+    def __init__(self, lcs: LcsConnector, kafka: Kafka, events_topic: str, cursor: Path) -> None:
+        super().__init__(lcs, kafka, events_topic, cursor)
         self.lcs = lcs
 
     async def read(self, after: int) -> tuple[list[TransferEvent], int]:

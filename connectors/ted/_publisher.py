@@ -7,6 +7,7 @@ from typing import Any
 from contracts import Council, TransferMessage
 
 from .._feed import FeedPublisher
+from ..kafka import Kafka
 from ._connector import TedConnector
 from ._mapping import stepdown_transfer
 
@@ -31,13 +32,13 @@ class TedPublisher(FeedPublisher):
     def __init__(
         self,
         ted: TedConnector,
-        bootstrap_servers: str,
+        kafka: Kafka,
         transfers_topic: str,
         dead_letter_topic: str,
         cursor: Path,
         council: Council = Council.BARNSLEY,
     ) -> None:
-        super().__init__(ted, bootstrap_servers, transfers_topic, dead_letter_topic, cursor, council)
+        super().__init__(ted, kafka, transfers_topic, dead_letter_topic, cursor, council)
         self.ted = ted
 
     async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:
