@@ -24,6 +24,7 @@ from aiokafka.errors import CommitFailedError
 
 from contracts import CaseSystem
 from router import Settings, Topics
+from router.app import ensure_topics
 from router.closures import ClosureScheduler
 from router.notices import AllocationNotices
 from tests.faults_support import (
@@ -323,6 +324,8 @@ async def test_lu07_the_notices_loop_goes_on_when_a_rebalance_refuses_its_commit
     from tests.test_notices_restart import Mailbox, _allocate, _pend
 
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
+    t = settings.topics
+    await ensure_topics(kafka_bootstrap, [t.events, t.audit], compacted=[t.pending_notices])
     mailbox = Mailbox()
     notices = AllocationNotices(settings, {CaseSystem.MAILBOX: mailbox})
     await notices.start()
@@ -345,6 +348,8 @@ async def test_the_closure_scheduler_goes_on_when_a_rebalance_refuses_its_commit
     """The closure scheduler's commit refused (evicted from its group, as casebridge run paused past its session
     timeout is): the poll ends normally and the next commits go through (before: the loop died, exit 4)."""
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
+    t = settings.topics
+    await ensure_topics(kafka_bootstrap, [t.events, t.audit], compacted=[t.pending_closures, t.history])
     scheduler = ClosureScheduler(settings, {}, {})
     await scheduler.start()
     refused = _refuse_commits(scheduler.consumer, 2)
