@@ -224,6 +224,7 @@ class Tally:
     tray: Counter[str]  # transfer id -> items in EHM's Step-Down tray
     closes: Counter[str]  # LCS child id -> ``record_closed`` changes
     dead: list[dict[str, str]]  # every dead letter's headers
+    published: Counter[str] = field(default_factory=Counter)  # transfer id -> its records on the transfers topic
 
     def closed(self, transfer_id: str) -> bool:
         return self.events[(transfer_id, "source-closed")] > 0
@@ -242,11 +243,24 @@ class Tally:
         """``delivered`` event records beyond one per transfer (a batch read again re-emits the same event id)."""
         return sum(max(0, self.events[(t, "delivered")] - 1) for t in self.expected)
 
+    @property
+    def published_again(self) -> int:
+        """Transfer records beyond one per transfer on the transfers topic (a publisher restarted before its cursor
+        was saved publishes again; the router must deliver it once)."""
+        return sum(max(0, self.published[t] - 1) for t in self.expected)
+
 
 async def tally(c: Council, events: Topic, dead: Topic, settle: float = 1.0) -> Tally:
-    """Everything on the events and dead-letter topics (after ``settle`` seconds for late writes), EHM's tray and
-    LCS's closes, now."""
+    """Everything on the events, dead-letter and transfers topics (after ``settle`` seconds for late writes), EHM's
+    tray and LCS's closes, now."""
+    from router.flow import peek_transfer_id
+
     await asyncio.sleep(settle)
+    transfers = Topic(c.bootstrap, f"{c.prefix}.transfers")
+    try:
+        published = Counter(peek_transfer_id(r.value) or "" for r in await transfers.to_end())
+    finally:
+        await transfers.stop()
     records = await events.to_end()
     counts: Counter[tuple[str, str]] = Counter()
     delivered: dict[str, set[str]] = {}
@@ -260,7 +274,7 @@ async def tally(c: Council, events: Topic, dead: Topic, settle: float = 1.0) -> 
     tray = Counter(str(i["transfer_id"]) for i in await asyncio.to_thread(c.ehm.tray))
     closes = Counter(await asyncio.to_thread(_closes, c.lcs))
     letters = [{k: v.decode(errors="replace") for k, v in r.headers} for r in await dead.to_end()]
-    return Tally([ch.transfer_id for ch in c.children], counts, delivered, tray, closes, letters)
+    return Tally([ch.transfer_id for ch in c.children], counts, delivered, tray, closes, letters, published)
 
 
 def _closes(lcs: LcsSandboxClient) -> list[str]:

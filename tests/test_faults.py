@@ -61,7 +61,8 @@ async def _finish(c: Council, fault: str, recovered: float | None, transfers: in
         await dead.stop()
     alive = c.alive()
     code = c.stop() if alive else c.process.returncode
-    figures(fault, c, t, recovered, exits=c.exits, delivered_events_read_again=t.redelivered_records, **extra).show()
+    again = {"published_again": t.published_again, "delivered_events_read_again": t.redelivered_records}
+    figures(fault, c, t, recovered, exits=c.exits, **again, **extra).show()
     assert (True, 0) == (alive, code), c.log_text()[-3000:]
     assert_every_transfer_once(c, t)
     assert_log_bounded(c, transfers)
