@@ -647,13 +647,12 @@ def fuzz_corpus(n: int, seed: int = 19) -> tuple[list[Mutant], int]:
     drawn = 0
     while len(found) < n:
         doc, personal = fuzz_base(len(found))
-        key = f"lcs:{doc['child']['identifiers'][0]['id']}".encode()
+        key: bytes | None = f"lcs:{doc['child']['identifiers'][0]['id']}".encode()
         value: bytes = json.dumps(doc).encode()
         names: list[str] = []
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             drawn += 1
-            k, value, name = mutate(rng, json.loads(value) if _is_object(value) else doc, key, personal)
-            key = k if k is not None or name == "no-key" else key
+            key, value, name = mutate(rng, json.loads(value) if _is_object(value) else doc, key, personal)
             names.append(name)
             if name in ("truncated", "invalid-utf8", "deep-nesting", "not-an-object"):
                 break  # no longer a document to mutate again

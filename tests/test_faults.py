@@ -4,8 +4,9 @@ from outside: every step-down in EHM's tray once, its LCS record closed once, on
 it dead-lettered; the process alive or ended with its documented exit code; the log bounded, with no traceback and
 none of the children's personal data. Each fault prints its figures (``pytest -s`` shows them; ``-rA`` too).
 
-The broker's own outages and the monitor's storage faults are tests of their own (test_broker_outages,
-the monitor's). ``FAULTS_N`` sets the number of step-downs per fault (the long form: ``FAULTS_N=1000``).
+The broker's own outages and the monitor's storage faults are tests of their own (tests/test_faults_broker.py,
+tests/test_monitor_faults.py). ``FAULTS_N`` sets the number of step-downs per fault (default 60; the long form, e.g.
+``FAULTS_N=200``), ``FAULTS_FUZZ`` the size of the fuzz corpus (at least and by default 1,000).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ async def test_router_sigkilled_three_times_mid_flow_loses_nothing_and_delivers_
         killed_at = time.monotonic()
         events = Topic(kafka_bootstrap, Topics(topic_prefix).events)
         try:
-            await until_closed(c, events, timeout=180)
+            await until_closed(c, events, timeout=180 + N)
         finally:
             await events.stop()
         recovered = time.monotonic() - killed_at
@@ -111,7 +112,7 @@ async def test_router_paused_past_its_session_timeout_and_resumed_loses_nothing_
         resumed_at = time.monotonic()
         events = Topic(kafka_bootstrap, Topics(topic_prefix).events)
         try:
-            await until_closed(c, events, timeout=180)
+            await until_closed(c, events, timeout=180 + N)
         finally:
             await events.stop()
         recovered = time.monotonic() - resumed_at
@@ -122,45 +123,61 @@ async def test_router_paused_past_its_session_timeout_and_resumed_loses_nothing_
 
 
 async def _target_fault(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, mode: str) -> None:
-    """EHM behind a proxy that, for ``seconds`` mid-flow, hangs / refuses / answers 503; then EHM is back."""
-    # under the retry tiers' 3 + 6 + 12 s, so what it catches waits in the tiers and is never dead-lettered; a hang
-    # outlasts a call's total deadline, so calls end at their deadline, not when the proxy lets go
-    seconds = EHM_DEADLINE + 2.0 if mode == "hang" else 6.0
+    """EHM behind a proxy that, mid-flow, hangs / refuses / answers 503 for ``seconds`` (longer if the fault has not
+    been met by then, at most ``longest``); then EHM is back."""
+    # a hang outlasts a call's total deadline, so calls end at their deadline, not when the proxy lets go; every
+    # fault stays under what the retry tiers wait (3 + 6 + 12 s, each try of a hung call 10 s more), so what it
+    # catches waits in the tiers and is never dead-lettered
+    seconds, longest = (EHM_DEADLINE + 2.0, EHM_DEADLINE + 10.0) if mode == "hang" else (6.0, 14.0)
     async with council(tmp_path, kafka_bootstrap, topic_prefix, ehm_proxy=True, batch_size=5, start=False) as c:
-        assert c.proxy is not None
+        proxy = c.proxy
+        assert proxy is not None
         n = max(20, N // 3)
         c.step_down(n // 2)
         c.start()
         group = f"{topic_prefix}-router"
         await until_tray(c, more_than=0)
         before = await until_members(kafka_bootstrap, group)
-        c.proxy.set(mode)
-        began = time.monotonic()
-        c.step_down(n - n // 2)  # published while EHM is down
-        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - began)))
-        assert c.alive(), c.log_text()[-3000:]
-        c.proxy.set("pass")
-        back = time.monotonic()
         events = Topic(kafka_bootstrap, Topics(topic_prefix).events)
+
+        async def retried() -> set[bytes | None]:
+            return {r.key for r in await events.poll(0.2) if dict(r.headers).get("event_type") == b"retry-scheduled"}
+
+        async def met() -> bool:
+            if mode == "hang":
+                return bool(proxy.held)  # a caller gave up on a hung call
+            return (proxy.accepted[mode] > 0 or mode == "refuse") and bool(await retried())
+
         try:
+            proxy.set(mode)
+            began = time.monotonic()
+            c.step_down(n - n // 2)  # published while EHM is down
+            while time.monotonic() - began < longest:
+                if time.monotonic() - began >= seconds and await met():
+                    break
+                await asyncio.sleep(0.2)
+                assert c.alive(), c.log_text()[-3000:]
+            lasted = time.monotonic() - began
+            proxy.set("pass")
+            back = time.monotonic()
             await until_closed(c, events, timeout=120)
-            retried = {r.key for r in await events.poll(0.1) if dict(r.headers).get("event_type") == b"retry-scheduled"}
+            caught = await retried()
         finally:
             await events.stop()
         recovered = time.monotonic() - back
         after = await until_members(kafka_bootstrap, group)
-        hits = c.proxy.accepted[mode]
-        held = max(c.proxy.held + c.proxy.cut, default=0.0)
-        await _finish(c, f"EHM {mode} {seconds:g} s", recovered, n, step_downs=n, calls_faulted=hits,
-                      transfers_retried=len(retried), longest_hung_call=round(held, 2),
-                      hung_calls_given_up=len(c.proxy.held), hung_calls_cut_by_recovery=len(c.proxy.cut))  # fmt: skip
-        assert (hits > 0 or mode == "refuse") and retried  # the fault was met (a refused one is never accepted),
-        # and the retry tiers carried what it caught
+        hits = proxy.accepted[mode]
+        held = max(proxy.held + proxy.cut, default=0.0)
+        await _finish(c, f"EHM {mode} {lasted:.0f} s", recovered, n, step_downs=n, calls_faulted=hits,
+                      transfers_retried=len(caught), longest_hung_call=round(held, 2),
+                      hung_calls_given_up=len(proxy.held), hung_calls_cut_by_recovery=len(proxy.cut))  # fmt: skip
+        assert (hits > 0 or mode == "refuse") and caught  # the fault was met (a refused connection is never
+        # accepted), and the retry tiers carried what it caught
         assert before == after  # the consumer was never evicted from its group
         if mode == "hang":
             # calls gave up at their total deadline (httpx's per-read timeout alone would wait forever on a hang), and
             # none outlived it, those the recovery cut included
-            assert c.proxy.held and held <= EHM_DEADLINE + 2.0
+            assert proxy.held and held <= EHM_DEADLINE + 2.0
 
 
 async def test_ehm_that_hangs_each_call_bounded_by_its_deadline_then_delivered_once_back(
@@ -262,7 +279,7 @@ async def test_a_fuzz_corpus_of_1000_mutated_transfers_each_dead_lettered_once_a
         injected = time.monotonic()
         events, dead = Topic(kafka_bootstrap, topics.events), Topic(kafka_bootstrap, topics.dead_letter)
         try:
-            await until_closed(c, events, timeout=180)
+            await until_closed(c, events, timeout=180 + N)
             deadline = time.monotonic() + 120
             while len(await dead.poll(0.5)) < len(corpus) and time.monotonic() < deadline:
                 assert c.alive(), c.log_text()[-3000:]
