@@ -530,7 +530,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 # -- a fuzz corpus of transfer messages --------------------------------------------------------------------------
 
 MUTATIONS = ("truncated", "wrong-type", "missing-field", "deep-nesting", "invalid-utf8", "huge-string", "wrong-key",
-             "null-byte", "number-as-string", "extra-field", "no-key", "not-an-object")  # fmt: skip
+             "null-byte", "number-as-string", "extra-field", "no-key", "not-an-object", "personal-key")  # fmt: skip
 
 
 @dataclass
@@ -627,6 +627,10 @@ def mutate(
     elif kind == "extra-field":
         target = parent if isinstance(parent, dict) else d
         target[rng.choice(["postcode", "unexpected", "address", "x" * 300])] = personal["postcode"]
+    elif kind == "personal-key":  # a sender that keys its data by the child (the key is input too)
+        target = parent if isinstance(parent, dict) else d
+        name = f"{personal['given_name']} {personal['family_name']}"
+        target[rng.choice([personal["nhs_number"], personal["given_name"], name, personal["postcode"]])] = True
     else:  # not-an-object
         return key, json.dumps(rng.choice([[d], "a string", 42, None, True, [1, 2, 3]])).encode(), kind
     return key, json.dumps(d).encode(), kind

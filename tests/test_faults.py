@@ -301,6 +301,26 @@ async def test_a_fuzz_corpus_of_1000_mutated_transfers_each_dead_lettered_once_a
     assert {"validate"} == {stage for stage, _ in reasons}
     assert {"ContractViolation", "MalformedJson", "MissingKey", "KeyMismatch"} >= {cls for _, cls in reasons}
     assert all(d["casebridge.dlq.error.message"] for d in letters)
+    reasons_text = "\n".join(d["casebridge.dlq.error.message"] for d in letters)  # shown by dlq list, the monitor
+    assert [] == leaks(reasons_text, [m.personal for m in corpus])
+
+
+def test_an_unknown_key_is_named_only_when_spelled_as_a_field_name() -> None:
+    """A refused message's field locations (logged, in the dead letter's reason, on the rejected event) never echo
+    a key that could be personal data (a name, an NHS number, a postcode): a key spelled as a field name (a typo,
+    another schema version's field) is still named."""
+    from pydantic import ValidationError
+
+    from contracts import TransferMessage, field_errors
+    from tests.support import example
+
+    doc = example()
+    doc["child"].update({"9990000220": True, "Fuzzina7 Corpusdale-7": True, "BS1 9ZZ": True, "nick_name": True})
+    try:
+        TransferMessage.model_validate(doc)
+    except ValidationError as exc:
+        fields = sorted(e.field for e in field_errors(exc))
+    assert ["child.(unknown field)"] * 3 + ["child.nick_name"] == fields
 
 
 def test_the_log_scan_finds_each_form_of_a_childs_personal_data() -> None:
