@@ -458,9 +458,19 @@ class FaultProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._call(self._set("refuse"))
+        self._call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Nothing listening, every connection dropped, every handler finished."""
+        await self._set("refuse")
+        me = asyncio.current_task()
+        handlers = [t for t in asyncio.all_tasks() if t is not me]
+        for t in handlers:
+            t.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     def set(self, mode: str) -> None:
         assert mode in self.MODES, mode
