@@ -149,6 +149,11 @@ async def test_secured_deployment_delivers_a_step_down_and_the_operator_replays_
         assert 1 == len(viewer.stderr.splitlines()) and viewer.stderr.startswith("error: "), viewer.stderr
         assert "TopicAuthorizationFailedError" in viewer.stderr and "Traceback" not in viewer.stderr
         assert "refused principal 'viewer': not authorized" in viewer.stderr and "retry" not in viewer.stderr
+        # a replay or an allocation by a principal without the operator's ACLs is refused, writing nothing
+        for args in (("replay", "--transfer", held), ("allocate", held, "--worker", "A Madeup", "--organisation", "O")):
+            refused = _operator_cli(broker, "viewer", *args)
+            assert (True, 1) == (refused.returncode in (2, 5), len(refused.stderr.splitlines())), refused.stderr
+            assert refused.stderr.startswith("error: ") and "Traceback" not in refused.stderr
         consumer = clients.consumer(_as(broker, "viewer"), group_id=None, auto_offset_reset="earliest")
         await consumer.start()
         try:
