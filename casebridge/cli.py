@@ -436,7 +436,7 @@ def run(
             sys.exit(4)
 
     try:
-        uvloop.run(main())  # libuv's event loop: less CPU a transfer than asyncio's (README Benchmark)
+        uvloop.run(main())  # libuv's event loop: less CPU a transfer than asyncio's (docs/benchmark.md)
     except KafkaConnectionError:
         protocol = deployment.settings.kafka.security_protocol
         secured = (
