@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import struct
@@ -16,6 +17,7 @@ from typing import Any, ClassVar, cast
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -413,10 +415,14 @@ class FeedPublisher(_FeedLoop):
                 await fut  # acknowledged by the broker before the offsets move
         except BaseException:
             for tp, records in batch.items():  # nothing of this batch committed: read it again on the next try
-                consumer.seek(tp, records[0].offset)
+                with contextlib.suppress(IllegalStateError):  # no longer ours (a rebalance): its new owner reads it
+                    consumer.seek(tp, records[0].offset)
             raise
-        await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
         self.remapped += done
+        try:
+            await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took them: read again, written again
+            log.warning("remap_commit_failed", feed=self.feed, error_class=type(exc).__name__)  # (same ids)
         return done
 
     async def _remap(self, r: ConsumerRecord[bytes, bytes]) -> list[Awaitable[Any]]:
