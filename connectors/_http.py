@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from contracts import CaseSystem, TransferMessage
 
 from ._base import Source
+from ._budget import call_deadline
 from ._errors import CasebridgeError, TargetRefused, TargetUnavailable
 
 
@@ -40,12 +41,13 @@ class HttpClient:
             raise
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        deadline = call_deadline(self.deadline)  # the connector's own, or less: what the retry budget has left
         try:
-            async with asyncio.timeout(self.deadline):
+            async with asyncio.timeout(deadline):
                 response = await self._client.request(method, path, **kwargs)
         except TimeoutError as exc:
             raise TargetUnavailable(
-                f"{self.system}: {method} {_template(path)} did not answer within {self.deadline:g} s"
+                f"{self.system}: {method} {_template(path)} did not answer within {deadline:.3g} s"
             ) from exc
         except httpx.TimeoutException as exc:
             raise TargetUnavailable(f"{self.system}: {method} {_template(path)} timed out") from exc

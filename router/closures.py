@@ -40,6 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
@@ -301,7 +302,17 @@ class ClosureScheduler:
         return len(closed)
 
     async def _commit(self) -> None:
-        """Commit what was read, except past a signal still waiting for its pending closure (within the grace)."""
+        """Commit what was read, except past a signal still waiting for its pending closure (within the grace).
+
+        A commit the group refuses because it rebalanced (this member was evicted: paused past its session
+        timeout) is not fatal: once it rejoins, its partitions are read again from the last commit, and every
+        step is idempotent (a close already made is a no-op, the same event id)."""
+        try:
+            await self._commit_read()
+        except CommitFailedError:
+            log.warning("closure_commit_failed", reason="the group rebalanced; read again from the last commit")
+
+    async def _commit_read(self) -> None:
         oldest = time.monotonic() - SIGNAL_GRACE_SECONDS
         for tid, (_, _, read_at) in list(self._unmatched.items()):
             if tid in self.pending or read_at < oldest:

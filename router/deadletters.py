@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from aiokafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -380,7 +381,15 @@ async def router_members(kafka: Kafka, group_id: str) -> int | None:
     admin = clients.admin(kafka)
     await admin.start()
     try:
-        responses = await admin.describe_consumer_groups([group_id])
+        for attempt in range(6):
+            try:
+                responses = await admin.describe_consumer_groups([group_id])
+                break
+            except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError):
+                # a broker whose offsets topic is still being made (no group has ever committed): ask again
+                if attempt == 5:
+                    return None
+                await asyncio.sleep(0.5)
     except Exception:  # an older broker or no rights to describe groups: say we do not know
         return None
     finally:
@@ -416,11 +425,17 @@ async def replay(
     dry_run: bool = False,
     limit: int | None = None,
     rate_per_second: float = 50.0,
+    only: Collection[str] | None = None,
 ) -> ReplayReport:
-    """Replay matching dead letters once each; audited; ``dry_run`` only reports what it would do."""
+    """Replay matching dead letters once each; audited; ``dry_run`` only reports what it would do.
+
+    ``only``: of those matching, these dead letter ids and no others (the ones a preview showed and a person
+    confirmed: the monitor's replay is a preview, then a confirmation of exactly what it listed)."""
     if not operator or not operator.strip():
         raise ReplayRefused("replay needs an operator identity (--operator): every replay is audited")
     letters = await list_dead_letters(kafka, topics, filters)
+    if only is not None:
+        letters = [d for d in letters if d.id in set(only)]
     outcomes = await outcomes_from_topics(kafka, topics, letters)
     report = ReplayReport(dry_run=dry_run)
     for d in letters:

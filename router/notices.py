@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
 
 import structlog
+from aiokafka.errors import CommitFailedError
 
 from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer, poll_forever, renew_producer
@@ -129,7 +130,11 @@ class AllocationNotices:
             if now - at > KEEP_MARKS and tid not in self.pending:
                 await self._mark(tid, None)
                 del self.marks[tid]
-        await self.consumer.commit()
+        try:
+            await self.consumer.commit()
+        except CommitFailedError:  # the group rebalanced (this member evicted): read again from the last commit,
+            # where every notice still pending is, and sent once (the channel's ledger)
+            log.warning("notice_commit_failed", reason="the group rebalanced; read again from the last commit")
         return sent
 
     def _read_allocated(self, tid: str, value: bytes | None) -> None:
