@@ -439,8 +439,7 @@ class FeedPublisher(_FeedLoop):
             if not isinstance(stored, dict):
                 raise ValueError("not a JSON object")
         except ValueError:
-            log.warning(f"{self.what}_remap_unreadable", dead_letter=of)
-            return []
+            return [await self._park_unreadable(r, of, replay, "is not the JSON object a feed publisher stores")]
         try:
             source = await self.reread(stored)
         except Exception as exc:
@@ -448,7 +447,10 @@ class FeedPublisher(_FeedLoop):
                 raise  # the system is down: tried again (``poll_forever``), nothing committed
             log.info(f"{self.what}_remap_stored", dead_letter=of, error_class=type(exc).__name__)
             source = stored  # the system no longer has it (or refuses to say): the stored record
-        mapped = self.mapping(source, position)
+        try:
+            mapped = self.mapping(source, position)
+        except (KeyError, TypeError, ValueError):
+            return [await self._park_unreadable(r, of, replay, f"lacks the ids {self.feed} maps a record by")]
         out: list[Awaitable[Any]] = []
         try:
             transfer = mapped.build()
@@ -473,6 +475,24 @@ class FeedPublisher(_FeedLoop):
                                             key=mapped.transfer_id.encode(),
                                             headers=[("event_type", b"replayed")]))  # fmt: skip
         return out
+
+    async def _park_unreadable(
+        self, r: ConsumerRecord[bytes, bytes], of: str, replay: list[tuple[str, bytes]], what: str
+    ) -> Awaitable[Any]:
+        """A replayed record this publisher cannot even read as a source record: parked as it is, with why."""
+        assert self.remap is not None
+        log.warning(f"{self.what}_remap_unreadable", dead_letter=of)
+        reason = f"the replayed dead letter {what}"
+        kept = [(k, bytes(v)) for k, v in (r.headers or ()) if k.startswith("casebridge.dlq.") and k not in _REASON]
+        headers = [*kept, ("casebridge.dlq.error.class", b"MappingError"), ("casebridge.dlq.error.message",
+                   reason.encode()), ("casebridge.dlq.last.failure", datetime.now(UTC).isoformat().encode()),
+                   *replay]  # fmt: skip
+        sent = await self.producer.send(self.remap.parking, value=r.value, key=r.key, headers=headers)
+        return cast(Awaitable[Any], sent)
+
+
+#: the headers a parked unreadable record gets anew
+_REASON = frozenset({"casebridge.dlq.error.class", "casebridge.dlq.error.message", "casebridge.dlq.last.failure"})
 
 
 def _reason(exc: MappingError | ValidationError) -> str:

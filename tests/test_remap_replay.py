@@ -138,9 +138,30 @@ async def test_map_stage_dead_letter_replayed_after_the_fix_is_delivered_once_an
         assert ("parked", "waiting") == (status[still], status[held])
         assert "resolved" == status[fixed]  # its transfer completed (source-closed) after it was dead-lettered
 
+        # a map-stage dead letter whose value is no source record at all (not JSON): parked, the run goes on
+        producer = clients.producer(d.bootstrap, acks="all")
+        await producer.start()
+        try:
+            broken = [
+                ("casebridge.dlq.stage", b"map"),
+                ("casebridge.dlq.publisher", b"lcs-changes/swindon"),
+                ("casebridge.dlq.transfer.id", b"swindon-lcs-broken"),
+                ("casebridge.dlq.feed.position", b"1"),
+            ]
+            await producer.send_and_wait(f"{topic_prefix}.dlq", value=b"{not json", key=b"lcs:x", headers=broken)
+        finally:
+            await producer.stop()
+        unreadable = d.cli("replay", "--operator", "ops-remap", "--transfer", "swindon-lcs-broken")
+        assert 0 == unreadable.returncode, unreadable.stderr
+        parked_both = await _records(d.bootstrap, f"{topic_prefix}.parking", 2)
+        [junk] = [r for r in parked_both if _headers(r)["casebridge.dlq.transfer.id"] == b"swindon-lcs-broken"]
+        assert b"{not json" == junk.value
+        assert b"not the JSON object" in _headers(junk)["casebridge.dlq.error.message"]
+        assert d.run.process is not None and d.run.process.poll() is None  # casebridge run still running
+
         await asyncio.sleep(3.0)  # the second replay published nothing: still one tray item
         assert 1 == len([i for i in ehm.tray() if i["transfer_id"] == fixed])
-        assert 2 == len(await _records(d.bootstrap, f"{topic_prefix}.remap", 3, 5.0))  # one a replayed dead letter
+        assert 3 == len(await _records(d.bootstrap, f"{topic_prefix}.remap", 4, 5.0))  # one a replayed dead letter
         assert "Traceback" not in d.run.output()
         lcs.close()
         ehm.close()
