@@ -20,13 +20,14 @@ The ACLs are PREFIXED resource patterns on one topic prefix (``casebridge`` by d
 =========  ===============================================================================================
 router     the ``casebridge run`` process (router, feed publishers, reporters): read and write transfers,
            retry tiers, retry-state, child-history, pending-notices, pending-closures, events, dlq,
-           parking; read audit; create and describe the prefix's topics; its groups ``<prefix>-``;
-           idempotent write
-monitor    read events, dlq, parking, audit, pending-notices, pending-closures; write audit, transfers and
-           pending-closures (its replays and recorded allocations); describe; its groups ``<prefix>-``
+           parking, remap (the publishers map replayed map-stage dead letters again); read audit; create
+           and describe the prefix's topics; its groups ``<prefix>-``; idempotent write
+monitor    read events, dlq, parking, audit, pending-notices, pending-closures; write audit, transfers, remap
+           and pending-closures (its replays and recorded allocations); describe; its groups ``<prefix>-``
 operator   the CLI (dlq list, replay, allocate): read dlq, parking, audit, events, pending-notices,
-           pending-closures; write transfers, retry tiers, audit, pending-closures (a later closure's replay,
-           an allocation); describe; describe groups ``<prefix>-`` (replay asks whether a router consumes)
+           pending-closures; write transfers, retry tiers, remap (a map-stage dead letter's replay), audit,
+           pending-closures (a later closure's replay, an allocation); describe; describe groups
+           ``<prefix>-`` (replay asks whether a router consumes)
 viewer     read events; describe
 publisher  write transfers
 =========  ===============================================================================================
@@ -304,7 +305,7 @@ def acl_grants(prefix: str = "casebridge") -> list[Grant]:
 
     router_owned = (
         "transfers", "retry.", "retry-state", "child-history", "pending-notices", "pending-closures",
-        "events", "dlq", "parking",
+        "events", "dlq", "parking", "remap",
     )  # fmt: skip
     allow("router", "topic", (topic + t for t in router_owned), rw)
     allow("router", "topic", [topic + "audit"], ["read"])
@@ -317,12 +318,12 @@ def acl_grants(prefix: str = "casebridge") -> list[Grant]:
     # an allocation reads what waits for one (pending-closures, pending-notices), audits it, marks the closure due
     allow("monitor", "topic", (topic + t for t in ("events", "dlq", "parking", "pending-notices")), ["read"])
     allow("monitor", "topic", (topic + t for t in ("audit", "pending-closures")), rw)
-    allow("monitor", "topic", [topic + "transfers"], ["write"])
+    allow("monitor", "topic", [topic + t for t in ("transfers", "remap")], ["write"])
     allow("monitor", "topic", [topic], ["describe"])
     allow("monitor", "group", [groups], ["read", "describe"])
 
     allow("operator", "topic", (topic + t for t in ("dlq", "parking", "events", "pending-notices")), ["read"])
-    allow("operator", "topic", (topic + t for t in ("transfers", "retry.")), ["write"])
+    allow("operator", "topic", (topic + t for t in ("transfers", "retry.", "remap")), ["write"])
     allow("operator", "topic", (topic + t for t in ("audit", "pending-closures")), rw)
     allow("operator", "topic", [topic], ["describe"])
     allow("operator", "group", [groups], ["describe"])
