@@ -47,6 +47,11 @@ H_FEED_POSITION = "casebridge.dlq.feed.position"
 #: the headers ``casebridge replay`` adds (``router._retry``: the same names)
 H_REPLAY_OF = "casebridge.replay.of"
 H_REPLAY_OPERATOR = "casebridge.replay.operator"
+#: above this (key, value and headers), a dead letter carries its record by reference only (no value): under Kafka's
+#: default 1 MiB limits with room for the batch's own overhead, so writing it can never stop the writer
+MAX_DEAD_LETTER_BYTES = 1_000_000
+H_BY_REFERENCE = "casebridge.dlq.by.reference"
+H_ORIGINAL_SIZE = "casebridge.dlq.original.size"
 
 
 def spring_dlt_headers(
@@ -362,12 +367,14 @@ class FeedPublisher(_FeedLoop):
             transfer = mapped.build()
         except (MappingError, ValidationError) as exc:
             log.warning(f"{self.what}_unmappable", transfer_id=mapped.transfer_id, error_class=_error_class(exc))
-            sent = await self.producer.send(
-                self.dead_letter_topic,
-                value=json.dumps(source).encode(),
-                key=mapped.key,
-                headers=self._map_failure_headers(mapped, exc, position),
-            )
+            value: bytes | None = json.dumps(source).encode()
+            headers = self._map_failure_headers(mapped, exc, position)
+            size = len(mapped.key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+            if size > MAX_DEAD_LETTER_BYTES:  # too big to dead-letter whole: by reference (the case system has it)
+                headers += [(H_BY_REFERENCE, b"true"), (H_ORIGINAL_SIZE, str(size).encode())]
+                value = None
+                log.warning("dead_letter_by_reference", transfer_id=mapped.transfer_id, size=size)
+            sent = await self.producer.send(self.dead_letter_topic, value=value, key=mapped.key, headers=headers)
             return cast(Awaitable[Any], sent)
         log.info(f"{self.what}_published", transfer_id=mapped.transfer_id)
         sent = await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(), key=mapped.key)

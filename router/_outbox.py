@@ -30,7 +30,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from connectors import kafka as clients
-from connectors._feed import DLT_PREFIX, spring_dlt_headers
+from connectors._feed import DLT_PREFIX, MAX_DEAD_LETTER_BYTES, spring_dlt_headers
 from connectors._outage import close_producer, is_transient_kafka_error
 from connectors.kafka import Kafka
 from contracts import TransferEvent
@@ -40,9 +40,6 @@ from ._retry import H_REPLAY_OF, Origin, header, original_headers
 
 log = structlog.get_logger("casebridge.router")
 DLQ_PREFIX = "casebridge.dlq."
-#: above this (key, value and headers), a dead letter carries the record by reference only (its original topic,
-#: partition and offset): under Kafka's default 1 MiB limits with room for the batch's own overhead
-MAX_DEAD_LETTER_BYTES = 1_000_000
 Queued = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 _EVENT_HEADERS: dict[str, list[tuple[str, bytes]]] = {}
 CHUNK = 500  # queued writes handed to the producer together (about 80 transfers' worth)
