@@ -625,6 +625,9 @@ def _operator(given: str | None, kafka: KafkaConnection, what: str) -> str:
     return name
 
 
+#: a replay of at least this many dead letters shows a progress bar (stderr)
+PROGRESS_FROM = 10
+
 #: how long an operator command waits for Kafka to answer at all
 REACH_TIMEOUT = 15.0
 
@@ -839,11 +842,24 @@ def replay_cmd(
     _dead_letter_topic(kafka, topics)
     group = router_group or f"{topics.prefix}-router"
 
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        """A progress bar on stderr for a replay of more than a few (stdout keeps the report)."""
+        nonlocal bar
+        if total < PROGRESS_FROM:
+            return
+        if bar is None:
+            bar = typer.progressbar(length=total, label="replaying", file=sys.stderr, show_pos=True, show_eta=True)
+            bar.__enter__()
+        bar.update(1)
+
     async def replaying() -> tuple[ReplayReport, int | None]:
         members = await router_members(kafka, group)
         report = await replay_dead_letters(
-            kafka, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit, rate_per_second=rate
-        )
+            kafka, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit, rate_per_second=rate,
+            progress=progress,
+        )  # fmt: skip
         return report, members
 
     try:
@@ -851,6 +867,9 @@ def replay_cmd(
             report, members = asyncio.run(replaying())
     except ReplayRefused as exc:
         raise _fail(exc) from exc
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
     verb = "would replay" if dry_run else "replayed"
     done = report.selected if dry_run else report.replayed
     typer.echo(f"{verb} {len(done)} dead letter(s)" + (":" if done else ""))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -426,10 +426,12 @@ async def replay(
     limit: int | None = None,
     rate_per_second: float = 50.0,
     only: Collection[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
     """Replay matching dead letters once each; audited; ``dry_run`` only reports what it would do.
 
-    ``only``: of those matching, these dead letter ids and no others (the ones a preview showed and a person
+    ``progress`` is told (replayed so far, of how many) after each one. ``only``: of those matching, these dead
+    letter ids and no others (the ones a preview showed and a person
     confirmed: the monitor's replay is a preview, then a confirmation of exactly what it listed)."""
     if not operator or not operator.strip():
         raise ReplayRefused("replay needs an operator identity (--operator): every replay is audited")
@@ -474,6 +476,8 @@ async def replay(
             audit = {"operator": operator, "at": now.isoformat(), "dead_letter": dl_id, **d.summary()}
             await producer.send_and_wait(topics.audit, value=json.dumps(audit).encode(), key=dl_id.encode())
             report.replayed.append(dl_id)
+            if progress is not None:  # (replayed so far, of how many): the CLI's progress bar
+                progress(len(report.replayed), len(report.selected))
             await asyncio.sleep(1.0 / rate_per_second)
     finally:
         await producer.stop()

@@ -205,3 +205,39 @@ def test_a_dead_letter_held_by_reference_whose_record_is_gone_is_expired(
         (r["transfer_id"], r["status"]) for r in _listed(where)
     ]
     assert ["ns-2"] == [r["transfer_id"] for r in _listed(where, "--status", "waiting")]
+
+
+def test_a_long_replay_shows_its_progress_and_reports_every_step(kafka_bootstrap: str, topic_prefix: str) -> None:
+    """A replay of many dead letters tells its caller after each one (the CLI draws a progress bar on stderr from
+    it, stdout keeping the report), from 1 to all of them, in order."""
+    from router.deadletters import replay
+
+    topics = Topics(topic_prefix)
+    letters = []
+    for n in range(12):
+        doc = ns_transfer(100 + n)
+        context = {"transfer.id": doc["transfer_id"], "council": "north-somerset", "stage": "protocol",
+                   "error.class": "ProtocolRuleNotMet", "error.message": "protocol rules not met: NS-6",
+                   "rule.ids": "NS-6"}  # fmt: skip
+        headers = [(f"casebridge.dlq.{k}", v.encode()) for k, v in context.items()]
+        letters.append((f"lcs:LCS-{100 + n}".encode(), json.dumps(doc).encode(), headers))
+
+    async def write() -> None:
+        for key, value, headers in letters:
+            await produce(kafka_bootstrap, topics.dead_letter, [(key, value)], headers=headers)
+        await produce(kafka_bootstrap, topics.audit, [])
+
+    asyncio.run(write())
+    seen: list[tuple[int, int]] = []
+    first = asyncio.run(
+        replay(kafka_bootstrap, topics, operator="ops-tester", limit=2, rate_per_second=500,
+               progress=lambda done, total: seen.append((done, total)))
+    )  # fmt: skip
+    assert (2, [(1, 2), (2, 2)]) == (len(first.replayed), seen)
+    where = ["--bootstrap", kafka_bootstrap, "--prefix", topic_prefix]
+    rest = CliRunner().invoke(app, ["replay", "--operator", "ops-tester", "--rate", "500", *where])
+    assert 0 == rest.exit_code, rest.output
+    assert rest.stdout.startswith("replayed 10 dead letter(s):") and "skipped 2 already replayed" in rest.stdout
+    assert "replaying" in rest.stderr and "replaying" not in rest.stdout  # the bar (10 or more) on stderr only
+    again = CliRunner().invoke(app, ["replay", "--operator", "ops-tester", *where])
+    assert ("replayed 0 dead letter(s)", "") == (again.stdout.splitlines()[0], again.stderr)  # nothing left: no bar
