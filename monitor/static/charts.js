@@ -86,9 +86,11 @@ const Charts = (() => {
     return ul;
   }
 
-  function put(id, nodes, summary) {
-    const box = document.getElementById(id);
-    box.replaceChildren(...nodes);
+  function put(id, title, nodes, summary) {
+    const box = document.getElementById(id), h = document.createElement("h3");
+    h.className = "chart-title";
+    h.textContent = title;
+    box.replaceChildren(h, ...nodes);
     const p = document.createElement("p");
     p.className = "muted chart-summary";
     p.textContent = summary;
@@ -108,7 +110,7 @@ const Charts = (() => {
     const svg = bars({title: "Transfers per day by " + by + " (UTC, by request day)", xLabel: "day (UTC)",
       yLabel: "transfers", categories: days, tick: (i) => ((days.length - 1 - i) % 5 === 0 ? short(days[i]) : ""),
       series, describe: (i, parts, s, v) => days[i] + ": " + s + " " + v + " (of " + parts.reduce((a, p) => a + p[1], 0) + ")"});
-    put("chart-transfers", [svg, legend(series)], total + " transfer(s) in the last " + days.length + " days");
+    put("chart-transfers", "Transfers per day by " + by, [svg, legend(series)], total + " transfer(s) in the last " + days.length + " days");
   }
 
   function latency(c) {
@@ -134,7 +136,7 @@ const Charts = (() => {
       nodes.push(fig);
     }
     const total = L.groups.reduce((a, g) => a + g.total, 0);
-    put("chart-latency", nodes, total ? total + " handover(s) by council and pathway; the line is the protocol deadline"
+    put("chart-latency", "Handover latency against the protocol deadline", nodes, total ? total + " handover(s) by council and pathway; the line is the protocol deadline"
       : "no handovers yet");
   }
 
@@ -146,7 +148,7 @@ const Charts = (() => {
       series: [{name: "due", cls: "s3", values}],
       describe: (i) => days[i] + ": " + values[i] + " due (" + rows.filter((r) => r.day === days[i])
         .map((r) => r.rule_id + " " + r.council + " " + r.n).join("; ") + ")"});
-    put("chart-due", [svg], values.reduce((a, b) => a + b, 0) + " deadline(s) due in the next " + days.length + " days");
+    put("chart-due", "Deadlines falling due in the next " + days.length + " days", [svg], values.reduce((a, b) => a + b, 0) + " deadline(s) due in the next " + days.length + " days");
   }
 
   function ages(c) {
@@ -154,7 +156,7 @@ const Charts = (() => {
     const svg = bars({title: "Dead letters waiting, by age", xLabel: "time since dead-lettered", yLabel: "dead letters",
       categories: D.buckets, series: [{name: "waiting", cls: "s1", values: D.counts}],
       describe: (i) => D.buckets[i] + ": " + D.counts[i] + " waiting"});
-    put("chart-ages", [svg], D.counts.reduce((a, b) => a + b, 0) + " dead letter(s) waiting");
+    put("chart-ages", "Dead letters waiting, by age", [svg], D.counts.reduce((a, b) => a + b, 0) + " dead letter(s) waiting");
   }
 
   let last = null;
