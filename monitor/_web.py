@@ -58,7 +58,12 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_STATIC = {"monitor.js": "text/javascript", "charts.js": "text/javascript", "monitor.css": "text/css", "login.css": "text/css"}
+_STATIC = {
+    "monitor.js": "text/javascript",
+    "charts.js": "text/javascript",
+    "monitor.css": "text/css",
+    "login.css": "text/css",
+}
 
 
 @cache

@@ -266,7 +266,7 @@ async def test_monitor_charts_render_in_chromium_and_change_as_events_arrive(
                 "return [...document.querySelectorAll(arguments[0])].map((r) => "
                 "[r.dataset.category, r.dataset.series, r.dataset.n])"
             )
-            return sorted(tuple(map(str, r)) for r in browser.execute_script(script, f"#{chart} svg rect.bar"))  # type: ignore[misc]
+            return sorted(tuple(map(str, r)) for r in browser.execute_script(script, f"#{chart} svg rect.bar"))
 
         def settle(chart: str, expected: list[tuple[str, str, str]], timeout: float = 60) -> None:
             """Wait until the chart draws exactly these bars; fail naming what it drew (and the console)."""
