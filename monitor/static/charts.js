@@ -159,9 +159,16 @@ const Charts = (() => {
     put("chart-ages", "Dead letters waiting, by age", [svg], D.counts.reduce((a, b) => a + b, 0) + " dead letter(s) waiting");
   }
 
-  let last = null;
+  // Redrawn only when the figures changed (the page refreshes every 2 s: an unchanged chart keeps its elements, so
+  // a tooltip being read stays put and the browser does no needless work), or when the stacking is switched.
+  let last = null, drawn = null;
   function draw(c) {
-    last = c || last;
+    if (c) {
+      const figures = JSON.stringify(Object.assign({}, c, {generated_at: null}));
+      if (figures === drawn) return;
+      last = c;
+      drawn = figures;
+    }
     if (!last) return;
     transfers(last, document.getElementById("chart-transfers-by").value);
     latency(last);
