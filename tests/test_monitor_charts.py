@@ -21,6 +21,7 @@ from contracts import (
     Direction,
     ServiceLevel,
     SourceClosed,
+    SourceKeptOpen,
     TransferAcknowledged,
     TransferEvent,
     TransferHeld,
@@ -41,10 +42,11 @@ def flow(
     *,
     acknowledged_after: timedelta | None = None,
     closed: bool = False,
+    kept_open: bool = False,
     held: bool = False,
 ) -> list[TransferEvent]:
-    """A synthetic step-down's events (ids only): requested, then acknowledged (and closed), or held and
-    dead-lettered."""
+    """A synthetic step-down's events (ids only): requested, then acknowledged (and its source closed or kept open),
+    or held and dead-lettered."""
     base: dict[str, Any] = {"transfer_id": transfer_id, "council": council}
 
     def eid(kind: str) -> str:
@@ -85,6 +87,16 @@ def flow(
                 event_id=eid("ack"), occurred_at=ack, target_system=CaseSystem.EHM, target_reference="tray-1", **base
             )
         )
+        if kept_open:
+            events.append(
+                SourceKeptOpen(
+                    event_id=eid("kept-open"),
+                    occurred_at=ack + timedelta(seconds=10),
+                    source_system=CaseSystem.LCS,
+                    rule_ids=["NS-12"],
+                    **base,
+                )
+            )
         if closed:
             events.append(
                 SourceClosed(
@@ -98,8 +110,13 @@ def flow(
     return events
 
 
-async def dead_letter(bootstrap: str, topics: Topics, transfer_id: str, failed: datetime) -> None:
+async def dead_letter(
+    bootstrap: str, topics: Topics, transfer_id: str, failed: datetime, *, closure: bool = False
+) -> None:
+    """A dead letter of the transfer (a later closure's, from the pending-closures topic, with ``closure``)."""
+    origin = topics.pending_closures if closure else topics.transfers
     headers = [
+        ("casebridge.dlq.original.topic", origin.encode()),
         ("casebridge.dlq.transfer.id", transfer_id.encode()),
         ("casebridge.dlq.council", b"north-somerset"),
         ("casebridge.dlq.stage", b"deliver"),
@@ -124,7 +141,7 @@ async def test_charts_count_transfers_latencies_deadlines_and_waiting_dead_lette
     ns, lu = Council.NORTH_SOMERSET, Council.LUTON
     events = [
         *flow("ns-a", ns, three_days, acknowledged_after=timedelta(seconds=30), closed=True),  # < 1 min
-        *flow("ns-b", ns, three_days, acknowledged_after=timedelta(hours=5)),  # < 1 day, still acknowledged
+        *flow("ns-b", ns, three_days, acknowledged_after=timedelta(hours=5), kept_open=True),  # < 1 day
         *flow("ns-c", ns, one_day, held=True),
         *flow("lu-d", lu, one_day, acknowledged_after=timedelta(minutes=2), closed=True),  # < 10 min
         *flow("ns-e", ns, long_ago, acknowledged_after=timedelta(seconds=5), closed=True),  # outside the 30 days
@@ -136,13 +153,16 @@ async def test_charts_count_transfers_latencies_deadlines_and_waiting_dead_lette
     await dead_letter(kafka_bootstrap, topics, "ns-w", now - timedelta(days=20))  # older
     await dead_letter(kafka_bootstrap, topics, "ns-z", now - timedelta(days=10))  # replayed below: not waiting
     await dead_letter(kafka_bootstrap, topics, "ns-a", three_days)  # resolved: ns-a closed after it
+    await dead_letter(kafka_bootstrap, topics, "ns-b", three_days + timedelta(hours=1))  # resolved: kept open after it
+    # a later closure's dead letter is resolved by the closure only, not by the keep-open before it: < 1 week
+    await dead_letter(kafka_bootstrap, topics, "ns-b", three_days + timedelta(hours=1), closure=True)
     with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
-        listed = await wait_for(f"{server.url}/api/dead-letters", lambda b: len(b["dead_letters"]) == 6)
+        listed = await wait_for(f"{server.url}/api/dead-letters", lambda b: len(b["dead_letters"]) == 8)
         [replayed] = [d["id"] for d in listed["dead_letters"] if d["transfer_id"] == "ns-z"]
         await produce(kafka_bootstrap, topics.audit, [(replayed.encode(), b"{}")])
         listed = await wait_for(
             f"{server.url}/api/dead-letters",
-            lambda b: b["by_status"]["replayed"] == 1 and b["by_status"]["resolved"] == 1,
+            lambda b: b["by_status"]["replayed"] == 1 and b["by_status"]["resolved"] == 2,
         )
         body = await wait_for(
             f"{server.url}/api/charts",
@@ -156,9 +176,7 @@ async def test_charts_count_transfers_latencies_deadlines_and_waiting_dead_lette
     days = body["transfers"]["days"]
     assert 30 == len(days) and now.date().isoformat() == days[-1]
     d3, d1 = three_days.date().isoformat(), one_day.date().isoformat()
-    assert {(d3, "completed"): 1, (d3, "acknowledged"): 1, (d1, "held"): 1, (d1, "completed"): 1} == rows(
-        body, "by_state", "state"
-    )
+    assert {(d3, "completed"): 2, (d1, "held"): 1, (d1, "completed"): 1} == rows(body, "by_state", "state")
     assert {(d3, "north-somerset"): 2, (d1, "north-somerset"): 1, (d1, "luton"): 1} == rows(
         body, "by_council", "council"
     )
@@ -191,5 +209,7 @@ async def test_charts_count_transfers_latencies_deadlines_and_waiting_dead_lette
 
     waiting = body["dead_letters_waiting"]
     assert list(AGE_LABELS) == waiting["buckets"]
-    assert [1, 1, 1, 1] == waiting["counts"]  # ns-c, ns-x, ns-y, ns-w; ns-z replayed, ns-a resolved
+    assert [1, 1, 2, 1] == waiting[
+        "counts"
+    ]  # ns-c; ns-x; ns-y, ns-b's closure; ns-w (ns-z replayed, ns-a, ns-b resolved)
     assert listed["by_status"]["waiting"] == sum(waiting["counts"])
