@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from contracts import TransferEvent, TransferRequested, TransferRetryScheduled
-from router.deadletters import COMPLETED
+from router.deadletters import CLOSED, COMPLETED
 
 #: the state a transfer enters with each event type (alerts, milestones, allocations do not move it)
 STATE_OF = {
@@ -396,6 +396,65 @@ class Store:
     def latencies(self) -> list[float]:
         rows = self._query("SELECT latency_seconds FROM transfers WHERE latency_seconds IS NOT NULL")
         return [float(r["latency_seconds"]) for r in rows]
+
+    # -- the charts (GROUP BY in SQLite: the cost is what they show, not every row) -----------
+
+    def transfers_per_day(self, since_day: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Transfers by UTC day of their request (else of their latest event) from ``since_day`` (YYYY-MM-DD) on:
+        ``(by state, by council)`` rows of ``day``, ``state`` or ``council``, and ``n``."""
+        day = "date(COALESCE(requested_at, updated_at))"
+        by_state = self._query(
+            f"SELECT {day} AS day, state, COUNT(*) AS n FROM transfers WHERE {day} >= ? GROUP BY 1, 2 ORDER BY 1, 2",
+            [since_day],
+        )
+        by_council = self._query(
+            f"SELECT {day} AS day, COALESCE(council, '') AS council, COUNT(*) AS n FROM transfers "
+            f"WHERE {day} >= ? GROUP BY 1, 2 ORDER BY 1, 2",
+            [since_day],
+        )
+        return [dict(r) for r in by_state], [dict(r) for r in by_council]
+
+    def latency_histogram(self, edges: Iterable[float]) -> list[dict[str, Any]]:
+        """Handover latencies (requested -> ``HANDED_OVER``) by council, pathway and bucket: bucket ``i`` holds
+        latencies below ``edges[i]`` (and at or above the edge before); ``len(edges)`` holds the rest."""
+        bounds = list(edges)
+        cases = " ".join(f"WHEN latency_seconds < ? THEN {i}" for i in range(len(bounds)))
+        rows = self._query(
+            f"SELECT COALESCE(council, '') AS council, COALESCE(direction, '') AS pathway, "
+            f"CASE {cases} ELSE {len(bounds)} END AS bucket, COUNT(*) AS n FROM transfers "
+            "WHERE latency_seconds IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            bounds,
+        )
+        return [dict(r) for r in rows]
+
+    def waiting_dead_letter_ages(
+        self, now: datetime, edges: Iterable[float], expired: Iterable[str] = ()
+    ) -> dict[int, int]:
+        """Indexed dead letters still waiting, by age bucket (seconds since they were dead-lettered, ``failed_at``:
+        the ``last.failure`` header, else the record's time), as ``router.deadletters.DeadLetter.status`` decides
+        waiting: not resolved by a later completion of its transfer (a later closure's dead letter: by a
+        ``source-closed`` only), not parked, not replayed, and not among ``expired`` (the watch asks Kafka)."""
+        bounds = list(edges)
+        gone = sorted(set(expired))
+        cases = " ".join(f"WHEN age < ? THEN {i}" for i in range(len(bounds)))
+        completed, closed = ", ".join("?" for _ in COMPLETED), ", ".join("?" for _ in CLOSED)
+        not_expired = f"AND id NOT IN ({', '.join('?' for _ in gone)})" if gone else ""
+        rows = self._query(
+            "WITH d AS (SELECT id, transfer_id, "
+            "COALESCE(julianday(json_extract(context, '$.\"last.failure\"')), "
+            "julianday(timestamp / 1000.0, 'unixepoch')) AS failed, "
+            "COALESCE(json_extract(context, '$.\"original.topic\"'), '') LIKE '%.pending-closures' AS closure "
+            "FROM dead_letters WHERE id NOT IN (SELECT id FROM replayed) AND id NOT IN (SELECT id FROM parked) "
+            f"{not_expired}) "
+            f"SELECT CASE {cases} ELSE {len(bounds)} END AS bucket, COUNT(*) AS n FROM ("
+            "SELECT (julianday(?) - d.failed) * 86400.0 AS age FROM d WHERE NOT EXISTS ("
+            "SELECT 1 FROM events e WHERE d.transfer_id IS NOT NULL AND e.transfer_id = d.transfer_id "
+            f"AND CASE WHEN d.closure THEN e.event_type IN ({closed}) ELSE e.event_type IN ({completed}) END "
+            "AND (d.failed IS NULL OR julianday(e.occurred_at) >= d.failed))"
+            ") GROUP BY 1 ORDER BY 1",
+            [*gone, *bounds, now.isoformat(), *CLOSED, *COMPLETED],
+        )
+        return {int(r["bucket"]): int(r["n"]) for r in rows}
 
     def retry_count(self) -> int:
         return self.event_count("retry-scheduled")

@@ -41,7 +41,7 @@ from ._asyncapi import asyncapi_document
 from ._service import Monitor
 from ._sessions import LoginThrottle, Sessions
 from ._settings import MonitorSettings, Principal
-from ._views import overview, transfer_detail
+from ._views import charts, overview, transfer_detail
 
 log = structlog.get_logger("casebridge.monitor")
 COOKIE = "casebridge_monitor"
@@ -58,7 +58,12 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_STATIC = {"monitor.js": "text/javascript", "monitor.css": "text/css", "login.css": "text/css"}
+_STATIC = {
+    "monitor.js": "text/javascript",
+    "charts.js": "text/javascript",
+    "monitor.css": "text/css",
+    "login.css": "text/css",
+}
 
 
 @cache
@@ -346,6 +351,12 @@ def create_app(monitor: Monitor) -> FastAPI:
     @app.get("/api/overview")
     async def api_overview(_: Viewer) -> dict[str, Any]:
         return {**await store.read(overview, store, monitor.watch), "health": monitor.health()}
+
+    @app.get("/api/charts")
+    async def api_charts(_: Viewer) -> dict[str, Any]:
+        """The page's charts (``_views.charts``): transfers per day, handover latency against deadlines, deadlines
+        due in the next 14 days, dead letters waiting by age."""
+        return await store.read(charts, store, monitor.watch)
 
     @app.get("/api/transfers")
     async def api_transfers(_: Viewer, q: str = "", state: str | None = None, limit: int = 50) -> dict[str, Any]:

@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from casebridge.stack import Stack
+from contracts import Council
+from mappings import Unit, due_at
 from router import Settings
 from router.settings import RetrySettings, Topics
 from tests.monitor_support import OPERATOR_TOKEN, keyed, requested_events, running_monitor
@@ -233,3 +237,123 @@ async def test_monitor_page_banner_appears_and_goes_with_the_store_and_the_netwo
             assert [] == csp_violations(browser)
 
         await asyncio.to_thread(banner_goes_then_offline_and_back)
+
+
+async def test_monitor_charts_render_in_chromium_and_change_as_events_arrive(
+    browser: webdriver.Chrome, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The four charts draw one bar per count the API gives (per day and state, per latency bucket with the NS-4
+    deadline marked, per due day, per age), each bar's numbers in its <title>; more events arrive and the bars
+    change with the page's refresh; stacking by council redraws by council; no CSP violation; screenshot saved."""
+    from tests.test_monitor_charts import dead_letter, flow
+
+    topics = Topics(topic_prefix)
+    now = datetime.now(UTC).replace(microsecond=0)
+    ns, lu = Council.NORTH_SOMERSET, Council.LUTON
+    first = [
+        *flow("ns-1", ns, now - timedelta(days=3), acknowledged_after=timedelta(seconds=20), closed=True),
+        *flow("ns-2", ns, now - timedelta(days=3), acknowledged_after=timedelta(hours=2)),
+        *flow("ns-3", ns, now - timedelta(days=1), held=True),
+    ]
+    await produce(kafka_bootstrap, topics.events, keyed(first))
+    await dead_letter(kafka_bootstrap, topics, "ns-3", now - timedelta(minutes=20))
+    with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
+
+        def bars(chart: str) -> list[tuple[str, str, str]]:
+            """(category, series, count) of each bar drawn in the chart's box (read in one script: the page redraws
+            every refresh)."""
+            script = (
+                "return [...document.querySelectorAll(arguments[0])].map((r) => "
+                "[r.dataset.category, r.dataset.series, r.dataset.n])"
+            )
+            return sorted(tuple(map(str, r)) for r in browser.execute_script(script, f"#{chart} svg rect.bar"))
+
+        def settle(chart: str, expected: list[tuple[str, str, str]], timeout: float = 60) -> None:
+            """Wait until the chart draws exactly these bars; fail naming what it drew (and the console)."""
+            seen: list[list[tuple[str, str, str]]] = [[]]
+
+            def drawn(_: webdriver.Chrome) -> bool:
+                seen[0] = bars(chart)
+                return seen[0] == sorted(expected)
+
+            try:
+                WebDriverWait(browser, timeout, 0.3).until(drawn)
+            except TimeoutException:
+                console = [entry.get("message") for entry in browser.get_log("browser")]
+                raise AssertionError(f"{chart}: drew {seen[0]}, not {sorted(expected)}; console: {console}") from None
+
+        def bar_titles(chart: str) -> list[str]:
+            script = "return [...document.querySelectorAll(arguments[0])].map((t) => t.textContent)"
+            return [str(t) for t in browser.execute_script(script, f"#{chart} svg rect.bar > title")]
+
+        d3, d1 = (now - timedelta(days=3)).date().isoformat(), (now - timedelta(days=1)).date().isoformat()
+
+        def due(days_ago: int) -> str:
+            """The UTC day NS-4 (two weeks from the request) falls due for a request ``days_ago`` days ago."""
+            return due_at(now - timedelta(days=days_ago), 2, Unit.WEEKS).astimezone(UTC).date().isoformat()
+
+        def charts_render() -> None:
+            browser.get(server.url + "/")
+            browser.find_element(By.ID, "token").send_keys(OPERATOR_TOKEN)
+            browser.find_element(By.ID, "sign-in").click()
+            wait_text(browser, "total-transfers", "3")
+            expected = [(d1, "held", "1"), (d3, "acknowledged", "1"), (d3, "completed", "1")]
+            settle("chart-transfers", expected)
+            assert f"{d3}: completed 1 (of 2)" in bar_titles("chart-transfers")
+            # one histogram (North Somerset step-down): a bar under 1 min and one under 4 h; NS-4 marked at 2 weeks
+            settle("chart-latency", [("<1 min", "handed over", "1"), ("<4 h", "handed over", "1")])
+            marks = browser.find_elements(By.CSS_SELECTOR, "#chart-latency svg .mark")
+            assert ["NS-4"] == [m.get_attribute("data-label") for m in marks]
+            settle("chart-due", [(due(3), "due", "2"), (due(1), "due", "1")])  # NS-4 of ns-1 and ns-2, of ns-3
+            settle("chart-ages", [("<1 h", "waiting", "1")])
+            labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#charts-section svg .axis-label")]
+            assert {"day (UTC)", "transfers", "requested → acknowledged", "due day (UTC)", "dead letters"} <= set(
+                labels
+            )
+            titles = [
+                e.get_attribute("textContent")
+                for e in browser.find_elements(By.CSS_SELECTOR, "#charts-section svg > title")
+            ]
+            assert "Dead letters waiting, by age" in titles
+
+        await asyncio.to_thread(charts_render)
+        lu_at = max(now - timedelta(minutes=5), datetime.combine(now.date(), time.min, UTC))  # today
+        later = [
+            *flow("lu-4", lu, lu_at, acknowledged_after=timedelta(minutes=3), closed=True),
+            *flow("ns-5", ns, now - timedelta(days=2), acknowledged_after=timedelta(seconds=40), closed=True),
+        ]
+        await produce(kafka_bootstrap, topics.events, keyed(later))
+        await dead_letter(kafka_bootstrap, topics, "ns-6", now - timedelta(days=2))
+
+        def charts_change() -> None:
+            today, d2 = now.date().isoformat(), (now - timedelta(days=2)).date().isoformat()
+            settle(
+                "chart-transfers",
+                [
+                    (d1, "held", "1"), (d2, "completed", "1"), (d3, "acknowledged", "1"), (d3, "completed", "1"),
+                    (today, "completed", "1"),
+                ],
+            )  # fmt: skip
+            settle("chart-ages", [("<1 h", "waiting", "1"), ("<1 week", "waiting", "1")])  # ns-6's: two days old
+            # two histograms now: Luton's, lu-4 under 10 min (no deadline runs from the request), and North
+            # Somerset's, ns-1 and ns-5 under 1 min, ns-2 under 4 h
+            settle(
+                "chart-latency",
+                [("<10 min", "handed over", "1"), ("<1 min", "handed over", "2"), ("<4 h", "handed over", "1")],
+            )  # fmt: skip
+            groups = browser.execute_script(
+                "return [...document.querySelectorAll('#chart-latency figure.latency-group')].map((g) => "
+                "[g.dataset.group, g.querySelectorAll('.mark').length])"
+            )
+            assert [["luton/step-down", 0], ["north-somerset/step-down", 1]] == groups
+            settle("chart-due", [(due(3), "due", "2"), (due(2), "due", "1"), (due(1), "due", "1")])  # ns-5's NS-4
+            browser.execute_script("document.getElementById('charts-section').scrollIntoView()")
+            ARTIFACTS.mkdir(exist_ok=True)
+            assert browser.save_screenshot(str(ARTIFACTS / "monitor-charts.png"))
+            Select(browser.find_element(By.ID, "chart-transfers-by")).select_by_visible_text("council")
+            stacked = [(today, "luton", "1"), (d2, "north-somerset", "1"), (d1, "north-somerset", "1")]
+            settle("chart-transfers", [*stacked, (d3, "north-somerset", "2")], timeout=10)
+            assert [] == csp_violations(browser)
+
+        await asyncio.to_thread(charts_change)
+    assert (ARTIFACTS / "monitor-charts.png").stat().st_size > 10_000

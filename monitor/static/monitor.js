@@ -39,6 +39,7 @@ async function refresh() {
   set("dead-letter-statuses", Object.entries(o.dead_letters.by_status).map(([s, n]) => n + " " + s).join(" · "));
   table("lag", ["consumer group", "topic", "lag"], o.consumer_lag.map((l) => [td(l.group), td(l.topic), td(l.lag)]));
   await refreshAlerts();
+  Charts.draw(await api("/api/charts"));
   lastRefreshed = new Date().toLocaleTimeString();
   set("updated", lastRefreshed);
 }
