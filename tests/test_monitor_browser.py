@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -56,6 +56,12 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 
 def text_of(driver: webdriver.Chrome, element_id: str) -> str:
+    """The element's text; read again when the page redrew it between finding and reading (a stale element)."""
+    for _ in range(10):
+        try:
+            return str(driver.find_element(By.ID, element_id).text)
+        except StaleElementReferenceException:
+            continue
     return str(driver.find_element(By.ID, element_id).text)
 
 
