@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import structlog
 from pydantic import BaseModel, ValidationError
@@ -41,6 +41,7 @@ from .flow import event_id
 from .settings import ALLOCATION_AUDIT_PREFIX, MILESTONE_AUDIT_PREFIX, Settings, Topics
 
 log = structlog.get_logger("casebridge.router.allocations")
+A = TypeVar("A", bound=BaseModel)
 
 
 @runtime_checkable
@@ -97,15 +98,20 @@ class AllocationAudit(BaseModel):
         )
 
 
-def recorded_allocation(key: bytes | None, value: bytes | None) -> AllocationAudit | None:
-    """The recorded allocation an audit record holds, or None (a replay's or the intake's record, or unreadable)."""
-    if key is None or value is None or not key.startswith(ALLOCATION_AUDIT_PREFIX.encode()):
+def _audited(model: type[A], prefix: str, key: bytes | None, value: bytes | None) -> A | None:
+    """The ``model`` an audit record keyed ``prefix``... holds, or None (another kind of record, or unreadable)."""
+    if key is None or value is None or not key.startswith(prefix.encode()):
         return None
     try:
-        return AllocationAudit.model_validate_json(value)
+        return model.model_validate_json(value)
     except ValidationError:
-        log.warning("allocation_audit_unreadable")
+        log.warning("audit_record_unreadable", kind=prefix.rstrip("/"))
         return None
+
+
+def recorded_allocation(key: bytes | None, value: bytes | None) -> AllocationAudit | None:
+    """The recorded allocation an audit record holds, or None (a replay's or the intake's record, or unreadable)."""
+    return _audited(AllocationAudit, ALLOCATION_AUDIT_PREFIX, key, value)
 
 
 async def confirm_allocation(target: Target | None, transfer_id: str) -> Person | bool | None:
@@ -155,13 +161,7 @@ class MilestoneAudit(BaseModel):
 
 def recorded_milestone(key: bytes | None, value: bytes | None) -> MilestoneAudit | None:
     """The recorded milestone an audit record holds, or None (another kind of record, or unreadable)."""
-    if key is None or value is None or not key.startswith(MILESTONE_AUDIT_PREFIX.encode()):
-        return None
-    try:
-        return MilestoneAudit.model_validate_json(value)
-    except ValidationError:
-        log.warning("milestone_audit_unreadable")
-        return None
+    return _audited(MilestoneAudit, MILESTONE_AUDIT_PREFIX, key, value)
 
 
 @dataclass(frozen=True)

@@ -446,17 +446,21 @@ class ClosureScheduler:
                 return True
             signal = "a front-door-decision event"
         self.signals.pop(tid, None)
-        log.warning("signal_not_confirmed", transfer_id=tid, rule_ids=[p.rule_id], system=p.target_system.value)
+        await self._not_confirmed(p, "signal-not-confirmed", signal, p.target_system, "nothing was closed")
+        return None
+
+    async def _not_confirmed(self, p: PendingClosure, kind: str, signal: str, owner: CaseSystem, outcome: str) -> None:
+        """A signal the system that owns it does not confirm: logged, and a critical alert naming the rule."""
+        log.warning("signal_not_confirmed", transfer_id=p.transfer_id, rule_ids=[p.rule_id], system=owner.value)
         await self._emit(
             AlertRaised(
-                **self._about(p, "signal-not-confirmed"),
+                **self._about(p, kind),
                 severity="critical",
                 rule_ids=[p.rule_id],
-                summary=f"{signal} that {p.target_system.value} does not confirm was ignored: nothing was closed;"
+                summary=f"{signal} that {owner.value} does not confirm was ignored: {outcome};"
                 " check who can write the events topic",
             )
         )
-        return None
 
     async def _source_says_closed(self, p: PendingClosure) -> bool | None:
         """A ``source-closed`` event for a record this scheduler still means to close (e.g. a re-run of the transfer
@@ -475,15 +479,12 @@ class ClosureScheduler:
             else:
                 if state.state is RecordState.CLOSED:
                     return True
-        log.warning("signal_not_confirmed", transfer_id=tid, rule_ids=[p.rule_id], system=p.source_record.system.value)
-        await self._emit(
-            AlertRaised(
-                **self._about(p, "source-closed-not-confirmed"),
-                severity="critical",
-                rule_ids=[p.rule_id],
-                summary=f"a source-closed event that {p.source_record.system.value} does not confirm was ignored: "
-                "the closure stays pending; check who can write the events topic",
-            )
+        await self._not_confirmed(
+            p,
+            "source-closed-not-confirmed",
+            "a source-closed event",
+            p.source_record.system,
+            "the closure stays pending",
         )
         return False
 
