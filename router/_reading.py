@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TypeVar
 
+import structlog
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from connectors import kafka as clients
 from connectors.kafka import Kafka
 
+log = structlog.get_logger("casebridge.router.reading")
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -28,7 +30,8 @@ def follower(kafka: Kafka, group_id: str, *topics: str) -> AIOKafkaConsumer:
 
 
 async def read_all(kafka: Kafka, topic: str, timeout: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of a topic, from the beginning to its end now."""
+    """Every record of a topic, from the beginning to its end now; ``ReadIncomplete`` if that takes longer than
+    ``timeout`` seconds (never a part of the topic as if it were the whole)."""
     consumer = clients.consumer(kafka, topic, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     out: list[ConsumerRecord[bytes, bytes]] = []
@@ -39,12 +42,72 @@ async def read_all(kafka: Kafka, topic: str, timeout: float = 30.0) -> list[Cons
             await asyncio.sleep(0.05)
         partitions = list(consumer.assignment())
         end = await consumer.end_offsets(partitions) if partitions else {}
-        while loop.time() < deadline and [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
+        if not partitions:
+            raise ReadIncomplete(f"topic {topic}: no partitions assigned in {timeout:g} s (does it exist?)")
+        while behind := [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
+            if loop.time() >= deadline:
+                raise ReadIncomplete(
+                    f"topic {topic}: {len(out)} records read in {timeout:g} s, {len(behind)} partitions not yet at"
+                    " their end; check the broker's health or raise the timeout"
+                )
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 out.extend(records)
     finally:
         await consumer.stop()
     return sorted(out, key=lambda r: (r.timestamp, r.partition, r.offset))
+
+
+class ReadIncomplete(RuntimeError):
+    """A topic (or partitions of it) could not be read to its end: the state would be partial."""
+
+
+async def read_partitions(
+    kafka: Kafka,
+    topic: str,
+    partitions: Collection[int],
+    apply: Callable[[list[ConsumerRecord[bytes, bytes]]], None],
+    stall: float = 30.0,
+) -> int:
+    """Stream partitions of a topic from their beginning to their end as they are now, handing each fetched batch
+    to ``apply`` (in offset order per partition); nothing is held but the batch. Returns how many records were read.
+
+    Progress is logged every few seconds. Raises ``ReadIncomplete`` if no record arrives for ``stall`` seconds
+    while a partition is not at its end: the caller must not go on with part of the state."""
+    if not partitions:
+        return 0
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer = clients.consumer(kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    count = 0
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        loop = asyncio.get_running_loop()
+        started = last = reported = loop.time()
+        while behind := [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            now = loop.time()
+            if now - last > stall:
+                raise ReadIncomplete(
+                    f"topic {topic}: partitions {[tp.partition for tp in behind]} not read to their end (nothing"
+                    f" arrived for {stall:g} s after {count} records); check the broker's health"
+                )
+            if now - reported > 5.0:
+                log.info("state_restore_progress", topic=topic, records=count, partitions_left=len(behind))
+                reported = now
+            for tp, records in (await consumer.getmany(*behind, timeout_ms=500)).items():
+                records = [r for r in records if r.offset < end[tp]]
+                if records:
+                    apply(records)
+                    count += len(records)
+                    last = loop.time()
+        log.info(
+            "state_restored", topic=topic, partitions=sorted(partitions), records=count,
+            seconds=round(loop.time() - started, 3),
+        )  # fmt: skip
+    finally:
+        await consumer.stop()
+    return count
 
 
 def fold_compacted(
