@@ -1,0 +1,246 @@
+"""Many ``casebridge run`` processes of one deployment (issue #16, first slice): one consumer group, partition p of
+the transfers topic, of every retry tier and of the retry state owned by one process (``router/_assignor.py``), the
+retry state restored per assigned partition.
+
+Each process is a real ``casebridge run --config FILE`` on the same deployment file (North Somerset on the LCS and
+EHM sandboxes, 6 partitions, quick retries), against the session's broker. The test publishes the step-downs to the
+transfers topic as the LCS publisher does (keyed by the child, ``lcs:<id>`` of its first identifier), several per
+child: each one closes its own LCS record, so every one of them can complete. Order is read where it lands: the
+EHM sandbox's tray lists items in the order it received them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from casebridge.localdeploy import COUNCIL_SYSTEMS, Events, RunningDeployment, Sandboxes, deployment_file, sandboxes
+from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient, step_down
+from contracts import TransferEvent, TransferRetryScheduled
+from router._outbox import murmur2
+from tests.deployed import QUICK_RETRY
+
+PARTITIONS = 6
+#: the default run (about 400 and 600 step-downs) and the long form (2,000 each): ``pytest -m long_run``
+SIZES = [pytest.param(False, id="default"), pytest.param(True, id="long", marks=pytest.mark.long_run)]
+
+
+@dataclass
+class Deployment:
+    systems: Sandboxes
+    config: Path
+    env: dict[str, str]
+    work: Path
+    runs: list[RunningDeployment]
+
+    def start(self, n: int) -> None:
+        for _ in range(n):
+            log = self.work / f"casebridge-run-{len(self.runs)}.log"
+            self.runs.append(RunningDeployment(self.config, self.env, log).start(timeout=120))
+
+
+@contextmanager
+def deployment(work: Path, bootstrap: str, prefix: str) -> Iterator[Deployment]:
+    with ExitStack() as stack:
+        systems = stack.enter_context(sandboxes(work / "systems", COUNCIL_SYSTEMS["north-somerset"]))
+        text, env = deployment_file(
+            "north-somerset", systems, bootstrap=bootstrap, prefix=prefix, state_dir=work / "state", retry=QUICK_RETRY
+        )
+        config = work / "north-somerset.toml"
+        config.write_text(text + f"\n[topics]\npartitions = {PARTITIONS}\n")
+        d = Deployment(systems, config, env, work, [])
+        try:
+            yield d
+        finally:
+            for run in d.runs:
+                if run.process is not None and run.process.poll() is None:
+                    run.stop()
+
+
+def partition_of(key: str) -> int:
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % PARTITIONS
+
+
+@dataclass
+class Plan:
+    """M children, K step-downs each (each on its own open LCS record), in the order they are published."""
+
+    transfers: list[tuple[str, str, dict[str, Any]]]  # (child key, transfer id, message)
+    of_child: dict[str, list[str]]
+
+
+def plan(lcs: LcsSandboxClient, children: int, per_child: int, tag: str) -> Plan:
+    docs: list[tuple[str, str, dict[str, Any]]] = []
+    of_child: dict[str, list[str]] = defaultdict(list)
+    n = 0
+    firsts = [lcs.create_child(locality="North") for _ in range(children)]
+    for k in range(per_child):
+        for c, first in enumerate(firsts):
+            n += 1
+            record = first if k == 0 else lcs.create_child(locality="North")
+            tid = f"ns-many-{tag}-{c}-{k}"
+            doc = step_down("north-somerset", n, transfer_id=tid, message_id=f"{tid}-m1", correlation_id=tid)
+            doc["child"]["identifiers"] = [{"system": "lcs", "id": first}]
+            doc["source_record"] = {"system": "lcs", "record_id": record, "state": "open"}
+            docs.append((f"lcs:{first}", tid, doc))
+            of_child[f"lcs:{first}"].append(tid)
+    return Plan(docs, dict(of_child))
+
+
+async def publish(bootstrap: str, topic: str, docs: list[tuple[str, str, dict[str, Any]]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, _, doc in docs:  # in order: one child's step-downs one after the other, on one partition
+            await producer.send(topic, json.dumps(doc).encode(), key=key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def distinct(events: list[TransferEvent], kind: str) -> int:
+    return len({e.event_id for e in events if e.event_type == kind})
+
+
+def check_exactly_once_and_order(p: Plan, by: dict[str, list[TransferEvent]], tray: list[dict[str, Any]]) -> None:
+    tids = [tid for _, tid, _ in p.transfers]
+    not_once = {t: (distinct(by.get(t, []), "delivered"), distinct(by.get(t, []), "source-closed")) for t in tids}
+    not_once = {t: counts for t, counts in not_once.items() if counts != (1, 1)}
+    assert not_once == {}, f"transfers not delivered and closed exactly once: {list(not_once.items())[:10]}"
+    received = [i["transfer_id"] for i in tray if i["transfer_id"] in set(tids)]
+    assert sorted(received) == sorted(tids), "the tray holds each transfer exactly once"
+    position = {t: n for n, t in enumerate(received)}
+    out_of_order = {c: ts for c, ts in p.of_child.items() if sorted(ts, key=position.__getitem__) != ts}
+    assert out_of_order == {}, f"children whose step-downs reached EHM out of order: {list(out_of_order.items())[:5]}"
+
+
+def restored_partitions(run: RunningDeployment) -> list[set[int]]:
+    """Each ``partitions_restored`` line of a run's log: the partitions it took over."""
+    return [
+        set(map(int, re.findall(r"\d+", m)))
+        for m in re.findall(r'"partitions_restored".*?"partitions": ?\[([^]]*)\]', run.output())
+    ]
+
+
+def handled(run: RunningDeployment) -> int:
+    """How many transfers-topic records a run's log says it handled."""
+    out = 0
+    for line in run.output().splitlines():
+        if '"batch_completed"' in line and ".transfers" in line:
+            found = re.search(r'"records": ?(\d+)', line)
+            out += int(found.group(1)) if found else 0
+    return out
+
+
+@pytest.mark.parametrize("long", SIZES)
+async def test_two_routers_keep_each_childs_order_and_queue_behind_only_where_a_transfer_waits(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, long: bool
+) -> None:
+    children, per_child, faulted = (500, 4, 50) if long else (100, 4, 10)
+    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d:
+        lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
+        ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
+        p = plan(lcs, children, per_child, "two")
+        d.start(2)
+        # both members in the group before anything is published: each owns half the partitions
+        deadline = time.monotonic() + 60
+        while not all(restored_partitions(r) for r in d.runs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        # EHM unavailable for the first step-down of some children, for a few seconds: those wait in a tier
+        slow = sorted(p.of_child)[:faulted]
+        for key in slow:
+            ehm.inject_fault(status=503, seconds=4, path_prefix=f"/api/stepdown-tray/{p.of_child[key][0]}")
+        started = time.monotonic()
+        await publish(kafka_bootstrap, f"{topic_prefix}.transfers", p.transfers)
+        events = Events(kafka_bootstrap, f"{topic_prefix}.events")
+        try:
+            by = await events.until({tid: "source-closed" for _, tid, _ in p.transfers}, timeout=240)
+        finally:
+            await events.stop()
+        took = time.monotonic() - started
+        check_exactly_once_and_order(p, by, ehm.tray())
+        retried = {
+            t: [e for e in es if isinstance(e, TransferRetryScheduled)]
+            for t, es in by.items()
+            if t in dict.fromkeys(tid for _, tid, _ in p.transfers)
+        }
+        slow_tids = {tid for key in slow for tid in p.of_child[key]}
+        needless = sorted(t for t, es in retried.items() if es and t not in slow_tids)
+        assert needless == [], f"transfers of children never unavailable went through the retry tiers: {needless[:10]}"
+        for key in slow:
+            head, *later = p.of_child[key]
+            assert retried[head] and not any(e.behind_earlier_transfer for e in retried[head]), "the one that failed"
+            # a later step-down queued behind its child's waiting one only while that one waited
+            for tid in later:
+                assert all(e.behind_earlier_transfer for e in retried[tid])
+        behind = sum(1 for es in retried.values() for e in es if e.behind_earlier_transfer)
+        work = [handled(r) for r in d.runs]
+        assert all(w > 0 for w in work), f"both processes handled transfers: {work}"
+        owned = [set().union(*restored_partitions(r)) for r in d.runs]
+        print(
+            f"\n2 routers, {len(p.transfers)} step-downs of {children} children in {took:.1f} s; records handled per"
+            f" process {work}; partitions {owned}; {behind} retry-scheduled behind an earlier transfer, all of the"
+            f" {faulted} children EHM refused for a while"
+        )
+        lcs.close()
+        ehm.close()
+
+
+@pytest.mark.parametrize("long", SIZES)
+async def test_three_routers_one_killed_mid_flow_every_transfer_completes_once_in_order(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, long: bool
+) -> None:
+    children, per_child = (500, 4) if long else (150, 4)
+    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d:
+        lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
+        ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
+        p = plan(lcs, children, per_child, "kill")
+        d.start(3)
+        deadline = time.monotonic() + 60
+        while not all(restored_partitions(r) for r in d.runs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(3)  # the last rebalance settled
+        victim = d.runs[1]
+        theirs = restored_partitions(victim)[-1]
+        assert theirs, "the process to be killed owns partitions"
+        all_tids = [tid for _, tid, _ in p.transfers]
+        partition = {tid: partition_of(key) for key, tid, _ in p.transfers}
+        await publish(kafka_bootstrap, f"{topic_prefix}.transfers", p.transfers)
+        events = Events(kafka_bootstrap, f"{topic_prefix}.events")
+        try:
+            # mid-flow: a third of the step-downs done
+            third = dict.fromkeys(all_tids[: len(all_tids) // 3], "source-closed")
+            while sum(1 for t in all_tids if events.has({t: "source-closed"})) < len(all_tids) // 3:
+                await events.until(third, timeout=2)
+            victim.kill()  # SIGKILL: no goodbye to the group, nothing settled
+            killed_at = datetime.now(UTC)
+            done_before = {t for t in all_tids if events.has({t: "source-closed"})}
+            left = [t for t in all_tids if partition[t] in theirs and t not in done_before]
+            assert left, "the killed process had work left"
+            by = await events.until({tid: "source-closed" for tid in all_tids}, timeout=240)
+        finally:
+            await events.stop()
+        resumed = min(e.occurred_at for t in left for e in by.get(t, []) if e.occurred_at > killed_at)
+        seconds = (resumed - killed_at).total_seconds()
+        check_exactly_once_and_order(p, by, ehm.tray())
+        total = sum(1 for t in all_tids if partition[t] in theirs)
+        print(
+            f"\n3 routers, {len(p.transfers)} step-downs, one SIGKILLed with {len(left)} of its partitions' {total}"
+            f" step-downs not done: its partitions {sorted(theirs)}"
+            f" processed again {seconds:.1f} s after the kill"
+        )
+        assert seconds < 10, f"the killed member's partitions were processed again only after {seconds:.1f} s"
+        lcs.close()
+        ehm.close()
