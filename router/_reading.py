@@ -7,11 +7,13 @@ from collections.abc import Callable, Collection, Iterable
 from typing import TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from connectors import kafka as clients
 from connectors.kafka import Kafka
+
+from ._assignor import for_instance
 
 log = structlog.get_logger("casebridge.router.reading")
 K = TypeVar("K")
@@ -27,6 +29,32 @@ def follower(kafka: Kafka, group_id: str, *topics: str) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
+
+
+def owned_follower(
+    kafka: Kafka, group_id: str, topics: list[str], listener: ConsumerRebalanceListener
+) -> AIOKafkaConsumer:
+    """A side loop's consumer whose group co-partitions its topics (``_assignor.py``): partition p of each of them
+    belongs to one process, which acts on the pending entries of exactly those partitions (``listener`` restores
+    them when assigned, forgets them when revoked)."""
+    consumer = clients.consumer(
+        kafka,
+        group_id=group_id,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        partition_assignment_strategy=(for_instance(),),
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1500,
+    )
+    consumer.subscribe(topics, listener=listener)
+    return consumer
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition the producer's default partitioner gives ``key`` (murmur2, as Java's)."""
+    from ._outbox import murmur2  # the outbox's, which imports this module's users
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 async def read_all(kafka: Kafka, topic: str, timeout: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
@@ -67,6 +95,7 @@ async def read_partitions(
     partitions: Collection[int],
     apply: Callable[[list[ConsumerRecord[bytes, bytes]]], None],
     stall: float = 30.0,
+    ends: dict[int, int] | None = None,
 ) -> int:
     """Stream partitions of a topic from their beginning to their end as they are now, handing each fetched batch
     to ``apply`` (in offset order per partition); nothing is held but the batch. Returns how many records were read.
@@ -83,6 +112,8 @@ async def read_partitions(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
+        if ends is not None:
+            ends.update({tp.partition: o for tp, o in end.items()})
         loop = asyncio.get_running_loop()
         started = last = reported = loop.time()
         while behind := [tp for tp in tps if await consumer.position(tp) < end[tp]]:

@@ -12,8 +12,8 @@ EHM sandbox's tray lists items in the order it received them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -126,22 +126,50 @@ def check_exactly_once_and_order(p: Plan, by: dict[str, list[TransferEvent]], tr
     assert out_of_order == {}, f"children whose step-downs reached EHM out of order: {list(out_of_order.items())[:5]}"
 
 
+def log_lines(run: RunningDeployment, event: str) -> list[dict[str, Any]]:
+    """The run's JSON log lines of one event."""
+    out = []
+    for line in run.output().splitlines():
+        if f'"{event}"' in line:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if doc.get("event") == event:
+                    out.append(doc)
+    return out
+
+
 def restored_partitions(run: RunningDeployment) -> list[set[int]]:
     """Each ``partitions_restored`` line of a run's log: the partitions it took over."""
-    return [
-        set(map(int, re.findall(r"\d+", m)))
-        for m in re.findall(r'"partitions_restored".*?"partitions": ?\[([^]]*)\]', run.output())
-    ]
+    return [set(doc["partitions"]) for doc in log_lines(run, "partitions_restored")]
+
+
+def owned_now(run: RunningDeployment) -> set[int]:
+    """The partitions a run owns after its last rebalance: restored, less revoked since."""
+    owned: set[int] = set()
+    for line in run.output().splitlines():
+        with contextlib.suppress(ValueError):
+            doc = json.loads(line)
+            if doc.get("event") == "partitions_restored":
+                owned |= set(doc["partitions"])
+            elif doc.get("event") == "partitions_revoked":
+                owned -= set(doc["partitions"])
+    return owned
+
+
+async def settled(runs: list[RunningDeployment], timeout: float = 90) -> list[set[int]]:
+    """Until the processes' partitions are shared out (disjoint, every partition owned, none idle): each one's."""
+    deadline = time.monotonic() + timeout
+    while True:
+        owned = [owned_now(r) for r in runs]
+        shared = all(owned) and sum(map(len, owned)) == PARTITIONS and set().union(*owned) == set(range(PARTITIONS))
+        if shared or time.monotonic() > deadline:
+            return owned
+        await asyncio.sleep(0.5)
 
 
 def handled(run: RunningDeployment) -> int:
     """How many transfers-topic records a run's log says it handled."""
-    out = 0
-    for line in run.output().splitlines():
-        if '"batch_completed"' in line and ".transfers" in line:
-            found = re.search(r'"records": ?(\d+)', line)
-            out += int(found.group(1)) if found else 0
-    return out
+    return sum(d["records"] for d in log_lines(run, "batch_completed") if str(d.get("topic")).endswith(".transfers"))
 
 
 @pytest.mark.parametrize("long", SIZES)
@@ -154,14 +182,13 @@ async def test_two_routers_keep_each_childs_order_and_queue_behind_only_where_a_
         ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
         p = plan(lcs, children, per_child, "two")
         d.start(2)
-        # both members in the group before anything is published: each owns half the partitions
-        deadline = time.monotonic() + 60
-        while not all(restored_partitions(r) for r in d.runs) and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-        # EHM unavailable for the first step-down of some children, for a few seconds: those wait in a tier
+        # both members in the group before anything is published: partition p to the p % 2-th of them
+        owned = await settled(d.runs)
+        assert sorted(map(sorted, owned)) == [[0, 2, 4], [1, 3, 5]], f"partitions per process: {owned}"
+        # EHM unavailable for the first step-down of some children (its first three calls): those wait in a tier
         slow = sorted(p.of_child)[:faulted]
         for key in slow:
-            ehm.inject_fault(status=503, seconds=4, path_prefix=f"/api/stepdown-tray/{p.of_child[key][0]}")
+            ehm.inject_fault(status=503, count=3, path_prefix=f"/api/stepdown-tray/{p.of_child[key][0]}")
         started = time.monotonic()
         await publish(kafka_bootstrap, f"{topic_prefix}.transfers", p.transfers)
         events = Events(kafka_bootstrap, f"{topic_prefix}.events")
@@ -188,7 +215,6 @@ async def test_two_routers_keep_each_childs_order_and_queue_behind_only_where_a_
         behind = sum(1 for es in retried.values() for e in es if e.behind_earlier_transfer)
         work = [handled(r) for r in d.runs]
         assert all(w > 0 for w in work), f"both processes handled transfers: {work}"
-        owned = [set().union(*restored_partitions(r)) for r in d.runs]
         print(
             f"\n2 routers, {len(p.transfers)} step-downs of {children} children in {took:.1f} s; records handled per"
             f" process {work}; partitions {owned}; {behind} retry-scheduled behind an earlier transfer, all of the"
@@ -208,13 +234,10 @@ async def test_three_routers_one_killed_mid_flow_every_transfer_completes_once_i
         ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
         p = plan(lcs, children, per_child, "kill")
         d.start(3)
-        deadline = time.monotonic() + 60
-        while not all(restored_partitions(r) for r in d.runs) and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(3)  # the last rebalance settled
+        owned = await settled(d.runs)
+        assert sorted(map(sorted, owned)) == [[0, 3], [1, 4], [2, 5]], f"partitions per process: {owned}"
         victim = d.runs[1]
-        theirs = restored_partitions(victim)[-1]
-        assert theirs, "the process to be killed owns partitions"
+        theirs = owned[1]
         all_tids = [tid for _, tid, _ in p.transfers]
         partition = {tid: partition_of(key) for key, tid, _ in p.transfers}
         await publish(kafka_bootstrap, f"{topic_prefix}.transfers", p.transfers)
