@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -25,10 +27,20 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from casebridge.localdeploy import COUNCIL_SYSTEMS, Events, RunningDeployment, Sandboxes, deployment_file, sandboxes
+from casebridge.localdeploy import (
+    COUNCIL_SYSTEMS,
+    Events,
+    RunningDeployment,
+    Sandboxes,
+    casebridge_command,
+    deployment_file,
+    sandboxes,
+)
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient, step_down
 from contracts import TransferEvent, TransferRetryScheduled
+from router._assignor import plan_assignment
 from router._outbox import murmur2
 from tests.deployed import QUICK_RETRY
 
@@ -267,3 +279,37 @@ async def test_three_routers_one_killed_mid_flow_every_transfer_completes_once_i
         assert seconds < 10, f"the killed member's partitions were processed again only after {seconds:.1f} s"
         lcs.close()
         ehm.close()
+
+
+def test_the_assignor_gives_partition_p_of_every_topic_to_one_process_and_nothing_to_one_still_starting() -> None:
+    topics = ["t.transfers", "t.retry.0", "t.retry.1"]
+    members = {f"{i}-{t}": (f"proc-{i}".encode(), [t]) for i in (0, 1) for t in topics}
+    members["2-t.transfers"] = (b"proc-2", ["t.transfers"])  # its tier consumers have not joined yet
+    plan = plan_assignment(members, {t: list(range(PARTITIONS)) for t in topics})
+    for i, mine in ((0, [0, 2, 4]), (1, [1, 3, 5])):
+        assert {t: plan[f"{i}-{t}"][t] for t in topics} == dict.fromkeys(topics, mine)
+    assert plan["2-t.transfers"] == {"t.transfers": []}
+    once = sorted(p for m in plan.values() for ps in m.values() for p in ps)
+    assert once == sorted(list(range(PARTITIONS)) * len(topics)), "every partition of every topic, once"
+
+
+async def test_a_deployment_whose_topics_are_not_co_partitioned_is_refused_in_one_line(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:  # a retry-state topic made by hand with another partition count than the deployment's 6
+        config = {"cleanup.policy": "compact"}
+        await admin.create_topics([NewTopic(f"{topic_prefix}.retry-state", 2, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("CASEBRIDGE_")}, **d.env}
+        command = [*casebridge_command(), "run", "--config", str(d.config)]
+        run = await asyncio.to_thread(
+            subprocess.run, command, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+    assert run.returncode == 5, run.stderr[-2000:]
+    [line] = [x for x in run.stderr.splitlines() if x.startswith("error:")]
+    assert f"{topic_prefix}.retry-state=2" in line and f"{topic_prefix}.transfers=6" in line
+    assert "co-partitioning" in line and "Traceback" not in run.stderr
