@@ -59,8 +59,12 @@ class Deployment:
 
     def start(self, n: int) -> None:
         for _ in range(n):
-            log = self.work / f"casebridge-run-{len(self.runs)}.log"
-            self.runs.append(RunningDeployment(self.config, self.env, log).start(timeout=120))
+            i = len(self.runs)
+            log = self.work / f"casebridge-run-{i}.log"
+            # the same deployment file; each process its own state directory (its feeds' cursors), as
+            # `casebridge run --state-dir` is for
+            state = ["--state-dir", str(self.work / f"state-{i}")]
+            self.runs.append(RunningDeployment(self.config, self.env, log, args=state).start(timeout=120))
 
 
 @contextmanager
@@ -225,6 +229,7 @@ async def test_two_routers_keep_each_childs_order_and_queue_behind_only_where_a_
             for tid in later:
                 assert all(e.behind_earlier_transfer for e in retried[tid])
         behind = sum(1 for es in retried.values() for e in es if e.behind_earlier_transfer)
+        assert [r.process.poll() for r in d.runs if r.process] == [None, None], "both processes still run"
         work = [handled(r) for r in d.runs]
         assert all(w > 0 for w in work), f"both processes handled transfers: {work}"
         print(
@@ -260,6 +265,7 @@ async def test_three_routers_one_killed_mid_flow_every_transfer_completes_once_i
             while sum(1 for t in all_tids if events.has({t: "source-closed"})) < len(all_tids) // 3:
                 await events.until(third, timeout=2)
             victim.kill()  # SIGKILL: no goodbye to the group, nothing settled
+            assert victim.stop() == -9  # reaped (its log closed)
             killed_at = datetime.now(UTC)
             done_before = {t for t in all_tids if events.has({t: "source-closed"})}
             left = [t for t in all_tids if partition[t] in theirs and t not in done_before]
@@ -270,6 +276,8 @@ async def test_three_routers_one_killed_mid_flow_every_transfer_completes_once_i
         resumed = min(e.occurred_at for t in left for e in by.get(t, []) if e.occurred_at > killed_at)
         seconds = (resumed - killed_at).total_seconds()
         check_exactly_once_and_order(p, by, ehm.tray())
+        survivors = [r.process.poll() for r in d.runs if r is not victim and r.process]
+        assert survivors == [None, None], "the other two still run"
         total = sum(1 for t in all_tids if partition[t] in theirs)
         print(
             f"\n3 routers, {len(p.transfers)} step-downs, one SIGKILLed with {len(left)} of its partitions' {total}"
