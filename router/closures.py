@@ -46,6 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
@@ -95,6 +96,8 @@ from .flow import event_id
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router.closures")
+#: a commit refused because the group rebalanced meanwhile (not a failure of the loop)
+_REBALANCED = (CommitFailedError, IllegalStateError, RebalanceInProgressError)
 Clock = Callable[[], datetime]
 _Record = tuple[str, str, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 #: signals kept for transfers whose pending closure has not been read yet (the oldest go first)
@@ -348,7 +351,10 @@ class ClosureScheduler:
         for p, _ in closed:
             self._forget(p.transfer_id)
             log.info("source_closed_later", transfer_id=p.transfer_id, rule_ids=[p.rule_id])
-        await self._commit()
+        try:
+            await self._commit()
+        except _REBALANCED as exc:  # a rebalance: the next owner of the partitions reads them again
+            log.warning("offsets_not_committed", loop="pending-closures", error_class=type(exc).__name__)
         return len(closed)
 
     async def _commit(self) -> None:

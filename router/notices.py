@@ -31,6 +31,7 @@ from typing import Any, Literal, cast
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer, poll_forever, renew_producer
@@ -44,6 +45,8 @@ from .flow import event_id
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router.notices")
+#: a commit refused because the group rebalanced meanwhile (not a failure of the loop)
+_REBALANCED = (CommitFailedError, IllegalStateError, RebalanceInProgressError)
 Recipient = Literal["social_worker", "manager"]
 #: how long an allocation with no pending notice is remembered (the flow writes the notice when the target holds
 #: the transfer, before anyone can allocate it, so only a crashed or lagging flow writes it later)
@@ -178,7 +181,10 @@ class AllocationNotices:
             if now - at > KEEP_MARKS and tid not in self.pending:
                 await self._mark(tid, None)
                 del self.marks[tid]
-        await self.consumer.commit()
+        try:
+            await self.consumer.commit()
+        except _REBALANCED as exc:  # a rebalance: the next owner of the partitions reads them again
+            log.warning("offsets_not_committed", loop="allocation-notices", error_class=type(exc).__name__)
         return sent
 
     def _read_allocated(self, tid: str, value: bytes | None) -> None:

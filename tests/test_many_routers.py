@@ -229,7 +229,8 @@ async def test_two_routers_keep_each_childs_order_and_queue_behind_only_where_a_
             for tid in later:
                 assert all(e.behind_earlier_transfer for e in retried[tid])
         behind = sum(1 for es in retried.values() for e in es if e.behind_earlier_transfer)
-        assert [r.process.poll() for r in d.runs if r.process] == [None, None], "both processes still run"
+        why = [line for r in d.runs for line in r.output().splitlines() if "loop_failed" in line]
+        assert [r.process.poll() for r in d.runs if r.process] == [None, None], f"both still run: {why[-3:]}"
         work = [handled(r) for r in d.runs]
         assert all(w > 0 for w in work), f"both processes handled transfers: {work}"
         print(
@@ -277,7 +278,8 @@ async def test_three_routers_one_killed_mid_flow_every_transfer_completes_once_i
         seconds = (resumed - killed_at).total_seconds()
         check_exactly_once_and_order(p, by, ehm.tray())
         survivors = [r.process.poll() for r in d.runs if r is not victim and r.process]
-        assert survivors == [None, None], "the other two still run"
+        why = [line for r in d.runs if r is not victim for line in r.output().splitlines() if "loop_failed" in line]
+        assert survivors == [None, None], f"the other two still run: {why[-3:]}"
         total = sum(1 for t in all_tids if partition[t] in theirs)
         print(
             f"\n3 routers, {len(p.transfers)} step-downs, one SIGKILLed with {len(left)} of its partitions' {total}"
