@@ -50,6 +50,16 @@ def owned_follower(
     return consumer
 
 
+async def first_assignment(assigned: asyncio.Event, loop: str, timeout: float = 30.0) -> None:
+    """Wait until the group first assigned the consumer its partitions (``assigned`` set by its listener once
+    their entries are restored): after a loop's start its entries are in memory. Past ``timeout`` (the group
+    still rebalancing) it goes on, logged: the entries are restored when the assignment comes."""
+    try:
+        await asyncio.wait_for(assigned.wait(), timeout)
+    except TimeoutError:
+        log.warning("no_assignment_yet", loop=loop, seconds=timeout)
+
+
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition the producer's default partitioner gives ``key`` (murmur2, as Java's)."""
     from ._outbox import murmur2  # the outbox's, which imports this module's users

@@ -38,6 +38,7 @@ partitioned among them: every process reads it whole and follows it (its own gro
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ from ._history import child_keys, hashed_key
 from ._history import decode as decode_history
 from ._outbox import Failure, dead_letter_headers
 from ._pending import PendingClosure, Trigger
+from ._reading import first_assignment as _first_assignment
 from ._reading import fold_compacted, owned_follower, partition_for, read_partitions, replay_compacted
 from ._retry import H_REPLAY_OF, H_REPLAY_OPERATOR
 from .allocations import (
@@ -250,6 +252,8 @@ class ClosureScheduler:
         self.history: AIOKafkaConsumer | None = None
         #: how many partitions the pending-closures topic has
         self.partitions = 0
+        #: set once the group first assigned this process its partitions (and their entries were restored)
+        self.assigned = asyncio.Event()
         self.producer = idempotent_producer(settings.connection)
         self.pending: dict[str, PendingClosure] = {}
         #: signals read for transfers (allocated; front door accepted True / not accepted False)
@@ -280,6 +284,7 @@ class ClosureScheduler:
         await self.history.seek_to_beginning(*parts)  # read again from the start: folding it twice is harmless
         self.partitions = len(await self.producer.partitions_for(self.settings.topics.pending_closures))
         await self.consumer.start()
+        await _first_assignment(self.assigned, type(self).__name__)
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -300,6 +305,7 @@ class ClosureScheduler:
         await read_partitions(self.settings.connection, topic, partitions, apply, ends=ends)
         for p, end in ends.items():
             self.consumer.seek(TopicPartition(topic, p), end)
+        self.assigned.set()
 
     def _drop(self, partitions: set[int]) -> None:
         for tid in [t for t in self.pending if partition_for(t.encode(), self.partitions or 1) in partitions]:

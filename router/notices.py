@@ -24,6 +24,7 @@ there explicitly), so the process that holds a notice is the one that reads its 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ from contracts import AlertRaised, CaseSystem, NoticeSent, TransferAllocated
 from mappings import Route
 
 from ._pending import MARK, Mark, PendingNotice, decode_notice_entry
+from ._reading import first_assignment as _first_assignment
 from ._reading import owned_follower, partition_for, read_partitions
 from .allocations import confirm_allocation, recorded_allocation, recorded_allocation_event_id
 from .flow import event_id
@@ -88,6 +90,8 @@ class AllocationNotices:
         #: the pending-notices partitions this process holds (restored), and how many the topic has
         self.owned: set[int] = set()
         self.partitions = 0
+        #: set once the group first assigned this process its partitions (and their entries were restored)
+        self.assigned = asyncio.Event()
         self.producer = idempotent_producer(settings.connection)
         self.pending: dict[str, PendingNotice] = {}
         #: allocations read in this poll (not yet durable): transfer id -> the target that must confirm it (None:
@@ -101,6 +105,7 @@ class AllocationNotices:
         await self.producer.start()
         self.partitions = len(await self.producer.partitions_for(self.settings.topics.pending_notices))
         await self.consumer.start()
+        await _first_assignment(self.assigned, type(self).__name__)
 
     def _partition(self, tid: str) -> int:
         return partition_for(tid.encode(), self.partitions or 1)
@@ -120,6 +125,7 @@ class AllocationNotices:
         await read_partitions(self.settings.connection, topic, partitions, apply, ends=ends)
         for p, end in ends.items():
             self.consumer.seek(TopicPartition(topic, p), end)
+        self.assigned.set()
         self.owned |= partitions
 
     def _drop(self, partitions: set[int]) -> None:
