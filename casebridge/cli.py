@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import structlog
 import typer
 import uvloop
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.errors import KafkaError as AIOKafkaError
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -31,6 +36,7 @@ from typer.core import TyperGroup
 
 from connectors import kafka as clients
 from connectors.kafka import KafkaConnection
+from connectors.kafka import principal as authenticated_principal
 from contracts import Council, Direction
 from router.deadletters import (
     Filters,
@@ -45,7 +51,8 @@ from router.deadletters import replay as replay_dead_letters
 from router.settings import Topics
 from router.topics import TopicMisconfigured
 
-from .localkafka import AlreadyRunning, KafkaError, LocalKafka, default_home
+from .localkafka import AlreadyRunning, KafkaError, LocalKafka, SecurityMismatch, default_home
+from .localkafka_secure import PRINCIPALS as SECURE_PRINCIPALS
 from .logs import configure_logging
 from .process import freeze_startup_heap
 
@@ -180,6 +187,9 @@ HomeOpt = Annotated[
 PortOpt = Annotated[int, typer.Option(min=1, max=65535, help="client port; the controller listens on port+1")]
 
 
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}")  # as the deployment file's topic_prefix
+
+
 def _broker(home: Path | None, port: int) -> LocalKafka:
     return LocalKafka(home or default_home(), port=port)
 
@@ -197,24 +207,40 @@ def kafka_start(
         int | None, typer.Option(min=1, max=65535, help="controller port (default: --port + 1)")
     ] = None,
     timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for the broker to answer")] = 120.0,
+    secure: Annotated[
+        bool, typer.Option("--secure", help="TLS + SASL SCRAM-SHA-512, ACLs per principal (README: Deploying securely)")
+    ] = False,
+    prefix: Annotated[
+        str, typer.Option(help="--secure: the topic prefix the principals' ACLs are granted on")
+    ] = "casebridge",
 ) -> None:
     """Start the broker (fetching Kafka's jars with Maven the first time) and print its bootstrap address.
 
-    Progress goes to stderr, the address to stdout. Exits 2 if this home's broker already runs at another
-    address, or for a --controller-port equal to --port; 5 if it could not start (a port taken, no Java, no
-    Maven, no answer in time).
+    Progress goes to stderr, the address to stdout; with --secure, then each principal's deployment-file
+    [kafka] table (also in HOME/secure/PRINCIPAL.toml). Exits 2 if this home's broker already runs at another
+    address, for a --controller-port equal to --port, or --secure on a home formatted plaintext (or the
+    reverse); 5 if it could not start (a port taken, no Java, no Maven, no answer in time).
     """
     if controller_port == port:
         _refuse("--controller-port must differ from --port", EXIT_USAGE)
-    broker = LocalKafka(home or default_home(), port=port, controller_port=controller_port)
+    if secure and not _PREFIX_RE.fullmatch(prefix):
+        _refuse("--prefix must be a topic prefix: a letter or digit, then letters, digits, '.', '_' or '-'", EXIT_USAGE)
+    broker = LocalKafka(
+        home or default_home(), port=port, controller_port=controller_port, secure=secure, topic_prefix=prefix
+    )
     try:
         address = broker.start(timeout=timeout, exact=True, progress=lambda line: typer.echo(line, err=True))
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, SecurityMismatch) as exc:
         _refuse(exc.summary, EXIT_USAGE, exc)
     except KafkaError as exc:
         more = " (--debug shows the details)" if exc.summary != str(exc).strip() and not _State.debug else ""
         _refuse(f"{exc.summary}{more}", EXIT_KAFKA, exc)
     typer.echo(address)
+    if secure:
+        files = broker.secure_files
+        for principal in SECURE_PRINCIPALS:
+            typer.echo(f"\n# {principal} (topics {prefix}.*): {files.settings_file(principal)}")
+            typer.echo(files.client_table(principal), nl=False)
 
 
 @kafka_app.command("stop")
@@ -232,7 +258,12 @@ def kafka_stop(home: HomeOpt = None, port: PortOpt = 9092) -> None:
 def kafka_status(home: HomeOpt = None, port: PortOpt = 9092) -> None:
     """Say whether the broker runs, and where."""
     s = _broker(home, port).status()
-    typer.echo(f"running at {s.bootstrap} (pid {s.pid})" if s.running else f"not running (home {s.home})")
+    security = (
+        f"secured: SASL_SSL, SCRAM-SHA-512, ACLs; client settings in {s.home / 'secure'}/*.toml"
+        if s.secure
+        else "plaintext"
+    )
+    typer.echo(f"running at {s.bootstrap} (pid {s.pid}), {security}" if s.running else f"not running (home {s.home})")
     if not s.running:
         raise typer.Exit(code=1)
 
@@ -360,6 +391,7 @@ def run(
     (a dead letter could not be written), 4 when a loop died, 5 when it could not start (Kafka unreachable, a
     port taken); a supervisor restarts it and it resumes.
     """
+    from .metrics import MetricsUnavailable, listening, serving
     from .stack import stack_from_deployment
 
     deployment = _deployment(config)  # before logging is set up: a file that cannot run gets plain lines
@@ -369,6 +401,7 @@ def run(
     configure_logging(level=os.environ.get("CASEBRIDGE_LOG_LEVEL", "INFO").upper())
 
     async def main() -> None:
+        metrics = await listening(deployment)  # the metrics port first: taken, nothing else is built
         stack = stack_from_deployment(deployment, state_dir)
         loop = asyncio.get_running_loop()
         stopped = stack.router.stopped  # the same event for every Router the stack runs (recovery keeps it)
@@ -385,13 +418,15 @@ def run(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        async with stack:
+        async with serving(metrics, stack), stack:
             freeze_startup_heap()  # no ~100 ms full-collection pauses over start-up objects while routing
             councils, systems = [c.value for c in deployment.councils], sorted(deployment.systems)
             log.info("deployment_started", councils=councils, systems=systems,
                      loops=[type(f).__name__ for f in stack.feeds])  # fmt: skip
             # one plain line on stdout at any log level: a supervisor (or a test) knows the deployment is up
-            typer.echo(f"casebridge run: started (councils {', '.join(councils)}; systems {', '.join(systems)})")
+            served = f"; metrics on {deployment.metrics.address}" if deployment.metrics.address else ""
+            line = f"councils {', '.join(councils)}; systems {', '.join(systems)}{served}"
+            typer.echo(f"casebridge run: started ({line})")
             await stack.router.stopped.wait()
         if stack.router.halted:
             typer.echo("error: the router halted: an output could not be written (see the log); exits 3", err=True)
@@ -401,7 +436,7 @@ def run(
             sys.exit(4)
 
     try:
-        uvloop.run(main())  # libuv's event loop: less CPU a transfer than asyncio's (README Benchmark)
+        uvloop.run(main())  # libuv's event loop: less CPU a transfer than asyncio's (docs/benchmark.md)
     except KafkaConnectionError:
         protocol = deployment.settings.kafka.security_protocol
         secured = (
@@ -415,6 +450,9 @@ def run(
         raise typer.Exit(code=5) from None
     except TopicMisconfigured as exc:
         typer.echo(f"error: casebridge run refuses to start: {exc}", err=True)
+        raise typer.Exit(code=5) from None
+    except MetricsUnavailable as exc:
+        typer.echo(f"error: casebridge run: {exc}", err=True)
         raise typer.Exit(code=5) from None
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
@@ -448,6 +486,8 @@ def config_check(
         to = f" to {team}" if team else ""
         typer.echo(f"  {council.value} {direction.value}: from {src_name} ({source}) -> {tgt_name}{to}")
     typer.echo(f"alerts: {', '.join(f'{n} ({c.kind})' for n, c in d.alerts.items()) or 'none (alert events only)'}")
+    where = d.metrics.address
+    typer.echo(f"metrics: {where} and /healthz" if where else "metrics: off (no [metrics] port)")
     refused = d.unencrypted()
     if refused:
         _refuse(f"casebridge run would refuse it: {refused}", EXIT_USAGE)
@@ -570,9 +610,7 @@ OperatorOpt = Annotated[
 def _operator(given: str | None, kafka: KafkaConnection, what: str) -> str:
     """Who the audit record names: the principal Kafka authenticated this command as, or (over an unauthenticated
     local connection) the name given. A name that is not the principal is refused: nobody acts as someone else."""
-    from connectors.kafka import principal
-
-    authenticated = principal(kafka)
+    authenticated = authenticated_principal(kafka)
     name = (given or "").strip()
     if authenticated is not None:
         if name and name != authenticated:
@@ -615,6 +653,15 @@ def _kafka(kafka: KafkaConnection) -> Iterator[None]:
         _refuse(
             f"cannot reach Kafka at {servers}: is it running? Start it (casebridge kafka start) or pass"
             f" --bootstrap HOST:PORT (default $CASEBRIDGE_BOOTSTRAP_SERVERS).{secured}",
+            EXIT_KAFKA,
+            exc,
+        )
+    except (TopicAuthorizationFailedError, GroupAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
+        who = authenticated_principal(kafka)
+        _refuse(
+            f"Kafka at {servers} refused {'principal ' + repr(who) if who else 'this client'}: not authorized"
+            f" ({type(exc).__name__}); this command needs the ACLs of the operator principal (README, Deploying"
+            " securely): sign in as an operator (CASEBRIDGE_KAFKA__USERNAME) or ask for the ACL",
             EXIT_KAFKA,
             exc,
         )

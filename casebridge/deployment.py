@@ -10,6 +10,8 @@
     password = { file = "/run/secrets/kafka-router" }
     ca_file = "/etc/casebridge/kafka-ca.pem"
     [retry]                                # in-process retries and the delayed tiers (router.settings)
+    [metrics]                              # Prometheus metrics from casebridge run (off unless a port is given)
+    port = 9464
     [systems.lcs]                          # one block per case system or channel; ``kind`` picks the connector
     kind = "lcs"
     url = "https://lcs.council.example/api"
@@ -29,7 +31,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,24 @@ class DeploymentError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class MetricsSettings(BaseModel):
+    """The ``[metrics]`` table: where ``casebridge run`` serves ``GET /metrics`` (Prometheus) and ``GET /healthz``;
+    off unless ``port`` is given (a port outside 32768-60999, Linux's ephemeral range, is recommended)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    @property
+    def address(self) -> str | None:
+        """``http://HOST:PORT/metrics``, or None when metrics are off."""
+        if self.port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
 
 
 class _Top(BaseModel):
@@ -79,6 +99,7 @@ class _Top(BaseModel):
     topics: TopicSettings = TopicSettings()
     systems: dict[str, dict[str, Any]] = Field(min_length=1)
     alerts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    metrics: MetricsSettings = MetricsSettings()
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,8 @@ class Deployment:
     alerts: Mapping[str, Any]
     #: the file says it is a local development deployment (``local_development = true``)
     local_development: bool = False
+    #: the ``[metrics]`` table (``metrics.port`` None: no metrics served)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def unencrypted(self) -> str | None:
         """Why ``casebridge run`` refuses this deployment's Kafka settings, or None: traffic that is not
@@ -261,7 +284,9 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
         topic_config=top.topics,
         council=top.councils[0],
     )
-    deployment = Deployment(path, tuple(top.councils), settings, top.state_dir, systems, alerts, top.local_development)
+    deployment = Deployment(
+        path, tuple(top.councils), settings, top.state_dir, systems, alerts, top.local_development, top.metrics
+    )
     unserved = deployment.unserved()
     if unserved:
         raise DeploymentError(unserved)

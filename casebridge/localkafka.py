@@ -11,6 +11,8 @@ cache (``~/.m2``). Everything the broker writes lives under one *home* directory
     <home>/logs/server.log     the broker's own log (rotated)
     <home>/kafka.out           the JVM's stdout and stderr
     <home>/kafka.pid           process id while the broker runs
+    <home>/secure/             secured mode only (``secure=True``): CA, broker keystore, passwords,
+                               each principal's ``[kafka]`` table; see casebridge.localkafka_secure
 
 Process control uses POSIX signals, so this module targets Linux and macOS.
 """
@@ -31,14 +33,20 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any, TypeVar
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError as AIOKafkaError
+
+from connectors import kafka as clients
+from connectors.kafka import KafkaConnection
+
+from .localkafka_secure import ADMIN, PRINCIPALS, TLS_CLOSE_SECONDS, SecureFiles, acl_grants, create_acls
 
 __all__ = [
     "AlreadyRunning",
@@ -49,6 +57,7 @@ __all__ = [
     "LocalKafka",
     "MavenNotFound",
     "PortInUse",
+    "SecurityMismatch",
     "default_home",
     "default_jars_dir",
     "kafka_version",
@@ -63,6 +72,9 @@ _LOG_TAIL_LINES = 40
 _POLL_INTERVAL = 0.25
 _MVN_TIMEOUT = 600.0
 _FORMAT_TIMEOUT = 120.0
+_SECURE_LISTENER = "CLIENT"  # the secured mode's one client listener (SASL_SSL)
+_T = TypeVar("_T")
+_STARTED_LINE = "] Kafka Server started"  # KafkaRaftServer's line once every listener serves
 
 # Logging goes to a rotated file under <home>/logs; the directory is passed to the JVM as
 # the system property kafka.logs.dir, so this text never needs path quoting.
@@ -170,6 +182,25 @@ class AlreadyRunning(KafkaError):
         )
 
 
+class SecurityMismatch(KafkaError):
+    """The home was formatted secured and is started plain, or the reverse."""
+
+    def __init__(self, home: Path, secured: bool) -> None:
+        self.home = home
+        self.secured = secured
+        if secured:
+            line = (
+                f"The broker home {home} was formatted secured (--secure): start it with --secure, "
+                "or use a fresh home (--home DIR) for a plaintext broker."
+            )
+        else:
+            line = (
+                f"The broker home {home} was formatted plaintext (without --secure): start it without "
+                "--secure, or use a fresh home (--home DIR) for a secured broker."
+            )
+        super().__init__(line)
+
+
 # --------------------------------------------------------------------------- defaults
 
 
@@ -208,6 +239,8 @@ class KafkaStatus:
     pid: int | None
     bootstrap: str | None
     home: Path
+    #: the broker runs secured (SASL_SSL, SCRAM-SHA-512, ACLs); client settings in ``<home>/secure``
+    secure: bool = False
 
 
 # --------------------------------------------------------------------------- manager
@@ -223,8 +256,14 @@ class LocalKafka:
         controller_port: int | None = None,
         jars_dir: Path | None = None,
         heap_mb: int = 512,
+        *,
+        secure: bool = False,
+        topic_prefix: str = "casebridge",
     ) -> None:
         self.home = Path(home).expanduser().resolve()
+        self.secure = secure
+        #: the topic prefix the secured mode's ACLs are granted on at start (``grant`` adds others)
+        self.topic_prefix = topic_prefix
         self.port = port
         self.controller_port = port + 1 if controller_port is None else controller_port
         self.jars_dir = (jars_dir or default_jars_dir()).expanduser()
@@ -237,6 +276,7 @@ class LocalKafka:
         if heap_mb < 128:
             raise ValueError("heap_mb must be at least 128.")
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0  # the broker log's size at the last launch
 
     # ----------------------------------------------------------------- paths
 
@@ -269,6 +309,24 @@ class LocalKafka:
     @property
     def _log4j_file(self) -> Path:
         return self.home / "log4j2.yaml"
+
+    @property
+    def secure_files(self) -> SecureFiles:
+        """The secured mode's CA, keystore, passwords and client tables (``<home>/secure``)."""
+        return SecureFiles(self.home / "secure")
+
+    def formatted_secure(self) -> bool | None:
+        """Whether this home's storage was formatted secured; None if it is not formatted yet."""
+        if not (self.data_dir / "meta.properties").exists():
+            return None
+        return self.secure_files.exists()
+
+    def grant(self, topic_prefix: str, timeout: float = 30.0) -> None:
+        """Create the secured mode's ACLs on ``topic_prefix``'s topics and groups (the broker must run)."""
+        if not self.secure:
+            raise KafkaError("ACLs are granted only on a secured broker (start it with secure=True / --secure).")
+        address = self.status().bootstrap or self.bootstrap
+        _in_fresh_loop(create_acls(address, self.secure_files, acl_grants(topic_prefix), timeout))
 
     # ----------------------------------------------------------------- public API
 
@@ -309,10 +367,16 @@ class LocalKafka:
         exits. ``progress`` is called with a line per step (fetching the jars, formatting, ...).
         """
         say = progress or (lambda _line: None)
+        formatted = self.formatted_secure()
+        if formatted is not None and formatted != self.secure:
+            raise SecurityMismatch(self.home, formatted)
         current = self.status()
         if current.running and current.bootstrap is not None:
             if exact and current.bootstrap != self.bootstrap:
                 raise AlreadyRunning(self.home, current.bootstrap)
+            if self.secure:  # idempotent; a running secured broker gains this topic prefix's ACLs
+                say(f"creating the ACLs of the principals on the topics {self.topic_prefix}.* ...")
+                self._grant_or_fail(stop=False)
             return current.bootstrap
         self._pid_file.unlink(missing_ok=True)  # stale: its process is gone
 
@@ -325,17 +389,37 @@ class LocalKafka:
 
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._properties_file.write_text(self._server_properties(), encoding="utf-8")
+        fresh = formatted is None
+        if self.secure and (fresh or not self.secure_files.exists()):
+            say(f"generating a CA, the broker's certificate and SCRAM passwords in {self.secure_files.directory} ...")
+            self.secure_files.generate()
+        _write_private(self._properties_file, self._server_properties())  # secured: holds the admin password
         self._log4j_file.write_text(_LOG4J2_YAML, encoding="utf-8")
-        if not (self.data_dir / "meta.properties").exists():
-            say(f"formatting the broker's storage in {self.data_dir} ...")
+        if fresh:
+            users = f" with the SCRAM users {', '.join((*PRINCIPALS, ADMIN))}" if self.secure else ""
+            say(f"formatting the broker's storage in {self.data_dir}{users} ...")
             self._format_storage(java, jars)
 
         say(f"starting the broker (home {self.home}, controller port {self.controller_port}) ...")
         process = self._launch(java, jars)
         say(f"waiting for it to answer on {self.bootstrap} (up to {timeout:g} s) ...")
         self._wait_until_ready(process, timeout)
+        if self.secure:
+            say(f"creating the ACLs of the principals on the topics {self.topic_prefix}.* ...")
+            self._grant_or_fail(stop=True, timeout=max(10.0, timeout / 2))
         return self.bootstrap
+
+    def _grant_or_fail(self, *, stop: bool, timeout: float = 30.0) -> None:
+        try:
+            self.grant(self.topic_prefix, timeout=timeout)
+        except Exception as exc:
+            if stop:
+                self.stop()
+            stopped = ", so it was stopped" if stop else ""
+            raise KafkaError(
+                f"The secured broker runs but its ACLs could not be created ({type(exc).__name__}){stopped}; "
+                f"see its log ({self.log_file}).\n{exc}"
+            ) from exc
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after ``timeout`` seconds. Idempotent."""
@@ -353,23 +437,26 @@ class LocalKafka:
         """Report whether the broker of this home runs, and where clients reach it."""
         pid = self._read_pid()
         if pid is None or not self._is_alive(pid):
-            return KafkaStatus(running=False, pid=None, bootstrap=None, home=self.home)
+            secure = bool(self.formatted_secure())
+            return KafkaStatus(running=False, pid=None, bootstrap=None, home=self.home, secure=secure)
         return KafkaStatus(
             running=True,
             pid=pid,
             bootstrap=self._running_bootstrap() or self.bootstrap,
             home=self.home,
+            secure=bool(self.formatted_secure()),
         )
 
     # ----------------------------------------------------------------- start-up steps
 
     def _server_properties(self) -> str:
+        client = _SECURE_LISTENER if self.secure else "PLAINTEXT"
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"{HOST}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "listeners": f"{client}://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"{client}://{HOST}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -382,6 +469,8 @@ class LocalKafka:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
         }
+        if self.secure:
+            settings.update(self.secure_files.broker_properties(_SECURE_LISTENER, "CONTROLLER"))
         lines = ["# Written by casebridge on every start; edits here are overwritten."]
         lines += [f"{key}={value}" for key, value in settings.items()]
         return "\n".join(lines) + "\n"
@@ -395,9 +484,17 @@ class LocalKafka:
             java, "-cp", _classpath(jars), "kafka.tools.StorageTool", "format",
             "--standalone", "-t", cluster_id, "-c", str(self._properties_file),
         ]  # fmt: skip
-        _run(command, timeout=_FORMAT_TIMEOUT, what="Formatting the Kafka storage")
+        shown = list(command)
+        if self.secure:
+            command += self.secure_files.scram_arguments()
+            shown += ["--add-scram", "(one per principal, passwords not shown)"]
+        _run(command, timeout=_FORMAT_TIMEOUT, what="Formatting the Kafka storage", shown=shown)
 
     def _launch(self, java: str, jars: Path) -> subprocess.Popen[bytes]:
+        try:
+            self._log_offset = self.log_file.stat().st_size
+        except FileNotFoundError:
+            self._log_offset = 0
         command = [
             java,
             f"-Xms{min(256, self.heap_mb)}m",
@@ -427,6 +524,9 @@ class LocalKafka:
 
     def _wait_until_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        # Secured: probe only once the broker logged its start. A TLS + SASL probe cut short by its timeout
+        # on a half-started broker leaves aiokafka's socket unclosed (a ResourceWarning in the caller).
+        logged = not self.secure
         while True:
             code = process.poll()
             if code is not None:
@@ -439,7 +539,13 @@ class LocalKafka:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if _accepts_connections(self.port) and _broker_answers(self.bootstrap, min(remaining, 5.0)):
+            logged = logged or self._logged_since_launch(_STARTED_LINE)
+            admin = self.secure_files.connection(self.bootstrap, ADMIN) if self.secure else None
+            if (
+                logged
+                and _accepts_connections(self.port)
+                and _broker_answers(self.bootstrap, remaining if self.secure else min(remaining, 5.0), admin)
+            ):
                 return
             time.sleep(_POLL_INTERVAL)
         self.stop()
@@ -448,6 +554,16 @@ class LocalKafka:
             f"so it was stopped. Retry with a longer timeout, or see its log ({self.log_file}).\n"
             f"{self._log_tail()}"
         )
+
+    def _logged_since_launch(self, text: str) -> bool:
+        """True if the broker log holds ``text`` after the point it had reached at launch."""
+        try:
+            with open(self.log_file, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(self._log_offset if self._log_offset <= size else 0)  # rotated: read the new file
+                return text.encode() in handle.read()
+        except FileNotFoundError:
+            return False
 
     def _log_tail(self) -> str:
         parts = []
@@ -513,7 +629,7 @@ class LocalKafka:
             if key.strip() == "advertised.listeners":
                 for listener in value.split(","):
                     name, _, address = listener.strip().partition("://")
-                    if name == "PLAINTEXT" and address:
+                    if name in ("PLAINTEXT", _SECURE_LISTENER) and address:
                         return address
         return None
 
@@ -540,14 +656,18 @@ def _classpath(jars: Path) -> str:
     return str(jars / "*")  # expanded by the JVM itself
 
 
-def _run(command: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: list[str], timeout: float, what: str, shown: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command``; a failure's message names ``shown`` (default the command), never a secret in it."""
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise KafkaError(f"{what} did not finish within {timeout:g} s.") from exc
     if result.returncode != 0:
         raise KafkaError(
-            f"{what} failed (exit code {result.returncode}):\n{_tail_text(result)}\nCommand: {' '.join(command)}"
+            f"{what} failed (exit code {result.returncode}):\n{_tail_text(result)}\n"
+            f"Command: {' '.join(shown or command)}"
         )
     return result
 
@@ -591,19 +711,35 @@ def _signal(pid: int, signum: signal.Signals) -> None:
         os.kill(pid, signum)
 
 
-def _broker_answers(bootstrap: str, timeout: float) -> bool:
-    """True if the broker at ``bootstrap`` answers a metadata request listing a broker."""
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by this user only (server.properties holds the secured mode's admin password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def _in_fresh_loop(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coroutine`` to its end, on a worker thread with its own loop when called inside one."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_probe_metadata(bootstrap, timeout))
-    # Called from inside an event loop: probe on a worker thread with its own loop.
+        return asyncio.run(coroutine)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, _probe_metadata(bootstrap, timeout)).result()
+        return pool.submit(asyncio.run, coroutine).result()
 
 
-async def _probe_metadata(bootstrap: str, timeout: float) -> bool:
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000)))
+def _broker_answers(bootstrap: str, timeout: float, secured: KafkaConnection | None = None) -> bool:
+    """True if the broker at ``bootstrap`` answers a metadata request listing a broker (``secured``: as whom)."""
+    return _in_fresh_loop(_probe_metadata(bootstrap, timeout, secured))
+
+
+async def _probe_metadata(bootstrap: str, timeout: float, secured: KafkaConnection | None) -> bool:
+    request_timeout_ms = max(1, int(timeout * 1000))
+    if secured is not None:
+        client = clients.client(secured, request_timeout_ms=request_timeout_ms)
+    else:  # plaintext: the one client built outside the factory (tests/test_kafka_clients.py allows it)
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         return bool(client.cluster.brokers())
@@ -611,3 +747,5 @@ async def _probe_metadata(bootstrap: str, timeout: float) -> bool:
         return False
     finally:
         await client.close()
+        if secured is not None:  # TLS: let the close_notify exchange end before asyncio.run closes this loop
+            await asyncio.sleep(TLS_CLOSE_SECONDS)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from connectors import Source, Target
+from connectors._feed import Remap
 from connectors.care_director import CareDirectorConnector, CareDirectorPublisher
 from connectors.ehm import AllocationReporter, EhmConnector, StepUpPublisher
 from connectors.intake import STORE_NAME, IntakeCaller, IntakeServer, IntakeSettings, IntakeSource
@@ -170,6 +171,12 @@ def _cursor(w: Wiring, feed: str) -> Path:
     return w.state_dir / f"{w.name}-{feed}-cursor.json"
 
 
+def _remap(w: Wiring, feed: str) -> Remap:
+    """Where a feed publisher follows the replayed map-stage dead letters (its own consumer group)."""
+    t = w.topics
+    return Remap(t.remap, t.parking, t.events, f"{t.prefix}-remap-{w.name}-{feed}")
+
+
 def _lcs(c: LcsSystem, w: Wiring) -> Built:
     # one connector (one HTTP client) per use: each is started and stopped by its user
     def new() -> LcsConnector:
@@ -179,7 +186,7 @@ def _lcs(c: LcsSystem, w: Wiring) -> Built:
     if c.feeds:
         loops = [
             LcsPublisher(new(), w.kafka, w.topics.transfers, w.topics.dead_letter,
-                         _cursor(w, "stepdowns"), council=w.council),
+                         _cursor(w, "stepdowns"), council=w.council, remap=_remap(w, "stepdowns")),
             DecisionReporter(new(), w.kafka, w.topics.events, _cursor(w, "decisions")),
         ]  # fmt: skip
     return Built({CaseSystem.LCS: new()}, {CaseSystem.LCS: new()}, loops)
@@ -193,7 +200,7 @@ def _ehm(c: EhmSystem, w: Wiring) -> Built:
     if c.feeds:
         loops = [
             StepUpPublisher(new(), w.kafka, w.topics.transfers, w.topics.dead_letter,
-                            _cursor(w, "stepups"), council=w.council),
+                            _cursor(w, "stepups"), council=w.council, remap=_remap(w, "stepups")),
             AllocationReporter(new(), w.kafka, w.topics.events, _cursor(w, "allocations")),
         ]  # fmt: skip
     return Built({CaseSystem.EHM: new()}, {CaseSystem.EHM: new()}, loops)
@@ -206,7 +213,7 @@ def _ted(c: TedSystem, w: Wiring) -> Built:
     loops: list[Any] = []
     if c.feeds:
         loops = [TedPublisher(new(), w.kafka, w.topics.transfers, w.topics.dead_letter,
-                              _cursor(w, "stepdowns"), council=w.council)]  # fmt: skip
+                              _cursor(w, "stepdowns"), council=w.council, remap=_remap(w, "stepdowns"))]  # fmt: skip
     return Built({CaseSystem.TED: new()}, {CaseSystem.TED: new()}, loops)
 
 
@@ -217,7 +224,8 @@ def _care_director(c: CareDirectorSystem, w: Wiring) -> Built:
     loops: list[Any] = []
     if c.feeds:
         loops = [CareDirectorPublisher(new(), w.kafka, w.topics.transfers, w.topics.dead_letter,
-                                       _cursor(w, "stepdowns"), council=w.council)]  # fmt: skip
+                                       _cursor(w, "stepdowns"), council=w.council,
+                                       remap=_remap(w, "stepdowns"))]  # fmt: skip
     return Built({CaseSystem.CARE_DIRECTOR: new()}, {CaseSystem.CARE_DIRECTOR: new()}, loops)
 
 

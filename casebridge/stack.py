@@ -9,6 +9,7 @@ timing). The case systems are reached by URL; nothing is required but what the d
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -90,6 +91,8 @@ class Stack:
     #: in-process recoveries of the router after a broker outage (``_recover``)
     recoveries: int = field(default=0, init=False)
     _recovery: asyncio.Task[None] | None = field(default=None, init=False)
+    #: per loop (its type's name): when its last poll succeeded (``time.time()``), for ``casebridge run``'s metrics
+    last_poll: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         topics = self.settings.topics
@@ -169,9 +172,29 @@ class Stack:
             stop = lambda: self._stopping  # noqa: E731
             parts: list[_Loop] = [self.notices, self.closures, *self.feeds]
             for part in parts:
+                self._timed(part)
                 task = asyncio.create_task(part.run(self.poll_interval, stop), name=type(part).__name__)
                 task.add_done_callback(self._loop_ended)
                 self._tasks.append(task)
+
+    def _timed(self, part: Any) -> None:
+        """Record when each poll of ``part`` succeeds (``last_poll``); a loop without polls (the intake's server)
+        is only up or not (``loops_up``)."""
+        poll = getattr(part, "poll_once", None)
+        if poll is None:
+            return
+        name = type(part).__name__
+
+        async def poll_once() -> int:
+            found: int = await poll()
+            self.last_poll[name] = time.time()
+            return found
+
+        part.poll_once = poll_once
+
+    def loops_up(self) -> dict[str, bool]:
+        """Per loop (its type's name): running (True) or ended (False); empty before ``start`` or without loops."""
+        return {task.get_name(): not task.done() for task in self._tasks}
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """A loop that dies (not stopped) stops the whole stack, so ``casebridge run`` exits non-zero and its

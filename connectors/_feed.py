@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import struct
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_random_exponential
@@ -27,6 +32,43 @@ from ._outage import OUTAGE, close_producer, is_transient_kafka_error, is_unreac
 from .kafka import Kafka
 
 log = structlog.get_logger("casebridge.connectors")
+
+#: Spring Kafka's dead-letter header names (``KafkaHeaders.DLT_*``), written beside casebridge's own
+DLT_PREFIX = "kafka_dlt-"
+DLT_ORIGINAL_TOPIC = "kafka_dlt-original-topic"
+DLT_ORIGINAL_PARTITION = "kafka_dlt-original-partition"
+DLT_ORIGINAL_OFFSET = "kafka_dlt-original-offset"
+DLT_EXCEPTION_FQCN = "kafka_dlt-exception-fqcn"
+DLT_EXCEPTION_MESSAGE = "kafka_dlt-exception-message"
+#: a map-stage dead letter names the publisher that made it (``FeedPublisher.name``) and the feed position it
+#: was read at (the remapped transfer's message id is the one the feed would have given)
+H_PUBLISHER = "casebridge.dlq.publisher"
+H_FEED_POSITION = "casebridge.dlq.feed.position"
+#: the headers ``casebridge replay`` adds (``router._retry``: the same names)
+H_REPLAY_OF = "casebridge.replay.of"
+H_REPLAY_OPERATOR = "casebridge.replay.operator"
+#: above this (key, value and headers), a dead letter carries its record by reference only (no value): under Kafka's
+#: default 1 MiB limits with room for the batch's own overhead, so writing it can never stop the writer
+MAX_DEAD_LETTER_BYTES = 1_000_000
+H_BY_REFERENCE = "casebridge.dlq.by.reference"
+H_ORIGINAL_SIZE = "casebridge.dlq.original.size"
+
+
+def spring_dlt_headers(
+    topic: str, partition: int, offset: int, error_class: str, message: str
+) -> list[tuple[str, bytes]]:
+    """The dead letter's origin and reason under Spring Kafka's names, encoded as its
+    ``DeadLetterPublishingRecoverer`` writes them: the topic, class and message UTF-8, the partition a 4-byte and
+    the offset an 8-byte big-endian integer (so a Spring ``@Header Integer``/``Long`` reads them). The exception
+    "class" is casebridge's error class (``ContractViolation``, ``TargetRefused``, ...), the message its reason
+    (no personal data: the same text as ``casebridge.dlq.error.message``)."""
+    return [
+        (DLT_ORIGINAL_TOPIC, topic.encode()),
+        (DLT_ORIGINAL_PARTITION, struct.pack(">i", partition)),
+        (DLT_ORIGINAL_OFFSET, struct.pack(">q", offset)),
+        (DLT_EXCEPTION_FQCN, error_class.encode()),
+        (DLT_EXCEPTION_MESSAGE, message.encode()),
+    ]
 
 
 class FileCursor:
@@ -214,14 +256,46 @@ class EventReporter(_FeedLoop):
         return len(events)
 
 
+@dataclass(frozen=True)
+class Mapped:
+    """What a publisher's mapping makes of one source record: the transfer id, the Kafka key, and how to build the
+    canonical transfer (raises ``MappingError`` or a contract ``ValidationError`` when it cannot)."""
+
+    transfer_id: str
+    key: bytes
+    build: Callable[[], TransferMessage]
+
+
+@dataclass(frozen=True)
+class Remap:
+    """Where a feed publisher finds the map-stage dead letters an operator replayed (``casebridge replay`` writes
+    them to ``topic``), and where it writes what it makes of them: the transfer to the transfers topic, a record
+    still unmappable to ``parking``, the ``replayed`` event to ``events``. ``group_id``: its own consumer group."""
+
+    topic: str
+    parking: str
+    events: str
+    group_id: str
+
+
 class FeedPublisher(_FeedLoop):
     """What every change-feed publisher shares: the connector it reads, a durable cursor, an idempotent
-    producer, and one way to turn a source record into a canonical transfer or, when the mapping or the
-    contract refuses it, a dead letter at the ``map`` stage.
+    producer, and one way to turn a source record into a canonical transfer (``mapping``) or, when the mapping
+    or the contract refuses it, a dead letter at the ``map`` stage naming this publisher (``name``) and the feed
+    position.
+
+    With ``remap``, it also follows the remap topic: a map-stage dead letter of its own that an operator replayed
+    is mapped again (``remap_once``), on the source record as the system holds it now (``reread``: the data
+    may have been fixed there; the stored record if the system no longer has it), and published as the feed
+    would have published it (same transfer and message ids), or parked with the new reason.
 
     At-least-once: the cursor moves only after Kafka acknowledged everything published from the feed
-    positions it passes; transfer and message ids are stable, so a re-publication is the same transfer.
+    positions it passes, and the remap offsets are committed only after the broker acknowledged what was
+    written for them; transfer and message ids are stable, so a re-publication is the same transfer.
     """
+
+    #: the log events' prefix (``<what>_published`` / ``<what>_unmappable``)
+    what: ClassVar[str]
 
     def __init__(
         self,
@@ -231,19 +305,52 @@ class FeedPublisher(_FeedLoop):
         dead_letter_topic: str,
         cursor: Path,
         council: Council,
+        remap: Remap | None = None,
     ) -> None:
         super().__init__(connector, kafka, cursor)
         self.transfers_topic = transfers_topic
         self.dead_letter_topic = dead_letter_topic
         self.council = council
         self.published = 0
+        self.remap = remap
+        self.remapped = 0
+        self._kafka = kafka
+        self._remap_consumer: AIOKafkaConsumer | None = None
+
+    @property
+    def name(self) -> str:
+        """Which publisher this is (``<feed>/<council>``): a map-stage dead letter names it, and only it remaps it."""
+        return f"{self.feed}/{self.council.value}"
+
+    async def start(self) -> None:
+        await super().start()
+        if self.remap is not None and self._remap_consumer is None:
+            consumer = clients.consumer(self._kafka, self.remap.topic, group_id=self.remap.group_id,
+                                        enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
+            await consumer.start()
+            self._remap_consumer = consumer
+
+    async def stop(self) -> None:
+        if self._remap_consumer is not None:
+            consumer, self._remap_consumer = self._remap_consumer, None
+            await consumer.stop()
+        await super().stop()
 
     @abstractmethod
     async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:
         """Publish what the feed holds after ``after``: the broker's pending acknowledgements and the new position."""
 
+    @abstractmethod
+    def mapping(self, source: dict[str, Any], position: int) -> Mapped:
+        """The source record (as the feed reads it) read at feed ``position`` -> transfer id, key and build: the one
+        mapping both the feed and the remap path use."""
+
+    async def reread(self, source: dict[str, Any]) -> dict[str, Any]:
+        """The source record as the system holds it now, read by the ids in ``source`` (a stored one)."""
+        return source
+
     async def poll_once(self) -> int:
-        """Publish everything new in the feed; returns how many records were sent."""
+        """Publish everything new in the feed, then remap what was replayed; returns how many records were sent."""
         after = self.cursor.load()
         pending, last = await self.collect(after)
         for fut in pending:
@@ -251,45 +358,155 @@ class FeedPublisher(_FeedLoop):
         if last != after:
             self.cursor.save(last)
         self.published += len(pending)
-        return len(pending)
+        return len(pending) + await self.remap_once()
 
-    async def publish(
-        self,
-        what: str,
-        transfer_id: str,
-        key: bytes,
-        build: Callable[[], TransferMessage],
-        source: dict[str, Any],
-    ) -> Awaitable[Any]:
-        """Send ``build()``'s transfer, or ``source`` as a dead letter naming the field and rule it broke.
-
-        ``what`` names the log events (``<what>_published`` / ``<what>_unmappable``); ids only, never the record.
-        """
+    async def publish(self, source: dict[str, Any], position: int) -> Awaitable[Any]:
+        """Send the mapping's transfer, or ``source`` as a dead letter naming the field and rule it broke."""
+        mapped = self.mapping(source, position)
         try:
-            transfer = build()
+            transfer = mapped.build()
         except (MappingError, ValidationError) as exc:
-            reason = (
-                str(exc)
-                if isinstance(exc, MappingError)
-                else "; ".join(f"{e.field}: {e.rule}" for e in field_errors(exc))
-            )
-            error_class = "MappingError" if isinstance(exc, MappingError) else "ContractViolation"
-            log.warning(f"{what}_unmappable", transfer_id=transfer_id, error_class=error_class)
-            sent = await self.producer.send(
-                self.dead_letter_topic,
-                value=json.dumps(source).encode(),
-                key=key,
-                headers=[
-                    ("casebridge.dlq.stage", b"map"),
-                    ("casebridge.dlq.error.class", error_class.encode()),
-                    ("casebridge.dlq.error.message", reason.encode()),
-                    ("casebridge.dlq.rule.ids", ",".join(getattr(exc, "rule_ids", ())).encode()),
-                    ("casebridge.dlq.transfer.id", transfer_id.encode()),
-                    ("casebridge.dlq.council", self.council.value.encode()),
-                    ("casebridge.dlq.last.failure", datetime.now(UTC).isoformat().encode()),
-                ],
-            )
+            log.warning(f"{self.what}_unmappable", transfer_id=mapped.transfer_id, error_class=_error_class(exc))
+            value: bytes | None = json.dumps(source).encode()
+            headers = self._map_failure_headers(mapped, exc, position)
+            size = len(mapped.key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+            if size > MAX_DEAD_LETTER_BYTES:  # too big to dead-letter whole: by reference (the case system has it)
+                headers += [(H_BY_REFERENCE, b"true"), (H_ORIGINAL_SIZE, str(size).encode())]
+                value = None
+                log.warning("dead_letter_by_reference", transfer_id=mapped.transfer_id, size=size)
+            sent = await self.producer.send(self.dead_letter_topic, value=value, key=mapped.key, headers=headers)
             return cast(Awaitable[Any], sent)
-        log.info(f"{what}_published", transfer_id=transfer_id)
-        sent = await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(), key=key)
+        log.info(f"{self.what}_published", transfer_id=mapped.transfer_id)
+        sent = await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(), key=mapped.key)
         return cast(Awaitable[Any], sent)
+
+    def _map_failure_headers(
+        self, mapped: Mapped, exc: MappingError | ValidationError, position: int
+    ) -> list[tuple[str, bytes]]:
+        """A map-stage failure's headers: casebridge's context, then Spring's (``spring_dlt_headers``: the "original
+        topic" is the publisher's feed, ``<feed>`` as ``FeedPublisher.feed`` names it; partition 0; the offset the
+        feed position)."""
+        reason = _reason(exc)
+        error_class = _error_class(exc)
+        return [
+            ("casebridge.dlq.stage", b"map"),
+            ("casebridge.dlq.error.class", error_class.encode()),
+            ("casebridge.dlq.error.message", reason.encode()),
+            ("casebridge.dlq.rule.ids", ",".join(getattr(exc, "rule_ids", ())).encode()),
+            ("casebridge.dlq.transfer.id", mapped.transfer_id.encode()),
+            ("casebridge.dlq.council", self.council.value.encode()),
+            ("casebridge.dlq.last.failure", datetime.now(UTC).isoformat().encode()),
+            (H_PUBLISHER, self.name.encode()),
+            (H_FEED_POSITION, str(position).encode()),
+            *spring_dlt_headers(self.feed, 0, position, error_class, reason),
+        ]
+
+    async def remap_once(self) -> int:
+        """Map again each replayed map-stage dead letter addressed to this publisher that is on the remap topic;
+        commit past them once the broker acknowledged what was written. Returns how many were remapped."""
+        consumer = self._remap_consumer
+        if consumer is None or self.remap is None:
+            return 0
+        batch = await consumer.getmany(timeout_ms=50)
+        if not batch:
+            return 0
+        done = 0
+        try:
+            pending: list[Awaitable[Any]] = []
+            for records in batch.values():
+                for r in records:
+                    if dict(r.headers or ()).get(H_PUBLISHER) == self.name.encode():
+                        pending += await self._remap(r)
+                        done += 1
+            for fut in pending:
+                await fut  # acknowledged by the broker before the offsets move
+        except BaseException:
+            for tp, records in batch.items():  # nothing of this batch committed: read it again on the next try
+                with contextlib.suppress(IllegalStateError):  # no longer ours (a rebalance): its new owner reads it
+                    consumer.seek(tp, records[0].offset)
+            raise
+        self.remapped += done
+        try:
+            await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took them: read again, written again
+            log.warning("remap_commit_failed", feed=self.feed, error_class=type(exc).__name__)  # (same ids)
+        return done
+
+    async def _remap(self, r: ConsumerRecord[bytes, bytes]) -> list[Awaitable[Any]]:
+        from contracts import TransferReplayed
+        from router.flow import event_id  # the router's event ids (lazy: the router imports connectors)
+
+        assert self.remap is not None
+        headers = {k: bytes(v).decode(errors="replace") for k, v in (r.headers or ())}
+        of, operator = headers.get(H_REPLAY_OF, ""), headers.get(H_REPLAY_OPERATOR, "unknown")
+        position = int(headers.get(H_FEED_POSITION, "0") or 0)
+        replay = [(H_REPLAY_OF, of.encode()), (H_REPLAY_OPERATOR, operator.encode())]
+        try:
+            stored = json.loads(r.value or b"")
+            if not isinstance(stored, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            return [await self._park_unreadable(r, of, replay, "is not the JSON object a feed publisher stores")]
+        try:
+            source = await self.reread(stored)
+        except Exception as exc:
+            if getattr(exc, "retriable", False) or is_transient_kafka_error(exc):
+                raise  # the system is down: tried again (``poll_forever``), nothing committed
+            log.info(f"{self.what}_remap_stored", dead_letter=of, error_class=type(exc).__name__)
+            source = stored  # the system no longer has it (or refuses to say): the stored record
+        try:
+            mapped = self.mapping(source, position)
+        except (KeyError, TypeError, ValueError):
+            return [await self._park_unreadable(r, of, replay, f"lacks the ids {self.feed} maps a record by")]
+        out: list[Awaitable[Any]] = []
+        try:
+            transfer = mapped.build()
+        except (MappingError, ValidationError) as exc:
+            log.warning(f"{self.what}_remap_parked", transfer_id=mapped.transfer_id, dead_letter=of,
+                        error_class=_error_class(exc))  # fmt: skip
+            failed = self._map_failure_headers(mapped, exc, position)
+            out.append(await self.producer.send(self.remap.parking, value=json.dumps(source).encode(),
+                                                key=mapped.key, headers=failed + replay))  # fmt: skip
+        else:
+            log.info(f"{self.what}_remapped", transfer_id=mapped.transfer_id, dead_letter=of)
+            out.append(await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(),
+                                                key=mapped.key, headers=replay))  # fmt: skip
+        _, _, offset = of.partition(":")
+        event = TransferReplayed(
+            event_id=event_id(of, "replayed"),
+            transfer_id=mapped.transfer_id,
+            operator=operator,
+            dead_letter_offset=int(offset) if offset.isdigit() else 0,
+        )
+        out.append(await self.producer.send(self.remap.events, value=event.model_dump_json().encode(),
+                                            key=mapped.transfer_id.encode(),
+                                            headers=[("event_type", b"replayed")]))  # fmt: skip
+        return out
+
+    async def _park_unreadable(
+        self, r: ConsumerRecord[bytes, bytes], of: str, replay: list[tuple[str, bytes]], what: str
+    ) -> Awaitable[Any]:
+        """A replayed record this publisher cannot even read as a source record: parked as it is, with why."""
+        assert self.remap is not None
+        log.warning(f"{self.what}_remap_unreadable", dead_letter=of)
+        reason = f"the replayed dead letter {what}"
+        kept = [(k, bytes(v)) for k, v in (r.headers or ()) if k.startswith("casebridge.dlq.") and k not in _REASON]
+        headers = [*kept, ("casebridge.dlq.error.class", b"MappingError"), ("casebridge.dlq.error.message",
+                   reason.encode()), ("casebridge.dlq.last.failure", datetime.now(UTC).isoformat().encode()),
+                   *replay]  # fmt: skip
+        sent = await self.producer.send(self.remap.parking, value=r.value, key=r.key, headers=headers)
+        return cast(Awaitable[Any], sent)
+
+
+#: the headers a parked unreadable record gets anew
+_REASON = frozenset({"casebridge.dlq.error.class", "casebridge.dlq.error.message", "casebridge.dlq.last.failure"})
+
+
+def _reason(exc: MappingError | ValidationError) -> str:
+    if isinstance(exc, MappingError):
+        return str(exc)
+    return "; ".join(f"{e.field}: {e.rule}" for e in field_errors(exc))
+
+
+def _error_class(exc: BaseException) -> str:
+    return "MappingError" if isinstance(exc, MappingError) else "ContractViolation"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, ClassVar
 
 import httpx
@@ -11,7 +12,9 @@ from pydantic import SecretStr
 from contracts import CaseSystem, TransferMessage
 
 from ._base import Source
+from ._budget import call_deadline
 from ._errors import CasebridgeError, TargetRefused, TargetUnavailable
+from ._metrics import CALL_ERRORS, CALL_RETRIES, CALL_SECONDS, RetryMemory, status_class
 
 
 class HttpClient:
@@ -26,31 +29,57 @@ class HttpClient:
             headers={"Authorization": f"Bearer {token.get_secret_value()}"},
             timeout=timeout,
         )
+        self._retries = RetryMemory()
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send; translate transport failures, 5xx and 429 to TargetUnavailable, other 4xx to TargetRefused (their
-        messages built from templates only: ``templated``, safe to log)."""
+        messages built from templates only: ``templated``, safe to log). Each call is measured
+        (``connectors._metrics``): its seconds, its error class if it failed, whether it repeats a transient
+        failure; labelled by system and the call's template, never an id."""
+        operation = f"{method} {_template(path)}"
+        if self._retries.repeats(method, path):
+            CALL_RETRIES.labels(self.system, operation).inc()
+        started = time.monotonic()
+        error_class: str | None = None
+        transient = False
         try:
-            return await self._request(method, path, **kwargs)
+            response = await self._send(method, path, **kwargs)
+            if response.status_code >= 400:
+                error_class = status_class(response.status_code)
+            return self._checked(method, path, response)
         except CasebridgeError as exc:
             exc.templated = True
+            transient = exc.retriable
+            if error_class is None:  # no answer: the transport's own exception class (ConnectError, ReadTimeout)
+                error_class = type(exc.__cause__ or exc).__name__
             raise
+        finally:
+            CALL_SECONDS.labels(self.system, operation).observe(time.monotonic() - started)
+            if error_class is not None:
+                CALL_ERRORS.labels(self.system, operation, error_class).inc()
+            if transient:
+                self._retries.failed(method, path)
+            else:
+                self._retries.answered(method, path)
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        deadline = call_deadline(self.deadline)  # the connector's own, or less: what the retry budget has left
         try:
-            async with asyncio.timeout(self.deadline):
-                response = await self._client.request(method, path, **kwargs)
+            async with asyncio.timeout(deadline):
+                return await self._client.request(method, path, **kwargs)
         except TimeoutError as exc:
             raise TargetUnavailable(
-                f"{self.system}: {method} {_template(path)} did not answer within {self.deadline:g} s"
+                f"{self.system}: {method} {_template(path)} did not answer within {deadline:.3g} s"
             ) from exc
         except httpx.TimeoutException as exc:
             raise TargetUnavailable(f"{self.system}: {method} {_template(path)} timed out") from exc
         except httpx.TransportError as exc:
             raise TargetUnavailable(f"{self.system}: {method} {_template(path)} failed: {type(exc).__name__}") from exc
+
+    def _checked(self, method: str, path: str, response: httpx.Response) -> httpx.Response:
         if response.status_code == 429 or response.status_code >= 500:
             raise TargetUnavailable(
                 f"{self.system}: {method} {_template(path)} answered {response.status_code}",

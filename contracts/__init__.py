@@ -44,6 +44,8 @@ from ._identifiers import (
     upn_check_letter,
 )
 from ._transfer import (
+    MAX_DOCUMENTS,
+    MAX_INLINE_DOCUMENT_BYTES,
     Child,
     ClosureRecord,
     Consent,
@@ -68,6 +70,8 @@ from ._transfer import (
 
 __all__ = [
     "EVENT_ADAPTER",
+    "MAX_DOCUMENTS",
+    "MAX_INLINE_DOCUMENT_BYTES",
     "KNOWN_VERSIONS",
     "SCHEMA_VERSION",
     "SYNTHETIC_NHS_NUMBERS",

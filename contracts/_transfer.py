@@ -301,6 +301,14 @@ def _version_text(value: object) -> str:
     return "unreadable"
 
 
+#: a transfer's inline documents together, in UTF-8 bytes. Above it, documents travel by reference (the source system
+#: keeps them, ``Document.reference``). With the rest of a transfer and the dead-letter context headers this keeps a
+#: transfer under Kafka's default 1 MiB message size, so it can always be published, dead-lettered and replayed whole.
+MAX_INLINE_DOCUMENT_BYTES = 700_000
+#: documents on one transfer (inline or by reference)
+MAX_DOCUMENTS = 100
+
+
 class TransferMessage(Strict):
     """One handover of one child between services; the unit the router routes.
 
@@ -322,7 +330,7 @@ class TransferMessage(Strict):
     consent: Consent | None = None
     consent_exemption: ConsentExemption | None = None
     management_decision: ManagementDecision | None = None
-    documents: list[Document] = Field(default_factory=list)
+    documents: list[Document] = Field(default_factory=list, max_length=MAX_DOCUMENTS)
     professionals: Professionals = Field(default_factory=Professionals)
     source_record: SourceRecord
     deadlines: list[Deadline] = Field(default_factory=list)
@@ -352,6 +360,22 @@ class TransferMessage(Strict):
     closure: ClosureRecord | None = Field(
         default=None, description="filled in by the router from the protocol before the source record is closed"
     )
+
+    @field_validator("documents")
+    @classmethod
+    def _inline_documents_fit(cls, documents: list[Document]) -> list[Document]:
+        """Inline documents together within ``MAX_INLINE_DOCUMENT_BYTES`` (the larger ones go by reference)."""
+        size = 0
+        for d in documents:
+            if d.content is not None:
+                size += len(d.content) if d.content.isascii() else len(d.content.encode())
+        if size > MAX_INLINE_DOCUMENT_BYTES:
+            raise PydanticCustomError(
+                "inline_documents_too_large",
+                "the inline documents together are {size} bytes, over {limit}: send the larger ones by reference",
+                {"size": size, "limit": MAX_INLINE_DOCUMENT_BYTES},
+            )
+        return documents
 
     @field_validator("schema_version", mode="before")
     @classmethod

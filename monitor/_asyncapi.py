@@ -14,6 +14,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from connectors._feed import (
+    DLT_EXCEPTION_FQCN,
+    DLT_EXCEPTION_MESSAGE,
+    DLT_ORIGINAL_OFFSET,
+    DLT_ORIGINAL_PARTITION,
+    DLT_ORIGINAL_TOPIC,
+    H_FEED_POSITION,
+    H_PUBLISHER,
+)
 from contracts import EVENT_ADAPTER, SCHEMA_VERSION, TransferMessage
 from router._pending import PendingClosure
 from router._retry import (
@@ -74,7 +83,8 @@ class _Audit(BaseModel):
 
 
 def _header_schema(names: dict[str, str], note: str = "") -> dict[str, Any]:
-    """Kafka headers as an object of strings (each header's value is UTF-8 text); none is required."""
+    """Kafka headers as an object of strings (each header's value is UTF-8 text unless its description says it is
+    a big-endian integer); none is required."""
     schema: dict[str, Any] = {
         "type": "object",
         "properties": {name: {"type": "string", "description": text} for name, text in names.items()},
@@ -102,6 +112,23 @@ DLQ_HEADERS = {
     "casebridge.dlq.council": "the council",
     "casebridge.dlq.version": "the casebridge version that dead-lettered it",
 }
+#: a map-stage dead letter's publisher and feed position (connectors/_feed.py; replay sends it back to it)
+PUBLISHER_HEADERS = {
+    H_PUBLISHER: "map stage: the feed publisher that could not map the record, <feed>/<council> (e.g. "
+    "lcs-changes/north-somerset); casebridge replay sends it to that publisher on the remap topic",
+    H_FEED_POSITION: "map stage: the feed position it was read at (the remapped transfer's message id uses it)",
+}
+#: Spring Kafka's names for the same facts (connectors/_feed.py ``spring_dlt_headers``), on every dead letter
+SPRING_DLT_HEADERS = {
+    DLT_ORIGINAL_TOPIC: "UTF-8: casebridge.dlq.original.topic; for a map-stage dead letter the publisher's feed "
+    "(lcs-changes, ehm-stepups, ted-changes, care-director-changes)",
+    DLT_ORIGINAL_PARTITION: "a 4-byte big-endian integer (as Spring's DeadLetterPublishingRecoverer writes it): "
+    "casebridge.dlq.original.partition; 0 for a map-stage dead letter",
+    DLT_ORIGINAL_OFFSET: "an 8-byte big-endian integer: casebridge.dlq.original.offset; for a map-stage dead "
+    "letter the feed position",
+    DLT_EXCEPTION_FQCN: "UTF-8: casebridge.dlq.error.class (casebridge's error class, not a Java class)",
+    DLT_EXCEPTION_MESSAGE: "UTF-8: casebridge.dlq.error.message",
+}
 #: added by the outbox to a record too big to dead-letter whole (its value is then absent)
 DLQ_BY_REFERENCE_HEADERS = {
     "casebridge.dlq.by.reference": "true: the value is not here; the record is at original.topic/partition/offset",
@@ -116,6 +143,8 @@ MAP_STAGE_HEADERS = (
     "casebridge.dlq.transfer.id",
     "casebridge.dlq.council",
     "casebridge.dlq.last.failure",
+    *PUBLISHER_HEADERS,
+    *SPRING_DLT_HEADERS,
 )
 #: router/_retry.py: on a record in a delayed retry tier (stripped again before it is dead-lettered or delivered)
 RETRY_HEADERS = {
@@ -264,9 +293,8 @@ def asyncapi_document() -> dict[str, Any]:
 
     dead_letter_note = (
         "The original record's headers byte for byte (a retried message's without casebridge.retry.*), then "
-        "casebridge.dlq.*. A source connector's map-stage dead letter carries only "
-        + ", ".join(MAP_STAGE_HEADERS)
-        + "."
+        "casebridge.dlq.*, then Spring Kafka's kafka_dlt-* (the same origin and reason). A source connector's "
+        "map-stage dead letter carries only " + ", ".join(MAP_STAGE_HEADERS) + "."
     )
     tombstone = " A tombstone (no value) removes the key."
     messages = {
@@ -305,7 +333,9 @@ def asyncapi_document() -> dict[str, Any]:
             "it could not be handled in casebridge.dlq.* headers.",
             "DeadLetterValue",
             "the original record's key",
-            headers=_header_schema({**DLQ_HEADERS, **DLQ_BY_REFERENCE_HEADERS}, dead_letter_note),
+            headers=_header_schema(
+                {**DLQ_HEADERS, **DLQ_BY_REFERENCE_HEADERS, **PUBLISHER_HEADERS, **SPRING_DLT_HEADERS}, dead_letter_note
+            ),
         ),
         "ParkedDeadLetter": message(
             "ParkedDeadLetter",
@@ -315,8 +345,28 @@ def asyncapi_document() -> dict[str, Any]:
             "DeadLetterValue",
             "the original record's key",
             headers=_header_schema(
-                {**REPLAY_HEADERS, **DLQ_HEADERS, **DLQ_BY_REFERENCE_HEADERS},
-                "the replayed record's headers (casebridge.replay.* among them), then casebridge.dlq.*",
+                {
+                    **REPLAY_HEADERS,
+                    **DLQ_HEADERS,
+                    **DLQ_BY_REFERENCE_HEADERS,
+                    **PUBLISHER_HEADERS,
+                    **SPRING_DLT_HEADERS,
+                },
+                "the replayed record's headers (casebridge.replay.* among them), then casebridge.dlq.* and "
+                "kafka_dlt-*; a remapped source record that still cannot be mapped: its new map-stage headers",
+            ),
+        ),
+        "RemapRecord": message(
+            "RemapRecord",
+            "Replayed map-stage dead letter",
+            "A source record a feed publisher could not map (holds personal data, as a transfer does), replayed by "
+            "casebridge replay for that publisher to map again: the dead letter's value byte for byte.",
+            "DeadLetterValue",
+            "the dead letter's key",
+            headers=_header_schema(
+                {**REPLAY_HEADERS, **PUBLISHER_HEADERS, **DLQ_HEADERS},
+                "the dead letter's casebridge.dlq.* (casebridge.dlq.publisher names who maps it), then "
+                "casebridge.replay.*",
             ),
         ),
         "AuditRecord": message(
@@ -401,6 +451,12 @@ def asyncapi_document() -> dict[str, Any]:
             topics.dead_letter, topics.dead_letter, "Messages that could not be handled.", "DeadLetter"
         ),
         "parking": channel(topics.parking, topics.parking, "Replayed messages that failed again.", "ParkedDeadLetter"),
+        "remap": channel(
+            topics.remap,
+            topics.remap,
+            "Replayed map-stage dead letters, for the feed publisher each names to map again.",
+            "RemapRecord",
+        ),
         "audit": channel(
             topics.audit,
             topics.audit,
@@ -465,6 +521,16 @@ def asyncapi_document() -> dict[str, Any]:
             "receive", "deadLetters", "An operator lists and replays dead letters (no group)."
         ),
         "park": operation("send", "parking", "A replayed message that failed again."),
+        "replayToPublisher": operation(
+            "send", "remap", "casebridge replay sends a map-stage dead letter to its publisher (casebridge.replay.*)."
+        ),
+        "remapSourceRecord": operation(
+            "receive",
+            "remap",
+            "Each feed publisher of casebridge run maps its own again: the transfer to the transfers topic (with "
+            "casebridge.replay.*), or, still unmappable, the parking topic; it writes the replayed event.",
+            "<prefix>-remap-<system>-<feed>, one per feed publisher",
+        ),
         "audit": operation("send", "audit", "Each replay and each recorded allocation is audited."),
         "keepRetryState": operation("send", "retryState", "The router records which children wait in a tier."),
         "rememberStepDown": operation("send", "childHistory", "The router records each completed step-down."),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,8 +35,9 @@ TRACKER_GROUP = "casebridge-monitor (tracker)"
 OPEN_STATUSES = (Status.WAITING, Status.PARKED, Status.EXPIRED)
 
 
-async def group_lag(kafka: Kafka, topics: Topics) -> list[dict[str, Any]]:
-    """Every consumer group with committed offsets on ``<prefix>.*`` topics: lag per group and topic."""
+async def group_lag(kafka: Kafka, topics: Topics, groups: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+    """Every consumer group (or those ``groups`` keeps, by id) with committed offsets on ``<prefix>.*`` topics: lag
+    per group and topic."""
     admin = clients.admin(kafka)
     consumer = clients.consumer(kafka, group_id=None)
     try:  # closed whatever happens: a round that cannot reach Kafka must not leak its clients
@@ -43,6 +45,8 @@ async def group_lag(kafka: Kafka, topics: Topics) -> list[dict[str, Any]]:
         await consumer.start()
         committed: dict[str, dict[TopicPartition, int]] = {}
         for group in await admin.list_consumer_groups():
+            if groups is not None and not groups(str(group[0])):
+                continue
             offsets = await admin.list_consumer_group_offsets(group[0])
             mine = {tp: m.offset for tp, m in offsets.items() if tp.topic.startswith(topics.prefix + ".")}
             if mine:

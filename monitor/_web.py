@@ -30,12 +30,12 @@ import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from contracts import Person
+from contracts import Council, Person
 from mappings import load_deadlines
 from router.allocations import AllocationNotPending, AllocationRefused, MilestoneAudit, allocate
-from router.deadletters import Filters, Status, replay
+from router.deadletters import Filters, Status, replay, router_members
 
 from ._asyncapi import asyncapi_document
 from ._service import Monitor
@@ -78,10 +78,28 @@ def milestones() -> dict[str, dict[str, list[str]]]:
 
 
 class ReplayRequest(BaseModel):
+    """A replay from the page, in two steps: a preview (``dry_run``) of what the filters select, then a confirmation
+    naming exactly the dead letters the preview listed (``dead_letter_ids``); only those are replayed. The filters
+    are the CLI's (``casebridge replay``); at least one is required, so nobody replays everything by a slip."""
+
     model_config = ConfigDict(extra="forbid")
 
-    transfer_id: str = Field(min_length=1, max_length=128)
+    transfer_id: str | None = Field(default=None, min_length=1, max_length=128)
+    council: Council | None = None
+    pathway: Literal["step-up", "step-down"] | None = None
+    rule_id: str | None = Field(default=None, min_length=1, max_length=32)
+    error_class: str | None = Field(default=None, min_length=1, max_length=64)
     dry_run: bool = False
+    #: the confirmation: the ids the preview listed (required unless ``dry_run``)
+    dead_letter_ids: list[str] | None = Field(default=None, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _filtered_and_confirmed(self) -> ReplayRequest:
+        if not any((self.transfer_id, self.council, self.pathway, self.rule_id, self.error_class)):
+            raise ValueError("give at least one filter (transfer_id, council, pathway, rule_id, error_class)")
+        if not self.dry_run and self.dead_letter_ids is None:
+            raise ValueError("dead_letter_ids: required to replay: preview first (dry_run), then confirm its ids")
+        return self
 
 
 class MilestoneRequest(BaseModel):
@@ -369,17 +387,28 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     @app.post("/api/replay")
     async def api_replay(principal: Operator, body: ReplayRequest) -> dict[str, Any]:
+        """Preview (``dry_run``: what would be replayed, with ids, transfers, councils, reasons, and whether a router
+        is consuming), or replay exactly the previewed ids."""
+        filters = Filters(
+            transfer_id=body.transfer_id,
+            council=body.council.value if body.council else None,
+            pathway=body.pathway,
+            rule_id=body.rule_id,
+            error_class=body.error_class,
+        )
         report = await replay(
             monitor.kafka,
             monitor.topics,
             operator=principal.name,
-            filters=Filters(transfer_id=body.transfer_id),
+            filters=filters,
             dry_run=body.dry_run,
+            only=body.dead_letter_ids,
         )
+        members = await router_members(monitor.kafka, f"{monitor.topics.prefix}-router")
         log.info(
             "monitor_replay",
-            transfer_id=body.transfer_id,
             dry_run=body.dry_run,
+            selected=len(report.selected),
             replayed=len(report.replayed),
             already_replayed=len(report.already_replayed),
         )
@@ -389,6 +418,9 @@ def create_app(monitor: Monitor) -> FastAPI:
             "selected": report.selected,
             "replayed": report.replayed,
             "already_replayed": report.already_replayed,
+            "by_reference": report.by_reference,
+            "letters": [report.letters[i] for i in report.selected],
+            "router": "unknown" if members is None else ("consuming" if members else "none consuming"),
         }
 
     @app.post("/api/transfers/{transfer_id}/milestones")

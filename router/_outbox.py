@@ -30,6 +30,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from connectors import kafka as clients
+from connectors._feed import DLT_PREFIX, MAX_DEAD_LETTER_BYTES, spring_dlt_headers
 from connectors._outage import close_producer, is_transient_kafka_error
 from connectors.kafka import Kafka
 from contracts import TransferEvent
@@ -39,9 +40,6 @@ from ._retry import H_REPLAY_OF, Origin, header, original_headers
 
 log = structlog.get_logger("casebridge.router")
 DLQ_PREFIX = "casebridge.dlq."
-#: above this (key, value and headers), a dead letter carries the record by reference only (its original topic,
-#: partition and offset): under Kafka's default 1 MiB limits with room for the batch's own overhead
-MAX_DEAD_LETTER_BYTES = 1_000_000
 Queued = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 _EVENT_HEADERS: dict[str, list[tuple[str, bytes]]] = {}
 CHUNK = 500  # queued writes handed to the producer together (about 80 transfers' worth)
@@ -79,9 +77,11 @@ class Failure:
 def dead_letter_headers(
     record: ConsumerRecord[bytes, bytes], group_id: str, failure: Failure
 ) -> list[tuple[str, bytes]]:
-    """The original headers byte for byte, then the context (Kafka Connect ``__connect.errors.*`` facts).
+    """The original headers byte for byte, then the context (Kafka Connect ``__connect.errors.*`` facts), then
+    the same facts under Spring Kafka's names (``spring_dlt_headers``: ``kafka_dlt-original-topic``, ...).
 
-    For a message that went through retry tiers, "original" is where it first entered.
+    For a message that went through retry tiers, "original" is where it first entered. A replayed message's
+    ``kafka_dlt-*`` headers from its earlier dead letter are not carried over (each dead letter has its own).
     """
     origin = Origin.of(record)
     context = {
@@ -101,7 +101,9 @@ def dead_letter_headers(
         "council": failure.council or "",
         "version": __version__,
     }
-    return original_headers(record) + [(DLQ_PREFIX + k, v.encode()) for k, v in context.items()]
+    original = [(k, v) for k, v in original_headers(record) if not k.startswith(DLT_PREFIX)]
+    spring = spring_dlt_headers(origin.topic, origin.partition, origin.offset, failure.error_class, failure.message)
+    return original + [(DLQ_PREFIX + k, v.encode()) for k, v in context.items()] + spring
 
 
 class Outbox:

@@ -63,6 +63,7 @@ from connectors.kafka import Kafka
 from contracts import AlertRaised, CaseSystem, Council, TransferMessage, TransferRetryScheduled
 from mappings import Protocol, load_protocols
 
+from . import _metrics as metrics
 from . import topics
 from ._assignor import for_instance
 from ._history import ChildHistory
@@ -240,6 +241,7 @@ class Router:
     async def _on_batch(self, msg: KafkaMessage, tier: int | None) -> None:
         if self.halted or self.recovering:
             raise RouterHalted("the router halted after an output failure; restart it")
+        started = metrics.batch_started()
         records: tuple[Record, ...] = tuple(msg.raw_message)
         epochs = {(r.topic, r.partition): self._epochs[(r.topic, r.partition)] for r in records}
         lost: set[tuple[str, int]] = set()  # partitions revoked while this batch was handled: not committed
@@ -264,6 +266,7 @@ class Router:
         log.info(
             "batch_completed", topic=records[0].topic if records else None, records=len(records), outcomes=dict(counts)
         )
+        metrics.batch_handled(records, counts, started)
         await self._settle_tier(tier)  # the batch before: settled long since, as a rule; raises if it failed
         acked = await self.outbox.hand_over()
         consumer = cast(_Committer, msg.consumer)

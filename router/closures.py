@@ -357,14 +357,21 @@ class ClosureScheduler:
         for p, _ in closed:
             self._forget(p.transfer_id)
             log.info("source_closed_later", transfer_id=p.transfer_id, rule_ids=[p.rule_id])
-        try:
-            await self._commit()
-        except _REBALANCED as exc:  # a rebalance: the next owner of the partitions reads them again
-            log.warning("offsets_not_committed", loop="pending-closures", error_class=type(exc).__name__)
+        await self._commit()
         return len(closed)
 
     async def _commit(self) -> None:
-        """Commit what was read, except past a signal still waiting for its pending closure (within the grace)."""
+        """Commit what was read, except past a signal still waiting for its pending closure (within the grace).
+
+        A commit the group refuses because it rebalanced (this member was evicted: paused past its session
+        timeout) is not fatal: once it rejoins, its partitions are read again from the last commit, and every
+        step is idempotent (a close already made is a no-op, the same event id)."""
+        try:
+            await self._commit_read()
+        except _REBALANCED:  # evicted, or the partitions moved to another process of the deployment
+            log.warning("closure_commit_failed", reason="the group rebalanced; read again from the last commit")
+
+    async def _commit_read(self) -> None:
         oldest = time.monotonic() - SIGNAL_GRACE_SECONDS
         for tid, (_, _, read_at) in list(self._unmatched.items()):
             if tid in self.pending or read_at < oldest:

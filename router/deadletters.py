@@ -1,13 +1,15 @@
 """Operators' view of the dead-letter topic: list, inspect, replay.
 
-A dead letter is the original record (key, value, headers) plus ``casebridge.dlq.*``
-context headers. Replay puts the original back on the transfers topic, so it goes through
-every check again, with ``casebridge.replay.*`` headers naming the operator and the dead
-letter. Each replay is audited (an audit record keyed by the dead letter); the router (or, for a
-later closure, the closure scheduler) writes the ``replayed`` event when it reads the record again,
-the operator's principal writing no events (README "Deploying securely"). Replay is idempotent:
-a dead letter already replayed is skipped, and delivery itself is idempotent on transfer id. A replayed
-message that fails again goes to the parking topic, not back to the dead-letter topic, so nothing loops.
+A dead letter is the original record (key, value, headers) plus ``casebridge.dlq.*`` context headers (and the
+same facts under Spring Kafka's ``kafka_dlt-*`` names). Replay puts the original back on the transfers topic, so it
+goes through every check again, with ``casebridge.replay.*`` headers naming the operator and the dead letter. A
+map-stage dead letter (a source record its feed publisher could not map, naming that publisher) goes to the remap
+topic instead: the publisher maps it again and publishes the transfer, or parks it with the new reason. Each replay
+is audited (an audit record keyed by the dead letter); whoever reads the record again writes the ``replayed`` event
+(the router; for a later closure, the closure scheduler; for a remap, the publisher), the operator's principal
+writing no events (README "Deploying securely"). Replay is idempotent: a dead letter already replayed is skipped,
+and delivery itself is idempotent on transfer id. A replayed message that fails again goes to the parking topic,
+not back to the dead-letter topic, so nothing loops.
 
 Each dead letter has a status (``STATUSES``), from what happened since: ``resolved`` (its transfer
 later reached a completed state, ``COMPLETED``, on the events topic), ``parked`` (its replay failed
@@ -22,16 +24,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from aiokafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors import kafka as clients
+from connectors._feed import DLT_PREFIX, H_PUBLISHER
 from connectors.kafka import Kafka
 
 from ._outbox import DLQ_PREFIX
@@ -95,7 +99,15 @@ class DeadLetter:
 
     @property
     def original_headers(self) -> list[tuple[str, bytes]]:
-        return [(k, v) for k, v in self.headers if not k.startswith(DLQ_PREFIX)]
+        """The record's own headers: without casebridge's dead-letter context and Spring's ``kafka_dlt-*``."""
+        return [(k, v) for k, v in self.headers if not k.startswith((DLQ_PREFIX, DLT_PREFIX))]
+
+    @property
+    def publisher(self) -> str | None:
+        """The feed publisher that dead-lettered its source record at the ``map`` stage (``<feed>/<council>``), if
+        it named itself: such a dead letter is replayed to it (the remap topic), to be mapped again."""
+        name = self.context.get(H_PUBLISHER.removeprefix(DLQ_PREFIX), "")
+        return name if name and self.context.get("stage") == "map" else None
 
     @property
     def rule_ids(self) -> list[str]:
@@ -369,7 +381,15 @@ async def router_members(kafka: Kafka, group_id: str) -> int | None:
     admin = clients.admin(kafka)
     await admin.start()
     try:
-        responses = await admin.describe_consumer_groups([group_id])
+        for attempt in range(6):
+            try:
+                responses = await admin.describe_consumer_groups([group_id])
+                break
+            except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError):
+                # a broker whose offsets topic is still being made (no group has ever committed): ask again
+                if attempt == 5:
+                    return None
+                await asyncio.sleep(0.5)
     except Exception:  # an older broker or no rights to describe groups: say we do not know
         return None
     finally:
@@ -389,6 +409,8 @@ class ReplayReport:
     already_replayed: list[str] = field(default_factory=list)
     #: dead letters that hold their record by reference only (too big to dead-letter whole): not replayable
     by_reference: list[str] = field(default_factory=list)
+    #: of ``replayed``, the map-stage dead letters sent to their publisher to be mapped again (the remap topic)
+    remapped: list[str] = field(default_factory=list)
     dry_run: bool = False
     #: every dead letter named above, as listed (``DeadLetter.listed``: transfer id, reason, status, ...)
     letters: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -403,11 +425,17 @@ async def replay(
     dry_run: bool = False,
     limit: int | None = None,
     rate_per_second: float = 50.0,
+    only: Collection[str] | None = None,
 ) -> ReplayReport:
-    """Replay matching dead letters once each; audited; ``dry_run`` only reports what it would do."""
+    """Replay matching dead letters once each; audited; ``dry_run`` only reports what it would do.
+
+    ``only``: of those matching, these dead letter ids and no others (the ones a preview showed and a person
+    confirmed: the monitor's replay is a preview, then a confirmation of exactly what it listed)."""
     if not operator or not operator.strip():
         raise ReplayRefused("replay needs an operator identity (--operator): every replay is audited")
     letters = await list_dead_letters(kafka, topics, filters)
+    if only is not None:
+        letters = [d for d in letters if d.id in set(only)]
     outcomes = await outcomes_from_topics(kafka, topics, letters)
     report = ReplayReport(dry_run=dry_run)
     for d in letters:
@@ -429,12 +457,20 @@ async def replay(
         for dl_id in report.selected:
             d = chosen[dl_id]
             now = datetime.now(UTC)
-            headers = [*d.original_headers, (H_REPLAY_OF, dl_id.encode()), (H_REPLAY_OPERATOR, operator.encode())]
-            # a later closure (router/closures.py) goes back to the pending closures; everything else is a transfer
-            closure = d.context.get("original.topic") == topics.pending_closures
-            await producer.send_and_wait(
-                topics.pending_closures if closure else topics.transfers, value=d.value, key=d.key, headers=headers
-            )
+            replay_headers = [(H_REPLAY_OF, dl_id.encode()), (H_REPLAY_OPERATOR, operator.encode())]
+            headers = [*d.original_headers, *replay_headers]
+            # a later closure (router/closures.py) goes back to the pending closures; a source record a feed
+            # publisher could not map goes to that publisher (the remap topic, with the dead letter's context: the
+            # publisher, the feed position), to be mapped again; everything else is a transfer
+            if d.context.get("original.topic") == topics.pending_closures:
+                topic = topics.pending_closures
+            elif d.publisher is not None:
+                topic = topics.remap
+                headers = [*((k, v) for k, v in d.headers if k.startswith(DLQ_PREFIX)), *replay_headers]
+                report.remapped.append(dl_id)
+            else:
+                topic = topics.transfers
+            await producer.send_and_wait(topic, value=d.value, key=d.key, headers=headers)
             audit = {"operator": operator, "at": now.isoformat(), "dead_letter": dl_id, **d.summary()}
             await producer.send_and_wait(topics.audit, value=json.dumps(audit).encode(), key=dl_id.encode())
             report.replayed.append(dl_id)

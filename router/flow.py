@@ -38,6 +38,7 @@ from tenacity.wait import wait_random_exponential
 from typing_extensions import TypedDict
 
 from connectors import CasebridgeError, Receipt, Source, Target
+from connectors._budget import budget_ends, end_budget
 from contracts import (
     AlertRaised,
     CaseSystem,
@@ -376,6 +377,15 @@ class TransferFlow:
         first attempt's start) are as they would be with tenacity around every attempt.
         """
         started = time.monotonic()
+        r = self.retry
+        # every attempt's HTTP deadline ends with the budget at the latest (connectors/_budget.py)
+        budget = budget_ends(started + r.total_seconds)
+        try:
+            return await self._retrying_within(call, started)
+        finally:
+            end_budget(budget)
+
+    async def _retrying_within(self, call: Callable[[], Awaitable[T]], started: float) -> T:
         first_failure: CasebridgeError | None = None
         try:
             return await call()

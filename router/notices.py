@@ -189,8 +189,9 @@ class AllocationNotices:
                 del self.marks[tid]
         try:
             await self.consumer.commit()
-        except _REBALANCED as exc:  # a rebalance: the next owner of the partitions reads them again
-            log.warning("offsets_not_committed", loop="allocation-notices", error_class=type(exc).__name__)
+        except _REBALANCED:  # the group rebalanced (this member evicted, or its partitions moved): read again from
+            # the last commit by whoever owns them, where every notice still pending is, and sent once (the ledger)
+            log.warning("notice_commit_failed", reason="the group rebalanced; read again from the last commit")
         return sent
 
     def _read_allocated(self, tid: str, value: bytes | None) -> None:

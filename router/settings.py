@@ -63,6 +63,12 @@ class Topics:
         return f"{self.prefix}.parking"
 
     @property
+    def remap(self) -> str:
+        """Replayed map-stage dead letters (the source record, as dead-lettered), each for the feed publisher its
+        ``casebridge.dlq.publisher`` names to map again (``connectors._feed.FeedPublisher.remap_once``)."""
+        return f"{self.prefix}.remap"
+
+    @property
     def audit(self) -> str:
         """Operators' actions: replays, keyed by the dead letter they acted on; recorded allocations (BA-9),
         keyed ``ALLOCATION_AUDIT_PREFIX`` + transfer id."""

@@ -4,8 +4,8 @@
   them; G3, nothing is lost);
 - retry-state, child-history, pending-notices, pending-closures: ``cleanup.policy=compact`` (state: the
   latest value per key);
-- transfers and retry tiers: ``retention.ms`` = ``transfers_retention_ms`` (7 days: a transfer is handled in
-  seconds);
+- transfers, retry tiers and remap (replayed map-stage dead letters: source records, handled as transfers
+  are): ``retention.ms`` = ``transfers_retention_ms`` (7 days: a transfer is handled in seconds);
 - events: ``retention.ms`` = ``events_retention_ms`` (a year: what the monitor can rebuild from).
 
 Co-partitioning (``copartitioned``): the transfers topic, every retry tier, retry-state, events, pending-notices and
@@ -61,7 +61,7 @@ def copartitioned(topics: Topics, tiers: int) -> list[str]:
 def configs(topics: Topics, tiers: int, s: TopicSettings, min_insync: int) -> dict[str, dict[str, str]]:
     """Each topic's configuration, as it is created."""
     out: dict[str, dict[str, str]] = {}
-    for name in [topics.transfers, *(topics.retry(i) for i in range(tiers))]:
+    for name in [topics.transfers, *(topics.retry(i) for i in range(tiers)), topics.remap]:
         out[name] = {"retention.ms": str(s.transfers_retention_ms)}
     out[topics.events] = {"retention.ms": str(s.events_retention_ms)}
     for name in kept(topics):

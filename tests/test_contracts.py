@@ -302,3 +302,21 @@ async def test_router_on_kafka_reads_1_0_and_1_1_and_dead_letters_2_0_naming_the
         headers["casebridge.dlq.error.message"],
     )
     assert b"ns-3" == headers["casebridge.dlq.transfer.id"]
+
+
+def test_a_transfers_inline_documents_are_bounded_and_larger_ones_go_by_reference() -> None:
+    """Issue #19: inline documents together within MAX_INLINE_DOCUMENT_BYTES (UTF-8), at most MAX_DOCUMENTS, so a
+    transfer is always small enough to publish, dead-letter and replay whole; by reference, any size goes."""
+    from contracts import MAX_DOCUMENTS, MAX_INLINE_DOCUMENT_BYTES
+
+    doc = example(SEED_EXAMPLES[0])
+    half = MAX_INLINE_DOCUMENT_BYTES // 2 + 1
+    plan = {"type": "plan", "content": "x" * half}
+    doc["documents"] = [plan, {**plan, "type": "assessment"}]
+    assert [("documents", "inline_documents_too_large")] == _errors(doc)
+    doc["documents"] = [plan, {"type": "assessment", "content": "é" * (half // 2)}]  # 2 bytes a character
+    assert [("documents", "inline_documents_too_large")] == _errors(doc)
+    doc["documents"] = [plan, {"type": "assessment", "reference": "DOC-1"}]  # the large one by reference
+    assert 2 == len(TransferMessage.model_validate(doc).documents)
+    doc["documents"] = [{"type": "plan", "reference": f"DOC-{i}"} for i in range(MAX_DOCUMENTS + 1)]
+    assert [("documents", "too_long")] == _errors(doc)

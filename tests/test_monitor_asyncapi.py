@@ -31,6 +31,7 @@ def test_asyncapi_document_names_every_topic_and_resolves_its_references() -> No
         "{prefix}.retry.{tier}",
         "{prefix}.dlq",
         "{prefix}.parking",
+        "{prefix}.remap",
         "{prefix}.audit",
         "{prefix}.retry-state",
         "{prefix}.child-history",

@@ -98,7 +98,8 @@ async def test_monitor_page_in_chromium_counts_change_and_timeline_opens(
             children = [lcs.create_child(locality="North") for _ in range(2)]
             requests = [lcs.request_stepdown(child) for child in children]
             children.append(lcs.create_child(locality="East"))
-            lcs.request_stepdown(children[-1], consent=None)  # G1: held
+            held = lcs.request_stepdown(children[-1], consent=None)  # G1: held
+            held_id = f"north-somerset-lcs-{held}".lower()
             personal = {
                 str(record[k])
                 for record in map(lcs.child, children)
@@ -130,6 +131,31 @@ async def test_monitor_page_in_chromium_counts_change_and_timeline_opens(
                 return events
 
             events = await asyncio.to_thread(counts_change_and_timeline_opens)
+
+            def replay_is_previewed_then_confirmed() -> tuple[list[str], str, str]:
+                """The held transfer's Replay button previews (its dead letter, the reason, a router consuming);
+                nothing is replayed until the confirmation, which replays exactly that one."""
+                search = browser.find_element(By.ID, "search-input")
+                search.clear()
+                search.send_keys(held_id)
+                browser.find_element(By.ID, "search-button").click()
+                WebDriverWait(browser, 30).until(lambda d: text_of(d, "timeline-transfer-id") == held_id)
+                WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.ID, "replay-button"))
+                browser.find_element(By.ID, "replay-button").click()
+                WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".replay-letter"))
+                [row] = browser.find_elements(By.CSS_SELECTOR, ".replay-letter")
+                cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+                summary, router = text_of(browser, "replay-preview-summary"), text_of(browser, "replay-router")
+                assert "" == text_of(browser, "replay-result")  # previewed, not replayed
+                ARTIFACTS.mkdir(exist_ok=True)
+                assert browser.save_screenshot(str(ARTIFACTS / "monitor-replay-preview.png"))
+                browser.find_element(By.ID, "replay-confirm-button").click()
+                wait_text(browser, "replay-result", "replayed 1", timeout=60)
+                return cells, summary, router
+
+            cells, summary, router = await asyncio.to_thread(replay_is_previewed_then_confirmed)
+            assert (held_id, "north-somerset", "waiting") == (cells[1], cells[2], cells[-1])
+            assert "G1" in cells[4] and ("would replay 1 dead letter(s)", "router: consuming") == (summary, router)
 
             def no_csp_violations_then_sign_out() -> None:
                 assert [] == csp_violations(browser)  # the page ran under the CSP without tripping it

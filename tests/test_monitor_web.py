@@ -96,12 +96,32 @@ async def test_g3_viewer_cannot_replay_operator_replay_is_audited_with_their_nam
             letter["status"],
         )
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            denied = await client.post("/api/replay", json={"transfer_id": "ns-1"}, headers=auth(VIEWER_TOKEN))
+            ops = auth(OPERATOR_TOKEN)
+            preview = {"transfer_id": "ns-1", "dry_run": True}
+            denied = await client.post("/api/replay", json=preview, headers=auth(VIEWER_TOKEN))
             assert 403 == denied.status_code
-            done = await client.post("/api/replay", json={"transfer_id": "ns-1"}, headers=auth(OPERATOR_TOKEN))
+            # nothing replays without a filter, nor without confirming what a preview listed
+            unfiltered = await client.post("/api/replay", json={"dry_run": True}, headers=ops)
+            unconfirmed = await client.post("/api/replay", json={"transfer_id": "ns-1"}, headers=ops)
+            assert (422, 422) == (unfiltered.status_code, unconfirmed.status_code)
+            assert "at least one filter" in unfiltered.text and "preview first" in unconfirmed.text
+            shown = (await client.post("/api/replay", json=preview, headers=ops)).json()
+            [listed] = shown["letters"]
+            assert (True, [letter["id"]], "none consuming") == (shown["dry_run"], shown["selected"], shown["router"])
+            assert ("ns-1", "north-somerset", "protocol rules not met: NS-6", "waiting") == (
+                listed["transfer_id"], listed["council"], listed["reason"], listed["status"],
+            )  # fmt: skip
+            by_council = {"council": "north-somerset", "rule_id": "NS-6", "dry_run": True}
+            assert [letter["id"]] == (await client.post("/api/replay", json=by_council, headers=ops)).json()["selected"]
+            # a confirmation replays exactly the ids it names among those matching: a stale or foreign id, none
+            foreign = {"transfer_id": "ns-1", "dead_letter_ids": ["0:999"]}
+            stale = await client.post("/api/replay", json=foreign, headers=ops)
+            assert (200, []) == (stale.status_code, stale.json()["replayed"])
+            confirm = {"transfer_id": "ns-1", "dead_letter_ids": shown["selected"]}
+            done = await client.post("/api/replay", json=confirm, headers=ops)
             assert 200 == done.status_code
             assert 1 == len(done.json()["replayed"])
-            again = await client.post("/api/replay", json={"transfer_id": "ns-1"}, headers=auth(OPERATOR_TOKEN))
+            again = await client.post("/api/replay", json=confirm, headers=ops)
             assert ([], done.json()["replayed"]) == (again.json()["replayed"], again.json()["already_replayed"])
         # no router here: replayed, and not (yet) resolved
         replayed = await wait_for(

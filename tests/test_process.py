@@ -1,4 +1,4 @@
-"""After start-up, `casebridge run` takes its start-up objects out of the collector's scans (README Benchmark)."""
+"""After start-up, `casebridge run` takes its start-up objects out of the collector's scans (docs/benchmark.md)."""
 
 from __future__ import annotations
 

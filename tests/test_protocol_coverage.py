@@ -36,9 +36,9 @@ def _test_names() -> set[str]:
 
 
 def out_of_scope() -> dict[str, str]:
-    """README's "Rules outside what a middleware can check": ``- ID: reason`` lines."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Rules outside what a middleware can check", 1)[1].split("\n## ", 1)[0]
+    """docs/protocol-rules.md's "Rules outside what a middleware can check": ``- ID: reason`` lines."""
+    text = (ROOT / "docs" / "protocol-rules.md").read_text()
+    section = text.split("## Rules outside what a middleware can check", 1)[1].split("\n## ", 1)[0]
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^- ([A-Z0-9]+-?\d*): (.+)$", section, re.M)}
 
 
@@ -51,7 +51,7 @@ def test_the_rule_list_copy_matches_the_shared_one() -> None:
 
 
 def test_every_rule_is_tested_or_listed_out_of_scope_with_a_reason() -> None:
-    """Each id appears in a test function name, or in README's out-of-scope list with a reason."""
+    """Each id appears in a test function name, or in docs/protocol-rules.md's out-of-scope list with a reason."""
     names = [f"_{n}_" for n in _test_names()]
     excluded = out_of_scope()
     missing = [

@@ -279,7 +279,7 @@ async def test_ba09_ba15_documents_go_once_an_operator_records_the_allocated_wor
         where = ["--bootstrap", kafka_bootstrap, "--prefix", topic_prefix]
         allocate = ["allocate", tid, "--worker", WORKER.name, "--organisation", str(WORKER.organisation), *where]
         refused = await asyncio.to_thread(CliRunner().invoke, cli_app, allocate)
-        assert (2, True) == (refused.exit_code, "Missing option '--operator'" in refused.output)
+        assert (2, True) == (refused.exit_code, "--operator must name who records the allocation" in refused.output)
         assert 0 == sum([await scheduler.poll_once() for _ in range(3)])  # still waiting for the allocation
         recorded = await asyncio.to_thread(CliRunner().invoke, cli_app, [*allocate, "--operator", "ops-tester"])
         said = recorded.stdout.strip().splitlines()[-1]

@@ -7,7 +7,7 @@ from typing import Any
 from contracts import Council, TransferMessage
 from mappings import MappingError, load_mapping
 
-from .._feed import FeedPublisher
+from .._feed import FeedPublisher, Mapped, Remap
 from ..kafka import Kafka
 from ._connector import CareDirectorConnector
 from ._outcomes import outcome_of
@@ -30,6 +30,7 @@ class CareDirectorPublisher(FeedPublisher):
     """
 
     feed = "care-director-changes"
+    what = "care_director_referral"
 
     def __init__(
         self,
@@ -39,8 +40,9 @@ class CareDirectorPublisher(FeedPublisher):
         dead_letter_topic: str,
         cursor: Path,
         council: Council = Council.SWINDON_2022,
+        remap: Remap | None = None,
     ) -> None:
-        super().__init__(cd, kafka, transfers_topic, dead_letter_topic, cursor, council)
+        super().__init__(cd, kafka, transfers_topic, dead_letter_topic, cursor, council, remap)
         self.cd = cd
 
     async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:
@@ -53,12 +55,21 @@ class CareDirectorPublisher(FeedPublisher):
         return pending, last
 
     async def _publish(self, referral_id: str, seq: int) -> Awaitable[Any]:
+        return await self.publish(await self._read(referral_id), seq)
+
+    async def _read(self, referral_id: str) -> dict[str, Any]:
         referral = await self.cd.referral(referral_id)
         assessment = await self.cd.assessment(referral["assessment_id"])
         person = await self.cd.person(referral["person_id"])
-        transfer_id = transfer_id_for(self.council, referral_id)
-        key = f"care-director:{person['id']}".encode()
-        source = {"person": person, "assessment": assessment, "referral": referral}
+        return {"person": person, "assessment": assessment, "referral": referral}
+
+    async def reread(self, source: dict[str, Any]) -> dict[str, Any]:
+        return await self._read(source["referral"]["referral_id"])
+
+    def mapping(self, source: dict[str, Any], position: int) -> Mapped:
+        assessment = source["assessment"]
+        transfer_id = transfer_id_for(self.council, source["referral"]["referral_id"])
+        key = f"care-director:{source['person']['id']}".encode()
 
         def build() -> TransferMessage:
             outcome = outcome_of(assessment["outcome_code"])
@@ -71,11 +82,11 @@ class CareDirectorPublisher(FeedPublisher):
                 )
             envelope = {
                 "transfer_id": transfer_id,
-                "message_id": f"{transfer_id}-c{seq}",
+                "message_id": f"{transfer_id}-c{position}",
                 "council": self.council.value,
                 "to_level": outcome.to_level.value,
                 "outcome_label": outcome.label,
             }
             return TransferMessage.model_validate(_MAPPING.apply({**source, "envelope": envelope}))
 
-        return await self.publish("care_director_referral", transfer_id, key, build, source)
+        return Mapped(transfer_id, key, build)

@@ -7,7 +7,7 @@ from typing import Any
 from contracts import Council, ServiceLevel, TransferMessage
 from mappings import load_mapping
 
-from .._feed import FeedPublisher
+from .._feed import FeedPublisher, Mapped, Remap
 from ..kafka import Kafka
 from ._connector import EhmConnector
 
@@ -27,6 +27,7 @@ class StepUpPublisher(FeedPublisher):
     """
 
     feed = "ehm-stepups"
+    what = "ehm_stepup"
 
     def __init__(
         self,
@@ -37,8 +38,9 @@ class StepUpPublisher(FeedPublisher):
         cursor: Path,
         council: Council = Council.NORTH_SOMERSET,
         from_level: ServiceLevel = ServiceLevel.INTENSIVE_EARLY_HELP,
+        remap: Remap | None = None,
     ) -> None:
-        super().__init__(ehm, kafka, transfers_topic, dead_letter_topic, cursor, council)
+        super().__init__(ehm, kafka, transfers_topic, dead_letter_topic, cursor, council, remap)
         self.ehm = ehm
         self.from_level = from_level
 
@@ -48,19 +50,22 @@ class StepUpPublisher(FeedPublisher):
 
     async def _publish(self, request: dict[str, Any]) -> Awaitable[Any]:
         episode = await self.ehm.episode(request["episode_id"])
-        transfer_id = stepup_transfer_id(self.council, request["request_id"])
+        return await self.publish({"episode": episode, "request": request}, int(request.get("seq", 0)))
+
+    async def reread(self, source: dict[str, Any]) -> dict[str, Any]:
+        """The episode as EHM holds it now (the request itself is only in EHM's feed: the stored one)."""
+        return {"episode": await self.ehm.episode(source["request"]["episode_id"]), "request": source["request"]}
+
+    def mapping(self, source: dict[str, Any], position: int) -> Mapped:
+        transfer_id = stepup_transfer_id(self.council, source["request"]["request_id"])
         envelope = {
             "transfer_id": transfer_id,
             "message_id": f"{transfer_id}-m1",
             "council": self.council.value,
             "from_level": self.from_level.value,
         }
-        key = f"ehm:{episode['episode_id']}".encode()
-        source = {"episode": episode, "request": request}
-        return await self.publish(
-            "ehm_stepup",
+        return Mapped(
             transfer_id,
-            key,
+            f"ehm:{source['episode']['episode_id']}".encode(),
             lambda: TransferMessage.model_validate(_MAPPING.apply({**source, "envelope": envelope})),
-            source,
         )

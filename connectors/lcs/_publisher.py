@@ -8,7 +8,7 @@ from typing import Any
 from contracts import Council, TransferMessage
 from mappings import load_mapping
 
-from .._feed import FeedPublisher
+from .._feed import FeedPublisher, Mapped, Remap
 from ..kafka import Kafka
 from ._connector import LcsConnector
 
@@ -28,6 +28,7 @@ class LcsPublisher(FeedPublisher):
     """
 
     feed = "lcs-changes"
+    what = "lcs_request"
 
     def __init__(
         self,
@@ -37,8 +38,9 @@ class LcsPublisher(FeedPublisher):
         dead_letter_topic: str,
         cursor: Path,
         council: Council = Council.NORTH_SOMERSET,
+        remap: Remap | None = None,
     ) -> None:
-        super().__init__(lcs, kafka, transfers_topic, dead_letter_topic, cursor, council)
+        super().__init__(lcs, kafka, transfers_topic, dead_letter_topic, cursor, council, remap)
         self.lcs = lcs
 
     async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:
@@ -55,19 +57,23 @@ class LcsPublisher(FeedPublisher):
     async def _publish(self, request_id: str, seq: int) -> Awaitable[Any]:
         request = await self.lcs.request(request_id)
         child = await self.lcs.child(request["child_id"])
-        transfer_id = transfer_id_for(self.council, request_id)
+        return await self.publish({"child": child, "request": request}, seq)
+
+    async def reread(self, source: dict[str, Any]) -> dict[str, Any]:
+        request = await self.lcs.request(source["request"]["request_id"])
+        return {"child": await self.lcs.child(request["child_id"]), "request": request}
+
+    def mapping(self, source: dict[str, Any], position: int) -> Mapped:
+        transfer_id = transfer_id_for(self.council, source["request"]["request_id"])
         envelope = {
             "transfer_id": transfer_id,
-            "message_id": f"{transfer_id}-c{seq}",
+            "message_id": f"{transfer_id}-c{position}",
             "council": self.council.value,
             "published_at": datetime.now(UTC).isoformat(),
         }
-        key = f"lcs:{child['id']}".encode()
-        source = {"child": child, "request": request}
-        return await self.publish(
-            "lcs_request",
+        key = f"lcs:{source['child']['id']}".encode()
+        return Mapped(
             transfer_id,
             key,
             lambda: TransferMessage.model_validate(_MAPPING.apply({**source, "envelope": envelope})),
-            source,
         )

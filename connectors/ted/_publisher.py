@@ -6,7 +6,7 @@ from typing import Any
 
 from contracts import Council, TransferMessage
 
-from .._feed import FeedPublisher
+from .._feed import FeedPublisher, Mapped, Remap
 from ..kafka import Kafka
 from ._connector import TedConnector
 from ._mapping import stepdown_transfer
@@ -28,6 +28,7 @@ class TedPublisher(FeedPublisher):
     """
 
     feed = "ted-changes"
+    what = "ted_stepdown_request"
 
     def __init__(
         self,
@@ -37,8 +38,9 @@ class TedPublisher(FeedPublisher):
         dead_letter_topic: str,
         cursor: Path,
         council: Council = Council.BARNSLEY,
+        remap: Remap | None = None,
     ) -> None:
-        super().__init__(ted, kafka, transfers_topic, dead_letter_topic, cursor, council)
+        super().__init__(ted, kafka, transfers_topic, dead_letter_topic, cursor, council, remap)
         self.ted = ted
 
     async def collect(self, after: int) -> tuple[list[Awaitable[Any]], int]:
@@ -53,11 +55,17 @@ class TedPublisher(FeedPublisher):
     async def _publish(self, request_id: str, seq: int) -> Awaitable[Any]:
         request = await self.ted.stepdown_request(request_id)
         case = await self.ted.case(request["case_id"])
-        transfer_id = transfer_id_for(self.council, request_id)
-        key = f"ted:{case['id']}".encode()
-        source = {"case": case, "request": request}
+        return await self.publish({"case": case, "request": request}, seq)
+
+    async def reread(self, source: dict[str, Any]) -> dict[str, Any]:
+        request = await self.ted.stepdown_request(source["request"]["request_id"])
+        return {"case": await self.ted.case(request["case_id"]), "request": request}
+
+    def mapping(self, source: dict[str, Any], position: int) -> Mapped:
+        case, request = source["case"], source["request"]
+        transfer_id = transfer_id_for(self.council, request["request_id"])
 
         def build() -> TransferMessage:
-            return stepdown_transfer(case, request, transfer_id, f"{transfer_id}-c{seq}", self.council)
+            return stepdown_transfer(case, request, transfer_id, f"{transfer_id}-c{position}", self.council)
 
-        return await self.publish("ted_stepdown_request", transfer_id, key, build, source)
+        return Mapped(transfer_id, f"ted:{case['id']}".encode(), build)

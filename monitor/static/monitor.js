@@ -54,7 +54,11 @@ function showBanner(lines) {
 async function tick() {
   const lines = [], failed = [];
   try {
-    if (!me.name) { me = await api("/api/me"); set("me", me.name + " (" + me.role + ")"); }
+    if (!me.name) {
+      me = await api("/api/me");
+      set("me", me.name + " (" + me.role + ")");
+      document.getElementById("bulk-replay").hidden = me.role !== "operator";
+    }
     const h = await api("/api/health");
     for (const p of h.problems) lines.push({kind: p.kind, text: p.message});
   } catch (err) { failed.push(err.message); }
@@ -119,16 +123,57 @@ async function openTransfer(id) {
   document.getElementById("timeline-panel").innerHTML = html;
 }
 
+// Replay, as the CLI does it: a preview of exactly what would be replayed (ids, transfers, councils, reasons,
+// and whether a router is consuming), then an explicit confirmation of those ids and no others.
+let pendingReplay = null;
+function bulkFilters() {
+  const f = {};
+  for (const [key, id] of [["council", "bulk-council"], ["rule_id", "bulk-rule"], ["error_class", "bulk-error"], ["pathway", "bulk-pathway"]]) {
+    const v = document.getElementById(id).value.trim();
+    if (v) f[key] = v;
+  }
+  return f;
+}
+async function replayCall(body) {
+  return api("/api/replay", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+}
+async function previewReplay(filters) {
+  const r = await replayCall(Object.assign({}, filters, {dry_run: true}));
+  pendingReplay = {filters: filters, ids: r.selected};
+  let html = '<section id="replay-preview-panel"><h2>Replay preview</h2><p id="replay-preview-summary">would replay ' +
+    r.selected.length + " dead letter(s)" + (r.already_replayed.length ? "; " + r.already_replayed.length + " already replayed" : "") +
+    (r.by_reference.length ? "; " + r.by_reference.length + " too big to replay" : "") + '</p><p id="replay-router" class="muted">router: ' +
+    esc(r.router) + (r.router === "none consuming" ? " (replayed messages wait until casebridge run starts)" : "") + "</p>";
+  if (r.letters.length) {
+    html += "<table><tr><th>id</th><th>transfer</th><th>council</th><th>error</th><th>rules</th><th>reason</th><th>status</th></tr>" +
+      r.letters.map((d) => '<tr class="replay-letter">' + td(d.id) + td(d.transfer_id || "-") + td(d.council) + td(d.error_class) +
+        td((d.rule_ids || []).join(", ")) + td(d.reason) + td(d.status) + "</tr>").join("") + "</table>" +
+      '<p><button id="replay-confirm-button">Replay these ' + r.letters.length + '</button> <button id="replay-cancel-button">Cancel</button></p>';
+  }
+  html += '<p id="replay-result" class="muted"></p></section>';
+  document.getElementById("replay-preview").innerHTML = html;
+  document.getElementById("replay-preview").scrollIntoView();
+}
+async function confirmReplay() {
+  if (!pendingReplay) return;
+  const chosen = pendingReplay;
+  pendingReplay = null;
+  const r = await replayCall(Object.assign({}, chosen.filters, {dead_letter_ids: chosen.ids}));
+  set("replay-result", "replayed " + r.replayed.length + (r.already_replayed.length ? ", already replayed " + r.already_replayed.length : ""));
+  const button = document.getElementById("replay-confirm-button");
+  if (button) button.disabled = true;
+}
+
 document.addEventListener("click", async (ev) => {
   const el = ev.target;
   try {
     if (el.classList.contains("transfer-link")) await openTransfer(el.dataset.id);
     else if (el.id === "search-button") await search();
-    else if (el.id === "replay-button") {
-      const r = await api("/api/replay", {method: "POST", headers: {"Content-Type": "application/json"},
-                                          body: JSON.stringify({transfer_id: el.dataset.id})});
-      set("action-result", "replayed " + r.replayed.length + (r.already_replayed.length ? ", already replayed " + r.already_replayed.length : ""));
-    } else if (el.id === "milestone-button") {
+    else if (el.id === "replay-button") await previewReplay({transfer_id: el.dataset.id});
+    else if (el.id === "bulk-preview-button") await previewReplay(bulkFilters());
+    else if (el.id === "replay-confirm-button") await confirmReplay();
+    else if (el.id === "replay-cancel-button") { pendingReplay = null; document.getElementById("replay-preview").innerHTML = ""; }
+    else if (el.id === "milestone-button") {
       const m = document.getElementById("milestone").value;
       await api("/api/transfers/" + encodeURIComponent(el.dataset.id) + "/milestones", {method: "POST",
         headers: {"Content-Type": "application/json"}, body: JSON.stringify({milestone: m})});
