@@ -293,6 +293,8 @@ class Router:
                 log.critical("router_halted", reason=str(exc), records=count)
                 self.stopped.set()
             raise
+        if not offsets:  # every partition of the batch was revoked meanwhile: its new owner reads them again
+            return
         try:
             await consumer.commit(offsets)
         except Exception as exc:  # partitions revoked, broker away: the batch is read again, harmlessly (idempotent)

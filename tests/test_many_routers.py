@@ -19,7 +19,7 @@ import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,9 +193,9 @@ async def test_two_routers_keep_each_childs_order_and_queue_behind_only_where_a_
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, long: bool
 ) -> None:
     children, per_child, faulted = (500, 4, 50) if long else (100, 4, 10)
-    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d:
-        lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
-        ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
+    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
+        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
+        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
         p = plan(lcs, children, per_child, "two")
         d.start(2)
         # both members in the group before anything is published: partition p to the p % 2-th of them
@@ -219,15 +219,21 @@ async def test_two_routers_keep_each_childs_order_and_queue_behind_only_where_a_
             for t, es in by.items()
             if t in dict.fromkeys(tid for _, tid, _ in p.transfers)
         }
-        slow_tids = {tid for key in slow for tid in p.of_child[key]}
-        needless = sorted(t for t, es in retried.items() if es and t not in slow_tids)
-        assert needless == [], f"transfers of children never unavailable went through the retry tiers: {needless[:10]}"
-        for key in slow:
-            head, *later = p.of_child[key]
-            assert retried[head] and not any(e.behind_earlier_transfer for e in retried[head]), "the one that failed"
-            # a later step-down queued behind its child's waiting one only while that one waited
-            for tid in later:
-                assert all(e.behind_earlier_transfer for e in retried[tid])
+        failed = {t for t, es in retried.items() if any(not e.behind_earlier_transfer for e in es)}
+        for key in slow:  # EHM refused them: each went to a tier, not behind anything
+            assert p.of_child[key][0] in failed, f"{p.of_child[key][0]} (refused by EHM) entered a retry tier"
+        # a step-down queued behind an earlier one only where an earlier step-down of its child had failed (EHM
+        # refused it, or, on this loaded machine, did not answer in time): none behind for nothing
+        needless = sorted(
+            t
+            for key, tids in p.of_child.items()
+            for k, t in enumerate(tids)
+            if any(e.behind_earlier_transfer for e in retried[t]) and not failed & set(tids[:k])
+        )
+        assert needless == [], f"step-downs queued behind an earlier one that never failed: {needless[:10]}"
+        untouched = [tids for tids in p.of_child.values() if not failed & set(tids)]
+        assert len(untouched) >= children - 2 * faulted, "most children never failed (else the test shows nothing)"
+        assert all(not retried[t] for tids in untouched for t in tids), "their step-downs never entered the tiers"
         behind = sum(1 for es in retried.values() for e in es if e.behind_earlier_transfer)
         why = [line for r in d.runs for line in r.output().splitlines() if "loop_failed" in line]
         assert [r.process.poll() for r in d.runs if r.process] == [None, None], f"both still run: {why[-3:]}"
@@ -235,11 +241,9 @@ async def test_two_routers_keep_each_childs_order_and_queue_behind_only_where_a_
         assert all(w > 0 for w in work), f"both processes handled transfers: {work}"
         print(
             f"\n2 routers, {len(p.transfers)} step-downs of {children} children in {took:.1f} s; records handled per"
-            f" process {work}; partitions {owned}; {behind} retry-scheduled behind an earlier transfer, all of the"
-            f" {faulted} children EHM refused for a while"
+            f" process {work}; partitions {owned}; {len(failed)} step-downs failed at least once ({faulted} refused by"
+            f" EHM on purpose); {behind} retry-scheduled behind an earlier failed one, none behind for nothing"
         )
-        lcs.close()
-        ehm.close()
 
 
 @pytest.mark.parametrize("long", SIZES)
@@ -247,9 +251,9 @@ async def test_three_routers_one_killed_mid_flow_every_transfer_completes_once_i
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, long: bool
 ) -> None:
     children, per_child = (500, 4) if long else (150, 4)
-    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d:
-        lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
-        ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
+    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
+        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
+        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
         p = plan(lcs, children, per_child, "kill")
         d.start(3)
         owned = await settled(d.runs)
@@ -287,8 +291,6 @@ async def test_three_routers_one_killed_mid_flow_every_transfer_completes_once_i
             f" processed again {seconds:.1f} s after the kill"
         )
         assert seconds < 10, f"the killed member's partitions were processed again only after {seconds:.1f} s"
-        lcs.close()
-        ehm.close()
 
 
 def test_the_assignor_gives_partition_p_of_every_topic_to_one_process_and_nothing_to_one_still_starting() -> None:
