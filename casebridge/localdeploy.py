@@ -193,8 +193,12 @@ class RunningDeployment:
     #: what ``casebridge run`` prints on stdout once its stack is up, at any log level
     READY = "casebridge run: started"
 
-    def __init__(self, config: Path, env: Mapping[str, str], log: Path, level: str = "INFO") -> None:
+    def __init__(
+        self, config: Path, env: Mapping[str, str], log: Path, level: str = "INFO", args: Sequence[str] = ()
+    ) -> None:
         self.config = config
+        #: more arguments of ``casebridge run`` (e.g. ``--state-dir``: one per process of a deployment)
+        self.args = list(args)
         self.env = {**_clean(os.environ), **env, "CASEBRIDGE_LOG_LEVEL": level}
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -207,7 +211,7 @@ class RunningDeployment:
         self._out = self.log.open("ab")
         self._started_at = self.log.stat().st_size
         self.process = subprocess.Popen(
-            [*casebridge_command(), "run", "--config", str(self.config)],
+            [*casebridge_command(), "run", "--config", str(self.config), *self.args],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=self._out,

@@ -8,12 +8,17 @@ it into the same tier instead of overtaking it; other children keep flowing.
 Which children are parked, with which messages pending, is kept in a compacted topic so
 a restarted router knows it. Updates are idempotent (sets of message ids), so a batch
 processed twice after a crash leaves the same state.
+
+The state is held per partition: a child's state record is on the partition number of its
+transfers (the same key, the producer's murmur2, the same partition count: checked at start),
+and a router process holds the state of exactly the partitions the group assigned it
+(``restore`` when assigned, before any of their records is processed; ``drop`` when revoked).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -21,7 +26,7 @@ from aiokafka.structs import ConsumerRecord
 
 from connectors.kafka import Kafka
 
-from ._reading import fold_compacted, replay_compacted
+from ._reading import fold_compacted, read_partitions, replay_compacted
 
 RETRY_PREFIX = "casebridge.retry."
 H_ID = RETRY_PREFIX + "id"
@@ -113,12 +118,16 @@ class RetryState:
 
     def __init__(self) -> None:
         self.parked: dict[bytes, Parked] = {}
+        #: the partition each parked child's state is on (what ``drop`` forgets)
+        self.partition_of: dict[bytes, int] = {}
 
     def tier_of(self, key: bytes | None) -> int | None:
         p = self.parked.get(key) if key is not None else None
         return p.tier if p is not None else None
 
-    def park(self, key: bytes, retry_id: str, tier: int) -> Parked:
+    def park(self, key: bytes, retry_id: str, tier: int, partition: int | None = None) -> Parked:
+        if partition is not None:
+            self.partition_of[key] = partition
         p = self.parked.setdefault(key, Parked(tier))
         p.tier = max(p.tier, tier)
         p.pending.add(retry_id)
@@ -132,6 +141,7 @@ class RetryState:
         p.pending.discard(retry_id)
         if not p.pending:
             del self.parked[key]
+            self.partition_of.pop(key, None)
             return None
         return p
 
@@ -142,6 +152,31 @@ class RetryState:
     def apply(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
         """Rebuild from the compacted state topic (last value per key wins; a tombstone unparks)."""
         fold_compacted(self.parked, records, bytes, _parked)
+
+    async def restore(self, kafka: Kafka, topic: str, partitions: Collection[int]) -> int:
+        """Read these partitions of the state topic to their end (streamed, never partial: ``ReadIncomplete``) into
+        the state; returns how many records were read."""
+
+        def apply(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+            for r in records:
+                if r.key is None:
+                    continue
+                if r.value is None:
+                    self.parked.pop(r.key, None)
+                    self.partition_of.pop(r.key, None)
+                else:
+                    self.parked[r.key] = _parked(r.value)
+                    self.partition_of[r.key] = r.partition
+
+        return await read_partitions(kafka, topic, partitions, apply)
+
+    def drop(self, partitions: Collection[int]) -> int:
+        """Forget the state of partitions this process no longer owns; returns how many children were forgotten."""
+        gone = [k for k, p in self.partition_of.items() if p in partitions]
+        for k in gone:
+            self.parked.pop(k, None)
+            del self.partition_of[k]
+        return len(gone)
 
     async def load(self, kafka: Kafka, topic: str) -> None:
         """Read the state topic to its end (it must exist; the router creates it at start)."""

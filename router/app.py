@@ -27,6 +27,11 @@ Commit scheme (what makes "nothing is lost" true):
   on from the committed offsets with its state reloaded, as a supervisor's restart would.
   Only a failure no retry fixes (a record too large, not authorized) halts (exit 3).
 
+Many processes (``_assignor.py``): every subscriber is in the one group ``group_id`` with a co-partitioned
+assignor, so partition p of the transfers topic and of every tier belongs to one process; it restores the retry
+state of its partitions when they are assigned, before it handles their records, and forgets it when they are
+revoked. A record of a partition revoked while its batch was in hand is neither handled nor committed here.
+
 Retry tiers (see ``_retry.py``): a transfer whose target stays unavailable moves to tier
 0, then 1, ..., then the dead-letter topic; the child's later messages follow it.
 """
@@ -60,6 +65,7 @@ from mappings import Protocol, load_protocols
 
 from . import _metrics as metrics
 from . import topics
+from ._assignor import for_instance
 from ._history import ChildHistory
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at
@@ -122,18 +128,21 @@ def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
 
 
 class _SettleOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Before partitions move to another group member, the batch in flight is settled (committed)."""
+    """Before partitions move to another group member, the batch in flight is settled (committed) and their retry
+    state forgotten; partitions assigned have their retry state restored before any of their records is handled."""
 
-    def __init__(self, router: Router, tier: int | None) -> None:
+    def __init__(self, router: Router, topic: str, tier: int | None) -> None:
         self.router = router
+        self.topic = topic
         self.tier = tier
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.router._revoked(self.topic, {tp.partition for tp in revoked})
         with contextlib.suppress(Exception):  # a failed batch has halted the router; the rebalance goes on
             await self.router._settle_tier(self.tier)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        await self.router._assigned(self.topic, {tp.partition for tp in assigned})
 
 
 class Router:
@@ -161,28 +170,71 @@ class Router:
         self._gate = asyncio.Semaphore(settings.concurrency)
         self._settling: dict[int | None, asyncio.Task[None]] = {}  # per subscriber: its batch in flight
         self._closing = False
-        self._subscribe(self.topics.transfers, settings.group_id, None)
+        # co-partitioned (router/_assignor.py): partition p of the transfers topic and of every tier belongs to
+        # one process of the group, which holds the retry state of exactly its partitions
+        self.assignor = for_instance()
+        #: partition number -> the topics whose partition of that number this process owns now
+        self._owners: dict[int, set[str]] = defaultdict(set)
+        #: (topic, partition) -> how many times it was revoked: a batch's record is handled only if unchanged
+        self._epochs: dict[tuple[str, int], int] = defaultdict(int)
+        self._restoring = asyncio.Lock()
+        self._subscribe(self.topics.transfers, None)
         for tier, delay in enumerate(self.tiers):
-            self._subscribe(self.topics.retry(tier), f"{settings.group_id}-retry-{tier}", tier, delay)
+            self._subscribe(self.topics.retry(tier), tier, delay)
 
-    def _subscribe(self, topic: str, group_id: str, tier: int | None, delay: float = 0.0) -> None:
+    def _subscribe(self, topic: str, tier: int | None, delay: float = 0.0) -> None:
+        # every subscriber in the one group: the assignor can only co-partition what one group's leader assigns
         subscriber = self.broker.subscriber(
             topic,
-            group_id=group_id,
+            group_id=self.settings.group_id,
             batch=True,
             max_records=self.settings.batch_size,
             batch_timeout_ms=self.settings.batch_timeout_ms,
-            listener=_SettleOnRevoke(self, tier),
+            listener=_SettleOnRevoke(self, topic, tier),
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
             decoder=_raw_body,
-            max_poll_interval_ms=int((delay + 300) * 1000),
+            max_poll_interval_ms=int((delay + 300) * 1000),  # a tier's records wait until due
+            partition_assignment_strategy=(self.assignor,),
+            # a member that died is noticed in 6 s (the broker's minimum), so its partitions move on quickly
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1500,
+            rebalance_timeout_ms=30000,
         )
 
         async def on_batch(body: list[bytes], msg: KafkaMessage) -> None:
             await self._on_batch(msg, tier)
 
         subscriber(on_batch)
+
+    # -- ownership -------------------------------------------------------------------------
+
+    async def _assigned(self, topic: str, partitions: set[int]) -> None:
+        """Partitions of ``topic`` assigned: the retry state of those not yet owned (under any topic) is restored
+        from the retry-state topic first; the assignment waits for it (no record of them is handled before)."""
+        async with self._restoring:
+            new = sorted(p for p in partitions if not self._owners.get(p))
+            if new:
+                read = await self.retry_state.restore(self.settings.connection, self.topics.retry_state, new)
+                log.info("partitions_restored", partitions=new, records=read, parked=len(self.retry_state.parked))
+            for p in partitions:
+                self._owners[p].add(topic)
+
+    def _revoked(self, topic: str, partitions: set[int]) -> None:
+        """Partitions of ``topic`` revoked: records of them still in a batch are not handled (nor committed); the
+        retry state of partitions this process owns under no topic any more is forgotten."""
+        gone = []
+        for p in partitions:
+            self._epochs[(topic, p)] += 1
+            owners = self._owners.get(p)
+            if owners is not None:
+                owners.discard(topic)
+                if not owners:
+                    del self._owners[p]
+                    gone.append(p)
+        if gone:
+            forgotten = self.retry_state.drop(gone)
+            log.info("partitions_revoked", partitions=sorted(gone), forgotten=forgotten)
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -191,6 +243,8 @@ class Router:
             raise RouterHalted("the router halted after an output failure; restart it")
         started = metrics.batch_started()
         records: tuple[Record, ...] = tuple(msg.raw_message)
+        epochs = {(r.topic, r.partition): self._epochs[(r.topic, r.partition)] for r in records}
+        lost: set[tuple[str, int]] = set()  # partitions revoked while this batch was handled: not committed
         by_child: dict[bytes | None, list[Record]] = defaultdict(list)
         for record in records:
             by_child[record.key].append(record)
@@ -203,11 +257,11 @@ class Router:
 
             async def worker() -> None:
                 for group in queue:
-                    await self._in_order(group, tier, counts)
+                    await self._in_order(group, tier, counts, epochs, lost)
 
             await asyncio.gather(*(worker() for _ in range(min(self.settings.concurrency, len(groups)))))
         else:  # a retry tier's records wait until due, each child on its own, holding no worker
-            await asyncio.gather(*(self._in_order(group, tier, counts) for group in groups))
+            await asyncio.gather(*(self._in_order(group, tier, counts, epochs, lost) for group in groups))
         # one line per batch with its outcome counts (each transfer's own line is at debug, its events say more)
         log.info(
             "batch_completed", topic=records[0].topic if records else None, records=len(records), outcomes=dict(counts)
@@ -216,7 +270,8 @@ class Router:
         await self._settle_tier(tier)  # the batch before: settled long since, as a rule; raises if it failed
         acked = await self.outbox.hand_over()
         consumer = cast(_Committer, msg.consumer)
-        settling = asyncio.ensure_future(self._settle(acked, consumer, next_offsets(records), len(records)))
+        offsets = {tp: o for tp, o in next_offsets(records).items() if (tp.topic, tp.partition) not in lost}
+        settling = asyncio.ensure_future(self._settle(acked, consumer, offsets, len(records)))
         self._settling[tier] = settling
         if self._closing:  # stopping: nothing may be left in flight
             await self._settle_tier(tier)
@@ -238,6 +293,8 @@ class Router:
                 log.critical("router_halted", reason=str(exc), records=count)
                 self.stopped.set()
             raise
+        if not offsets:  # every partition of the batch was revoked meanwhile: its new owner reads them again
+            return
         try:
             await consumer.commit(offsets)
         except Exception as exc:  # partitions revoked, broker away: the batch is read again, harmlessly (idempotent)
@@ -256,12 +313,24 @@ class Router:
         for tier in list(self._settling):
             await self._settle_tier(tier)
 
-    async def _in_order(self, records: list[Record], tier: int | None, counts: dict[str, int]) -> None:
+    async def _in_order(
+        self,
+        records: list[Record],
+        tier: int | None,
+        counts: dict[str, int],
+        epochs: dict[tuple[str, int], int],
+        lost: set[tuple[str, int]],
+    ) -> None:
         for record in records:
             if tier is not None:  # wait until due, holding no concurrency slot
                 wait = (due_at(record) - datetime.now(UTC)).total_seconds()
                 if wait > 0:
                     await asyncio.sleep(wait)
+            tp = (record.topic, record.partition)
+            if tp in lost or self._epochs[tp] != epochs[tp]:  # another process owns it now: it handles the record
+                lost.add(tp)
+                counts["revoked"] += 1
+                continue
             async with self._gate:
                 outcome = await self._one(record, tier)
             self.outcomes[outcome.state] += 1
@@ -353,7 +422,7 @@ class Router:
         headers += origin.retry_headers(tier, due, attempts, origin.first_failure or now)
         await self.outbox.send(self.topics.retry(tier), record.key, record.value, headers)
         if record.key is not None:
-            parked = self.retry_state.park(record.key, origin.retry_id, tier)
+            parked = self.retry_state.park(record.key, origin.retry_id, tier, record.partition)
             await self.outbox.send(self.topics.retry_state, record.key, RetryState.encode(parked), [])
         transfer_id = outcome.transfer_id if outcome else peek_transfer_id(record.value)
         if transfer_id is not None:
@@ -392,7 +461,7 @@ class Router:
         t = self.topics
         # every topic created with its documented configuration; refused if an existing one would lose records
         await topics.prepare(self.settings.connection, t, len(self.tiers), self.settings.topic_config)
-        await self.retry_state.load(self.settings.connection, t.retry_state)
+        # the retry state is restored per partition as the group assigns them (``_assigned``), not here
         if self.flow.history is not None:
             await self.flow.history.load(self.settings.connection, t.history)
         for connector in self._connectors() if connectors else ():

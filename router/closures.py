@@ -28,10 +28,17 @@ that is down leaves the closure due for the next poll; a refusal dead-letters th
 (``casebridge replay`` puts it back) and raises an alert. The clock is injectable. A signal read
 before its pending closure (the two topics are fetched independently) holds the events topic's
 committed offset at the signal for ``SIGNAL_GRACE_SECONDS``, so a restart meanwhile reads it again.
+
+Many processes: the loop's group co-partitions the events, pending-closures and audit topics
+(``router/_assignor.py``); a process holds (and acts on) the pending closures of exactly the pending-closures
+partitions it is assigned, restored from the topic when assigned and forgotten when revoked; a closure's signals
+are on the events partition of the same number (both keyed by transfer id). The child history is not
+partitioned among them: every process reads it whole and follows it (its own group-less consumer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,12 +46,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
-from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from connectors import CasebridgeError, PermanentError, Receipt, Source, Target, TargetUnavailable
+from connectors import kafka as clients
 from connectors._feed import idempotent_producer, poll_forever, renew_producer
 from contracts import (
     AlertRaised,
@@ -70,7 +78,8 @@ from ._history import child_keys, hashed_key
 from ._history import decode as decode_history
 from ._outbox import Failure, dead_letter_headers
 from ._pending import PendingClosure, Trigger
-from ._reading import fold_compacted, follower, replay_compacted
+from ._reading import first_assignment as _first_assignment
+from ._reading import fold_compacted, owned_follower, partition_for, read_partitions, replay_compacted
 from ._retry import H_REPLAY_OF, H_REPLAY_OPERATOR
 from .allocations import (
     AllocationAudit,
@@ -89,6 +98,8 @@ from .flow import event_id
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router.closures")
+#: a commit refused because the group rebalanced meanwhile (not a failure of the loop)
+_REBALANCED = (CommitFailedError, IllegalStateError, RebalanceInProgressError)
 Clock = Callable[[], datetime]
 _Record = tuple[str, str, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 #: signals kept for transfers whose pending closure has not been read yet (the oldest go first)
@@ -203,6 +214,21 @@ def _without_values(exc: Exception) -> str:
     return f"unexpected {type(exc).__name__} (message not shown: it may hold record data)"
 
 
+class _OwnPending(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Pending closures held for exactly the pending-closures partitions assigned."""
+
+    def __init__(self, loop: ClosureScheduler) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        topic = self.loop.settings.topics.pending_closures
+        self.loop._drop({tp.partition for tp in revoked if tp.topic == topic})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        topic = self.loop.settings.topics.pending_closures
+        await self.loop._restore({tp.partition for tp in assigned if tp.topic == topic})
+
+
 class ClosureScheduler:
     def __init__(
         self,
@@ -216,14 +242,18 @@ class ClosureScheduler:
         self.targets = targets
         self.clock = clock
         topics = settings.topics
-        self.consumer = follower(
+        self.consumer = owned_follower(
             settings.connection,
             f"{settings.group_id}-closures",
-            topics.events,
-            topics.pending_closures,
-            topics.history,
-            topics.audit,
+            [topics.events, topics.pending_closures, topics.audit],
+            _OwnPending(self),
         )
+        #: the whole child history, followed by every process (not shared out by the group)
+        self.history: AIOKafkaConsumer | None = None
+        #: how many partitions the pending-closures topic has
+        self.partitions = 0
+        #: set once the group first assigned this process its partitions (and their entries were restored)
+        self.assigned = asyncio.Event()
         self.producer = idempotent_producer(settings.connection)
         self.pending: dict[str, PendingClosure] = {}
         #: signals read for transfers (allocated; front door accepted True / not accepted False)
@@ -242,24 +272,53 @@ class ClosureScheduler:
         self._replays: list[TransferEvent] = []
 
     async def start(self) -> None:
-        topic = self.settings.topics.pending_closures
-        self.pending.update(
-            await replay_compacted(self.settings.connection, topic, bytes.decode, PendingClosure.decode)
-        )
+        """Read the child history whole and follow it; the pending closures are restored per partition as the
+        group assigns them (``_restore``)."""
         history = self.settings.topics.history
         self.step_downs.update(await replay_compacted(self.settings.connection, history, _hashed, decode_history))
         await self.producer.start()
+        self.history = clients.consumer(self.settings.connection, group_id=None, enable_auto_commit=False)
+        await self.history.start()
+        parts = [TopicPartition(history, p) for p in sorted(await self.producer.partitions_for(history))]
+        self.history.assign(parts)
+        await self.history.seek_to_beginning(*parts)  # read again from the start: folding it twice is harmless
+        self.partitions = len(await self.producer.partitions_for(self.settings.topics.pending_closures))
         await self.consumer.start()
+        await _first_assignment(self.assigned, type(self).__name__)
 
     async def stop(self) -> None:
         await self.consumer.stop()
+        if self.history is not None:
+            await self.history.stop()
         await self.producer.stop()
+
+    async def _restore(self, partitions: set[int]) -> None:
+        """The pending closures of newly assigned partitions, read to their end before they are acted on; the
+        group's position on them moves to that end (what is older was just read)."""
+        topic = self.settings.topics.pending_closures
+        self._drop(partitions)
+        ends: dict[int, int] = {}
+
+        def apply(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+            fold_compacted(self.pending, records, bytes.decode, PendingClosure.decode)
+
+        await read_partitions(self.settings.connection, topic, partitions, apply, ends=ends)
+        for p, end in ends.items():
+            self.consumer.seek(TopicPartition(topic, p), end)
+        self.assigned.set()
+
+    def _drop(self, partitions: set[int]) -> None:
+        for tid in [t for t in self.pending if partition_for(t.encode(), self.partitions or 1) in partitions]:
+            self._forget(tid)
 
     async def poll_once(self) -> int:
         """Read what is new; close every record now due. Returns how many records were closed."""
         for records in (await self.consumer.getmany(timeout_ms=200)).values():
             for r in records:
                 self._read(r)
+        if self.history is not None:
+            for records in (await self.history.getmany(timeout_ms=0)).values():
+                fold_compacted(self.step_downs, records, _hashed, decode_history)
         recorded, self._recorded = self._recorded, []
         replays, self._replays = self._replays, []
         await self._send_all([self._event_record(e) for e in [*(a.event() for a in recorded), *replays]])
@@ -309,7 +368,7 @@ class ClosureScheduler:
         step is idempotent (a close already made is a no-op, the same event id)."""
         try:
             await self._commit_read()
-        except CommitFailedError:
+        except _REBALANCED:  # evicted, or the partitions moved to another process of the deployment
             log.warning("closure_commit_failed", reason="the group rebalanced; read again from the last commit")
 
     async def _commit_read(self) -> None:

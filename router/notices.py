@@ -14,17 +14,25 @@ before the events topic's offset is committed past it: a mark ``allocated:<trans
 written to the same compacted topic, read back at start, and tombstoned with the notice, so a
 restart between the allocation and the pending notice loses nothing. Marks never matched (most
 allocations have no notice) are tombstoned after ``KEEP_MARKS``.
+
+Many processes: the loop's group co-partitions the events, pending-notices and audit topics
+(``router/_assignor.py``); a process holds (and acts on) the pending notices and marks of exactly the
+pending-notices partitions it is assigned, restored from the topic when assigned and forgotten when revoked.
+A notice, its allocation event and its mark are all on the partition of the transfer id (the mark is written
+there explicitly), so the process that holds a notice is the one that reads its allocation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import structlog
-from aiokafka.errors import CommitFailedError
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer, poll_forever, renew_producer
@@ -32,16 +40,34 @@ from contracts import AlertRaised, CaseSystem, NoticeSent, TransferAllocated
 from mappings import Route
 
 from ._pending import MARK, Mark, PendingNotice, decode_notice_entry
-from ._reading import follower, replay_compacted
+from ._reading import first_assignment as _first_assignment
+from ._reading import owned_follower, partition_for, read_partitions
 from .allocations import confirm_allocation, recorded_allocation, recorded_allocation_event_id
 from .flow import event_id
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router.notices")
+#: a commit refused because the group rebalanced meanwhile (not a failure of the loop)
+_REBALANCED = (CommitFailedError, IllegalStateError, RebalanceInProgressError)
 Recipient = Literal["social_worker", "manager"]
 #: how long an allocation with no pending notice is remembered (the flow writes the notice when the target holds
 #: the transfer, before anyone can allocate it, so only a crashed or lagging flow writes it later)
 KEEP_MARKS = timedelta(days=30)
+
+
+class _OwnPending(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Pending notices held for exactly the pending-notices partitions assigned."""
+
+    def __init__(self, loop: AllocationNotices) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        topic = self.loop.settings.topics.pending_notices
+        self.loop._drop({tp.partition for tp in revoked if tp.topic == topic})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        topic = self.loop.settings.topics.pending_notices
+        await self.loop._restore({tp.partition for tp in assigned if tp.topic == topic})
 
 
 class AllocationNotices:
@@ -55,13 +81,17 @@ class AllocationNotices:
         self.clock = clock
         self.targets = targets
         topics = settings.topics
-        self.consumer = follower(
+        self.consumer = owned_follower(
             settings.connection,
             f"{settings.group_id}-notices",
-            topics.events,
-            topics.pending_notices,
-            topics.audit,
+            [topics.events, topics.pending_notices, topics.audit],
+            _OwnPending(self),
         )
+        #: the pending-notices partitions this process holds (restored), and how many the topic has
+        self.owned: set[int] = set()
+        self.partitions = 0
+        #: set once the group first assigned this process its partitions (and their entries were restored)
+        self.assigned = asyncio.Event()
         self.producer = idempotent_producer(settings.connection)
         self.pending: dict[str, PendingNotice] = {}
         #: allocations read in this poll (not yet durable): transfer id -> the target that must confirm it (None:
@@ -71,13 +101,39 @@ class AllocationNotices:
         self.marks: dict[str, Mark] = {}
 
     async def start(self) -> None:
-        entries = await replay_compacted(
-            self.settings.connection, self.settings.topics.pending_notices, bytes.decode, decode_notice_entry
-        )
-        for key, value in entries.items():
-            self._apply(key, value)
+        """Connect; the pending notices are restored per partition as the group assigns them (``_restore``)."""
         await self.producer.start()
+        self.partitions = len(await self.producer.partitions_for(self.settings.topics.pending_notices))
         await self.consumer.start()
+        await _first_assignment(self.assigned, type(self).__name__)
+
+    def _partition(self, tid: str) -> int:
+        return partition_for(tid.encode(), self.partitions or 1)
+
+    async def _restore(self, partitions: set[int]) -> None:
+        """The pending notices and marks of newly assigned partitions, read to their end before they are acted on;
+        the group's position on them moves to that end (what is older was just read)."""
+        topic = self.settings.topics.pending_notices
+        self._drop(partitions)
+        ends: dict[int, int] = {}
+
+        def apply(records: list[Any]) -> None:
+            for r in records:
+                if r.key is not None:
+                    self._apply(r.key.decode(), None if r.value is None else decode_notice_entry(r.value))
+
+        await read_partitions(self.settings.connection, topic, partitions, apply, ends=ends)
+        for p, end in ends.items():
+            self.consumer.seek(TopicPartition(topic, p), end)
+        self.assigned.set()
+        self.owned |= partitions
+
+    def _drop(self, partitions: set[int]) -> None:
+        self.owned -= partitions
+        for tid in [t for t in self.pending if self._partition(t) in partitions]:
+            del self.pending[tid]
+        for tid in [t for t in self.marks if self._partition(t) in partitions]:
+            del self.marks[tid]
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -124,7 +180,8 @@ class AllocationNotices:
         for tid, system in sorted(self.allocated.items()):
             if tid not in self.marks:
                 await self._mark(tid, (now, system))
-                self.marks[tid] = (now, system)
+                if self._partition(tid) in self.owned:  # else the process holding its notice reads the mark
+                    self.marks[tid] = (now, system)
         self.allocated.clear()
         for tid, (at, _) in sorted(self.marks.items()):
             if now - at > KEEP_MARKS and tid not in self.pending:
@@ -132,8 +189,8 @@ class AllocationNotices:
                 del self.marks[tid]
         try:
             await self.consumer.commit()
-        except CommitFailedError:  # the group rebalanced (this member evicted): read again from the last commit,
-            # where every notice still pending is, and sent once (the channel's ledger)
+        except _REBALANCED:  # the group rebalanced (this member evicted, or its partitions moved): read again from
+            # the last commit by whoever owns them, where every notice still pending is, and sent once (the ledger)
             log.warning("notice_commit_failed", reason="the group rebalanced; read again from the last commit")
         return sent
 
@@ -190,7 +247,10 @@ class AllocationNotices:
         if mark is not None:
             at, system = mark
             value = json.dumps({"allocated_at": at.isoformat(), "confirm_with": system and system.value}).encode()
-        await self.producer.send_and_wait(self.settings.topics.pending_notices, value, key=f"{MARK}{tid}".encode())
+        # on the transfer's own partition (not its key's): restored with the notice, by the process holding it
+        await self.producer.send_and_wait(
+            self.settings.topics.pending_notices, value, key=f"{MARK}{tid}".encode(), partition=self._partition(tid)
+        )
 
     async def _send(self, tid: str, p: PendingNotice) -> None:
         target = self.targets[p.channel]

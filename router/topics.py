@@ -8,6 +8,11 @@
   are): ``retention.ms`` = ``transfers_retention_ms`` (7 days: a transfer is handled in seconds);
 - events: ``retention.ms`` = ``events_retention_ms`` (a year: what the monitor can rebuild from).
 
+Co-partitioning (``copartitioned``): the transfers topic, every retry tier, retry-state, events, pending-notices and
+pending-closures must have the same partition count. A child's (or a transfer's) records are on the same partition
+number of each, which is what lets many router processes share the work (``router/_assignor.py``); an existing
+topic with another count is refused at start, naming the topics and their counts.
+
 Every topic gets ``min.insync.replicas`` and its replication factor from the settings; by default 3 and 2,
 or what the cluster can hold (a one-broker development Kafka: 1 and 1). An existing dead-letter, parking or
 audit topic that would delete records, or a state topic that is not compacted, is refused at start, naming
@@ -39,6 +44,18 @@ def kept(topics: Topics) -> list[str]:
 
 def compacted(topics: Topics) -> list[str]:
     return [topics.retry_state, topics.history, topics.pending_notices, topics.pending_closures]
+
+
+def copartitioned(topics: Topics, tiers: int) -> list[str]:
+    """The topics whose partition p one router process owns together (their partition counts must be equal)."""
+    return [
+        topics.transfers,
+        *(topics.retry(i) for i in range(tiers)),
+        topics.retry_state,
+        topics.events,
+        topics.pending_notices,
+        topics.pending_closures,
+    ]
 
 
 def configs(topics: Topics, tiers: int, s: TopicSettings, min_insync: int) -> dict[str, dict[str, str]]:
@@ -81,6 +98,12 @@ async def prepare(kafka: Kafka, topics: Topics, tiers: int, s: TopicSettings, on
         # not yet describe it: KRaft's metadata reaches the brokers a moment later)
         checked = [n for n in [*kept(topics), *compacted(topics)] if n in existing and n in wanted]
         found = await _configs(admin, checked) if checked else {}
+        together = [n for n in copartitioned(topics, tiers) if n in wanted]
+        counts = {n: s.partitions for n in together if n not in existing}
+        before = [n for n in together if n in existing]
+        if before:
+            for t in await admin.describe_topics(before):
+                counts[t["topic"]] = len(t["partitions"])
     finally:
         await admin.close()
     problems = []
@@ -101,6 +124,13 @@ async def prepare(kafka: Kafka, topics: Topics, tiers: int, s: TopicSettings, on
                 f"topic {name} has cleanup.policy={policy or 'delete'}: casebridge's state there must be compacted;"
                 f" set cleanup.policy=compact on it"
             )
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{n}={c}" for n, c in counts.items())
+        problems.append(
+            f"topics {listed} do not have the same partition count: a child's records must be on the same"
+            " partition of each (co-partitioning); add partitions to the smaller ones (kafka-topics.sh --alter"
+            " --partitions N) before any record is written to them, or recreate them"
+        )
     if problems:
         raise TopicMisconfigured("; ".join(problems))
 
