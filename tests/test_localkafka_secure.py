@@ -14,7 +14,7 @@ import sys
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 
 from casebridge.localdeploy import free_port
 from casebridge.localkafka import LocalKafka, SecurityMismatch
-from casebridge.localkafka_secure import PRINCIPALS
+from casebridge.localkafka_secure import PRINCIPALS, TLS_CLOSE_SECONDS
 
 PREFIX = f"sec-{uuid.uuid4().hex[:8]}"
 TOPICS = ("transfers", "events", "dlq", "audit", "parking", "retry.1")
@@ -52,6 +52,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
         kafka.stop()
 
 
+@pytest.fixture(autouse=True)
+async def _tls_closed() -> AsyncIterator[None]:
+    """Let every TLS connection a test closed finish its close_notify before the test's loop is closed:
+    a transport still closing when the loop goes is an unclosed socket, reported in a later test."""
+    yield
+    await asyncio.sleep(TLS_CLOSE_SECONDS)
+
+
 @pytest.fixture(scope="module")
 def topics(broker: LocalKafka) -> dict[str, str]:
     """This module's topics, created by the router principal (its ACLs allow it to create them)."""
@@ -64,6 +72,7 @@ def topics(broker: LocalKafka) -> dict[str, str]:
             await admin.create_topics([NewTopic(n, num_partitions=1, replication_factor=1) for n in names.values()])
         finally:
             await admin.close()
+            await asyncio.sleep(TLS_CLOSE_SECONDS)  # asyncio.run would close the loop under TLS's close_notify
 
     asyncio.run(create())
     return names
