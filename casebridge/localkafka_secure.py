@@ -19,7 +19,7 @@ The ACLs are PREFIXED resource patterns on one topic prefix (``casebridge`` by d
 
 =========  ===============================================================================================
 router     the ``casebridge run`` process (router, feed publishers, reporters): read and write transfers,
-           retry tiers, retry-state, child-history, pending-notices, pending-closures, events, dlq,
+           retry tiers, retry-state, lifecycle, child-history, pending-notices, pending-closures, events, dlq,
            parking, remap (the publishers map replayed map-stage dead letters again); read audit; create
            and describe the prefix's topics; its groups ``<prefix>-``; idempotent write
 monitor    read events, dlq, parking, audit, pending-notices, pending-closures; write audit, transfers, remap
@@ -304,7 +304,7 @@ def acl_grants(prefix: str = "casebridge") -> list[Grant]:
             grants.append(Grant(principal, resource, name, tuple(operations)))
 
     router_owned = (
-        "transfers", "retry.", "retry-state", "child-history", "pending-notices", "pending-closures",
+        "transfers", "retry.", "retry-state", "lifecycle", "child-history", "pending-notices", "pending-closures",
         "events", "dlq", "parking", "remap",
     )  # fmt: skip
     allow("router", "topic", (topic + t for t in router_owned), rw)

@@ -161,6 +161,15 @@ class TransferRetryScheduled(_Event):
     )
 
 
+class TransferDuplicate(_Event):
+    """A copy of a transfer that already completed (a publisher's retry, a second feed, a re-send, a replay of a
+    dead letter whose transfer completed since): written off, not run again. ``first_message_id`` completed it."""
+
+    event_type: Literal["duplicate"] = "duplicate"
+    message_id: Identifier
+    first_message_id: Identifier
+
+
 class TransferReplayed(_Event):
     event_type: Literal["replayed"] = "replayed"
     operator: str
@@ -204,6 +213,7 @@ TransferEvent = Annotated[
     | TransferDeadLettered
     | TransferRetryScheduled
     | TransferReplayed
+    | TransferDuplicate
     | AlertRaised
     | MilestoneRecorded
     | NoticeSent,

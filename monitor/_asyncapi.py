@@ -229,6 +229,23 @@ def asyncapi_document() -> dict[str, Any]:
         },
         "required": ["tier", "pending"],
     }
+    schemas["CompletedTransfers"] = {
+        "type": "object",
+        "title": "CompletedTransfers",
+        "description": "a child's completed transfers: per transfer id, the message id that completed it and a "
+        "digest of its content (a later copy with that content is a duplicate)",
+        "properties": {
+            "completed": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {"message_id": {"type": "string"}, "content": {"type": "string"}},
+                    "required": ["message_id", "content"],
+                },
+            }
+        },
+        "required": ["completed"],
+    }
     schemas["ChildHistory"] = {
         "type": "array",
         "title": "ChildHistory",
@@ -386,6 +403,13 @@ def asyncapi_document() -> dict[str, Any]:
             "RetryState",
             "the child key, as the transfer's",
         ),
+        "CompletedTransfers": message(
+            "CompletedTransfers",
+            "Completed transfers",
+            "Each child's completed transfers, so a copy of one is written off as duplicate, not run again.",
+            "CompletedTransfers",
+            "the child key, as the transfer's",
+        ),
         "ChildHistory": message(
             "ChildHistory",
             "Child step-down history",
@@ -467,6 +491,12 @@ def asyncapi_document() -> dict[str, Any]:
         "retryState": channel(
             topics.retry_state, topics.retry_state, "Compacted: children waiting in a retry tier.", "RetryState"
         ),
+        "lifecycle": channel(
+            topics.lifecycle,
+            topics.lifecycle,
+            "Compacted: each child's completed transfers (a copy of one is a duplicate).",
+            "CompletedTransfers",
+        ),
         "childHistory": channel(
             topics.history, topics.history, "Compacted: each child's step-downs of the last year.", "ChildHistory"
         ),
@@ -533,6 +563,7 @@ def asyncapi_document() -> dict[str, Any]:
         ),
         "audit": operation("send", "audit", "Each replay and each recorded allocation is audited."),
         "keepRetryState": operation("send", "retryState", "The router records which children wait in a tier."),
+        "rememberCompleted": operation("send", "lifecycle", "The router records each completed transfer."),
         "rememberStepDown": operation("send", "childHistory", "The router records each completed step-down."),
         "holdNotice": operation("send", "pendingNotices", "The router records a notice due on allocation."),
         "sendNotices": operation(

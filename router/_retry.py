@@ -18,15 +18,12 @@ and a router process holds the state of exactly the partitions the group assigne
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka.structs import ConsumerRecord
 
-from connectors.kafka import Kafka
-
-from ._reading import fold_compacted, read_partitions, replay_compacted
+from ._state import PartitionedTable
 
 RETRY_PREFIX = "casebridge.retry."
 H_ID = RETRY_PREFIX + "id"
@@ -113,74 +110,41 @@ class Parked:
     pending: set[str] = field(default_factory=set)
 
 
-class RetryState:
+class RetryState(PartitionedTable[Parked]):
     """Children with transfers in retry tiers: the tier their earliest waits in, and what is pending."""
 
     def __init__(self) -> None:
-        self.parked: dict[bytes, Parked] = {}
-        #: the partition each parked child's state is on (what ``drop`` forgets)
-        self.partition_of: dict[bytes, int] = {}
+        super().__init__(_parked)
+
+    @property
+    def parked(self) -> dict[bytes, Parked]:
+        return self.entries
 
     def tier_of(self, key: bytes | None) -> int | None:
-        p = self.parked.get(key) if key is not None else None
+        p = self.entries.get(key) if key is not None else None
         return p.tier if p is not None else None
 
     def park(self, key: bytes, retry_id: str, tier: int, partition: int | None = None) -> Parked:
-        if partition is not None:
-            self.partition_of[key] = partition
-        p = self.parked.setdefault(key, Parked(tier))
+        p = self.entries.get(key) or Parked(tier)
+        self.put(key, p, partition)
         p.tier = max(p.tier, tier)
         p.pending.add(retry_id)
         return p
 
     def resolve(self, key: bytes, retry_id: str) -> Parked | None:
         """Forget a message that left the tiers; returns the remaining state (None: the child flows again)."""
-        p = self.parked.get(key)
+        p = self.entries.get(key)
         if p is None:
             return None
         p.pending.discard(retry_id)
         if not p.pending:
-            del self.parked[key]
-            self.partition_of.pop(key, None)
+            self.forget(key)
             return None
         return p
 
     @staticmethod
     def encode(p: Parked | None) -> bytes | None:
         return None if p is None else json.dumps({"tier": p.tier, "pending": sorted(p.pending)}).encode()
-
-    def apply(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
-        """Rebuild from the compacted state topic (last value per key wins; a tombstone unparks)."""
-        fold_compacted(self.parked, records, bytes, _parked)
-
-    async def restore(self, kafka: Kafka, topic: str, partitions: Collection[int]) -> int:
-        """Read these partitions of the state topic to their end (streamed, never partial: ``ReadIncomplete``) into
-        the state; returns how many records were read."""
-
-        def apply(records: list[ConsumerRecord[bytes, bytes]]) -> None:
-            for r in records:
-                if r.key is None:
-                    continue
-                if r.value is None:
-                    self.parked.pop(r.key, None)
-                    self.partition_of.pop(r.key, None)
-                else:
-                    self.parked[r.key] = _parked(r.value)
-                    self.partition_of[r.key] = r.partition
-
-        return await read_partitions(kafka, topic, partitions, apply)
-
-    def drop(self, partitions: Collection[int]) -> int:
-        """Forget the state of partitions this process no longer owns; returns how many children were forgotten."""
-        gone = [k for k, p in self.partition_of.items() if p in partitions]
-        for k in gone:
-            self.parked.pop(k, None)
-            del self.partition_of[k]
-        return len(gone)
-
-    async def load(self, kafka: Kafka, topic: str) -> None:
-        """Read the state topic to its end (it must exist; the router creates it at start)."""
-        self.parked.update(await replay_compacted(kafka, topic, bytes, _parked))
 
 
 def _parked(raw: bytes) -> Parked:

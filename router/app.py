@@ -60,13 +60,14 @@ from connectors import Source, Target
 from connectors import kafka as clients
 from connectors._outage import within
 from connectors.kafka import Kafka
-from contracts import AlertRaised, CaseSystem, Council, TransferMessage, TransferRetryScheduled
+from contracts import AlertRaised, CaseSystem, Council, TransferDuplicate, TransferMessage, TransferRetryScheduled
 from mappings import Protocol, load_protocols
 
 from . import _metrics as metrics
 from . import topics
 from ._assignor import for_instance
 from ._history import ChildHistory
+from ._lifecycle import CompletedTransfers
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at
 from .closures import ClosurePlanner
@@ -158,6 +159,8 @@ class Router:
         self.stopped = asyncio.Event()
         self.outcomes: dict[str, int] = defaultdict(int)
         self.retry_state = RetryState()
+        #: the completed transfers of this process's partitions: a copy of one is a duplicate (``_lifecycle.py``)
+        self.completed = CompletedTransfers()
         self.outbox = Outbox(
             settings.connection,
             self.topics.events,
@@ -215,8 +218,16 @@ class Router:
         async with self._restoring:
             new = sorted(p for p in partitions if not self._owners.get(p))
             if new:
-                read = await self.retry_state.restore(self.settings.connection, self.topics.retry_state, new)
-                log.info("partitions_restored", partitions=new, records=read, parked=len(self.retry_state.parked))
+                kafka = self.settings.connection
+                read = await self.retry_state.restore(kafka, self.topics.retry_state, new)
+                read += await self.completed.restore(kafka, self.topics.lifecycle, new)
+                log.info(
+                    "partitions_restored",
+                    partitions=new,
+                    records=read,
+                    parked=len(self.retry_state),
+                    children_completed=len(self.completed),
+                )
             for p in partitions:
                 self._owners[p].add(topic)
 
@@ -234,6 +245,7 @@ class Router:
                     gone.append(p)
         if gone:
             forgotten = self.retry_state.drop(gone)
+            self.completed.drop(gone)
             log.info("partitions_revoked", partitions=sorted(gone), forgotten=forgotten)
 
     # -- one batch -------------------------------------------------------------------------
@@ -358,6 +370,13 @@ class Router:
     async def _one_correlated(
         self, record: Record, tier: int | None, parsed: TransferMessage | ValidationError | None
     ) -> Outcome:
+        if isinstance(parsed, TransferMessage):
+            first = self.completed.completed_by(record.key, parsed.transfer_id, record.value or b"", parsed.message_id)
+            if first is not None:  # completed already, here or by the process that owned the partition before
+                outcome = await self._duplicate(record, parsed, first)
+                if tier is not None and record.key is not None:  # a copy waiting in a tier leaves it
+                    await self._resolve(record, Origin.of(record))
+                return outcome
         head_tier = self.retry_state.tier_of(record.key)
         if record.key is not None and head_tier is not None and (tier is None or head_tier > tier):
             # an earlier transfer of this child waits in a retry tier: this one queues behind it
@@ -365,6 +384,11 @@ class Router:
             await self._to_tier(record, origin, head_tier, attempts=origin.attempts, behind=True)
             return Outcome("deferred")
         outcome = await self._run(record, parsed)
+        if outcome.state == "completed" and isinstance(parsed, TransferMessage) and record.key is not None:
+            done = self.completed.complete(
+                record.key, parsed.transfer_id, record.value or b"", parsed.message_id, record.partition
+            )
+            await self.outbox.send(self.topics.lifecycle, record.key, done, [])
         if tier is None and outcome.state != "transient":
             return outcome  # the common path: read from the transfers topic, done; no retry bookkeeping
         origin = Origin.of(record)
@@ -389,11 +413,33 @@ class Router:
             await self._alert(outcome, "critical", "target unavailable through every retry tier: dead-lettered")
             outcome = Outcome("dead-lettered", outcome.transfer_id)
         if tier is not None and record.key is not None:
-            remaining = self.retry_state.resolve(record.key, origin.retry_id)
-            await self.outbox.send(self.topics.retry_state, record.key, RetryState.encode(remaining), [])
+            await self._resolve(record, origin)
             if outcome.state == "completed" and origin.attempts > 0:  # it had failed, not only waited its turn
                 await self._alert(outcome, "info", "transfer recovered after retry and completed")
         return outcome
+
+    async def _resolve(self, record: Record, origin: Origin) -> None:
+        """A record left the tiers: its child's retry state forgets it (the child flows again if it was the last)."""
+        if record.key is not None:
+            remaining = self.retry_state.resolve(record.key, origin.retry_id)
+            await self.outbox.send(self.topics.retry_state, record.key, RetryState.encode(remaining), [])
+
+    async def _duplicate(self, record: Record, transfer: TransferMessage, first: str) -> Outcome:
+        """A copy of a completed transfer: one ``duplicate`` event (its id the record's: a re-read writes the same),
+        and nothing else; no case system is called, no source closed again."""
+        await self.flow.replayed(record, self.outbox)  # a replay of it was still an operator's act: recorded
+        await self.outbox.emit(
+            TransferDuplicate(
+                event_id=event_id(f"{record.topic}/{record.partition}/{record.offset}", "duplicate"),
+                transfer_id=transfer.transfer_id,
+                correlation_id=transfer.correlation_id,
+                council=transfer.council,
+                message_id=transfer.message_id,
+                first_message_id=first,
+            )
+        )
+        log.info("transfer_duplicate", transfer_id=transfer.transfer_id)
+        return Outcome("duplicate", transfer.transfer_id)
 
     async def _run(self, record: Record, parsed: TransferMessage | ValidationError | None = None) -> Outcome:
         try:
@@ -466,7 +512,8 @@ class Router:
             await self.flow.history.load(self.settings.connection, t.history)
         for connector in self._connectors() if connectors else ():
             await connector.start()
-        await self.outbox.start([t.events, t.history, t.pending_notices, t.pending_closures])  # every transfer's
+        # the topics every transfer writes: their partitions learnt now
+        await self.outbox.start([t.events, t.history, t.lifecycle, t.pending_notices, t.pending_closures])
         await self.broker.start()
         log.info(
             "router_started", topic=t.transfers, group_id=self.settings.group_id, parked=len(self.retry_state.parked)

@@ -154,7 +154,7 @@ class TransferFlow:
         parsed: TransferMessage | ValidationError | None = None,
     ) -> Outcome:
         """Carry one record through the flow; ``parsed`` is ``parse(record)`` when the caller has it already."""
-        await self._replayed(record, sink)
+        await self.replayed(record, sink)
         # 1. the contract
         transfer = self.parse(record) if parsed is None else parsed
         if isinstance(transfer, ValidationError):
@@ -420,7 +420,7 @@ class TransferFlow:
                     raise
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-    async def _replayed(self, record: ConsumerRecord[bytes, bytes], sink: Sink) -> None:
+    async def replayed(self, record: ConsumerRecord[bytes, bytes], sink: Sink) -> None:
         """A dead letter an operator replayed (``casebridge replay`` wrote it back with its headers, and its audit
         record): the ``replayed`` event is the router's to write, once, when the record is first read again (the
         operator's principal writes no events). Its id is the dead letter's: a re-read writes the same event."""

@@ -43,6 +43,11 @@ class Topics:
         return f"{self.prefix}.retry-state"
 
     @property
+    def lifecycle(self) -> str:
+        """Compacted: each child's completed transfers (transfer id -> message id); a copy of one is a duplicate."""
+        return f"{self.prefix}.lifecycle"
+
+    @property
     def history(self) -> str:
         """Compacted: each child's recent step-downs, keyed by identifier (LU-9, NS-10)."""
         return f"{self.prefix}.child-history"

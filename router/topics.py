@@ -43,7 +43,7 @@ def kept(topics: Topics) -> list[str]:
 
 
 def compacted(topics: Topics) -> list[str]:
-    return [topics.retry_state, topics.history, topics.pending_notices, topics.pending_closures]
+    return [topics.retry_state, topics.lifecycle, topics.history, topics.pending_notices, topics.pending_closures]
 
 
 def copartitioned(topics: Topics, tiers: int) -> list[str]:
@@ -52,6 +52,7 @@ def copartitioned(topics: Topics, tiers: int) -> list[str]:
         topics.transfers,
         *(topics.retry(i) for i in range(tiers)),
         topics.retry_state,
+        topics.lifecycle,
         topics.events,
         topics.pending_notices,
         topics.pending_closures,

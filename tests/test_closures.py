@@ -691,8 +691,9 @@ async def test_sw22_10_ehm_says_whom_it_allocated_a_tray_item(stack: Stack, syst
 async def test_ns12_a_step_up_published_again_after_its_episode_closed_plans_no_second_closure(
     stack: Stack, systems: Systems
 ) -> None:
-    """At-least-once publication: the same step-up again after the Front Door accepted it and EHM closed finds the
-    episode closed by this transfer; the flow closes idempotently and writes no new pending closure."""
+    """At-least-once publication: the same step-up again (a new message id, the same content) after the Front Door
+    accepted it and EHM closed is a duplicate (router/_lifecycle.py): not run again, no second close, no new
+    pending closure."""
     ehm, lcs = systems.ehm_client, systems.lcs_client
     episode = ehm.open_episode()
     doc = step_up("north-somerset", 48)
@@ -708,12 +709,16 @@ async def test_ns12_a_step_up_published_again_after_its_episode_closed_plans_no_
 
     await send_transfer(stack.settings, {**doc, "message_id": f"{doc['message_id']}-again"})
 
-    def two_closed(records: list[Any]) -> bool:
-        return 2 <= sum(1 for e in events_of(records) if e.transfer_id == tid and e.event_type == "source-closed")
+    def duplicate(records: list[Any]) -> bool:
+        return any(e.transfer_id == tid and e.event_type == "duplicate" for e in events_of(records))
 
-    records = await read(stack.settings.bootstrap_servers, stack.settings.topics.events, two_closed, timeout=60)
-    closes = [e for e in events_of(records) if e.transfer_id == tid and isinstance(e, SourceClosed)]
-    assert [["NS-12"], []] == [e.rule_ids for e in closes]  # the scheduler's close, then the re-run's no-op close
+    records = await read(stack.settings.bootstrap_servers, stack.settings.topics.events, duplicate, timeout=60)
+    mine = [e for e in events_of(records) if e.transfer_id == tid]
+    closes = [e for e in mine if isinstance(e, SourceClosed)]
+    assert [["NS-12"]] == [e.rule_ids for e in closes]  # the scheduler's close only: the copy closes nothing
+    assert 1 == sum(e.event_type == "delivered" for e in mine)
+    copy = next(e for e in mine if e.event_type == "duplicate")
+    assert (f"{doc['message_id']}-again", doc["message_id"]) == (copy.message_id, copy.first_message_id)
     assert tid not in await _pending(stack.settings)
     assert 1 == len(ehm.episode(episode)["case_notes"])
 

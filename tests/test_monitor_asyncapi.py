@@ -34,6 +34,7 @@ def test_asyncapi_document_names_every_topic_and_resolves_its_references() -> No
         "{prefix}.remap",
         "{prefix}.audit",
         "{prefix}.retry-state",
+        "{prefix}.lifecycle",
         "{prefix}.child-history",
         "{prefix}.pending-notices",
         "{prefix}.pending-closures",
