@@ -293,6 +293,45 @@ async def test_three_routers_one_killed_mid_flow_every_transfer_completes_once_i
         assert seconds < 10, f"the killed member's partitions were processed again only after {seconds:.1f} s"
 
 
+async def test_a_completed_transfer_published_again_is_a_duplicate_even_after_its_partition_moved(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """#16: a transfer re-published with a new message id and the same content (a publisher's retry, a re-send, a
+    second feed) is not run again: one ``delivered`` per transfer, and a ``duplicate`` event naming both message
+    ids. The completed transfers are state per partition (``<prefix>.lifecycle``): the copies are read by the
+    process that took the partitions over from one that stopped, and it knows them."""
+    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
+        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
+        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
+        p = plan(lcs, 20, 2, "dup")
+        d.start(2)
+        owned = await settled(d.runs)
+        assert sorted(map(sorted, owned)) == [[0, 2, 4], [1, 3, 5]], f"partitions per process: {owned}"
+        await publish(kafka_bootstrap, f"{topic_prefix}.transfers", p.transfers)
+        events = Events(kafka_bootstrap, f"{topic_prefix}.events")
+        try:
+            await events.until({tid: "source-closed" for _, tid, _ in p.transfers}, timeout=180)
+            leaving = d.runs[1]
+            assert leaving.stop() == 0  # SIGTERM: it leaves the group; the other one takes its partitions over
+            await settled([d.runs[0]])
+            copies = [
+                (key, tid, {**doc, "message_id": f"{tid}-m2"}) for key, tid, doc in p.transfers
+            ]  # fmt: skip
+            await publish(kafka_bootstrap, f"{topic_prefix}.transfers", copies)
+            by = await events.until({tid: "duplicate" for _, tid, _ in p.transfers}, timeout=180)
+        finally:
+            await events.stop()
+        check_exactly_once_and_order(p, by, ehm.tray())
+        for _, tid, _ in p.transfers:
+            duplicates = [e for e in by[tid] if e.event_type == "duplicate"]
+            assert [(f"{tid}-m2", f"{tid}-m1")] == [
+                (getattr(e, "message_id", None), getattr(e, "first_message_id", None)) for e in duplicates
+            ], tid
+        taken_over = {p for parts in restored_partitions(d.runs[0]) for p in parts}
+        assert taken_over == set(range(PARTITIONS)), f"the remaining process restored {taken_over}"
+        assert sum(d["records"] for d in log_lines(d.runs[0], "batch_completed")) >= len(p.transfers)
+
+
 def test_the_assignor_gives_partition_p_of_every_topic_to_one_process_and_nothing_to_one_still_starting() -> None:
     topics = ["t.transfers", "t.retry.0", "t.retry.1"]
     members = {f"{i}-{t}": (f"proc-{i}".encode(), [t]) for i in (0, 1) for t in topics}
