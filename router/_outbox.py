@@ -59,6 +59,10 @@ class OutputFailed(Exception):
         self.transient = transient
 
 
+class Fenced(Exception):
+    """The member's writes were dropped (``Outbox.fence``): its group moved its partitions to another member."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """Why a message is dead-lettered. ``message`` carries no personal data."""
@@ -133,6 +137,8 @@ class Outbox:
         self._send_error: Exception | None = None
         self._acked: asyncio.Task[None] | None = None  # the last hand-over's acknowledgement (chained)
         self._partitioner = DefaultPartitioner()  # the producer's own default (keyless writes: at random)
+        #: why this member may no longer write (``fence``): its writes are dropped, its hand-overs fail
+        self.fenced: str | None = None
 
     async def start(self, topics: Sequence[str] = ()) -> None:
         """Connect; and learn the partitions of ``topics`` now, so the first writes to them do not wait for it."""
@@ -179,9 +185,18 @@ class Outbox:
         """Any other write (retry tiers, retry state, history); sent at the next hand-over."""
         await self._queue(topic, key, value, headers)
 
+    def fence(self, reason: str) -> None:
+        """This group member lost its partitions without knowing (paused past its session timeout): what it has
+        not sent yet is dropped, never sent, and every hand-over from now on fails (transient), so nothing in flight
+        is committed; the new owner reads those records again. Writes the producer already had are not recalled."""
+        self.fenced = self.fenced or reason
+        self._queued = []
+
     async def _queue(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
+        if self.fenced is not None:
+            return
         queued = self._queued
         if not queued:
             self._first_queued = time.monotonic()
@@ -202,6 +217,8 @@ class Outbox:
         """
         queued, self._queued = self._queued, []
         try:
+            if self.fenced is not None:
+                raise Fenced(self.fenced)
             await self._send_in_turn(queued)
         except Exception as exc:  # the producer refused them (closed, buffer timeout): nothing may be committed
             self._send_error = self._send_error or exc
@@ -298,9 +315,8 @@ async def _acknowledged(
     if previous is not None:
         await previous  # raises OutputFailed if an earlier hand-over failed: this one is not "all so far" then
     if error is not None:
-        raise OutputFailed(
-            f"writes could not be sent: {type(error).__name__}", transient=is_transient_kafka_error(error)
-        ) from error
+        transient = isinstance(error, Fenced) or is_transient_kafka_error(error)  # a fenced member rejoins afresh
+        raise OutputFailed(f"writes could not be sent: {type(error).__name__}", transient=transient) from error
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         raise OutputFailed(

@@ -66,6 +66,7 @@ from mappings import Protocol, load_protocols
 from . import _metrics as metrics
 from . import topics
 from ._assignor import for_instance
+from ._fencing import Membership
 from ._history import ChildHistory
 from ._lifecycle import CompletedTransfers
 from ._outbox import Failure, Outbox, OutputFailed
@@ -75,6 +76,10 @@ from .flow import Outcome, TransferFlow, event_id, peek_transfer_id, urgent_firs
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router")
+
+
+#: a member that died is noticed in this time (the broker's minimum): its partitions move on quickly
+SESSION_TIMEOUT_MS = 6000
 
 
 class RouterHalted(RuntimeError):
@@ -181,6 +186,8 @@ class Router:
         #: (topic, partition) -> how many times it was revoked: a batch's record is handled only if unchanged
         self._epochs: dict[tuple[str, int], int] = defaultdict(int)
         self._restoring = asyncio.Lock()
+        #: per subscriber (None: the transfers topic; n: tier n): its lease on its group membership (``_fencing``)
+        self._members: dict[int | None, Membership] = defaultdict(lambda: Membership(SESSION_TIMEOUT_MS / 1000))
         self._subscribe(self.topics.transfers, None)
         for tier, delay in enumerate(self.tiers):
             self._subscribe(self.topics.retry(tier), tier, delay)
@@ -200,7 +207,7 @@ class Router:
             max_poll_interval_ms=int((delay + 300) * 1000),  # a tier's records wait until due
             partition_assignment_strategy=(self.assignor,),
             # a member that died is noticed in 6 s (the broker's minimum), so its partitions move on quickly
-            session_timeout_ms=6000,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=1500,
             rebalance_timeout_ms=30000,
         )
@@ -269,11 +276,11 @@ class Router:
 
             async def worker() -> None:
                 for group in queue:
-                    await self._in_order(group, tier, counts, epochs, lost)
+                    await self._in_order(group, tier, counts, epochs, lost, msg.consumer)
 
             await asyncio.gather(*(worker() for _ in range(min(self.settings.concurrency, len(groups)))))
         else:  # a retry tier's records wait until due, each child on its own, holding no worker
-            await asyncio.gather(*(self._in_order(group, tier, counts, epochs, lost) for group in groups))
+            await asyncio.gather(*(self._in_order(group, tier, counts, epochs, lost, msg.consumer) for group in groups))
         # one line per batch with its outcome counts (each transfer's own line is at debug, its events say more)
         log.info(
             "batch_completed", topic=records[0].topic if records else None, records=len(records), outcomes=dict(counts)
@@ -332,6 +339,7 @@ class Router:
         counts: dict[str, int],
         epochs: dict[tuple[str, int], int],
         lost: set[tuple[str, int]],
+        consumer: Any = None,
     ) -> None:
         for record in records:
             if tier is not None:  # wait until due, holding no concurrency slot
@@ -343,10 +351,22 @@ class Router:
                 lost.add(tp)
                 counts["revoked"] += 1
                 continue
+            if consumer is not None and not await self._members[tier].current(consumer):
+                self._fence(tier)  # dropped from the group while paused: these partitions are another's now
+                lost.add(tp)
+                counts["fenced"] += 1
+                continue
             async with self._gate:
                 outcome = await self._one(record, tier)
             self.outcomes[outcome.state] += 1
             counts[outcome.state] += 1
+
+    def _fence(self, tier: int | None) -> None:
+        """This process was dropped from its group (``_fencing``): it handles nothing more, sends nothing it has
+        not sent, commits nothing, and rejoins as a fresh member (the stack's in-process recovery)."""
+        if self.outbox.fenced is None:
+            log.warning("member_fenced", topic=self.topics.transfers if tier is None else self.topics.retry(tier))
+            self.outbox.fence("this member was dropped from its consumer group")
 
     # -- one message -----------------------------------------------------------------------
 
