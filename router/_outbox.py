@@ -36,6 +36,7 @@ from connectors.kafka import Kafka
 from contracts import TransferEvent
 
 from . import __version__
+from ._fencing import RECHECK_SECONDS
 from ._retry import H_REPLAY_OF, Origin, header, original_headers
 
 log = structlog.get_logger("casebridge.router")
@@ -44,6 +45,7 @@ Queued = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topi
 _EVENT_HEADERS: dict[str, list[tuple[str, bytes]]] = {}
 CHUNK = 500  # queued writes handed to the producer together (about 80 transfers' worth)
 LINGER = 0.01  # seconds a queued write waits at most for more, while writes keep coming (latency)
+STALL = RECHECK_SECONDS  # no write queued for this long with some waiting: the process may have been paused
 
 
 class OutputFailed(Exception):
@@ -139,6 +141,8 @@ class Outbox:
         self._partitioner = DefaultPartitioner()  # the producer's own default (keyless writes: at random)
         #: why this member may no longer write (``fence``): its writes are dropped, its hand-overs fail
         self.fenced: str | None = None
+        self._last_queued = 0.0
+        self._stalled = False  # queued writes wait for the hand-over (see ``_queue``)
 
     async def start(self, topics: Sequence[str] = ()) -> None:
         """Connect; and learn the partitions of ``topics`` now, so the first writes to them do not wait for it."""
@@ -198,11 +202,17 @@ class Outbox:
         if self.fenced is not None:
             return
         queued = self._queued
+        now = time.monotonic()
         if not queued:
-            self._first_queued = time.monotonic()
+            self._first_queued = now
+        elif now - self._last_queued > STALL:
+            # the process stood still (paused, frozen) with writes queued: it may have been dropped from its group
+            # meanwhile, so they wait for the hand-over, which comes after the router confirmed its membership
+            self._stalled = True
+        self._last_queued = now
         queued.append((topic, key, value, headers))
         # on their way while the batch is still processed: every CHUNK writes, or once the first waited LINGER
-        if len(queued) >= CHUNK or time.monotonic() - self._first_queued >= LINGER:
+        if not self._stalled and (len(queued) >= CHUNK or now - self._first_queued >= LINGER):
             queued, self._queued = self._queued, []
             try:
                 await self._send_in_turn(queued)
@@ -216,6 +226,7 @@ class Outbox:
         producer, since the start (each hand-over's task waits for the one before).
         """
         queued, self._queued = self._queued, []
+        self._stalled = False
         try:
             if self.fenced is not None:
                 raise Fenced(self.fenced)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import traceback
 import typing
 from collections import defaultdict
@@ -144,6 +145,10 @@ class _SettleOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.router._revoked(self.topic, {tp.partition for tp in revoked})
+        # the batch in hand stops at its next record of a revoked partition; what it completed is written before
+        # the partitions move, so their new owner restores it (its records are not committed: it reads them again,
+        # and finds them completed)
+        await self.router._batch_finished(self.tier)
         with contextlib.suppress(Exception):  # a failed batch has halted the router; the rebalance goes on
             await self.router._settle_tier(self.tier)
 
@@ -177,6 +182,7 @@ class Router:
         self.app = FastStream(self.broker)
         self._gate = asyncio.Semaphore(settings.concurrency)
         self._settling: dict[int | None, asyncio.Task[None]] = {}  # per subscriber: its batch in flight
+        self._handling: dict[int | None, asyncio.Event] = {}  # per subscriber: set once its batch is handed over
         self._closing = False
         # co-partitioned (router/_assignor.py): partition p of the transfers topic and of every tier belongs to
         # one process of the group, which holds the retry state of exactly its partitions
@@ -233,10 +239,29 @@ class Router:
                     partitions=new,
                     records=read,
                     parked=len(self.retry_state),
-                    children_completed=len(self.completed),
+                    lifecycle_entries=len(self.completed),
                 )
             for p in partitions:
                 self._owners[p].add(topic)
+
+    async def _restored(self, epochs: dict[tuple[str, int], int], within: float = 30.0) -> bool:
+        """Until the state of every partition of a batch is restored. aiokafka hands the consumer its new assignment
+        before it calls ``on_partitions_assigned``, so a first batch can be fetched while ``_assigned`` still reads
+        the partitions' state. False if that takes longer than ``within`` seconds. A partition revoked meanwhile
+        counts as done: its records are not handled (``_in_order``)."""
+        deadline = time.monotonic() + within
+        while True:
+            waiting = [
+                (t, p) for (t, p), e in epochs.items() if t not in self._owners.get(p, ()) and self._epochs[(t, p)] == e
+            ]
+            if not waiting:
+                return True
+            if time.monotonic() > deadline:
+                log.error("partitions_not_restored", partitions=sorted(p for _, p in waiting))
+                return False
+            async with self._restoring:  # a restore under way ends first
+                pass
+            await asyncio.sleep(0.02)
 
     def _revoked(self, topic: str, partitions: set[int]) -> None:
         """Partitions of ``topic`` revoked: records of them still in a batch are not handled (nor committed); the
@@ -260,9 +285,25 @@ class Router:
     async def _on_batch(self, msg: KafkaMessage, tier: int | None) -> None:
         if self.halted or self.recovering:
             raise RouterHalted("the router halted after an output failure; restart it")
+        finished = self._handling[tier] = asyncio.Event()
+        try:
+            await self._handle_batch(msg, tier)
+        finally:
+            finished.set()
+
+    async def _batch_finished(self, tier: int | None, within: float = 20.0) -> None:
+        """Until the batch this subscriber has in hand (if any) is handled and handed over."""
+        handling = self._handling.get(tier)
+        if handling is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(handling.wait(), within)
+
+    async def _handle_batch(self, msg: KafkaMessage, tier: int | None) -> None:
         started = metrics.batch_started()
         records: tuple[Record, ...] = tuple(msg.raw_message)
         epochs = {(r.topic, r.partition): self._epochs[(r.topic, r.partition)] for r in records}
+        if not await self._restored(epochs):
+            self._fence(tier)  # never handle a record without its partition's state: rejoin afresh instead
         lost: set[tuple[str, int]] = set()  # partitions revoked while this batch was handled: not committed
         by_child: dict[bytes | None, list[Record]] = defaultdict(list)
         for record in records:
@@ -287,6 +328,8 @@ class Router:
         )
         metrics.batch_handled(records, counts, started)
         await self._settle_tier(tier)  # the batch before: settled long since, as a rule; raises if it failed
+        if not await self._members[tier].current(msg.consumer):  # a pause after the batch's last record
+            self._fence(tier)
         acked = await self.outbox.hand_over()
         consumer = cast(_Committer, msg.consumer)
         offsets = {tp: o for tp, o in next_offsets(records).items() if (tp.topic, tp.partition) not in lost}

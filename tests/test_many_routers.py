@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections import defaultdict
@@ -330,6 +331,58 @@ async def test_a_completed_transfer_published_again_is_a_duplicate_even_after_it
         taken_over = {p for parts in restored_partitions(d.runs[0]) for p in parts}
         assert taken_over == set(range(PARTITIONS)), f"the remaining process restored {taken_over}"
         assert sum(d["records"] for d in log_lines(d.runs[0], "batch_completed")) >= len(p.transfers)
+
+
+async def test_a_member_paused_past_its_session_timeout_is_fenced_when_it_resumes(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """#16 fencing (router/_fencing.py): one of two processes is SIGSTOPped mid-batch for longer than the session
+    timeout, so the other takes its partitions over and runs their records; on SIGCONT the paused one still holds
+    the rest of its batch. It handles none of it: it confirms its membership first, learns it was dropped, drops
+    its unsent writes and rejoins. Every transfer is delivered and closed once, in order; the only transfers with a
+    second ``delivered`` record are the few in progress at the pause (at most its concurrency)."""
+    concurrency = 4
+    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
+        d.config.write_text(f"concurrency = {concurrency}\n" + d.config.read_text())
+        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
+        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
+        p = plan(lcs, 60, 2, "pause")
+        d.start(2)
+        owned = await settled(d.runs)
+        assert sorted(map(sorted, owned)) == [[0, 2, 4], [1, 3, 5]], f"partitions per process: {owned}"
+        paused, theirs = d.runs[1], owned[1]
+        assert paused.process is not None
+        partition = {tid: partition_of(key) for key, tid, _ in p.transfers}
+        mine = [tid for _, tid, _ in p.transfers if partition[tid] in theirs]
+        ehm.inject_fault(status=None, delay_ms=150)  # every EHM call slower: a batch takes many seconds
+        await publish(kafka_bootstrap, f"{topic_prefix}.transfers", p.transfers)
+        events = Events(kafka_bootstrap, f"{topic_prefix}.events")
+        try:
+            while sum(1 for t in mine if events.has({t: "source-closed"})) < 8:  # its batch under way
+                await events.until({t: "source-closed" for t in mine}, timeout=1)
+            os.killpg(paused.process.pid, signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            await settled([d.runs[0]], timeout=60)  # the other one took every partition over
+            taken_over = time.monotonic() - stopped_at
+            await asyncio.sleep(2)
+            os.killpg(paused.process.pid, signal.SIGCONT)
+            by = await events.until({tid: "source-closed" for _, tid, _ in p.transfers}, timeout=240)
+            await asyncio.sleep(5)  # anything the resumed process still sent has landed
+        finally:
+            await events.stop()
+        ehm.clear_faults()
+        check_exactly_once_and_order(p, by, ehm.tray())
+        fenced = log_lines(paused, "member_fenced")
+        assert fenced, "the resumed process learnt it had been dropped from its group"
+        assert log_lines(paused, "router_recovered"), "and rejoined as a fresh member"
+        assert paused.process.poll() is None, "still running"
+        # every record read, not distinct event ids: a second delivery writes the same event id again
+        twice = sorted(t for t, es in by.items() if sum(e.event_type == "delivered" for e in es) > 1)
+        print(
+            f"\npaused member: partitions {sorted(theirs)}, taken over {taken_over:.1f} s after SIGSTOP; fenced on"
+            f" SIGCONT; delivered records twice for {len(twice)} transfers ({twice[:8]})"
+        )
+        assert len(twice) <= concurrency, f"only the step-downs in progress at the pause were delivered again: {twice}"
 
 
 def test_the_assignor_gives_partition_p_of_every_topic_to_one_process_and_nothing_to_one_still_starting() -> None:
