@@ -160,7 +160,7 @@ class IndexedSelection:
         """Read what is new; False (nothing read) if a topic was recreated since the last call."""
         assert self.store is not None
         store = self.store
-        self.index = index = DeadLetterIndex(store, self.kafka, self.topics, completions=True)
+        self.index = index = DeadLetterIndex(store, self.kafka, self.topics, completions=True, fetch_max_wait_ms=20)
         await index.start()
         cluster = await _partitions(self.kafka)
         for topic in index.topics():

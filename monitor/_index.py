@@ -36,7 +36,9 @@ log = structlog.get_logger("casebridge.monitor")
 
 
 class DeadLetterIndex:
-    def __init__(self, store: Store, kafka: Kafka, topics: Topics, *, completions: bool = False) -> None:
+    def __init__(
+        self, store: Store, kafka: Kafka, topics: Topics, *, completions: bool = False, fetch_max_wait_ms: int = 500
+    ) -> None:
         self.store = store
         self.kafka = kafka
         self.dead_letter, self.audit, self.parking = topics.dead_letter, topics.audit, topics.parking
@@ -47,12 +49,17 @@ class DeadLetterIndex:
         #: whether the last ``catch_up`` reached the ends it set out for (False: it ran out of time)
         self.caught_up = False
         self.consumer: AIOKafkaConsumer | None = None
+        #: how long the broker holds a fetch with nothing new: a request for offsets queues behind it on the
+        #: connection (a short-lived reader, the CLI's, sets it short: it asks for offsets right after assigning)
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.assigned: set[TopicPartition] = set()
         #: the next offset per partition that the store holds
         self.stored: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
-        self.consumer = clients.consumer(self.kafka, group_id=None, enable_auto_commit=False)
+        self.consumer = clients.consumer(
+            self.kafka, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=self.fetch_max_wait_ms
+        )
         await self.consumer.start()
 
     async def stop(self) -> None:
