@@ -44,7 +44,7 @@ PER_TRANSFER = 2
 
 
 def _transfer(n: int) -> dict[str, Any]:
-    doc = json.loads(json.dumps(EXAMPLE))
+    doc: dict[str, Any] = json.loads(json.dumps(EXAMPLE))
     doc.update(transfer_id=f"ns-{n}", message_id=f"ns-{n}-m1", correlation_id=f"ns-{n}")
     doc["child"]["identifiers"] = [{"system": "lcs", "id": f"LCS-{n}"}]
     return doc
