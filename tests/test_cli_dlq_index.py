@@ -262,3 +262,32 @@ def test_a_broken_index_is_rebuilt_and_an_unusable_one_says_so_in_one_line(
     assert "reading the topics whole instead" in line and "--no-index" in line and "Traceback" not in listed.output
     dry = _cli("replay", "--operator", "ops-tester", "--dry-run", *base, "--index", str(unusable))
     assert 0 == dry.exit_code and 1 == len(dry.stderr.splitlines())
+
+
+def test_dead_letters_deleted_by_retention_leave_the_index(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Records deleted from the dead-letter topic (retention, or `kafka-delete-records`) are gone from the listing
+    as they are from the topic, without a rebuild."""
+    from aiokafka.admin import RecordsToDelete
+    from aiokafka.structs import TopicPartition
+
+    topics = Topics(topic_prefix)
+    asyncio.run(_write(kafka_bootstrap, topics, [1, 2, 3, 4]))
+    where = ["--bootstrap", kafka_bootstrap, "--prefix", topic_prefix, "--index", str(tmp_path / "i.sqlite3")]
+    rows = _json(_cli("dlq", "list", "--json", *where))
+    [(partition, offset)] = sorted({tuple(map(int, r["id"].split(":"))) for r in rows})[:1]
+
+    async def delete() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({TopicPartition(topics.dead_letter, partition): RecordsToDelete(offset + 1)})
+        finally:
+            await admin.close()
+
+    asyncio.run(delete())
+    listed = _cli("dlq", "list", "--json", *where)
+    assert f"{partition}:{offset}" not in [r["id"] for r in _json(listed)]
+    assert (3, "") == (len(_json(listed)), listed.stderr)
+    assert listed.stdout == _cli("dlq", "list", "--json", *where, "--no-index").stdout
