@@ -137,6 +137,12 @@ class IndexedSelection:
         except OSError as exc:
             raise IndexUnusable(self._unusable(exc)) from exc
         owner = self.store.meta("deployment")
+        if owner is None and not fresh and not self.store.is_empty():
+            self.store.close()  # SQLite with our tables but not ours (a monitor's store?): never dropped, never written
+            raise IndexUnusable(
+                f"{self.path} is not a dead-letter index of `casebridge dlq` (a monitor's store?): reading the topics"
+                f" whole instead; --index PATH (or {ENV}) names a file of its own, --no-index skips it"
+            )
         if owner is not None and (owner != deployment(self.kafka, self.topics) or self.store.meta("format") != FORMAT):
             self.store.close()
             self.rebuilt = "another deployment's"

@@ -308,6 +308,10 @@ class Store:
         self.index_version += n
         return n
 
+    def is_empty(self) -> bool:
+        """Nothing stored yet: no events, no topic positions."""
+        return not self._query("SELECT 1 FROM offsets UNION ALL SELECT 1 FROM events LIMIT 1")
+
     def meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM index_meta WHERE key = ?", [key])
         return str(rows[0]["value"]) if rows else None

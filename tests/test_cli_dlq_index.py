@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 
 from casebridge.cli import app
 from casebridge.dlqindex import FILE, IndexedSelection, deployment
+from monitor._store import Position, Store
 from router._outbox import Failure, dead_letter_headers
 from router.settings import Topics
 from tests.support import ns_transfer, produce
@@ -262,6 +263,18 @@ def test_a_broken_index_is_rebuilt_and_an_unusable_one_says_so_in_one_line(
     assert "reading the topics whole instead" in line and "--no-index" in line and "Traceback" not in listed.output
     dry = _cli("replay", "--operator", "ops-tester", "--dry-run", *base, "--index", str(unusable))
     assert 0 == dry.exit_code and 1 == len(dry.stderr.splitlines())
+
+    theirs = tmp_path / "monitor.sqlite3"  # a monitor's store named by mistake: neither dropped nor written
+    store = Store(theirs)
+    store.apply([], [Position(topics.events, 0, 42)])
+    store.close()
+    listed = _cli("dlq", "list", *base, "--index", str(theirs))
+    assert (0, whole) == (listed.exit_code, listed.stdout)
+    [line] = listed.stderr.splitlines()
+    assert f"{theirs} is not a dead-letter index of `casebridge dlq`" in line
+    store = Store(theirs)
+    assert ({0: 42}, None) == (store.positions(topics.events), store.meta("deployment"))
+    store.close()
 
 
 def test_dead_letters_deleted_by_retention_leave_the_index(
