@@ -39,9 +39,11 @@ from connectors.kafka import KafkaConnection
 from connectors.kafka import principal as authenticated_principal
 from contracts import Council, Direction
 from router.deadletters import (
+    DeadLetter,
     Filters,
     ReplayRefused,
     ReplayReport,
+    Selection,
     Status,
     list_dead_letters,
     list_with_status,
@@ -750,6 +752,47 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str], indent: str =
     ]
 
 
+IndexOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--index",
+        envvar="CASEBRIDGE_INDEX",
+        help="the local dead-letter index file, brought up to date on each call (default: under $XDG_STATE_HOME"
+        " or ~/.local/state, casebridge/<bootstrap+prefix hash>/)",
+        show_envvar=True,
+    ),
+]
+NoIndexOpt = Annotated[bool, typer.Option("--no-index", help="read the topics whole instead of the local index")]
+
+
+async def _selection(kafka: KafkaConnection, topics: Topics, index: Path | None, no_index: bool) -> Selection | None:
+    """The local dead-letter index brought up to date (casebridge/dlqindex.py), or None: ``--no-index``, or an
+    index that cannot be used (one line on stderr; the topics are then read whole). The caller closes it."""
+    if no_index:
+        return None
+    from .dlqindex import IndexedSelection, IndexUnusable, default_path
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
+    selection = IndexedSelection(kafka, topics, index or default_path(kafka, topics), say=say)
+    try:
+        await selection.open()
+    except IndexUnusable as exc:
+        say(f"warning: {exc}")
+        return None
+    except BaseException:
+        await selection.close()
+        raise
+    return selection
+
+
+async def _closing(selection: Selection | None) -> None:
+    close = getattr(selection, "close", None)
+    if close is not None:
+        await close()
+
+
 @dlq_app.command("list")
 def dlq_list(
     bootstrap: BootstrapOpt = None,
@@ -763,17 +806,28 @@ def dlq_list(
     until: UntilOpt = None,
     status: StatusOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+    index: IndexOpt = None,
+    no_index: NoIndexOpt = False,
 ) -> None:
     """List dead letters with their status (no personal data: ids, status, council, pathway, stage, error, rules,
     reason). The status comes from the audit, parking and events topics: waiting, replayed, parked, resolved, expired.
+    They are read through a local index that each call brings up to date with what is new (--no-index: read whole).
 
     Exits 1 if there is no dead-letter topic under the prefix, 5 if Kafka cannot be reached.
     """
     kafka, topics = _where(bootstrap, prefix)
     _dead_letter_topic(kafka, topics)
     filters = _filters(council, pathway, rule, error_class, transfer, since, until)
+
+    async def listing() -> list[dict[str, Any]]:
+        selection = await _selection(kafka, topics, index, no_index)
+        try:
+            return await list_with_status(kafka, topics, filters, status, selection)
+        finally:
+            await _closing(selection)
+
     with _kafka(kafka):
-        rows = asyncio.run(list_with_status(kafka, topics, filters, status))
+        rows = asyncio.run(listing())
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))
@@ -790,6 +844,8 @@ def dlq_show(
     bootstrap: BootstrapOpt = None,
     prefix: PrefixOpt = None,
     value: Annotated[bool, typer.Option(help="also print the message itself (it may hold personal data)")] = False,
+    index: IndexOpt = None,
+    no_index: NoIndexOpt = False,
 ) -> None:
     """One dead letter: its context headers, and with --value the original message.
 
@@ -799,8 +855,21 @@ def dlq_show(
         _refuse("a dead letter id is PARTITION:OFFSET, e.g. 0:12 (as `casebridge dlq list` shows)", EXIT_USAGE)
     kafka, topics = _where(bootstrap, prefix)
     _dead_letter_topic(kafka, topics)
+
+    async def finding() -> list[DeadLetter]:
+        from .dlqindex import IndexedSelection
+
+        selection = await _selection(kafka, topics, index, no_index)
+        try:
+            if isinstance(selection, IndexedSelection):  # looked up in the index, then fetched by its offset
+                one = await selection.find(dead_letter_id)
+                return [one] if one is not None else []
+            return [d for d in await list_dead_letters(kafka, topics) if d.id == dead_letter_id]
+        finally:
+            await _closing(selection)
+
     with _kafka(kafka):
-        found = [d for d in asyncio.run(list_dead_letters(kafka, topics)) if d.id == dead_letter_id]
+        found = asyncio.run(finding())
     if not found:
         _refuse(f"no dead letter {dead_letter_id} in {topics.dead_letter} (see `casebridge dlq list`)", EXIT_NOT_FOUND)
     d = found[0]
@@ -828,6 +897,8 @@ def replay_cmd(
         str | None,
         typer.Option(help="the router's consumer group, to say whether it is consuming (default PREFIX-router)"),
     ] = None,
+    index: IndexOpt = None,
+    no_index: NoIndexOpt = False,
 ) -> None:
     """Replay dead letters through every check again, once each, audited; failures go to the parking topic.
 
@@ -856,10 +927,14 @@ def replay_cmd(
 
     async def replaying() -> tuple[ReplayReport, int | None]:
         members = await router_members(kafka, group)
-        report = await replay_dead_letters(
-            kafka, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit, rate_per_second=rate,
-            progress=progress,
-        )  # fmt: skip
+        selection = await _selection(kafka, topics, index, no_index)
+        try:
+            report = await replay_dead_letters(
+                kafka, topics, operator=operator, filters=filters, dry_run=dry_run, limit=limit, rate_per_second=rate,
+                progress=progress, selection=selection,
+            )  # fmt: skip
+        finally:
+            await _closing(selection)
         return report, members
 
     try:

@@ -6,6 +6,10 @@ topics whole every few seconds. What is kept is what the listings show: a dead l
 ``casebridge.dlq.*`` context headers, its pathway and time (never its value: that is the transfer, with
 personal data); the ids of dead letters an audit record says were replayed; the ids a parking record says
 failed again. A store that fails is not skipped: the next round reads again from the stored positions.
+
+With ``completions=True`` (``casebridge dlq``'s index, casebridge/dlqindex.py, which has no tracker beside it)
+the events topic is read too, keeping only its completion events (``router.deadletters.COMPLETED``: transfer
+id, type, time; picked by their ``event_type`` header, so no other event's value is parsed).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -22,7 +27,7 @@ from aiokafka.structs import TopicPartition
 from connectors import kafka as clients
 from connectors.kafka import Kafka
 from router._retry import H_REPLAY_OF
-from router.deadletters import _DEAD_LETTER_ID, DeadLetter, _partitions
+from router.deadletters import _DEAD_LETTER_ID, COMPLETED, DeadLetter, _aware, _partitions
 from router.settings import ALLOCATION_AUDIT_PREFIX, Topics
 
 from ._store import STORE_ERRORS, IndexEntries, Position, Store
@@ -31,17 +36,30 @@ log = structlog.get_logger("casebridge.monitor")
 
 
 class DeadLetterIndex:
-    def __init__(self, store: Store, kafka: Kafka, topics: Topics) -> None:
+    def __init__(
+        self, store: Store, kafka: Kafka, topics: Topics, *, completions: bool = False, fetch_max_wait_ms: int = 500
+    ) -> None:
         self.store = store
         self.kafka = kafka
         self.dead_letter, self.audit, self.parking = topics.dead_letter, topics.audit, topics.parking
+        #: the events topic, when its completion events are indexed too (else None)
+        self.events = topics.events if completions else None
+        #: records read from Kafka by this index so far (what a round cost: only what was new)
+        self.records_read = 0
+        #: whether the last ``catch_up`` reached the ends it set out for (False: it ran out of time)
+        self.caught_up = False
         self.consumer: AIOKafkaConsumer | None = None
+        #: how long the broker holds a fetch with nothing new: a request for offsets queues behind it on the
+        #: connection (a short-lived reader, the CLI's, sets it short: it asks for offsets right after assigning)
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.assigned: set[TopicPartition] = set()
         #: the next offset per partition that the store holds
         self.stored: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
-        self.consumer = clients.consumer(self.kafka, group_id=None, enable_auto_commit=False)
+        self.consumer = clients.consumer(
+            self.kafka, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=self.fetch_max_wait_ms
+        )
         await self.consumer.start()
 
     async def stop(self) -> None:
@@ -54,7 +72,7 @@ class DeadLetterIndex:
         an absent one might create it), each from its stored position, else its beginning."""
         assert self.consumer is not None, "start() first"
         cluster = await _partitions(self.kafka)
-        names = (self.dead_letter, self.audit, self.parking)
+        names = self.topics()
         wanted = {TopicPartition(t, p) for t in names for p in cluster.get(t, ())}
         if wanted <= self.assigned:
             return
@@ -65,6 +83,10 @@ class DeadLetterIndex:
         self.consumer.assign(sorted(wanted))
         self.assigned, self.stored = wanted, stored
         await self._rewind()
+
+    def topics(self) -> tuple[str, ...]:
+        """The topics this index reads."""
+        return (self.dead_letter, self.audit, self.parking, *((self.events,) if self.events else ()))
 
     async def _rewind(self) -> None:
         """Every assigned partition back to what the store holds (the source of truth)."""
@@ -80,7 +102,9 @@ class DeadLetterIndex:
         the next round goes on from there); returns how many entries were new."""
         assert self.consumer is not None, "start() first"
         await self._assign()
+        self.caught_up = False
         if not self.assigned:
+            self.caught_up = True
             return 0
         partitions = sorted(self.assigned)
         end = await self.consumer.end_offsets(partitions)
@@ -99,15 +123,31 @@ class DeadLetterIndex:
                 raise
             for p in positions:
                 self.stored[TopicPartition(p.topic, p.partition)] = p.next_offset
+        self.caught_up = not [tp for tp in partitions if await self.consumer.position(tp) < end[tp]]
         return new
+
+    async def bounds(self) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """The first and the end offset now of every partition of the topics that exist (taken on if new)."""
+        assert self.consumer is not None, "start() first"
+        await self._assign()
+        partitions = sorted(self.assigned)
+        if not partitions:
+            return {}, {}
+        return await self.consumer.beginning_offsets(partitions), await self.consumer.end_offsets(partitions)
 
     def _entries(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> tuple[IndexEntries, list[Position]]:
         entries, positions = IndexEntries(), []
+        kinds = {k.encode() for k in COMPLETED}
         for tp, records in batch.items():
+            self.records_read += len(records)
             for r in records:
-                if tp.topic == self.dead_letter:
+                if tp.topic == self.events:
+                    done = _completion(r, kinds)
+                    if done is not None:
+                        entries.completions.append(done)
+                elif tp.topic == self.dead_letter:
                     entries.dead_letters.append(_indexed(r))
                 elif tp.topic == self.audit:
                     key = r.key.decode(errors="replace") if r.key is not None else ""
@@ -120,6 +160,19 @@ class DeadLetterIndex:
             if records:
                 positions.append(Position(tp.topic, tp.partition, records[-1].offset + 1))
         return entries, positions
+
+
+def _completion(r: ConsumerRecord[bytes, bytes], kinds: set[bytes]) -> tuple[str, str, str] | None:
+    """A completion event as ``(transfer id, event type, occurred at)``, as ``completions_since`` reads one (keyed by
+    its transfer id); any other event, or one that does not say when, None."""
+    kind = dict(r.headers or ()).get("event_type")
+    if r.key is None or kind is None or bytes(kind) not in kinds or r.value is None:
+        return None
+    try:
+        occurred = datetime.fromisoformat(json.loads(r.value)["occurred_at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return r.key.decode(errors="replace"), bytes(kind).decode(), _aware(occurred).isoformat()
 
 
 def _indexed(r: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:

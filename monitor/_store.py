@@ -92,8 +92,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     context TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_transfer ON dead_letters (transfer_id);
+CREATE INDEX IF NOT EXISTS dead_letters_position ON dead_letters (partition, offset);
 CREATE TABLE IF NOT EXISTS replayed (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS parked (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS completions (
+    transfer_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    PRIMARY KEY (transfer_id, event_type, occurred_at)
+);
+CREATE TABLE IF NOT EXISTS index_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -111,6 +119,9 @@ class IndexEntries:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     replayed: list[str] = field(default_factory=list)
     parked: list[str] = field(default_factory=list)
+    #: completion events (``router.deadletters.COMPLETED``) as ``(transfer id, event type, occurred at ISO)``: only
+    #: an index that reads the events topic too (``casebridge dlq``'s: it has no tracker) fills these
+    completions: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -235,6 +246,9 @@ class Store:
             for table, ids in (("replayed", entries.replayed), ("parked", entries.parked)):
                 for dl_id in ids:
                     new += db.execute(f"INSERT OR IGNORE INTO {table} (id) VALUES (?)", (dl_id,)).rowcount
+            for done in entries.completions:
+                sql = "INSERT OR IGNORE INTO completions (transfer_id, event_type, occurred_at) VALUES (?, ?, ?)"
+                new += db.execute(sql, done).rowcount
             self._positions(db, positions)
         self.index_version += new
         return new
@@ -253,6 +267,62 @@ class Store:
             "SELECT id, timestamp, pathway, context FROM dead_letters ORDER BY timestamp, partition, offset"
         )
         return [dict(r) for r in rows]
+
+    def indexed_where(self, transfer_id: str | None = None, pathway: str | None = None) -> list[dict[str, Any]]:
+        """``indexed_dead_letters`` of one transfer and/or pathway only (the column's index: the cost is the rows)."""
+        sql, params = "SELECT id, timestamp, pathway, context FROM dead_letters WHERE 1 = 1", list[Any]()
+        if transfer_id is not None:
+            sql, params = sql + " AND transfer_id = ?", [*params, transfer_id]
+        if pathway is not None:
+            sql, params = sql + " AND pathway = ?", [*params, pathway]
+        return [dict(r) for r in self._query(sql + " ORDER BY timestamp, partition, offset", params)]
+
+    def indexed_among(self, table: str, ids: Iterable[str]) -> set[str]:
+        """Which of these dead letter ids are indexed as ``replayed`` or ``parked`` (or, ``dead_letters``, at all)."""
+        if table not in ("replayed", "parked", "dead_letters"):
+            raise ValueError(f"no index {table!r}")
+        wanted, out = sorted(set(ids)), set()
+        for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
+            marks = ", ".join("?" for _ in chunk)
+            out |= {r["id"] for r in self._query(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk)}
+        return out
+
+    def indexed_completions(self, transfer_ids: Iterable[str]) -> dict[str, list[tuple[str, datetime]]]:
+        """``completions`` from the index's own table (an index that reads the events topic, no tracker)."""
+        ids, out = sorted(set(transfer_ids)), dict[str, list[tuple[str, datetime]]]()
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+            rows = self._query(
+                "SELECT transfer_id, event_type, occurred_at FROM completions "
+                f"WHERE transfer_id IN ({', '.join('?' for _ in chunk)}) ORDER BY occurred_at",
+                chunk,
+            )
+            for r in rows:
+                out.setdefault(r["transfer_id"], []).append((r["event_type"], datetime.fromisoformat(r["occurred_at"])))
+        return out
+
+    def forget_dead_letters_before(self, partition: int, offset: int) -> int:
+        """Drop indexed dead letters of ``partition`` below ``offset`` (the topic's first now: retention deleted
+        them, so a listing of the topic no longer shows them); returns how many."""
+        with self._tx() as db:
+            n = db.execute("DELETE FROM dead_letters WHERE partition = ? AND offset < ?", (partition, offset)).rowcount
+        self.index_version += n
+        return n
+
+    def is_empty(self) -> bool:
+        """Nothing stored yet: no events, no topic positions."""
+        return not self._query("SELECT 1 FROM offsets UNION ALL SELECT 1 FROM events LIMIT 1")
+
+    def meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM index_meta WHERE key = ?", [key])
+        return str(rows[0]["value"]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO index_meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     def indexed_ids(self, table: str) -> set[str]:
         """The dead letter ids indexed as ``replayed`` or ``parked``."""

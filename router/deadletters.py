@@ -15,8 +15,10 @@ Each dead letter has a status (``STATUSES``), from what happened since: ``resolv
 later reached a completed state, ``COMPLETED``, on the events topic), ``parked`` (its replay failed
 again: a parking record names it), ``replayed`` (an audit record says it was replayed, and nothing
 completed since), ``expired`` (held by reference, and the record it refers to is gone from its topic)
-or ``waiting`` (nothing since). ``casebridge dlq list`` reads these from the topics
-(``outcomes_from_topics``); the monitor takes the completions from its store of events.
+or ``waiting`` (nothing since). Read whole from the topics (``TopicsSelection``: ``outcomes_from_topics``),
+or from an index brought up to date incrementally (``casebridge dlq``'s, casebridge/dlqindex.py; the monitor's,
+which takes the completions from its store of events): a ``Selection`` either way. A replay fetches the values
+of exactly the dead letters it replays, by partition and offset (``fetch_dead_letters``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
 from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -366,12 +368,84 @@ async def outcomes_from_topics(
     return Outcomes(frozenset(replayed), frozenset(parked), completed, frozenset(expired))
 
 
+class Selection(Protocol):
+    """Where the listings and the replay's selection come from: the topics read whole (``TopicsSelection``) or an
+    index (casebridge/dlqindex.py). ``letters`` need not carry their key and value (a replay fetches those)."""
+
+    async def letters(self, filters: Filters | None) -> list[DeadLetter]:
+        """The matching dead letters, in the order of the topic read whole (time, partition, offset)."""
+        ...
+
+    async def outcomes(self, letters: Sequence[DeadLetter]) -> Outcomes:
+        """What happened to ``letters`` since (``DeadLetter.status`` decides from it)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TopicsSelection:
+    """The dead-letter, audit, parking and events topics read whole, every call."""
+
+    kafka: Kafka
+    topics: Topics
+
+    async def letters(self, filters: Filters | None) -> list[DeadLetter]:
+        return await list_dead_letters(self.kafka, self.topics, filters)
+
+    async def outcomes(self, letters: Sequence[DeadLetter]) -> Outcomes:
+        return await outcomes_from_topics(self.kafka, self.topics, letters)
+
+
+async def fetch_dead_letters(
+    kafka: Kafka, topic: str, ids: Iterable[str], timeout: float = 30.0
+) -> dict[str, DeadLetter]:
+    """The dead letters ``ids`` (``PARTITION:OFFSET``) read from ``topic`` with their key, value and headers: a seek
+    to each (a run of neighbours in one fetch), never the whole topic. An id with no record there (beyond the
+    partition's end, deleted by retention, no such partition) is left out."""
+    wanted: dict[int, set[int]] = {}
+    for dl_id in ids:
+        partition, offset = (int(part) for part in dl_id.split(":"))
+        wanted.setdefault(partition, set()).add(offset)
+    out: dict[str, DeadLetter] = {}
+    there = (await _partitions(kafka)).get(topic, set())
+    tps = [TopicPartition(topic, p) for p in sorted(wanted) if p in there]
+    if not tps:
+        return out
+    consumer = clients.consumer(kafka, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        first, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for tp in tps:
+            left = sorted(o for o in wanted[tp.partition] if first[tp] <= o < end[tp])
+            while left and loop.time() < deadline:
+                consumer.seek(tp, left[0])
+                batch = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
+                got = {r.offset: r for r in batch}
+                for r in got.values():
+                    if r.offset in wanted[tp.partition]:
+                        out[f"{r.partition}:{r.offset}"] = DeadLetter.of(r)
+                # past the batch's last record: found or gone (compacted, deleted); an empty batch: try it again
+                reached = max(got) if got else left[0] - 1
+                left = [o for o in left if o > reached]
+    finally:
+        await consumer.stop()
+    return out
+
+
 async def list_with_status(
-    kafka: Kafka, topics: Topics, filters: Filters | None = None, status: Status | None = None
+    kafka: Kafka,
+    topics: Topics,
+    filters: Filters | None = None,
+    status: Status | None = None,
+    selection: Selection | None = None,
 ) -> list[dict[str, Any]]:
-    """The matching dead letters as listed (``DeadLetter.listed``: summary and status), only ``status`` if given."""
-    letters = await list_dead_letters(kafka, topics, filters)
-    outcomes = await outcomes_from_topics(kafka, topics, letters)
+    """The matching dead letters as listed (``DeadLetter.listed``: summary and status), only ``status`` if given;
+    from ``selection`` (default: the topics read whole)."""
+    source = selection or TopicsSelection(kafka, topics)
+    letters = await source.letters(filters)
+    outcomes = await source.outcomes(letters)
     rows = [d.listed(outcomes) for d in letters]
     return [r for r in rows if status is None or r["status"] == status]
 
@@ -427,18 +501,22 @@ async def replay(
     rate_per_second: float = 50.0,
     only: Collection[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    selection: Selection | None = None,
 ) -> ReplayReport:
     """Replay matching dead letters once each; audited; ``dry_run`` only reports what it would do.
 
     ``progress`` is told (replayed so far, of how many) after each one. ``only``: of those matching, these dead
     letter ids and no others (the ones a preview showed and a person
-    confirmed: the monitor's replay is a preview, then a confirmation of exactly what it listed)."""
+    confirmed: the monitor's replay is a preview, then a confirmation of exactly what it listed). ``selection``:
+    where the dead letters and their outcomes come from (default: the topics read whole); the records replayed are
+    fetched by partition and offset either way."""
     if not operator or not operator.strip():
         raise ReplayRefused("replay needs an operator identity (--operator): every replay is audited")
-    letters = await list_dead_letters(kafka, topics, filters)
+    source = selection or TopicsSelection(kafka, topics)
+    letters = await source.letters(filters)
     if only is not None:
         letters = [d for d in letters if d.id in set(only)]
-    outcomes = await outcomes_from_topics(kafka, topics, letters)
+    outcomes = await source.outcomes(letters)
     report = ReplayReport(dry_run=dry_run)
     for d in letters:
         if d.id in outcomes.replayed:
@@ -452,7 +530,11 @@ async def replay(
         report.letters[d.id] = d.listed(outcomes)
     if dry_run or not report.selected:
         return report
-    chosen = {d.id: d for d in await list_dead_letters(kafka, topics) if d.id in set(report.selected)}
+    chosen = await fetch_dead_letters(kafka, topics.dead_letter, report.selected)
+    gone = [dl_id for dl_id in report.selected if dl_id not in chosen]  # deleted since it was listed: not replayed
+    report.selected = [dl_id for dl_id in report.selected if dl_id in chosen]
+    for dl_id in gone:
+        report.letters.pop(dl_id, None)
     producer = clients.producer(kafka, acks="all", enable_idempotence=True)
     await producer.start()
     try:
