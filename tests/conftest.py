@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+#: the CLI's dead-letter index (casebridge/dlqindex.py) lives under XDG_STATE_HOME: the tests' (and the CLI
+#: processes they start) go to a directory of this run, not the user's ~/.local/state
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="casebridge-test-state-")
+
 from casebridge.localdeploy import free_port  # outside the ephemeral range (no socket connects to itself)
 from casebridge.localkafka import LocalKafka
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
@@ -105,7 +109,6 @@ async def stack(
         group_id=f"{topic_prefix}-router",
         retry=retry_settings,
     )
-    s = Stack(settings, tmp_path / "state", systems=systems.deployed(), loops=False
-    )
+    s = Stack(settings, tmp_path / "state", systems=systems.deployed(), loops=False)
     async with s:
         yield s
