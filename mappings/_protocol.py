@@ -11,6 +11,7 @@ A protocol file (``mappings/data/protocols/<council>.toml``) has, all optional b
   endorsement, no lead professional);
 - ``[[keep_open]]``: when the source record stays open after the handover;
 - ``[[closure]]``: what the source system's closure record says;
+- ``later`` on either: the record closes later instead of now, on a signal or a deadline (``Later``);
 - ``[[notice]]``: notices sent to named professionals once the target holds the transfer;
 - ``[no_record]``: when nothing is sent at all (NS-14).
 
@@ -512,11 +513,28 @@ RouteStep = Annotated[
 ]
 
 
+class Later(_Model):
+    """The record closes later instead of now (router/closures.py holds it as a pending closure until then).
+
+    ``on``: ``due``, when the rule's deadline in ``deadlines.toml`` has passed (LU-4: 10 days); ``allocated``, on the
+    target's allocation of the transfer (SW22-10: the receiving worker named); ``recorded``, once an operator or the
+    target recorded the allocation (BA-9); ``accepted``, on the Front Door's acceptance (NS-12; not accepted
+    cancels it and the record stays open). ``cancel_on_step_down``: a step-down of the same child agreed before it
+    falls due cancels it (LU-4). ``send_documents``: the documents withheld at delivery go first (BA-9).
+    """
+
+    on: Literal["due", "allocated", "recorded", "accepted"]
+    cancel_on_step_down: bool = False
+    send_documents: bool = False
+
+
 class KeepOpen(_Step):
     """SW26-3 / SW22-6 / LU-4 / BA-13 / SW22-10: the source record is not closed after the handover."""
 
     #: kept open only until one of these is named on the transfer (SW22-10: the receiving worker)
     until_named: list[Role] = Field(default_factory=list)
+    #: ... and closed later, on a signal or a deadline (LU-4, SW22-10, BA-9); without it, kept open for good
+    later: Later | None = None
 
     def keeps(self, t: TransferMessage) -> bool:
         if not self.applies_to.matches(t):
@@ -529,6 +547,8 @@ class Closure(_Step):
 
     reason: str = Field(min_length=1)
     lead_professional: bool = False
+    #: the closure waits for a signal instead of being made at once (NS-12: the Front Door's acceptance)
+    later: Later | None = None
 
 
 class Notice(_Step):
@@ -757,6 +777,11 @@ class Protocol:
         endorsed = d is not None and bool(d.rationale) and _has_role(d.decided_by.role, step.roles)
         r["role"] = "referral" if endorsed else "contact"
         return True
+
+    def closes_later(self) -> dict[str, Later]:
+        """Rule id -> when its record closes later, for every ``[[keep_open]]`` and ``[[closure]]`` that says so."""
+        steps: list[KeepOpen | Closure] = [*self.spec.keep_open, *self.spec.closure]
+        return {s.rule: s.later for s in steps if s.later is not None}
 
     def keeps_open(self, t: TransferMessage) -> list[str]:
         """Rule ids that keep the source record open after the handover (empty: close it)."""

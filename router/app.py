@@ -72,7 +72,7 @@ from ._history import ChildHistory
 from ._lifecycle import CompletedTransfers
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at
-from .closures import ClosurePlanner
+from .closures import ClosurePlanner, timings_of
 from .flow import Outcome, TransferFlow, event_id, peek_transfer_id, urgent_first
 from .settings import Settings
 
@@ -629,7 +629,7 @@ def build_router(
         ChildHistory(),
         settings.topics.history,
         settings.topics.pending_notices,
-        ClosurePlanner(settings.topics.pending_closures),
+        ClosurePlanner(settings.topics.pending_closures, timings_of(protocols.values())),
     )
     flow.keyed = True  # a record not keyed by its child is refused: per-child order depends on it
     return Router(settings, flow)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -71,7 +71,8 @@ from contracts import (
     field_errors,
     parse_event,
 )
-from mappings import DeadlineRule, Route, StepDownMemory, deadlines_by_rule, due_at
+from mappings import DeadlineRule, Route, StepDownMemory, deadlines_by_rule, due_at, load_protocols
+from mappings import Protocol as CouncilProtocol
 
 from ._history import Entry as HistoryEntry
 from ._history import child_keys, hashed_key
@@ -129,14 +130,32 @@ class Timing:
     send_documents: bool = False
 
 
+def timings_of(protocols: Iterable[CouncilProtocol]) -> dict[str, Timing]:
+    """Each rule whose record closes later, from the protocol files (``later`` on ``[[keep_open]]`` and
+    ``[[closure]]``); a deadline's length and unit are those of the rule in ``mappings/data/deadlines.toml`` (the
+    monitor's too). Raises ValueError naming a rule that closes at a deadline it has none of."""
+    deadlines = deadlines_by_rule()
+    out: dict[str, Timing] = {}
+    for protocol in protocols:
+        for rule, later in protocol.closes_later().items():
+            after = deadlines.get(rule)
+            if later.on == "due" and after is None:
+                raise ValueError(
+                    f'{protocol.origin}: {rule} closes later on = "due" but deadlines.toml has no deadline for'
+                    f" {rule}: add one (its length and unit), or close it on a signal"
+                )
+            out[rule] = Timing(
+                later.on,
+                after if later.on == "due" else None,
+                cancel_on_step_down=later.cancel_on_step_down,
+                send_documents=later.send_documents,
+            )
+    return out
+
+
 def default_timings() -> dict[str, Timing]:
-    """LU-4's length and unit are those of its deadline in ``mappings/data/deadlines.toml`` (the monitor's too)."""
-    return {
-        "LU-4": Timing("due", deadlines_by_rule()["LU-4"], cancel_on_step_down=True),
-        "SW22-10": Timing("allocated"),
-        "BA-9": Timing("recorded", send_documents=True),
-        "NS-12": Timing("accepted"),
-    }
+    """The timings of every protocol shipped in ``mappings``."""
+    return timings_of(load_protocols().values())
 
 
 class ClosurePlanner:
@@ -202,9 +221,12 @@ class KnowsStepDown(Protocol):
 
 
 class WorkerUnknown(PermanentError):
-    """Allocated, but the target does not say to whom: the closure record cannot name the worker (SW22-10)."""
+    """Allocated, but the target does not say to whom: the closure record cannot name the worker (SW22-10); or no
+    worker was recorded for a closure that sends the documents to them (BA-9). Names the pending closure's rule."""
 
-    rule_ids = ("SW22-10",)
+    def __init__(self, message: str, rule_id: str) -> None:
+        super().__init__(message)
+        self.rule_ids = (rule_id,)
 
 
 def _without_values(exc: Exception) -> str:
@@ -572,11 +594,13 @@ class ClosureScheduler:
         the target acknowledged it. Both steps are idempotent per transfer id (a crash between: sent once)."""
         target = self.targets.get(p.target_system)
         if p.worker is None or not p.worker.organisation:
-            raise WorkerUnknown("BA-9: no allocated family support worker (name and organisation) was recorded")
+            raise WorkerUnknown(
+                f"{p.rule_id}: no allocated worker (name and organisation) was recorded for the documents", p.rule_id
+            )
         if target is None or not isinstance(source, KnowsStepDown):
             raise PermanentError(
-                f"BA-9: {p.source_record.system.value} cannot give the step-down again, or no target connector is "
-                f"configured for {p.target_system.value!r}: send the documents by hand"
+                f"{p.rule_id}: {p.source_record.system.value} cannot give the step-down again, or no target connector"
+                f" is configured for {p.target_system.value!r}: send the documents by hand"
             )
         again = await source.stepdown_transfer(p.source_record, p.transfer_id, p.council)
         lead = p.worker.model_copy(update={"role": "Lead Professional"})
@@ -585,16 +609,16 @@ class ClosureScheduler:
                     "closure": p.closure}
         )  # fmt: skip
         documents = full.model_copy(update={"transfer_id": f"{p.transfer_id}-documents"})
-        route = Route(role="documents", locality=None, rule_ids=["BA-9", "BA-7"], team=None)
+        route = Route(role="documents", locality=None, rule_ids=[p.rule_id], team=None)
         await target.deliver(documents, route)
         receipt = await target.confirm(documents)
         if not receipt.acknowledged:
-            raise TargetUnavailable(f"{p.target_system.value} does not yet confirm it holds the BA-9 documents")
+            raise TargetUnavailable(f"{p.target_system.value} does not yet confirm it holds the {p.rule_id} documents")
         await self._emit(
             MilestoneRecorded(
                 **self._about(p, "documents-sent"),
                 milestone="documents-sent",
-                rule_ids=["BA-9", "BA-7"],
+                rule_ids=[p.rule_id],
                 recorded_via="connector",
             )
         )
@@ -606,7 +630,8 @@ class ClosureScheduler:
         if worker is None:
             raise WorkerUnknown(
                 f"{p.target_system.value} does not say who was allocated, so the closure record cannot name the "
-                "receiving early-help worker (SW22-10): close the record by hand"
+                f"receiving early-help worker ({p.rule_id}): close the record by hand",
+                p.rule_id,
             )
         return worker
 
@@ -704,6 +729,7 @@ __all__ = [
     "Timing",
     "WorkerUnknown",
     "default_timings",
+    "timings_of",
     "record_allocation",
     "utc_now",
 ]
