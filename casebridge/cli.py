@@ -402,6 +402,11 @@ def run(
         _refuse(refused, EXIT_USAGE)
     configure_logging(level=os.environ.get("CASEBRIDGE_LOG_LEVEL", "INFO").upper())
 
+    if deployment.tracing.otlp_endpoint:
+        from connectors import _tracing as tracing
+
+        tracing.configure_otlp(deployment.tracing.otlp_endpoint, deployment.tracing.service_name)
+
     async def main() -> None:
         metrics = await listening(deployment)  # the metrics port first: taken, nothing else is built
         stack = stack_from_deployment(deployment, state_dir)
@@ -460,6 +465,11 @@ def run(
         why = exc.strerror or type(exc).__name__
         typer.echo(f"error: casebridge run: {why} (a port taken, a file unreadable?)", err=True)
         raise typer.Exit(code=5) from None
+    finally:
+        if deployment.tracing.otlp_endpoint:
+            from connectors import _tracing as tracing
+
+            tracing.shutdown()  # the spans still buffered go to the collector (bounded: a collector away loses them)
 
 
 @config_app.command("check")
@@ -490,6 +500,8 @@ def config_check(
     typer.echo(f"alerts: {', '.join(f'{n} ({c.kind})' for n, c in d.alerts.items()) or 'none (alert events only)'}")
     where = d.metrics.address
     typer.echo(f"metrics: {where} and /healthz" if where else "metrics: off (no [metrics] port)")
+    collector = d.tracing.otlp_endpoint
+    typer.echo(f"tracing: OTLP to {collector}/v1/traces" if collector else "tracing: off (no [tracing] otlp_endpoint)")
     refused = d.unencrypted()
     if refused:
         _refuse(f"casebridge run would refuse it: {refused}", EXIT_USAGE)

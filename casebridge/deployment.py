@@ -12,6 +12,8 @@
     [retry]                                # in-process retries and the delayed tiers (router.settings)
     [metrics]                              # Prometheus metrics from casebridge run (off unless a port is given)
     port = 9464
+    [tracing]                              # OpenTelemetry traces over OTLP/HTTP (off unless a collector is named)
+    otlp_endpoint = "http://otel-collector:4318"
     [systems.lcs]                          # one block per case system or channel; ``kind`` picks the connector
     kind = "lcs"
     url = "https://lcs.council.example/api"
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connectors.kafka import UNENCRYPTED, KafkaSecurity
 from contracts import Council, Direction
@@ -74,6 +76,24 @@ class MetricsSettings(BaseModel):
         return f"http://{host}:{self.port}/metrics"
 
 
+class TracingSettings(BaseModel):
+    """The ``[tracing]`` table: where ``casebridge run`` exports OpenTelemetry traces (OTLP over HTTP, to
+    ``<otlp_endpoint>/v1/traces``), one trace per transfer (connectors/_tracing.py); off unless a collector is
+    named."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    otlp_endpoint: str | None = None
+    service_name: str = Field(default="casebridge", min_length=1, max_length=100)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _a_collector_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError("the collector's http(s) base URL, e.g. http://otel-collector:4318")
+        return value
+
+
 class _Top(BaseModel):
     """The deployment file's own keys (each system block is validated by its kind's model)."""
 
@@ -100,6 +120,7 @@ class _Top(BaseModel):
     systems: dict[str, dict[str, Any]] = Field(min_length=1)
     alerts: dict[str, dict[str, Any]] = Field(default_factory=dict)
     metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 @dataclass(frozen=True)
@@ -116,6 +137,8 @@ class Deployment:
     local_development: bool = False
     #: the ``[metrics]`` table (``metrics.port`` None: no metrics served)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: the ``[tracing]`` table (``tracing.otlp_endpoint`` None: no traces)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     def unencrypted(self) -> str | None:
         """Why ``casebridge run`` refuses this deployment's Kafka settings, or None: traffic that is not
@@ -285,7 +308,15 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
         council=top.councils[0],
     )
     deployment = Deployment(
-        path, tuple(top.councils), settings, top.state_dir, systems, alerts, top.local_development, top.metrics
+        path,
+        tuple(top.councils),
+        settings,
+        top.state_dir,
+        systems,
+        alerts,
+        top.local_development,
+        top.metrics,
+        top.tracing,
     )
     unserved = deployment.unserved()
     if unserved:

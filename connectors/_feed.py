@@ -29,6 +29,7 @@ from mappings import MappingError
 from . import kafka as clients
 from ._base import Connector
 from ._outage import OUTAGE, close_producer, is_transient_kafka_error, is_unreachable
+from ._tracing import headers_with_context, publishing
 from .kafka import Kafka
 
 log = structlog.get_logger("casebridge.connectors")
@@ -377,7 +378,9 @@ class FeedPublisher(_FeedLoop):
             sent = await self.producer.send(self.dead_letter_topic, value=value, key=mapped.key, headers=headers)
             return cast(Awaitable[Any], sent)
         log.info(f"{self.what}_published", transfer_id=mapped.transfer_id)
-        sent = await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(), key=mapped.key)
+        with publishing(mapped.transfer_id, self.name, self.transfers_topic):  # the transfer's trace starts here
+            sent = await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(),
+                                            key=mapped.key, headers=headers_with_context(()))  # fmt: skip
         return cast(Awaitable[Any], sent)
 
     def _map_failure_headers(
@@ -469,8 +472,9 @@ class FeedPublisher(_FeedLoop):
                                                 key=mapped.key, headers=failed + replay))  # fmt: skip
         else:
             log.info(f"{self.what}_remapped", transfer_id=mapped.transfer_id, dead_letter=of)
-            out.append(await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(),
-                                                key=mapped.key, headers=replay))  # fmt: skip
+            with publishing(mapped.transfer_id, self.name, self.transfers_topic):
+                out.append(await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(),
+                                                    key=mapped.key, headers=headers_with_context(replay)))  # fmt: skip
         _, _, offset = of.partition(":")
         event = TransferReplayed(
             event_id=event_id(of, "replayed"),

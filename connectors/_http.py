@@ -15,6 +15,7 @@ from ._base import Source
 from ._budget import call_deadline
 from ._errors import CasebridgeError, TargetRefused, TargetUnavailable
 from ._metrics import CALL_ERRORS, CALL_RETRIES, CALL_SECONDS, RetryMemory, status_class
+from ._tracing import calling
 
 
 class HttpClient:
@@ -45,25 +46,30 @@ class HttpClient:
         started = time.monotonic()
         error_class: str | None = None
         transient = False
-        try:
-            response = await self._send(method, path, **kwargs)
-            if response.status_code >= 400:
-                error_class = status_class(response.status_code)
-            return self._checked(method, path, response)
-        except CasebridgeError as exc:
-            exc.templated = True
-            transient = exc.retriable
-            if error_class is None:  # no answer: the transport's own exception class (ConnectError, ReadTimeout)
-                error_class = type(exc.__cause__ or exc).__name__
-            raise
-        finally:
-            CALL_SECONDS.labels(self.system, operation).observe(time.monotonic() - started)
-            if error_class is not None:
-                CALL_ERRORS.labels(self.system, operation, error_class).inc()
-            if transient:
-                self._retries.failed(method, path)
-            else:
-                self._retries.answered(method, path)
+        with calling(self.system, operation) as span:
+            try:
+                response = await self._send(method, path, **kwargs)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", response.status_code)
+                if response.status_code >= 400:
+                    error_class = status_class(response.status_code)
+                return self._checked(method, path, response)
+            except CasebridgeError as exc:
+                exc.templated = True
+                transient = exc.retriable
+                if error_class is None:  # no answer: the transport's own exception class (ConnectError, ReadTimeout)
+                    error_class = type(exc.__cause__ or exc).__name__
+                if span is not None:
+                    span.set_attribute("error.type", error_class)
+                raise
+            finally:
+                CALL_SECONDS.labels(self.system, operation).observe(time.monotonic() - started)
+                if error_class is not None:
+                    CALL_ERRORS.labels(self.system, operation, error_class).inc()
+                if transient:
+                    self._retries.failed(method, path)
+                else:
+                    self._retries.answered(method, path)
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         deadline = call_deadline(self.deadline)  # the connector's own, or less: what the retry budget has left

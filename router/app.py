@@ -58,6 +58,7 @@ from faststream.kafka import KafkaMessage
 from pydantic import ValidationError
 
 from connectors import Source, Target
+from connectors import _tracing as tracing
 from connectors import kafka as clients
 from connectors._outage import within
 from connectors.kafka import Kafka
@@ -426,7 +427,16 @@ class Router:
         # every log line about this record carries its correlation id (this task's context only)
         tokens = structlog.contextvars.bind_contextvars(correlation_id=correlation)
         try:
-            return await self._one_correlated(record, tier, parsed)
+            if not tracing.active():
+                return await self._one_correlated(record, tier, parsed)
+            # the transfer's trace (its publisher's, from the record's headers): each case system call a child
+            with tracing.handling(correlation, record.headers, record.topic, record.partition) as span:
+                outcome = await self._one_correlated(record, tier, parsed)
+                if span is not None:
+                    span.set_attribute("casebridge.outcome", outcome.state)
+                    if parsed is not None and not isinstance(parsed, ValidationError):
+                        span.set_attribute("casebridge.council", parsed.council.value)
+                return outcome
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
 

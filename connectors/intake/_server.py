@@ -48,6 +48,7 @@ from router import topics as topic_setup
 from router.settings import Topics, TopicSettings
 
 from .._feed import idempotent_producer
+from .._tracing import headers_with_context, publishing
 from ..kafka import Kafka
 from ._settings import IntakeCaller, IntakeSettings
 from ._store import IntakeStore, digest
@@ -370,9 +371,13 @@ class IntakeServer:
                 status=202,
             )
             try:
-                await self._producer.send_and_wait(
-                    self.topics.transfers, transfer.model_dump_json().encode(), key=transfer.child_key.encode()
-                )
+                with publishing(tid, "intake", self.topics.transfers):  # the transfer's trace starts here
+                    await self._producer.send_and_wait(
+                        self.topics.transfers,
+                        transfer.model_dump_json().encode(),
+                        key=transfer.child_key.encode(),
+                        headers=headers_with_context(()),
+                    )
                 await self._audit(audit)
             except KafkaError as exc:
                 log.error("intake_publish_failed", transfer_id=tid, error_class=type(exc).__name__)
