@@ -966,7 +966,7 @@ def replay_cmd(
     if members is None:
         typer.echo(f"router: cannot tell whether one is consuming (Kafka did not describe consumer group {group})")
     elif members:
-        typer.echo(f"router: consuming (consumer group {group} has {members} member(s))")
+        typer.echo(f"router: consuming (consumer group {group}: {members} casebridge run process(es))")
     else:
         typer.echo(
             f"router: none consuming (consumer group {group} has no members): replayed messages wait on"

@@ -46,13 +46,16 @@ class CoPartitionedAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
     def assign(
         cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
     ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        instances = {m: md.user_data or m.encode() for m, md in members.items()}
         plan = plan_assignment(
-            {m: (md.user_data or m.encode(), list(md.subscription)) for m, md in members.items()},
+            {m: (instances[m], list(md.subscription)) for m, md in members.items()},
             {t: sorted(cluster.partitions_for_topic(t) or ()) for md in members.values() for t in md.subscription},
         )
+        # each assignment names its member's process too: a group described by an operator's tool (the broker
+        # keeps assignments, not the members' metadata) counts processes, not members (router.deadletters)
         return {
-            member: ConsumerProtocolMemberAssignment(cls.version, sorted(topics.items()), b"")
-            for member, topics in plan.items()
+            member: ConsumerProtocolMemberAssignment(cls.version, sorted(plan.get(member, {}).items()), instance)
+            for member, instance in instances.items()
         }
 
     @classmethod

@@ -24,6 +24,7 @@ of exactly the dead letters it replays, by partition and offset (``fetch_dead_le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
@@ -451,7 +453,9 @@ async def list_with_status(
 
 
 async def router_members(kafka: Kafka, group_id: str) -> int | None:
-    """How many members the router's consumer group has now (0: no router is consuming); None if Kafka cannot say."""
+    """How many router processes the router's consumer group has now (0: none is consuming); None if Kafka cannot
+    say. One ``casebridge run`` is several members (the transfers consumer and one per retry tier): members are
+    counted by the process (instance) id their assignment carries (``router/_assignor.py``)."""
     admin = clients.admin(kafka)
     await admin.start()
     try:
@@ -472,8 +476,19 @@ async def router_members(kafka: Kafka, group_id: str) -> int | None:
         for group in response.groups:
             error_code, name, state, members = group[0], group[1], group[2], group[5]
             if name == group_id:
-                return 0 if error_code or state in ("Dead", "Empty") else len(members)
+                return 0 if error_code or state in ("Dead", "Empty") else len({_instance(m) for m in members})
     return 0
+
+
+def _instance(member: Any) -> bytes:
+    """A described group member's process: the instance id its assignment carries (``router/_assignor.py``), else
+    its member id (the broker describes members' assignments; their metadata may come back empty)."""
+    member_id, assignment = member[0], member[-1]  # (member id, [instance id,] client id, host, metadata, assignment)
+    with contextlib.suppress(Exception):  # not the consumer protocol, or another assignor's assignment
+        user_data = ConsumerProtocolMemberAssignment.decode(assignment).user_data
+        if user_data:
+            return bytes(user_data)
+    return str(member_id).encode()
 
 
 @dataclass
