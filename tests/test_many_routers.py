@@ -58,6 +58,13 @@ class Deployment:
     work: Path
     runs: list[RunningDeployment]
 
+    def clients(self, stack: ExitStack) -> tuple[LcsSandboxClient, EhmSandboxClient]:
+        """The LCS and EHM sandboxes' clients, closed with ``stack``."""
+        return (
+            stack.enter_context(closing(LcsSandboxClient(self.systems.urls["lcs"], self.systems.token))),
+            stack.enter_context(closing(EhmSandboxClient(self.systems.urls["ehm"], self.systems.token))),
+        )
+
     def start(self, n: int) -> None:
         for _ in range(n):
             i = len(self.runs)
@@ -195,8 +202,7 @@ async def test_two_routers_keep_each_childs_order_and_queue_behind_only_where_a_
 ) -> None:
     children, per_child, faulted = (500, 4, 50) if long else (100, 4, 10)
     with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
-        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
-        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
+        lcs, ehm = d.clients(clients)
         p = plan(lcs, children, per_child, "two")
         d.start(2)
         # both members in the group before anything is published: partition p to the p % 2-th of them
@@ -253,8 +259,7 @@ async def test_three_routers_one_killed_mid_flow_every_transfer_completes_once_i
 ) -> None:
     children, per_child = (500, 4) if long else (150, 4)
     with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
-        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
-        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
+        lcs, ehm = d.clients(clients)
         p = plan(lcs, children, per_child, "kill")
         d.start(3)
         owned = await settled(d.runs)
@@ -302,8 +307,7 @@ async def test_a_completed_transfer_published_again_is_a_duplicate_even_after_it
     ids. The completed transfers are state per partition (``<prefix>.lifecycle``): the copies are read by the
     process that took the partitions over from one that stopped, and it knows them."""
     with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
-        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
-        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
+        lcs, ehm = d.clients(clients)
         p = plan(lcs, 20, 2, "dup")
         d.start(2)
         owned = await settled(d.runs)
@@ -344,8 +348,7 @@ async def test_a_member_paused_past_its_session_timeout_is_fenced_when_it_resume
     concurrency = 4
     with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
         d.config.write_text(f"concurrency = {concurrency}\n" + d.config.read_text())
-        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
-        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
+        lcs, ehm = d.clients(clients)
         p = plan(lcs, 60, 2, "pause")
         d.start(2)
         owned = await settled(d.runs)
