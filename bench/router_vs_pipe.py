@@ -15,8 +15,8 @@ RSS are that variant's), the clock starting at the first record:
 - ``pydantic``: the same plus ``TransferMessage.model_validate_json``;
 - ``floor``: the least any router with casebridge's outputs must do: validate, then write
   what the router writes for a completed transfer (its five events and the child history
-  record, bytes captured once from the router's own flow) through the router's own outbox,
-  offsets committed once those writes are acknowledged. No protocol, no connectors, no
+  record, bytes captured once from the router's own flow, and the child's lifecycle record)
+  through the router's own outbox, offsets committed once those writes are acknowledged. No protocol, no connectors, no
   event building: ``floor / raw`` is the ceiling of ``router / raw`` with these outputs;
 - ``router``: casebridge's Router from ``build_router``: validation, the North Somerset
   protocol, an in-process target (idempotent write) and source, every event produced,
@@ -77,6 +77,7 @@ from connectors.memory import MemorySource  # noqa: E402
 from contracts import CaseSystem, TransferMessage  # noqa: E402
 from mappings import Route  # noqa: E402
 from router import Settings, Topics, build_router  # noqa: E402
+from router._lifecycle import CompletedTransfers  # noqa: E402
 from router._outbox import Outbox, Queued  # noqa: E402
 from router.app import ensure_topics  # noqa: E402
 from router.settings import RetrySettings  # noqa: E402
@@ -314,7 +315,8 @@ class _Capture:
 
 
 async def _router_writes(args: argparse.Namespace) -> list[Queued]:
-    """What the router writes for the workload's first transfer, from its own flow (events and history)."""
+    """What the router writes for the workload's first transfer: from its own flow (events and history), and the
+    child's lifecycle record (the router's, after the flow)."""
     settings = _BenchSettings(
         bootstrap_servers=args.bootstrap, topic_prefix=args.run_prefix, group_id=args.group, input_topic=args.topic
     )
@@ -326,7 +328,10 @@ async def _router_writes(args: argparse.Namespace) -> list[Queued]:
     await router.outbox.stop()  # never started: closes the producer object
     if outcome.state != "completed" or len(capture.writes) != 6:
         raise BenchCheckFailed(f"floor: the router's flow gave {outcome.state} with {len(capture.writes)} writes")
-    return capture.writes
+    # and the child's lifecycle record the router writes once the flow completed it (router/app.py, _lifecycle.py)
+    transfer = TransferMessage.model_validate_json(r.value)
+    done = CompletedTransfers().complete(r.key, transfer.transfer_id, r.value, transfer.message_id, 0)
+    return [*capture.writes, (settings.topics.lifecycle, r.key, done, [])]
 
 
 async def _drain(
