@@ -132,19 +132,10 @@ def _broker(given: str | None) -> Iterator[str]:
     if given:
         yield given
         return
-    from casebridge.localdeploy import free_port
-    from casebridge.localkafka import LocalKafka
+    from casebridge.localkafka import temporary_broker
 
-    with tempfile.TemporaryDirectory(prefix="casebridge-bench-kafka-") as home:
-        port, controller = free_port(), free_port()
-        while controller == port:
-            controller = free_port()
-        broker = LocalKafka(Path(home), port=port, controller_port=controller)
-        broker.start(timeout=180)
-        try:
-            yield broker.bootstrap
-        finally:
-            broker.stop()
+    with temporary_broker(timeout=180) as bootstrap:
+        yield bootstrap
 
 
 def _median(xs: list[float]) -> str:

@@ -40,11 +40,9 @@ import json
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from array import array
@@ -946,19 +944,13 @@ def print_members(m: dict[str, Any]) -> None:
         print(f"{name:12}{fig['msg_per_s']:>10.0f} msg/s{fig['cpu_us_per_msg']:>8.0f} cpu us/msg")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def broker(args: argparse.Namespace) -> Iterator[str]:
     given = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if given:
         yield given
         return
-    from casebridge.localkafka import LocalKafka
+    from casebridge.localkafka import LocalKafka, temporary_broker
 
     class _GroupsWaitForMembers(LocalKafka):
         """Members runs: a new group's first rebalance waits 3 s (Kafka's default) so every member joins it.
@@ -975,13 +967,8 @@ def broker(args: argparse.Namespace) -> Iterator[str]:
             )
 
     kind = _GroupsWaitForMembers if args.members > 1 else LocalKafka
-    with tempfile.TemporaryDirectory(prefix="casebridge-bench-") as home:
-        kafka = kind(Path(home), port=_free_port(), controller_port=_free_port(), heap_mb=1024)
-        kafka.start(timeout=120)
-        try:
-            yield kafka.bootstrap
-        finally:
-            kafka.stop()
+    with temporary_broker(kind, timeout=120, heap_mb=1024) as bootstrap:
+        yield bootstrap
 
 
 def machine() -> dict[str, Any]:

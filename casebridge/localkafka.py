@@ -33,7 +33,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -749,3 +749,21 @@ async def _probe_metadata(bootstrap: str, timeout: float, secured: KafkaConnecti
         await client.close()
         if secured is not None:  # TLS: let the close_notify exchange end before asyncio.run closes this loop
             await asyncio.sleep(TLS_CLOSE_SECONDS)
+
+
+@contextlib.contextmanager
+def temporary_broker(kind: type[LocalKafka] = LocalKafka, timeout: float = 120.0, **options: Any) -> Iterator[str]:
+    """A broker of its own in a temporary home (a test session, a benchmark): its bootstrap address; stopped and its
+    home removed after. ``options`` go to ``kind`` (``heap_mb``, ``secure``, ...)."""
+    from .localdeploy import free_port  # outside the ephemeral range; localdeploy imports this module
+
+    with tempfile.TemporaryDirectory(prefix="casebridge-kafka-") as home:
+        port, controller = free_port(), free_port()
+        while controller == port:
+            controller = free_port()
+        broker = kind(Path(home), port=port, controller_port=controller, **options)
+        broker.start(timeout=timeout)
+        try:
+            yield broker.bootstrap
+        finally:
+            broker.stop()

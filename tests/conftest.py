@@ -20,8 +20,8 @@ import pytest
 #: processes they start) go to a directory of this run, not the user's ~/.local/state
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="casebridge-test-state-")
 
-from casebridge.localdeploy import free_port  # outside the ephemeral range (no socket connects to itself)
-from casebridge.localkafka import LocalKafka
+from casebridge.localdeploy import free_port  # noqa: F401 (tests import it from here: outside the ephemeral range)
+from casebridge.localkafka import temporary_broker
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
 from casebridge.stack import Stack
 from router import Settings
@@ -60,16 +60,8 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    with tempfile.TemporaryDirectory(prefix="casebridge-kafka-") as home:
-        port, controller = free_port(), free_port()
-        while controller == port:
-            controller = free_port()
-        broker = LocalKafka(Path(home), port=port, controller_port=controller)
-        broker.start(timeout=120)
-        try:
-            yield broker.bootstrap
-        finally:
-            broker.stop()
+    with temporary_broker(timeout=120) as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture
