@@ -1,0 +1,119 @@
+"""The feeds of a deployment have one owner (issue #16, "feeds run in every process"): of the ``casebridge run``
+processes of one deployment file, the one its ``<group_id>-feeds`` group gives partition 0 of
+``<prefix>.feed-cursors`` runs the source feeds (LCS's change feed here), from the cursors on that topic; the others
+run none. When the owner stops, another takes the feeds over and resumes from the shared cursor.
+
+Real processes on the session's broker (``tests/test_many_routers.py``'s deployment: North Somerset on the LCS and
+EHM sandboxes, each process its own state directory, so a process that read its own cursor file would start from
+the beginning and publish every request again). What is counted is records on the transfers topic, not events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from contextlib import ExitStack, closing
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from casebridge.localdeploy import Events, RunningDeployment
+from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
+from tests.test_many_routers import deployment, log_lines
+
+
+async def _records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record of ``topic`` (all partitions, to their end now): (key, value)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(await consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        end = await consumer.end_offsets(parts)
+        await consumer.seek_to_beginning(*parts)
+        out: list[tuple[bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + 30
+        while any(await consumer.position(tp) < end[tp] for tp in parts) and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                out += [(r.key, r.value) for r in records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _published(bootstrap: str, topic: str) -> Counter[str]:
+    """How many records the transfers topic holds per transfer id."""
+    return Counter(json.loads(v)["transfer_id"] for _, v in await _records(bootstrap, topic) if v is not None)
+
+
+async def _owners(runs: list[RunningDeployment], timeout: float) -> list[RunningDeployment]:
+    """The runs that own the feeds now (logged ``feeds_owned`` more often than ``feeds_released``), once one does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        owning = [r for r in runs if len(log_lines(r, "feeds_owned")) > len(log_lines(r, "feeds_released"))]
+        if owning or time.monotonic() > deadline:
+            return owning
+        await asyncio.sleep(0.2)
+
+
+async def test_two_processes_publish_each_request_once_and_the_other_takes_the_feeds_over_from_the_shared_cursor(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    transfers = f"{topic_prefix}.transfers"
+    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
+        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
+        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
+        d.start(2)
+        owning = await _owners(d.runs, timeout=30)
+        assert len(owning) == 1, f"one process owns the feeds: {[len(log_lines(r, 'feeds_owned')) for r in d.runs]}"
+        [owner] = owning
+        other = next(r for r in d.runs if r is not owner)
+        assert log_lines(other, "feeds_owned") == [], "the other process runs no feed"
+        [owned] = log_lines(owner, "feeds_owned")
+        assert "LcsPublisher" in owned["feeds"] and "DecisionReporter" in owned["feeds"]
+
+        def requests(n: int) -> list[str]:
+            ids = [lcs.request_stepdown(lcs.create_child(locality="North")) for _ in range(n)]
+            return [f"north-somerset-lcs-{r}".lower() for r in ids]
+
+        first = requests(5)
+        events = Events(kafka_bootstrap, f"{topic_prefix}.events")
+        try:
+            by = await events.until(dict.fromkeys(first, "source-closed"), timeout=120)
+            assert all(events.has({t: "source-closed"}) for t in first), "the first requests completed"
+            await asyncio.sleep(2)  # a second publisher's copies, if there were one, have landed
+            counts = await _published(kafka_bootstrap, transfers)
+            assert {t: counts[t] for t in first} == dict.fromkeys(first, 1), "each request published once"
+
+            assert owner.stop() == 0  # SIGTERM: it stops its feeds and leaves the feeds group
+            stopped_at = time.monotonic()
+            assert log_lines(owner, "feeds_released"), "the owner released the feeds as it stopped"
+            assert await _owners([other], timeout=30) == [other], "the other process took the feeds over"
+            took_over = time.monotonic() - stopped_at
+
+            second = requests(5)
+            by = await events.until(dict.fromkeys(second, "source-closed"), timeout=120)
+            assert all(events.has({t: "source-closed"}) for t in second), "the later requests completed"
+            await asyncio.sleep(2)
+            counts = await _published(kafka_bootstrap, transfers)
+        finally:
+            await events.stop()
+        both = first + second
+        # resumed from the shared cursor: its own state directory has no cursor, yet nothing was published again
+        assert {t: counts[t] for t in both} == dict.fromkeys(both, 1), "every request published once, in all"
+        delivered = {t: sum(e.event_type == "delivered" for e in by[t]) for t in both}  # records, not distinct ids
+        assert delivered == dict.fromkeys(both, 1), "every transfer delivered once"
+        assert sorted(i["transfer_id"] for i in ehm.tray() if i["transfer_id"] in both) == sorted(both)
+        cursors = {k: json.loads(v) for k, v in await _records(kafka_bootstrap, f"{topic_prefix}.feed-cursors") if k
+                   and v}  # fmt: skip
+        assert b"lcs-stepdowns" in cursors and cursors[b"lcs-stepdowns"]["after"] > 0, sorted(cursors)
+        files = sorted(p.name for p in d.work.glob("state-*/*-cursor.json"))
+        assert files == [], f"no cursor file under casebridge run: {files}"
+        for run in d.runs:  # the lease's lines carry no personal data: the group and the loops' names
+            for line in [*log_lines(run, "feeds_owned"), *log_lines(run, "feeds_released")]:
+                assert set(line) <= {"event", "group_id", "feeds", "cursors", "records", "reason", "level",
+                                     "timestamp", "logger"}, line  # fmt: skip
+        print(f"\nfeeds taken over {took_over:.1f} s after the owner's SIGTERM; 10 requests published once each")
+        assert took_over < 10, f"the feeds were taken over only {took_over:.1f} s after the owner stopped"
