@@ -130,7 +130,9 @@ class KafkaCursors:
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         values[name] = int(json.loads(r.value)["after"])
         finally:
-            await consumer.stop()
+            from ._outage import within
+
+            await within("feed cursors reader", consumer.stop(), 2.0)  # (aiokafka's stop may end cancelled)
         self.values = values
         return read
 
@@ -242,6 +244,7 @@ class FeedLease:
                             self.owned = False
                             raise
                     elif self.owned and not await self._membership.current(consumer):
+                        self._assigned = False  # until the group assigns it again (the rejoin)
                         await self._release("the coordinator no longer knows this member")
             except Exception as exc:
                 if not is_transient_kafka_error(exc):
@@ -250,15 +253,20 @@ class FeedLease:
                 await asyncio.sleep(1.0)
 
     async def _release(self, reason: str) -> None:
+        """Stop the feeds while still the owner (a page in flight finishes and writes its cursor), then let go."""
         if self.owned:
-            self.owned = False
-            await self._released()
+            try:
+                await self._released()
+            finally:
+                self.owned = False
             log.info("feeds_released", group_id=self.group_id, reason=reason)
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         self._assigned = TopicPartition(self.topic, PARTITION) in partitions
         if self._assigned:
             self._membership.confirmed_at = time.monotonic()
+        else:  # another member of the deployment runs the feeds: this one waits
+            log.info("feeds_standby", group_id=self.group_id)
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         if TopicPartition(self.topic, PARTITION) in partitions:

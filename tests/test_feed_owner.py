@@ -11,51 +11,58 @@ the beginning and publish every request again). What is counted is records on th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import Counter
 from contextlib import ExitStack, closing
+from datetime import UTC, datetime
 from pathlib import Path
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from casebridge.localdeploy import Events, RunningDeployment
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
+from tests.support import read
 from tests.test_many_routers import deployment, log_lines
 
 
 async def _records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    """Every record of ``topic`` (all partitions, to their end now): (key, value)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(await consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(parts)
-        end = await consumer.end_offsets(parts)
-        await consumer.seek_to_beginning(*parts)
-        out: list[tuple[bytes | None, bytes | None]] = []
-        deadline = time.monotonic() + 30
-        while any(await consumer.position(tp) < end[tp] for tp in parts) and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out += [(r.key, r.value) for r in records]
-        return out
-    finally:
-        await consumer.stop()
+    """Every record of ``topic``: (key, value); read from the beginning for a few seconds (the topics are small)."""
+    return [(r.key, r.value) for r in await read(bootstrap, topic, lambda _: False, timeout=6)]
 
 
 async def _published(bootstrap: str, topic: str) -> Counter[str]:
     """How many records the transfers topic holds per transfer id."""
-    return Counter(json.loads(v)["transfer_id"] for _, v in await _records(bootstrap, topic) if v is not None)
+    records = await _records(bootstrap, topic)
+    return Counter(json.loads(v)["transfer_id"] for _, v in records if v is not None)
 
 
-async def _owners(runs: list[RunningDeployment], timeout: float) -> list[RunningDeployment]:
-    """The runs that own the feeds now (logged ``feeds_owned`` more often than ``feeds_released``), once one does."""
+def _owning(run: RunningDeployment) -> bool:
+    """Whether the run owns the feeds now: its last ``feeds_owned`` is later than its last ``feeds_released``."""
+    return len(log_lines(run, "feeds_owned")) > len(log_lines(run, "feeds_released"))
+
+
+async def _settled(runs: list[RunningDeployment], timeout: float) -> list[RunningDeployment]:
+    """Once one run owns the feeds and every other one waits (``feeds_standby``): the owners."""
     deadline = time.monotonic() + timeout
     while True:
-        owning = [r for r in runs if len(log_lines(r, "feeds_owned")) > len(log_lines(r, "feeds_released"))]
-        if owning or time.monotonic() > deadline:
+        owning = [r for r in runs if _owning(r)]
+        waiting = [r for r in runs if not _owning(r) and log_lines(r, "feeds_standby")]
+        if (len(owning) == 1 and len(waiting) == len(runs) - 1) or time.monotonic() > deadline:
             return owning
         await asyncio.sleep(0.2)
+
+
+def _never_two_owners(runs: list[RunningDeployment]) -> None:
+    """From the runs' logs: no two processes ever ran the feeds at the same time (each one's owned-to-released
+    spans are disjoint from every other one's)."""
+    spans = []
+    for i, run in enumerate(runs):
+        owned = [datetime.fromisoformat(x["timestamp"]) for x in log_lines(run, "feeds_owned")]
+        released = [datetime.fromisoformat(x["timestamp"]) for x in log_lines(run, "feeds_released")]
+        far = datetime.max.replace(tzinfo=UTC)
+        spans += [(start, end, i) for start, end in zip(owned, [*released, *[far] * len(owned)], strict=False)]
+    for (a0, a1, i), (b0, b1, j) in itertools.combinations(spans, 2):
+        assert i == j or a1 <= b0 or b1 <= a0, f"processes {i} and {j} ran the feeds at the same time: {spans}"
 
 
 async def test_two_processes_publish_each_request_once_and_the_other_takes_the_feeds_over_from_the_shared_cursor(
@@ -66,12 +73,11 @@ async def test_two_processes_publish_each_request_once_and_the_other_takes_the_f
         lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
         ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
         d.start(2)
-        owning = await _owners(d.runs, timeout=30)
-        assert len(owning) == 1, f"one process owns the feeds: {[len(log_lines(r, 'feeds_owned')) for r in d.runs]}"
+        owning = await _settled(d.runs, timeout=30)
+        assert len(owning) == 1, f"one process owns the feeds: {[_owning(r) for r in d.runs]}"
         [owner] = owning
         other = next(r for r in d.runs if r is not owner)
-        assert log_lines(other, "feeds_owned") == [], "the other process runs no feed"
-        [owned] = log_lines(owner, "feeds_owned")
+        owned = log_lines(owner, "feeds_owned")[-1]  # (the feeds may have moved at the second one's join)
         assert "LcsPublisher" in owned["feeds"] and "DecisionReporter" in owned["feeds"]
 
         def requests(n: int) -> list[str]:
@@ -89,8 +95,9 @@ async def test_two_processes_publish_each_request_once_and_the_other_takes_the_f
 
             assert owner.stop() == 0  # SIGTERM: it stops its feeds and leaves the feeds group
             stopped_at = time.monotonic()
-            assert log_lines(owner, "feeds_released"), "the owner released the feeds as it stopped"
-            assert await _owners([other], timeout=30) == [other], "the other process took the feeds over"
+            released = log_lines(owner, "feeds_released")
+            assert released and released[-1]["reason"] == "stopping", "the owner released the feeds as it stopped"
+            assert await _settled([other], timeout=30) == [other], "the other process took the feeds over"
             took_over = time.monotonic() - stopped_at
 
             second = requests(5)
@@ -109,11 +116,12 @@ async def test_two_processes_publish_each_request_once_and_the_other_takes_the_f
         cursors = {k: json.loads(v) for k, v in await _records(kafka_bootstrap, f"{topic_prefix}.feed-cursors") if k
                    and v}  # fmt: skip
         assert b"lcs-stepdowns" in cursors and cursors[b"lcs-stepdowns"]["after"] > 0, sorted(cursors)
+        _never_two_owners(d.runs)
         files = sorted(p.name for p in d.work.glob("state-*/*-cursor.json"))
         assert files == [], f"no cursor file under casebridge run: {files}"
         for run in d.runs:  # the lease's lines carry no personal data: the group and the loops' names
             for line in [*log_lines(run, "feeds_owned"), *log_lines(run, "feeds_released")]:
                 assert set(line) <= {"event", "group_id", "feeds", "cursors", "records", "reason", "level",
-                                     "timestamp", "logger"}, line  # fmt: skip
+                                     "timestamp", "logger", "correlation_id"}, line  # fmt: skip
         print(f"\nfeeds taken over {took_over:.1f} s after the owner's SIGTERM; 10 requests published once each")
         assert took_over < 10, f"the feeds were taken over only {took_over:.1f} s after the owner stopped"
