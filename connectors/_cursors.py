@@ -143,6 +143,9 @@ class KafkaCursors:
             return False
         if self._producer is None:
             raise RuntimeError("KafkaCursors used before start()")
+        from ._feed import renew_producer
+
+        await renew_producer(self, "_producer")  # its sender died (a broker restart): a fresh one
         value = json.dumps({"after": after}).encode()
         await self._producer.send_and_wait(self.topic, value=value, key=name.encode(), partition=PARTITION)
         self.values[name] = after
@@ -226,17 +229,19 @@ class FeedLease:
         """Until ``stop()``: poll the group; start the feeds once partition 0 is assigned; stop them if the
         coordinator says this member was dropped (it rejoins on the next poll). A transient Kafka error (the broker
         away or recovering) is waited out: the feeds start once the cursors could be read."""
-        from ._outage import is_transient_kafka_error
+        from ._outage import OUTAGE, is_transient_kafka_error, is_unreachable
 
         consumer = self._consumer
         assert consumer is not None
+        failed = False
         while not stop():
             try:
                 await consumer.getmany(timeout_ms=int(min(interval, 0.5) * 1000))  # records: this process's writes
                 if stop():
                     break
                 async with self._lock:
-                    if self._assigned and not self.owned:
+                    # (after a lost membership, only once confirmed again: the rejoin, or the coordinator back)
+                    if self._assigned and not self.owned and await self._membership.current(consumer):
                         self.owned = True
                         try:
                             await self._acquired()
@@ -244,12 +249,18 @@ class FeedLease:
                             self.owned = False
                             raise
                     elif self.owned and not await self._membership.current(consumer):
-                        self._assigned = False  # until the group assigns it again (the rejoin)
-                        await self._release("the coordinator no longer knows this member")
+                        await self._release("membership not confirmed by the group coordinator")
+                if failed:
+                    failed = False
+                    OUTAGE.answered("feeds-lease")
             except Exception as exc:
                 if not is_transient_kafka_error(exc):
                     raise
-                log.warning("feeds_lease_waiting", group_id=self.group_id, error_class=type(exc).__name__)
+                if is_unreachable(exc):
+                    failed = True
+                    OUTAGE.failed("feeds-lease", exc)  # one line for the whole outage
+                else:  # the cluster answers, but is recovering (a leader election): one line a try, a second apart
+                    log.warning("kafka_recovering", feed="feeds-lease", error_class=type(exc).__name__)
                 await asyncio.sleep(1.0)
 
     async def _release(self, reason: str) -> None:
