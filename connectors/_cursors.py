@@ -111,13 +111,16 @@ class KafkaCursors:
     async def restore(self) -> int:
         """Read the cursors to the topic's end (the last value of each feed wins); returns how many records."""
         tp = TopicPartition(self.topic, PARTITION)
-        consumer: AIOKafkaConsumer = clients.consumer(self.kafka, enable_auto_commit=False, group_id=None)
+        # no group, so no committed offset: the position is reset to the earliest offset (a seek_to_beginning after
+        # assign races with the reset that assign starts, and may lose to it)
+        consumer: AIOKafkaConsumer = clients.consumer(
+            self.kafka, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+        )
         await consumer.start()
         read = 0
         try:
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
-            await consumer.seek_to_beginning(tp)
             values: dict[str, int] = {}
             while await consumer.position(tp) < end:
                 batch = await consumer.getmany(tp, timeout_ms=500, max_records=1000)

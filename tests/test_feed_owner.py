@@ -21,6 +21,9 @@ from pathlib import Path
 
 from casebridge.localdeploy import Events, RunningDeployment
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
+from connectors._cursors import FileCursor, KafkaCursors
+from router import topics as deployment_topics
+from router.settings import Topics, TopicSettings
 from tests.support import read
 from tests.test_many_routers import deployment, log_lines
 
@@ -125,3 +128,31 @@ async def test_two_processes_publish_each_request_once_and_the_other_takes_the_f
                                      "timestamp", "logger", "correlation_id"}, line  # fmt: skip
         print(f"\nfeeds taken over {took_over:.1f} s after the owner's SIGTERM; 10 requests published once each")
         assert took_over < 10, f"the feeds were taken over only {took_over:.1f} s after the owner stopped"
+
+
+async def test_the_cursor_topic_holds_each_feeds_last_cursor_and_a_feed_it_does_not_know_starts_from_its_file(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topics = Topics(topic_prefix)
+    await deployment_topics.prepare(kafka_bootstrap, topics, 1, TopicSettings(), only={topics.feed_cursors})
+    writer = KafkaCursors(kafka_bootstrap, topics.feed_cursors)
+    await writer.start()
+    try:
+        assert 0 == await writer.restore()
+        lcs = writer.cursor(FileCursor(tmp_path / "lcs-stepdowns-cursor.json"))
+        ehm = writer.cursor(FileCursor(tmp_path / "ehm-allocations-cursor.json"))
+        await lcs.commit(5)
+        await lcs.commit(7)
+        await ehm.commit(3)
+    finally:
+        await writer.stop()
+    upgraded = FileCursor(tmp_path / "ted-stepdowns-cursor.json")
+    upgraded.save(11)  # a deployment upgraded from one process: its cursor file, never written to the topic
+    FileCursor(tmp_path / "lcs-stepdowns-cursor.json").save(2)  # a stale file: the topic's cursor wins
+    reader = KafkaCursors(kafka_bootstrap, topics.feed_cursors)
+    assert 3 == await reader.restore()  # every record read, to the end
+    assert {"lcs-stepdowns": 7, "ehm-allocations": 3} == reader.values
+    assert (7, 3, 11) == tuple(
+        reader.cursor(FileCursor(tmp_path / f"{n}-cursor.json")).load()
+        for n in ("lcs-stepdowns", "ehm-allocations", "ted-stepdowns")
+    )
