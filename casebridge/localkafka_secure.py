@@ -305,7 +305,7 @@ def acl_grants(prefix: str = "casebridge") -> list[Grant]:
 
     router_owned = (
         "transfers", "retry.", "retry-state", "lifecycle", "child-history", "pending-notices", "pending-closures",
-        "events", "dlq", "parking", "remap",
+        "events", "dlq", "parking", "remap", "feed-cursors",
     )  # fmt: skip
     allow("router", "topic", (topic + t for t in router_owned), rw)
     allow("router", "topic", [topic + "audit"], ["read"])

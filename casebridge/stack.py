@@ -21,6 +21,8 @@ from tenacity import AsyncRetrying, retry_if_exception
 from tenacity.wait import wait_random_exponential
 
 from connectors import CasebridgeError, Source, Target
+from connectors._cursors import FeedLease, FileCursor, KafkaCursors
+from connectors._feed import _FeedLoop
 from connectors._outage import OUTAGE, is_transient_kafka_error, is_unreachable, within
 from connectors.ehm import AllocationReporter, StepUpPublisher
 from connectors.lcs import DecisionReporter, LcsPublisher
@@ -93,6 +95,13 @@ class Stack:
     _recovery: asyncio.Task[None] | None = field(default=None, init=False)
     #: per loop (its type's name): when its last poll succeeded (``time.time()``), for ``casebridge run``'s metrics
     last_poll: dict[str, float] = field(default_factory=dict, init=False)
+    #: with loops, the feeds (publishers, reporters) have one owner per deployment: the process its feeds lease
+    #: (``connectors._cursors.FeedLease``) gives partition 0 of the cursor topic runs them, from the cursors there
+    lease: FeedLease | None = field(default=None, init=False)
+    cursors: KafkaCursors | None = field(default=None, init=False)
+    _leased: list[_FeedLoop] = field(default_factory=list, init=False)
+    _feed_tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    _feeds_stopping: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         topics = self.settings.topics
@@ -165,17 +174,82 @@ class Stack:
         self.router.recover = self._recover_soon
         await self.router.start()
         await self.notices.start()
+        if self.loops:
+            self._leased = [f for f in self.feeds if isinstance(f, _FeedLoop)]
+        for feed in self._leased:
+            feed.leased = True  # what follows the owner (the remap consumer) starts when this process owns them
         for feed in self.feeds:
             await feed.start()
         await self.closures.start()
         if self.loops:
             stop = lambda: self._stopping  # noqa: E731
-            parts: list[_Loop] = [self.notices, self.closures, *self.feeds]
+            parts: list[_Loop] = [self.notices, self.closures, *(f for f in self.feeds if f not in self._leased)]
+            if self._leased:
+                parts.append(await self._feeds_lease())
             for part in parts:
                 self._timed(part)
                 task = asyncio.create_task(part.run(self.poll_interval, stop), name=type(part).__name__)
                 task.add_done_callback(self._loop_ended)
                 self._tasks.append(task)
+
+    # -- the feeds: one owner per deployment ----------------------------------------------------
+
+    async def _feeds_lease(self) -> FeedLease:
+        """Join the deployment's feeds group; the feeds' cursors move to the cursor topic."""
+        topics = self.settings.topics
+        group = f"{self.settings.group_id}-feeds"
+        self.lease = lease = FeedLease(self.settings.connection, topics.feed_cursors, group,
+                                       self._own_feeds, self._give_up_feeds)  # fmt: skip
+        self.cursors = KafkaCursors(self.settings.connection, topics.feed_cursors, current=lease.current)
+        await self.cursors.start()
+        for feed in self._leased:
+            if isinstance(feed.cursor, FileCursor):
+                feed.cursor = self.cursors.cursor(feed.cursor)
+            self._timed(feed)
+            self._guarded(feed, lease)
+        await lease.start()
+        return lease
+
+    @staticmethod
+    def _guarded(part: Any, lease: FeedLease) -> None:
+        """A page is read only while the lease is confirmed (a member paused past its session timeout, resumed,
+        reads nothing more before it learns it was dropped)."""
+        poll = part.poll_once
+
+        async def poll_once() -> int:
+            if not await lease.current():
+                return 0
+            found: int = await poll()
+            return found
+
+        part.poll_once = poll_once
+
+    async def _own_feeds(self) -> None:
+        """This process took the feeds over: the cursors read to their end, then every feed started."""
+        assert self.cursors is not None and self.lease is not None
+        read = await self.cursors.restore()
+        for feed in self._leased:
+            await feed.resume()
+        self._feeds_stopping = False
+        stop = lambda: self._stopping or self._feeds_stopping  # noqa: E731
+        for feed in self._leased:
+            task = asyncio.create_task(feed.run(self.poll_interval, stop), name=type(feed).__name__)
+            task.add_done_callback(self._loop_ended)
+            self._feed_tasks.append(task)
+        log.info("feeds_owned", group_id=self.lease.group_id, feeds=[type(f).__name__ for f in self._leased],
+                 cursors=len(self.cursors.values), records=read)  # fmt: skip
+
+    async def _give_up_feeds(self) -> None:
+        """The lease is going (revoked, or this process stops): every feed stops before it moves on; a poll in
+        flight finishes (its cursor written only if the lease still holds), one stuck on Kafka is cancelled."""
+        self._feeds_stopping = True
+        tasks, self._feed_tasks = self._feed_tasks, []
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=5.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(within(type(f).__name__, f.pause(), 2.0) for f in self._leased))
 
     def _timed(self, part: Any) -> None:
         """Record when each poll of ``part`` succeeds (``last_poll``); a loop without polls (the intake's server)
@@ -194,7 +268,7 @@ class Stack:
 
     def loops_up(self) -> dict[str, bool]:
         """Per loop (its type's name): running (True) or ended (False); empty before ``start`` or without loops."""
-        return {task.get_name(): not task.done() for task in self._tasks}
+        return {task.get_name(): not task.done() for task in [*self._tasks, *self._feed_tasks]}
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """A loop that dies (not stopped) stops the whole stack, so ``casebridge run`` exits non-zero and its
@@ -278,13 +352,19 @@ class Stack:
         self._stopping = True
         if self._recovery is not None:
             await within("router recovery", self._recovery, 1.0)
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=1.5)
+        running = [*self._tasks, *self._feed_tasks]
+        if running:
+            _, late = await asyncio.wait(running, timeout=1.5)
             for task in late:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)
         parts = [*reversed(self.feeds), self.closures, self.notices]
-        await asyncio.gather(*(within(type(p).__name__, p.stop(), 2.0) for p in parts))
+        stops = [within(type(p).__name__, p.stop(), 2.0) for p in parts]
+        if self.lease is not None:  # its feeds stopped above: it leaves the group, another process takes them over
+            stops.append(within("feeds lease", self.lease.stop(), 2.0))
+        if self.cursors is not None:
+            stops.append(within("feed cursors", self.cursors.stop(), 2.0))
+        await asyncio.gather(*stops)
         await self.router.stop(budget=4.5)
         await OUTAGE.close()
 

@@ -1,11 +1,11 @@
-"""Change feeds read from a case system, resumed from a durable cursor after a restart."""
+"""Change feeds read from a case system, resumed from a durable cursor after a restart (``connectors._cursors``:
+the cursor stores, and the lease that gives a deployment's feeds one owner)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import os
 import struct
 import weakref
 from abc import ABC, abstractmethod
@@ -28,6 +28,7 @@ from mappings import MappingError
 
 from . import kafka as clients
 from ._base import Connector
+from ._cursors import Cursor, FileCursor
 from ._outage import OUTAGE, close_producer, is_transient_kafka_error, is_unreachable
 from ._tracing import headers_with_context, publishing
 from .kafka import Kafka
@@ -70,25 +71,6 @@ def spring_dlt_headers(
         (DLT_EXCEPTION_FQCN, error_class.encode()),
         (DLT_EXCEPTION_MESSAGE, message.encode()),
     ]
-
-
-class FileCursor:
-    """The last feed position whose outputs Kafka acknowledged; written atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> int:
-        try:
-            return int(json.loads(self.path.read_text(encoding="utf-8"))["after"])
-        except FileNotFoundError:
-            return 0
-
-    def save(self, after: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"after": after}), encoding="utf-8")
-        os.replace(tmp, self.path)
 
 
 #: how to build a producer again like each idempotent producer made here (``renew_producer``)
@@ -200,9 +182,14 @@ class _FeedLoop(ABC):
     #: the feed's name in logs (``feed_unavailable``)
     feed: ClassVar[str]
 
+    #: the feed runs under the deployment's feeds lease (``connectors._cursors.FeedLease``): what follows the
+    #: owner (the remap consumer) is started by ``resume`` when this process takes the feeds over, not by ``start``
+    leased: bool = False
+
     def __init__(self, connector: Connector, kafka: Kafka, cursor: Path) -> None:
         self.connector = connector
-        self.cursor = FileCursor(cursor)
+        #: a file in the state directory; under the lease, the deployment's cursor topic (``KafkaCursors``)
+        self.cursor: Cursor = FileCursor(cursor)
         self.producer = idempotent_producer(kafka)
 
     async def start(self) -> None:
@@ -212,6 +199,12 @@ class _FeedLoop(ABC):
     async def stop(self) -> None:
         await close_producer(self.producer, 2.0, f"{self.feed} producer")  # bounded: the broker may be away
         await self.connector.stop()
+
+    async def resume(self) -> None:
+        """This process took the feeds over (the lease): start what follows the owner."""
+
+    async def pause(self) -> None:
+        """This process gave the feeds up: stop what follows the owner (before the lease moves on)."""
 
     @abstractmethod
     async def poll_once(self) -> int:
@@ -253,7 +246,7 @@ class EventReporter(_FeedLoop):
         for fut in futures:
             await fut  # acknowledged by the broker before the cursor moves
         if last != after:
-            self.cursor.save(last)
+            await self.cursor.commit(last)
         return len(events)
 
 
@@ -325,16 +318,25 @@ class FeedPublisher(_FeedLoop):
 
     async def start(self) -> None:
         await super().start()
+        if not self.leased:
+            await self.resume()
+
+    async def resume(self) -> None:
+        """Follow the remap topic (its own consumer group): only the process that runs the feeds does."""
         if self.remap is not None and self._remap_consumer is None:
             consumer = clients.consumer(self._kafka, self.remap.topic, group_id=self.remap.group_id,
                                         enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
             await consumer.start()
             self._remap_consumer = consumer
 
-    async def stop(self) -> None:
+    async def pause(self) -> None:
+        """Leave the remap group (its partitions go to the process that takes the feeds over)."""
         if self._remap_consumer is not None:
             consumer, self._remap_consumer = self._remap_consumer, None
             await consumer.stop()
+
+    async def stop(self) -> None:
+        await self.pause()
         await super().stop()
 
     @abstractmethod
@@ -357,7 +359,7 @@ class FeedPublisher(_FeedLoop):
         for fut in pending:
             await fut  # acknowledged by the broker before the cursor moves
         if last != after:
-            self.cursor.save(last)
+            await self.cursor.commit(last)
         self.published += len(pending)
         return len(pending) + await self.remap_once()
 

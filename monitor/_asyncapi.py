@@ -229,6 +229,13 @@ def asyncapi_document() -> dict[str, Any]:
         },
         "required": ["tier", "pending"],
     }
+    schemas["FeedCursor"] = {
+        "type": "object",
+        "title": "FeedCursor",
+        "description": "a source feed's position: the last one whose outputs Kafka acknowledged",
+        "properties": {"after": {"type": "integer", "minimum": 0}},
+        "required": ["after"],
+    }
     schemas["CompletedTransfers"] = {
         "type": "object",
         "title": "CompletedTransfers",
@@ -403,6 +410,13 @@ def asyncapi_document() -> dict[str, Any]:
             "RetryState",
             "the child key, as the transfer's",
         ),
+        "FeedCursor": message(
+            "FeedCursor",
+            "Feed cursor",
+            "A source feed's cursor (a publisher's, a reporter's), so the process taking the feeds over resumes there.",
+            "FeedCursor",
+            "the feed's name, <system>-<feed> (e.g. lcs-stepdowns)",
+        ),
         "CompletedTransfers": message(
             "CompletedTransfers",
             "Completed transfers",
@@ -497,6 +511,13 @@ def asyncapi_document() -> dict[str, Any]:
             "Compacted: each child's completed transfers (a copy of one is a duplicate).",
             "CompletedTransfers",
         ),
+        "feedCursors": channel(
+            topics.feed_cursors,
+            topics.feed_cursors,
+            "Compacted, one partition: each source feed's cursor; the process whose <group_id>-feeds group holds "
+            "partition 0 runs the deployment's feeds.",
+            "FeedCursor",
+        ),
         "childHistory": channel(
             topics.history, topics.history, "Compacted: each child's step-downs of the last year.", "ChildHistory"
         ),
@@ -514,6 +535,8 @@ def asyncapi_document() -> dict[str, Any]:
             "PendingClosure",
         ),
     }
+
+    channels["feedCursors"]["bindings"]["kafka"]["partitions"] = 1  # created so (router/topics.py)
 
     def operation(action: str, ch: str, summary: str, group: str | None = None) -> dict[str, Any]:
         op: dict[str, Any] = {
@@ -564,6 +587,13 @@ def asyncapi_document() -> dict[str, Any]:
         "audit": operation("send", "audit", "Each replay and each recorded allocation is audited."),
         "keepRetryState": operation("send", "retryState", "The router records which children wait in a tier."),
         "rememberCompleted": operation("send", "lifecycle", "The router records each completed transfer."),
+        "saveFeedCursor": operation("send", "feedCursors", "The feeds' owner saves a cursor once a page is acked."),
+        "ownFeeds": operation(
+            "receive",
+            "feedCursors",
+            "Each casebridge run process is a member; the one given partition 0 reads the cursors and runs the feeds.",
+            "<group_id>-feeds",
+        ),
         "rememberStepDown": operation("send", "childHistory", "The router records each completed step-down."),
         "holdNotice": operation("send", "pendingNotices", "The router records a notice due on allocation."),
         "sendNotices": operation(

@@ -63,6 +63,12 @@ class Topics:
         return f"{self.prefix}.pending-closures"
 
     @property
+    def feed_cursors(self) -> str:
+        """Compacted, one partition: each source feed's cursor, keyed by the feed's name; the deployment's feeds run
+        in the process its ``<group_id>-feeds`` group gives partition 0 (``connectors._cursors``)."""
+        return f"{self.prefix}.feed-cursors"
+
+    @property
     def parking(self) -> str:
         """Replayed messages that failed again: kept here for a person, never looped back."""
         return f"{self.prefix}.parking"

@@ -2,8 +2,8 @@
 
 - dead letters, parking, audit: ``retention.ms`` = ``kept_retention_ms`` (-1: kept until a person deletes
   them; G3, nothing is lost);
-- retry-state, child-history, pending-notices, pending-closures: ``cleanup.policy=compact`` (state: the
-  latest value per key);
+- retry-state, child-history, pending-notices, pending-closures, feed-cursors: ``cleanup.policy=compact`` (state:
+  the latest value per key; feed-cursors has one partition, its owner runs the feeds);
 - transfers, retry tiers and remap (replayed map-stage dead letters: source records, handled as transfers
   are): ``retention.ms`` = ``transfers_retention_ms`` (7 days: a transfer is handled in seconds);
 - events: ``retention.ms`` = ``events_retention_ms`` (a year: what the monitor can rebuild from).
@@ -43,7 +43,8 @@ def kept(topics: Topics) -> list[str]:
 
 
 def compacted(topics: Topics) -> list[str]:
-    return [topics.retry_state, topics.lifecycle, topics.history, topics.pending_notices, topics.pending_closures]
+    return [topics.retry_state, topics.lifecycle, topics.history, topics.pending_notices, topics.pending_closures,
+            topics.feed_cursors]  # fmt: skip
 
 
 def copartitioned(topics: Topics, tiers: int) -> list[str]:
@@ -88,7 +89,7 @@ async def prepare(kafka: Kafka, topics: Topics, tiers: int, s: TopicSettings, on
             wanted = {n: c for n, c in wanted.items() if n in only}
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(n, num_partitions=s.partitions, replication_factor=replication, topic_configs=c)
+            NewTopic(n, 1 if n == topics.feed_cursors else s.partitions, replication, topic_configs=c)
             for n, c in wanted.items()
             if n not in existing
         ]

@@ -38,6 +38,7 @@ def test_asyncapi_document_names_every_topic_and_resolves_its_references() -> No
         "{prefix}.child-history",
         "{prefix}.pending-notices",
         "{prefix}.pending-closures",
+        "{prefix}.feed-cursors",
     } == addresses
     refs: list[str] = []
 
@@ -90,7 +91,7 @@ def test_every_topic_router_topics_creates_is_a_channel_with_its_kafka_binding()
         address = "{prefix}.retry.{tier}" if name.startswith("{prefix}.retry.") else name
         binding = _channel(doc, address)["bindings"]["kafka"]
         topic_config = binding["topicConfiguration"]
-        assert settings.partitions == binding["partitions"], name
+        assert (1 if name == topics.feed_cursors else settings.partitions) == binding["partitions"], name
         assert config.get("cleanup.policy", "delete").split(",") == topic_config["cleanup.policy"], name
         assert config.get("retention.ms") == (
             str(topic_config["retention.ms"]) if "retention.ms" in topic_config else None
