@@ -64,8 +64,11 @@ class IndexUnusable(Exception):
 
 
 def deployment(kafka: Kafka, topics: Topics) -> str:
-    """Which deployment an index belongs to: a hash of its bootstrap servers and topic prefix."""
-    return hashlib.sha256(f"{clients.servers(kafka)}\n{topics.prefix}".encode()).hexdigest()[:16]
+    """Which deployment an index belongs to, and whose: a hash of its bootstrap servers, topic prefix and the
+    principal Kafka knows the caller as (a SASL user, a client certificate's CN). One principal's index never
+    answers another's call: what the first could read, the second may not be allowed to."""
+    who = clients.principal(kafka) or ""
+    return hashlib.sha256(f"{clients.servers(kafka)}\n{topics.prefix}\n{who}".encode()).hexdigest()[:16]
 
 
 def default_path(kafka: Kafka, topics: Topics) -> Path:
@@ -187,6 +190,10 @@ class IndexedSelection:
         before = index.records_read
         await index.catch_up(timeout=CATCH_UP_SECONDS)
         self.records_read += index.records_read - before
+        if index.records_read == before and index.consumer is not None:
+            # nothing new, so nothing was fetched: fetch once anyway, so that a principal no longer allowed to read
+            # these topics is refused by the broker (TopicAuthorizationFailedError), not answered from the file
+            await index.consumer.getmany(timeout_ms=100)
         if not index.caught_up:
             raise TimeoutError(f"the dead-letter index did not catch up in {CATCH_UP_SECONDS:g} s")
         for topic in index.topics():

@@ -20,6 +20,7 @@ import pytest
 from aiokafka import TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import TopicAuthorizationFailedError  # type: ignore[import-untyped]
 
+from casebridge.dlqindex import default_path
 from casebridge.localdeploy import (
     Events,
     RunningDeployment,
@@ -33,6 +34,7 @@ from casebridge.localkafka import LocalKafka
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
 from connectors import kafka as clients
 from connectors.kafka import KafkaConnection
+from router.settings import Topics
 from tests.deployed import QUICK_RETRY, types
 
 PREFIX = f"sd-{uuid.uuid4().hex[:8]}"
@@ -149,6 +151,13 @@ async def test_secured_deployment_delivers_a_step_down_and_the_operator_replays_
         assert 1 == len(viewer.stderr.splitlines()) and viewer.stderr.startswith("error: "), viewer.stderr
         assert "TopicAuthorizationFailedError" in viewer.stderr and "Traceback" not in viewer.stderr
         assert "refused principal 'viewer': not authorized" in viewer.stderr and "retry" not in viewer.stderr
+        # the operator's index of the dead letters is the operator's: the viewer pointed at that very file is refused
+        # by the broker (the index fetches once even when it has nothing new), not answered from it
+        operators = default_path(_as(broker, "operator"), Topics(PREFIX))
+        assert operators.exists()
+        cached = _operator_cli(broker, "viewer", "dlq", "list", "--index", str(operators))
+        assert 0 != cached.returncode and "TopicAuthorizationFailedError" in cached.stderr, cached.stdout
+        assert held not in cached.stdout
         # a replay or an allocation by a principal without the operator's ACLs is refused, writing nothing
         for args in (("replay", "--transfer", held), ("allocate", held, "--worker", "A Madeup", "--organisation", "O")):
             refused = _operator_cli(broker, "viewer", *args)
