@@ -175,3 +175,10 @@ async def events_until(settings: Settings, transfer_id: str, *kinds: str) -> lis
 
     records = await read(settings.bootstrap_servers, settings.topics.events, done, timeout=60)
     return [e for e in events_of(records) if e.transfer_id == transfer_id]
+
+
+def as_assigned(router: Router, topic: str, partitions: Iterable[int]) -> None:
+    """The router owns these partitions of ``topic``, their state restored, as if its group had assigned them (for
+    tests that hand it batches directly, with no group): it handles no record of a partition it does not own."""
+    for p in partitions:
+        router._owners[p].add(topic)

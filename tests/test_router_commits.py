@@ -20,11 +20,17 @@ from contracts import CaseSystem, TransferEvent
 from router import Router, Settings, build_router
 from router._outbox import Failure
 from router.app import next_offsets
-from tests.support import ns_transfer
+from tests.support import as_assigned, ns_transfer
 
 
 class HeldOutbox:
     """Stands in for the outbox: each hand-over's acknowledgement is a future the test resolves."""
+
+    #: an outbox of a member dropped from its group refuses writes (``router._outbox.Outbox.fence``)
+    fenced: str | None = None
+
+    def fence(self, reason: str) -> None:
+        self.fenced = reason
 
     def __init__(self) -> None:
         self.acks: list[asyncio.Future[None]] = []
@@ -80,6 +86,7 @@ async def _router() -> tuple[Router, HeldOutbox]:
     await router.outbox.stop()  # the real one is never started here
     held = HeldOutbox()
     router.outbox = held  # type: ignore[assignment]
+    as_assigned(router, "t.transfers", range(3))
     return router, held
 
 

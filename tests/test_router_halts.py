@@ -15,11 +15,17 @@ from contracts import CaseSystem, TransferEvent
 from router import Settings, build_router
 from router._outbox import Failure, OutputFailed
 from router.app import RouterHalted
-from tests.support import ns_transfer
+from tests.support import as_assigned, ns_transfer
 
 
 class BrokerRefusingOutbox:
     """Stands in for the outbox when the broker refuses every write."""
+
+    #: an outbox of a member dropped from its group refuses writes (``router._outbox.Outbox.fence``)
+    fenced: str | None = None
+
+    def fence(self, reason: str) -> None:
+        self.fenced = reason
 
     def __init__(self) -> None:
         self.writes = 0
@@ -67,6 +73,7 @@ async def test_output_failure_halts_the_router_without_committing() -> None:
     )
     await router.outbox.stop()  # the real one is never started here
     router.outbox = BrokerRefusingOutbox()  # type: ignore[assignment]
+    as_assigned(router, "t.transfers", [0])
     batch = Batch((_record(0, b"{not json"), _record(1, json.dumps(ns_transfer(1)).encode())))
 
     await router._on_batch(batch, None)  # type: ignore[arg-type]  # processed; it settles in the background
