@@ -299,7 +299,10 @@ class ClosureScheduler:
         history = self.settings.topics.history
         self.step_downs.update(await replay_compacted(self.settings.connection, history, _hashed, decode_history))
         await self.producer.start()
-        self.history = clients.consumer(self.settings.connection, group_id=None, enable_auto_commit=False)
+        # earliest, as the seek below: with "latest" the reset that assign starts may win the race against the seek
+        self.history = clients.consumer(
+            self.settings.connection, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         await self.history.start()
         parts = [TopicPartition(history, p) for p in sorted(await self.producer.partitions_for(history))]
         self.history.assign(parts)
