@@ -57,8 +57,14 @@ class DeadLetterIndex:
         self.stored: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
+        # earliest, as the seeks of ``_rewind``: with "latest" the reset that assign starts may win the race
+        # against seek_to_beginning, and a first build would index nothing
         self.consumer = clients.consumer(
-            self.kafka, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=self.fetch_max_wait_ms
+            self.kafka,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
         )
         await self.consumer.start()
 
