@@ -455,40 +455,55 @@ async def list_with_status(
 async def router_members(kafka: Kafka, group_id: str) -> int | None:
     """How many router processes the router's consumer group has now (0: none is consuming); None if Kafka cannot
     say. One ``casebridge run`` is several members (the transfers consumer and one per retry tier): members are
-    counted by the process (instance) id their assignment carries (``router/_assignor.py``)."""
+    counted by the process (instance) id their assignment carries (``router/_assignor.py``). While the group
+    rebalances, members have no assignment yet: it is asked again for a few seconds, then those are counted as
+    one process at most (there is at least one; which they are is not known)."""
     admin = clients.admin(kafka)
     await admin.start()
     try:
-        for attempt in range(6):
+        for attempt in range(10):
             try:
                 responses = await admin.describe_consumer_groups([group_id])
-                break
             except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError):
                 # a broker whose offsets topic is still being made (no group has ever committed): ask again
-                if attempt == 5:
+                if attempt == 9:
                     return None
                 await asyncio.sleep(0.5)
+                continue
+            found = _described(responses, group_id)
+            if found is None or found[0] == "Stable" or attempt == 9:
+                break
+            await asyncio.sleep(0.5)  # rebalancing: the assignments say which process each member is, once made
     except Exception:  # an older broker or no rights to describe groups: say we do not know
         return None
     finally:
         await admin.close()
+    if found is None:
+        return 0
+    members = found[1]
+    known = {i for i in map(_instance, members) if i is not None}
+    return len(known) or (1 if members else 0)
+
+
+def _described(responses: Any, group_id: str) -> tuple[str, list[Any]] | None:
+    """The group's state and members, or None if it has none (dead, empty, or an error)."""
     for response in responses:
         for group in response.groups:
             error_code, name, state, members = group[0], group[1], group[2], group[5]
             if name == group_id:
-                return 0 if error_code or state in ("Dead", "Empty") else len({_instance(m) for m in members})
-    return 0
+                return None if error_code or state in ("Dead", "Empty") else (state, list(members))
+    return None
 
 
-def _instance(member: Any) -> bytes:
-    """A described group member's process: the instance id its assignment carries (``router/_assignor.py``), else
-    its member id (the broker describes members' assignments; their metadata may come back empty)."""
-    member_id, assignment = member[0], member[-1]  # (member id, [instance id,] client id, host, metadata, assignment)
-    with contextlib.suppress(Exception):  # not the consumer protocol, or another assignor's assignment
+def _instance(member: Any) -> bytes | None:
+    """A described group member's process: the instance id its assignment carries (``router/_assignor.py``); None
+    without one (an assignment not yet made, or another assignor's)."""
+    assignment = member[-1]  # (member id, [instance id,] client id, host, metadata, assignment)
+    with contextlib.suppress(Exception):
         user_data = ConsumerProtocolMemberAssignment.decode(assignment).user_data
         if user_data:
             return bytes(user_data)
-    return str(member_id).encode()
+    return None
 
 
 @dataclass
