@@ -16,7 +16,7 @@ partition 0 runs the feeds; the others run none and wait. When that member leave
 its session timeout) the group gives partition 0 to another, which reads the cursors to their end and starts the
 feeds. On revoke the owner stops its feeds before it lets the partition go (the rebalance waits for it). A member
 paused past its session timeout that resumes still believes it owns the partition until it hears otherwise: its
-membership is confirmed with the coordinator (``router._fencing.Membership``) before each page and each cursor
+membership is confirmed with the coordinator (``connectors._membership``) before each page and each cursor
 write, so it writes at most the page in hand when it resumes (the same transfer and message ids: the router writes
 such a copy off as ``duplicate``), and no cursor.
 """
@@ -36,6 +36,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from . import kafka as clients
+from ._membership import Membership
 from .kafka import Kafka
 
 log = structlog.get_logger("casebridge.connectors")
@@ -195,8 +196,6 @@ class FeedLease:
         acquired: Callable[[], Awaitable[None]],
         released: Callable[[], Awaitable[None]],
     ) -> None:
-        from router._fencing import Membership  # (the router imports connectors)
-
         self.kafka = kafka
         self.topic = topic
         self.group_id = group_id
