@@ -1,17 +1,56 @@
-"""Connectors to the case systems: one shape (``Target`` / ``Source``), one error tree."""
+"""Connectors to the case systems: one shape (``Target`` / ``Source``), one error tree.
 
-from ._base import Connector, Receipt, Source, SourceState, Target
-from ._errors import (
-    CasebridgeError,
-    PermanentError,
-    RecordClosed,
-    RuleRefused,
-    TargetRefused,
-    TargetUnavailable,
-    TransientError,
-)
-from ._feed import FeedPublisher
-from ._http import HttpClient
+The names below are imported when first used (PEP 562): ``connectors.kafka`` alone (the one
+Kafka client factory, which every operator command needs) does not pull in the HTTP client and
+the feeds.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._base import Connector, Receipt, Source, SourceState, Target
+    from ._errors import (
+        CasebridgeError,
+        PermanentError,
+        RecordClosed,
+        RuleRefused,
+        TargetRefused,
+        TargetUnavailable,
+        TransientError,
+    )
+    from ._feed import FeedPublisher
+    from ._http import HttpClient
+
+#: each public name and the module that defines it
+_WHERE = {
+    "Connector": "._base",
+    "Receipt": "._base",
+    "Source": "._base",
+    "SourceState": "._base",
+    "Target": "._base",
+    "CasebridgeError": "._errors",
+    "PermanentError": "._errors",
+    "RecordClosed": "._errors",
+    "RuleRefused": "._errors",
+    "TargetRefused": "._errors",
+    "TargetUnavailable": "._errors",
+    "TransientError": "._errors",
+    "FeedPublisher": "._feed",
+    "HttpClient": "._http",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CasebridgeError",

@@ -2,12 +2,42 @@
 
 Read ``router/flow.py`` for the flow of one transfer and ``router/app.py`` for how it is
 wired to Kafka (consumption, commits, dead letters).
+
+The names below are imported when first used (PEP 562): an operator's command such as
+``casebridge dlq list`` reads ``router.deadletters`` without paying for the router's
+Kafka wiring (FastStream) on every call.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .app import Router, build_router
-from .flow import Outcome, TransferFlow
-from .settings import Settings, Topics
+if TYPE_CHECKING:
+    from .app import Router, build_router
+    from .flow import Outcome, TransferFlow
+    from .settings import Settings, Topics
+
+#: each public name and the module that defines it
+_WHERE = {
+    "Router": ".app",
+    "build_router": ".app",
+    "Outcome": ".flow",
+    "TransferFlow": ".flow",
+    "Settings": ".settings",
+    "Topics": ".settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["Outcome", "Router", "Settings", "Topics", "TransferFlow", "__version__", "build_router"]
