@@ -10,8 +10,9 @@ Kafka wiring (FastStream) on every call.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from contracts._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -31,13 +32,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(where, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _WHERE, globals())
 
 
 __all__ = ["Outcome", "Router", "Settings", "Topics", "TransferFlow", "__version__", "build_router"]
