@@ -315,9 +315,9 @@ def _gate_produce_requests(producer: Any, may_send: Callable[[], Awaitable[str |
     for transactions). The check is a clock comparison while the membership was confirmed in the last
     ``RECHECK_SECONDS``, a heartbeat otherwise.
     """
-    sender = getattr(producer, "_sender", None)
+    sender: Any = getattr(producer, "_sender", None)
     send = getattr(sender, "_send_produce_req", None)
-    if send is None:  # pragma: no cover - an aiokafka without the method: the pyproject pins the versions that have it
+    if sender is None or send is None:  # pragma: no cover - the pyproject pins the aiokafka versions that have it
         raise RuntimeError("this aiokafka's producer has no Sender._send_produce_req: pin aiokafka to 0.12-0.14")
 
     async def gated(node_id: int, batches: dict[Any, Any]) -> None:
