@@ -177,8 +177,7 @@ class Watch:
 
     def of_transfer(self, transfer_id: str) -> list[dict[str, Any]]:
         """The dead letters of one transfer as listed, oldest first."""
-        pub = self.listing.published
-        return [pub.letters[i] for i in pub.of_transfer(transfer_id)]
+        return self.listing.published.of_transfer(transfer_id)
 
     def page(
         self, status: str | None = None, limit: int = 200, before: str | None = None, offset: int = 0
@@ -244,9 +243,30 @@ def top_reasons(reasons: Mapping[str, int], n: int) -> list[dict[str, Any]]:
     return [{"reason": r, "count": c} for c, r in best]
 
 
+class _Tally:
+    """Counts by status, reasons among ``OPEN_STATUSES`` and the expired ids of listed dead letters, kept as they are
+    listed, again and again (a listed dead letter is counted in, its earlier listing counted out)."""
+
+    def __init__(self) -> None:
+        self.statuses: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.expired: set[str] = set()
+
+    def count(self, d: dict[str, Any], n: int) -> None:
+        status = d["status"]
+        self.statuses[status] += n
+        if status in OPEN_STATUSES:
+            reason = _reason(d)
+            self.reasons[reason] += n
+            if not self.reasons[reason]:
+                del self.reasons[reason]
+        if status == Status.EXPIRED:
+            (self.expired.add if n > 0 else self.expired.discard)(d["id"])
+
+
 @dataclass(frozen=True)
 class Published:
-    """One round's listing, as the page, the API and the metrics read it (from any thread; never changed)."""
+    """One round's listing, as the page, the API and the metrics read it (from any thread; a round publishes anew)."""
 
     #: every dead letter as listed, oldest first
     letters: list[dict[str, Any]] = field(default_factory=list)
@@ -256,32 +276,38 @@ class Published:
     #: reason -> count among ``OPEN_STATUSES``
     reasons: dict[str, int] = field(default_factory=dict)
     expired: tuple[str, ...] = ()
-    #: transfer id -> the positions of its dead letters in ``letters``
-    transfers: dict[str, list[int]] = field(default_factory=dict)
-    #: dead letter id -> its ``Key`` (it may hold more than ``letters``: a later round's, never fewer)
+    #: dead letter id -> its ``Key`` (it may hold a later round's too: looked up, never listed)
     key_of: Mapping[str, Key] = field(default_factory=dict)
+    #: transfer id -> its dead letters' ids; id -> as listed (the same: looked up only)
+    transfers: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    listed: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, letters: Sequence[DeadLetter], listed: Sequence[dict[str, Any]]) -> Published:
         """A full listing's (``letters[i]`` listed as ``listed[i]``), in the listings' order."""
         key_of = {d.id: _key(d.timestamp, d.id) for d in letters}
         rows = sorted(zip((key_of[d.id] for d in letters), listed, strict=True), key=lambda kl: kl[0])
-        return cls.ordered([k for k, _ in rows], [d for _, d in rows], key_of)
+        tally, transfers = _Tally(), dict[str, list[str]]()
+        for _, d in rows:
+            tally.count(d, 1)
+            if d["transfer_id"]:
+                transfers.setdefault(d["transfer_id"], []).append(d["id"])
+        by_id = {d["id"]: d for _, d in rows}
+        return cls.tallied([k for k, _ in rows], [d for _, d in rows], tally, key_of, transfers, by_id)
 
     @classmethod
-    def ordered(cls, keys: list[Key], letters: list[dict[str, Any]], key_of: Mapping[str, Key]) -> Published:
-        by_status: Counter[str] = Counter()
-        reasons: Counter[str] = Counter()
-        expired, transfers = [], dict[str, list[int]]()
-        for i, d in enumerate(letters):
-            by_status[d["status"]] += 1
-            if d["status"] in OPEN_STATUSES:
-                reasons[_reason(d)] += 1
-            if d["status"] == Status.EXPIRED:
-                expired.append(d["id"])
-            if d["transfer_id"]:
-                transfers.setdefault(d["transfer_id"], []).append(i)
-        return cls(letters, keys, dict(by_status), dict(reasons), tuple(sorted(expired)), transfers, key_of)
+    def tallied(
+        cls,
+        keys: list[Key],
+        letters: list[dict[str, Any]],
+        tally: _Tally,
+        key_of: Mapping[str, Key],
+        transfers: Mapping[str, Sequence[str]],
+        listed: Mapping[str, dict[str, Any]],
+    ) -> Published:
+        by_status = {s: n for s, n in tally.statuses.items() if n}
+        expired = tuple(sorted(tally.expired))
+        return cls(letters, keys, by_status, dict(tally.reasons), expired, key_of, transfers, listed)
 
     def position(self, dead_letter_id: str) -> int:
         """Where this dead letter is in ``letters`` (``KeyError``: not there)."""
@@ -291,8 +317,10 @@ class Published:
             raise KeyError(dead_letter_id)
         return i
 
-    def of_transfer(self, transfer_id: str) -> list[int]:
-        return self.transfers.get(transfer_id, [])
+    def of_transfer(self, transfer_id: str) -> list[dict[str, Any]]:
+        """The dead letters of one transfer as listed, oldest first."""
+        ids = sorted(self.transfers.get(transfer_id, ()), key=lambda i: self.key_of[i])
+        return [self.listed[i] for i in ids if i in self.listed]
 
 
 class Listing:
@@ -335,6 +363,7 @@ class Listing:
         self.first: dict[TopicPartition, int] = {}
         self.dirty: set[str] = set()
         self.changed = True
+        self.tally = _Tally()
 
     def take(self, store: Store) -> list[TopicPartition]:
         """Read what the store holds beyond the positions (one snapshot) and take it in; returns the partitions
@@ -360,20 +389,25 @@ class Listing:
                 found = store.completions(unseen)
                 for transfer_id in unseen:
                     self.completions[transfer_id] = list(found.get(transfer_id, ()))
-        for row, d in zip(rows, letters, strict=True):
-            self.dl_seq = max(self.dl_seq, int(row["seq"]))
-            if d.id in self.letters:
-                continue
-            self.letters[d.id] = d
-            key = self.key_of[d.id] = _key(d.timestamp, d.id)
-            if self.order and key < self.order[-1][0]:
-                self.sorted = False
-            self.order.append((key, d.id))
-            if d.transfer_id:
-                self.by_transfer.setdefault(d.transfer_id, []).append(d.id)
-            self.dirty.add(d.id)
+        if rows:
+            self.dl_seq = max(self.dl_seq, max(int(row["seq"]) for row in rows))
             self.changed = True
-            if d.by_reference:
+        last = self.order[-1][0] if self.order else None
+        for row, d in zip(rows, letters, strict=True):
+            dead_letter_id, of = d.id, d.transfer_id
+            if dead_letter_id in self.letters:
+                continue
+            self.letters[dead_letter_id] = d
+            key = (d.timestamp is not None, d.timestamp or 0, row["partition"], row["offset"])
+            self.key_of[dead_letter_id] = key
+            if last is not None and key < last:
+                self.sorted = False
+            last = key
+            self.order.append((key, dead_letter_id))
+            if of:
+                self.by_transfer.setdefault(of, []).append(dead_letter_id)
+            self.dirty.add(dead_letter_id)
+            if d.context.get("by.reference") == "true":
                 self._refer(d)
         for table, ids, marks in (("replayed", replayed, self.replayed), ("parked", parked, self.parked)):
             for seq, dead_letter_id in ids:
@@ -423,7 +457,11 @@ class Listing:
         )
         for dead_letter_id in self.dirty:
             listed = self.letters[dead_letter_id].listed(outcomes)
-            if self.listed.get(dead_letter_id) != listed:
+            earlier = self.listed.get(dead_letter_id)
+            if earlier != listed:
+                if earlier is not None:
+                    self.tally.count(earlier, -1)
+                self.tally.count(listed, 1)
                 self.listed[dead_letter_id] = listed
                 self.changed = True
         self.dirty = set()
@@ -433,7 +471,7 @@ class Listing:
             self.order.sort()
             self.sorted = True
         keys, rows = [k for k, _ in self.order], [self.listed[i] for _, i in self.order]
-        self.published = Published.ordered(keys, rows, self.key_of)
+        self.published = Published.tallied(keys, rows, self.tally, self.key_of, self.by_transfer, self.listed)
         self.changed = False
 
     def _expire(self, dead_letter_id: str, gone: bool) -> None:

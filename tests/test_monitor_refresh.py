@@ -4,6 +4,7 @@ the whole store; ``/api/dead-letters`` answers a page, with the counts of them a
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections import Counter
@@ -15,6 +16,10 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from contracts import CaseSystem, Council, SourceClosed, TransferEvent
 from monitor import DeadLetterIndex, Store, Tracker, Watch
@@ -23,8 +28,11 @@ from monitor._lag import OPEN_STATUSES, full_listing
 from monitor._store import SCHEMA_VERSION, IndexEntries, Position
 from router.deadletters import Status, expired_ids
 from router.settings import Topics
-from tests.monitor_support import auth, get_json, running_monitor, wait_for
+from tests.monitor_support import OPERATOR_TOKEN, auth, get_json, running_monitor, wait_for
 from tests.support import produce
+from tests.test_monitor_browser import browser, csp_violations, text_of
+
+__all__ = ["browser"]  # the real headless Chromium fixture, as tests/test_monitor_browser.py runs it
 
 
 def _headers(transfer_id: str, reason: str, **context: str) -> list[tuple[str, bytes]]:
@@ -264,3 +272,50 @@ async def test_the_dead_letters_api_answers_a_page_with_the_counts_of_all(
             gone = await client.get("/api/dead-letters?before=9:999", headers=auth())
             assert 404 == gone.status_code
             assert "no dead letter '9:999' is listed" in gone.json()["detail"]
+
+
+async def test_the_page_shows_the_dead_letters_a_page_at_a_time_in_chromium(
+    browser: webdriver.Chrome, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The page's dead-letter table: the 20 newest of 25, then the 5 older ones, back to the newest, one status
+    only; the counts of all above it; no CSP violation."""
+    topics = Topics(topic_prefix)
+    for n in range(25):
+        await _dead_letter(kafka_bootstrap, topics, f"t-{n:02d}", f"refused {n}")
+    with running_monitor(kafka_bootstrap, topic_prefix, tmp_path / "m.sqlite3") as (server, _):
+        every = (await wait_for(f"{server.url}/api/dead-letters?limit=1000", lambda b: b["total"] == 25))[
+            "dead_letters"
+        ]
+        await produce(kafka_bootstrap, topics.audit, [(every[21]["id"].encode(), b"{}")])
+        await wait_for(f"{server.url}/api/dead-letters?status=replayed", lambda b: b["matching"] == 1)
+
+        def shown() -> list[str]:
+            script = (
+                "return [...document.querySelectorAll('#dead-letters tr td:first-child')].map((c) => c.textContent)"
+            )
+            return [str(x) for x in browser.execute_script(script)]
+
+        def until(ids: list[str], range_text: str) -> None:
+            try:
+                WebDriverWait(browser, 30, 0.3).until(
+                    lambda _: shown() == ids and text_of(browser, "dead-letters-range") == range_text
+                )
+            except TimeoutException:
+                raise AssertionError(f"shown {shown()}, {text_of(browser, 'dead-letters-range')!r}") from None
+
+        def pages() -> None:
+            browser.get(server.url + "/")
+            browser.find_element(By.ID, "token").send_keys(OPERATOR_TOKEN)
+            browser.find_element(By.ID, "sign-in").click()
+            until([d["id"] for d in every[:20]], "newest first: 1 to 20 of 25")
+            assert text_of(browser, "dead-letter-statuses").startswith("25 in all: 24 waiting · 1 replayed")
+            browser.find_element(By.ID, "dead-letters-older").click()
+            until([d["id"] for d in every[20:]], "newest first: 21 to 25 of 25")
+            assert not browser.find_element(By.ID, "dead-letters-older").is_enabled()
+            browser.find_element(By.ID, "dead-letters-newer").click()
+            until([d["id"] for d in every[:20]], "newest first: 1 to 20 of 25")
+            Select(browser.find_element(By.ID, "dead-letter-status")).select_by_visible_text("replayed")
+            until([every[21]["id"]], "newest first: 1 to 1 of 1")
+            assert [] == csp_violations(browser)
+
+        await asyncio.to_thread(pages)

@@ -78,7 +78,7 @@ async function refreshDeadLetters() {
   dl.next = r.next_before;
   const first = dl.cursors.length * dl.limit;
   set("dead-letters-range", r.dead_letters.length
-    ? "newest first: " + (first + 1) + "–" + (first + r.dead_letters.length) + " of " + r.matching
+    ? "newest first: " + (first + 1) + " to " + (first + r.dead_letters.length) + " of " + r.matching
     : "none" + (dl.status ? " " + dl.status : ""));
   document.getElementById("dead-letters-newer").disabled = dl.cursors.length === 0;
   document.getElementById("dead-letters-older").disabled = !dl.next;
