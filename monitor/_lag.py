@@ -82,6 +82,8 @@ class Watch:
         self.kafka = kafka
         #: the dead letters, replays and parkings indexed in the store (None: read the topics whole each round)
         self.index = index
+        if index is not None:  # it reads during the rounds only: a round then waits on no fetch held open
+            index.pause_between = True
         self.topics = topics
         self.tracker = tracker
         self.interval = interval
