@@ -348,7 +348,8 @@ class Listing:
         self.forgotten: str | None = None
         self.letters: dict[str, DeadLetter] = {}
         self.listed: dict[str, dict[str, Any]] = {}
-        self.order: list[tuple[Key, str]] = []
+        #: the dead letters' ids in the listings' order (by ``key_of``)
+        self.order: list[str] = []
         self.key_of: dict[str, Key] = {}
         self.sorted = True
         self.by_transfer: dict[str, list[str]] = {}
@@ -394,7 +395,7 @@ class Listing:
         if rows:
             self.dl_seq = max(self.dl_seq, max(int(row["seq"]) for row in rows))
             self.changed = True
-        last = self.order[-1][0] if self.order else None
+        last = self.key_of[self.order[-1]] if self.order else None
         for row, d in zip(rows, letters, strict=True):
             dead_letter_id, of = d.id, d.transfer_id
             if dead_letter_id in self.letters:
@@ -405,7 +406,7 @@ class Listing:
             if last is not None and key < last:
                 self.sorted = False
             last = key
-            self.order.append((key, dead_letter_id))
+            self.order.append(dead_letter_id)
             if of:
                 self.by_transfer.setdefault(of, []).append(dead_letter_id)
             self.dirty.add(dead_letter_id)
@@ -470,9 +471,9 @@ class Listing:
         if not self.changed:
             return
         if not self.sorted:
-            self.order.sort()
+            self.order.sort(key=self.key_of.__getitem__)
             self.sorted = True
-        keys, rows = [k for k, _ in self.order], [self.listed[i] for _, i in self.order]
+        keys, rows = [self.key_of[i] for i in self.order], [self.listed[i] for i in self.order]
         self.published = Published.tallied(keys, rows, self.tally, self.key_of, self.by_transfer, self.listed)
         self.changed = False
 
