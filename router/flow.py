@@ -114,6 +114,30 @@ class Outcome:
     council: str | None = None
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """A transfer that met its council's protocol (``TransferFlow._gate``): what the later stages need."""
+
+    transfer: TransferMessage
+    emit: _Emitter
+    protocol: CouncilProtocol
+    #: the system the pathway delivers to (a route may name another: SW22-7, LU-9)
+    target: CaseSystem
+    facts: Facts
+    #: the source record was closed by this very transfer before (a re-run): it is not closed or planned again
+    closed_by_us: bool
+
+
+@dataclass(frozen=True)
+class _Delivered:
+    """What delivery gave (``TransferFlow._deliver``): the receipt, and the target and route it went by (None, None:
+    nothing was sent, NS-14)."""
+
+    receipt: Receipt
+    target: Target | None = None
+    route: Route | None = None
+
+
 class TransferFlow:
     def __init__(
         self,
@@ -153,9 +177,35 @@ class TransferFlow:
         sink: Sink,
         parsed: TransferMessage | ValidationError | None = None,
     ) -> Outcome:
-        """Carry one record through the flow; ``parsed`` is ``parse(record)`` when the caller has it already."""
+        """Carry one record through the flow; ``parsed`` is ``parse(record)`` when the caller has it already.
+
+        The stages, each with a typed result: the contract (``_accepted``), the gate (``_gate``: the source's
+        facts and the council's protocol), delivery (``_deliver``), the target's confirmation and the notices
+        (``_confirm_and_notify``), and finishing the source (``_finish_source``). A stage that ends the transfer
+        returns its ``Outcome``; a case system's failure ends it in ``_failed`` (a retry tier or a dead letter).
+        """
         await self.replayed(record, sink)
-        # 1. the contract
+        accepted = await self._accepted(record, sink, parsed)
+        if isinstance(accepted, Outcome):
+            return accepted
+        transfer, emit = accepted
+        try:
+            checked = await self._gate(record, sink, transfer, emit)
+            if isinstance(checked, Outcome):
+                return checked
+            delivered = await self._deliver(checked)
+            receipt = await self._confirm_and_notify(checked, delivered, sink)
+            await self._finish_source(checked, receipt, sink)
+        except (CasebridgeError, MappingError) as exc:
+            return await self._failed(record, sink, emit, transfer, exc)
+        # per transfer at debug; the router logs one ``batch_completed`` line (with counts) per batch at info
+        log.debug("transfer_completed", transfer_id=transfer.transfer_id)
+        return Outcome("completed", transfer.transfer_id)
+
+    async def _accepted(
+        self, record: ConsumerRecord[bytes, bytes], sink: Sink, parsed: TransferMessage | ValidationError | None
+    ) -> tuple[TransferMessage, _Emitter] | Outcome:
+        """1-2. The record against the contract and its key: the transfer (requested, validated), or rejected."""
         transfer = self.parse(record) if parsed is None else parsed
         if isinstance(transfer, ValidationError):
             return await self._reject(record, transfer, sink)
@@ -170,7 +220,6 @@ class TransferFlow:
 
         emit = _Emitter(transfer, sink)
         log.debug("transfer_received", transfer_id=transfer.transfer_id, council=transfer.council.value)
-        # 2. requested, validated
         p = transfer.pathway
         await emit(
             TransferRequested,
@@ -182,168 +231,195 @@ class TransferFlow:
             requested_at=transfer.requested_at,  # the protocol deadlines' clock (NS-4, SW22-15), for the monitor
         )
         await emit(TransferValidated)
+        return transfer, emit
 
-        try:
-            protocol = self._protocol(transfer)
-            pathway = protocol.systems(p.direction)
-            if pathway is not None and pathway.source is not p.from_system:
-                raise MappingError(
-                    f"{protocol.origin}: the {p.direction.value} pathway starts on {pathway.source.value}, "
-                    f"not {p.from_system.value} (field pathway.from_system)"
-                )
-            # 3. facts from the source (and the child's step-down history: LU-9, NS-10); with no source
-            # connector the protocol is still checked (its other rules hold the transfer with their ids)
-            found = self.sources.get(p.from_system)
-            source_state = await self._retrying(lambda: found.state(transfer)) if found is not None else None
-            closed_by_us = source_state is not None and source_state.closed_by_transfer == transfer.transfer_id
-            facts = Facts(
-                source_state=RecordState.OPEN if closed_by_us or source_state is None else source_state.state,
-                history=self.history.lookup(transfer) if self.history is not None else (),
+    async def _gate(
+        self, record: ConsumerRecord[bytes, bytes], sink: Sink, transfer: TransferMessage, emit: _Emitter
+    ) -> _Checked | Outcome:
+        """3-4. The source's facts and the council's protocol: the transfer may go on, or it is held."""
+        p = transfer.pathway
+        protocol = self._protocol(transfer)
+        pathway = protocol.systems(p.direction)
+        if pathway is not None and pathway.source is not p.from_system:
+            raise MappingError(
+                f"{protocol.origin}: the {p.direction.value} pathway starts on {pathway.source.value}, "
+                f"not {p.from_system.value} (field pathway.from_system)"
             )
-            # 4. the council's protocol
-            violations = protocol.check(transfer, facts)
-            if violations:
-                rule_ids = [v.rule_id for v in violations]
-                await emit(TransferHeld, violations=violations)
-                alerting = protocol.alerting(violations)
-                if alerting:
-                    await emit(
-                        AlertRaised,
-                        severity="critical",
-                        rule_ids=alerting,
-                        summary="source record closed before its transfer; transfer held, reopen the record",
-                    )
-                log.warning("transfer_held", transfer_id=transfer.transfer_id, rule_ids=rule_ids)
-                await self._dead_letter(
-                    record,
-                    sink,
-                    emit,
-                    transfer,
-                    stage="protocol",
-                    error_class="ProtocolRuleNotMet",
-                    message="protocol rules not met: " + _named(rule_ids, protocol.details(transfer)),
-                    rule_ids=rule_ids,
-                )
-                return Outcome("held", transfer.transfer_id, rule_ids)
-
-            # only a transfer that met the protocol needs its connectors
-            target = self._target(pathway.target if pathway else p.to_system)
-            source = self._source(p.from_system)
-            # 5. NS-14: a step-down that keeps no record sends nothing
-            no_record_rule = protocol.sends_no_record(transfer)
-            if no_record_rule is not None:
-                await emit(TransferCompletedNoRecord, rule_ids=[no_record_rule])
-                receipt = Receipt(p.to_system, "no-record", created=False, acknowledged=True)
-            else:
-                # 6. route (NS-2, SW22-7, LU-9, SW22-1, ...) and deliver; the target is asked who is away only
-                # where the route depends on it (NS-2), and only for a transfer that met the protocol
-                if protocol.asks_who_is_away(transfer):
-                    away = await self._retrying(lambda: target.leader_away(transfer.child.locality or ""))
-                    facts = replace(facts, leader_away=away)
-                route = protocol.route(transfer, facts)
-                if route.system is not None:
-                    target = self._target(route.system)
-                # BA-9 / G4: until a worker is allocated, the request goes without the case documents
-                outgoing = transfer.model_copy(update={"documents": []}) if route.withhold_documents else transfer
-                receipt = await self._retrying(lambda: target.deliver(outgoing, route))
-                await emit(
-                    TransferDelivered,
-                    target_system=receipt.system,
-                    target_reference=receipt.reference,
-                    assigned_role=route.role,
-                    rule_ids=route.rule_ids,
-                    team=route.team,
-                    urgent=route.urgent,
-                )
-
-                # 7. the target's acknowledgement
-                async def confirmed() -> Receipt:
-                    confirmation = await target.confirm(transfer)
-                    if not confirmation.acknowledged:
-                        raise NotAcknowledged(f"{target.system.value} does not confirm it holds the transfer")
-                    return confirmation
-
-                receipt = await self._retrying(confirmed)
-                await emit(TransferAcknowledged, target_system=receipt.system, target_reference=receipt.reference)
-                # LU-7: the receipt notice to the social worker and manager
-                for notice in protocol.notices(transfer, "acknowledged"):
-                    sw = transfer.professionals.social_worker  # the notice goes to the sending team's mailbox
-                    team = sw.organisation if sw and sw.organisation else route.team
-                    await self._notify(notice.channel, _notice_of(transfer, notice.to), notice.rule, team)
-                    await emit(
-                        NoticeSent,
-                        notice="receipt",
-                        channel=notice.channel,
-                        recipients=notice.to,
-                        rule_ids=[notice.rule],
-                    )
-
-                # LU-7: the allocation notice is sent later, when the transfer is allocated (router/notices.py)
-                for notice in protocol.notices(transfer, "allocated"):
-                    if self.notices_topic:
-                        pending = PendingNotice(
-                            notice.rule, notice.channel, [str(r) for r in notice.to], _notice_of(transfer, notice.to)
-                        )
-                        await sink.send(self.notices_topic, transfer.transfer_id.encode(), pending.encode(), [])
-
-            # 8. only now: close the source record, or keep it open where the protocol says so
-            kept_open = protocol.keeps_open(transfer)
-            closing = transfer.model_copy(update={"closure": protocol.closure(transfer)})
-            # ... or close it later (LU-4, SW22-10, NS-12): a pending closure for router/closures.py (not again
-            # when a re-run finds the record already closed by this transfer)
-            later = self.closures.plan(closing, kept_open, receipt) if self.closures and not closed_by_us else None
-            if later is not None:
-                kept_open = kept_open or [later.rule_id]
-            if kept_open:
-                await self._retrying(lambda: source.keep_open(transfer, receipt, kept_open))
-                if (
-                    later is not None and self.closures is not None
-                ):  # after keep_open: a refused one closes nothing later
-                    await sink.send(self.closures.topic, transfer.transfer_id.encode(), later.encode(), [])
-                await emit(SourceKeptOpen, source_system=p.from_system, rule_ids=kept_open)
-            else:
-                closed_ref = await self._retrying(lambda: source.close(closing, receipt))
-                await emit(SourceClosed, source_system=p.from_system, source_reference=closed_ref)
-            if p.direction is Direction.STEP_DOWN and self.history is not None:
-                for key, value in self.history.remember(transfer):
-                    if self.history_topic:
-                        await sink.send(self.history_topic, key, value, [])
-            # per transfer at debug; the router logs one ``batch_completed`` line (with counts) per batch at info
-            log.debug("transfer_completed", transfer_id=transfer.transfer_id)
-            return Outcome("completed", transfer.transfer_id)
-        except (CasebridgeError, MappingError) as exc:
-            rule_ids = list(getattr(exc, "rule_ids", ()))
-            attempts = getattr(exc, "attempts", 1)
-            retriable = getattr(exc, "retriable", False)
-            log.warning(
-                "transfer_failed",
-                transfer_id=transfer.transfer_id,
-                error_class=type(exc).__name__,
-                retriable=retriable,
-                attempts=attempts,
+        # 3. facts from the source (and the child's step-down history: LU-9, NS-10); with no source
+        # connector the protocol is still checked (its other rules hold the transfer with their ids)
+        found = self.sources.get(p.from_system)
+        source_state = await self._retrying(lambda: found.state(transfer)) if found is not None else None
+        closed_by_us = source_state is not None and source_state.closed_by_transfer == transfer.transfer_id
+        facts = Facts(
+            source_state=RecordState.OPEN if closed_by_us or source_state is None else source_state.state,
+            history=self.history.lookup(transfer) if self.history is not None else (),
+        )
+        # 4. the council's protocol
+        violations = protocol.check(transfer, facts)
+        if not violations:
+            return _Checked(transfer, emit, protocol, pathway.target if pathway else p.to_system, facts, closed_by_us)
+        rule_ids = [v.rule_id for v in violations]
+        await emit(TransferHeld, violations=violations)
+        alerting = protocol.alerting(violations)
+        if alerting:
+            await emit(
+                AlertRaised,
+                severity="critical",
+                rule_ids=alerting,
+                summary="source record closed before its transfer; transfer held, reopen the record",
             )
-            if retriable:
-                return Outcome(
-                    "transient",
-                    transfer.transfer_id,
-                    rule_ids,
-                    error_class=type(exc).__name__,
-                    message=str(exc),
-                    attempts=attempts,
-                    council=transfer.council.value,
+        log.warning("transfer_held", transfer_id=transfer.transfer_id, rule_ids=rule_ids)
+        await self._dead_letter(
+            record,
+            sink,
+            emit,
+            transfer,
+            stage="protocol",
+            error_class="ProtocolRuleNotMet",
+            message="protocol rules not met: " + _named(rule_ids, protocol.details(transfer)),
+            rule_ids=rule_ids,
+        )
+        return Outcome("held", transfer.transfer_id, rule_ids)
+
+    async def _deliver(self, checked: _Checked) -> _Delivered:
+        """5-6. Route and deliver (or, NS-14, nothing to send): the target's receipt."""
+        transfer, protocol, emit = checked.transfer, checked.protocol, checked.emit
+        # only a transfer that met the protocol needs its connectors
+        target = self._target(checked.target)
+        self._source(transfer.pathway.from_system)  # NoConnector now, before anything is sent, if it has none
+        # 5. NS-14: a step-down that keeps no record sends nothing
+        no_record_rule = protocol.sends_no_record(transfer)
+        if no_record_rule is not None:
+            await emit(TransferCompletedNoRecord, rule_ids=[no_record_rule])
+            return _Delivered(Receipt(transfer.pathway.to_system, "no-record", created=False, acknowledged=True))
+        # 6. route (NS-2, SW22-7, LU-9, SW22-1, ...) and deliver; the target is asked who is away only
+        # where the route depends on it (NS-2), and only for a transfer that met the protocol
+        facts = checked.facts
+        if protocol.asks_who_is_away(transfer):
+            away = await self._retrying(lambda: target.leader_away(transfer.child.locality or ""))
+            facts = replace(facts, leader_away=away)
+        route = protocol.route(transfer, facts)
+        if route.system is not None:
+            target = self._target(route.system)
+        # BA-9 / G4: until a worker is allocated, the request goes without the case documents
+        outgoing = transfer.model_copy(update={"documents": []}) if route.withhold_documents else transfer
+        receipt = await self._retrying(lambda: target.deliver(outgoing, route))
+        await emit(
+            TransferDelivered,
+            target_system=receipt.system,
+            target_reference=receipt.reference,
+            assigned_role=route.role,
+            rule_ids=route.rule_ids,
+            team=route.team,
+            urgent=route.urgent,
+        )
+        return _Delivered(receipt, target, route)
+
+    async def _confirm_and_notify(self, checked: _Checked, delivered: _Delivered, sink: Sink) -> Receipt:
+        """7. The target's acknowledgement, the notices due on it (LU-7's receipt), and those due later (on
+        allocation: ``router/notices.py``). A transfer with no record sent (NS-14) has nothing to confirm."""
+        target, route = delivered.target, delivered.route
+        if target is None or route is None:
+            return delivered.receipt
+        transfer, protocol, emit = checked.transfer, checked.protocol, checked.emit
+
+        async def confirmed() -> Receipt:
+            confirmation = await target.confirm(transfer)
+            if not confirmation.acknowledged:
+                raise NotAcknowledged(f"{target.system.value} does not confirm it holds the transfer")
+            return confirmation
+
+        receipt = await self._retrying(confirmed)
+        await emit(TransferAcknowledged, target_system=receipt.system, target_reference=receipt.reference)
+        # LU-7: the receipt notice to the social worker and manager
+        for notice in protocol.notices(transfer, "acknowledged"):
+            sw = transfer.professionals.social_worker  # the notice goes to the sending team's mailbox
+            team = sw.organisation if sw and sw.organisation else route.team
+            await self._notify(notice.channel, _notice_of(transfer, notice.to), notice.rule, team)
+            await emit(
+                NoticeSent,
+                notice="receipt",
+                channel=notice.channel,
+                recipients=notice.to,
+                rule_ids=[notice.rule],
+            )
+        # LU-7: the allocation notice is sent later, when the transfer is allocated (router/notices.py)
+        for notice in protocol.notices(transfer, "allocated"):
+            if self.notices_topic:
+                pending = PendingNotice(
+                    notice.rule, notice.channel, [str(r) for r in notice.to], _notice_of(transfer, notice.to)
                 )
-            await self._dead_letter(
-                record,
-                sink,
-                emit,
-                transfer,
-                stage="deliver",
+                await sink.send(self.notices_topic, transfer.transfer_id.encode(), pending.encode(), [])
+        return receipt
+
+    async def _finish_source(self, checked: _Checked, receipt: Receipt, sink: Sink) -> None:
+        """8-9. Only now: close the source record, keep it open where the protocol says so, or close it later;
+        a completed step-down is remembered for the child (LU-9, NS-10)."""
+        transfer, protocol, emit = checked.transfer, checked.protocol, checked.emit
+        p = transfer.pathway
+        source = self._source(p.from_system)
+        kept_open = protocol.keeps_open(transfer)
+        closing = transfer.model_copy(update={"closure": protocol.closure(transfer)})
+        # ... or close it later (LU-4, SW22-10, NS-12): a pending closure for router/closures.py (not again
+        # when a re-run finds the record already closed by this transfer)
+        later = self.closures.plan(closing, kept_open, receipt) if self.closures and not checked.closed_by_us else None
+        if later is not None:
+            kept_open = kept_open or [later.rule_id]
+        if kept_open:
+            await self._retrying(lambda: source.keep_open(transfer, receipt, kept_open))
+            if later is not None and self.closures is not None:  # after keep_open: a refused one closes nothing later
+                await sink.send(self.closures.topic, transfer.transfer_id.encode(), later.encode(), [])
+            await emit(SourceKeptOpen, source_system=p.from_system, rule_ids=kept_open)
+        else:
+            closed_ref = await self._retrying(lambda: source.close(closing, receipt))
+            await emit(SourceClosed, source_system=p.from_system, source_reference=closed_ref)
+        if p.direction is Direction.STEP_DOWN and self.history is not None:
+            for key, value in self.history.remember(transfer):
+                if self.history_topic:
+                    await sink.send(self.history_topic, key, value, [])
+
+    async def _failed(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        sink: Sink,
+        emit: _Emitter,
+        transfer: TransferMessage,
+        exc: CasebridgeError | MappingError,
+    ) -> Outcome:
+        """A case system failed (or the deployment cannot serve the transfer): a retry tier for a transient
+        failure, else a dead letter."""
+        rule_ids = list(getattr(exc, "rule_ids", ()))
+        attempts = getattr(exc, "attempts", 1)
+        retriable = getattr(exc, "retriable", False)
+        log.warning(
+            "transfer_failed",
+            transfer_id=transfer.transfer_id,
+            error_class=type(exc).__name__,
+            retriable=retriable,
+            attempts=attempts,
+        )
+        if retriable:
+            return Outcome(
+                "transient",
+                transfer.transfer_id,
+                rule_ids,
                 error_class=type(exc).__name__,
                 message=str(exc),
-                rule_ids=rule_ids,
                 attempts=attempts,
+                council=transfer.council.value,
             )
-            return Outcome("dead-lettered", transfer.transfer_id, rule_ids)
+        await self._dead_letter(
+            record,
+            sink,
+            emit,
+            transfer,
+            stage="deliver",
+            error_class=type(exc).__name__,
+            message=str(exc),
+            rule_ids=rule_ids,
+            attempts=attempts,
+        )
+        return Outcome("dead-lettered", transfer.transfer_id, rule_ids)
 
     # -- helpers -------------------------------------------------------------------------
 
