@@ -1,9 +1,11 @@
 """casebridge's message contracts: the canonical transfer message and the router's events.
 
 Contracts depend on nothing else in the project. Transport metadata (topic, partition,
-offset, headers) lives beside them in the transport envelope, never inside them.
+offset, headers) lives beside them in the transport envelope, never inside them; the names and keys on the
+wire are stated once, in ``contracts.wire``.
 """
 
+from . import wire
 from ._common import KNOWN_VERSIONS, SCHEMA_VERSION, CaseSystem, Council, Direction, ServiceLevel, utcnow
 from ._errors import field_errors
 from ._events import (
@@ -134,4 +136,5 @@ __all__ = [
     "synthetic_upn",
     "upn_check_letter",
     "utcnow",
+    "wire",
 ]
