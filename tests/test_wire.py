@@ -19,8 +19,8 @@ from router import Topics
 from tests.support import EXAMPLES, count_type, ns_transfer, produce, read, running_router
 
 ROOT = Path(__file__).parent.parent
-#: the packages that produce and read Kafka records
-PACKAGES = ("router", "connectors", "monitor", "casebridge")
+#: the packages that produce and read Kafka records (and the benchmark, which writes and reads them as they do)
+PACKAGES = ("router", "connectors", "monitor", "casebridge", "bench")
 
 
 def _record(
