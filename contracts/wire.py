@@ -245,6 +245,15 @@ def event_key(event: TransferEvent) -> bytes:
     return (event.transfer_id or event.event_id).encode()
 
 
+#: an allocation mark's key on the pending-notices topic: this + the transfer id (a pending notice's: the transfer id)
+ALLOCATION_MARK_PREFIX = "allocated:"
+#: the audit topic's keys: a replay's is its dead letter's id (``<partition>:<offset>``); the others' are these + ...
+ALLOCATION_AUDIT_PREFIX = "allocation/"  # ... the transfer id: an allocation an operator recorded
+MILESTONE_AUDIT_PREFIX = "milestone/"  # ... ``<transfer id>/<milestone>``: a milestone recorded on the monitor
+INTAKE_AUDIT_PREFIX = "intake/"  # ... the transfer id (``-`` for none): a post to the intake
+KEY_PREFIXES = (ALLOCATION_MARK_PREFIX, ALLOCATION_AUDIT_PREFIX, MILESTONE_AUDIT_PREFIX, INTAKE_AUDIT_PREFIX)
+
+
 # -- event ids (deterministic: a re-run yields the same ids, so a reader can drop a copy) -----------------------
 
 #: the namespace of the ids of the events casebridge makes (``event_id``)

@@ -190,15 +190,20 @@ def _is_event_type(node: ast.AST | None) -> bool:
 
 
 def spelled_header_names(source: str) -> list[tuple[int, str]]:
-    """Where ``source`` spells a header name (or a header family's prefix) wire defines, instead of taking it from
-    wire. ``event_type`` is also the events' payload field and the store's column, so it counts only where it is a
-    header: a ``(name, value)`` pair, a ``.get`` on headers, a comparison with a header's name."""
+    """Where ``source`` spells a header name, a header family's prefix or a record key's prefix wire defines,
+    instead of taking it from wire. ``event_type`` is also the events' payload field and the store's column, so it
+    counts only where it is a header: a ``(name, value)`` pair, a ``.get`` on headers, a comparison with a name."""
     names = set(wire.MEANING) - {wire.EVENT_TYPE}
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             v = node.value
-            if v in names or v in wire.PREFIXES or (v.startswith(wire.PREFIXES) and not any(c.isspace() for c in v)):
+            if (
+                v in names
+                or v in wire.PREFIXES
+                or v in wire.KEY_PREFIXES
+                or (v.startswith(wire.PREFIXES) and not any(c.isspace() for c in v))
+            ):
                 found.append((node.lineno, v))
         elif isinstance(node, ast.Tuple) and len(node.elts) == 2 and _is_event_type(node.elts[0]):
             found.append((node.lineno, wire.EVENT_TYPE))
@@ -219,13 +224,14 @@ stage = h["casebridge.dlq.stage"]
 kept = [k for k, _ in headers if not k.startswith("casebridge.retry.")]
 spring = "kafka_dlt-original-offset"
 DLQ = "casebridge.dlq."
+MARK = "allocated:"
 # not header names: the payload field, a column, a docstring that names a header
 row["event_type"]; Field(discriminator="event_type"); x = "sets casebridge.dlq.stage to map"
 """
-    assert [2, 3, 4, 5, 6, 7, 8] == sorted(line for line, _ in spelled_header_names(source))
+    assert [2, 3, 4, 5, 6, 7, 8, 9] == sorted(line for line, _ in spelled_header_names(source))
 
 
-def test_no_module_spells_a_header_name_wire_defines() -> None:
+def test_no_module_spells_a_header_name_or_key_prefix_wire_defines() -> None:
     spelled = {
         f"{path.relative_to(ROOT)}:{line}: {name}"
         for package in PACKAGES

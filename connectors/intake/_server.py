@@ -56,7 +56,7 @@ from ._store import IntakeStore, digest
 log = structlog.get_logger("casebridge.intake")
 
 #: the audit topic's key prefix for an intake post (beside ``router.settings.ALLOCATION_AUDIT_PREFIX``)
-INTAKE_AUDIT_PREFIX = "intake/"
+INTAKE_AUDIT_PREFIX = wire.INTAKE_AUDIT_PREFIX
 
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 
