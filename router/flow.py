@@ -159,7 +159,7 @@ class TransferFlow:
         transfer = self.parse(record) if parsed is None else parsed
         if isinstance(transfer, ValidationError):
             return await self._reject(record, transfer, sink)
-        if self.keyed and record.key != wire.transfer_key(transfer):
+        if self.keyed and record.key != transfer.child_key.encode():  # wire.transfer_key, inline
             # per-child order (and the retry tiers' queue per child) holds only for records keyed by their child
             wrong = FieldError(
                 field="(record key)",
