@@ -34,26 +34,11 @@ from .kafka import Kafka
 
 log = structlog.get_logger("casebridge.connectors")
 
-# the dead-letter and replay header names (contracts/wire.py), under the names connectors use
-DLT_PREFIX = wire.DLT_PREFIX
-DLT_ORIGINAL_TOPIC = wire.DLT_ORIGINAL_TOPIC
-DLT_ORIGINAL_PARTITION = wire.DLT_ORIGINAL_PARTITION
-DLT_ORIGINAL_OFFSET = wire.DLT_ORIGINAL_OFFSET
-DLT_EXCEPTION_FQCN = wire.DLT_EXCEPTION_FQCN
-DLT_EXCEPTION_MESSAGE = wire.DLT_EXCEPTION_MESSAGE
-#: a map-stage dead letter names the publisher that made it (``FeedPublisher.name``) and the feed position it was
-#: read at (the remapped transfer's message id is the one the feed would have given)
-H_PUBLISHER = wire.DLQ_PUBLISHER
-H_FEED_POSITION = wire.DLQ_FEED_POSITION
-#: the headers ``casebridge replay`` adds
-H_REPLAY_OF = wire.REPLAY_OF
-H_REPLAY_OPERATOR = wire.REPLAY_OPERATOR
 #: above this (key, value and headers), a dead letter carries its record by reference only (no value): under Kafka's
 #: default 1 MiB limits with room for the batch's own overhead, so writing it can never stop the writer
 MAX_DEAD_LETTER_BYTES = 1_000_000
-H_BY_REFERENCE = wire.DLQ_BY_REFERENCE
+H_BY_REFERENCE = wire.DLQ_BY_REFERENCE  # (the header names are contracts.wire's)
 H_ORIGINAL_SIZE = wire.DLQ_ORIGINAL_SIZE
-spring_dlt_headers = wire.spring_dlt_headers
 
 
 #: how to build a producer again like each idempotent producer made here (``renew_producer``)
@@ -357,7 +342,7 @@ class FeedPublisher(_FeedLoop):
             headers = self._map_failure_headers(mapped, exc, position)
             size = len(mapped.key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
             if size > MAX_DEAD_LETTER_BYTES:  # too big to dead-letter whole: by reference (the case system has it)
-                headers += [(H_BY_REFERENCE, b"true"), (H_ORIGINAL_SIZE, str(size).encode())]
+                headers += [(wire.DLQ_BY_REFERENCE, b"true"), (wire.DLQ_ORIGINAL_SIZE, str(size).encode())]
                 value = None
                 log.warning("dead_letter_by_reference", transfer_id=mapped.transfer_id, size=size)
             sent = await self.producer.send(self.dead_letter_topic, value=value, key=mapped.key, headers=headers)
@@ -384,9 +369,9 @@ class FeedPublisher(_FeedLoop):
             (wire.DLQ_TRANSFER_ID, mapped.transfer_id.encode()),
             (wire.DLQ_COUNCIL, self.council.value.encode()),
             (wire.DLQ_LAST_FAILURE, datetime.now(UTC).isoformat().encode()),
-            (H_PUBLISHER, self.name.encode()),
-            (H_FEED_POSITION, str(position).encode()),
-            *spring_dlt_headers(self.feed, 0, position, error_class, reason),
+            (wire.DLQ_PUBLISHER, self.name.encode()),
+            (wire.DLQ_FEED_POSITION, str(position).encode()),
+            *wire.spring_dlt_headers(self.feed, 0, position, error_class, reason),
         ]
 
     async def remap_once(self) -> int:
@@ -403,7 +388,7 @@ class FeedPublisher(_FeedLoop):
             pending: list[Awaitable[Any]] = []
             for records in batch.values():
                 for r in records:
-                    if dict(r.headers or ()).get(H_PUBLISHER) == self.name.encode():
+                    if dict(r.headers or ()).get(wire.DLQ_PUBLISHER) == self.name.encode():
                         pending += await self._remap(r)
                         done += 1
             for fut in pending:
@@ -425,9 +410,9 @@ class FeedPublisher(_FeedLoop):
 
         assert self.remap is not None
         headers = {k: bytes(v).decode(errors="replace") for k, v in (r.headers or ())}
-        of, operator = headers.get(H_REPLAY_OF, ""), headers.get(H_REPLAY_OPERATOR, "unknown")
-        position = int(headers.get(H_FEED_POSITION, "0") or 0)
-        replay = [(H_REPLAY_OF, of.encode()), (H_REPLAY_OPERATOR, operator.encode())]
+        of, operator = headers.get(wire.REPLAY_OF, ""), headers.get(wire.REPLAY_OPERATOR, "unknown")
+        position = int(headers.get(wire.DLQ_FEED_POSITION, "0") or 0)
+        replay = [(wire.REPLAY_OF, of.encode()), (wire.REPLAY_OPERATOR, operator.encode())]
         try:
             stored = json.loads(r.value or b"")
             if not isinstance(stored, dict):
