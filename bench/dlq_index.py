@@ -137,6 +137,56 @@ def _broker(given: str | None) -> Iterator[str]:
         yield bootstrap
 
 
+async def _monitor_refresh(bootstrap: str, topics: Topics, db: Path, runs: int, more: int = 0) -> None:
+    """The monitor's background round (``Watch.refresh``: lag, then the dead letters from its index) and the two
+    answers the page asks for on each refresh (``/api/overview``, ``/api/dead-letters``), over every dead letter
+    written: the first round builds the monitor's index, the later ones read only what is new."""
+    from monitor import DeadLetterIndex, Store, Tracker, Watch, overview
+    from monitor._views import dead_letter_page
+
+    kafka = clients.KafkaConnection.of(bootstrap)
+    store = Store(db)
+    tracker = Tracker(store, kafka, topics)
+    index = DeadLetterIndex(store, kafka, topics)
+    watch = Watch(kafka, topics, tracker, 5.0, index)
+    await tracker.start()
+    await index.start()
+    try:
+        started = time.perf_counter()
+        await watch.refresh()
+        print(f"monitor: first round (builds its index, {len(watch.dead_letters)} dead letters): "
+              f"{time.perf_counter() - started:.2f} s")  # fmt: skip
+        rounds, pages, lists, filtered = [], [], [], []
+        for _ in range(runs):
+            started = time.perf_counter()
+            await watch.refresh()
+            rounds.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            body = json.dumps(overview(store, watch))
+            pages.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            listed = json.dumps(dead_letter_page(watch))  # what GET /api/dead-letters answers: a page, the counts
+            lists.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            rare = json.dumps(dead_letter_page(watch, "parked"))  # a status few have: the whole listing scanned
+            filtered.append(time.perf_counter() - started)
+        print(f"monitor: a later round (every {watch.interval:.0f} s, nothing new): {_median(rounds)}")
+        print(f"monitor: /api/overview answered ({len(body)} bytes): {_median(pages)}")
+        print(f"monitor: /api/dead-letters answered (a page, {len(listed) / 1e3:.0f} kB): {_median(lists)}")
+        print(f"monitor: /api/dead-letters?status=parked answered ({len(rare) / 1e3:.0f} kB): {_median(filtered)}")
+        if more:
+            total = len(watch.dead_letters)
+            await _write(bootstrap, topics, total, total + more)
+            started = time.perf_counter()
+            await watch.refresh()
+            print(f"monitor: the round after {more} more dead letters ({len(watch.dead_letters)} in all): "
+                  f"{time.perf_counter() - started:.3f} s")  # fmt: skip
+    finally:
+        await index.stop()
+        await tracker.stop()
+        store.close()
+
+
 def _median(xs: list[float]) -> str:
     return f"{statistics.median(xs):.3f} s (min {min(xs):.3f}, max {max(xs):.3f}, n={len(xs)})"
 
@@ -195,6 +245,7 @@ def main() -> int:
             )
         took, whole = _cli("dlq", "list", "--json", *where)
         print(f"`dlq list --json` of all {len(whole.stdout.splitlines())} from the index (subprocess): {took:.2f} s")
+        asyncio.run(_monitor_refresh(bootstrap, topics, Path(state) / "monitor.sqlite3", args.runs, args.more))
     return 0
 
 

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import structlog
 import typer
-import uvloop
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
@@ -53,15 +52,13 @@ from router.deadletters import replay as replay_dead_letters
 from router.settings import Topics
 from router.topics import TopicMisconfigured
 
-from .localkafka import AlreadyRunning, KafkaError, LocalKafka, SecurityMismatch, default_home
-from .localkafka_secure import PRINCIPALS as SECURE_PRINCIPALS
 from .logs import configure_logging
-from .process import freeze_startup_heap
 
 if TYPE_CHECKING:
     from router import Settings
 
     from .deployment import Deployment
+    from .localkafka import LocalKafka
 
 log = structlog.get_logger("casebridge.cli")
 
@@ -193,6 +190,8 @@ _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}")  # as the deploymen
 
 
 def _broker(home: Path | None, port: int) -> LocalKafka:
+    from .localkafka import LocalKafka, default_home
+
     return LocalKafka(home or default_home(), port=port)
 
 
@@ -223,6 +222,9 @@ def kafka_start(
     address, for a --controller-port equal to --port, or --secure on a home formatted plaintext (or the
     reverse); 5 if it could not start (a port taken, no Java, no Maven, no answer in time).
     """
+    from .localkafka import AlreadyRunning, KafkaError, LocalKafka, SecurityMismatch, default_home
+    from .localkafka_secure import PRINCIPALS as SECURE_PRINCIPALS
+
     if controller_port == port:
         _refuse("--controller-port must differ from --port", EXIT_USAGE)
     if secure and not _PREFIX_RE.fullmatch(prefix):
@@ -393,7 +395,10 @@ def run(
     (a dead letter could not be written), 4 when a loop died, 5 when it could not start (Kafka unreachable, a
     port taken); a supervisor restarts it and it resumes.
     """
+    import uvloop
+
     from .metrics import MetricsUnavailable, listening, serving
+    from .process import freeze_startup_heap
     from .stack import stack_from_deployment
 
     deployment = _deployment(config)  # before logging is set up: a file that cannot run gets plain lines
@@ -522,7 +527,10 @@ def demo(
     """
     import sys
 
+    import uvloop
+
     from .demo import run_demo
+    from .localkafka import KafkaError
 
     level = os.environ.get("CASEBRIDGE_LOG_LEVEL", "WARNING").upper()
     configure_logging(level="WARNING", json=False)

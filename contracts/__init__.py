@@ -2,74 +2,156 @@
 
 Contracts depend on nothing else in the project. Transport metadata (topic, partition,
 offset, headers) lives beside them in the transport envelope, never inside them; the names and keys on the
-wire are stated once, in ``contracts.wire``.
+wire are stated once, in the module ``contracts.wire`` (``from contracts import wire``: a submodule, imported as
+any is, so it is not among the lazily re-exported names below).
+
+The names below are imported when first used (PEP 562): an operator's command that needs one
+enumeration does not build every event model first.
 """
 
-from . import wire
-from ._common import KNOWN_VERSIONS, SCHEMA_VERSION, CaseSystem, Council, Direction, ServiceLevel, utcnow
-from ._errors import field_errors
-from ._events import (
-    EVENT_ADAPTER,
-    AlertRaised,
-    FieldError,
-    FrontDoorDecided,
-    MilestoneRecorded,
-    NoticeSent,
-    RuleViolation,
-    SourceClosed,
-    SourceKeptOpen,
-    TransferAcknowledged,
-    TransferAllocated,
-    TransferCompletedNoRecord,
-    TransferDeadLettered,
-    TransferDelivered,
-    TransferDuplicate,
-    TransferEvent,
-    TransferHeld,
-    TransferRejected,
-    TransferReplayed,
-    TransferRequested,
-    TransferRetryScheduled,
-    TransferValidated,
-    parse_event,
-)
-from ._identifiers import (
-    SYNTHETIC_NHS_NUMBERS,
-    SYNTHETIC_UPNS,
-    UPN_LETTERS,
-    NhsNumber,
-    Upn,
-    is_valid_nhs_number,
-    is_valid_upn,
-    nhs_check_digit,
-    synthetic_nhs_number,
-    synthetic_upn,
-    upn_check_letter,
-)
-from ._transfer import (
-    MAX_DOCUMENTS,
-    MAX_INLINE_DOCUMENT_BYTES,
-    Child,
-    ClosureRecord,
-    Consent,
-    ConsentExemption,
-    ConsentScope,
-    Deadline,
-    Document,
-    DocumentType,
-    Gender,
-    ManagementDecision,
-    Pathway,
-    Person,
-    Professionals,
-    Purpose,
-    RecordState,
-    Sex,
-    SourceRecord,
-    SystemIdentifier,
-    TransferMessage,
-    Urgency,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from ._common import KNOWN_VERSIONS, SCHEMA_VERSION, CaseSystem, Council, Direction, ServiceLevel, utcnow
+    from ._errors import field_errors
+    from ._events import (
+        EVENT_ADAPTER,
+        AlertRaised,
+        FieldError,
+        FrontDoorDecided,
+        MilestoneRecorded,
+        NoticeSent,
+        RuleViolation,
+        SourceClosed,
+        SourceKeptOpen,
+        TransferAcknowledged,
+        TransferAllocated,
+        TransferCompletedNoRecord,
+        TransferDeadLettered,
+        TransferDelivered,
+        TransferDuplicate,
+        TransferEvent,
+        TransferHeld,
+        TransferRejected,
+        TransferReplayed,
+        TransferRequested,
+        TransferRetryScheduled,
+        TransferValidated,
+        parse_event,
+    )
+    from ._identifiers import (
+        SYNTHETIC_NHS_NUMBERS,
+        SYNTHETIC_UPNS,
+        UPN_LETTERS,
+        NhsNumber,
+        Upn,
+        is_valid_nhs_number,
+        is_valid_upn,
+        nhs_check_digit,
+        synthetic_nhs_number,
+        synthetic_upn,
+        upn_check_letter,
+    )
+    from ._transfer import (
+        MAX_DOCUMENTS,
+        MAX_INLINE_DOCUMENT_BYTES,
+        Child,
+        ClosureRecord,
+        Consent,
+        ConsentExemption,
+        ConsentScope,
+        Deadline,
+        Document,
+        DocumentType,
+        Gender,
+        ManagementDecision,
+        Pathway,
+        Person,
+        Professionals,
+        Purpose,
+        RecordState,
+        Sex,
+        SourceRecord,
+        SystemIdentifier,
+        TransferMessage,
+        Urgency,
+    )
+
+#: each public name and the module that defines it
+_WHERE = {
+    "KNOWN_VERSIONS": "._common",
+    "SCHEMA_VERSION": "._common",
+    "CaseSystem": "._common",
+    "Council": "._common",
+    "Direction": "._common",
+    "ServiceLevel": "._common",
+    "utcnow": "._common",
+    "field_errors": "._errors",
+    "EVENT_ADAPTER": "._events",
+    "AlertRaised": "._events",
+    "FieldError": "._events",
+    "FrontDoorDecided": "._events",
+    "MilestoneRecorded": "._events",
+    "NoticeSent": "._events",
+    "RuleViolation": "._events",
+    "SourceClosed": "._events",
+    "SourceKeptOpen": "._events",
+    "TransferAcknowledged": "._events",
+    "TransferAllocated": "._events",
+    "TransferCompletedNoRecord": "._events",
+    "TransferDeadLettered": "._events",
+    "TransferDelivered": "._events",
+    "TransferDuplicate": "._events",
+    "TransferEvent": "._events",
+    "TransferHeld": "._events",
+    "TransferRejected": "._events",
+    "TransferReplayed": "._events",
+    "TransferRequested": "._events",
+    "TransferRetryScheduled": "._events",
+    "TransferValidated": "._events",
+    "parse_event": "._events",
+    "SYNTHETIC_NHS_NUMBERS": "._identifiers",
+    "SYNTHETIC_UPNS": "._identifiers",
+    "UPN_LETTERS": "._identifiers",
+    "NhsNumber": "._identifiers",
+    "Upn": "._identifiers",
+    "is_valid_nhs_number": "._identifiers",
+    "is_valid_upn": "._identifiers",
+    "nhs_check_digit": "._identifiers",
+    "synthetic_nhs_number": "._identifiers",
+    "synthetic_upn": "._identifiers",
+    "upn_check_letter": "._identifiers",
+    "MAX_DOCUMENTS": "._transfer",
+    "MAX_INLINE_DOCUMENT_BYTES": "._transfer",
+    "Child": "._transfer",
+    "ClosureRecord": "._transfer",
+    "Consent": "._transfer",
+    "ConsentExemption": "._transfer",
+    "ConsentScope": "._transfer",
+    "Deadline": "._transfer",
+    "Document": "._transfer",
+    "DocumentType": "._transfer",
+    "Gender": "._transfer",
+    "ManagementDecision": "._transfer",
+    "Pathway": "._transfer",
+    "Person": "._transfer",
+    "Professionals": "._transfer",
+    "Purpose": "._transfer",
+    "RecordState": "._transfer",
+    "Sex": "._transfer",
+    "SourceRecord": "._transfer",
+    "SystemIdentifier": "._transfer",
+    "TransferMessage": "._transfer",
+    "Urgency": "._transfer",
+}
+
+
+__getattr__ = lazy_names(__name__, _WHERE, globals())
+
 
 __all__ = [
     "EVENT_ADAPTER",
@@ -136,5 +218,4 @@ __all__ = [
     "synthetic_upn",
     "upn_check_letter",
     "utcnow",
-    "wire",
 ]

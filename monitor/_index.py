@@ -53,6 +53,9 @@ class DeadLetterIndex:
         #: connection (a short-lived reader, the CLI's, sets it short: it asks for offsets right after assigning)
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.assigned: set[TopicPartition] = set()
+        #: fetch only during a round (``catch_up``), the partitions paused in between, so that a long-lived reader (the
+        #: monitor's watch sets it) asks for the ends without waiting behind a fetch the broker holds with nothing new
+        self.pause_between = False
         #: the next offset per partition that the store holds
         self.stored: dict[TopicPartition, int] = {}
 
@@ -87,6 +90,8 @@ class DeadLetterIndex:
             for partition, offset in (await self.store.read(self.store.positions, topic)).items():
                 stored[TopicPartition(topic, partition)] = offset
         self.consumer.assign(sorted(wanted))
+        if self.pause_between:
+            self.consumer.pause(*wanted)
         self.assigned, self.stored = wanted, stored
         await self._rewind()
 
@@ -117,18 +122,25 @@ class DeadLetterIndex:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         new = 0
-        while loop.time() < deadline and [tp for tp in partitions if await self.consumer.position(tp) < end[tp]]:
-            batch = await self.consumer.getmany(timeout_ms=500, max_records=5000)
-            entries, positions = self._entries(batch)
-            if not positions:
-                continue
-            try:
-                new += await self.store.write_index(entries, positions)
-            except STORE_ERRORS:
-                await self._rewind()  # read it again next round: never skipped
-                raise
-            for p in positions:
-                self.stored[TopicPartition(p.topic, p.partition)] = p.next_offset
+        behind = [tp for tp in partitions if await self.consumer.position(tp) < end[tp]]
+        if self.pause_between and behind:
+            self.consumer.resume(*behind)
+        try:
+            while loop.time() < deadline and [tp for tp in partitions if await self.consumer.position(tp) < end[tp]]:
+                batch = await self.consumer.getmany(timeout_ms=500, max_records=5000)
+                entries, positions = self._entries(batch)
+                if not positions:
+                    continue
+                try:
+                    new += await self.store.write_index(entries, positions)
+                except STORE_ERRORS:
+                    await self._rewind()  # read it again next round: never skipped
+                    raise
+                for p in positions:
+                    self.stored[TopicPartition(p.topic, p.partition)] = p.next_offset
+        finally:
+            if self.pause_between and behind:
+                self.consumer.pause(*behind)
         self.caught_up = not [tp for tp in partitions if await self.consumer.position(tp) < end[tp]]
         return new
 

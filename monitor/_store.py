@@ -57,6 +57,13 @@ RECOVERED = "recovered"
 STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
 T = TypeVar("T")
 _DL_COLUMNS = ("id", "partition", "offset", "timestamp", "transfer_id", "pathway", "context")
+#: the store's layout (``PRAGMA user_version``): 1 added ``seq`` (the order indexed, a watch's position) to the dead
+#: letters, replays and parkings; an older file is brought up to it on open (``_migrate``), its rows kept
+SCHEMA_VERSION = 1
+#: the tables whose rows carry ``seq``
+_SEQUENCED = ("dead_letters", "replayed", "parked")
+#: ``index_meta``'s count of dead letters forgotten (retention): a watch that saw it change lists again in full
+FORGOTTEN = "forgotten"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -89,12 +96,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     timestamp INTEGER,
     transfer_id TEXT,
     pathway TEXT,
-    context TEXT NOT NULL
+    context TEXT NOT NULL,
+    seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS dead_letters_transfer ON dead_letters (transfer_id);
 CREATE INDEX IF NOT EXISTS dead_letters_position ON dead_letters (partition, offset);
-CREATE TABLE IF NOT EXISTS replayed (id TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS parked (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS replayed (id TEXT PRIMARY KEY, seq INTEGER);
+CREATE TABLE IF NOT EXISTS parked (id TEXT PRIMARY KEY, seq INTEGER);
 CREATE TABLE IF NOT EXISTS completions (
     transfer_id TEXT NOT NULL,
     event_type TEXT NOT NULL,
@@ -156,6 +164,24 @@ class Store:
         with self._use() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a file of an older layout up to ``SCHEMA_VERSION``, in one transaction (another process opening it
+        at once waits, then finds it done): version 0 had no ``seq``; its rows get their insertion order (rowid)."""
+        with self._use() as db:
+            if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return
+        with self._tx() as db:
+            if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return
+            for table in _SEQUENCED:
+                columns = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
+                if "seq" not in columns:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN seq INTEGER")
+                db.execute(f"UPDATE {table} SET seq = rowid WHERE seq IS NULL")
+                db.execute(f"CREATE INDEX IF NOT EXISTS {table}_seq ON {table} (seq)")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), timeout=self._busy_timeout, check_same_thread=False, isolation_level=None)
@@ -236,16 +262,20 @@ class Store:
         transaction (the index's positions are its source of truth, as the events'); returns how many were new."""
         new = 0
         with self._tx() as db:
+            seq = _last_seq(db, "dead_letters")
             for d in entries.dead_letters:
+                seq += 1
                 cursor = db.execute(
-                    f"INSERT OR IGNORE INTO dead_letters ({', '.join(_DL_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' for _ in _DL_COLUMNS)})",
-                    tuple(d[c] for c in _DL_COLUMNS),
+                    f"INSERT OR IGNORE INTO dead_letters ({', '.join(_DL_COLUMNS)}, seq) "
+                    f"VALUES ({', '.join('?' for _ in _DL_COLUMNS)}, ?)",
+                    (*(d[c] for c in _DL_COLUMNS), seq),
                 )
                 new += cursor.rowcount
             for table, ids in (("replayed", entries.replayed), ("parked", entries.parked)):
+                seq = _last_seq(db, table)
                 for dl_id in ids:
-                    new += db.execute(f"INSERT OR IGNORE INTO {table} (id) VALUES (?)", (dl_id,)).rowcount
+                    seq += 1
+                    new += db.execute(f"INSERT OR IGNORE INTO {table} (id, seq) VALUES (?, ?)", (dl_id, seq)).rowcount
             for done in entries.completions:
                 sql = "INSERT OR IGNORE INTO completions (transfer_id, event_type, occurred_at) VALUES (?, ?, ?)"
                 new += db.execute(sql, done).rowcount
@@ -267,6 +297,52 @@ class Store:
             "SELECT id, timestamp, pathway, context FROM dead_letters ORDER BY timestamp, partition, offset"
         )
         return [dict(r) for r in rows]
+
+    # -- what a watch reads each round: only what was indexed (or stored) after its positions -------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """The reads inside see one state of the file (a read transaction on this thread's connection: in WAL mode
+        it holds no writer up), so positions read together agree with what they cover."""
+        with self._use() as db:
+            db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                if db.in_transaction:
+                    db.execute("COMMIT")
+
+    def dead_letters_after(self, seq: int) -> list[dict[str, Any]]:
+        """Indexed dead letters with ``seq`` beyond this (as ``indexed_dead_letters``, with partition, offset and seq),
+        in the order indexed."""
+        rows = self._query(
+            "SELECT id, partition, offset, timestamp, pathway, context, seq FROM dead_letters "
+            "WHERE seq > ? ORDER BY seq",
+            [seq],
+        )
+        return [dict(r) for r in rows]
+
+    def ids_after(self, table: str, seq: int) -> list[tuple[int, str]]:
+        """``(seq, id)`` of the ids indexed as ``replayed`` or ``parked`` beyond this ``seq``."""
+        if table not in ("replayed", "parked"):
+            raise ValueError(f"no index {table!r}")
+        return [(int(r["seq"]), r["id"]) for r in self._query(f"SELECT seq, id FROM {table} WHERE seq > ?", [seq])]
+
+    def completions_after(self, seq: int) -> list[tuple[int, str, str, datetime]]:
+        """Completion events (``COMPLETED``) the tracker stored beyond this event ``seq``: ``(seq, transfer id, event
+        type, occurred at)``."""
+        kinds = ", ".join("?" for _ in COMPLETED)
+        rows = self._query(
+            "SELECT seq, transfer_id, event_type, occurred_at FROM events "
+            f"WHERE seq > ? AND transfer_id IS NOT NULL AND event_type IN ({kinds}) ORDER BY seq",
+            [seq, *COMPLETED],
+        )
+        return [
+            (int(r["seq"]), r["transfer_id"], r["event_type"], datetime.fromisoformat(r["occurred_at"])) for r in rows
+        ]
+
+    def last_event_seq(self) -> int:
+        return int(self._query("SELECT COALESCE(MAX(seq), 0) AS n FROM events")[0]["n"])
 
     def indexed_where(self, transfer_id: str | None = None, pathway: str | None = None) -> list[dict[str, Any]]:
         """``indexed_dead_letters`` of one transfer and/or pathway only (the column's index: the cost is the rows)."""
@@ -305,6 +381,12 @@ class Store:
         them, so a listing of the topic no longer shows them); returns how many."""
         with self._tx() as db:
             n = db.execute("DELETE FROM dead_letters WHERE partition = ? AND offset < ?", (partition, offset)).rowcount
+            if n:  # a watch's listing (``monitor._lag``) sees it and lists again in full
+                db.execute(
+                    "INSERT INTO index_meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
+                    (FORGOTTEN, n),
+                )
         self.index_version += n
         return n
 
@@ -581,6 +663,10 @@ class Store:
                 }
             )
         return out
+
+
+def _last_seq(db: sqlite3.Connection, table: str) -> int:
+    return int(db.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {table}").fetchone()[0])
 
 
 def _says_recovered(alert: dict[str, Any]) -> bool:

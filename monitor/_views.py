@@ -70,7 +70,7 @@ def overview(store: Store, watch: Watch, now: datetime | None = None) -> dict[st
             "waiting": by_status["waiting"],
             "by_status": by_status,
             "top_reasons": watch.top_reasons(),
-            "latest": watch.dead_letters[-20:][::-1],
+            "latest": watch.page(limit=20)[0],
         },
         "consumer_lag": watch.lag,
         "lag_refreshed_at": datetime.fromtimestamp(watch.refreshed_at, UTC).isoformat() if watch.refreshed_at else None,
@@ -88,7 +88,34 @@ def transfer_detail(store: Store, watch: Watch, transfer_id: str, now: datetime 
         "transfer": row,
         "timeline": store.timeline(transfer_id),
         "deadlines": [s.model_dump(mode="json") for s in statuses],
-        "dead_letters": [d for d in watch.dead_letters if d["transfer_id"] == transfer_id],
+        "dead_letters": watch.of_transfer(transfer_id),
+    }
+
+
+#: ``GET /api/dead-letters``: the page's length by default, and at most
+DEAD_LETTER_PAGE = 200
+DEAD_LETTER_PAGE_MAX = 1000
+
+
+def dead_letter_page(
+    watch: Watch, status: str | None = None, limit: int = DEAD_LETTER_PAGE, before: str | None = None, offset: int = 0
+) -> dict[str, Any]:
+    """One page of the dead letters, newest first (``Watch.page``), with the counts of them all: ``total``, ``matching``
+    (of ``status``, if given), ``by_status``, ``top_reasons``, and ``next_before`` (the cursor of the next page, None
+    on the last). ``KeyError`` when ``before`` names no dead letter listed."""
+    letters, next_before = watch.page(status, limit, before, offset)
+    by_status = watch.by_status()
+    total = sum(by_status.values())
+    return {
+        "dead_letters": letters,
+        "by_status": by_status,
+        "top_reasons": watch.top_reasons(10),
+        "total": total,
+        "matching": total if status is None else by_status.get(status, 0),
+        "limit": limit,
+        "offset": offset,
+        "before": before,
+        "next_before": next_before,
     }
 
 
@@ -143,7 +170,7 @@ _charts_cache: dict[int, tuple[tuple[int, int, tuple[str, ...]], float, dict[str
 def charts(store: Store, watch: Watch, now: datetime | None = None) -> dict[str, Any]:
     """``chart_figures``; without an explicit ``now``, cached per store until a new event or dead letter arrives or
     a few seconds pass (every open page asks every 2 s; the ages over 100,000 dead letters take ~0.4 s)."""
-    expired = tuple(sorted(d["id"] for d in watch.dead_letters if d["status"] == "expired"))
+    expired = watch.expired_ids()
     if now is not None:
         return chart_figures(store, expired, now)
     key = (store.version, store.index_version, expired)

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -41,7 +41,7 @@ from ._asyncapi import asyncapi_document
 from ._service import Monitor
 from ._sessions import LoginThrottle, Sessions
 from ._settings import MonitorSettings, Principal
-from ._views import charts, overview, transfer_detail
+from ._views import DEAD_LETTER_PAGE, DEAD_LETTER_PAGE_MAX, charts, dead_letter_page, overview, transfer_detail
 
 log = structlog.get_logger("casebridge.monitor")
 COOKIE = "casebridge_monitor"
@@ -372,12 +372,23 @@ def create_app(monitor: Monitor) -> FastAPI:
         return detail
 
     @app.get("/api/dead-letters")
-    async def api_dead_letters(_: Viewer, status: Status | None = None) -> dict[str, Any]:
-        """Every dead letter with its transfer id, reason and status (``?status=`` one of them), the counts by
-        status, and the top reasons among those that still need a person."""
-        w = monitor.watch
-        chosen = [d for d in w.dead_letters if status is None or d["status"] == status]
-        return {"dead_letters": chosen, "by_status": w.by_status(), "top_reasons": w.top_reasons(10)}
+    async def api_dead_letters(
+        _: Viewer,
+        status: Status | None = None,
+        limit: Annotated[int, Query(ge=1, le=DEAD_LETTER_PAGE_MAX)] = DEAD_LETTER_PAGE,
+        before: Annotated[str | None, Query(max_length=64)] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """A page of the dead letters, newest first (``limit``, default 200, at most 1,000; ``before=<id>``: older
+        than that one, the last page's ``next_before``; ``offset``: skip so many), of one status (``?status=``), each
+        with its transfer id, reason and status; with every answer the total, the counts by status and the top
+        reasons among those that still need a person (``_views.dead_letter_page``)."""
+        try:
+            return dead_letter_page(monitor.watch, status, limit, before, offset)
+        except KeyError:
+            raise HTTPException(
+                404, f"before: no dead letter {before!r} is listed: ask again without before, from the newest"
+            ) from None
 
     @app.get("/api/alerts")
     async def api_alerts(

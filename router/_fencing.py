@@ -15,10 +15,15 @@ committed (offset commits carry the generation and the broker refuses a stale on
 fresh member (the in-process recovery of ``casebridge.stack``). While the process runs normally the check costs
 one heartbeat round trip every ``RECHECK_SECONDS`` per consumer, and nothing between batches.
 
-What it does not cover: writes the producer already held when the pause began land when it resumes (they are the
-outputs of records handled while the member still owned them, idempotent and with deterministic event ids), and
-the steps of a record already in progress at the pause finish that record (a case system call already under way).
-Kafka transactions would close that last window; see docs/scaling-out.md for why they are not used yet.
+The producer asks the same lease before each produce request leaves (``Outbox.gate``, ``_gate_produce_requests``
+in ``router/_outbox.py``): record batches it already held when the pause began are failed, never sent late over
+the new owner's writes.
+
+What it does not cover: the steps of a record already in progress at the pause finish that record (a case system
+call already under way, idempotent), and what the member handled before the pause, its outputs acknowledged but
+its offsets not yet committed, is read again by the new owner (at-least-once, the same event ids), as after a
+SIGKILL. Kafka transactions would hide those outputs from read-committed readers; see docs/scaling-out.md for why
+they are not used yet.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiokafka.partitioner import DefaultPartitioner
@@ -153,10 +154,22 @@ class Outbox:
         self.fenced: str | None = None
         self._last_queued = 0.0
         self._stalled = False  # queued writes wait for the hand-over (see ``_queue``)
+        #: asked before each produce request leaves for the broker (``_gate_produce_requests``): why this member may
+        #: not write any more (it was dropped from its group), or None; None here: nothing to ask (not a group member)
+        self.gate: Callable[[], Awaitable[str | None]] | None = None
+
+    async def _may_send(self) -> str | None:
+        """Why the producer may not send what it holds (this member was fenced), or None."""
+        if self.fenced is None and self.gate is not None:
+            reason = await self.gate()
+            if reason is not None:
+                self.fence(reason)
+        return self.fenced
 
     async def start(self, topics: Sequence[str] = ()) -> None:
         """Connect; and learn the partitions of ``topics`` now, so the first writes to them do not wait for it."""
         await self._producer.start()
+        _gate_produce_requests(self._producer, self._may_send)
         for topic in topics:
             await self._producer.partitions_for(topic)
 
@@ -201,7 +214,8 @@ class Outbox:
     def fence(self, reason: str) -> None:
         """This group member lost its partitions without knowing (paused past its session timeout): what it has
         not sent yet is dropped, never sent, and every hand-over from now on fails (transient), so nothing in flight
-        is committed; the new owner reads those records again. Writes the producer already had are not recalled."""
+        is committed; the new owner reads those records again. What the producer already holds and has not sent is
+        failed when its turn to be sent comes (``_gate_produce_requests``), never sent."""
         self.fenced = self.fenced or reason
         self._queued = []
 
@@ -298,6 +312,37 @@ class Outbox:
                 self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
 
 
+def _gate_produce_requests(producer: Any, may_send: Callable[[], Awaitable[str | None]]) -> None:
+    """Ask ``may_send`` before each produce request leaves: a member paused with record batches already in the
+    producer (appended, not yet sent) must not send them when it resumes if its partitions went to another member
+    meanwhile; they would land after the new owner's writes (a child's lifecycle entry overwritten by an older one).
+    Refused batches fail with ``Fenced``, so their hand-over fails and nothing of them is committed.
+
+    aiokafka (0.12-0.14) drains ready batches per broker and sends each node's through
+    ``Sender._send_produce_req(node_id, batches)``; this wraps that one method of this producer's sender (the
+    asyncio equivalent of the Java client's check of a transactional producer's epoch, which aiokafka has only
+    for transactions). The check is a clock comparison while the membership was confirmed in the last
+    ``RECHECK_SECONDS``, a heartbeat otherwise.
+    """
+    sender: Any = getattr(producer, "_sender", None)
+    send = getattr(sender, "_send_produce_req", None)
+    if sender is None or send is None:  # pragma: no cover - the pyproject pins the aiokafka versions that have it
+        raise RuntimeError("this aiokafka's producer has no Sender._send_produce_req: pin aiokafka to 0.12-0.14")
+
+    async def gated(node_id: int, batches: dict[Any, Any]) -> None:
+        refused = await may_send()
+        if refused is None:
+            await send(node_id, batches)
+            return
+        for batch in batches.values():
+            batch.failure(exception=Fenced(refused))
+        sender._in_flight.discard(node_id)  # as the original does once a request is answered
+        for tp in batches:
+            sender._muted_partitions.discard(tp)
+
+    sender._send_produce_req = gated
+
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -341,5 +386,5 @@ async def _acknowledged(
     if failed:
         raise OutputFailed(
             f"{len(failed)} of {len(results)} writes were not acknowledged: {type(failed[0]).__name__}",
-            transient=all(is_transient_kafka_error(f) for f in failed),
+            transient=all(isinstance(f, Fenced) or is_transient_kafka_error(f) for f in failed),
         ) from failed[0]

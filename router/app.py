@@ -195,6 +195,9 @@ class Router:
         self._restoring = asyncio.Lock()
         #: per subscriber (None: the transfers topic; n: tier n): its lease on its group membership (``_fencing``)
         self._members: dict[int | None, Membership] = defaultdict(lambda: Membership(SESSION_TIMEOUT_MS / 1000))
+        #: per subscriber: its consumer, as the last batch came from it (whose membership the outbox's gate asks)
+        self._consumers: dict[int | None, Any] = {}
+        self.outbox.gate = self._still_member
         self._subscribe(self.topics.transfers, None)
         for tier, delay in enumerate(self.tiers):
             self._subscribe(self.topics.retry(tier), tier, delay)
@@ -287,6 +290,7 @@ class Router:
         if self.halted or self.recovering:
             raise RouterHalted("the router halted after an output failure; restart it")
         finished = self._handling[tier] = asyncio.Event()
+        self._consumers[tier] = msg.consumer
         try:
             await self._handle_batch(msg, tier)
         finally:
@@ -404,6 +408,15 @@ class Router:
                 outcome = await self._one(record, tier)
             self.outcomes[outcome.state] += 1
             counts[outcome.state] += 1
+
+    async def _still_member(self) -> str | None:
+        """The outbox's gate (``Outbox.gate``): None while every subscriber's membership holds, else why not (and
+        this member is fenced)."""
+        for tier, consumer in list(self._consumers.items()):
+            if not await self._members[tier].current(consumer):
+                self._fence(tier)
+                return self.outbox.fenced
+        return None
 
     def _fence(self, tier: int | None) -> None:
         """This process was dropped from its group (``_fencing``): it handles nothing more, sends nothing it has
@@ -600,6 +613,7 @@ class Router:
             self.broker.config.broker_config.graceful_timeout = budget / 3
         await within("router batches", self._settled_quietly(), budget / 3)
         await within("router consumers", self.broker.stop(), budget / 2)  # waits for a batch in its handler
+        self._consumers.clear()  # out of the group now: the outbox's last writes are not held for a heartbeat
         await within("router batches", self._settled_quietly(), budget / 6)
         await self.outbox.stop(within=budget / 6)
         for connector in self._connectors() if connectors else ():

@@ -156,3 +156,53 @@ async def test_the_cursor_topic_holds_each_feeds_last_cursor_and_a_feed_it_does_
         reader.cursor(FileCursor(tmp_path / f"{n}-cursor.json")).load()
         for n in ("lcs-stepdowns", "ehm-allocations", "ted-stepdowns")
     )
+
+
+async def test_when_the_feed_owner_is_killed_the_other_process_takes_the_feeds_over_and_no_request_is_lost(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """SIGKILL: the owner says no goodbye, so the other process takes the feeds over once the feeds group's session
+    timeout drops it, from the shared cursor as far as the owner had committed it. Requests made just before the
+    kill may be published twice (published, cursor not yet moved on): each is still delivered once, the copy being
+    a ``duplicate`` (the completed transfers are state per partition). None is lost."""
+    with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
+        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
+        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
+        d.start(2)
+        owning = await _settled(d.runs, timeout=30)
+        assert len(owning) == 1, f"one process owns the feeds: {[_owning(r) for r in d.runs]}"
+        [owner] = owning
+        other = next(r for r in d.runs if r is not owner)
+
+        def requests(n: int) -> list[str]:
+            ids = [lcs.request_stepdown(lcs.create_child(locality="North")) for _ in range(n)]
+            return [f"north-somerset-lcs-{r}".lower() for r in ids]
+
+        first = requests(5)
+        events = Events(kafka_bootstrap, f"{topic_prefix}.events")
+        try:
+            await events.until(dict.fromkeys(first, "source-closed"), timeout=120)
+            late = requests(5)  # the owner is polling for these as it is killed
+            owner.kill()
+            assert owner.stop() == -9
+            killed_at = time.monotonic()
+            assert await _settled([other], timeout=60) == [other], "the other process took the feeds over"
+            took_over = time.monotonic() - killed_at
+            after = requests(5)
+            every = first + late + after
+            by = await events.until(dict.fromkeys(every, "source-closed"), timeout=180)
+            await asyncio.sleep(2)
+            counts = await _published(kafka_bootstrap, f"{topic_prefix}.transfers")
+        finally:
+            await events.stop()
+        assert {t: counts[t] >= 1 for t in every} == dict.fromkeys(every, True), "every request published"
+        once = {t: len({e.event_id for e in by[t] if e.event_type == "delivered"}) for t in every}
+        assert once == dict.fromkeys(every, 1), "every transfer delivered once (distinct events)"
+        assert sorted(i["transfer_id"] for i in ehm.tray() if i["transfer_id"] in every) == sorted(every)
+        twice = sorted(t for t in every if counts[t] > 1)
+        duplicates = sorted(t for t in twice if any(e.event_type == "duplicate" for e in by[t]))
+        print(
+            f"\nfeeds taken over {took_over:.1f} s after the owner's SIGKILL; {len(twice)} of {len(every)} requests"
+            f" published twice, {len(duplicates)} of those written off as duplicate"
+        )
+        assert took_over < 20, f"the feeds were taken over only {took_over:.1f} s after the owner was killed"

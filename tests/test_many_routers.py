@@ -43,6 +43,7 @@ from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient, step_down
 from contracts import TransferEvent, TransferRetryScheduled
 from router._assignor import plan_assignment
 from router._outbox import murmur2
+from router._reading import read_all
 from tests.deployed import QUICK_RETRY
 
 PARTITIONS = 6
@@ -343,8 +344,10 @@ async def test_a_member_paused_past_its_session_timeout_is_fenced_when_it_resume
     """#16 fencing (router/_fencing.py): one of two processes is SIGSTOPped mid-batch for longer than the session
     timeout, so the other takes its partitions over and runs their records; on SIGCONT the paused one still holds
     the rest of its batch. It handles none of it: it confirms its membership first, learns it was dropped, drops
-    its unsent writes and rejoins. Every transfer is delivered and closed once, in order; the only transfers with a
-    second ``delivered`` record are printed, not bounded: 2-11 per run so far, a window not yet closed."""
+    its unsent writes (those the producer still held too) and rejoins. Every transfer is delivered and closed once,
+    in order, and no child's lifecycle state is overwritten by an older write. A second ``delivered`` record (the
+    same event id) is printed, not bounded: the records the paused member had handled, its outputs acknowledged,
+    but not yet committed are read again by the new owner, as after a SIGKILL (at-least-once; see README)."""
     concurrency = 4
     with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
         d.config.write_text(f"concurrency = {concurrency}\n" + d.config.read_text())
@@ -379,6 +382,17 @@ async def test_a_member_paused_past_its_session_timeout_is_fenced_when_it_resume
         assert fenced, "the resumed process learnt it had been dropped from its group"
         assert log_lines(paused, "router_recovered"), "and rejoined as a fresh member"
         assert paused.process.poll() is None, "still running"
+        # no newer state overwritten: the last lifecycle record of every child (what a member taking its partition
+        # over restores) names every transfer of theirs that completed; an older write from the paused member landing
+        # after the new owner's would lack the later ones (the outbox's gate fails what the producer still held)
+        lifecycle = await read_all(kafka_bootstrap, f"{topic_prefix}.lifecycle")
+        last = {r.key.decode(): json.loads(r.value)["completed"] for r in lifecycle if r.key and r.value}
+        stale = {
+            c: sorted(last.get(c, ())) for c, tids in p.of_child.items() if sorted(last.get(c, ())) != sorted(tids)
+        }
+        assert stale == {}, (
+            f"children whose last lifecycle record lacks a completed transfer: {list(stale.items())[:5]}"
+        )
         # every record read, not distinct event ids: a second delivery writes the same event id again
         twice = sorted(t for t, es in by.items() if sum(e.event_type == "delivered" for e in es) > 1)
         print(

@@ -33,15 +33,55 @@ async function refresh() {
   table("overdue", ["transfer", "rule", "what", "due"],
         o.overdue.map((d) => [link(d.transfer_id), td(d.rule_id, "overdue"), td(d.what), td(d.due_at)]));
   table("top-reasons", ["reason", "count"], o.dead_letters.top_reasons.map((r) => [td(r.reason), td(r.count)]));
-  table("dead-letters", ["id", "transfer", "council", "error", "rules", "reason", "status"],
-        o.dead_letters.latest.map((d) => [td(d.id), d.transfer_id ? link(d.transfer_id) : td("-"), td(d.council),
-          td(d.error_class), td(d.rule_ids.join(", ")), td(d.reason), td(d.status, "dl-" + d.status)]));
-  set("dead-letter-statuses", Object.entries(o.dead_letters.by_status).map(([s, n]) => n + " " + s).join(" · "));
+  await refreshDeadLetters();
   table("lag", ["consumer group", "topic", "lag"], o.consumer_lag.map((l) => [td(l.group), td(l.topic), td(l.lag)]));
   await refreshAlerts();
   Charts.draw(await api("/api/charts"));
   lastRefreshed = new Date().toLocaleTimeString();
   set("updated", lastRefreshed);
+}
+
+// The dead letters: one page of /api/dead-letters (newest first; the API pages, so the page costs what it shows),
+// of one status or all, older and newer pages by the API's cursor (``next_before``).
+const DL_STATUSES = ["waiting", "replayed", "parked", "resolved", "expired"];
+const dl = {status: "", cursors: [], next: null, limit: 20};
+function deadLetterControls() {
+  if (document.getElementById("dead-letter-controls")) return;
+  const p = document.createElement("p");
+  p.id = "dead-letter-controls";
+  p.innerHTML = '<select id="dead-letter-status"><option value="">every status</option>' +
+    DL_STATUSES.map((s) => "<option>" + esc(s) + "</option>").join("") + "</select> " +
+    '<button id="dead-letters-newer">newer</button> <button id="dead-letters-older">older</button> ' +
+    '<span class="muted" id="dead-letters-range"></span>';
+  const list = document.getElementById("dead-letters");
+  list.parentNode.insertBefore(p, list);
+  document.getElementById("dead-letter-status").addEventListener("change", (ev) => {
+    dl.status = ev.target.value;
+    dl.cursors = [];
+    refreshDeadLetters().catch((err) => alert(err.message));
+  });
+}
+async function refreshDeadLetters() {
+  deadLetterControls();
+  const before = dl.cursors.length ? dl.cursors[dl.cursors.length - 1] : null;
+  const query = "limit=" + dl.limit + (dl.status ? "&status=" + encodeURIComponent(dl.status) : "") +
+    (before ? "&before=" + encodeURIComponent(before) : "");
+  let r;
+  try { r = await api("/api/dead-letters?" + query); } catch (err) {
+    if (before && err.message.startsWith("HTTP 404")) { dl.cursors = []; return refreshDeadLetters(); }  // gone: newest
+    throw err;
+  }
+  table("dead-letters", ["id", "transfer", "council", "error", "rules", "reason", "status"],
+        r.dead_letters.map((d) => [td(d.id), d.transfer_id ? link(d.transfer_id) : td("-"), td(d.council),
+          td(d.error_class), td(d.rule_ids.join(", ")), td(d.reason), td(d.status, "dl-" + d.status)]));
+  set("dead-letter-statuses", r.total + " in all: " + Object.entries(r.by_status).map(([s, n]) => n + " " + s).join(" · "));
+  dl.next = r.next_before;
+  const first = dl.cursors.length * dl.limit;
+  set("dead-letters-range", r.dead_letters.length
+    ? "newest first: " + (first + 1) + " to " + (first + r.dead_letters.length) + " of " + r.matching
+    : "none" + (dl.status ? " " + dl.status : ""));
+  document.getElementById("dead-letters-newer").disabled = dl.cursors.length === 0;
+  document.getElementById("dead-letters-older").disabled = !dl.next;
 }
 
 // The banner: what /api/health says is wrong (the tracker not storing or behind, Kafka unreachable), and this
@@ -170,6 +210,8 @@ document.addEventListener("click", async (ev) => {
   try {
     if (el.classList.contains("transfer-link")) await openTransfer(el.dataset.id);
     else if (el.id === "search-button") await search();
+    else if (el.id === "dead-letters-older" && dl.next) { dl.cursors.push(dl.next); await refreshDeadLetters(); }
+    else if (el.id === "dead-letters-newer") { dl.cursors.pop(); await refreshDeadLetters(); }
     else if (el.id === "replay-button") await previewReplay({transfer_id: el.dataset.id});
     else if (el.id === "bulk-preview-button") await previewReplay(bulkFilters());
     else if (el.id === "replay-confirm-button") await confirmReplay();
