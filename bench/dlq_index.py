@@ -33,6 +33,7 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord
 
 from connectors import kafka as clients
+from contracts import wire
 from router._outbox import Failure, dead_letter_headers
 from router.settings import Topics, TopicSettings
 from router.topics import prepare
@@ -86,15 +87,13 @@ async def _write(bootstrap: str, topics: Topics, start: int, stop: int) -> list[
                     audit = {"operator": "bench", "dead_letter": dl_id}
                     await producer.send(topics.audit, json.dumps(audit).encode(), key=dl_id.encode())
                 if i % 1000 == 1:
-                    await producer.send(
-                        topics.parking, b"{}", key=b"k", headers=[("casebridge.replay.of", dl_id.encode())]
-                    )
+                    await producer.send(topics.parking, b"{}", key=b"k", headers=[(wire.REPLAY_OF, dl_id.encode())])
             later = datetime.now(UTC).isoformat()
             for n in range(0, stop // PER_TRANSFER, 50):
                 event = {"event_id": str(uuid.uuid4()), "transfer_id": f"ns-{n}", "occurred_at": later}
                 await producer.send(
                     topics.events, json.dumps(event).encode(), key=f"ns-{n}".encode(),
-                    headers=[("event_type", b"source-closed")],
+                    headers=wire.event_headers("source-closed"),
                 )  # fmt: skip
         await producer.flush()
     finally:

@@ -105,6 +105,8 @@ async def one_round(records: Sequence[ConsumerRecord[bytes, bytes]], topic: str)
     real = router.outbox._producer
     router.outbox._producer = _StubProducer(real)
     await real.stop()  # never started: closes the client object
+    for p in range(3):  # the partitions the records are on, as if assigned (and restored) by the group
+        router._owners[p].add(topic)
     cpu0 = time.process_time()
     for i in range(0, len(records), BATCH):
         await router._on_batch(_Batch(tuple(records[i : i + BATCH])), None)  # type: ignore[arg-type]

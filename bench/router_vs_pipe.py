@@ -72,7 +72,7 @@ from bench._workload import (  # noqa: E402
 from casebridge.process import freeze_startup_heap  # noqa: E402
 from connectors import Receipt, Target  # noqa: E402
 from connectors.memory import MemorySource  # noqa: E402
-from contracts import CaseSystem, TransferMessage  # noqa: E402
+from contracts import CaseSystem, TransferMessage, wire  # noqa: E402
 from mappings import Route  # noqa: E402
 from router import Settings, Topics, build_router  # noqa: E402
 from router._lifecycle import CompletedTransfers  # noqa: E402
@@ -303,7 +303,7 @@ class _Capture:
         raise AssertionError(f"the bench transfer's {event.event_type} event was not built from its template")
 
     async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
-        self.writes.append(("events", transfer_id.encode(), value, [("event_type", event_type.encode())]))
+        self.writes.append(("events", transfer_id.encode(), value, wire.event_headers(event_type)))
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Any) -> None:
         raise AssertionError(f"the bench transfer was dead-lettered: {failure.error_class}")
@@ -449,7 +449,7 @@ async def _outcome_times(bootstrap: str, events_topic: str, n: int, timeout: flo
         while len(out) < n and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
                 for r in records:
-                    if dict(r.headers).get("event_type") == b"source-closed":
+                    if dict(r.headers).get(wire.EVENT_TYPE) == b"source-closed":
                         tid = json.loads(r.value or b"{}")["transfer_id"]
                         out.setdefault(int(tid.rsplit("-", 1)[1]), r.timestamp)
     finally:

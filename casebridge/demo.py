@@ -28,7 +28,7 @@ from typing import IO, Any, TypeVar
 from connectors.care_director import transfer_id_for as cd_transfer_id
 from connectors.ehm import stepup_transfer_id
 from connectors.ted import transfer_id_for as ted_transfer_id
-from contracts import Council, TransferEvent
+from contracts import Council, TransferEvent, wire
 
 from .localdeploy import LocalDeployment, deployed
 from .scenarios import (
@@ -44,7 +44,6 @@ from .scenarios import (
 )
 
 C = TypeVar("C", bound=_SandboxClient)
-DLQ = "casebridge.dlq."  # the dead letters' context headers
 #: the events after which nothing more happens to a transfer unless someone acts
 TERMINAL = {"source-closed", "source-kept-open", "held", "dead-lettered"}
 #: short retry tiers, so what a target refuses or a rule holds settles in seconds (a council's own are longer)
@@ -107,7 +106,7 @@ class Case:
             elif e.event_type == "dead-lettered":
                 found |= set(e.rule_ids) | set(_RULE.findall(e.reason))
         if self.dead_letter is not None:
-            found |= set(_RULE.findall(self.dead_letter.get(DLQ + "error.message", "")))
+            found |= set(_RULE.findall(self.dead_letter.get(wire.DLQ_ERROR_MESSAGE, "")))
         return found
 
     @property
@@ -177,7 +176,7 @@ class Play:
         if off:
             dead = await self.d.dead_letters(sum(c.expect == "dead-lettered" for c in self.cases), timeout=10)
             for c in off:
-                c.dead_letter = next((h for h in dead if h.get(DLQ + "transfer.id") == c.transfer_id), None)
+                c.dead_letter = next((h for h in dead if h.get(wire.DLQ_TRANSFER_ID) == c.transfer_id), None)
         for c in self.cases:
             if c.landed is not None:
                 try:
@@ -373,7 +372,7 @@ async def _swindon_2022(p: Play) -> None:
     )
 
     def cin_landed() -> tuple[list[str], bool]:
-        reasons = [(cin.dead_letter or {}).get(DLQ + "error.message", "")]
+        reasons = [(cin.dead_letter or {}).get(wire.DLQ_ERROR_MESSAGE, "")]
         record = cd.person(other)
         nothing = not p.mails_for(cin.transfer_id)
         lines = [f"Care Director record: {record['record_state']}; nothing mailed: {nothing}"]
@@ -535,7 +534,7 @@ def _describe(case: Case) -> list[str]:
         lines.append(f"    dead-lettered at the {dead[-1].stage} stage: {dead[-1].reason}")
     elif case.dead_letter is not None:
         h = case.dead_letter
-        lines.append(f"    dead-lettered at the {h.get(DLQ + 'stage')} stage: {h.get(DLQ + 'error.message')}")
+        lines.append(f"    dead-lettered at the {h.get(wire.DLQ_STAGE)} stage: {h.get(wire.DLQ_ERROR_MESSAGE)}")
     for e in case.events:
         if e.event_type == "delivered":
             rules = ", ".join(e.rule_ids) or "-"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import struct
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -23,7 +22,7 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_random_exponential
 
-from contracts import Council, TransferEvent, TransferMessage, field_errors
+from contracts import Council, TransferEvent, TransferMessage, field_errors, wire
 from mappings import MappingError
 
 from . import kafka as clients
@@ -35,42 +34,11 @@ from .kafka import Kafka
 
 log = structlog.get_logger("casebridge.connectors")
 
-#: Spring Kafka's dead-letter header names (``KafkaHeaders.DLT_*``), written beside casebridge's own
-DLT_PREFIX = "kafka_dlt-"
-DLT_ORIGINAL_TOPIC = "kafka_dlt-original-topic"
-DLT_ORIGINAL_PARTITION = "kafka_dlt-original-partition"
-DLT_ORIGINAL_OFFSET = "kafka_dlt-original-offset"
-DLT_EXCEPTION_FQCN = "kafka_dlt-exception-fqcn"
-DLT_EXCEPTION_MESSAGE = "kafka_dlt-exception-message"
-#: a map-stage dead letter names the publisher that made it (``FeedPublisher.name``) and the feed position it
-#: was read at (the remapped transfer's message id is the one the feed would have given)
-H_PUBLISHER = "casebridge.dlq.publisher"
-H_FEED_POSITION = "casebridge.dlq.feed.position"
-#: the headers ``casebridge replay`` adds (``router._retry``: the same names)
-H_REPLAY_OF = "casebridge.replay.of"
-H_REPLAY_OPERATOR = "casebridge.replay.operator"
 #: above this (key, value and headers), a dead letter carries its record by reference only (no value): under Kafka's
 #: default 1 MiB limits with room for the batch's own overhead, so writing it can never stop the writer
 MAX_DEAD_LETTER_BYTES = 1_000_000
-H_BY_REFERENCE = "casebridge.dlq.by.reference"
-H_ORIGINAL_SIZE = "casebridge.dlq.original.size"
-
-
-def spring_dlt_headers(
-    topic: str, partition: int, offset: int, error_class: str, message: str
-) -> list[tuple[str, bytes]]:
-    """The dead letter's origin and reason under Spring Kafka's names, encoded as its
-    ``DeadLetterPublishingRecoverer`` writes them: the topic, class and message UTF-8, the partition a 4-byte and
-    the offset an 8-byte big-endian integer (so a Spring ``@Header Integer``/``Long`` reads them). The exception
-    "class" is casebridge's error class (``ContractViolation``, ``TargetRefused``, ...), the message its reason
-    (no personal data: the same text as ``casebridge.dlq.error.message``)."""
-    return [
-        (DLT_ORIGINAL_TOPIC, topic.encode()),
-        (DLT_ORIGINAL_PARTITION, struct.pack(">i", partition)),
-        (DLT_ORIGINAL_OFFSET, struct.pack(">q", offset)),
-        (DLT_EXCEPTION_FQCN, error_class.encode()),
-        (DLT_EXCEPTION_MESSAGE, message.encode()),
-    ]
+H_BY_REFERENCE = wire.DLQ_BY_REFERENCE  # (the header names are contracts.wire's)
+H_ORIGINAL_SIZE = wire.DLQ_ORIGINAL_SIZE
 
 
 #: how to build a producer again like each idempotent producer made here (``renew_producer``)
@@ -238,8 +206,8 @@ class EventReporter(_FeedLoop):
             await self.producer.send(
                 self.events_topic,
                 value=e.model_dump_json().encode(),
-                key=(e.transfer_id or e.event_id).encode(),
-                headers=[("event_type", e.event_type.encode())],
+                key=wire.event_key(e),
+                headers=wire.event_headers(e.event_type),
             )
             for e in events
         ]
@@ -374,7 +342,7 @@ class FeedPublisher(_FeedLoop):
             headers = self._map_failure_headers(mapped, exc, position)
             size = len(mapped.key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
             if size > MAX_DEAD_LETTER_BYTES:  # too big to dead-letter whole: by reference (the case system has it)
-                headers += [(H_BY_REFERENCE, b"true"), (H_ORIGINAL_SIZE, str(size).encode())]
+                headers += [(wire.DLQ_BY_REFERENCE, b"true"), (wire.DLQ_ORIGINAL_SIZE, str(size).encode())]
                 value = None
                 log.warning("dead_letter_by_reference", transfer_id=mapped.transfer_id, size=size)
             sent = await self.producer.send(self.dead_letter_topic, value=value, key=mapped.key, headers=headers)
@@ -394,16 +362,16 @@ class FeedPublisher(_FeedLoop):
         reason = _reason(exc)
         error_class = _error_class(exc)
         return [
-            ("casebridge.dlq.stage", b"map"),
-            ("casebridge.dlq.error.class", error_class.encode()),
-            ("casebridge.dlq.error.message", reason.encode()),
-            ("casebridge.dlq.rule.ids", ",".join(getattr(exc, "rule_ids", ())).encode()),
-            ("casebridge.dlq.transfer.id", mapped.transfer_id.encode()),
-            ("casebridge.dlq.council", self.council.value.encode()),
-            ("casebridge.dlq.last.failure", datetime.now(UTC).isoformat().encode()),
-            (H_PUBLISHER, self.name.encode()),
-            (H_FEED_POSITION, str(position).encode()),
-            *spring_dlt_headers(self.feed, 0, position, error_class, reason),
+            (wire.DLQ_STAGE, b"map"),
+            (wire.DLQ_ERROR_CLASS, error_class.encode()),
+            (wire.DLQ_ERROR_MESSAGE, reason.encode()),
+            (wire.DLQ_RULE_IDS, ",".join(getattr(exc, "rule_ids", ())).encode()),
+            (wire.DLQ_TRANSFER_ID, mapped.transfer_id.encode()),
+            (wire.DLQ_COUNCIL, self.council.value.encode()),
+            (wire.DLQ_LAST_FAILURE, datetime.now(UTC).isoformat().encode()),
+            (wire.DLQ_PUBLISHER, self.name.encode()),
+            (wire.DLQ_FEED_POSITION, str(position).encode()),
+            *wire.spring_dlt_headers(self.feed, 0, position, error_class, reason),
         ]
 
     async def remap_once(self) -> int:
@@ -420,7 +388,7 @@ class FeedPublisher(_FeedLoop):
             pending: list[Awaitable[Any]] = []
             for records in batch.values():
                 for r in records:
-                    if dict(r.headers or ()).get(H_PUBLISHER) == self.name.encode():
+                    if dict(r.headers or ()).get(wire.DLQ_PUBLISHER) == self.name.encode():
                         pending += await self._remap(r)
                         done += 1
             for fut in pending:
@@ -439,13 +407,12 @@ class FeedPublisher(_FeedLoop):
 
     async def _remap(self, r: ConsumerRecord[bytes, bytes]) -> list[Awaitable[Any]]:
         from contracts import TransferReplayed
-        from router.flow import event_id  # the router's event ids (lazy: the router imports connectors)
 
         assert self.remap is not None
         headers = {k: bytes(v).decode(errors="replace") for k, v in (r.headers or ())}
-        of, operator = headers.get(H_REPLAY_OF, ""), headers.get(H_REPLAY_OPERATOR, "unknown")
-        position = int(headers.get(H_FEED_POSITION, "0") or 0)
-        replay = [(H_REPLAY_OF, of.encode()), (H_REPLAY_OPERATOR, operator.encode())]
+        of, operator = headers.get(wire.REPLAY_OF, ""), headers.get(wire.REPLAY_OPERATOR, "unknown")
+        position = int(headers.get(wire.DLQ_FEED_POSITION, "0") or 0)
+        replay = [(wire.REPLAY_OF, of.encode()), (wire.REPLAY_OPERATOR, operator.encode())]
         try:
             stored = json.loads(r.value or b"")
             if not isinstance(stored, dict):
@@ -479,14 +446,14 @@ class FeedPublisher(_FeedLoop):
                                                     key=mapped.key, headers=headers_with_context(replay)))  # fmt: skip
         _, _, offset = of.partition(":")
         event = TransferReplayed(
-            event_id=event_id(of, "replayed"),
+            event_id=wire.event_id(of, "replayed"),
             transfer_id=mapped.transfer_id,
             operator=operator,
             dead_letter_offset=int(offset) if offset.isdigit() else 0,
         )
         out.append(await self.producer.send(self.remap.events, value=event.model_dump_json().encode(),
-                                            key=mapped.transfer_id.encode(),
-                                            headers=[("event_type", b"replayed")]))  # fmt: skip
+                                            key=wire.event_key(event),
+                                            headers=wire.event_headers(event.event_type)))  # fmt: skip
         return out
 
     async def _park_unreadable(
@@ -496,16 +463,15 @@ class FeedPublisher(_FeedLoop):
         assert self.remap is not None
         log.warning(f"{self.what}_remap_unreadable", dead_letter=of)
         reason = f"the replayed dead letter {what}"
-        kept = [(k, bytes(v)) for k, v in (r.headers or ()) if k.startswith("casebridge.dlq.") and k not in _REASON]
-        headers = [*kept, ("casebridge.dlq.error.class", b"MappingError"), ("casebridge.dlq.error.message",
-                   reason.encode()), ("casebridge.dlq.last.failure", datetime.now(UTC).isoformat().encode()),
-                   *replay]  # fmt: skip
+        kept = [(k, bytes(v)) for k, v in (r.headers or ()) if k.startswith(wire.DLQ_PREFIX) and k not in _REASON]
+        headers = [*kept, (wire.DLQ_ERROR_CLASS, b"MappingError"), (wire.DLQ_ERROR_MESSAGE, reason.encode()),
+                   (wire.DLQ_LAST_FAILURE, datetime.now(UTC).isoformat().encode()), *replay]  # fmt: skip
         sent = await self.producer.send(self.remap.parking, value=r.value, key=r.key, headers=headers)
         return cast(Awaitable[Any], sent)
 
 
 #: the headers a parked unreadable record gets anew
-_REASON = frozenset({"casebridge.dlq.error.class", "casebridge.dlq.error.message", "casebridge.dlq.last.failure"})
+_REASON = frozenset(wire.MAP_STAGE_REASON_HEADERS)
 
 
 def _reason(exc: MappingError | ValidationError) -> str:

@@ -20,9 +20,11 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind
 
+from contracts import wire
+
 TRACER = trace.get_tracer("casebridge")
 #: the header names the W3C trace context propagator writes
-_PROPAGATED = ("traceparent", "tracestate")
+_PROPAGATED = wire.TRACE_HEADERS
 _active = False
 _provider: Any = None
 

@@ -1,7 +1,9 @@
 """casebridge's message contracts: the canonical transfer message and the router's events.
 
 Contracts depend on nothing else in the project. Transport metadata (topic, partition,
-offset, headers) lives beside them in the transport envelope, never inside them.
+offset, headers) lives beside them in the transport envelope, never inside them; the names and keys on the
+wire are stated once, in the module ``contracts.wire`` (``from contracts import wire``: a submodule, imported as
+any is, so it is not among the lazily re-exported names below).
 
 The names below are imported when first used (PEP 562): an operator's command that needs one
 enumeration does not build every event model first.

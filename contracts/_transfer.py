@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from . import wire
 from ._common import (
     KNOWN_VERSIONS,
     LEVELS_SINCE_1_1,
@@ -442,4 +443,4 @@ class TransferMessage(Strict):
     def child_key(self) -> str:
         """The Kafka key: one child's messages keep their order on one partition."""
         first = self.child.identifiers[0]
-        return f"{first.system.value}:{first.id}"
+        return wire.child_key(first.system, first.id)

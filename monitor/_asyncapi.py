@@ -14,29 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from connectors._feed import (
-    DLT_EXCEPTION_FQCN,
-    DLT_EXCEPTION_MESSAGE,
-    DLT_ORIGINAL_OFFSET,
-    DLT_ORIGINAL_PARTITION,
-    DLT_ORIGINAL_TOPIC,
-    H_FEED_POSITION,
-    H_PUBLISHER,
-)
-from contracts import EVENT_ADAPTER, SCHEMA_VERSION, TransferMessage
+from contracts import EVENT_ADAPTER, SCHEMA_VERSION, TransferMessage, wire
 from router._pending import PendingClosure
-from router._retry import (
-    H_ATTEMPTS,
-    H_DUE,
-    H_FIRST,
-    H_ID,
-    H_ORIG_OFFSET,
-    H_ORIG_PARTITION,
-    H_ORIG_TOPIC,
-    H_REPLAY_OF,
-    H_REPLAY_OPERATOR,
-    H_TIER,
-)
 from router.closures import AllocationAudit
 from router.settings import ALLOCATION_AUDIT_PREFIX, RetrySettings, Topics, TopicSettings
 from router.topics import configs
@@ -94,74 +73,25 @@ def _header_schema(names: dict[str, str], note: str = "") -> dict[str, Any]:
     return schema
 
 
+# each header's description is its meaning in contracts/wire.py, where the code takes its name from
 #: what the router's ``dead_letter_headers`` (router/_outbox.py) writes after the original record's headers
-DLQ_HEADERS = {
-    "casebridge.dlq.original.topic": "topic the record was read from (for a retried message: where it first entered)",
-    "casebridge.dlq.original.partition": "its partition",
-    "casebridge.dlq.original.offset": "its offset",
-    "casebridge.dlq.original.timestamp": "its timestamp (ms since the epoch)",
-    "casebridge.dlq.consumer.group": "the consumer group that read it (<group>-closures for a close-later dead letter)",
-    "casebridge.dlq.stage": "map, validate, protocol, deliver, internal or close-later",
-    "casebridge.dlq.error.class": "the error class, e.g. ProtocolRuleNotMet",
-    "casebridge.dlq.error.message": "why (field and rule names, codes; no personal data)",
-    "casebridge.dlq.attempts": "delivery attempts made",
-    "casebridge.dlq.first.failure": "ISO 8601",
-    "casebridge.dlq.last.failure": "ISO 8601",
-    "casebridge.dlq.rule.ids": "comma-separated protocol rule ids",
-    "casebridge.dlq.transfer.id": "the transfer id, when the message had a readable one",
-    "casebridge.dlq.council": "the council",
-    "casebridge.dlq.version": "the casebridge version that dead-lettered it",
-}
+DLQ_HEADERS = wire.describe(wire.DLQ_HEADERS)
 #: a map-stage dead letter's publisher and feed position (connectors/_feed.py; replay sends it back to it)
-PUBLISHER_HEADERS = {
-    H_PUBLISHER: "map stage: the feed publisher that could not map the record, <feed>/<council> (e.g. "
-    "lcs-changes/north-somerset); casebridge replay sends it to that publisher on the remap topic",
-    H_FEED_POSITION: "map stage: the feed position it was read at (the remapped transfer's message id uses it)",
-}
-#: Spring Kafka's names for the same facts (connectors/_feed.py ``spring_dlt_headers``), on every dead letter
-SPRING_DLT_HEADERS = {
-    DLT_ORIGINAL_TOPIC: "UTF-8: casebridge.dlq.original.topic; for a map-stage dead letter the publisher's feed "
-    "(lcs-changes, ehm-stepups, ted-changes, care-director-changes)",
-    DLT_ORIGINAL_PARTITION: "a 4-byte big-endian integer (as Spring's DeadLetterPublishingRecoverer writes it): "
-    "casebridge.dlq.original.partition; 0 for a map-stage dead letter",
-    DLT_ORIGINAL_OFFSET: "an 8-byte big-endian integer: casebridge.dlq.original.offset; for a map-stage dead "
-    "letter the feed position",
-    DLT_EXCEPTION_FQCN: "UTF-8: casebridge.dlq.error.class (casebridge's error class, not a Java class)",
-    DLT_EXCEPTION_MESSAGE: "UTF-8: casebridge.dlq.error.message",
-}
+PUBLISHER_HEADERS = wire.describe(wire.PUBLISHER_HEADERS)
+#: Spring Kafka's names for the same facts (``contracts.wire.spring_dlt_headers``), on every dead letter
+SPRING_DLT_HEADERS = wire.describe(wire.SPRING_DLT_HEADERS)
 #: added by the outbox to a record too big to dead-letter whole (its value is then absent)
-DLQ_BY_REFERENCE_HEADERS = {
-    "casebridge.dlq.by.reference": "true: the value is not here; the record is at original.topic/partition/offset",
-    "casebridge.dlq.original.size": "the size in bytes it would have had (key, value and headers)",
-}
+DLQ_BY_REFERENCE_HEADERS = wire.describe(wire.DLQ_BY_REFERENCE_HEADERS)
 #: the subset a source connector's map-stage dead letter carries (connectors/_feed.py)
-MAP_STAGE_HEADERS = (
-    "casebridge.dlq.stage",
-    "casebridge.dlq.error.class",
-    "casebridge.dlq.error.message",
-    "casebridge.dlq.rule.ids",
-    "casebridge.dlq.transfer.id",
-    "casebridge.dlq.council",
-    "casebridge.dlq.last.failure",
-    *PUBLISHER_HEADERS,
-    *SPRING_DLT_HEADERS,
-)
+MAP_STAGE_HEADERS = wire.MAP_STAGE_HEADERS
 #: router/_retry.py: on a record in a delayed retry tier (stripped again before it is dead-lettered or delivered)
-RETRY_HEADERS = {
-    H_ID: "the retry's id (one per message and tier entry)",
-    H_TIER: "the tier it waits in, 0 first",
-    H_DUE: "ISO 8601: not handled before this time",
-    H_ATTEMPTS: "delivery attempts made so far",
-    H_FIRST: "ISO 8601: the first failure",
-    H_ORIG_TOPIC: "the topic it first entered",
-    H_ORIG_PARTITION: "its partition there",
-    H_ORIG_OFFSET: "its offset there",
-}
+RETRY_HEADERS = wire.describe(wire.RETRY_HEADERS)
 #: router/_retry.py: on a dead letter an operator replayed (casebridge replay) to its original topic
-REPLAY_HEADERS = {
-    H_REPLAY_OF: "the dead letter's id (dlq/<partition>/<offset>) this record replays",
-    H_REPLAY_OPERATOR: "who replayed it (casebridge replay --operator)",
-}
+REPLAY_HEADERS = wire.describe(wire.REPLAY_HEADERS)
+#: the W3C trace context a publisher puts on a transfer (connectors/_tracing.py)
+TRACE_HEADERS = wire.describe(wire.TRACE_HEADERS)
+#: on every event
+EVENT_HEADERS = wire.describe(wire.EVENT_HEADERS)
 
 _TRANSFER_KEY = "the child, e.g. lcs:LCS-12 (a child's transfers stay in order)"
 
@@ -329,7 +259,9 @@ def asyncapi_document() -> dict[str, Any]:
             "TransferMessage",
             _TRANSFER_KEY,
             headers=_header_schema(
-                REPLAY_HEADERS, "the source's own headers, if any; casebridge.replay.* only on a replayed dead letter"
+                {**TRACE_HEADERS, **REPLAY_HEADERS},
+                "the source's own headers, if any; the trace context when the publisher traces; casebridge.replay.* "
+                "only on a replayed dead letter",
             ),
         ),
         "RetriedTransfer": message(
@@ -339,7 +271,7 @@ def asyncapi_document() -> dict[str, Any]:
             "TransferMessage",
             _TRANSFER_KEY,
             headers=_header_schema(
-                {**RETRY_HEADERS, **REPLAY_HEADERS}, "the original headers, then casebridge.retry.*"
+                {**RETRY_HEADERS, **REPLAY_HEADERS, **TRACE_HEADERS}, "the original headers, then casebridge.retry.*"
             ),
         ),
         "TransferEvent": message(
@@ -348,7 +280,7 @@ def asyncapi_document() -> dict[str, Any]:
             "One step of one transfer; no personal data (ids, council, pathway, rule ids, outcomes).",
             "TransferEvent",
             "the transfer id",
-            headers=_header_schema({"event_type": "the event's type, as its payload's event_type"}),
+            headers=_header_schema(EVENT_HEADERS),
         ),
         "DeadLetter": message(
             "DeadLetter",

@@ -26,7 +26,7 @@ from aiokafka.structs import TopicPartition
 
 from connectors import kafka as clients
 from connectors.kafka import Kafka
-from router._retry import H_REPLAY_OF
+from contracts import wire
 from router.deadletters import _DEAD_LETTER_ID, COMPLETED, DeadLetter, _aware, _partitions
 from router.settings import ALLOCATION_AUDIT_PREFIX, Topics
 
@@ -172,7 +172,7 @@ class DeadLetterIndex:
                     if not key.startswith(ALLOCATION_AUDIT_PREFIX) and _DEAD_LETTER_ID.fullmatch(key):
                         entries.replayed.append(key)
                 else:
-                    of = dict(r.headers or ()).get(H_REPLAY_OF)
+                    of = dict(r.headers or ()).get(wire.REPLAY_OF)
                     if of is not None:
                         entries.parked.append(bytes(of).decode(errors="replace"))
             if records:
@@ -183,7 +183,7 @@ class DeadLetterIndex:
 def _completion(r: ConsumerRecord[bytes, bytes], kinds: set[bytes]) -> tuple[str, str, str] | None:
     """A completion event as ``(transfer id, event type, occurred at)``, as ``completions_since`` reads one (keyed by
     its transfer id); any other event, or one that does not say when, None."""
-    kind = dict(r.headers or ()).get("event_type")
+    kind = dict(r.headers or ()).get(wire.EVENT_TYPE)
     if r.key is None or kind is None or bytes(kind) not in kinds or r.value is None:
         return None
     try:

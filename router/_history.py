@@ -26,7 +26,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic_core import to_json
 
 from connectors.kafka import Kafka
-from contracts import TransferMessage
+from contracts import TransferMessage, wire
 from mappings import StepDownMemory
 
 from ._reading import fold_compacted, replay_compacted
@@ -38,7 +38,7 @@ _AT = itemgetter(2)
 
 
 def child_keys(transfer: TransferMessage) -> list[str]:
-    return [f"{i.system.value}:{i.id}" for i in transfer.child.identifiers]
+    return [wire.child_key(i.system, i.id) for i in transfer.child.identifiers]
 
 
 def hashed_key(key: str) -> str:

@@ -31,17 +31,17 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from connectors import kafka as clients
-from connectors._feed import DLT_PREFIX, MAX_DEAD_LETTER_BYTES, spring_dlt_headers
+from connectors._feed import MAX_DEAD_LETTER_BYTES
 from connectors._outage import close_producer, is_transient_kafka_error
 from connectors.kafka import Kafka
-from contracts import TransferEvent
+from contracts import TransferEvent, wire
 
 from . import __version__
 from ._fencing import RECHECK_SECONDS
 from ._retry import H_REPLAY_OF, Origin, header, original_headers
 
 log = structlog.get_logger("casebridge.router")
-DLQ_PREFIX = "casebridge.dlq."
+DLQ_PREFIX = wire.DLQ_PREFIX
 Queued = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 _EVENT_HEADERS: dict[str, list[tuple[str, bytes]]] = {}
 CHUNK = 500  # queued writes handed to the producer together (about 80 transfers' worth)
@@ -91,26 +91,36 @@ def dead_letter_headers(
     ``kafka_dlt-*`` headers from its earlier dead letter are not carried over (each dead letter has its own).
     """
     origin = Origin.of(record)
-    context = {
-        "original.topic": origin.topic,
-        "original.partition": str(origin.partition),
-        "original.offset": str(origin.offset),
-        "original.timestamp": str(record.timestamp),
-        "consumer.group": group_id,
-        "stage": failure.stage,
-        "error.class": failure.error_class,
-        "error.message": failure.message,
-        "attempts": str(failure.attempts),
-        "first.failure": failure.first_failure.isoformat(),
-        "last.failure": failure.last_failure.isoformat(),
-        "rule.ids": ",".join(failure.rule_ids),
-        "transfer.id": failure.transfer_id or "",
-        "council": failure.council or "",
-        "version": __version__,
-    }
-    original = [(k, v) for k, v in original_headers(record) if not k.startswith(DLT_PREFIX)]
-    spring = spring_dlt_headers(origin.topic, origin.partition, origin.offset, failure.error_class, failure.message)
-    return original + [(DLQ_PREFIX + k, v.encode()) for k, v in context.items()] + spring
+    context = [  # in the order of wire.DLQ_HEADERS
+        origin.topic,
+        str(origin.partition),
+        str(origin.offset),
+        str(record.timestamp),
+        group_id,
+        failure.stage,
+        failure.error_class,
+        failure.message,
+        str(failure.attempts),
+        failure.first_failure.isoformat(),
+        failure.last_failure.isoformat(),
+        ",".join(failure.rule_ids),
+        failure.transfer_id or "",
+        failure.council or "",
+        __version__,
+    ]
+    original = [(k, v) for k, v in original_headers(record) if not k.startswith(wire.DLT_PREFIX)]
+    spring = wire.spring_dlt_headers(
+        origin.topic, origin.partition, origin.offset, failure.error_class, failure.message
+    )
+    return original + [(k, v.encode()) for k, v in zip(wire.DLQ_HEADERS, context, strict=True)] + spring
+
+
+def _event_headers(event_type: str) -> list[tuple[str, bytes]]:
+    """``contracts.wire.event_headers``, one dict lookup away (five events a transfer)."""
+    headers = _EVENT_HEADERS.get(event_type)
+    if headers is None:  # one list per event type, shared: the producer only reads headers
+        headers = _EVENT_HEADERS[event_type] = wire.event_headers(event_type)
+    return headers
 
 
 class Outbox:
@@ -169,17 +179,16 @@ class Outbox:
         await close_producer(self._producer, within, "router outbox")
 
     async def emit(self, event: TransferEvent) -> None:
-        """Queue an event (keyed by transfer id); sent at the next hand-over."""
+        """Queue an event (keyed as ``contracts.wire.event_key``: by transfer id); sent at the next hand-over."""
         # the model's own serializer straight to bytes: model_dump_json() to the byte, without the str round trip
-        await self.emit_encoded(
-            event.transfer_id or event.event_id, event.event_type, event.__pydantic_serializer__.to_json(event)
-        )
+        value = event.__pydantic_serializer__.to_json(event)
+        await self._queue(self._events_topic, wire.event_key(event), value, _event_headers(event.event_type))
 
     async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
         """Queue an event already serialised (the bytes ``model_dump_json`` gives), keyed by its transfer id."""
-        headers = _EVENT_HEADERS.get(event_type)
-        if headers is None:  # one list per event type, shared: the producer only reads headers
-            headers = _EVENT_HEADERS[event_type] = [("event_type", event_type.encode())]
+        headers = _EVENT_HEADERS.get(event_type)  # ``_event_headers``, inline: the hot path
+        if headers is None:
+            headers = _event_headers(event_type)
         await self._queue(self._events_topic, transfer_id.encode(), value, headers)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
@@ -193,7 +202,7 @@ class Outbox:
         value = record.value
         size = len(record.key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
         if size > MAX_DEAD_LETTER_BYTES:
-            headers += [(DLQ_PREFIX + "by.reference", b"true"), (DLQ_PREFIX + "original.size", str(size).encode())]
+            headers += [(wire.DLQ_BY_REFERENCE, b"true"), (wire.DLQ_ORIGINAL_SIZE, str(size).encode())]
             value = None
             log.warning("dead_letter_by_reference", transfer_id=failure.transfer_id, size=size)
         await self.send(topic, record.key, value, headers)

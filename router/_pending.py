@@ -22,6 +22,7 @@ from contracts import (
     SourceRecord,
     SystemIdentifier,
     TransferMessage,
+    wire,
 )
 from contracts._common import AwareDatetime, Identifier, RuleId
 
@@ -136,7 +137,7 @@ NOT_KEPT = "not-kept"
 
 
 #: key prefix of a durable allocation mark on the pending-notices topic
-MARK = "allocated:"
+MARK = wire.ALLOCATION_MARK_PREFIX
 
 
 #: an allocation mark: when it was read, and the target that must confirm it (None: an operator's audit record)

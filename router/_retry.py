@@ -23,19 +23,22 @@ from datetime import UTC, datetime
 
 from aiokafka.structs import ConsumerRecord
 
+from contracts import wire
+
 from ._state import PartitionedTable
 
-RETRY_PREFIX = "casebridge.retry."
-H_ID = RETRY_PREFIX + "id"
-H_TIER = RETRY_PREFIX + "tier"
-H_DUE = RETRY_PREFIX + "due"
-H_ATTEMPTS = RETRY_PREFIX + "attempts"
-H_FIRST = RETRY_PREFIX + "first.failure"
-H_ORIG_TOPIC = RETRY_PREFIX + "original.topic"
-H_ORIG_PARTITION = RETRY_PREFIX + "original.partition"
-H_ORIG_OFFSET = RETRY_PREFIX + "original.offset"
-H_REPLAY_OF = "casebridge.replay.of"
-H_REPLAY_OPERATOR = "casebridge.replay.operator"
+# the retry tiers' and a replay's header names (contracts/wire.py), under the names this package uses
+RETRY_PREFIX = wire.RETRY_PREFIX
+H_ID = wire.RETRY_ID
+H_TIER = wire.RETRY_TIER
+H_DUE = wire.RETRY_DUE
+H_ATTEMPTS = wire.RETRY_ATTEMPTS
+H_FIRST = wire.RETRY_FIRST_FAILURE
+H_ORIG_TOPIC = wire.RETRY_ORIGINAL_TOPIC
+H_ORIG_PARTITION = wire.RETRY_ORIGINAL_PARTITION
+H_ORIG_OFFSET = wire.RETRY_ORIGINAL_OFFSET
+H_REPLAY_OF = wire.REPLAY_OF
+H_REPLAY_OPERATOR = wire.REPLAY_OPERATOR
 
 
 def header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:

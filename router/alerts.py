@@ -72,7 +72,7 @@ from connectors import CasebridgeError, PermanentError, TargetRefused, TargetUna
 from connectors._feed import poll_forever
 from connectors.kafka import Kafka
 from connectors.mailbox import MailboxSettings, relay_tls_context, send_via_relay
-from contracts import AlertRaised, parse_event, utcnow
+from contracts import AlertRaised, parse_event, utcnow, wire
 
 from ._reading import follower
 from .settings import Topics
@@ -345,7 +345,7 @@ class AlertDispatcher:
         return work
 
     def _alert_of(self, r: ConsumerRecord[bytes, bytes]) -> AlertRaised | None:
-        kind = dict(r.headers or ()).get("event_type")
+        kind = dict(r.headers or ()).get(wire.EVENT_TYPE)
         if kind is not None and kind != b"alert":
             return None
         try:

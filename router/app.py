@@ -72,7 +72,7 @@ from ._fencing import Membership
 from ._history import ChildHistory
 from ._lifecycle import CompletedTransfers
 from ._outbox import Failure, Outbox, OutputFailed
-from ._retry import Origin, RetryState, due_at
+from ._retry import Origin, RetryState, due_at, original_headers
 from .closures import ClosurePlanner, timings_of
 from .flow import Outcome, TransferFlow, event_id, peek_transfer_id, urgent_first
 from .settings import Settings
@@ -550,7 +550,7 @@ class Router:
     ) -> None:
         now = datetime.now(UTC)
         due = now + timedelta(seconds=self.tiers[tier])
-        headers = [(k, bytes(v)) for k, v in (record.headers or ()) if not k.startswith("casebridge.retry.")]
+        headers = original_headers(record)  # without casebridge.retry.*
         headers += origin.retry_headers(tier, due, attempts, origin.first_failure or now)
         await self.outbox.send(self.topics.retry(tier), record.key, record.value, headers)
         if record.key is not None:

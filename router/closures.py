@@ -70,6 +70,7 @@ from contracts import (
     TransferReplayed,
     field_errors,
     parse_event,
+    wire,
 )
 from mappings import DeadlineRule, Route, StepDownMemory, deadlines_by_rule, due_at, load_protocols
 from mappings import Protocol as CouncilProtocol
@@ -102,7 +103,7 @@ log = structlog.get_logger("casebridge.router.closures")
 #: a commit refused because the group rebalanced meanwhile (not a failure of the loop)
 _REBALANCED = (CommitFailedError, IllegalStateError, RebalanceInProgressError)
 Clock = Callable[[], datetime]
-_Record = tuple[str, str, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
+_Record = tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 #: signals kept for transfers whose pending closure has not been read yet (the oldest go first)
 MAX_SIGNALS = 100_000
 #: how long a signal with nothing pending holds the committed offset: its pending closure, written by
@@ -378,7 +379,9 @@ class ClosureScheduler:
         # every source-closed is on the broker before any of their entries is tombstoned (a crash between: closed
         # again, a no-op, same event id)
         await self._send_all([self._event_record(e) for _, e in closed])
-        await self._send_all([(self.settings.topics.pending_closures, p.transfer_id, None, []) for p, _ in closed])
+        await self._send_all(
+            [(self.settings.topics.pending_closures, p.transfer_id.encode(), None, []) for p, _ in closed]
+        )
         for p, _ in closed:
             self._forget(p.transfer_id)
             log.info("source_closed_later", transfer_id=p.transfer_id, rule_ids=[p.rule_id])
@@ -437,7 +440,7 @@ class ClosureScheduler:
                         )
                     )
             return
-        kind = dict(r.headers or ()).get("event_type")
+        kind = dict(r.headers or ()).get(wire.EVENT_TYPE)
         if r.key is None or kind not in (b"allocated", b"front-door-decision", b"source-closed"):
             return
         tid = r.key.decode()
@@ -655,7 +658,7 @@ class ClosureScheduler:
             len(tid), len(value), (),
         )  # fmt: skip
         headers = dead_letter_headers(record, f"{self.settings.group_id}-closures", failure)
-        await self._send_all([(topics.dead_letter, tid, value, headers)])
+        await self._send_all([(topics.dead_letter, tid.encode(), value, headers)])
         await self._emit(
             TransferDeadLettered(
                 **self._about(p, "dead-lettered"),
@@ -688,7 +691,9 @@ class ClosureScheduler:
         }
 
     async def _write(self, tid: str, p: PendingClosure | None) -> None:
-        await self._send_all([(self.settings.topics.pending_closures, tid, None if p is None else p.encode(), [])])
+        await self._send_all(
+            [(self.settings.topics.pending_closures, tid.encode(), None if p is None else p.encode(), [])]
+        )
         if p is None:
             self._forget(tid)
         else:
@@ -702,13 +707,13 @@ class ClosureScheduler:
         await self._send_all([self._event_record(event)])
 
     def _event_record(self, event: TransferEvent) -> _Record:
-        kind = [("event_type", event.event_type.encode())]
-        return self.settings.topics.events, event.transfer_id or event.event_id, event.model_dump_json().encode(), kind
+        value = event.model_dump_json().encode()
+        return self.settings.topics.events, wire.event_key(event), value, wire.event_headers(event.event_type)
 
     async def _send_all(self, records: list[_Record]) -> None:
         """Send, then wait until the broker acknowledged every one."""
         futures = [
-            (topic, await self.producer.send(topic, value, key=key.encode(), headers=headers))
+            (topic, await self.producer.send(topic, value, key=key, headers=headers))
             for topic, key, value, headers in records
         ]
         for topic, fut in futures:

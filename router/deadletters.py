@@ -39,12 +39,10 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors import kafka as clients
-from connectors._feed import DLT_PREFIX, H_PUBLISHER
 from connectors.kafka import Kafka
+from contracts import wire
 
-from ._outbox import DLQ_PREFIX
 from ._reading import read_all
-from ._retry import H_REPLAY_OF, H_REPLAY_OPERATOR
 from .settings import ALLOCATION_AUDIT_PREFIX, Topics
 
 
@@ -88,8 +86,8 @@ class DeadLetter:
     @classmethod
     def of(cls, record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
         headers = [(k, bytes(v)) for k, v in (record.headers or ())]
-        context = {
-            k.removeprefix(DLQ_PREFIX): v.decode(errors="replace") for k, v in headers if k.startswith(DLQ_PREFIX)
+        context = {  # keyed by wire.dlq_field(header name): "stage", "error.class", ...
+            wire.dlq_field(k): v.decode(errors="replace") for k, v in headers if k.startswith(wire.DLQ_PREFIX)
         }
         return cls(
             f"{record.partition}:{record.offset}",
@@ -101,25 +99,29 @@ class DeadLetter:
             record.timestamp,
         )
 
+    def field(self, header: str) -> str:
+        """A dead-letter header's value (``contracts.wire.DLQ_*``), "" when absent."""
+        return self.context.get(wire.dlq_field(header), "")
+
     @property
     def original_headers(self) -> list[tuple[str, bytes]]:
         """The record's own headers: without casebridge's dead-letter context and Spring's ``kafka_dlt-*``."""
-        return [(k, v) for k, v in self.headers if not k.startswith((DLQ_PREFIX, DLT_PREFIX))]
+        return [(k, v) for k, v in self.headers if not k.startswith((wire.DLQ_PREFIX, wire.DLT_PREFIX))]
 
     @property
     def publisher(self) -> str | None:
         """The feed publisher that dead-lettered its source record at the ``map`` stage (``<feed>/<council>``), if
         it named itself: such a dead letter is replayed to it (the remap topic), to be mapped again."""
-        name = self.context.get(H_PUBLISHER.removeprefix(DLQ_PREFIX), "")
-        return name if name and self.context.get("stage") == "map" else None
+        name = self.field(wire.DLQ_PUBLISHER)
+        return name if name and self.field(wire.DLQ_STAGE) == "map" else None
 
     @property
     def rule_ids(self) -> list[str]:
-        return [r for r in self.context.get("rule.ids", "").split(",") if r]
+        return [r for r in self.field(wire.DLQ_RULE_IDS).split(",") if r]
 
     @property
     def last_failure(self) -> datetime | None:
-        value = self.context.get("last.failure")
+        value = self.field(wire.DLQ_LAST_FAILURE)
         return datetime.fromisoformat(value) if value else None
 
     @property
@@ -131,31 +133,31 @@ class DeadLetter:
 
     @property
     def transfer_id(self) -> str | None:
-        return self.context.get("transfer.id") or None
+        return self.field(wire.DLQ_TRANSFER_ID) or None
 
     @property
     def by_reference(self) -> bool:
         """Too big to dead-letter whole: the record stays where it was (original topic, partition, offset)."""
-        return self.context.get("by.reference") == "true"
+        return self.field(wire.DLQ_BY_REFERENCE) == "true"
 
     def summary(self) -> dict[str, Any]:
         """What an operator list shows: no personal data (ids, council, pathway, reason)."""
         return {
             "id": self.id,
-            "last_failure": self.context.get("last.failure", ""),
-            "council": self.context.get("council", ""),
+            "last_failure": self.field(wire.DLQ_LAST_FAILURE),
+            "council": self.field(wire.DLQ_COUNCIL),
             "pathway": self.pathway or "",
-            "transfer_id": self.context.get("transfer.id", ""),
-            "stage": self.context.get("stage", ""),
-            "error_class": self.context.get("error.class", ""),
+            "transfer_id": self.field(wire.DLQ_TRANSFER_ID),
+            "stage": self.field(wire.DLQ_STAGE),
+            "error_class": self.field(wire.DLQ_ERROR_CLASS),
             "rule_ids": self.rule_ids,
-            "attempts": int(self.context.get("attempts", "0") or 0),
-            "reason": self.context.get("error.message", ""),
+            "attempts": int(self.field(wire.DLQ_ATTEMPTS) or 0),
+            "reason": self.field(wire.DLQ_ERROR_MESSAGE),
         }
 
     def status(self, outcomes: Outcomes) -> Status:
         """What became of it since (the module's docstring): resolved, parked, replayed, expired or waiting."""
-        closure = self.context.get("original.topic", "").endswith(".pending-closures")
+        closure = self.field(wire.DLQ_ORIGINAL_TOPIC).endswith(".pending-closures")
         kinds = CLOSED if closure else COMPLETED
         since = self.failed_at
         done = outcomes.completions.get(self.transfer_id or "", ())
@@ -254,7 +256,7 @@ async def parked_ids(kafka: Kafka, topics: Topics) -> set[str]:
     """The dead letters whose replay failed again: the ``casebridge.replay.of`` of the parking topic's records."""
     out = set()
     for r in await read_all(kafka, topics.parking):
-        of = dict(r.headers or ()).get(H_REPLAY_OF)
+        of = dict(r.headers or ()).get(wire.REPLAY_OF)
         if of is not None:
             out.add(bytes(of).decode(errors="replace"))
     return out
@@ -267,7 +269,7 @@ async def expired_ids(kafka: Kafka, letters: Sequence[DeadLetter]) -> set[str]:
     for d in letters:
         if d.by_reference:
             try:
-                refs[d.id] = TopicPartition(d.context["original.topic"], int(d.context["original.partition"]))
+                refs[d.id] = TopicPartition(d.field(wire.DLQ_ORIGINAL_TOPIC), int(d.field(wire.DLQ_ORIGINAL_PARTITION)))
             except (KeyError, ValueError):
                 refs[d.id] = None  # it names no record: nothing to find
     if not refs:
@@ -286,7 +288,7 @@ async def expired_ids(kafka: Kafka, letters: Sequence[DeadLetter]) -> set[str]:
     letters_by_id = {d.id: d for d in letters if d.id in refs}
     out = set()
     for dl_id, tp in refs.items():
-        offset = letters_by_id[dl_id].context.get("original.offset", "")
+        offset = letters_by_id[dl_id].field(wire.DLQ_ORIGINAL_OFFSET)
         if tp is None or tp not in first or not offset.isdigit() or int(offset) < first[tp]:
             out.add(dl_id)
     return out
@@ -323,7 +325,7 @@ async def completions_since(
         while loop.time() < deadline and [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
             for records in (await consumer.getmany(*partitions, timeout_ms=500)).values():
                 for r in records:
-                    kind = dict(r.headers or ()).get("event_type")
+                    kind = dict(r.headers or ()).get(wire.EVENT_TYPE)
                     if r.key not in wanted or kind is None or bytes(kind) not in kinds or r.value is None:
                         continue
                     try:
@@ -571,16 +573,16 @@ async def replay(
         for dl_id in report.selected:
             d = chosen[dl_id]
             now = datetime.now(UTC)
-            replay_headers = [(H_REPLAY_OF, dl_id.encode()), (H_REPLAY_OPERATOR, operator.encode())]
+            replay_headers = [(wire.REPLAY_OF, dl_id.encode()), (wire.REPLAY_OPERATOR, operator.encode())]
             headers = [*d.original_headers, *replay_headers]
             # a later closure (router/closures.py) goes back to the pending closures; a source record a feed
             # publisher could not map goes to that publisher (the remap topic, with the dead letter's context: the
             # publisher, the feed position), to be mapped again; everything else is a transfer
-            if d.context.get("original.topic") == topics.pending_closures:
+            if d.field(wire.DLQ_ORIGINAL_TOPIC) == topics.pending_closures:
                 topic = topics.pending_closures
             elif d.publisher is not None:
                 topic = topics.remap
-                headers = [*((k, v) for k, v in d.headers if k.startswith(DLQ_PREFIX)), *replay_headers]
+                headers = [*((k, v) for k, v in d.headers if k.startswith(wire.DLQ_PREFIX)), *replay_headers]
                 report.remapped.append(dl_id)
             else:
                 topic = topics.transfers

@@ -22,10 +22,8 @@ where the transfer did not complete, a dead letter.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -62,7 +60,9 @@ from contracts import (
     TransferRequested,
     TransferValidated,
     field_errors,
+    wire,
 )
+from contracts.wire import event_id_hasher, uuid5_text
 from mappings import Facts, MappingError, Route
 from mappings import Protocol as CouncilProtocol
 
@@ -77,8 +77,8 @@ if TYPE_CHECKING:
     from .closures import ClosurePlanner
 
 log = structlog.get_logger("casebridge.router")
-_EVENT_NS = uuid.UUID("6f1c8f64-3b7e-4d1e-9a55-0c2b8c1d7e10")
-_EVENT_NS_SHA1 = hashlib.sha1(_EVENT_NS.bytes)  # uuid5's hash with the namespace already fed in
+_EVENT_NS = wire.EVENT_NS
+event_id = wire.event_id  # an event's id, derived as contracts.wire says (re-exported: the router's callers use it)
 T = TypeVar("T")
 
 
@@ -209,7 +209,7 @@ class TransferFlow:
         transfer = self.parse(record) if parsed is None else parsed
         if isinstance(transfer, ValidationError):
             return await self._reject(record, transfer, sink)
-        if self.keyed and record.key != transfer.child_key.encode():
+        if self.keyed and record.key != transfer.child_key.encode():  # wire.transfer_key, inline
             # per-child order (and the retry tiers' queue per child) holds only for records keyed by their child
             wrong = FieldError(
                 field="(record key)",
@@ -596,14 +596,13 @@ class _Emitter:
         self.transfer = transfer
         self.sink = sink
         self._head = transfer_head(transfer)
-        self._ids = _EVENT_NS_SHA1.copy()  # event_id(message_id, kind) with the common part hashed once
-        self._ids.update(f"{transfer.message_id}/".encode())
+        self._ids = event_id_hasher(transfer.message_id)  # event_id(message_id, kind), the common part hashed once
 
     async def __call__(self, kind: type[Any], **fields: Any) -> None:
         t = self.transfer
         digest = self._ids.copy()
         digest.update(kind.__name__.encode())
-        eid = _uuid5_text(digest)
+        eid = uuid5_text(digest)
         micros = time.time_ns() // 1000
         # the five events of every completed transfer from a template (byte-equal to the model's JSON)
         if self._head is not None:
@@ -644,23 +643,6 @@ def urgent_first(records: list[ConsumerRecord[bytes, bytes]]) -> int:
     A byte search, not a parse: the contract is checked later, in the flow; this only orders.
     """
     return 0 if any(r.value and _URGENT.search(r.value) for r in records) else 1
-
-
-def event_id(base: str, kind: str) -> str:
-    """``str(uuid.uuid5(_EVENT_NS, f"{base}/{kind}"))``, without building a UUID object (five a transfer)."""
-    digest = _EVENT_NS_SHA1.copy()
-    digest.update(f"{base}/{kind}".encode())
-    return _uuid5_text(digest)
-
-
-def _uuid5_text(digest: Any) -> str:
-    """The text of the version-5 UUID whose SHA-1 ``digest`` (namespace and name fed) is given."""
-    h = digest.hexdigest()
-    # the version nibble becomes 5; the variant's top two bits become 10 (RFC 4122): 8, 9, a or b
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-
-
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 class _TopLevel(TypedDict, total=False):

@@ -36,7 +36,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 
 from connectors import CasebridgeError, Target
 from connectors._feed import idempotent_producer, poll_forever, renew_producer
-from contracts import AlertRaised, CaseSystem, NoticeSent, TransferAllocated
+from contracts import AlertRaised, CaseSystem, NoticeSent, TransferAllocated, wire
 from mappings import Route
 
 from ._pending import MARK, Mark, PendingNotice, decode_notice_entry
@@ -152,7 +152,7 @@ class AllocationNotices:
                     audit = recorded_allocation(r.key, r.value)
                     if audit is not None:
                         self.allocated[audit.transfer_id] = None
-                elif dict(r.headers or ()).get("event_type") == b"allocated":
+                elif dict(r.headers or ()).get(wire.EVENT_TYPE) == b"allocated":
                     self._read_allocated(r.key.decode(), r.value)
         sent = 0
         for tid in sorted((self.allocated.keys() | self.marks.keys()) & self.pending.keys()):
@@ -225,8 +225,8 @@ class AllocationNotices:
         await self.producer.send_and_wait(
             self.settings.topics.events,
             alert.model_dump_json().encode(),
-            key=tid.encode(),
-            headers=[("event_type", b"alert")],
+            key=wire.event_key(alert),
+            headers=wire.event_headers(alert.event_type),
         )
 
     def _apply(self, key: str, value: PendingNotice | Mark | None) -> None:
@@ -271,7 +271,10 @@ class AllocationNotices:
         )
         topics = self.settings.topics
         await self.producer.send_and_wait(
-            topics.events, event.model_dump_json().encode(), key=tid.encode(), headers=[("event_type", b"notice-sent")]
+            topics.events,
+            event.model_dump_json().encode(),
+            key=wire.event_key(event),
+            headers=wire.event_headers(event.event_type),
         )
         await self.producer.send_and_wait(topics.pending_notices, None, key=tid.encode())  # tombstone: sent
         log.info("allocation_notice_sent", transfer_id=tid, rule_ids=[p.rule])

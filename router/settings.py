@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connectors.kafka import KafkaConnection, KafkaSecurity
-from contracts import Council
+from contracts import Council, wire
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,9 @@ class Topics:
 
 
 #: the audit topic's key prefix for a recorded allocation (a replay's key is its dead letter id)
-ALLOCATION_AUDIT_PREFIX = "allocation/"
+ALLOCATION_AUDIT_PREFIX = wire.ALLOCATION_AUDIT_PREFIX
 #: the audit topic's key prefix for a milestone an operator recorded on the monitor (``milestone/<transfer>/<step>``)
-MILESTONE_AUDIT_PREFIX = "milestone/"
+MILESTONE_AUDIT_PREFIX = wire.MILESTONE_AUDIT_PREFIX
 
 
 class RetrySettings(BaseModel):

@@ -4,7 +4,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from contracts import Council, TransferMessage
+from contracts import CaseSystem, Council, TransferMessage, wire
 from mappings import MappingError, load_mapping
 
 from .._feed import FeedPublisher, Mapped, Remap
@@ -69,7 +69,7 @@ class CareDirectorPublisher(FeedPublisher):
     def mapping(self, source: dict[str, Any], position: int) -> Mapped:
         assessment = source["assessment"]
         transfer_id = transfer_id_for(self.council, source["referral"]["referral_id"])
-        key = f"care-director:{source['person']['id']}".encode()
+        key = wire.child_key(CaseSystem.CARE_DIRECTOR, source["person"]["id"]).encode()
 
         def build() -> TransferMessage:
             outcome = outcome_of(assessment["outcome_code"])

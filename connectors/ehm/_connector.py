@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-import uuid
 from typing import Any, ClassVar
 
-from contracts import CaseSystem, Person, RecordState, TransferAllocated, TransferMessage
+from contracts import CaseSystem, Person, RecordState, TransferAllocated, TransferMessage, wire
 from mappings import Route, load_mapping
 
 from .._base import Receipt, Source, SourceState, Target
@@ -11,7 +10,6 @@ from .._http import HttpConnection
 
 _TRAY = load_mapping("ehm-stepdown-tray")
 _ROLE_KEY = {"support-leader": "support_leader", "team-manager": "team_manager"}
-_EVENT_NS = uuid.UUID("0b8e8a7e-2f0c-4a43-8d7c-4f1f9a3e5b21")
 
 
 class EhmConnector(HttpConnection, Target, Source):
@@ -95,7 +93,7 @@ def allocation_events(allocations: list[dict[str, Any]]) -> list[TransferAllocat
     """EHM allocations as events (no personal data; ids derived from the feed position)."""
     return [
         TransferAllocated(
-            event_id=str(uuid.uuid5(_EVENT_NS, f"ehm-allocation/{a['seq']}")),
+            event_id=wire.reported_event_id(wire.EHM_EVENT_NS, "ehm-allocation", a["seq"]),
             transfer_id=a["transfer_id"],
             correlation_id=a["transfer_id"],
             target_system=CaseSystem.EHM,

@@ -4,7 +4,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from contracts import Council, ServiceLevel, TransferMessage
+from contracts import CaseSystem, Council, ServiceLevel, TransferMessage, wire
 from mappings import load_mapping
 
 from .._feed import FeedPublisher, Mapped, Remap
@@ -66,6 +66,6 @@ class StepUpPublisher(FeedPublisher):
         }
         return Mapped(
             transfer_id,
-            f"ehm:{source['episode']['episode_id']}".encode(),
+            wire.child_key(CaseSystem.EHM, source["episode"]["episode_id"]).encode(),
             lambda: TransferMessage.model_validate(_MAPPING.apply({**source, "envelope": envelope})),
         )

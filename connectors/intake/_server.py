@@ -43,7 +43,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from contracts import FieldError, TransferMessage, field_errors
+from contracts import FieldError, TransferMessage, field_errors, wire
 from router import topics as topic_setup
 from router.settings import Topics, TopicSettings
 
@@ -56,7 +56,7 @@ from ._store import IntakeStore, digest
 log = structlog.get_logger("casebridge.intake")
 
 #: the audit topic's key prefix for an intake post (beside ``router.settings.ALLOCATION_AUDIT_PREFIX``)
-INTAKE_AUDIT_PREFIX = "intake/"
+INTAKE_AUDIT_PREFIX = wire.INTAKE_AUDIT_PREFIX
 
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 
@@ -375,7 +375,7 @@ class IntakeServer:
                     await self._producer.send_and_wait(
                         self.topics.transfers,
                         transfer.model_dump_json().encode(),
-                        key=transfer.child_key.encode(),
+                        key=wire.transfer_key(transfer),
                         headers=headers_with_context(()),
                     )
                 await self._audit(audit)

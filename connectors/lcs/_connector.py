@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-import uuid
 from dataclasses import asdict
 from typing import Any, ClassVar
 
-from contracts import CaseSystem, FrontDoorDecided, RecordState, TransferMessage
+from contracts import CaseSystem, FrontDoorDecided, RecordState, TransferMessage, wire
 from mappings import Route, load_mapping
 
 from .._base import Receipt, Source, SourceState, Target
@@ -13,7 +12,6 @@ from .._http import HttpConnection
 CLOSURE_REASON = "Stepped down to early help (EHM)"
 CLOSED_BY = "casebridge"
 _CONTACT = load_mapping("lcs-contact")
-_EVENT_NS = uuid.UUID("5d0f3c2a-8b1e-4f6a-9c47-2e6b1d9a0f13")
 
 
 class LcsConnector(HttpConnection, Source, Target):
@@ -89,7 +87,7 @@ def decision_events(decisions: list[dict[str, Any]]) -> list[FrontDoorDecided]:
     """Front Door decisions as events (no personal data; ids derived from the feed position)."""
     return [
         FrontDoorDecided(
-            event_id=str(uuid.uuid5(_EVENT_NS, f"lcs-front-door-decision/{d['seq']}")),
+            event_id=wire.reported_event_id(wire.LCS_EVENT_NS, "lcs-front-door-decision", d["seq"]),
             transfer_id=d["transfer_id"],
             correlation_id=d["transfer_id"],
             target_system=CaseSystem.LCS,

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from contracts import Council, TransferMessage
+from contracts import CaseSystem, Council, TransferMessage, wire
 from mappings import load_mapping
 
 from .._feed import FeedPublisher, Mapped, Remap
@@ -71,7 +71,7 @@ class LcsPublisher(FeedPublisher):
             "council": self.council.value,
             "published_at": datetime.now(UTC).isoformat(),
         }
-        key = f"lcs:{source['child']['id']}".encode()
+        key = wire.child_key(CaseSystem.LCS, source["child"]["id"]).encode()
         return Mapped(
             transfer_id,
             key,

@@ -8,15 +8,14 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from contracts import Person, TransferMessage
+from contracts import Person, TransferMessage, wire
 
-_MESSAGE_NS = uuid.UUID("6d1f3c52-8a4e-4f0b-9b7a-2e5c1d9a7f30")
 TRANSFER_HEADER = "X-Casebridge-Transfer-Id"
 
 
 def message_reference(transfer_id: str) -> str:
     """Stable per transfer: the left part of the Message-ID, and the receipt's reference."""
-    return f"casebridge-{uuid.uuid5(_MESSAGE_NS, transfer_id)}"
+    return f"casebridge-{uuid.uuid5(wire.MAILBOX_MESSAGE_NS, transfer_id)}"
 
 
 def message_id(transfer_id: str, domain: str) -> str:

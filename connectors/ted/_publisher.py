@@ -4,7 +4,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from contracts import Council, TransferMessage
+from contracts import CaseSystem, Council, TransferMessage, wire
 
 from .._feed import FeedPublisher, Mapped, Remap
 from ..kafka import Kafka
@@ -68,4 +68,4 @@ class TedPublisher(FeedPublisher):
         def build() -> TransferMessage:
             return stepdown_transfer(case, request, transfer_id, f"{transfer_id}-c{position}", self.council)
 
-        return Mapped(transfer_id, f"ted:{case['id']}".encode(), build)
+        return Mapped(transfer_id, wire.child_key(CaseSystem.TED, case["id"]).encode(), build)
