@@ -212,20 +212,14 @@ class SeqCounter:
 
 
 class Ledger:
-    """What one router member did, appended to a file one ``write(2)`` a line, so that it outlives a SIGKILL.
-
-    ``w <seq>``: the target wrote transfer ``seq`` (every call, created or not: a second write is a delivery twice);
-    ``b <unix time> <partitions>``: a batch of the transfers topic was handled (its records' partitions).
-    """
+    """What one router member's target wrote, appended to a file one ``write(2)`` a line, so that it outlives a
+    SIGKILL: ``<seq> <unix time>`` for every write (created or not: a second write is a delivery twice)."""
 
     def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def wrote(self, seq: int) -> None:
-        os.write(self.fd, b"w %d\n" % seq)
-
-    def batch(self, partitions: set[int]) -> None:
-        os.write(self.fd, b"b %.3f %s\n" % (time.time(), ",".join(map(str, sorted(partitions))).encode()))
+        os.write(self.fd, b"%d %.4f\n" % (seq, time.time()))
 
     def close(self) -> None:
         os.close(self.fd)
@@ -236,9 +230,10 @@ class LedgerReader:
     """A member's ledger read as it grows (complete lines only: a SIGKILL may cut the last one)."""
 
     path: Path
+    #: how often each sequence number was written
     writes: Counter[int] = field(default_factory=Counter)
-    #: (unix time, partitions) of each handled batch, in order
-    batches: list[tuple[float, frozenset[int]]] = field(default_factory=list)
+    #: (unix time, sequence number) of each write, in order
+    times: list[tuple[float, int]] = field(default_factory=list)
     _offset: int = 0
 
     def poll(self) -> LedgerReader:
@@ -251,12 +246,7 @@ class LedgerReader:
         end = chunk.rfind(b"\n") + 1
         self._offset += end
         for line in chunk[:end].splitlines():
-            kind, _, rest = line.partition(b" ")
-            if kind == b"w":
-                self.writes[int(rest)] += 1
-            elif kind == b"b":
-                at, _, parts = rest.partition(b" ")
-                self.batches.append((float(at), frozenset(int(p) for p in parts.split(b",") if p)))
-            else:
-                raise BenchCheckFailed(f"{self.path.name}: a ledger line of unknown kind {kind[:10]!r}")
+            seq, _, at = line.partition(b" ")
+            self.writes[int(seq)] += 1
+            self.times.append((float(at), int(seq)))
         return self

@@ -19,9 +19,9 @@ in this workload: North Somerset step-downs close at once).
   cover the topic, and fails loudly otherwise.
 - **Failover** (``--failover-n``, default N; 0: none): 3 members start; once they own their partitions the N
   step-downs are published; a third of the way through, the member owning the most partitions is SIGKILLed. Every
-  member appends each target write and each batch it handled to a ledger file (one ``write(2)`` a line, so the
+  member appends each target write (sequence number, time) to a ledger file (one ``write(2)`` a line, so the
   killed one's survive it). Reported: seconds from the kill until each of its partitions is processed again (the
-  end of the first batch holding its records on another member), transfers lost (no target write: must be 0),
+  first target write of one of its transfers by another member), transfers lost (no target write: must be 0),
   transfers written twice (the killed member's in flight), whether every transfer has its ``source-closed`` event
   and whether the committed offsets cover the topic.
 - **Restore** (``--restore``): ``bench/restore.py`` (a member taking over partitions with 100,000 lifecycle
@@ -66,6 +66,7 @@ from bench.router_vs_pipe import (  # noqa: E402
 )
 from bench.router_vs_pipe import parse as bench_parse  # noqa: E402
 from router import Topics  # noqa: E402
+from router._reading import partition_for  # noqa: E402
 
 PARTITIONS = 6
 #: CPU per transfer with 3 members within this factor of 1 member's (issue 16)
@@ -129,28 +130,30 @@ def cpu_verdict(median: dict[str, dict[str, Any]]) -> dict[str, Any]:
 # ================================================================== failover: 3 members, one SIGKILLed
 
 
-def owners_at(readers: Sequence[LedgerReader], at: float) -> dict[int, int]:
-    """partition -> the member that handled its last batch before ``at``."""
+def owners_at(readers: Sequence[LedgerReader], partition: Sequence[int], at: float) -> dict[int, int]:
+    """partition -> the member whose target wrote the last of its transfers before ``at``."""
     last: dict[int, tuple[float, int]] = {}
     for i, reader in enumerate(readers):
-        for when, partitions in reader.batches:
-            if when <= at:
-                for p in partitions:
-                    if when >= last.get(p, (0.0, -1))[0]:
-                        last[p] = (when, i)
+        for when, seq in reader.times:
+            p = partition[seq]
+            if when <= at and when >= last.get(p, (0.0, -1))[0]:
+                last[p] = (when, i)
     return {p: i for p, (_, i) in last.items()}
 
 
-def resumed_after(readers: Sequence[LedgerReader], victim: int, partitions: set[int], at: float) -> dict[int, float]:
-    """Each of ``partitions``: seconds from ``at`` until another member ended a batch holding its records."""
+def resumed_after(
+    readers: Sequence[LedgerReader], partition: Sequence[int], victim: int, theirs: set[int], at: float
+) -> dict[int, float]:
+    """Each of the victim's partitions: seconds from ``at`` until another member's target wrote one of its transfers
+    (the first handled record there after the kill: the copies the victim had completed are written off sooner)."""
     out: dict[int, float] = {}
     for i, reader in enumerate(readers):
         if i == victim:
             continue
-        for when, handled in reader.batches:
-            for p in handled & partitions:
-                if when > at and (p not in out or when - at < out[p]):
-                    out[p] = round(when - at, 3)
+        for when, seq in reader.times:
+            p = partition[seq]
+            if p in theirs and when > at and (p not in out or when - at < out[p]):
+                out[p] = round(when - at, 3)
     return out
 
 
@@ -170,6 +173,7 @@ async def failover(bench: Bench, n: int, k: int = 3) -> dict[str, Any]:
     await bench.create(topic, partitions=PARTITIONS)
     workload = Workload(seed=13)
     records = list(workload.records(0, n))  # made before the members start: the parent's CPU then stays out of it
+    partition = [partition_for(r.key, PARTITIONS) for r in records]  # as the producer's default partitioner
     load = _load()
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as work:
         paths = [Path(work) / f"member-{i}.ledger" for i in range(k)]
@@ -184,7 +188,7 @@ async def failover(bench: Bench, n: int, k: int = 3) -> dict[str, Any]:
                 if time.monotonic() > deadline or (producing.done() and producing.exception()):
                     raise BenchCheckFailed(f"failover: a third of {n} not written in {timeout:.0f} s")
                 await asyncio.sleep(0.01)
-            owners = owners_at([r.poll() for r in readers], time.time())
+            owners = owners_at([r.poll() for r in readers], partition, time.time())
             owned = Counter(owners.values())
             victim = max(range(k), key=lambda i: (owned[i], i == 1))
             children[victim].proc.send_signal(signal.SIGKILL)  # no goodbye to the group, nothing settled
@@ -210,7 +214,7 @@ async def failover(bench: Bench, n: int, k: int = 3) -> dict[str, Any]:
     for r in readers:
         writes.update(r.writes)
     closed = await _outcome_times(bench.bootstrap, Topics(run_id).events, n, timeout=120)
-    resumed = resumed_after(readers, victim, theirs, killed_at)
+    resumed = resumed_after(readers, partition, victim, theirs, killed_at)
     out: dict[str, Any] = {
         "members": k,
         "transfers": n,
@@ -227,6 +231,9 @@ async def failover(bench: Bench, n: int, k: int = 3) -> dict[str, Any]:
         "source_closed": len(closed),
         "committed": committed,
         **account(writes, n),
+        "killed_member_wrote": sum(readers[victim].writes.values()),
+        # written twice: once by the killed member (in flight when it died), again by the one that took over
+        "twice_after_the_kill": sum(1 for s, c in writes.items() if c > 1 and readers[victim].writes[s] == 1),
         "survivor_shares": shares,
     }
     out["within_10_s"] = out["all_resumed_s"] is not None and out["all_resumed_s"] <= FAILOVER_TARGET_S
@@ -236,18 +243,24 @@ async def failover(bench: Bench, n: int, k: int = 3) -> dict[str, Any]:
         f" {len(closed)} of {n}, committed {committed}  load {load[0]}",
         file=sys.stderr,
     )
+    check_failover(out)
+    return out
+
+
+def check_failover(out: dict[str, Any]) -> None:
+    """Fails loudly on a transfer lost, one not completed, offsets not covering the topic, or no take-over."""
+    n = out["transfers"]
     failed = []
     if out["lost"]:
         failed.append(f"{out['lost']} transfers never written to a target (first {out['lost_first']})")
     if not out["every_transfer_completed"]:
-        failed.append(f"{n - len(closed)} transfers without a source-closed event")
-    if committed != n:
-        failed.append(f"the group committed {committed} offsets of {n}")
-    if not theirs or not resumed:
-        failed.append(f"the killed member's partitions {sorted(theirs)} were not processed again by another")
+        failed.append(f"{n - out['source_closed']} transfers without a source-closed event")
+    if out["committed"] != n:
+        failed.append(f"the group committed {out['committed']} offsets of {n}")
+    if not out["killed_partitions"] or not out["resumed_s_by_partition"]:
+        failed.append(f"the killed member's partitions {out['killed_partitions']} were not processed again by another")
     if failed:
         raise BenchCheckFailed("failover: " + "; ".join(failed))
-    return out
 
 
 # ================================================================== the report

@@ -496,8 +496,6 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
                     if 0 <= s < n:
                         produced_at[s] = r.timestamp
         await handle_batch(msg, tier)  # returns with the batch processed; it settles (acks, commit) meanwhile
-        if ledger is not None and tier is None:
-            ledger.batch({r.partition for r in records})
         if tier is None and args.paced:
             age = max(int(entered * 1000) - r.timestamp for r in records)
             batches.append((len(records), age, round((time.time() - entered) * 1000, 1)))
