@@ -193,7 +193,7 @@ async def failover(bench: Bench, n: int, k: int = 3) -> dict[str, Any]:
             victim = max(range(k), key=lambda i: (owned[i], i == 1))
             children[victim].proc.send_signal(signal.SIGKILL)  # no goodbye to the group, nothing settled
             killed_at = time.time()
-            children[victim].proc.wait()
+            children[victim].proc.communicate(timeout=30)  # reaped, its pipes closed
             theirs = {p for p, i in owners.items() if i == victim}
             done_at_kill = sum(sum(r.poll().writes.values()) for r in readers)
             await producing
@@ -207,7 +207,7 @@ async def failover(bench: Bench, n: int, k: int = 3) -> dict[str, Any]:
             for child in children:
                 if child.proc.poll() is None:
                     child.proc.kill()
-                    child.proc.wait()
+                    child.proc.communicate(timeout=30)
         for r in readers:
             r.poll()
     writes: Counter[int] = Counter()
@@ -335,7 +335,7 @@ def parent_main(args: argparse.Namespace) -> dict[str, Any]:
         if args.restore:
             restore_args = restore_bench.parse(
                 ["--bootstrap", bootstrap, "--children", str(args.restore_children),
-                 "--repeats", str(args.restore_repeats)]
+                 "--parked", str(args.restore_parked), "--repeats", str(args.restore_repeats)]
             )  # fmt: skip
             result["restore"] = restore_bench.parent_main(restore_args)
             result["verdicts"]["restore_within_5_s"] = result["restore"]["verdict"]["within_5_s"]
@@ -363,6 +363,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--restore", action="store_true", help="also bench/restore.py (a member taking over partitions)")
     p.add_argument("--restore-children", type=int, default=100_000, help="the restore's lifecycle entries")
+    p.add_argument("--restore-parked", type=int, default=10_000, help="the restore's parked children")
     p.add_argument("--restore-repeats", type=int, default=3)
     p.add_argument(
         "--bootstrap", default=None, help="a broker to use (default: KAFKA_BOOTSTRAP_SERVERS, else start one)"

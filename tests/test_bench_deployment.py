@@ -78,7 +78,7 @@ def test_bench_deployment_members_drain_exactly_once_and_a_killed_member_loses_n
     figures in the same JSON."""
     out = tmp_path / "deployment.json"
     argv = ["--n", str(N), "--members", "1,2", "--failover-n", str(FAILOVER_N), "--bootstrap", kafka_bootstrap]
-    restore = ["--restore", "--restore-children", "200", "--restore-repeats", "1"]
+    restore = ["--restore", "--restore-children", "200", "--restore-parked", "20", "--restore-repeats", "1"]
     assert 0 == main([*argv, *restore, "--out", str(out)])
 
     result = json.loads(out.read_text())
