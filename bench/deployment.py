@@ -24,9 +24,9 @@ in this workload: North Somerset step-downs close at once).
   first target write of one of its transfers by another member), transfers lost (no target write: must be 0),
   transfers written twice (the killed member's in flight), whether every transfer has its ``source-closed`` event
   and whether the committed offsets cover the topic.
-- **Idle** (``--idle-seconds``): each member count on an empty topic, the CPU each member spends a second with
-  nothing to do (its three consumers' polls and heartbeats, the membership lease): a cost per member and second
-  that a drain's CPU per transfer includes.
+- **Idle** (``--idle-seconds``): before the failover's step-downs are published, the CPU each of its members
+  spends a second with nothing to do (its three consumers' polls and heartbeats, the membership lease): a cost per
+  member and second that a drain's CPU per transfer includes.
 - **Restore** (``--restore``): ``bench/restore.py`` (a member taking over partitions with 100,000 lifecycle
   entries), its figures embedded.
 
@@ -131,7 +131,7 @@ def cpu_verdict(median: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"members": int(most), "cpu_ratio_to_1": round(ratio, 3), "within_10pct": ratio <= CPU_TARGET}
 
 
-# ================================================================== idle: what a member costs with nothing to do
+# ================================================================== failover: 3 members, one SIGKILLed
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -139,32 +139,6 @@ def process_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def idle(bench: Bench, members: Sequence[int], seconds: float) -> dict[str, Any]:
-    """Each member count on an empty topic: CPU seconds a second each member spends (heartbeats, polls, the lease)."""
-    topic = f"{bench.prefix}.idle"
-    await bench.create(topic, partitions=PARTITIONS)
-    out: dict[str, Any] = {"seconds": seconds}
-    for k in members:
-        load = _load()
-        _, children, _ = bench.start_members("router", topic, 1, k, "idle")
-        try:
-            await asyncio.sleep(3)  # the group settled
-            t0, cpu0 = time.monotonic(), [process_cpu_seconds(c.proc.pid) for c in children]
-            await asyncio.sleep(seconds)
-            t1, cpu1 = time.monotonic(), [process_cpu_seconds(c.proc.pid) for c in children]
-        finally:
-            for child in children:
-                child.proc.kill()
-                child.proc.communicate(timeout=30)
-        each = [round((b - a) / (t1 - t0), 4) for a, b in zip(cpu0, cpu1, strict=True)]
-        out[str(k)] = {"cpu_s_per_s_per_member": each, "load_avg_1_5_15": load}
-        print(f"  idle x{k}: CPU seconds a second per member {each}  load {load[0]}", file=sys.stderr)
-    return out
-
-
-# ================================================================== failover: 3 members, one SIGKILLed
 
 
 def owners_at(readers: Sequence[LedgerReader], partition: Sequence[int], at: float) -> dict[int, int]:
@@ -204,8 +178,17 @@ def account(writes: Counter[int], n: int) -> dict[str, Any]:
     return {"lost": len(lost), "lost_first": lost[:10], "delivered_twice": len(twice), "twice_first": twice[:10]}
 
 
-async def failover(bench: Bench, n: int, k: int = 3) -> dict[str, Any]:
-    """k members; the step-downs published once each owns its partitions; one SIGKILLed a third of the way in."""
+async def idle_cpu(pids: Sequence[int], seconds: float) -> list[float]:
+    """CPU seconds a second each process spends over ``seconds``."""
+    t0, cpu0 = time.monotonic(), [process_cpu_seconds(pid) for pid in pids]
+    await asyncio.sleep(seconds)
+    t1, cpu1 = time.monotonic(), [process_cpu_seconds(pid) for pid in pids]
+    return [round((b - a) / (t1 - t0), 4) for a, b in zip(cpu0, cpu1, strict=True)]
+
+
+async def failover(bench: Bench, n: int, k: int = 3, idle_seconds: float = 0.0) -> dict[str, Any]:
+    """k members; the step-downs published once each owns its partitions (first, with ``idle_seconds``, the members'
+    CPU with nothing to do); one SIGKILLed a third of the way in."""
     topic = f"{bench.prefix}.failover"
     await bench.create(topic, partitions=PARTITIONS)
     workload = Workload(seed=13)
@@ -219,6 +202,7 @@ async def failover(bench: Bench, n: int, k: int = 3) -> dict[str, Any]:
         )
         readers = [LedgerReader(path) for path in paths]
         try:
+            idle = await idle_cpu([c.proc.pid for c in children], idle_seconds) if idle_seconds else None
             producing = asyncio.create_task(produce_records(bench.bootstrap, topic, records))
             deadline = time.monotonic() + timeout
             while sum(sum(r.poll().writes.values()) for r in readers) < n // 3:
@@ -272,6 +256,8 @@ async def failover(bench: Bench, n: int, k: int = 3) -> dict[str, Any]:
         # written twice: once by the killed member (in flight when it died), again by the one that took over
         "twice_after_the_kill": sum(1 for s, c in writes.items() if c > 1 and readers[victim].writes[s] == 1),
         "survivor_shares": shares,
+        # before the step-downs were published: each member's polls, heartbeats and lease, a second
+        "idle_cpu_s_per_s_per_member": idle,
     }
     out["within_10_s"] = out["all_resumed_s"] is not None and out["all_resumed_s"] <= FAILOVER_TARGET_S
     print(
@@ -331,9 +317,9 @@ def print_table(result: dict[str, Any]) -> None:
             f" {f['first_resumed_s']}-{f['all_resumed_s']} s (target <= 10 s: {f['within_10_s']}); lost {f['lost']},"
             f" written twice {f['delivered_twice']}, every transfer completed: {f['every_transfer_completed']}"
         )
-    if result.get("idle"):
-        idle_cpu = {k: v["cpu_s_per_s_per_member"] for k, v in result["idle"].items() if k != "seconds"}
-        print(f"idle members (nothing to do), CPU seconds a second each, by member count: {idle_cpu}")
+    if f and f["idle_cpu_s_per_s_per_member"]:
+        idle = f["idle_cpu_s_per_s_per_member"]
+        print(f"the failover's members idle before it (nothing to do), CPU seconds a second each: {idle}")
     if result.get("restore"):
         restore_bench.print_table(result["restore"])
 
@@ -352,10 +338,8 @@ async def run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         if args.members:
             result["drains"] = await drains(bench, args.n, args.members, args.repeats)
             result["verdicts"]["cpu"] = cpu_verdict(result["drains"]["median"])
-        if args.idle_seconds:
-            result["idle"] = await idle(bench, args.members or [1, 3], args.idle_seconds)
         if args.failover_n:
-            result["failover"] = await failover(bench, args.failover_n)
+            result["failover"] = await failover(bench, args.failover_n, idle_seconds=args.idle_seconds)
             result["verdicts"]["failover_within_10_s"] = result["failover"]["within_10_s"]
     finally:
         await bench.cleanup()
@@ -404,7 +388,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--failover-n", type=int, default=None, help="step-downs of the failover run (default: --n; 0: no failover)"
     )
     p.add_argument(
-        "--idle-seconds", type=float, default=0.0, help="also each member count idle this long: its CPU a second"
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        help="the failover's members idle this long first: their CPU a second",
     )
     p.add_argument("--restore", action="store_true", help="also bench/restore.py (a member taking over partitions)")
     p.add_argument("--restore-children", type=int, default=100_000, help="the restore's lifecycle entries")

@@ -1,10 +1,11 @@
 """The deployment bench (bench/deployment.py) on the real broker: 1 and 2 members drain exactly once, a failover of 3
-with one SIGKILLed loses nothing and its partitions are taken over, the restore's figures are embedded; its checks
-bite (no timing asserts)."""
+with one SIGKILLed loses nothing and its partitions are taken over, the idle members' CPU and the restore's figures
+are in the same JSON; its checks bite (no timing asserts)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from bench._workload import BenchCheckFailed, Ledger, LedgerReader
-from bench.deployment import account, check_failover, cpu_verdict, main, owners_at, resumed_after
+from bench.deployment import (
+    account,
+    check_failover,
+    cpu_verdict,
+    main,
+    owners_at,
+    process_cpu_seconds,
+    resumed_after,
+)
 
 N, FAILOVER_N = 300, 900
 
@@ -63,6 +72,14 @@ def test_bench_deployment_accounts_lost_and_twice_written_transfers_and_fails_lo
         check_failover({**ok, "resumed_s_by_partition": {}})
 
 
+def test_bench_deployment_reads_a_processs_cpu_time_from_proc() -> None:
+    before = process_cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn 0.2 s of CPU
+        pass
+    assert 0.1 <= process_cpu_seconds(os.getpid()) - before <= 1.0
+
+
 def test_bench_deployment_cpu_verdict_is_the_most_members_over_one() -> None:
     median = {"1": {"cpu_us_per_transfer": 400.0}, "3": {"cpu_us_per_transfer": 436.0}}
     assert {"members": 3, "cpu_ratio_to_1": 1.09, "within_10pct": True} == cpu_verdict(median)
@@ -77,7 +94,8 @@ def test_bench_deployment_members_drain_exactly_once_and_a_killed_member_loses_n
     none lost, every one completed, the killed member's partitions processed again by another; the restore bench's
     figures in the same JSON."""
     out = tmp_path / "deployment.json"
-    argv = ["--n", str(N), "--members", "1,2", "--failover-n", str(FAILOVER_N), "--bootstrap", kafka_bootstrap]
+    argv = ["--n", str(N), "--members", "1,2", "--failover-n", str(FAILOVER_N), "--idle-seconds", "1"]
+    argv += ["--bootstrap", kafka_bootstrap]
     restore = ["--restore", "--restore-children", "200", "--restore-parked", "20", "--restore-repeats", "1"]
     assert 0 == main([*argv, *restore, "--out", str(out)])
 
@@ -104,5 +122,7 @@ def test_bench_deployment_members_drain_exactly_once_and_a_killed_member_loses_n
     assert f["delivered_twice"] == f["twice_after_the_kill"] <= f["killed_member_wrote"]
     assert f["killed_after_transfers"] >= FAILOVER_N // 3
     assert isinstance(f["within_10_s"], bool)
+    assert 3 == len(f["idle_cpu_s_per_s_per_member"])
+    assert all(0 < c < 2 for c in f["idle_cpu_s_per_s_per_member"]), "a member polls and heartbeats when idle"
     assert result["restore"]["median"]["all"]["lifecycle_entries"] == 200
     assert isinstance(result["verdicts"]["restore_within_5_s"], bool)
