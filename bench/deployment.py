@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -52,13 +51,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout whose venv predates bench/
-    sys.path.insert(0, str(ROOT))
-
-from bench import restore as restore_bench  # noqa: E402
-from bench._workload import BenchCheckFailed, LedgerReader, Workload  # noqa: E402
-from bench.router_vs_pipe import (  # noqa: E402
+from bench import restore as restore_bench
+from bench._workload import BenchCheckFailed, LedgerReader, Workload
+from bench.router_vs_pipe import (
+    RESULTS,
     Bench,
     _committed_total,
     _load,
@@ -67,10 +63,11 @@ from bench.router_vs_pipe import (  # noqa: E402
     machine,
     produce,
     produce_records,
+    write_result,
 )
-from bench.router_vs_pipe import parse as bench_parse  # noqa: E402
-from router import Topics  # noqa: E402
-from router._reading import partition_for  # noqa: E402
+from bench.router_vs_pipe import parse as bench_parse
+from router import Topics
+from router._reading import partition_for
 
 PARTITIONS = 6
 #: CPU per transfer with 3 members within this factor of 1 member's (issue 16)
@@ -402,7 +399,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="INFO", help="the members' log level (their JSON lines go to /dev/null)")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deployment.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "deployment.json")
     args = p.parse_args(argv)
     if args.failover_n is None:
         args.failover_n = args.n
@@ -415,9 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     result = parent_main(args)
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, result)
     return 0
 
 

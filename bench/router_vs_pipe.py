@@ -82,6 +82,7 @@ from router.app import ensure_topics  # noqa: E402
 from router.settings import RetrySettings, TopicSettings  # noqa: E402
 
 VARIANTS = ("raw", "pydantic", "floor", "router")
+RESULTS = ROOT / "bench" / "results"
 RESULT = "BENCH-RESULT "
 READY = "BENCH-READY"
 BATCH = 500  # the router's default batch size; the raw pipe takes the same
@@ -1084,7 +1085,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--bootstrap", default=None, help="a broker to use (default: KAFKA_BOOTSTRAP_SERVERS, else start one)"
     )
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     p.add_argument("--log-level", default="INFO", help="the router's log level (its JSON lines go to /dev/null)")
     p.add_argument("--profile", type=Path, default=None, help="cProfile the router runs into this file (slower)")
     p.add_argument(
@@ -1126,11 +1127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             run(child_main(args))
         return 0
-    result = asyncio.run(parent_main(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, asyncio.run(parent_main(args)))
     return 0
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """The run's figures as JSON (under ``bench/results/`` by default), and where they went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {path}")
 
 
 if __name__ == "__main__":
