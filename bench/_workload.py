@@ -11,10 +11,14 @@ Each record carries its sequence number in the ``bench.seq`` header. A run prove
 from __future__ import annotations
 
 import json
+import os
 import random
+import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 from contracts import SYNTHETIC_NHS_NUMBERS, SYNTHETIC_UPNS, UPN_LETTERS, synthetic_nhs_number, synthetic_upn
@@ -151,10 +155,14 @@ class Workload:
             d["content"] = self._text(rng, share)
         return doc
 
+    def key(self, seq: int) -> bytes:
+        """Record ``seq``'s Kafka key: its child, ``lcs:<first identifier>`` (as the LCS publisher keys it)."""
+        ident = seq if self.pool is None else seq % self.pool
+        return f"lcs:LCS-B{ident}".encode()
+
     def record(self, seq: int) -> Record:
-        doc = self.document(seq)
-        key = doc["child"]["identifiers"][0]
-        return Record(f"lcs:{key['id']}".encode(), json.dumps(doc).encode(), [(SEQ_HEADER, str(seq).encode())])
+        # keyed by the document's child (the router refuses a record keyed otherwise: ``flow.keyed``)
+        return Record(self.key(seq), json.dumps(self.document(seq)).encode(), [(SEQ_HEADER, str(seq).encode())])
 
     def records(self, start: int, stop: int) -> Iterator[Record]:
         for seq in range(start, stop):
@@ -201,3 +209,44 @@ class SeqCounter:
                 f"{len(missing)} missing (first {missing[:5]}), {len(duplicated)} duplicated "
                 f"(first {duplicated[:5]}), {self.out_of_range} out of range"
             )
+
+
+class Ledger:
+    """What one router member's target wrote, appended to a file one ``write(2)`` a line, so that it outlives a
+    SIGKILL: ``<seq> <unix time>`` for every write (created or not: a second write is a delivery twice)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def wrote(self, seq: int) -> None:
+        os.write(self.fd, b"%d %.4f\n" % (seq, time.time()))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class LedgerReader:
+    """A member's ledger read as it grows (complete lines only: a SIGKILL may cut the last one)."""
+
+    path: Path
+    #: how often each sequence number was written
+    writes: Counter[int] = field(default_factory=Counter)
+    #: (unix time, sequence number) of each write, in order
+    times: list[tuple[float, int]] = field(default_factory=list)
+    _offset: int = 0
+
+    def poll(self) -> LedgerReader:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return self
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        for line in chunk[:end].splitlines():
+            seq, _, at = line.partition(b" ")
+            self.writes[int(seq)] += 1
+            self.times.append((float(at), int(seq)))
+        return self

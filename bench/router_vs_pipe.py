@@ -46,7 +46,7 @@ import sys
 import time
 import uuid
 from array import array
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +63,7 @@ from aiokafka.structs import ConsumerRecord  # noqa: E402
 
 from bench._workload import (  # noqa: E402
     BenchCheckFailed,
+    Ledger,
     Record,
     SeqCounter,
     Workload,
@@ -78,9 +79,10 @@ from router import Settings, Topics, build_router  # noqa: E402
 from router._lifecycle import CompletedTransfers  # noqa: E402
 from router._outbox import Outbox, Queued  # noqa: E402
 from router.app import ensure_topics  # noqa: E402
-from router.settings import RetrySettings  # noqa: E402
+from router.settings import RetrySettings, TopicSettings  # noqa: E402
 
 VARIANTS = ("raw", "pydantic", "floor", "router")
+RESULTS = ROOT / "bench" / "results"
 RESULT = "BENCH-RESULT "
 READY = "BENCH-READY"
 BATCH = 500  # the router's default batch size; the raw pipe takes the same
@@ -420,12 +422,17 @@ class BenchTarget(Target):
 
     system: ClassVar[CaseSystem] = CaseSystem.EHM
 
-    def __init__(self, counter: SeqCounter) -> None:
+    def __init__(self, counter: SeqCounter, ledger: Ledger | None = None) -> None:
         self.counter = counter
         self.written: dict[str, str] = {}
+        #: members runs: every write also on a file, which outlives a SIGKILL (bench/deployment.py's failover)
+        self.ledger = ledger
 
     async def deliver(self, transfer: TransferMessage, route: Route) -> Receipt:
-        self.counter.add(seq_of_message_id(transfer.message_id))
+        seq = seq_of_message_id(transfer.message_id)
+        self.counter.add(seq)
+        if self.ledger is not None:
+            self.ledger.wrote(seq)
         created = transfer.transfer_id not in self.written
         if created:
             self.written[transfer.transfer_id] = f"MEM-{transfer.transfer_id}"
@@ -470,8 +477,11 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
         group_id=args.group,
         input_topic=args.topic,
         retry=RetrySettings(),
+        # the router's own topics as many partitions as the input topic: it refuses to run otherwise (co-partitioned)
+        topic_config=TopicSettings(partitions=args.partitions),
     )
-    target, source = BenchTarget(counter), MemorySource()
+    ledger = Ledger(args.ledger) if args.ledger else None
+    target, source = BenchTarget(counter, ledger), MemorySource()
     router = build_router(settings, {CaseSystem.EHM: target}, {CaseSystem.LCS: source})
     finished = asyncio.Event()
     handle_batch = router._on_batch
@@ -523,9 +533,11 @@ async def run_router(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await router.stop()
     if args.members:
-        if set(router.outcomes) - {"completed"}:
+        # a duplicate: a record another member completed (its outputs acknowledged) but had not committed when its
+        # partition moved here; written off, not delivered (router/_lifecycle.py)
+        if set(router.outcomes) - {"completed", "duplicate"}:
             raise BenchCheckFailed(f"router member: outcomes other than completed: {dict(router.outcomes)}")
-        return _member_figures(clock, counter, progress[0])
+        return {**_member_figures(clock, counter, progress[0]), "outcomes": dict(router.outcomes)}
     counter.check("router")
     outcomes = dict(router.outcomes)
     if outcomes != {"completed": n}:
@@ -577,14 +589,18 @@ async def child_main(args: argparse.Namespace) -> None:
 
 async def produce(bootstrap: str, topic: str, workload: Workload, n: int) -> None:
     """Pre-fill: n records as fast as the broker takes them."""
+    await produce_records(bootstrap, topic, workload.records(0, n))
+
+
+async def produce_records(bootstrap: str, topic: str, records: Iterable[Record]) -> None:
+    """The records, as fast as the broker takes them (keyed by child: the default partitioner, murmur2)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1024 * 1024, max_request_size=2**22
     )
     await producer.start()
     try:
         pending = []
-        for seq in range(n):
-            r = workload.record(seq)
+        for r in records:
             pending.append(await producer.send(topic, r.value, key=r.key, headers=r.headers))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
@@ -772,26 +788,41 @@ class Bench:
         }
         return {"partitions": a.members_partitions, "members": a.members, "runs": runs, "median": median}
 
-    async def run_members(self, variant: str, topic: str, n: int, k: int, label: str) -> dict[str, Any]:
-        """k processes in one fresh group drain the topic; done when the group's committed offsets cover it."""
+    def start_members(
+        self, variant: str, topic: str, n: int, k: int, label: str, extra: Callable[[int], list[str]] = lambda i: []
+    ) -> tuple[str, list[Child], float]:
+        """k processes of one fresh group (member i with ``extra(i)``), each started and assigned partitions."""
         run_id = f"{self.prefix}-{label}-{variant}-x{k}"
         timeout = max(300.0, n / 100)
-        extra = ["--members", str(k), "--group", run_id, "--run-prefix", run_id, "--timeout", str(timeout)]
-        load = _load()
-        children = [Child(variant, self.common(topic, n), extra, timeout) for _ in range(k)]
+        common = [
+            "--members", str(k), "--group", run_id, "--run-prefix", run_id, "--timeout", str(timeout),
+            "--partitions", str(self.args.members_partitions),
+        ]  # fmt: skip
+        children = [Child(variant, self.common(topic, n), [*common, *extra(i)], timeout) for i in range(k)]
         for child in children:
             child.wait_ready()
+        return run_id, children, timeout
+
+    async def until_committed(self, run_id: str, topic: str, n: int, timeout: float, what: str) -> float:
+        """Until the group's committed offsets cover the topic's n records; the time (``time.time()``) they did."""
         deadline = time.monotonic() + timeout
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
             while (committed := await _committed_total(self.bootstrap, run_id, topic, admin)) < n:
                 if time.monotonic() > deadline:
-                    raise BenchCheckFailed(f"{variant} x{k}: the group committed {committed} of {n} in {timeout:.0f} s")
+                    raise BenchCheckFailed(f"{what}: the group committed {committed} of {n} in {timeout:.0f} s")
                 await asyncio.sleep(0.02)
-            done_at = time.time()
+            return time.time()
         finally:
             await admin.close()
+
+    async def run_members(self, variant: str, topic: str, n: int, k: int, label: str) -> dict[str, Any]:
+        """k processes in one fresh group drain the topic; done when the group's committed offsets cover it."""
+        load = _load()
+        run_id, children, timeout = self.start_members(variant, topic, n, k, label)
+        done_at = await self.until_committed(run_id, topic, n, timeout, f"{variant} x{k}")
+        committed = await _committed_total(self.bootstrap, run_id, topic)
         for child in children:
             child.proc.send_signal(signal.SIGUSR1)
         shares = [child.result() for child in children]
@@ -816,6 +847,7 @@ class Bench:
             "cpu_us_per_msg": round(cpu / n * 1e6, 1),
             "peak_rss_mb": max(sh["peak_rss_mb"] for sh in shares),
             "records_per_member": [sh["records"] for sh in shares],
+            "member_shares": [member_share(sh) for sh in shares],
             "verified": True,
         }
 
@@ -831,6 +863,19 @@ class Bench:
         r = self.run_child("router", topic, a.soak_n, "soak", ["--sample-rss"], timeout=a.soak_n / 100)
         samples = r.pop("rss_samples")
         return {"messages": a.soak_n, "pool": SOAK_POOL, **r, **soak_summary(samples), "rss_samples": samples}
+
+
+def member_share(share: dict[str, Any]) -> dict[str, Any]:
+    """One member's figures: the transfers its target wrote, its CPU (from its first record) and CPU per transfer."""
+    delivered = sum(bytes.fromhex(share["counts"]))
+    return {
+        "delivered": delivered,
+        "records": share["records"],
+        "cpu_seconds": share["cpu_seconds"],
+        "cpu_us_per_transfer": round(share["cpu_seconds"] / delivered * 1e6, 1) if delivered else None,
+        "peak_rss_mb": share["peak_rss_mb"],
+        **({"outcomes": share["outcomes"]} if "outcomes" in share else {}),
+    }
 
 
 def soak_summary(samples: Sequence[Sequence[float]]) -> dict[str, Any]:
@@ -1040,7 +1085,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--bootstrap", default=None, help="a broker to use (default: KAFKA_BOOTSTRAP_SERVERS, else start one)"
     )
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     p.add_argument("--log-level", default="INFO", help="the router's log level (its JSON lines go to /dev/null)")
     p.add_argument("--profile", type=Path, default=None, help="cProfile the router runs into this file (slower)")
     p.add_argument(
@@ -1058,6 +1103,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     p.add_argument("--paced", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sample-rss", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--partitions", type=int, default=3, help=argparse.SUPPRESS)  # the input topic's
+    p.add_argument("--ledger", type=Path, default=None, help=argparse.SUPPRESS)  # members: the target's writes
     return p.parse_args(argv)
 
 
@@ -1080,11 +1127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             run(child_main(args))
         return 0
-    result = asyncio.run(parent_main(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, asyncio.run(parent_main(args)))
     return 0
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """The run's figures as JSON (under ``bench/results/`` by default), and where they went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {path}")
 
 
 if __name__ == "__main__":
