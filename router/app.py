@@ -187,7 +187,7 @@ class Router:
         self._closing = False
         # co-partitioned (router/_assignor.py): partition p of the transfers topic and of every tier belongs to
         # one process of the group, which holds the retry state of exactly its partitions
-        self.assignor = for_instance()
+        self.assignor = for_instance(topics=[self.topics.transfers, *map(self.topics.retry, range(len(self.tiers)))])
         #: partition number -> the topics whose partition of that number this process owns now
         self._owners: dict[int, set[str]] = defaultdict(set)
         #: (topic, partition) -> how many times it was revoked: a batch's record is handled only if unchanged
