@@ -145,13 +145,14 @@ class _SettleOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self.tier = tier
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.router._revoked(self.topic, {tp.partition for tp in revoked})
+        gone = self.router._revoked(self.topic, {tp.partition for tp in revoked})
         # the batch in hand stops at its next record of a revoked partition; what it completed is written before
         # the partitions move, so their new owner restores it (its records are not committed: it reads them again,
         # and finds them completed)
         await self.router._batch_finished(self.tier)
         with contextlib.suppress(Exception):  # a failed batch has halted the router; the rebalance goes on
             await self.router._settle_tier(self.tier)
+        await self.router._forget(gone)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.router._assigned(self.topic, {tp.partition for tp in assigned})
@@ -267,9 +268,10 @@ class Router:
                 pass
             await asyncio.sleep(0.02)
 
-    def _revoked(self, topic: str, partitions: set[int]) -> None:
-        """Partitions of ``topic`` revoked: records of them still in a batch are not handled (nor committed); the
-        retry state of partitions this process owns under no topic any more is forgotten."""
+    def _revoked(self, topic: str, partitions: set[int]) -> list[int]:
+        """Partitions of ``topic`` revoked: records of them still in a batch are not handled (nor committed).
+        Returns the partitions this process owns under no topic any more: their state is forgotten (``_forget``)
+        once the batches in hand finished."""
         gone = []
         for p in partitions:
             self._epochs[(topic, p)] += 1
@@ -279,6 +281,18 @@ class Router:
                 if not owners:
                     del self._owners[p]
                     gone.append(p)
+        return gone
+
+    async def _forget(self, gone: list[int]) -> None:
+        """The retry state and completed transfers of partitions no longer owned, forgotten once every batch in
+        hand has finished: a record of theirs still in progress when they were revoked completes with its child's
+        state as it was (a completion written from a table already emptied would name only itself, and the new
+        owner would restore a child's completed transfers without the earlier ones)."""
+        if not gone:
+            return
+        for tier in list(self._handling):
+            await self._batch_finished(tier)
+        gone = [p for p in gone if p not in self._owners]  # not assigned again meanwhile
         if gone:
             forgotten = self.retry_state.drop(gone)
             self.completed.drop(gone)

@@ -15,17 +15,17 @@ import itertools
 import json
 import time
 from collections import Counter
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
 from casebridge.localdeploy import Events, RunningDeployment
-from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
+from casebridge.scenarios import LcsSandboxClient
 from connectors._cursors import FileCursor, KafkaCursors
 from router import topics as deployment_topics
 from router.settings import Topics, TopicSettings
 from tests.support import read
-from tests.test_many_routers import deployment, log_lines
+from tests.test_many_routers import Deployment, deployment, log_lines
 
 
 async def _records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
@@ -55,6 +55,21 @@ async def _settled(runs: list[RunningDeployment], timeout: float) -> list[Runnin
         await asyncio.sleep(0.2)
 
 
+async def _two_processes(d: Deployment) -> tuple[RunningDeployment, RunningDeployment]:
+    """Two `casebridge run` processes of the deployment, once one owns the feeds: (the owner, the other)."""
+    d.start(2)
+    owning = await _settled(d.runs, timeout=30)
+    assert len(owning) == 1, f"one process owns the feeds: {[_owning(r) for r in d.runs]}"
+    [owner] = owning
+    return owner, next(r for r in d.runs if r is not owner)
+
+
+def _requests(lcs: LcsSandboxClient, n: int) -> list[str]:
+    """N step-down requests made in LCS (each of a new child): the transfer ids the LCS publisher gives them."""
+    ids = [lcs.request_stepdown(lcs.create_child(locality="North")) for _ in range(n)]
+    return [f"north-somerset-lcs-{r}".lower() for r in ids]
+
+
 def _never_two_owners(runs: list[RunningDeployment]) -> None:
     """From the runs' logs: no two processes ever ran the feeds at the same time (each one's owned-to-released
     spans are disjoint from every other one's)."""
@@ -73,19 +88,13 @@ async def test_two_processes_publish_each_request_once_and_the_other_takes_the_f
 ) -> None:
     transfers = f"{topic_prefix}.transfers"
     with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
-        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
-        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
-        d.start(2)
-        owning = await _settled(d.runs, timeout=30)
-        assert len(owning) == 1, f"one process owns the feeds: {[_owning(r) for r in d.runs]}"
-        [owner] = owning
-        other = next(r for r in d.runs if r is not owner)
+        lcs, ehm = d.clients(clients)
+        owner, other = await _two_processes(d)
         owned = log_lines(owner, "feeds_owned")[-1]  # (the feeds may have moved at the second one's join)
         assert "LcsPublisher" in owned["feeds"] and "DecisionReporter" in owned["feeds"]
 
         def requests(n: int) -> list[str]:
-            ids = [lcs.request_stepdown(lcs.create_child(locality="North")) for _ in range(n)]
-            return [f"north-somerset-lcs-{r}".lower() for r in ids]
+            return _requests(lcs, n)
 
         first = requests(5)
         events = Events(kafka_bootstrap, f"{topic_prefix}.events")
@@ -166,17 +175,11 @@ async def test_when_the_feed_owner_is_killed_the_other_process_takes_the_feeds_o
     kill may be published twice (published, cursor not yet moved on): each is still delivered once, the copy being
     a ``duplicate`` (the completed transfers are state per partition). None is lost."""
     with deployment(tmp_path, kafka_bootstrap, topic_prefix) as d, ExitStack() as clients:
-        lcs = clients.enter_context(closing(LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)))
-        ehm = clients.enter_context(closing(EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)))
-        d.start(2)
-        owning = await _settled(d.runs, timeout=30)
-        assert len(owning) == 1, f"one process owns the feeds: {[_owning(r) for r in d.runs]}"
-        [owner] = owning
-        other = next(r for r in d.runs if r is not owner)
+        lcs, ehm = d.clients(clients)
+        owner, other = await _two_processes(d)
 
         def requests(n: int) -> list[str]:
-            ids = [lcs.request_stepdown(lcs.create_child(locality="North")) for _ in range(n)]
-            return [f"north-somerset-lcs-{r}".lower() for r in ids]
+            return _requests(lcs, n)
 
         first = requests(5)
         events = Events(kafka_bootstrap, f"{topic_prefix}.events")
