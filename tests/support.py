@@ -182,3 +182,25 @@ def as_assigned(router: Router, topic: str, partitions: Iterable[int]) -> None:
     tests that hand it batches directly, with no group): it handles no record of a partition it does not own."""
     for p in partitions:
         router._owners[p].add(topic)
+
+
+def map_stage_headers(position: int = 7) -> list[tuple[str, bytes]]:
+    """The headers a publisher (feed ``probe-changes``, North Somerset) puts on a map-stage dead letter of the
+    source record at ``position`` that could not be mapped (``MappingError`` naming NS-6)."""
+    from connectors._feed import FeedPublisher, Mapped
+    from contracts import Council
+    from mappings import MappingError
+
+    class Probe(FeedPublisher):
+        feed, what = "probe-changes", "probe"
+
+        async def collect(self, after: int) -> tuple[list[Any], int]:
+            return [], after
+
+        def mapping(self, source: dict[str, Any], position: int) -> Mapped:
+            raise AssertionError("not called")
+
+    probe = Probe.__new__(Probe)
+    probe.council = Council.NORTH_SOMERSET
+    failure = MappingError("probe.toml: field x (rule)", rule_ids=("NS-6",))
+    return probe._map_failure_headers(Mapped("t-1", b"k", lambda: None), failure, position)  # type: ignore[arg-type, return-value, no-any-return]

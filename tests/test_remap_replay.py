@@ -15,15 +15,14 @@ import json
 import sqlite3
 import struct
 from pathlib import Path
-from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
 from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
 from connectors import kafka as clients
-from contracts import Council, TransferReplayed, synthetic_nhs_number, synthetic_upn
-from mappings import MappingError
+from contracts import TransferReplayed, synthetic_nhs_number, synthetic_upn
 from tests.deployed import deployed, types
+from tests.support import map_stage_headers
 
 BAD_UPN = "abc1234567890"
 UPN_RULE = "child.upn: string_pattern_mismatch"
@@ -170,23 +169,10 @@ async def test_map_stage_dead_letter_replayed_after_the_fix_is_delivered_once_an
 def test_the_asyncapi_document_declares_the_remap_topic_and_every_map_stage_dead_letter_header() -> None:
     """What the publisher writes on a map-stage dead letter (and Spring's headers) is declared, and the remap
     topic is a channel created as transfers are (7 days)."""
-    from connectors._feed import FeedPublisher, Mapped
     from monitor._asyncapi import asyncapi_document
     from router.settings import Topics
 
-    class Probe(FeedPublisher):
-        feed, what = "probe-changes", "probe"
-
-        async def collect(self, after: int) -> tuple[list[Any], int]:
-            return [], after
-
-        def mapping(self, source: dict[str, Any], position: int) -> Mapped:
-            raise AssertionError("not called")
-
-    probe = Probe.__new__(Probe)
-    probe.council = Council.NORTH_SOMERSET
-    failure = MappingError("probe.toml: field x (rule)", rule_ids=("NS-6",))
-    written = {k for k, _ in probe._map_failure_headers(Mapped("t-1", b"k", lambda: None), failure, 7)}  # type: ignore[arg-type, return-value]
+    written = {k for k, _ in map_stage_headers(7)}
     doc = asyncapi_document()
     messages = doc["components"]["messages"]
     for name in ("DeadLetter", "ParkedDeadLetter"):

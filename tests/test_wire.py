@@ -9,14 +9,13 @@ import struct
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
 from connectors.memory import MemorySource, MemoryTarget
-from contracts import CaseSystem, Council, TransferMessage, parse_event, wire
+from contracts import CaseSystem, TransferMessage, parse_event, wire
 from router import Topics
-from tests.support import EXAMPLES, count_type, ns_transfer, produce, read, running_router
+from tests.support import EXAMPLES, count_type, map_stage_headers, ns_transfer, produce, read, running_router
 
 ROOT = Path(__file__).parent.parent
 #: the packages that produce and read Kafka records (and the benchmark, which writes and reads them as they do)
@@ -111,22 +110,7 @@ def test_the_retry_tiers_write_and_read_back_exactly_wires_retry_headers() -> No
 
 
 def test_a_publishers_map_stage_dead_letter_carries_exactly_wires_map_stage_headers() -> None:
-    from connectors._feed import FeedPublisher, Mapped
-    from mappings import MappingError
-
-    class Probe(FeedPublisher):
-        feed, what = "probe-changes", "probe"
-
-        async def collect(self, after: int) -> tuple[list[Any], int]:
-            return [], after
-
-        def mapping(self, source: dict[str, Any], position: int) -> Mapped:
-            raise AssertionError("not called")
-
-    probe = Probe.__new__(Probe)
-    probe.council = Council.NORTH_SOMERSET
-    failure = MappingError("probe.toml: field x (rule)", rule_ids=("NS-6",))
-    headers = probe._map_failure_headers(Mapped("t-1", b"k", lambda: None), failure, 7)  # type: ignore[arg-type, return-value]
+    headers = map_stage_headers(7)
     assert list(wire.MAP_STAGE_HEADERS) == [k for k, _ in headers]
     h = dict(headers)
     assert (b"map", b"probe-changes/north-somerset", b"7") == (
