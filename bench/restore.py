@@ -33,7 +33,6 @@ import asyncio
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,12 +50,13 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout whose venv pred
     sys.path.insert(0, str(ROOT))
 
 from bench._workload import BenchCheckFailed  # noqa: E402
-from bench.router_vs_pipe import _load, broker  # noqa: E402
+from bench.router_vs_pipe import RESULTS, _load, _peak_rss_mb, broker, write_result  # noqa: E402
 from connectors import kafka as clients  # noqa: E402
 from router._lifecycle import CompletedTransfers, content_digest  # noqa: E402
 from router._reading import partition_for  # noqa: E402
 from router._retry import Parked, RetryState  # noqa: E402
 from router.app import ensure_topics  # noqa: E402
+from router.settings import Topics  # noqa: E402
 
 PARTITIONS = 6
 SCOPES: dict[str, list[int]] = {"all": list(range(PARTITIONS)), "third": [0, 3]}
@@ -112,23 +112,6 @@ def parked(n: int, topic: str) -> tuple[bytes, Parked]:
 # ================================================================== writing the topics
 
 
-@dataclass(frozen=True)
-class Topics:
-    prefix: str
-
-    @property
-    def lifecycle(self) -> str:
-        return f"{self.prefix}.lifecycle"
-
-    @property
-    def retry_state(self) -> str:
-        return f"{self.prefix}.retry-state"
-
-    @property
-    def transfers(self) -> str:
-        return f"{self.prefix}.transfers"
-
-
 async def write_state(bootstrap: str, topics: Topics, children: int, parked_children: int, second_every: int) -> int:
     """Create the two compacted topics (6 partitions) and write the state; returns the records written."""
     await ensure_topics(bootstrap, [], compacted=[topics.lifecycle, topics.retry_state], partitions=PARTITIONS)
@@ -160,10 +143,6 @@ def _vm_rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 async def restore(bootstrap: str, topics: Topics, partitions: list[int]) -> tuple[CompletedTransfers, RetryState, int]:
@@ -387,7 +366,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a run may take")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "restore.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "restore.json")
     # one run's own process (internal)
     p.add_argument("--child", dest="scope", choices=sorted(SCOPES), help=argparse.SUPPRESS)
     p.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -402,9 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     result = parent_main(args)
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, result)
     return 0
 
 

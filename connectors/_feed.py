@@ -37,8 +37,6 @@ log = structlog.get_logger("casebridge.connectors")
 #: above this (key, value and headers), a dead letter carries its record by reference only (no value): under Kafka's
 #: default 1 MiB limits with room for the batch's own overhead, so writing it can never stop the writer
 MAX_DEAD_LETTER_BYTES = 1_000_000
-H_BY_REFERENCE = wire.DLQ_BY_REFERENCE  # (the header names are contracts.wire's)
-H_ORIGINAL_SIZE = wire.DLQ_ORIGINAL_SIZE
 
 
 #: how to build a producer again like each idempotent producer made here (``renew_producer``)

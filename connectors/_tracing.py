@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from contracts import wire
 
@@ -27,6 +27,21 @@ TRACER = trace.get_tracer("casebridge")
 _PROPAGATED = wire.TRACE_HEADERS
 _active = False
 _provider: Any = None
+
+
+@contextlib.contextmanager
+def _span(name: str, **options: Any) -> Iterator[Span]:
+    """A span whose error is its class only: an exception leaving it is neither recorded as a span event nor written
+    into its status (OpenTelemetry's defaults do both), since its text may carry a URL or a record's values; the
+    span says ``error.type`` and an error status instead."""
+    with TRACER.start_as_current_span(name, record_exception=False, set_status_on_exception=False, **options) as span:
+        try:
+            yield span
+        except Exception as exc:
+            if "error.type" not in (getattr(span, "attributes", None) or {}):  # a connector may have named it
+                span.set_attribute("error.type", type(exc).__name__)
+            span.set_status(Status(StatusCode.ERROR))
+            raise
 
 
 def active() -> bool:
@@ -83,9 +98,7 @@ def publishing(transfer_id: str | None, publisher: str, topic: str) -> Iterator[
         return
     attributes = {"casebridge.transfer_id": transfer_id or "", "casebridge.publisher": publisher}
     attributes["messaging.destination.name"] = topic
-    with TRACER.start_as_current_span(
-        "casebridge publish", kind=SpanKind.PRODUCER, attributes=attributes, record_exception=False
-    ) as span:
+    with _span("casebridge publish", kind=SpanKind.PRODUCER, attributes=attributes) as span:
         yield span
 
 
@@ -104,9 +117,7 @@ def handling(
         "messaging.destination.name": topic,
         "messaging.kafka.destination.partition": partition,
     }
-    with TRACER.start_as_current_span(
-        "casebridge route", context=parent, kind=SpanKind.CONSUMER, attributes=attributes, record_exception=False
-    ) as span:
+    with _span("casebridge route", context=parent, kind=SpanKind.CONSUMER, attributes=attributes) as span:
         yield span
 
 
@@ -117,5 +128,5 @@ def calling(system: str, operation: str) -> Iterator[Span | None]:
         yield None
         return
     attributes = {"casebridge.system": system, "casebridge.operation": operation}
-    with TRACER.start_as_current_span(f"{system} {operation}", kind=SpanKind.CLIENT, attributes=attributes) as span:
+    with _span(f"{system} {operation}", kind=SpanKind.CLIENT, attributes=attributes) as span:
         yield span

@@ -22,7 +22,7 @@ from router.deadletters import (
     DeadLetter,
     Outcomes,
     Status,
-    _partitions,
+    first_offsets,
     list_dead_letters,
     outcomes_from_topics,
 )
@@ -481,22 +481,6 @@ class Listing:
         if gone != (dead_letter_id in self.expired):
             (self.expired.add if gone else self.expired.discard)(dead_letter_id)
             self.dirty.add(dead_letter_id)
-
-
-async def first_offsets(kafka: Kafka, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-    """The first offset now of each of these partitions that exists (one metadata request, one offsets request:
-    the cost of a round's expired-or-erased check, whatever the number of dead letters)."""
-    cluster = await _partitions(kafka)
-    there = sorted({tp for tp in partitions if tp.partition in cluster.get(tp.topic, ())})
-    if not there:
-        return {}
-    consumer = clients.consumer(kafka, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(there)  # the consumer learns these topics' leaders
-        return dict(await consumer.beginning_offsets(there))
-    finally:
-        await consumer.stop()
 
 
 def full_listing(store: Store, letters: list[DeadLetter], expired: frozenset[str]) -> list[dict[str, Any]]:

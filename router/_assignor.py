@@ -66,7 +66,7 @@ class CoPartitionedAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         # each assignment names its member's process too: a group described by an operator's tool (the broker
         # keeps assignments, not the members' metadata) counts processes, not members (router.deadletters)
         return {
-            member: ConsumerProtocolMemberAssignment(cls.version, sorted(plan.get(member, {}).items()), instance)
+            member: ConsumerProtocolMemberAssignment(cls.version, sorted(plan[member].items()), instance)
             for member, instance in instances.items()
         }
 

@@ -41,9 +41,7 @@ from ._fencing import RECHECK_SECONDS
 from ._retry import H_REPLAY_OF, Origin, header, original_headers
 
 log = structlog.get_logger("casebridge.router")
-DLQ_PREFIX = wire.DLQ_PREFIX
 Queued = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
-_EVENT_HEADERS: dict[str, list[tuple[str, bytes]]] = {}
 CHUNK = 500  # queued writes handed to the producer together (about 80 transfers' worth)
 LINGER = 0.01  # seconds a queued write waits at most for more, while writes keep coming (latency)
 STALL = RECHECK_SECONDS  # no write queued for this long with some waiting: the process may have been paused
@@ -115,14 +113,6 @@ def dead_letter_headers(
     return original + [(k, v.encode()) for k, v in zip(wire.DLQ_HEADERS, context, strict=True)] + spring
 
 
-def _event_headers(event_type: str) -> list[tuple[str, bytes]]:
-    """``contracts.wire.event_headers``, one dict lookup away (five events a transfer)."""
-    headers = _EVENT_HEADERS.get(event_type)
-    if headers is None:  # one list per event type, shared: the producer only reads headers
-        headers = _EVENT_HEADERS[event_type] = wire.event_headers(event_type)
-    return headers
-
-
 class Outbox:
     def __init__(
         self,
@@ -182,14 +172,11 @@ class Outbox:
         """Queue an event (keyed as ``contracts.wire.event_key``: by transfer id); sent at the next hand-over."""
         # the model's own serializer straight to bytes: model_dump_json() to the byte, without the str round trip
         value = event.__pydantic_serializer__.to_json(event)
-        await self._queue(self._events_topic, wire.event_key(event), value, _event_headers(event.event_type))
+        await self._queue(self._events_topic, wire.event_key(event), value, wire.event_headers(event.event_type))
 
     async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
         """Queue an event already serialised (the bytes ``model_dump_json`` gives), keyed by its transfer id."""
-        headers = _EVENT_HEADERS.get(event_type)  # ``_event_headers``, inline: the hot path
-        if headers is None:
-            headers = _event_headers(event_type)
-        await self._queue(self._events_topic, transfer_id.encode(), value, headers)
+        await self._queue(self._events_topic, transfer_id.encode(), value, wire.event_headers(event_type))
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
         """To the dead-letter topic; a replayed message that failed again goes to the parking topic instead.

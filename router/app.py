@@ -188,7 +188,10 @@ class Router:
         self._closing = False
         # co-partitioned (router/_assignor.py): partition p of the transfers topic and of every tier belongs to
         # one process of the group, which holds the retry state of exactly its partitions
-        self.assignor = for_instance(topics=[self.topics.transfers, *map(self.topics.retry, range(len(self.tiers)))])
+        # (topic, tier, delay): the transfers topic, then each retry tier
+        subscriptions: list[tuple[str, int | None, float]] = [(self.topics.transfers, None, 0.0)]
+        subscriptions += [(self.topics.retry(tier), tier, delay) for tier, delay in enumerate(self.tiers)]
+        self.assignor = for_instance(topics=[topic for topic, _, _ in subscriptions])
         #: partition number -> the topics whose partition of that number this process owns now
         self._owners: dict[int, set[str]] = defaultdict(set)
         #: (topic, partition) -> how many times it was revoked: a batch's record is handled only if unchanged
@@ -199,9 +202,8 @@ class Router:
         #: per subscriber: its consumer, as the last batch came from it (whose membership the outbox's gate asks)
         self._consumers: dict[int | None, Any] = {}
         self.outbox.gate = self._still_member
-        self._subscribe(self.topics.transfers, None)
-        for tier, delay in enumerate(self.tiers):
-            self._subscribe(self.topics.retry(tier), tier, delay)
+        for topic, tier, delay in subscriptions:
+            self._subscribe(topic, tier, delay)
 
     def _subscribe(self, topic: str, tier: int | None, delay: float = 0.0) -> None:
         # every subscriber in the one group: the assignor can only co-partition what one group's leader assigns
@@ -290,8 +292,7 @@ class Router:
         owner would restore a child's completed transfers without the earlier ones)."""
         if not gone:
             return
-        for tier in list(self._handling):
-            await self._batch_finished(tier)
+        await asyncio.gather(*(self._batch_finished(tier) for tier in list(self._handling)))
         gone = [p for p in gone if p not in self._owners]  # not assigned again meanwhile
         if gone:
             forgotten = self.retry_state.drop(gone)
@@ -426,8 +427,11 @@ class Router:
     async def _still_member(self) -> str | None:
         """The outbox's gate (``Outbox.gate``): None while every subscriber's membership holds, else why not (and
         this member is fenced)."""
-        for tier, consumer in list(self._consumers.items()):
-            if not await self._members[tier].current(consumer):
+        subscribers = list(self._consumers.items())
+        # asked together: a subscriber idle past the lease's recheck costs one heartbeat, not one after another
+        current = await asyncio.gather(*(self._members[tier].current(consumer) for tier, consumer in subscribers))
+        for (tier, _), still in zip(subscribers, current, strict=True):
+            if not still:
                 self._fence(tier)
                 return self.outbox.fenced
         return None
@@ -459,10 +463,10 @@ class Router:
             # the transfer's trace (its publisher's, from the record's headers): each case system call a child
             with tracing.handling(correlation, record.headers, record.topic, record.partition) as span:
                 outcome = await self._one_correlated(record, tier, parsed)
-                if span is not None:
-                    span.set_attribute("casebridge.outcome", outcome.state)
-                    if parsed is not None and not isinstance(parsed, ValidationError):
-                        span.set_attribute("casebridge.council", parsed.council.value)
+                assert span is not None  # tracing is active
+                span.set_attribute("casebridge.outcome", outcome.state)
+                if parsed is not None and not isinstance(parsed, ValidationError):
+                    span.set_attribute("casebridge.council", parsed.council.value)
                 return outcome
         finally:
             structlog.contextvars.reset_contextvars(**tokens)

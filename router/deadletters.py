@@ -262,6 +262,22 @@ async def parked_ids(kafka: Kafka, topics: Topics) -> set[str]:
     return out
 
 
+async def first_offsets(kafka: Kafka, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+    """The first offset now of each of these partitions that exists (one metadata request, one offsets request:
+    the cost of an expired-or-erased check, whatever the number of dead letters)."""
+    cluster = await _partitions(kafka)
+    there = sorted({tp for tp in partitions if tp.partition in cluster.get(tp.topic, ())})
+    if not there:
+        return {}
+    consumer = clients.consumer(kafka, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(there)  # the consumer learns these topics' leaders
+        return dict(await consumer.beginning_offsets(there))
+    finally:
+        await consumer.stop()
+
+
 async def expired_ids(kafka: Kafka, letters: Sequence[DeadLetter]) -> set[str]:
     """Dead letters held by reference whose record is gone: its topic or partition no longer there, or its offset
     below the partition's first (retention deleted it; transfers are kept 7 days)."""
@@ -270,21 +286,11 @@ async def expired_ids(kafka: Kafka, letters: Sequence[DeadLetter]) -> set[str]:
         if d.by_reference:
             try:
                 refs[d.id] = TopicPartition(d.field(wire.DLQ_ORIGINAL_TOPIC), int(d.field(wire.DLQ_ORIGINAL_PARTITION)))
-            except (KeyError, ValueError):
+            except ValueError:
                 refs[d.id] = None  # it names no record: nothing to find
     if not refs:
         return set()
-    cluster = await _partitions(kafka)
-    there = sorted({tp for tp in refs.values() if tp is not None and tp.partition in cluster.get(tp.topic, ())})
-    first: dict[TopicPartition, int] = {}
-    if there:
-        consumer = clients.consumer(kafka, group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            consumer.assign(there)  # the consumer learns these topics' leaders
-            first = await consumer.beginning_offsets(there)
-        finally:
-            await consumer.stop()
+    first = await first_offsets(kafka, [tp for tp in refs.values() if tp is not None])
     letters_by_id = {d.id: d for d in letters if d.id in refs}
     out = set()
     for dl_id, tp in refs.items():

@@ -130,10 +130,11 @@ class _Checked:
 
 @dataclass(frozen=True)
 class _Delivered:
-    """What delivery gave (``TransferFlow._deliver``): the receipt, and the target and route it went by (None, None:
-    nothing was sent, NS-14)."""
+    """What delivery gave (``TransferFlow._deliver``): the receipt, the source to finish, and the target and route it
+    went by (None, None: nothing was sent, NS-14)."""
 
     receipt: Receipt
+    source: Source
     target: Target | None = None
     route: Route | None = None
 
@@ -195,7 +196,7 @@ class TransferFlow:
                 return checked
             delivered = await self._deliver(checked)
             receipt = await self._confirm_and_notify(checked, delivered, sink)
-            await self._finish_source(checked, receipt, sink)
+            await self._finish_source(checked, delivered.source, receipt, sink)
         except (CasebridgeError, MappingError) as exc:
             return await self._failed(record, sink, emit, transfer, exc)
         # per transfer at debug; the router logs one ``batch_completed`` line (with counts) per batch at info
@@ -286,12 +287,14 @@ class TransferFlow:
         transfer, protocol, emit = checked.transfer, checked.protocol, checked.emit
         # only a transfer that met the protocol needs its connectors
         target = self._target(checked.target)
-        self._source(transfer.pathway.from_system)  # NoConnector now, before anything is sent, if it has none
+        source = self._source(transfer.pathway.from_system)  # NoConnector now, before anything is sent
         # 5. NS-14: a step-down that keeps no record sends nothing
         no_record_rule = protocol.sends_no_record(transfer)
         if no_record_rule is not None:
             await emit(TransferCompletedNoRecord, rule_ids=[no_record_rule])
-            return _Delivered(Receipt(transfer.pathway.to_system, "no-record", created=False, acknowledged=True))
+            return _Delivered(
+                Receipt(transfer.pathway.to_system, "no-record", created=False, acknowledged=True), source
+            )
         # 6. route (NS-2, SW22-7, LU-9, SW22-1, ...) and deliver; the target is asked who is away only
         # where the route depends on it (NS-2), and only for a transfer that met the protocol
         facts = checked.facts
@@ -313,7 +316,7 @@ class TransferFlow:
             team=route.team,
             urgent=route.urgent,
         )
-        return _Delivered(receipt, target, route)
+        return _Delivered(receipt, source, target, route)
 
     async def _confirm_and_notify(self, checked: _Checked, delivered: _Delivered, sink: Sink) -> Receipt:
         """7. The target's acknowledgement, the notices due on it (LU-7's receipt), and those due later (on
@@ -352,12 +355,11 @@ class TransferFlow:
                 await sink.send(self.notices_topic, transfer.transfer_id.encode(), pending.encode(), [])
         return receipt
 
-    async def _finish_source(self, checked: _Checked, receipt: Receipt, sink: Sink) -> None:
+    async def _finish_source(self, checked: _Checked, source: Source, receipt: Receipt, sink: Sink) -> None:
         """8-9. Only now: close the source record, keep it open where the protocol says so, or close it later;
         a completed step-down is remembered for the child (LU-9, NS-10)."""
         transfer, protocol, emit = checked.transfer, checked.protocol, checked.emit
         p = transfer.pathway
-        source = self._source(p.from_system)
         kept_open = protocol.keeps_open(transfer)
         closing = transfer.model_copy(update={"closure": protocol.closure(transfer)})
         # ... or close it later (LU-4, SW22-10, NS-12): a pending closure for router/closures.py (not again

@@ -93,10 +93,7 @@ async def test_two_processes_publish_each_request_once_and_the_other_takes_the_f
         owned = log_lines(owner, "feeds_owned")[-1]  # (the feeds may have moved at the second one's join)
         assert "LcsPublisher" in owned["feeds"] and "DecisionReporter" in owned["feeds"]
 
-        def requests(n: int) -> list[str]:
-            return _requests(lcs, n)
-
-        first = requests(5)
+        first = _requests(lcs, 5)
         events = Events(kafka_bootstrap, f"{topic_prefix}.events")
         try:
             by = await events.until(dict.fromkeys(first, "source-closed"), timeout=120)
@@ -112,7 +109,7 @@ async def test_two_processes_publish_each_request_once_and_the_other_takes_the_f
             assert await _settled([other], timeout=30) == [other], "the other process took the feeds over"
             took_over = time.monotonic() - stopped_at
 
-            second = requests(5)
+            second = _requests(lcs, 5)
             by = await events.until(dict.fromkeys(second, "source-closed"), timeout=120)
             assert all(events.has({t: "source-closed"}) for t in second), "the later requests completed"
             await asyncio.sleep(2)
@@ -178,20 +175,17 @@ async def test_when_the_feed_owner_is_killed_the_other_process_takes_the_feeds_o
         lcs, ehm = d.clients(clients)
         owner, other = await _two_processes(d)
 
-        def requests(n: int) -> list[str]:
-            return _requests(lcs, n)
-
-        first = requests(5)
+        first = _requests(lcs, 5)
         events = Events(kafka_bootstrap, f"{topic_prefix}.events")
         try:
             await events.until(dict.fromkeys(first, "source-closed"), timeout=120)
-            late = requests(5)  # the owner is polling for these as it is killed
+            late = _requests(lcs, 5)  # the owner is polling for these as it is killed
             owner.kill()
             assert owner.stop() == -9
             killed_at = time.monotonic()
             assert await _settled([other], timeout=60) == [other], "the other process took the feeds over"
             took_over = time.monotonic() - killed_at
-            after = requests(5)
+            after = _requests(lcs, 5)
             every = first + late + after
             by = await events.until(dict.fromkeys(every, "source-closed"), timeout=180)
             await asyncio.sleep(2)

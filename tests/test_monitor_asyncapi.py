@@ -106,7 +106,8 @@ def test_every_topic_router_topics_creates_is_a_channel_with_its_kafka_binding()
 
 def test_every_dead_letter_retry_and_replay_header_is_declared() -> None:
     """The headers the router really writes (dead_letter_headers, the retry tiers' and a replay's) are declared."""
-    from router._outbox import DLQ_PREFIX, Failure, dead_letter_headers
+    from contracts.wire import DLQ_PREFIX
+    from router._outbox import Failure, dead_letter_headers
     from router._retry import H_REPLAY_OF, H_REPLAY_OPERATOR, Origin
 
     doc = asyncapi_document()

@@ -9,9 +9,11 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from connectors._feed import H_BY_REFERENCE, H_ORIGINAL_SIZE, FeedPublisher, Mapped
+from connectors._feed import FeedPublisher, Mapped
 from connectors.memory import MemorySource
 from contracts import Council, TransferMessage
+from contracts.wire import DLQ_BY_REFERENCE as H_BY_REFERENCE
+from contracts.wire import DLQ_ORIGINAL_SIZE as H_ORIGINAL_SIZE
 from router.app import ensure_topics
 from router.settings import Topics
 from tests.council_data import step_down

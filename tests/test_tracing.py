@@ -88,6 +88,17 @@ async def test_one_trace_per_transfer_from_its_publisher_through_the_router_to_e
         assert not any(c in text for c in children), "no child record id in a span"
 
 
+def test_an_error_in_a_span_is_its_class_only_never_its_text(spans: InMemorySpanExporter) -> None:
+    """OpenTelemetry's defaults record an exception leaving a span as an event (message, stack) and write it into
+    the span's status; an exception's text may carry a record's values, so casebridge's spans carry neither."""
+    with pytest.raises(ValueError), tracing.calling("ehm", "PUT /api/stepdown-tray/{id}"):
+        raise ValueError("Jane Doe, born 2014-03-02, NHS 9990000018")
+    [span] = spans.get_finished_spans()
+    assert (span.events, span.status.description) == ((), None)
+    assert span.status.status_code.name == "ERROR" and dict(span.attributes or {})["error.type"] == "ValueError"
+    assert "Jane" not in str([span.to_json()])
+
+
 def test_with_no_collector_no_span_is_made() -> None:
     assert not tracing.active()
     with tracing.calling("ehm", "POST /api/stepdown-tray") as span:
@@ -155,9 +166,6 @@ async def test_casebridge_run_exports_a_transfers_trace_to_the_collector_its_fil
     names = _exported(collector.spans, tid)
     assert {"casebridge publish", "casebridge route"} <= set(names), names
     assert any(n.startswith("ehm ") for n in names) and any(n.startswith("lcs ") for n in names), names
-
-
-_TRANSFER = "casebridge.transfer_id"
 
 
 def _exported(spans: list[Any], tid: str) -> list[str]:
