@@ -10,6 +10,8 @@ from typing import Any
 
 #: how old a membership confirmation may be before a record is handled on its strength
 RECHECK_SECONDS = 2.0
+#: how old a confirmation is when the next one is asked for in the background (the member does not wait for it)
+RENEW_SECONDS = RECHECK_SECONDS / 2
 
 
 class Membership:
@@ -19,13 +21,25 @@ class Membership:
         self.session_timeout = session_timeout
         self.confirmed_at = time.monotonic()
         self._lock = asyncio.Lock()
+        self._renewing: asyncio.Future[bool] | None = None
 
     async def current(self, consumer: Any) -> bool:
-        """True if this member may still act on its partitions; False: it was dropped from the group (fenced)."""
-        if time.monotonic() - self.confirmed_at < RECHECK_SECONDS:
+        """True if this member may still act on its partitions; False: it was dropped from the group (fenced).
+
+        A confirmation younger than ``RENEW_SECONDS`` is enough; past it, one is asked in the background while the
+        last one still holds (younger than ``RECHECK_SECONDS``), so a member that runs steadily never waits for a
+        heartbeat. One older than that (after a pause) is asked for, and waited for, before anything else."""
+        age = time.monotonic() - self.confirmed_at
+        if age < RECHECK_SECONDS:
+            if age >= RENEW_SECONDS and (self._renewing is None or self._renewing.done()):
+                self._renewing = asyncio.ensure_future(self._confirm(consumer, RENEW_SECONDS))
             return True
+        return await self._confirm(consumer, RECHECK_SECONDS)
+
+    async def _confirm(self, consumer: Any, younger_than: float) -> bool:
+        """Ask the coordinator, unless a confirmation younger than ``younger_than`` came meanwhile."""
         async with self._lock:
-            if time.monotonic() - self.confirmed_at < RECHECK_SECONDS:
+            if time.monotonic() - self.confirmed_at < younger_than:
                 return True
             coordinator: Any = getattr(consumer, "_coordinator", None)
             heartbeat = getattr(coordinator, "_do_heartbeat", None)

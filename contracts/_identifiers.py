@@ -32,6 +32,11 @@ from pydantic_core import PydanticCustomError
 #: the DfE letters, in value order (A=0 ... Z=22): the check letter and a temporary UPN's last character
 UPN_LETTERS = "ABCDEFGHJKLMNPQRTUVWXYZ"
 _UPN_VALUE = {letter: value for value, letter in enumerate(UPN_LETTERS)}
+#: a UPN character's value in its check: a digit's own, a letter's place in UPN_LETTERS; weighted by position 2-13
+_UPN_CHAR_VALUE = {**{str(d): d for d in range(10)}, **_UPN_VALUE}
+_UPN_POSITIONS = tuple(range(2, 14))
+#: an NHS number's first nine digits are weighted 10 down to 2
+_NHS_WEIGHTS = tuple(range(10, 1, -1))
 
 NHS_NUMBER_PATTERN = r"^\d{10}$"
 UPN_PATTERN = r"^[A-HJ-NP-RT-Z]\d{11}[0-9A-HJ-NP-RT-Z]$"  # the letters of UPN_LETTERS (no I, O or S)
@@ -41,7 +46,7 @@ def nhs_check_digit(first_nine: str) -> int | None:
     """The check digit for an NHS number's first nine digits, or None when none is possible (10)."""
     if len(first_nine) != 9 or not first_nine.isdigit() or not first_nine.isascii():
         raise ValueError("an NHS number's first nine characters are digits")
-    remainder = sum(int(d) * w for d, w in zip(first_nine, range(10, 1, -1), strict=True)) % 11
+    remainder = sum(map(int.__mul__, map(int, first_nine), _NHS_WEIGHTS)) % 11  # (a generator costs twice this)
     check = 11 - remainder
     if check == 11:
         return 0
@@ -63,7 +68,7 @@ def upn_check_letter(body: str) -> str:
         or not ((body[11].isdigit() and body[11].isascii()) or body[11] in _UPN_VALUE)
     ):
         raise ValueError("a UPN's characters 2-13 are eleven digits, then a digit or a letter of UPN_LETTERS")
-    total = sum((int(c) if c.isdigit() else _UPN_VALUE[c]) * position for position, c in enumerate(body, start=2))
+    total = sum(map(int.__mul__, map(_UPN_CHAR_VALUE.__getitem__, body), _UPN_POSITIONS))
     return UPN_LETTERS[total % 23]
 
 

@@ -13,7 +13,8 @@ so does a lease that ran out unconfirmed (no answer within the session timeout):
 records, drops its unsent writes and fails its hand-overs (``Outbox.fence``), so nothing of its batches is
 committed (offset commits carry the generation and the broker refuses a stale one anyway), and it rejoins as a
 fresh member (the in-process recovery of ``casebridge.stack``). While the process runs normally the check costs
-one heartbeat round trip every ``RECHECK_SECONDS`` per consumer, and nothing between batches.
+one heartbeat every ``RENEW_SECONDS`` per consumer, asked in the background while the last confirmation still
+holds, so no record waits for it; only a confirmation older than ``RECHECK_SECONDS`` (after a pause) is waited for.
 
 The producer asks the same lease before each produce request leaves (``Outbox.gate``, ``_gate_produce_requests``
 in ``router/_outbox.py``): record batches it already held when the pause began are failed, never sent late over

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from pydantic_core import to_json
+
 from ._state import PartitionedTable
 
 
@@ -53,5 +55,6 @@ class CompletedTransfers(PartitionedTable[dict[str, tuple[str, str]]]):
         done = dict(self.entries.get(key) or {})
         done[transfer_id] = (message_id, content_digest(value, message_id))
         self.put(key, done, partition)
-        completed = {t: {"message_id": m, "content": c} for t, (m, c) in done.items()}
-        return json.dumps({"completed": completed}, sort_keys=True).encode()
+        # pydantic-core's serialiser (compact JSON, the child's transfers in the order completed): a fraction of
+        # json.dumps's cost, paid once a transfer
+        return to_json({"completed": {t: {"message_id": m, "content": c} for t, (m, c) in done.items()}})

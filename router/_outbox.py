@@ -6,7 +6,9 @@ producer ``CHUNK`` at a time or once the oldest has waited ``LINGER`` (and the r
 ``send()`` costs more CPU than building an event. Each batch is closed when handed over,
 so the producer sends it at once rather than lingering ``linger_ms`` on it. A partition's
 writes keep their queue order (one hand-over at a time), so the last value of a compacted
-key is the last one written. Their Kafka timestamp is when they were handed over (an
+key is the last one written. A full chunk is handed over in the background (one hand-over under way at a
+time; what is queued meanwhile goes in the next): the flow does not wait while the producer waits for room,
+unless ``MAX_QUEUED`` writes are waiting. Their Kafka timestamp is when they were handed over (an
 event's own ``occurred_at`` keeps when it happened).
 
 ``hand_over()`` returns a task that ends when the broker has acknowledged every write
@@ -44,6 +46,8 @@ log = structlog.get_logger("casebridge.router")
 Queued = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 CHUNK = 500  # queued writes handed to the producer together (about 80 transfers' worth)
 LINGER = 0.01  # seconds a queued write waits at most for more, while writes keep coming (latency)
+#: queued writes at which the flow waits for the background hand-over (the producer that far behind)
+MAX_QUEUED = 20 * CHUNK
 STALL = RECHECK_SECONDS  # no write queued for this long with some waiting: the process may have been paused
 
 
@@ -136,6 +140,8 @@ class Outbox:
         self._queued: list[Queued] = []
         self._first_queued = 0.0  # time.monotonic() when the oldest queued write was queued
         self._sending = asyncio.Lock()
+        #: the last background hand-over to the producer (of full chunks, ``_flush_from``; or a hand-over's, ``_cut``)
+        self._flushing: asyncio.Future[Any] | None = None
         self._pending: list[asyncio.Future[object]] = []
         self._send_error: Exception | None = None
         self._acked: asyncio.Task[None] | None = None  # the last hand-over's acknowledgement (chained)
@@ -166,6 +172,8 @@ class Outbox:
     async def stop(self, within: float = 3.0) -> None:
         """Flush and close, for ``within`` seconds at most: past that (the broker away) what is still unsent is
         dropped, never sent later; it was not acknowledged, so its batch was not committed and is read again."""
+        if self._flushing is not None:
+            await asyncio.wait([self._flushing], timeout=within)
         await close_producer(self._producer, within, "router outbox")
 
     async def emit(self, event: TransferEvent) -> None:
@@ -222,21 +230,56 @@ class Outbox:
         self._last_queued = now
         queued.append((topic, key, value, headers))
         # on their way while the batch is still processed: every CHUNK writes, or once the first waited LINGER
-        if not self._stalled and (len(queued) >= CHUNK or now - self._first_queued >= LINGER):
-            queued, self._queued = self._queued, []
-            try:
+        if self._stalled or (len(queued) < CHUNK and now - self._first_queued < LINGER):
+            return
+        flushing = self._flushing
+        if flushing is None or flushing.done():
+            self._queued = []
+            self._flushing = asyncio.ensure_future(self._flush_from(flushing, queued))
+        elif len(queued) >= MAX_QUEUED:  # the producer is this far behind: the flow waits for it
+            await asyncio.shield(flushing)
+
+    async def _flush_from(self, before: asyncio.Future[Any] | None, queued: list[Queued]) -> None:
+        """Hand ``queued`` to the producer in the background, then what was queued meanwhile (a CHUNK at least),
+        until the queue is short: the flow goes on while the producer waits for room (the partition's batch before
+        still in flight), and what it queues meanwhile goes in one hand-over, not many."""
+        if before is not None:
+            await before  # a flush or a cut: neither raises
+        try:
+            while queued:
                 await self._send_in_turn(queued)
-            except Exception as exc:  # the hand-over reports it (the router halts), not the flow
-                self._send_error = self._send_error or exc
+                # more only while nothing was chained after this flush (a hand-over's writes go before those queued
+                # after them)
+                later = self._flushing is not asyncio.current_task()
+                if not later and len(self._queued) >= CHUNK and not self._stalled and self.fenced is None:
+                    queued, self._queued = self._queued, []
+                else:
+                    queued = []
+        except Exception as exc:  # the hand-over reports it (the router halts), not the flow
+            self._send_error = self._send_error or exc
 
     async def hand_over(self) -> asyncio.Task[None]:
         """Send what is queued; the task returned ends once every write so far is acknowledged.
 
         The task raises OutputFailed if any write failed, or could not be handed to the
-        producer, since the start (each hand-over's task waits for the one before).
+        producer, since the start (each hand-over's task waits for the one before). Nothing is waited for here:
+        the writes go to the producer in the background, after those already on their way and before any queued
+        later (``_cut``).
         """
         queued, self._queued = self._queued, []
         self._stalled = False
+        cut = asyncio.ensure_future(self._cut(self._flushing, queued))
+        self._flushing = cut
+        self._acked = asyncio.ensure_future(_acknowledged(self._acked, cut))
+        return self._acked
+
+    async def _cut(
+        self, before: asyncio.Future[Any] | None, queued: list[Queued]
+    ) -> tuple[list[asyncio.Future[object]], Exception | None]:
+        """A hand-over's writes to the producer, after what was on its way before; then every write handed to the
+        producer so far (not yet in a hand-over's) and the first error since the last cut. Never raises."""
+        if before is not None:
+            await before  # a flush or a cut: neither raises
         try:
             if self.fenced is not None:
                 raise Fenced(self.fenced)
@@ -245,8 +288,7 @@ class Outbox:
             self._send_error = self._send_error or exc
         error, self._send_error = self._send_error, None
         pending, self._pending = self._pending, []
-        self._acked = asyncio.ensure_future(_acknowledged(self._acked, pending, error))
-        return self._acked
+        return pending, error
 
     async def flush(self) -> None:
         """Send what is queued and wait until the broker acknowledged every write so far (or raise OutputFailed)."""
@@ -361,8 +403,10 @@ def murmur2(data: bytes) -> int:
 
 
 async def _acknowledged(
-    previous: asyncio.Task[None] | None, pending: list[asyncio.Future[object]], error: Exception | None
+    previous: asyncio.Task[None] | None,
+    cut: asyncio.Future[tuple[list[asyncio.Future[object]], Exception | None]],
 ) -> None:
+    pending, error = await cut
     results = await asyncio.gather(*pending, return_exceptions=True)
     if previous is not None:
         await previous  # raises OutputFailed if an earlier hand-over failed: this one is not "all so far" then

@@ -183,7 +183,10 @@ class Router:
         self.broker = clients.broker(settings.connection, logger=None)
         self.app = FastStream(self.broker)
         self._gate = asyncio.Semaphore(settings.concurrency)
-        self._settling: dict[int | None, asyncio.Task[None]] = {}  # per subscriber: its batch in flight
+        #: per subscriber: its last batch's settling (which waits for the one before) and the one before it; two
+        #: batches may be settling while the next is handled (their acknowledgements are a round trip behind)
+        self._settling: dict[int | None, asyncio.Task[None]] = {}
+        self._settling_before: dict[int | None, asyncio.Task[None]] = {}
         self._handling: dict[int | None, asyncio.Event] = {}  # per subscriber: set once its batch is handed over
         self._closing = False
         # co-partitioned (router/_assignor.py): partition p of the transfers topic and of every tier belongs to
@@ -239,8 +242,12 @@ class Router:
             new = sorted(p for p in partitions if not self._owners.get(p))
             if new:
                 kafka = self.settings.connection
-                read = await self.retry_state.restore(kafka, self.topics.retry_state, new)
-                read += await self.completed.restore(kafka, self.topics.lifecycle, new)
+                read = sum(  # the two tables read side by side (each reader's start is a round trip or two)
+                    await asyncio.gather(
+                        self.retry_state.restore(kafka, self.topics.retry_state, new),
+                        self.completed.restore(kafka, self.topics.lifecycle, new),
+                    )
+                )
                 log.info(
                     "partitions_restored",
                     partitions=new,
@@ -347,23 +354,36 @@ class Router:
             "batch_completed", topic=records[0].topic if records else None, records=len(records), outcomes=dict(counts)
         )
         metrics.batch_handled(records, counts, started)
-        await self._settle_tier(tier)  # the batch before: settled long since, as a rule; raises if it failed
+        before = self._settling_before.pop(tier, None)
+        if before is not None:  # the batch before the last: settled long since, as a rule; raises if it failed
+            await before
         if not await self._members[tier].current(msg.consumer):  # a pause after the batch's last record
             self._fence(tier)
         acked = await self.outbox.hand_over()
         consumer = cast(_Committer, msg.consumer)
         offsets = {tp: o for tp, o in next_offsets(records).items() if (tp.topic, tp.partition) not in lost}
-        settling = asyncio.ensure_future(self._settle(acked, consumer, offsets, len(records)))
+        last = self._settling.get(tier)
+        settling = asyncio.ensure_future(self._settle(acked, consumer, offsets, len(records), last))
         self._settling[tier] = settling
+        if last is not None:
+            self._settling_before[tier] = last
         if self._closing:  # stopping: nothing may be left in flight
             await self._settle_tier(tier)
 
     async def _settle(
-        self, acked: asyncio.Task[None], consumer: _Committer, offsets: dict[TopicPartition, int], count: int
+        self,
+        acked: asyncio.Task[None],
+        consumer: _Committer,
+        offsets: dict[TopicPartition, int],
+        count: int,
+        before: asyncio.Task[None] | None = None,
     ) -> None:
-        """Once the batch's outputs (and every earlier one) are acknowledged, commit exactly its offsets."""
+        """Once the batch's outputs (and every earlier one) are acknowledged, and the batch before committed its
+        offsets (commits in batch order), commit exactly its offsets."""
         try:
             await acked
+            if before is not None:
+                await before  # its outputs are acknowledged (``acked`` waits for them): only its commit is left
         except OutputFailed as exc:
             if exc.transient and self.recover is not None and not self.halted:
                 if not self.recovering:  # the broker away or recovering: not committed, the stack recovers us
@@ -383,6 +403,8 @@ class Router:
             log.warning("offsets_not_committed", error_class=type(exc).__name__, records=count)
 
     async def _settle_tier(self, tier: int | None) -> None:
+        """Until the subscriber's batches handed over so far are settled (the last waits for those before it)."""
+        self._settling_before.pop(tier, None)
         settling = self._settling.pop(tier, None)
         if settling is not None:
             await settling

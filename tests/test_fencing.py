@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from connectors._membership import RECHECK_SECONDS, Membership
+from connectors._membership import RECHECK_SECONDS, RENEW_SECONDS, Membership
 from connectors.memory import MemorySource, MemoryTarget
 from contracts import CaseSystem
 from router import Settings, build_router
@@ -51,6 +51,31 @@ async def test_a_fresh_lease_costs_no_heartbeat_and_a_stale_one_asks_the_coordin
     _stale(lease)
     assert await lease.current(consumer) and consumer._coordinator.heartbeats == 1
     assert await lease.current(consumer) and consumer._coordinator.heartbeats == 1  # confirmed again just now
+
+
+async def test_a_lease_past_its_renewal_age_is_renewed_in_the_background_and_nobody_waits_for_it() -> None:
+    """Between RENEW_SECONDS and RECHECK_SECONDS the last confirmation still holds: the caller is answered at once
+    while one heartbeat (slow here) is under way, and the lease is younger once it is answered."""
+    answer = asyncio.Event()
+
+    class Slow(_Coordinator):
+        async def _do_heartbeat(self) -> bool:
+            self.heartbeats += 1
+            await answer.wait()
+            return True
+
+    lease, consumer = Membership(session_timeout=10), _Consumer()
+    consumer._coordinator = Slow(True)
+    aged = time.monotonic() - RENEW_SECONDS - 0.1
+    lease.confirmed_at = aged
+    assert await asyncio.wait_for(lease.current(consumer), 0.05), "answered at once, on the last confirmation"
+    assert await asyncio.wait_for(lease.current(consumer), 0.05)
+    await asyncio.sleep(0)
+    assert consumer._coordinator.heartbeats == 1, "one renewal under way, not one per caller"
+    answer.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert lease.confirmed_at > aged + RENEW_SECONDS, "renewed"
 
 
 async def test_a_member_the_coordinator_no_longer_knows_is_not_current() -> None:

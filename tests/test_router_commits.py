@@ -1,7 +1,7 @@
 """G3 nothing lost: a batch's offsets are committed, exactly, only once its outputs are acknowledged.
 
-The router settles batch k (outputs acknowledged, then offsets committed) while it
-processes batch k+1; these tests hold the broker's acknowledgement in their hand.
+The router settles batches k and k+1 (outputs acknowledged, then offsets committed, in batch order) while
+it processes batch k+2; these tests hold the broker's acknowledgement in their hand.
 """
 
 from __future__ import annotations
@@ -115,21 +115,31 @@ async def test_g3_offsets_are_committed_only_after_the_batch_outputs_are_acknowl
     assert [{TopicPartition("t.transfers", 0): 12, TopicPartition("t.transfers", 1): 5}] == consumer.commits
 
 
-async def test_g3_a_batch_is_handed_over_only_after_the_batch_before_settled() -> None:
-    """Batch 2 is processed while batch 1 waits for the broker, but commits stay in order, one batch in flight."""
+async def test_g3_two_batches_settle_while_the_next_is_handled_and_commits_stay_in_order() -> None:
+    """Batches 2 and 3 are processed while batch 1 waits for the broker; batch 3 is handed over only once batch 1
+    settled (two batches settling at most), and the commits are in batch order even when batch 2's
+    acknowledgement comes first."""
     router, outbox = await _router()
     consumer = Consumer()
     await router._on_batch(Batch((_record(0, 0, 1),), consumer), None)  # type: ignore[arg-type]
-    second = asyncio.ensure_future(router._on_batch(Batch((_record(0, 1, 2),), consumer), None))  # type: ignore[arg-type]
+    await router._on_batch(Batch((_record(0, 1, 2),), consumer), None)  # type: ignore[arg-type]
+    third = asyncio.ensure_future(router._on_batch(Batch((_record(0, 2, 3),), consumer), None))  # type: ignore[arg-type]
     await _spin()
-    assert (False, 1, {"completed": 2}) == (second.done(), len(outbox.acks), dict(router.outcomes))
+    assert (False, 2, {"completed": 3}) == (third.done(), len(outbox.acks), dict(router.outcomes))
 
+    outbox.acks[1].set_result(None)  # batch 2 acknowledged first: it waits for batch 1's commit
+    await _spin()
+    assert ([], False) == (consumer.commits, third.done())
     outbox.acks[0].set_result(None)
-    await second
-    assert [{TopicPartition("t.transfers", 0): 1}] == consumer.commits
-    outbox.acks[1].set_result(None)
-    await router.settled()
+    await third
     assert [{TopicPartition("t.transfers", 0): 1}, {TopicPartition("t.transfers", 0): 2}] == consumer.commits
+    outbox.acks[2].set_result(None)
+    await router.settled()
+    assert [
+        {TopicPartition("t.transfers", 0): 1},
+        {TopicPartition("t.transfers", 0): 2},
+        {TopicPartition("t.transfers", 0): 3},
+    ] == consumer.commits
 
 
 async def test_g3_a_refused_commit_is_logged_and_the_router_goes_on() -> None:

@@ -18,7 +18,7 @@ import contracts
 from bench._workload import Workload
 from contracts import CaseSystem, Council, Direction, ServiceLevel
 from router import _outbox, app
-from router._outbox import Outbox, OutputFailed, murmur2
+from router._outbox import CHUNK, MAX_QUEUED, Outbox, OutputFailed, murmur2
 
 _PEEK_CASES: list[bytes | None] = [
     None,
@@ -188,6 +188,71 @@ async def test_perf_every_write_goes_in_queue_order_per_partition_in_closed_batc
     assert expected == sent
 
 
+class _BlockedProducer(_RecordingProducer):
+    """A producer with no room until the test says so (the partition's batch before still in flight)."""
+
+    def __init__(self, real: AIOKafkaProducer) -> None:
+        super().__init__(real)
+        self.room = asyncio.Event()
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[object]:
+        await self.room.wait()
+        return await super().send_batch(batch, topic, partition=partition)
+
+
+async def test_perf_the_flow_does_not_wait_for_the_producer_and_a_hand_over_keeps_queue_order() -> None:
+    """Full chunks go to the producer in the background: queuing does not wait while the producer has no room, nor
+    does the hand-over. What is queued after a hand-over is sent after it, each partition in queue order, even
+    though a chunk was still on its way when the hand-over came."""
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
+    await outbox.stop()
+    producer = _BlockedProducer(outbox._producer)
+    outbox._producer = cast(Any, producer)
+    first = [("s", f"k{i % 5}".encode(), f"a{i}".encode()) for i in range(CHUNK + 120)]  # a chunk, and some
+    later = [("s", f"k{i % 5}".encode(), f"b{i}".encode()) for i in range(2 * CHUNK + 30)]
+    for topic, key, value in first:
+        await asyncio.wait_for(outbox.send(topic, key, value, []), 0.05)
+    acked = await asyncio.wait_for(outbox.hand_over(), 0.05)
+    for topic, key, value in later:
+        await asyncio.wait_for(outbox.send(topic, key, value, []), 0.05)
+    assert (not producer.batches, acked.done()) == (True, False), "nothing could go yet"
+    producer.room.set()
+    await acked
+    await outbox.flush()
+    sent: dict[int, list[bytes | None]] = {}
+    for batch, _, partition in producer.batches:
+        sent.setdefault(partition, []).extend(v for _, v in _records_of(batch))
+    expected: dict[int, list[bytes | None]] = {}
+    for _, key, value in [*first, *later]:
+        expected.setdefault(outbox._partitioner(key, [0, 1, 2], [0, 1, 2]), []).append(value)
+    assert expected == sent
+
+
+async def test_perf_the_flow_waits_once_max_queued_writes_wait_for_the_producer() -> None:
+    """Backpressure: with the producer that far behind, queuing a write waits until it has room."""
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
+    await outbox.stop()
+    producer = _BlockedProducer(outbox._producer)
+    outbox._producer = cast(Any, producer)
+    for i in range(MAX_QUEUED - 1):  # fewer than MAX_QUEUED queued, however many went on their way: no wait
+        await asyncio.wait_for(outbox.send("s", b"k", f"v{i}".encode(), []), 0.05)
+    written = MAX_QUEUED - 1
+    for _ in range(CHUNK + 1):  # the hand-over on its way took a chunk at most: one of these waits
+        waiting = asyncio.ensure_future(outbox.send("s", b"k", f"v{written}".encode(), []))
+        written += 1
+        await asyncio.sleep(0)
+        if not waiting.done():
+            break
+    else:
+        pytest.fail(f"{written} writes queued behind a producer with no room, and none waited")
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    producer.room.set()
+    await asyncio.wait_for(waiting, 1.0)
+    await outbox.flush()
+    assert written == sum(batch.record_count() for batch, _, _ in producer.batches)
+
+
 async def test_perf_hand_over_acknowledges_every_earlier_write_or_raises_output_failed() -> None:
     """A hand-over's task ends only when every write so far is acknowledged; a failed one fails every later one."""
     outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
@@ -199,12 +264,12 @@ async def test_perf_hand_over_acknowledges_every_earlier_write_or_raises_output_
     await first
     producer.failing = KafkaTimeoutError()
     await outbox.send("t", b"k", b"lost", [])
-    failed = await outbox.hand_over()
+    failed = await outbox.hand_over()  # handed to the producer in the background: it fails once it is
+    with pytest.raises(OutputFailed, match="1 of 1 writes were not acknowledged: KafkaTimeoutError"):
+        await failed
     producer.failing = None
     await outbox.send("t", b"k", b"after", [])
     later = await outbox.hand_over()
-    with pytest.raises(OutputFailed, match="1 of 1 writes were not acknowledged: KafkaTimeoutError"):
-        await failed
     with pytest.raises(OutputFailed):
         await later  # its own write was acknowledged, but not every write so far
 
