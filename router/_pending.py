@@ -148,6 +148,11 @@ MARK = wire.ALLOCATION_MARK_PREFIX
 Mark = tuple[datetime, CaseSystem | None]
 
 
+def encode_notice_mark(mark: Mark) -> bytes:
+    at, system = mark
+    return json.dumps({"allocated_at": at.isoformat(), "confirm_with": system and system.value}).encode()
+
+
 def decode_notice_entry(raw: bytes) -> PendingNotice | Mark:
     """A pending notice, or an allocation mark."""
     doc = json.loads(raw)

@@ -86,7 +86,7 @@ from .allocations import (
     recorded_milestone,
 )
 from .flow import event_id
-from .lifecycle import KEEP_MARKS, Step
+from .lifecycle import Marks, Step
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -234,7 +234,7 @@ class ClosureScheduler(Step):
         #: (``marks``) included
         self.signals: dict[str, tuple[Trigger, bool]] = {}
         #: durable signal marks: transfer id -> when marked, the trigger and whether it says go
-        self.marks: dict[str, SignalMark] = {}
+        self.marks: Marks[SignalMark] = Marks(self, SIGNAL_MARK, encode_signal_mark)
         #: transfers a ``source-closed`` event says are closed (by a re-run of the transfer, or by this scheduler)
         self.closed: dict[str, None] = {}
         #: (partition, offset) of this scheduler's own writes to the pending topic: not applied again when read back
@@ -252,7 +252,7 @@ class ClosureScheduler(Step):
     def drop(self, partitions: Collection[int]) -> None:
         for tid in {t for t in [*self.pending, *self.marks] if self.partition(t) in partitions}:
             self._forget(tid)
-            self.marks.pop(tid, None)
+        self.marks.drop(partitions)
         self._own = {(p, o) for p, o in self._own if p not in partitions}
 
     def restore(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
@@ -284,11 +284,11 @@ class ClosureScheduler(Step):
         key = r.key.decode()
         if key.startswith(SIGNAL_MARK):
             tid = key.removeprefix(SIGNAL_MARK)
-            if r.value is None:
-                self.marks.pop(tid, None)
+            mark = None if r.value is None else decode_signal_mark(r.value)
+            self.marks.apply(tid, mark)
+            if mark is None:
                 self.signals.pop(tid, None)
             else:
-                self.marks[tid] = mark = decode_signal_mark(r.value)
                 self.signals.setdefault(tid, mark[1:])
         else:
             fold_compacted(self.pending, [r], bytes.decode, PendingClosure.decode)
@@ -339,10 +339,13 @@ class ClosureScheduler(Step):
         """Every signal still waiting (nothing pending yet, or not yet confirmed) is marked before the offsets
         move past it; a mark whose signal was acted on, dropped, or kept past ``KEEP_MARKS`` with nothing it could
         serve, is tombstoned."""
-        for tid, (at, trigger, _) in list(self.marks.items()):
+
+        def serves(tid: str) -> bool:
             p = self.pending.get(tid)
-            if now - at > KEEP_MARKS and (p is None or p.trigger != trigger):
-                self.signals.pop(tid, None)
+            return p is not None and p.trigger == self.marks[tid][1]
+
+        for tid in await self.marks.expire(now, serves):
+            self.signals.pop(tid, None)
         waiting = {t for t in self.signals if (p := self.pending.get(t)) is None or p.due_at is None}
         for tid in sorted(self.marks.keys() - waiting):
             await self._mark(tid, None)
@@ -350,16 +353,11 @@ class ClosureScheduler(Step):
             await self._mark(tid, (now, *self.signals[tid]))
 
     async def _mark(self, tid: str, mark: SignalMark | None) -> None:
-        meta = await self.mark(f"{SIGNAL_MARK}{tid}".encode(), tid, None if mark is None else encode_signal_mark(mark))
+        meta = await (self.marks.tombstone(tid) if mark is None else self.marks.write(tid, mark))
         if self.owns(tid):  # read back by this process: applied now, not again
             self._own.add((meta.partition, meta.offset))
-            if mark is None:
-                self.marks.pop(tid, None)
-            else:
-                self.marks[tid] = mark
         else:  # the process holding the transfer's partition reads it
             self.signals.pop(tid, None)
-            self.marks.pop(tid, None)
 
     def read(self, r: ConsumerRecord[bytes, bytes]) -> None:
         if r.topic == self.settings.topics.audit:

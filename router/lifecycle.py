@@ -20,12 +20,13 @@ notices``) and a source record to close later (``router/closures.py``, ``<prefix
 
 A signal read before its pending entry (an allocation, the front door's decision, with the flow lagging or
 crashed between delivery and its write of the pending entry, or a target that cannot confirm the signal yet)
-is solved one way for every step, by a durable mark: before the offsets move past the signal, the step writes a
-mark (its key: a prefix and the transfer id) to its own state topic, on the partition of that transfer (not
-of the mark's key), so the mark is restored with the pending entries of that partition by whichever process
-holds it. A mark is tombstoned once its signal was acted on (or found unconfirmed), or after ``KEEP_MARKS``
-when nothing it serves arrived. Reading the state partition to its end before acting on a signal would not be
-enough: the flow writes the pending entry after delivery, so it may come after the signal it waits for.
+is solved one way for every step, by a durable mark (``Marks``, one per step): before the offsets move past the
+signal, the step writes a mark (its key: a prefix and the transfer id) to its own state topic, on the partition
+of that transfer (not of the mark's key), so the mark is restored with the pending entries of that partition by
+whichever process holds it. A mark is tombstoned once its signal was acted on (or found unconfirmed), or after
+``KEEP_MARKS`` when nothing it serves arrived. Reading the state partition to its end before acting on a signal
+would not be enough: the flow writes the pending entry after delivery, so it may come after the signal it waits
+for.
 
 Delivery: at least once, per step (see each step's docstring); an action and its tombstone may be repeated
 after a crash between them, which every step makes a no-op (idempotent connectors, deterministic event ids).
@@ -36,7 +37,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -62,6 +63,8 @@ _REBALANCED = (CommitFailedError, IllegalStateError, RebalanceInProgressError)
 KEEP_MARKS = timedelta(days=30)
 #: a record to write: topic, key, value (None: a tombstone), headers, partition (None: the key's)
 Record = tuple[str, bytes, bytes | None, list[tuple[str, bytes]], int | None]
+#: a step's mark: a tuple whose first item is when its signal was read
+M = TypeVar("M", bound=tuple[Any, ...])
 
 
 def _hashed(key: bytes) -> str:
@@ -73,7 +76,7 @@ class Step:
 
     The loop hands a step the records of its state topic (``restore`` while restoring a partition, ``apply`` when
     read live), every events and audit record (``read``), and once a round ``act``; its writes go through the
-    loop's producer (``send``), its marks to the transfer's own partition (``mark``)."""
+    loop's producer (``Lifecycle.send``), its signals still waiting into its ``Marks``."""
 
     #: the step's name (the counts of a round are keyed by it)
     name: ClassVar[str]
@@ -103,12 +106,6 @@ class Step:
     def owns(self, tid: str) -> bool:
         return self.partition(tid) in self.host.owned.get(self.topic, set())
 
-    async def mark(self, key: bytes, tid: str, value: bytes | None) -> RecordMetadata:
-        """Write (or, None, tombstone) a mark: on the transfer's own partition, not its key's, so it is restored
-        with the transfer's pending entry by the process holding it."""
-        [meta] = await self.host.send([(self.topic, key, value, [], self.partition(tid))])
-        return meta
-
     async def poll_once(self) -> int:
         """One round of the lifecycle loop (every step acts); returns what this step did in it."""
         return (await self.host.poll_round())[self.name]
@@ -136,6 +133,58 @@ class Step:
         """Everything now due; before it returns, every signal still waiting is durable (its mark acknowledged).
         Returns how many actions were taken (notices sent, records closed)."""
         raise NotImplementedError
+
+
+class Marks(dict[str, M]):
+    """One step's durable marks, by transfer id: the loop's one answer to a signal read before its pending entry.
+
+    ``write`` puts a mark on the step's state topic under ``<prefix><transfer id>``, on the transfer's own
+    partition (not its key's), so it is restored with that partition's pending entries by whichever process
+    holds it; this process keeps it in memory only if that is itself. A step writes a mark for every signal still
+    waiting before its ``act`` returns, so the round's commit never moves past a signal that is not on the broker.
+    ``tombstone`` removes it once its signal was acted on or found unconfirmed; ``expire`` once it is older than
+    ``KEEP_MARKS`` with nothing it could serve. ``apply`` is a mark record read back (restore, or live)."""
+
+    def __init__(self, step: Step, prefix: str, encode: Callable[[M], bytes]) -> None:
+        super().__init__()
+        self.step = step
+        self.prefix = prefix
+        self._encode = encode
+
+    def key(self, tid: str) -> bytes:
+        return f"{self.prefix}{tid}".encode()
+
+    def apply(self, tid: str, mark: M | None) -> None:
+        if mark is None:
+            self.pop(tid, None)
+        else:
+            self[tid] = mark
+
+    async def write(self, tid: str, mark: M) -> RecordMetadata:
+        meta = await self._send(tid, self._encode(mark))
+        if self.step.owns(tid):  # else the process holding the transfer's partition reads it
+            self[tid] = mark
+        return meta
+
+    async def tombstone(self, tid: str) -> RecordMetadata:
+        self.pop(tid, None)
+        return await self._send(tid, None)
+
+    async def expire(self, now: datetime, serves: Callable[[str], bool]) -> list[str]:
+        """Tombstone the marks older than ``KEEP_MARKS`` that nothing pending could use; returns their ids."""
+        old = [tid for tid, mark in sorted(self.items()) if now - mark[0] > KEEP_MARKS and not serves(tid)]
+        for tid in old:
+            await self.tombstone(tid)
+        return old
+
+    def drop(self, partitions: Collection[int]) -> None:
+        for tid in [t for t in self if self.step.partition(t) in partitions]:
+            del self[tid]
+
+    async def _send(self, tid: str, value: bytes | None) -> RecordMetadata:
+        step = self.step
+        [meta] = await step.host.send([(step.topic, self.key(tid), value, [], step.partition(tid))])
+        return meta
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -272,4 +321,4 @@ class Lifecycle:
         await poll_forever(self.poll_once, interval, stop, "lifecycle", reset=lambda: renew_producer(self))
 
 
-__all__ = ["KEEP_MARKS", "Lifecycle", "Step"]
+__all__ = ["KEEP_MARKS", "Lifecycle", "Marks", "Step"]

@@ -19,7 +19,6 @@ have no notice).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, cast
@@ -31,10 +30,10 @@ from connectors import CasebridgeError, Target
 from contracts import AlertRaised, CaseSystem, NoticeSent, TransferAllocated, wire
 from mappings import Route
 
-from ._pending import MARK, Mark, PendingNotice, decode_notice_entry
+from ._pending import MARK, Mark, PendingNotice, decode_notice_entry, encode_notice_mark
 from .allocations import confirm_allocation, recorded_allocation, recorded_allocation_event_id
 from .flow import event_id
-from .lifecycle import KEEP_MARKS, Step
+from .lifecycle import Marks, Step
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -56,13 +55,12 @@ class AllocationNotices(Step):
         #: an operator's audit record, confirmed)
         self.allocated: dict[str, CaseSystem | None] = {}
         #: durable allocation marks: transfer id -> when marked, and the target that must confirm it
-        self.marks: dict[str, Mark] = {}
+        self.marks: Marks[Mark] = Marks(self, MARK, encode_notice_mark)
 
     def drop(self, partitions: Collection[int]) -> None:
         for tid in [t for t in self.pending if self.partition(t) in partitions]:
             del self.pending[tid]
-        for tid in [t for t in self.marks if self.partition(t) in partitions]:
-            del self.marks[tid]
+        self.marks.drop(partitions)
 
     def apply(self, r: ConsumerRecord[bytes, bytes]) -> None:
         if r.key is not None:
@@ -98,20 +96,15 @@ class AllocationNotices(Step):
                 continue
             del self.pending[tid]
             self.allocated.pop(tid, None)
-            if self.marks.pop(tid, None) is not None:
-                await self._mark(tid, None)
+            if tid in self.marks:
+                await self.marks.tombstone(tid)
             sent += 1
         # every allocation still waiting for its notice is on the broker before the offsets move past it
         for tid, system in sorted(self.allocated.items()):
             if tid not in self.marks:
-                await self._mark(tid, (now, system))
-                if self.owns(tid):  # else the process holding its notice reads the mark
-                    self.marks[tid] = (now, system)
+                await self.marks.write(tid, (now, system))  # kept here only if this process holds its notice
         self.allocated.clear()
-        for tid, (at, _) in sorted(self.marks.items()):
-            if now - at > KEEP_MARKS and tid not in self.pending:
-                await self._mark(tid, None)
-                del self.marks[tid]
+        await self.marks.expire(now, lambda tid: tid in self.pending)
         return sent
 
     def _read_allocated(self, tid: str, value: bytes | None) -> None:
@@ -128,8 +121,8 @@ class AllocationNotices(Step):
     async def _unconfirmed(self, tid: str, p: PendingNotice, system: CaseSystem) -> None:
         """An allocation the target does not confirm: nothing is sent, the allocation is forgotten, an alert."""
         self.allocated.pop(tid, None)
-        if self.marks.pop(tid, None) is not None:
-            await self._mark(tid, None)
+        if tid in self.marks:
+            await self.marks.tombstone(tid)
         log.warning("signal_not_confirmed", transfer_id=tid, rule_ids=[p.rule], system=system.value)
         alert = AlertRaised(
             event_id=event_id(f"{tid}/allocation-unconfirmed", "alert"),
@@ -152,22 +145,11 @@ class AllocationNotices(Step):
     def _apply(self, key: str, value: PendingNotice | Mark | None) -> None:
         """One record of the pending-notices topic: a notice or an allocation mark; None: a tombstone."""
         if key.startswith(MARK):
-            tid = key.removeprefix(MARK)
-            if isinstance(value, tuple):
-                self.marks[tid] = value
-            else:
-                self.marks.pop(tid, None)
+            self.marks.apply(key.removeprefix(MARK), value if isinstance(value, tuple) else None)
         elif isinstance(value, PendingNotice):
             self.pending[key] = value
         else:
             self.pending.pop(key, None)
-
-    async def _mark(self, tid: str, mark: Mark | None) -> None:
-        value = None
-        if mark is not None:
-            at, system = mark
-            value = json.dumps({"allocated_at": at.isoformat(), "confirm_with": system and system.value}).encode()
-        await self.mark(f"{MARK}{tid}".encode(), tid, value)
 
     async def _send(self, tid: str, p: PendingNotice) -> None:
         target = self.targets[p.channel]
