@@ -9,7 +9,7 @@ On the process's registry (``connectors._metrics.REGISTRY``), three kinds of fig
   succeeded, the router running / recovering / halted and its recoveries, Kafka reachable or not
   (``connectors._outage.OUTAGE``), the deployment (version, councils served);
 - refreshed in the background every ``LAG_EVERY`` seconds (``monitor.group_lag``, committed offsets against end
-  offsets): the consumer lag of the router's groups (``<group_id>``, ``<group_id>-retry-N``, ``-notices``, ...).
+  offsets): the consumer lag of the router's groups (``<group_id>``, ``<group_id>-lifecycle``, ...).
 
 Labels are system names, call templates, error classes, topics, consumer groups, loop names and council ids:
 never a transfer id, a record id or anything personal.

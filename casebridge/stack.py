@@ -1,6 +1,6 @@
-"""One casebridge deployment in a process: the router, the allocation notices (LU-7), the closure scheduler
-(LU-4, SW22-10, NS-12, BA-9), and for each system the deployment file names (``casebridge/registry.py``) its
-connectors and its feed publishers and reporters.
+"""One casebridge deployment in a process: the router, the lifecycle loop after delivery (``router/lifecycle.py``;
+its steps: the allocation notices, LU-7, and the closure scheduler, LU-4, SW22-10, NS-12, BA-9), and for each
+system the deployment file names (``casebridge/registry.py``) its connectors and its feed publishers and reporters.
 
 Used by ``casebridge run --config`` (with loops) and by the end-to-end tests (polling by hand, to control
 timing). The case systems are reached by URL; nothing is required but what the deployment names.
@@ -32,6 +32,7 @@ from router import Router, Settings, build_router
 from router._outbox import OutputFailed
 from router.alerts import AlertDispatcher
 from router.closures import ClosureScheduler, utc_now
+from router.lifecycle import Lifecycle
 from router.notices import AllocationNotices
 
 from .registry import KINDS, MailboxSystem, SystemConfig, Wiring
@@ -77,11 +78,11 @@ class Stack:
     extra_targets: dict[CaseSystem, Target] = field(default_factory=dict)
     extra_sources: dict[CaseSystem, Source] = field(default_factory=dict)
     extra_publishers: list[Any] = field(default_factory=list)
-    #: the closure scheduler's clock (tests move it on to see LU-4's 10 days pass)
+    #: the lifecycle loop's clock (tests move it on to see LU-4's 10 days pass)
     clock: Callable[[], datetime] = utc_now
     router: Router = field(init=False)
-    notices: AllocationNotices = field(init=False)
-    closures: ClosureScheduler = field(init=False)
+    #: the one loop after delivery; ``notices`` and ``closures`` are its steps
+    lifecycle: Lifecycle = field(init=False)
     #: the systems' feed publishers, reporters and servers, then the caller's
     feeds: list[Any] = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
@@ -143,8 +144,17 @@ class Stack:
                 )
             )
         self.feeds = [*feeds, *self.extra_publishers]
-        self.notices = AllocationNotices(self.settings, self.router.flow.targets)
-        self.closures = ClosureScheduler(self.settings, self.router.flow.sources, self.router.flow.targets, self.clock)
+        self.lifecycle = Lifecycle(self.settings, self.router.flow.sources, self.router.flow.targets, self.clock)
+
+    @property
+    def notices(self) -> AllocationNotices:
+        """The lifecycle's notices step (``poll_once``: one round of the lifecycle loop, the notices it sent)."""
+        return self.lifecycle.notices
+
+    @property
+    def closures(self) -> ClosureScheduler:
+        """The lifecycle's closures step (``poll_once``: one round of the lifecycle loop, the records it closed)."""
+        return self.lifecycle.closures
 
     def feed(self, kind: type[T]) -> T:
         """The one loop of this type (e.g. ``stack.feed(LcsPublisher)``)."""
@@ -173,17 +183,16 @@ class Stack:
         OUTAGE.configure(self.settings.bootstrap_servers)
         self.router.recover = self._recover_soon
         await self.router.start()
-        await self.notices.start()
         if self.loops:
             self._leased = [f for f in self.feeds if isinstance(f, _FeedLoop)]
         for feed in self._leased:
             feed.leased = True  # what follows the owner (the remap consumer) starts when this process owns them
         for feed in self.feeds:
             await feed.start()
-        await self.closures.start()
+        await self.lifecycle.start()
         if self.loops:
             stop = lambda: self._stopping  # noqa: E731
-            parts: list[_Loop] = [self.notices, self.closures, *(f for f in self.feeds if f not in self._leased)]
+            parts: list[_Loop] = [self.lifecycle, *(f for f in self.feeds if f not in self._leased)]
             if self._leased:
                 parts.append(await self._feeds_lease())
             for part in parts:
@@ -358,7 +367,7 @@ class Stack:
             for task in late:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-        parts = [*reversed(self.feeds), self.closures, self.notices]
+        parts = [*reversed(self.feeds), self.lifecycle]
         stops = [within(type(p).__name__, p.stop(), 2.0) for p in parts]
         if self.lease is not None:  # its feeds stopped above: it leaves the group, another process takes them over
             stops.append(within("feeds lease", self.lease.stop(), 2.0))

@@ -70,7 +70,7 @@ DLQ_ORIGINAL_PARTITION = _header(DLQ_PREFIX + "original.partition", "its partiti
 DLQ_ORIGINAL_OFFSET = _header(DLQ_PREFIX + "original.offset", "its offset")
 DLQ_ORIGINAL_TIMESTAMP = _header(DLQ_PREFIX + "original.timestamp", "its timestamp (ms since the epoch)")
 DLQ_CONSUMER_GROUP = _header(
-    DLQ_PREFIX + "consumer.group", "the consumer group that read it (<group>-closures for a close-later dead letter)"
+    DLQ_PREFIX + "consumer.group", "the consumer group that read it (<group>-lifecycle for a close-later dead letter)"
 )
 DLQ_STAGE = _header(DLQ_PREFIX + "stage", "map, validate, protocol, deliver, internal or close-later")
 DLQ_ERROR_CLASS = _header(DLQ_PREFIX + "error.class", "the error class, e.g. ProtocolRuleNotMet")
@@ -247,11 +247,19 @@ def event_key(event: TransferEvent) -> bytes:
 
 #: an allocation mark's key on the pending-notices topic: this + the transfer id (a pending notice's: the transfer id)
 ALLOCATION_MARK_PREFIX = "allocated:"
+#: a signal mark's key on the pending-closures topic: this + the transfer id (a pending closure's: the transfer id)
+SIGNAL_MARK_PREFIX = "signal:"
 #: the audit topic's keys: a replay's is its dead letter's id (``<partition>:<offset>``); the others' are these + ...
 ALLOCATION_AUDIT_PREFIX = "allocation/"  # ... the transfer id: an allocation an operator recorded
 MILESTONE_AUDIT_PREFIX = "milestone/"  # ... ``<transfer id>/<milestone>``: a milestone recorded on the monitor
 INTAKE_AUDIT_PREFIX = "intake/"  # ... the transfer id (``-`` for none): a post to the intake
-KEY_PREFIXES = (ALLOCATION_MARK_PREFIX, ALLOCATION_AUDIT_PREFIX, MILESTONE_AUDIT_PREFIX, INTAKE_AUDIT_PREFIX)
+KEY_PREFIXES = (
+    ALLOCATION_MARK_PREFIX,
+    SIGNAL_MARK_PREFIX,
+    ALLOCATION_AUDIT_PREFIX,
+    MILESTONE_AUDIT_PREFIX,
+    INTAKE_AUDIT_PREFIX,
+)
 
 
 # -- event ids (deterministic: a re-run yields the same ids, so a reader can drop a copy) -----------------------

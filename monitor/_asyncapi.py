@@ -149,6 +149,18 @@ def asyncapi_document() -> dict[str, Any]:
         },
         "required": ["allocated_at"],
     }
+    schemas["SignalMark"] = {
+        "type": "object",
+        "title": "SignalMark",
+        "description": "a signal read before the transfer's pending closure (key signal:<transfer id>); the closure "
+        "acts on it once it is read",
+        "properties": {
+            "signal": {"enum": ["allocated", "accepted"], "description": "the trigger it is"},
+            "go": {"type": "boolean", "description": "false: the front door did not accept (the closure is cancelled)"},
+            "read_at": {"type": "string", "format": "date-time"},
+        },
+        "required": ["signal", "go", "read_at"],
+    }
     schemas["RetryState"] = {
         "type": "object",
         "title": "RetryState",
@@ -377,6 +389,14 @@ def asyncapi_document() -> dict[str, Any]:
             "AllocationMark",
             "allocated:<transfer id>",
         ),
+        "SignalMark": message(
+            "SignalMark",
+            "Signal mark",
+            "A signal (an allocation, the front door's decision) read before its pending closure; tombstoned once "
+            "acted on." + tombstone,
+            "SignalMark",
+            "signal:<transfer id>",
+        ),
         "PendingClosure": message(
             "PendingClosure",
             "Pending closure",
@@ -463,8 +483,9 @@ def asyncapi_document() -> dict[str, Any]:
         "pendingClosures": channel(
             topics.pending_closures,
             topics.pending_closures,
-            "Compacted: source records to close later.",
+            "Compacted: source records to close later, and signal marks.",
             "PendingClosure",
+            "SignalMark",
         ),
     }
 
@@ -529,11 +550,11 @@ def asyncapi_document() -> dict[str, Any]:
         "rememberStepDown": operation("send", "childHistory", "The router records each completed step-down."),
         "holdNotice": operation("send", "pendingNotices", "The router records a notice due on allocation."),
         "sendNotices": operation(
-            "receive", "pendingNotices", "The notice loop sends due notices.", "<group_id>-notices"
+            "receive", "pendingNotices", "The lifecycle loop sends due notices.", "<group_id>-lifecycle"
         ),
         "holdClosure": operation("send", "pendingClosures", "The router records a source record to close later."),
         "closeLater": operation(
-            "receive", "pendingClosures", "The closure scheduler closes due records.", "<group_id>-closures"
+            "receive", "pendingClosures", "The lifecycle loop closes due records.", "<group_id>-lifecycle"
         ),
     }
     return {

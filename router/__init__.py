@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .app import Router, build_router
     from .flow import Outcome, TransferFlow
+    from .lifecycle import Lifecycle
     from .settings import Settings, Topics
 
 #: each public name and the module that defines it
@@ -27,6 +28,7 @@ _WHERE = {
     "build_router": ".app",
     "Outcome": ".flow",
     "TransferFlow": ".flow",
+    "Lifecycle": ".lifecycle",
     "Settings": ".settings",
     "Topics": ".settings",
 }
@@ -35,4 +37,4 @@ _WHERE = {
 __getattr__ = lazy_names(__name__, _WHERE, globals())
 
 
-__all__ = ["Outcome", "Router", "Settings", "Topics", "TransferFlow", "__version__", "build_router"]
+__all__ = ["Lifecycle", "Outcome", "Router", "Settings", "Topics", "TransferFlow", "__version__", "build_router"]

@@ -1,5 +1,9 @@
 """Work waiting for an event: a notice (LU-7, on allocation) and a closure (LU-4 after 10 days, SW22-10 on
-allocation, NS-12 on the front door's acceptance)."""
+allocation, NS-12 on the front door's acceptance), and the marks of signals read before their pending entry.
+
+Both state topics are compacted and keyed by transfer id; a mark is keyed by a prefix and the transfer id and
+written to the transfer's own partition (``router/lifecycle.py``), so it is restored with the pending entries of
+that partition."""
 
 from __future__ import annotations
 
@@ -144,6 +148,11 @@ MARK = wire.ALLOCATION_MARK_PREFIX
 Mark = tuple[datetime, CaseSystem | None]
 
 
+def encode_notice_mark(mark: Mark) -> bytes:
+    at, system = mark
+    return json.dumps({"allocated_at": at.isoformat(), "confirm_with": system and system.value}).encode()
+
+
 def decode_notice_entry(raw: bytes) -> PendingNotice | Mark:
     """A pending notice, or an allocation mark."""
     doc = json.loads(raw)
@@ -157,3 +166,28 @@ async def read_pending_notices(kafka: Kafka, topic: str) -> dict[str, PendingNot
     """The notices waiting for their transfer's allocation, by transfer id, as the topic stands now (no marks)."""
     entries = await replay_compacted(kafka, topic, bytes.decode, decode_notice_entry)
     return {k: v for k, v in entries.items() if isinstance(v, PendingNotice) and not k.startswith(MARK)}
+
+
+#: key prefix of a durable signal mark on the pending-closures topic
+SIGNAL_MARK = wire.SIGNAL_MARK_PREFIX
+
+
+#: a signal mark: when it was read, the trigger it is ("allocated", "accepted") and whether it says go (the front
+#: door accepted: True; not accepted: False; an allocation: True)
+SignalMark = tuple[datetime, Trigger, bool]
+
+
+def encode_signal_mark(mark: SignalMark) -> bytes:
+    at, trigger, go = mark
+    return json.dumps({"signal": trigger, "go": go, "read_at": at.isoformat()}).encode()
+
+
+def decode_signal_mark(raw: bytes) -> SignalMark:
+    doc = json.loads(raw)
+    return datetime.fromisoformat(doc["read_at"]), doc["signal"], bool(doc["go"])
+
+
+async def read_pending_closures(kafka: Kafka, topic: str) -> dict[str, PendingClosure]:
+    """The closures waiting, by transfer id, as the topic stands now (no signal marks)."""
+    entries = await replay_compacted(kafka, topic, bytes.decode, bytes)  # decoded once the marks are set aside
+    return {k: PendingClosure.decode(v) for k, v in entries.items() if not k.startswith(SIGNAL_MARK)}

@@ -21,7 +21,7 @@ V = TypeVar("V")
 
 
 def follower(kafka: Kafka, group_id: str, *topics: str) -> AIOKafkaConsumer:
-    """A side loop's consumer (notices, closures): its own group, from the beginning, offsets committed by hand."""
+    """A side loop's consumer (the alert dispatcher): its own group, from the beginning, offsets committed by hand."""
     return clients.consumer(
         kafka,
         *topics,
@@ -34,9 +34,9 @@ def follower(kafka: Kafka, group_id: str, *topics: str) -> AIOKafkaConsumer:
 def owned_follower(
     kafka: Kafka, group_id: str, topics: list[str], listener: ConsumerRebalanceListener
 ) -> AIOKafkaConsumer:
-    """A side loop's consumer whose group co-partitions its topics (``_assignor.py``): partition p of each of them
-    belongs to one process, which acts on the pending entries of exactly those partitions (``listener`` restores
-    them when assigned, forgets them when revoked)."""
+    """A side loop's consumer (the lifecycle's) whose group co-partitions its topics (``_assignor.py``): partition p
+    of each of them belongs to one process, which acts on the pending entries of exactly those partitions
+    (``listener`` restores them when assigned, forgets them when revoked)."""
     consumer = clients.consumer(
         kafka,
         group_id=group_id,

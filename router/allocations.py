@@ -7,11 +7,11 @@ topics for the transfer and serves what waits there, decided by what each entry 
 - a pending closure whose trigger is an allocation (``ALLOCATION_TRIGGERS``) is written back due now with the
   worker, so the closure scheduler closes the source naming that worker (and first sends the documents where the
   entry says so);
-- a pending notice (every one waits for the allocation) is sent by the notices loop on the audit record, once,
-  across restarts (``router/notices.py``'s durable marks).
+- a pending notice (every one waits for the allocation) is sent by the lifecycle's notices step on the audit
+  record, once, across restarts (the lifecycle's durable marks, ``router/lifecycle.py``).
 
 Each recorded allocation writes one audit record (operator, time, transfer, rule ids, council, organisation, the
-target) to ``<prefix>.audit`` before anything else. The audit record is the signal: the notices loop and the closure
+target) to ``<prefix>.audit`` before anything else. The audit record is the signal: the notices step and the closure
 scheduler follow the audit topic, and the closure scheduler (the router's principal, the only writer of the events
 topic with the reporters) emits the ``allocated`` event for it. An ``allocated`` event on the events topic alone
 proves nothing (anyone who can write to Kafka could have written it): it acts only once the target that holds the
@@ -35,8 +35,7 @@ from connectors._feed import idempotent_producer
 from connectors.kafka import Kafka
 from contracts import CaseSystem, MilestoneRecorded, Person, TransferAllocated
 
-from ._pending import ALLOCATION_TRIGGERS, PendingClosure, PendingNotice, read_pending_notices
-from ._reading import replay_compacted
+from ._pending import ALLOCATION_TRIGGERS, PendingClosure, PendingNotice, read_pending_closures, read_pending_notices
 from .flow import event_id
 from .settings import ALLOCATION_AUDIT_PREFIX, MILESTONE_AUDIT_PREFIX, Settings, Topics
 
@@ -187,7 +186,7 @@ async def allocate(
         raise AllocationRefused("operator: required, every recorded allocation is audited (--operator)")
     if not worker.organisation:
         raise AllocationRefused("worker.organisation: required, the closure record names the worker's organisation")
-    closures = await replay_compacted(kafka, topics.pending_closures, bytes.decode, PendingClosure.decode)
+    closures = await read_pending_closures(kafka, topics.pending_closures)
     closure = closures.get(transfer_id)
     if closure is not None and closure.trigger not in ALLOCATION_TRIGGERS:
         closure = None
@@ -224,7 +223,7 @@ async def allocate(
     await producer.start()
     try:
         # the audit record first: nothing is recorded that was not audited (a failure after it leaves an audited
-        # attempt: record it again). It is the signal: the notices loop sends on it, and the closure scheduler emits
+        # attempt: record it again). It is the signal: the notices step sends on it, and the closure scheduler emits
         # the ``allocated`` event for it. Nothing is written to the events topic from here.
         await producer.send_and_wait(
             topics.audit, audit.model_dump_json().encode(), key=f"{ALLOCATION_AUDIT_PREFIX}{transfer_id}".encode()

@@ -4,7 +4,8 @@ early-help worker is named), NS-12 (once the Front Door accepted the step-up).
 Where the flow keeps a source record open under a rule with a later closure, ``ClosurePlanner``
 turns it into a ``PendingClosure`` (ids, times, the protocol's closure wording; no child data,
 staff names only), which the flow writes to the compacted ``<prefix>.pending-closures`` topic keyed by
-transfer id. ``ClosureScheduler`` reads that topic and the events topic. A closure falls due
+transfer id. ``ClosureScheduler``, a step of the lifecycle loop (``router/lifecycle.py``), acts on that topic's
+entries as the loop reads it and the events topic. A closure falls due
 at its time (LU-4), on the transfer's ``allocated`` event (SW22-10) or on the Front Door's
 ``front-door-decision`` event (NS-12: accepted closes; not accepted cancels, the record
 stays open). A signal never acts alone: an ``allocated`` or ``front-door-decision`` event read on the events topic
@@ -15,7 +16,7 @@ with the worker it names, which the close then uses instead of asking the target
 documents go first (BA-9); its audit record, followed here, is what the ``allocated`` event is emitted for.
 LU-4 is cancelled when a step-down of the same child is agreed before it falls due
 (seed 002: co-working for 10 days, then early help closes or the case steps down): the
-scheduler reads the compacted child history (``router/_history.py``, written by the flow on
+scheduler looks in the child history the loop follows (``router/_history.py``, written by the flow on
 every completed step-down), tombstones the entry and emits a ``milestone`` event
 ``closure-cancelled`` naming LU-4, so the monitor shows why the record stayed open. When due,
 the record is closed through the source connector, ``source-closed`` is emitted with the rule
@@ -24,36 +25,26 @@ id, and the entry is tombstoned.
 Delivery: at least once. A signal is made durable by rewriting the entry with its due time;
 a crash between the close and the tombstone closes again, which every source connector's
 close makes a no-op (idempotent on transfer id), and the event id is the same. A source
-that is down leaves the closure due for the next poll; a refusal dead-letters the entry
-(``casebridge replay`` puts it back) and raises an alert. The clock is injectable. A signal read
-before its pending closure (the two topics are fetched independently) holds the events topic's
-committed offset at the signal for ``SIGNAL_GRACE_SECONDS``, so a restart meanwhile reads it again.
-
-Many processes: the loop's group co-partitions the events, pending-closures and audit topics
-(``router/_assignor.py``); a process holds (and acts on) the pending closures of exactly the pending-closures
-partitions it is assigned, restored from the topic when assigned and forgotten when revoked; a closure's signals
-are on the events partition of the same number (both keyed by transfer id). The child history is not
-partitioned among them: every process reads it whole and follows it (its own group-less consumer).
+that is down leaves the closure due for the next round; a refusal dead-letters the entry
+(``casebridge replay`` puts it back) and raises an alert. The clock is injectable (the loop's). A signal read
+before its pending closure, or not yet confirmed, is marked as the loop marks every such signal: a mark
+``signal:<transfer id>`` (the trigger, go or not, when read) on this topic, on the transfer's partition, before
+the offsets move past it; restored with the pending closures, tombstoned once the closure is due, cancelled or
+gone, or the signal was not confirmed, and after ``KEEP_MARKS`` when nothing it could serve arrived.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from connectors import CasebridgeError, PermanentError, Receipt, Source, Target, TargetUnavailable
-from connectors import kafka as clients
-from connectors._feed import idempotent_producer, poll_forever, renew_producer
 from contracts import (
     AlertRaised,
     CaseSystem,
@@ -77,11 +68,9 @@ from mappings import Protocol as CouncilProtocol
 
 from ._history import Entry as HistoryEntry
 from ._history import child_keys, hashed_key
-from ._history import decode as decode_history
 from ._outbox import Failure, dead_letter_headers
-from ._pending import PendingClosure, Trigger
-from ._reading import first_assignment as _first_assignment
-from ._reading import fold_compacted, owned_follower, partition_for, read_partitions, replay_compacted
+from ._pending import SIGNAL_MARK, PendingClosure, SignalMark, Trigger, decode_signal_mark, encode_signal_mark
+from ._reading import fold_compacted
 from ._retry import H_REPLAY_OF, H_REPLAY_OPERATOR
 from .allocations import (
     AllocationAudit,
@@ -97,22 +86,16 @@ from .allocations import (
     recorded_milestone,
 )
 from .flow import event_id
-from .settings import Settings
+from .lifecycle import Marks, Step
+
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
 
 log = structlog.get_logger("casebridge.router.closures")
-#: a commit refused because the group rebalanced meanwhile (not a failure of the loop)
-_REBALANCED = (CommitFailedError, IllegalStateError, RebalanceInProgressError)
 Clock = Callable[[], datetime]
 _Record = tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
-#: signals kept for transfers whose pending closure has not been read yet (the oldest go first)
+#: ``source-closed`` events kept for transfers whose pending closure has not been read yet (the oldest go first)
 MAX_SIGNALS = 100_000
-#: how long a signal with nothing pending holds the committed offset: its pending closure, written by
-#: the flow before the target could allocate or decide, is at most a fetch or two behind it
-SIGNAL_GRACE_SECONDS = 600.0
-
-
-def _hashed(key: bytes) -> str:
-    return hashed_key(key.decode())
 
 
 def utc_now() -> datetime:
@@ -237,114 +220,81 @@ def _without_values(exc: Exception) -> str:
     return f"unexpected {type(exc).__name__} (message not shown: it may hold record data)"
 
 
-class _OwnPending(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Pending closures held for exactly the pending-closures partitions assigned."""
+class ClosureScheduler(Step):
+    """The closures step: pending closures and signal marks of the pending-closures partitions held."""
 
-    def __init__(self, loop: ClosureScheduler) -> None:
-        self.loop = loop
+    name = "closures"
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        topic = self.loop.settings.topics.pending_closures
-        self.loop._drop({tp.partition for tp in revoked if tp.topic == topic})
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        topic = self.loop.settings.topics.pending_closures
-        await self.loop._restore({tp.partition for tp in assigned if tp.topic == topic})
-
-
-class ClosureScheduler:
-    def __init__(
-        self,
-        settings: Settings,
-        sources: dict[CaseSystem, Source],
-        targets: dict[CaseSystem, Target],
-        clock: Clock = utc_now,
-    ) -> None:
-        self.settings = settings
+    def __init__(self, host: Lifecycle, sources: dict[CaseSystem, Source], targets: dict[CaseSystem, Target]) -> None:
+        super().__init__(host, host.settings.topics.pending_closures)
         self.sources = sources
         self.targets = targets
-        self.clock = clock
-        topics = settings.topics
-        self.consumer = owned_follower(
-            settings.connection,
-            f"{settings.group_id}-closures",
-            [topics.events, topics.pending_closures, topics.audit],
-            _OwnPending(self),
-        )
-        #: the whole child history, followed by every process (not shared out by the group)
-        self.history: AIOKafkaConsumer | None = None
-        #: how many partitions the pending-closures topic has
-        self.partitions = 0
-        #: set once the group first assigned this process its partitions (and their entries were restored)
-        self.assigned = asyncio.Event()
-        self.producer = idempotent_producer(settings.connection)
         self.pending: dict[str, PendingClosure] = {}
-        #: signals read for transfers (allocated; front door accepted True / not accepted False)
+        #: signals read for transfers (allocated; front door accepted True / not accepted False), the durable ones
+        #: (``marks``) included
         self.signals: dict[str, tuple[Trigger, bool]] = {}
+        #: durable signal marks: transfer id -> when marked, the trigger and whether it says go
+        self.marks: Marks[SignalMark] = Marks(self, SIGNAL_MARK, encode_signal_mark)
         #: transfers a ``source-closed`` event says are closed (by a re-run of the transfer, or by this scheduler)
         self.closed: dict[str, None] = {}
         #: (partition, offset) of this scheduler's own writes to the pending topic: not applied again when read back
         self._own: set[tuple[int, int]] = set()
-        #: the child history (hashed key -> step-downs), read whole at start, then followed (LU-4's cancellation)
-        self.step_downs: dict[str, tuple[HistoryEntry, ...]] = {}  # exact tuples: the collector stops scanning them
-        #: signals with nothing pending yet: transfer id -> (partition, offset, monotonic time read)
-        self._unmatched: dict[str, tuple[TopicPartition, int, float]] = {}
-        #: operators' recorded allocations and milestones read in this poll: their events go out before the commit
+        #: operators' recorded allocations and milestones read in this round: their events go out before the commit
         self._recorded: list[AllocationAudit | MilestoneAudit] = []
-        #: replayed closures read in this poll: their ``replayed`` events go out before the commit
+        #: replayed closures read in this round: their ``replayed`` events go out before the commit
         self._replays: list[TransferEvent] = []
 
-    async def start(self) -> None:
-        """Read the child history whole and follow it; the pending closures are restored per partition as the
-        group assigns them (``_restore``)."""
-        history = self.settings.topics.history
-        self.step_downs.update(await replay_compacted(self.settings.connection, history, _hashed, decode_history))
-        await self.producer.start()
-        # earliest, as the seek below: with "latest" the reset that assign starts may win the race against the seek
-        self.history = clients.consumer(
-            self.settings.connection, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-        )
-        await self.history.start()
-        parts = [TopicPartition(history, p) for p in sorted(await self.producer.partitions_for(history))]
-        self.history.assign(parts)
-        await self.history.seek_to_beginning(*parts)  # read again from the start: folding it twice is harmless
-        self.partitions = len(await self.producer.partitions_for(self.settings.topics.pending_closures))
-        await self.consumer.start()
-        await _first_assignment(self.assigned, type(self).__name__)
+    @property
+    def step_downs(self) -> dict[str, tuple[HistoryEntry, ...]]:
+        """The child history the loop follows (hashed key -> step-downs): LU-4's cancellation."""
+        return self.host.step_downs
 
-    async def stop(self) -> None:
-        await self.consumer.stop()
-        if self.history is not None:
-            await self.history.stop()
-        await self.producer.stop()
-
-    async def _restore(self, partitions: set[int]) -> None:
-        """The pending closures of newly assigned partitions, read to their end before they are acted on; the
-        group's position on them moves to that end (what is older was just read)."""
-        topic = self.settings.topics.pending_closures
-        self._drop(partitions)
-        ends: dict[int, int] = {}
-
-        def apply(records: list[ConsumerRecord[bytes, bytes]]) -> None:
-            fold_compacted(self.pending, records, bytes.decode, PendingClosure.decode)
-
-        await read_partitions(self.settings.connection, topic, partitions, apply, ends=ends)
-        for p, end in ends.items():
-            self.consumer.seek(TopicPartition(topic, p), end)
-        self.assigned.set()
-
-    def _drop(self, partitions: set[int]) -> None:
-        for tid in [t for t in self.pending if partition_for(t.encode(), self.partitions or 1) in partitions]:
+    def drop(self, partitions: Collection[int]) -> None:
+        for tid in {t for t in [*self.pending, *self.marks] if self.partition(t) in partitions}:
             self._forget(tid)
+        self.marks.drop(partitions)
+        self._own = {(p, o) for p, o in self._own if p not in partitions}
 
-    async def poll_once(self) -> int:
-        """Read what is new; close every record now due. Returns how many records were closed."""
-        for records in (await self.consumer.getmany(timeout_ms=200)).values():
-            for r in records:
-                self._read(r)
-        if self.history is not None:
-            for records in (await self.history.getmany(timeout_ms=0)).values():
-                fold_compacted(self.step_downs, records, _hashed, decode_history)
+    def restore(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for r in records:
+            self._apply(r)
+
+    def apply(self, r: ConsumerRecord[bytes, bytes]) -> None:
+        if (r.partition, r.offset) in self._own:  # our own write, applied when it was made
+            self._own.discard((r.partition, r.offset))
+            return
+        self._apply(r)
+        of = dict(r.headers or ()).get(H_REPLAY_OF)
+        if of is not None and r.key is not None:  # an operator replayed its dead letter: the event is ours
+            operator = dict(r.headers or ()).get(H_REPLAY_OPERATOR, b"unknown").decode(errors="replace")
+            offset = of.decode(errors="replace").partition(":")[2]
+            self._replays.append(
+                TransferReplayed(
+                    event_id=event_id(of.decode(errors="replace"), "replayed"),
+                    transfer_id=r.key.decode(),
+                    operator=operator,
+                    dead_letter_offset=int(offset) if offset.isdigit() else 0,
+                )
+            )
+
+    def _apply(self, r: ConsumerRecord[bytes, bytes]) -> None:
+        """One record of the pending-closures topic: a pending closure or a signal mark; no value: a tombstone."""
+        if r.key is None:
+            return
+        key = r.key.decode()
+        if key.startswith(SIGNAL_MARK):
+            tid = key.removeprefix(SIGNAL_MARK)
+            mark = None if r.value is None else decode_signal_mark(r.value)
+            self.marks.apply(tid, mark)
+            if mark is None:
+                self.signals.pop(tid, None)
+            else:
+                self.signals.setdefault(tid, mark[1:])
+        else:
+            fold_compacted(self.pending, [r], bytes.decode, PendingClosure.decode)
+
+    async def act(self, now: datetime) -> int:
+        """Close every record now due; returns how many records were closed."""
         recorded, self._recorded = self._recorded, []
         replays, self._replays = self._replays, []
         await self._send_all([self._event_record(e) for e in [*(a.event() for a in recorded), *replays]])
@@ -359,7 +309,6 @@ class ClosureScheduler:
             down = self._stepped_down(p)
             if down is not None:
                 await self._cancel(p, down)
-        now = self.clock()
         for tid, p in sorted(self.pending.items()):
             signal = self.signals.get(tid)
             if p.due_at is None and signal is not None and signal[0] == p.trigger:
@@ -379,74 +328,49 @@ class ClosureScheduler:
         # every source-closed is on the broker before any of their entries is tombstoned (a crash between: closed
         # again, a no-op, same event id)
         await self._send_all([self._event_record(e) for _, e in closed])
-        await self._send_all(
-            [(self.settings.topics.pending_closures, p.transfer_id.encode(), None, []) for p, _ in closed]
-        )
+        await self._send_all([(self.topic, p.transfer_id.encode(), None, []) for p, _ in closed])
         for p, _ in closed:
             self._forget(p.transfer_id)
             log.info("source_closed_later", transfer_id=p.transfer_id, rule_ids=[p.rule_id])
-        await self._commit()
+        await self._keep_signals(now)
         return len(closed)
 
-    async def _commit(self) -> None:
-        """Commit what was read, except past a signal still waiting for its pending closure (within the grace).
+    async def _keep_signals(self, now: datetime) -> None:
+        """Every signal still waiting (nothing pending yet, or not yet confirmed) is marked before the offsets
+        move past it; a mark whose signal was acted on, dropped, or kept past ``KEEP_MARKS`` with nothing it could
+        serve, is tombstoned."""
 
-        A commit the group refuses because it rebalanced (this member was evicted: paused past its session
-        timeout) is not fatal: once it rejoins, its partitions are read again from the last commit, and every
-        step is idempotent (a close already made is a no-op, the same event id)."""
-        try:
-            await self._commit_read()
-        except _REBALANCED:  # evicted, or the partitions moved to another process of the deployment
-            log.warning("closure_commit_failed", reason="the group rebalanced; read again from the last commit")
+        def serves(tid: str) -> bool:
+            p = self.pending.get(tid)
+            return p is not None and p.trigger == self.marks[tid][1]
 
-    async def _commit_read(self) -> None:
-        oldest = time.monotonic() - SIGNAL_GRACE_SECONDS
-        for tid, (_, _, read_at) in list(self._unmatched.items()):
-            if tid in self.pending or read_at < oldest:
-                del self._unmatched[tid]
-        if not self._unmatched:
-            await self.consumer.commit()
-            return
-        offsets = {tp: await self.consumer.position(tp) for tp in self.consumer.assignment()}
-        for tp, offset, _ in self._unmatched.values():
-            if tp in offsets:
-                offsets[tp] = min(offsets[tp], offset)
-        await self.consumer.commit(offsets)
+        for tid in await self.marks.expire(now, serves):
+            self.signals.pop(tid, None)
+        waiting = {t for t in self.signals if (p := self.pending.get(t)) is None or p.due_at is None}
+        for tid in sorted(self.marks.keys() - waiting):
+            await self._mark(tid, None)
+        for tid in sorted(waiting - self.marks.keys()):
+            await self._mark(tid, (now, *self.signals[tid]))
 
-    def _read(self, r: ConsumerRecord[bytes, bytes]) -> None:
+    async def _mark(self, tid: str, mark: SignalMark | None) -> None:
+        meta = await (self.marks.tombstone(tid) if mark is None else self.marks.write(tid, mark))
+        if self.owns(tid):  # read back by this process: applied now, not again
+            self._own.add((meta.partition, meta.offset))
+        else:  # the process holding the transfer's partition reads it
+            self.signals.pop(tid, None)
+
+    def read(self, r: ConsumerRecord[bytes, bytes]) -> None:
         if r.topic == self.settings.topics.audit:
             audit = recorded_allocation(r.key, r.value) or recorded_milestone(r.key, r.value)
             if audit is not None:
                 self._recorded.append(audit)
             return
-        if r.topic == self.settings.topics.history:
-            fold_compacted(self.step_downs, [r], _hashed, decode_history)
-            return
-        if r.topic == self.settings.topics.pending_closures:
-            if (r.partition, r.offset) in self._own:  # our own write, applied when it was made
-                self._own.discard((r.partition, r.offset))
-            else:
-                fold_compacted(self.pending, [r], bytes.decode, PendingClosure.decode)
-                of = dict(r.headers or ()).get(H_REPLAY_OF)
-                if of is not None and r.key is not None:  # an operator replayed its dead letter: the event is ours
-                    operator = dict(r.headers or ()).get(H_REPLAY_OPERATOR, b"unknown").decode(errors="replace")
-                    offset = of.decode(errors="replace").partition(":")[2]
-                    self._replays.append(
-                        TransferReplayed(
-                            event_id=event_id(of.decode(errors="replace"), "replayed"),
-                            transfer_id=r.key.decode(),
-                            operator=operator,
-                            dead_letter_offset=int(offset) if offset.isdigit() else 0,
-                        )
-                    )
-            return
         kind = dict(r.headers or ()).get(wire.EVENT_TYPE)
         if r.key is None or kind not in (b"allocated", b"front-door-decision", b"source-closed"):
             return
         tid = r.key.decode()
-        for seen in (self.signals, self.closed):  # kept for transfers with nothing pending yet: the oldest go first
-            if len(seen) >= MAX_SIGNALS:
-                del seen[next(iter(seen))]
+        if len(self.closed) >= MAX_SIGNALS:  # kept for transfers with nothing pending yet: the oldest go first
+            del self.closed[next(iter(self.closed))]
         if kind == b"source-closed":  # e.g. by a re-run of the transfer (the worker named on it): nothing to do
             self.closed[tid] = None
             return
@@ -459,8 +383,6 @@ class ClosureScheduler:
             # an operator's recorded allocation wrote its closure due (with the worker) before this event: not a
             # signal, or a closure read before that write would be written back due without the worker
             return
-        if tid not in self.pending and tid not in self._unmatched:
-            self._unmatched[tid] = (TopicPartition(r.topic, r.partition), r.offset, time.monotonic())
         if kind == b"allocated":  # an allocation, readable or not
             self.signals[tid] = ("allocated", True)
             return
@@ -657,7 +579,7 @@ class ClosureScheduler:
             topics.pending_closures, 0, 0, int(self.clock().timestamp() * 1000), 0, tid.encode(), value, None,
             len(tid), len(value), (),
         )  # fmt: skip
-        headers = dead_letter_headers(record, f"{self.settings.group_id}-closures", failure)
+        headers = dead_letter_headers(record, self.host.group_id, failure)
         await self._send_all([(topics.dead_letter, tid.encode(), value, headers)])
         await self._emit(
             TransferDeadLettered(
@@ -691,9 +613,7 @@ class ClosureScheduler:
         }
 
     async def _write(self, tid: str, p: PendingClosure | None) -> None:
-        await self._send_all(
-            [(self.settings.topics.pending_closures, tid.encode(), None if p is None else p.encode(), [])]
-        )
+        await self._send_all([(self.topic, tid.encode(), None if p is None else p.encode(), [])])
         if p is None:
             self._forget(tid)
         else:
@@ -711,18 +631,11 @@ class ClosureScheduler:
         return self.settings.topics.events, wire.event_key(event), value, wire.event_headers(event.event_type)
 
     async def _send_all(self, records: list[_Record]) -> None:
-        """Send, then wait until the broker acknowledged every one."""
-        futures = [
-            (topic, await self.producer.send(topic, value, key=key, headers=headers))
-            for topic, key, value, headers in records
-        ]
-        for topic, fut in futures:
-            meta = await fut
-            if topic == self.settings.topics.pending_closures:
+        """Send through the loop's producer, then wait until the broker acknowledged every one."""
+        sent = await self.host.send([(topic, key, value, headers, None) for topic, key, value, headers in records])
+        for (topic, *_), meta in zip(records, sent, strict=True):
+            if topic == self.topic:
                 self._own.add((meta.partition, meta.offset))
-
-    async def run(self, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
-        await poll_forever(self.poll_once, interval, stop, "pending-closures", reset=lambda: renew_producer(self))
 
 
 __all__ = [

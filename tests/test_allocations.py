@@ -25,6 +25,7 @@ from contracts import CaseSystem, NoticeSent, Person, SourceClosed, TransferEven
 from router import Settings
 from router.allocations import AllocationNotPending, AllocationRefused, allocate
 from router.closures import KnowsAllocation
+from router.lifecycle import Lifecycle
 from router.notices import AllocationNotices
 from router.settings import RetrySettings
 from tests.council_data import step_down
@@ -45,8 +46,6 @@ class Mailbox(MemoryTarget):
     """A team mailbox: it holds what it is sent, and cannot say whom its team allocated."""
 
     system: ClassVar[CaseSystem] = CaseSystem.MAILBOX
-
-
 
 
 @pytest.fixture
@@ -108,7 +107,7 @@ async def test_lu07_a_recorded_allocation_sends_the_allocation_notice_once_acros
     settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
 ) -> None:
     """LU-7, Luton step-down to the Early Help Team mailbox: the receipt notice goes at once; no allocation notice
-    until an operator records the allocation (``casebridge allocate``); the notices loop reads it while the channel
+    until an operator records the allocation (``casebridge allocate``); the lifecycle loop reads it while the channel
     is down and restarts: the allocation notice then goes exactly once, and again nothing after another restart."""
     down = step_down("luton", 61)
     tid = down["transfer_id"]
@@ -124,20 +123,19 @@ async def test_lu07_a_recorded_allocation_sends_the_allocation_notice_once_acros
         recorded = await asyncio.to_thread(_allocate_cli, settings, tid, "--operator", "ops-luton-1")
         said = recorded.stdout.strip().splitlines()[-1]
         assert (0, f"recorded: {tid} (LU-7)") == (recorded.exit_code, said.split(";")[0])
-        for _ in range(40):  # the notices loop reads the allocation; the notice cannot go yet
-            await stack.notices.poll_once()
-            await stack.closures.poll_once()  # it emits the recorded allocation's ``allocated`` event
+        for _ in range(40):  # the notices step reads the allocation; the notice cannot go yet
+            await stack.lifecycle.poll_once()  # and the closures step emits the recorded allocation's ``allocated``
             if tid in stack.notices.marks:
                 break
         assert tid in stack.notices.marks and f"{tid}-notice-allocation" not in mailbox.items
-    for _ in range(2):  # the notices loop restarted, twice
-        notices = AllocationNotices(settings, {CaseSystem.MAILBOX: mailbox})
-        await notices.start()
+    for _ in range(2):  # the lifecycle loop restarted, twice
+        lifecycle = Lifecycle(settings, {}, {CaseSystem.MAILBOX: mailbox})
+        await lifecycle.start()
         try:
-            await _poll_notices(notices)
-            assert 0 == sum([await notices.poll_once() for _ in range(3)])
+            await _poll_notices(lifecycle.notices)
+            assert 0 == sum([await lifecycle.notices.poll_once() for _ in range(3)])
         finally:
-            await notices.stop()
+            await lifecycle.stop()
 
     events = await events_until(settings, tid, "allocated", "notice-sent")
     [notice] = _allocation_notices(events)

@@ -31,8 +31,7 @@ from contracts import (
 )
 from mappings import DeadlineState, Unit, deadlines_for, due_at, load_deadlines, load_protocol
 from router import Settings
-from router._pending import NOT_KEPT, PendingClosure
-from router._reading import replay_compacted
+from router._pending import NOT_KEPT, SIGNAL_MARK, PendingClosure, read_pending_closures
 from router.allocations import allocate, recorded_allocation_event_id
 from router.closures import ClosurePlanner, default_timings
 from router.deadletters import replay
@@ -118,9 +117,17 @@ async def _poll_until_closed(stack: Stack, n: int = 1, tries: int = 20) -> int:
 
 
 async def _pending(settings: Settings) -> dict[str, PendingClosure]:
-    return await replay_compacted(
-        settings.bootstrap_servers, settings.topics.pending_closures, bytes.decode, PendingClosure.decode
-    )
+    return await read_pending_closures(settings.bootstrap_servers, settings.topics.pending_closures)
+
+
+async def _marks(settings: Settings) -> dict[str, bytes]:
+    """The signal marks on the pending-closures topic now, by transfer id (tombstoned ones gone)."""
+    s = settings.topics.pending_closures
+    entries: dict[str, bytes | None] = {}
+    for r in await read(settings.bootstrap_servers, s, lambda rs: False, timeout=3):
+        if r.key is not None and r.key.startswith(SIGNAL_MARK.encode()):
+            entries[r.key.decode().removeprefix(SIGNAL_MARK)] = r.value
+    return {tid: v for tid, v in entries.items() if v is not None}
 
 
 # -- pure: the plan, and what the monitor makes of the closure --------------------------------------
@@ -357,9 +364,10 @@ async def test_sw22_10_sw22_11_closure_waits_for_the_allocation_and_names_the_wo
 async def test_sw22_10_an_allocation_read_before_its_pending_closure_survives_a_restart(
     settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
 ) -> None:
-    """The scheduler reads an allocation with nothing pending yet (the two topics are fetched apart) and
-    stops; the pending closure is written later. The committed offset was held at the allocation, so the
-    next scheduler reads it again and closes, instead of waiting for an allocation that has gone by."""
+    """The lifecycle reads an allocation with nothing pending yet (the flow lagging) and stops, its offsets
+    committed past it; the pending closure is written later. The allocation was marked on the transfer's partition
+    of the pending-closures topic before the commit, so the next process restores it and closes, once; the mark is
+    then tombstoned."""
     down = step_down("swindon-2022", 44)
     down["professionals"] = {}
     tid = down["transfer_id"]
@@ -378,15 +386,51 @@ async def test_sw22_10_an_allocation_read_before_its_pending_closure_survives_a_
             headers=[("event_type", b"allocated")],
         )
         for _ in range(20):
-            await stack.closures.poll_once()  # reads and commits
-            if tid in stack.closures.signals:
+            await stack.closures.poll_once()  # reads, marks, commits
+            if tid in stack.closures.marks:
                 break
         assert tid in stack.closures.signals and tid not in stack.closures.pending
+        assert {tid} == set(await _marks(settings))
     async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:  # a new process
+        assert ("allocated", True) == stack.closures.signals[tid]  # restored from the mark, not read again
         await send_transfer(settings, down)
         await events_until(settings, tid, "source-kept-open")
         assert 1 == await _poll_until_closed(stack, tries=40)
+        assert 0 == await _poll_until_closed(stack, tries=3)
+        assert {} == stack.closures.marks
     assert 1 == sum(1 for e in await events_until(settings, tid, "source-closed") if e.event_type == "source-closed")
+    assert {} == await _marks(settings)
+
+
+async def test_a_signal_with_nothing_pending_is_forgotten_after_the_keep_time(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """Most allocations have no pending closure: their marks are tombstoned once older than KEEP_MARKS, in memory
+    and on the topic, so a restart restores nothing."""
+    clock = Clock()
+    tid = "no-closure-1"
+    allocated = TransferAllocated(
+        event_id="alloc-no-closure-1",
+        transfer_id=tid,
+        target_system=CaseSystem.MAILBOX,
+        target_reference="EHH-9",
+        episode_reference="EHH-EP-9",
+    )
+    async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:
+        headers = [("event_type", b"allocated")]
+        await produce(settings.bootstrap_servers, settings.topics.events,
+                      [(tid.encode(), allocated.model_dump_json().encode())], headers=headers)  # fmt: skip
+        for _ in range(20):
+            await stack.closures.poll_once()
+            if tid in stack.closures.marks:
+                break
+        assert tid in stack.closures.marks
+        clock.offset = timedelta(days=31)
+        await _poll_until_closed(stack, tries=3)
+        assert ({}, {}) == (stack.closures.marks, stack.closures.signals)
+    assert {} == await _marks(settings)
+    async with _stack(settings, systems, tmp_path / "state", parts, clock) as stack:
+        assert ({}, {}) == (stack.closures.marks, stack.closures.signals)
 
 
 async def test_sw22_10_an_allocated_event_the_team_does_not_confirm_closes_nothing_until_an_operator_records_it(

@@ -26,8 +26,7 @@ from aiokafka.errors import CommitFailedError
 from contracts import CaseSystem
 from router import Settings, Topics
 from router.app import ensure_topics
-from router.closures import ClosureScheduler
-from router.notices import AllocationNotices
+from router.lifecycle import Lifecycle
 from tests.faults_support import (
     EHM_DEADLINE,
     Council,
@@ -358,16 +357,19 @@ def _refuse_commits(consumer: Any, times: int) -> list[int]:
 async def test_lu07_the_notices_loop_goes_on_when_a_rebalance_refuses_its_commit_and_sends_once(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
-    """The allocation notices loop's commits refused (evicted from its group): it goes on, the notice goes once."""
+    """The lifecycle loop's commits refused (evicted from its group): it goes on, the allocation notice goes once."""
     from tests.test_notices_restart import Mailbox, _allocate, _pend
 
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
     t = settings.topics
-    await ensure_topics(kafka_bootstrap, [t.events, t.audit], compacted=[t.pending_notices])
+    await ensure_topics(
+        kafka_bootstrap, [t.events, t.audit], compacted=[t.pending_notices, t.pending_closures, t.history]
+    )
     mailbox = Mailbox()
-    notices = AllocationNotices(settings, {CaseSystem.MAILBOX: mailbox})
-    await notices.start()
-    refused = _refuse_commits(notices.consumer, 3)
+    lifecycle = Lifecycle(settings, {}, {CaseSystem.MAILBOX: mailbox})
+    notices = lifecycle.notices
+    await lifecycle.start()
+    refused = _refuse_commits(lifecycle.consumer, 3)
     try:
         await _pend(settings, "LU7-EVICTED-1")
         await _allocate(settings, "LU7-EVICTED-1")
@@ -376,7 +378,7 @@ async def test_lu07_the_notices_loop_goes_on_when_a_rebalance_refuses_its_commit
             sent += await notices.poll_once()
         assert (3, 1) == (refused[0], sent)
     finally:
-        await notices.stop()
+        await lifecycle.stop()
     assert ["LU7-EVICTED-1-notice-allocation"] == mailbox.order
 
 
@@ -387,12 +389,14 @@ async def test_the_closure_scheduler_goes_on_when_a_rebalance_refuses_its_commit
     timeout is): the poll ends normally and the next commits go through (before: the loop died, exit 4)."""
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
     t = settings.topics
-    await ensure_topics(kafka_bootstrap, [t.events, t.audit], compacted=[t.pending_closures, t.history])
-    scheduler = ClosureScheduler(settings, {}, {})
-    await scheduler.start()
-    refused = _refuse_commits(scheduler.consumer, 2)
+    await ensure_topics(
+        kafka_bootstrap, [t.events, t.audit], compacted=[t.pending_notices, t.pending_closures, t.history]
+    )
+    lifecycle = Lifecycle(settings, {}, {})
+    await lifecycle.start()
+    refused = _refuse_commits(lifecycle.consumer, 2)
     try:
-        assert [0, 0, 0, 0] == [await scheduler.poll_once() for _ in range(4)]
+        assert [0, 0, 0, 0] == [await lifecycle.closures.poll_once() for _ in range(4)]
         assert 2 == refused[0]
     finally:
-        await scheduler.stop()
+        await lifecycle.stop()

@@ -137,5 +137,5 @@ def test_dead_letter_payload_is_described_as_it_is_not_as_a_transfer_message() -
         "#/components/schemas/ByReference",
     ] == [alt["$ref"] for alt in value["anyOf"]]
     assert "transfer_id" in doc["components"]["schemas"]["PendingClosure"]["properties"]
-    for state in ("RetryState", "ChildHistory", "PendingNotice", "AllocationMark", "PendingClosure"):
+    for state in ("RetryState", "ChildHistory", "PendingNotice", "AllocationMark", "PendingClosure", "SignalMark"):
         assert "tombstone" in doc["components"]["messages"][state]["summary"], state

@@ -16,7 +16,7 @@ from connectors.memory import MemorySource, MemoryTarget
 from contracts import CaseSystem
 from monitor import Monitor
 from router.app import ensure_topics
-from router.closures import ClosureScheduler
+from router.lifecycle import Lifecycle
 from router.settings import Settings, Topics
 from tests.monitor_support import (
     OPERATOR_NAME,
@@ -180,9 +180,12 @@ async def test_ns04_overdue_meeting_shows_then_operator_records_it_met(
             json.loads(audit.value)["operator"],
         )
         settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-r")
-        await ensure_topics(kafka_bootstrap, [], compacted=[topics.pending_closures, topics.history])
-        scheduler = ClosureScheduler(settings, {}, {})
-        await scheduler.start()
+        await ensure_topics(
+            kafka_bootstrap, [], compacted=[topics.pending_notices, topics.pending_closures, topics.history]
+        )
+        lifecycle = Lifecycle(settings, {}, {})
+        scheduler = lifecycle.closures
+        await lifecycle.start()
         try:
             for _ in range(20):
                 await scheduler.poll_once()
@@ -191,7 +194,7 @@ async def test_ns04_overdue_meeting_shows_then_operator_records_it_met(
                 if milestones:
                     break
         finally:
-            await scheduler.stop()
+            await lifecycle.stop()
         [milestone] = milestones
         assert OPERATOR_NAME.encode() not in (milestone.value or b"")  # the event names the step, not who
         detail = await wait_for(

@@ -1,13 +1,15 @@
-"""LU-7's allocation notice across a router restart (router/notices.py), on the real broker; and an ``allocated``
-event that the target does not confirm sends nothing."""
+"""LU-7's allocation notice across a router restart (router/notices.py, a step of router/lifecycle.py), on the real
+broker; and an ``allocated`` event that the target does not confirm sends nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 import pytest
 
+from connectors import Target
 from connectors.memory import MemoryTarget
 from contracts import AlertRaised, CaseSystem, NoticeSent, Person, TransferAllocated
 from router import Settings
@@ -15,10 +17,13 @@ from router._pending import PendingNotice
 from router._reading import replay_compacted
 from router.allocations import AllocationAudit
 from router.app import ensure_topics
+from router.lifecycle import Lifecycle
 from router.notices import MARK, AllocationNotices
 from router.settings import ALLOCATION_AUDIT_PREFIX
 from tests.council_data import step_down, transfer
 from tests.support import events_of, produce, read
+
+Clock = Callable[[], datetime]
 
 
 class Mailbox(MemoryTarget):
@@ -44,8 +49,15 @@ class Ehm(MemoryTarget):
 async def settings(kafka_bootstrap: str, topic_prefix: str) -> Settings:
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, group_id=f"{topic_prefix}-router")
     t = settings.topics
-    await ensure_topics(kafka_bootstrap, [t.events, t.audit], compacted=[t.pending_notices])
+    await ensure_topics(
+        kafka_bootstrap, [t.events, t.audit], compacted=[t.pending_notices, t.pending_closures, t.history]
+    )
     return settings
+
+
+def _notices(settings: Settings, targets: dict[CaseSystem, Target], clock: Clock | None = None) -> AllocationNotices:
+    """The notices step of a new lifecycle loop (a new process: nothing in memory); start and stop it by its host."""
+    return Lifecycle(settings, {}, targets, clock).notices
 
 
 async def _allocate(settings: Settings, tid: str) -> None:
@@ -99,18 +111,18 @@ async def test_lu07_allocation_read_before_its_pending_notice_survives_a_restart
     the pending notice then arrives: the notice is sent exactly once, and the mark is tombstoned."""
     tid = "LU7-RESTART-1"
     mailbox = Mailbox()
-    first = AllocationNotices(settings, {CaseSystem.MAILBOX: mailbox})
-    await first.start()
+    first = _notices(settings, {CaseSystem.MAILBOX: mailbox})
+    await first.host.start()
     try:
         await _allocate(settings, tid)
         assert 0 == await _poll(first)  # nothing pending yet: the allocation is marked, offsets committed past it
         assert tid in first.marks
     finally:
-        await first.stop()
+        await first.host.stop()
 
     await _pend(settings, tid)
-    second = AllocationNotices(settings, {CaseSystem.MAILBOX: mailbox})  # a new process: nothing in memory
-    await second.start()
+    second = _notices(settings, {CaseSystem.MAILBOX: mailbox})  # a new process: nothing in memory
+    await second.host.start()
     try:
         assert tid in second.marks  # read back from the topic
         sent = 0
@@ -121,15 +133,15 @@ async def test_lu07_allocation_read_before_its_pending_notice_survives_a_restart
         assert 1 == sent
         assert 0 == await _poll(second, 5)  # and not again
     finally:
-        await second.stop()
+        await second.host.stop()
 
-    third = AllocationNotices(settings, {CaseSystem.MAILBOX: mailbox})  # restarted again: nothing left to send
-    await third.start()
+    third = _notices(settings, {CaseSystem.MAILBOX: mailbox})  # restarted again: nothing left to send
+    await third.host.start()
     try:
         assert ({}, {}) == (third.pending, third.marks)
         assert 0 == await _poll(third, 5)
     finally:
-        await third.stop()
+        await third.host.stop()
     assert [f"{tid}-notice-allocation"] == mailbox.order
     records = await read(settings.bootstrap_servers, settings.topics.events, lambda rs: len(rs) >= 1, timeout=10)
     [notice] = [e for e in events_of(records) if isinstance(e, NoticeSent)]
@@ -141,8 +153,8 @@ async def test_lu07_allocation_read_before_its_pending_notice_survives_a_restart
 async def test_lu07_an_allocation_with_no_notice_is_forgotten_after_the_keep_time(settings: Settings) -> None:
     """Most allocations have no notice: their marks are tombstoned once older than KEEP_MARKS."""
     now = datetime.now(UTC)
-    notices = AllocationNotices(settings, {CaseSystem.MAILBOX: Mailbox()}, clock=lambda: now)
-    await notices.start()
+    notices = _notices(settings, {CaseSystem.MAILBOX: Mailbox()}, lambda: now)
+    await notices.host.start()
     try:
         await _allocate(settings, "LU7-NONE-1")
         await _poll(notices)
@@ -151,7 +163,7 @@ async def test_lu07_an_allocation_with_no_notice_is_forgotten_after_the_keep_tim
         await _poll(notices, 3)
         assert {} == notices.marks
     finally:
-        await notices.stop()
+        await notices.host.stop()
     left = await replay_compacted(settings.bootstrap_servers, settings.topics.pending_notices, bytes.decode, bytes)
     assert f"{MARK}LU7-NONE-1" not in left
 
@@ -166,8 +178,8 @@ async def test_lu07_an_allocated_event_acts_only_once_the_target_confirms_it(set
     ehm.allocated_to[real] = Person(name="Sam Madeup", role="Family Support Worker")
     for tid in (real, forged, via_mailbox):
         await _pend(settings, tid)
-    notices = AllocationNotices(settings, {CaseSystem.EHM: ehm, CaseSystem.MAILBOX: mailbox})
-    await notices.start()
+    notices = _notices(settings, {CaseSystem.EHM: ehm, CaseSystem.MAILBOX: mailbox})
+    await notices.host.start()
     try:
         await _reported(settings, real, CaseSystem.EHM)
         await _reported(settings, forged, CaseSystem.EHM)
@@ -181,7 +193,7 @@ async def test_lu07_an_allocated_event_acts_only_once_the_target_confirms_it(set
         assert (1, {}) == (sent, notices.marks)
         assert {forged, via_mailbox} == set(notices.pending)  # still waiting for a real allocation
     finally:
-        await notices.stop()
+        await notices.host.stop()
     assert [f"{real}-notice-allocation"] == mailbox.order
     records = await read(settings.bootstrap_servers, settings.topics.events, lambda rs: len(rs) >= 6, timeout=10)
     alerts = {e.transfer_id: e for e in events_of(records) if isinstance(e, AlertRaised)}

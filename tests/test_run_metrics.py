@@ -282,7 +282,7 @@ async def test_casebridge_run_metrics_move_during_a_flow_and_name_errors_and_ret
             assert 1 <= after.value("casebridge_router_batch_seconds_count", topic=transfers)
             assert 3 <= after.value("casebridge_router_outcomes_total", topic=transfers, state="completed")
             # the loops up, polling; the router running; Kafka reachable; the deployment named
-            loops = {"Router", "AllocationNotices", "ClosureScheduler", "LcsPublisher", "StepUpPublisher",
+            loops = {"Router", "Lifecycle", "LcsPublisher", "StepUpPublisher",
                      "AllocationReporter", "DecisionReporter"}  # fmt: skip
             assert loops <= after.labels("casebridge_loop_up", "loop")
             assert all(1 == after.value("casebridge_loop_up", loop=name) for name in loops)

@@ -29,8 +29,9 @@ from connectors.ted import TedConnector, TedPublisher, transfer_id_for
 from contracts import CaseSystem, Council, Person, Purpose, TransferEvent, TransferMessage
 from mappings import load_protocol
 from router import Settings, Topics, build_router
-from router.closures import AllocationNotPending, ClosureScheduler, record_allocation
+from router.closures import AllocationNotPending, record_allocation
 from router.deadletters import replayed_ids
+from router.lifecycle import Lifecycle
 from sandboxes import ServerHandle, create_ted_app, serve
 from tests.conftest import free_port
 from tests.support import count_type, events_of, read
@@ -266,11 +267,12 @@ async def test_ba09_ba15_documents_go_once_an_operator_records_the_allocated_wor
         {Council.BARNSLEY: load_protocol("barnsley")},
     )
     task = asyncio.create_task(router.run_until_stopped())  # the router closes the connectors when it stops
-    scheduler = ClosureScheduler(settings, {CaseSystem.TED: w.ted}, {CaseSystem.MAILBOX: w.mailbox})
+    lifecycle = Lifecycle(settings, {CaseSystem.TED: w.ted}, {CaseSystem.MAILBOX: w.mailbox})
+    scheduler = lifecycle.closures
     try:
         kept = events_of(await read(kafka_bootstrap, topics.events, count_type("source-kept-open", 1), timeout=60))
         assert ["BA-9"] == next(e for e in kept if e.event_type == "source-kept-open").rule_ids  # type: ignore[union-attr]
-        await scheduler.start()
+        await lifecycle.start()
         assert tid in scheduler.pending and 0 == sum([await scheduler.poll_once() for _ in range(3)])
         assert "open" == w.http.get(f"/api/cases/{case_id}").json()["record_state"]
         with pytest.raises(AllocationNotPending, match="transfer_id"):
@@ -292,7 +294,7 @@ async def test_ba09_ba15_documents_go_once_an_operator_records_the_allocated_wor
         assert 1 == closed
         assert 0 == sum([await scheduler.poll_once() for _ in range(3)])  # once
     finally:
-        await scheduler.stop()
+        await lifecycle.stop()
         router.stopped.set()
         await task
 
