@@ -56,6 +56,9 @@ class Membership:
                 self.confirmed_at = asked
                 return True
             if coordinator.generation != generation:
-                return False  # the coordinator said this member (or its generation) is gone
+                # the coordinator said this member (or its generation) is gone: the next ask waits for its own answer,
+                # whether this one was waited for or asked in the background
+                self.confirmed_at = float("-inf")
+                return False
             # unanswered (the coordinator away): still a member until the lease of the last confirmation runs out
             return time.monotonic() - self.confirmed_at < self.session_timeout

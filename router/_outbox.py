@@ -172,9 +172,10 @@ class Outbox:
     async def stop(self, within: float = 3.0) -> None:
         """Flush and close, for ``within`` seconds at most: past that (the broker away) what is still unsent is
         dropped, never sent later; it was not acknowledged, so its batch was not committed and is read again."""
-        if self._flushing is not None:
-            await asyncio.wait([self._flushing], timeout=within)
-        await close_producer(self._producer, within, "router outbox")
+        started = time.monotonic()
+        if self._flushing is not None:  # within the same ``within`` as the close
+            await asyncio.wait([self._flushing], timeout=within / 2)
+        await close_producer(self._producer, max(0.1, within - (time.monotonic() - started)), "router outbox")
 
     async def emit(self, event: TransferEvent) -> None:
         """Queue an event (keyed as ``contracts.wire.event_key``: by transfer id); sent at the next hand-over."""
@@ -233,25 +234,31 @@ class Outbox:
         if self._stalled or (len(queued) < CHUNK and now - self._first_queued < LINGER):
             return
         flushing = self._flushing
-        if flushing is None or flushing.done():
-            self._queued = []
-            self._flushing = asyncio.ensure_future(self._flush_from(flushing, queued))
-        elif len(queued) >= MAX_QUEUED:  # the producer is this far behind: the flow waits for it
-            await asyncio.shield(flushing)
+        if flushing is not None and not flushing.done():
+            if len(queued) < MAX_QUEUED:
+                return  # the hand-over under way takes them next
+            await asyncio.wait([flushing])  # the producer is this far behind: the flow waits for it (not cancelling it)
+            if self._flushing is not flushing or self._stalled or self.fenced is not None:
+                return  # another write started the next, or they wait for the hand-over
+        queued, self._queued = self._queued, []
+        if queued:
+            self._flushing = asyncio.ensure_future(self._flush_from(self._flushing, queued))
 
     async def _flush_from(self, before: asyncio.Future[Any] | None, queued: list[Queued]) -> None:
         """Hand ``queued`` to the producer in the background, then what was queued meanwhile (a CHUNK at least),
         until the queue is short: the flow goes on while the producer waits for room (the partition's batch before
         still in flight), and what it queues meanwhile goes in one hand-over, not many."""
         if before is not None:
-            await before  # a flush or a cut: neither raises
+            await asyncio.wait([before])  # a flush or a cut: neither raises; a cancellation here stops only this one
         try:
-            while queued:
+            while queued and self.fenced is None:
                 await self._send_in_turn(queued)
                 # more only while nothing was chained after this flush (a hand-over's writes go before those queued
                 # after them)
                 later = self._flushing is not asyncio.current_task()
-                if not later and len(self._queued) >= CHUNK and not self._stalled and self.fenced is None:
+                # (a process paused meanwhile: what was queued before waits for the hand-over, as in ``_queue``)
+                stood_still = time.monotonic() - self._last_queued > STALL
+                if not later and not stood_still and len(self._queued) >= CHUNK and not self._stalled:
                     queued, self._queued = self._queued, []
                 else:
                     queued = []
@@ -279,7 +286,7 @@ class Outbox:
         """A hand-over's writes to the producer, after what was on its way before; then every write handed to the
         producer so far (not yet in a hand-over's) and the first error since the last cut. Never raises."""
         if before is not None:
-            await before  # a flush or a cut: neither raises
+            await asyncio.wait([before])  # a flush or a cut: neither raises
         try:
             if self.fenced is not None:
                 raise Fenced(self.fenced)
@@ -406,7 +413,7 @@ async def _acknowledged(
     previous: asyncio.Task[None] | None,
     cut: asyncio.Future[tuple[list[asyncio.Future[object]], Exception | None]],
 ) -> None:
-    pending, error = await cut
+    pending, error = await asyncio.shield(cut)  # a cancelled wait for the acknowledgement leaves the writes going
     results = await asyncio.gather(*pending, return_exceptions=True)
     if previous is not None:
         await previous  # raises OutputFailed if an earlier hand-over failed: this one is not "all so far" then

@@ -125,6 +125,15 @@ class _Committer(typing.Protocol):
     async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
 
 
+async def _settled_before(before: asyncio.Task[None] | None) -> None:
+    """Until the batch before's settling ended. Its failure is its own and is not raised here (this batch's
+    acknowledgement, chained after its, fails too); a cancellation of this one does not cancel it."""
+    if before is not None:
+        await asyncio.wait([before])
+        if not before.cancelled():
+            before.exception()  # retrieved: not logged again as never retrieved
+
+
 def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
     """What to commit once ``records`` are settled: per partition, the offset after the last of them."""
     out: dict[TopicPartition, int] = {}
@@ -242,12 +251,19 @@ class Router:
             new = sorted(p for p in partitions if not self._owners.get(p))
             if new:
                 kafka = self.settings.connection
-                read = sum(  # the two tables read side by side (each reader's start is a round trip or two)
-                    await asyncio.gather(
-                        self.retry_state.restore(kafka, self.topics.retry_state, new),
-                        self.completed.restore(kafka, self.topics.lifecycle, new),
-                    )
-                )
+                # the two tables read side by side (each reader's start is a round trip or two); one failing, the
+                # other is stopped too (no table is filled for partitions that are not owned)
+                restores = [
+                    asyncio.ensure_future(self.retry_state.restore(kafka, self.topics.retry_state, new)),
+                    asyncio.ensure_future(self.completed.restore(kafka, self.topics.lifecycle, new)),
+                ]
+                try:
+                    read = sum(await asyncio.gather(*restores))
+                except BaseException:
+                    for task in restores:
+                        task.cancel()
+                    await asyncio.wait(restores)
+                    raise
                 log.info(
                     "partitions_restored",
                     partitions=new,
@@ -382,8 +398,6 @@ class Router:
         offsets (commits in batch order), commit exactly its offsets."""
         try:
             await acked
-            if before is not None:
-                await before  # its outputs are acknowledged (``acked`` waits for them): only its commit is left
         except OutputFailed as exc:
             if exc.transient and self.recover is not None and not self.halted:
                 if not self.recovering:  # the broker away or recovering: not committed, the stack recovers us
@@ -395,6 +409,8 @@ class Router:
                 log.critical("router_halted", reason=str(exc), records=count)
                 self.stopped.set()
             raise
+        finally:  # the batch before settled first, failed or not: commits in batch order, its outcome retrieved here
+            await _settled_before(before)
         if not offsets:  # every partition of the batch was revoked meanwhile: its new owner reads them again
             return
         try:

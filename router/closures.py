@@ -295,11 +295,14 @@ class ClosureScheduler(Step):
 
     async def act(self, now: datetime) -> int:
         """Close every record now due; returns how many records were closed."""
-        recorded, self._recorded = self._recorded, []
-        replays, self._replays = self._replays, []
-        await self._send_all([self._event_record(e) for e in [*(a.event() for a in recorded), *replays]])
+        # forgotten only once on the broker: a round that fails here sends them again (the same event ids)
+        await self._send_all([self._event_record(e) for e in [*(a.event() for a in self._recorded), *self._replays]])
+        self._recorded, self._replays = [], []
         for tid in sorted(self.closed.keys() & self.pending.keys()):
-            confirmed = await self._source_says_closed(self.pending[tid])
+            p = self.pending.get(tid)
+            if p is None:  # its partition was revoked meanwhile
+                continue
+            confirmed = await self._source_says_closed(p)
             if confirmed:
                 await self._write(tid, None)
                 log.info("closure_not_needed", transfer_id=tid)
@@ -346,11 +349,15 @@ class ClosureScheduler(Step):
 
         for tid in await self.marks.expire(now, serves):
             self.signals.pop(tid, None)
-        waiting = {t for t in self.signals if (p := self.pending.get(t)) is None or p.due_at is None}
-        for tid in sorted(self.marks.keys() - waiting):
-            await self._mark(tid, None)
-        for tid in sorted(waiting - self.marks.keys()):
-            await self._mark(tid, (now, *self.signals[tid]))
+        # taken once: a revoke during the writes below forgets signals and marks of partitions gone meanwhile
+        waiting = {t: s for t, s in self.signals.items() if (p := self.pending.get(t)) is None or p.due_at is None}
+        for tid in sorted(self.marks.keys() - waiting.keys()):
+            if tid in self.marks:
+                await self._mark(tid, None)
+        for tid, signal in sorted(waiting.items()):
+            mark = self.marks.get(tid)
+            if mark is None or mark[1:] != signal:  # new, or the signal changed (a decision corrected): rewritten
+                await self._mark(tid, (now, *signal))
 
     async def _mark(self, tid: str, mark: SignalMark | None) -> None:
         meta = await (self.marks.tombstone(tid) if mark is None else self.marks.write(tid, mark))

@@ -61,6 +61,8 @@ _REBALANCED = (CommitFailedError, IllegalStateError, RebalanceInProgressError)
 #: how long a mark whose pending entry never came is kept (the flow writes the entry right after delivery, before
 #: anyone can allocate or decide, so only a crashed or lagging flow writes it later)
 KEEP_MARKS = timedelta(days=30)
+#: how often the marks past ``KEEP_MARKS`` are looked for
+EXPIRE_EVERY = timedelta(minutes=1)
 #: a record to write: topic, key, value (None: a tombstone), headers, partition (None: the key's)
 Record = tuple[str, bytes, bytes | None, list[tuple[str, bytes]], int | None]
 #: a step's mark: a tuple whose first item is when its signal was read
@@ -150,6 +152,7 @@ class Marks(dict[str, M]):
         self.step = step
         self.prefix = prefix
         self._encode = encode
+        self._expired_at: datetime | None = None
 
     def key(self, tid: str) -> bytes:
         return f"{self.prefix}{tid}".encode()
@@ -171,7 +174,11 @@ class Marks(dict[str, M]):
         return await self._send(tid, None)
 
     async def expire(self, now: datetime, serves: Callable[[str], bool]) -> list[str]:
-        """Tombstone the marks older than ``KEEP_MARKS`` that nothing pending could use; returns their ids."""
+        """Tombstone the marks older than ``KEEP_MARKS`` that nothing pending could use; returns their ids. Looked
+        for once every ``EXPIRE_EVERY`` (a scan of every mark each round would cost more than the rest of it)."""
+        if self._expired_at is not None and now - self._expired_at < EXPIRE_EVERY:
+            return []
+        self._expired_at = now
         old = [tid for tid, mark in sorted(self.items()) if now - mark[0] > KEEP_MARKS and not serves(tid)]
         for tid in old:
             await self.tombstone(tid)
@@ -236,6 +243,8 @@ class Lifecycle:
         #: the whole child history (hashed key -> step-downs), read at start, then followed
         self.step_downs: dict[str, tuple[HistoryEntry, ...]] = {}  # exact tuples: the collector stops scanning them
         self.history: AIOKafkaConsumer | None = None
+        #: state partitions assigned whose restore failed, by topic: read at the start of the next round
+        self._unrestored: dict[str, set[int]] = {}
 
     def partition(self, topic: str, tid: str) -> int:
         return partition_for(tid.encode(), self.partitions.get(topic) or 1)
@@ -267,21 +276,41 @@ class Lifecycle:
 
     async def _restore(self, assigned: Collection[TopicPartition]) -> None:
         """Both state topics' newly assigned partitions, read to their end before any of their records is handled;
-        the group's position on them moves to that end (what is older was just read)."""
-        for topic, step in self._by_topic.items():
+        the group's position on them moves to that end (what is older was just read). One that cannot be read now
+        (aiokafka only logs a listener's error) is read again at the start of the next round, before anything."""
+        for topic in self._by_topic:
             partitions = {tp.partition for tp in assigned if tp.topic == topic}
-            step.drop(partitions)
-            ends: dict[int, int] = {}
-            await read_partitions(self.settings.connection, topic, partitions, step.restore, ends=ends)
-            for p, end in ends.items():
-                self.consumer.seek(TopicPartition(topic, p), end)
-            self.owned[topic] |= partitions
+            try:
+                await self._restore_topic(topic, partitions)
+            except Exception as exc:
+                self._unrestored.setdefault(topic, set()).update(partitions)
+                log.error("lifecycle_not_restored", topic=topic, partitions=sorted(partitions),
+                          error_class=type(exc).__name__)  # fmt: skip
         self.assigned.set()
+
+    async def _restore_topic(self, topic: str, partitions: set[int]) -> None:
+        step = self._by_topic[topic]
+        step.drop(partitions)
+        ends: dict[int, int] = {}
+        await read_partitions(self.settings.connection, topic, partitions, step.restore, ends=ends)
+        for p, end in ends.items():
+            self.consumer.seek(TopicPartition(topic, p), end)
+        self.owned[topic] |= partitions
+
+    async def _restore_left(self) -> None:
+        """The state partitions whose restore failed, if still assigned, read now; raises if they cannot be (a
+        transient Kafka error: the loop waits and tries again; anything else ends it, and the process exits 4)."""
+        for topic, partitions in sorted(self._unrestored.items()):
+            still = partitions & {tp.partition for tp in self.consumer.assignment() if tp.topic == topic}
+            await self._restore_topic(topic, still)
+            del self._unrestored[topic]
+            log.info("lifecycle_restored_late", topic=topic, partitions=sorted(still))
 
     def _drop(self, revoked: Collection[TopicPartition]) -> None:
         for topic, step in self._by_topic.items():
             partitions = {tp.partition for tp in revoked if tp.topic == topic}
             self.owned[topic] -= partitions
+            self._unrestored.get(topic, set()).difference_update(partitions)
             step.drop(partitions)
 
     async def send(self, records: list[Record]) -> list[RecordMetadata]:
@@ -293,7 +322,9 @@ class Lifecycle:
         return [await f for f in futures]
 
     async def poll_round(self) -> dict[str, int]:
-        """Read what is new, let every step act, commit. Returns what each step did, by its name."""
+        """Read what is new, let every step act, commit. Returns what each step did, by its name. A state partition
+        assigned whose restore failed is read first: nothing is read or acted on without it."""
+        await self._restore_left()
         for records in (await self.consumer.getmany(timeout_ms=200)).values():
             for r in records:
                 step = self._by_topic.get(r.topic)
@@ -321,4 +352,4 @@ class Lifecycle:
         await poll_forever(self.poll_once, interval, stop, "lifecycle", reset=lambda: renew_producer(self))
 
 
-__all__ = ["KEEP_MARKS", "Lifecycle", "Marks", "Step"]
+__all__ = ["EXPIRE_EVERY", "KEEP_MARKS", "Lifecycle", "Marks", "Step"]

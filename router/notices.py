@@ -80,8 +80,10 @@ class AllocationNotices(Step):
         """Send every notice now due; returns how many were sent."""
         sent = 0
         for tid in sorted((self.allocated.keys() | self.marks.keys()) & self.pending.keys()):
-            pending = self.pending[tid]
-            system = self.allocated[tid] if tid in self.allocated else self.marks[tid][1]
+            pending, mark = self.pending.get(tid), self.marks.get(tid)
+            if pending is None or not self.owns(tid):  # its partition was revoked meanwhile: its new owner sends it
+                continue
+            system = self.allocated[tid] if tid in self.allocated else mark[1] if mark is not None else None
             if system is not None:
                 confirmed = await confirm_allocation(self.targets.get(system), tid)
                 if confirmed is None:
@@ -94,7 +96,7 @@ class AllocationNotices(Step):
             except CasebridgeError as exc:  # the channel is down: the notice stays due
                 log.warning("allocation_notice_failed", transfer_id=tid, error_class=type(exc).__name__)
                 continue
-            del self.pending[tid]
+            self.pending.pop(tid, None)
             self.allocated.pop(tid, None)
             if tid in self.marks:
                 await self.marks.tombstone(tid)

@@ -78,6 +78,19 @@ async def test_a_lease_past_its_renewal_age_is_renewed_in_the_background_and_nob
     assert lease.confirmed_at > aged + RENEW_SECONDS, "renewed"
 
 
+async def test_a_background_renewal_the_coordinator_refuses_makes_the_next_ask_wait_for_its_own_answer() -> None:
+    """A renewal asked in the background that learns the member is gone is not thrown away: the next ask does not
+    take the last confirmation's word, it asks (and is refused)."""
+    lease, consumer = Membership(session_timeout=10), _Consumer(member=False)
+    lease.confirmed_at = time.monotonic() - RENEW_SECONDS - 0.1
+    assert await lease.current(consumer), "answered on the last confirmation; the renewal goes in the background"
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert consumer._coordinator.heartbeats == 1
+    assert not await lease.current(consumer), "the refusal holds: asked again, and refused"
+    assert consumer._coordinator.heartbeats == 2
+
+
 async def test_a_member_the_coordinator_no_longer_knows_is_not_current() -> None:
     lease, consumer = Membership(session_timeout=10), _Consumer(member=False)
     _stale(lease)

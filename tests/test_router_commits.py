@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from structlog.testing import capture_logs
@@ -18,7 +19,7 @@ from structlog.testing import capture_logs
 from connectors.memory import MemorySource, MemoryTarget
 from contracts import CaseSystem, TransferEvent
 from router import Router, Settings, build_router
-from router._outbox import Failure
+from router._outbox import Failure, OutputFailed
 from router.app import next_offsets
 from tests.support import as_assigned, ns_transfer
 
@@ -132,6 +133,7 @@ async def test_g3_two_batches_settle_while_the_next_is_handled_and_commits_stay_
     assert ([], False) == (consumer.commits, third.done())
     outbox.acks[0].set_result(None)
     await third
+    await _spin()
     assert [{TopicPartition("t.transfers", 0): 1}, {TopicPartition("t.transfers", 0): 2}] == consumer.commits
     outbox.acks[2].set_result(None)
     await router.settled()
@@ -140,6 +142,31 @@ async def test_g3_two_batches_settle_while_the_next_is_handled_and_commits_stay_
         {TopicPartition("t.transfers", 0): 2},
         {TopicPartition("t.transfers", 0): 3},
     ] == consumer.commits
+
+
+async def test_g3_a_failed_batch_is_settled_only_after_the_batch_before_committed() -> None:
+    """Batch 2's outputs fail while batch 1 is still committing: waiting for the router to settle ends only once
+    batch 1's commit ended, and then raises batch 2's failure (nothing of batch 2 committed)."""
+    router, outbox = await _router()
+    committing = asyncio.Event()
+
+    class SlowCommits(Consumer):
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            await committing.wait()
+            await super().commit(offsets)
+
+    consumer = SlowCommits()
+    await router._on_batch(Batch((_record(0, 0, 1),), consumer), None)  # type: ignore[arg-type]
+    await router._on_batch(Batch((_record(0, 1, 2),), consumer), None)  # type: ignore[arg-type]
+    outbox.acks[0].set_result(None)  # batch 1: acknowledged, its commit under way
+    outbox.acks[1].set_exception(OutputFailed("1 of 1 writes were not acknowledged: RecordTooLarge"))
+    settled = asyncio.ensure_future(router.settled())
+    await _spin()
+    assert not settled.done(), "batch 1's commit is still under way"
+    committing.set()
+    with pytest.raises(OutputFailed):
+        await settled
+    assert ([{TopicPartition("t.transfers", 0): 1}], True) == (consumer.commits, router.halted)
 
 
 async def test_g3_a_refused_commit_is_logged_and_the_router_goes_on() -> None:
