@@ -126,6 +126,8 @@ class Outbox:
         group_id: str,
         parking_topic: str | None = None,
     ) -> None:
+        #: topics whose batches are handed to the producer after the others of a hand-over (``_send``)
+        self.written_last: frozenset[str] = frozenset()
         self._producer = clients.producer(
             kafka,
             acks="all",
@@ -330,7 +332,9 @@ class Outbox:
                 else:  # as the producer's default partitioner: murmur2 of the key, as Java's
                     p = chosen[(topic, key)] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
             by_partition.setdefault((topic, p), []).append(write)
-        for (topic, p), writes in by_partition.items():
+        # the topics that say work is done (the router's lifecycle) go to the producer after everything else: a
+        # record saying a transfer completed must not be in an earlier produce request than that transfer's events
+        for (topic, p), writes in sorted(by_partition.items(), key=lambda kv: kv[0][0] in self.written_last):
             batch = self._producer.create_batch()
             for _, key, value, headers in writes:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:

@@ -253,6 +253,22 @@ async def test_perf_the_flow_waits_once_max_queued_writes_wait_for_the_producer(
     assert written == sum(batch.record_count() for batch, _, _ in producer.batches)
 
 
+async def test_perf_the_lifecycle_partition_goes_to_the_producer_after_the_events_it_follows() -> None:
+    """A child's lifecycle record (the transfer completed) is handed to the producer after every other partition's
+    batch of the same hand-over, even when its partition came first in the queue: it never travels in an earlier
+    produce request than the transfer's events."""
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
+    await outbox.stop()
+    producer = _RecordingProducer(outbox._producer)
+    outbox._producer = cast(Any, producer)
+    outbox.written_last = frozenset({"t.lifecycle"})
+    await outbox.send("t.lifecycle", b"child-1", b"done-1", [])  # an earlier transfer's completion
+    await outbox.send("events", b"tr-2", b"source-closed-2", [])
+    await outbox.send("t.lifecycle", b"child-1", b"done-2", [])
+    await outbox.flush()
+    assert ["events", "t.lifecycle"] == [topic for _, topic, _ in producer.batches]
+
+
 async def test_perf_hand_over_acknowledges_every_earlier_write_or_raises_output_failed() -> None:
     """A hand-over's task ends only when every write so far is acknowledged; a failed one fails every later one."""
     outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
