@@ -35,6 +35,7 @@ after a crash between them, which every step makes a no-op (idempotent connector
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
@@ -73,7 +74,7 @@ def _hashed(key: bytes) -> str:
     return hashed_key(key.decode())
 
 
-class Step:
+class Step(ABC):
     """What the lifecycle loop hosts: the pending entries of one state topic and what falls due on them.
 
     The loop hands a step the records of its state topic (``restore`` while restoring a partition, ``apply`` when
@@ -114,27 +115,27 @@ class Step:
 
     # -- what the loop calls --------------------------------------------------------------------------------------
 
+    @abstractmethod
     def drop(self, partitions: Collection[int]) -> None:
         """Forget the entries (and marks) of state partitions this process no longer holds."""
-        raise NotImplementedError
 
     def restore(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Records of the state topic read while restoring newly assigned partitions."""
         for r in records:
             self.apply(r)
 
+    @abstractmethod
     def apply(self, r: ConsumerRecord[bytes, bytes]) -> None:
         """A record of the state topic read live (the flow's, an operator's, or this step's own)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read(self, r: ConsumerRecord[bytes, bytes]) -> None:
         """A record of the events or audit topic: a signal, perhaps."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def act(self, now: datetime) -> int:
         """Everything now due; before it returns, every signal still waiting is durable (its mark acknowledged).
         Returns how many actions were taken (notices sent, records closed)."""
-        raise NotImplementedError
 
 
 class Marks(dict[str, M]):
