@@ -126,8 +126,11 @@ class Outbox:
         group_id: str,
         parking_topic: str | None = None,
     ) -> None:
-        #: topics whose batches are handed to the producer after the others of a hand-over (``_send``)
-        self.written_last: frozenset[str] = frozenset()
+        #: topics whose writes say that work is done (the router's lifecycle): held until every other write of their
+        #: hand-over, and of every hand-over before, is acknowledged, then sent (``_acknowledged``); never sent if one
+        #: of those failed. A record saying a transfer completed then never lands without that transfer's events.
+        self.sent_after_acknowledged: frozenset[str] = frozenset()
+        self._after: list[Queued] = []  # such writes queued since the last hand-over
         self._producer = clients.producer(
             kafka,
             acks="all",
@@ -216,11 +219,15 @@ class Outbox:
         failed when its turn to be sent comes (``_gate_produce_requests``), never sent."""
         self.fenced = self.fenced or reason
         self._queued = []
+        self._after = []
 
     async def _queue(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
         if self.fenced is not None:
+            return
+        if topic in self.sent_after_acknowledged:
+            self._after.append((topic, key, value, headers))
             return
         queued = self._queued
         now = time.monotonic()
@@ -276,11 +283,35 @@ class Outbox:
         later (``_cut``).
         """
         queued, self._queued = self._queued, []
+        after, self._after = self._after, []
         self._stalled = False
         cut = asyncio.ensure_future(self._cut(self._flushing, queued))
         self._flushing = cut
-        self._acked = asyncio.ensure_future(_acknowledged(self._acked, cut))
+        self._acked = asyncio.ensure_future(self._acknowledged(self._acked, cut, after))
         return self._acked
+
+    async def _acknowledged(
+        self,
+        previous: asyncio.Task[None] | None,
+        cut: asyncio.Future[tuple[list[asyncio.Future[object]], Exception | None]],
+        after: list[Queued],
+    ) -> None:
+        """Until the cut's writes and every earlier hand-over's are acknowledged (else OutputFailed); then the
+        hand-over's ``sent_after_acknowledged`` writes are sent, after the earlier hand-overs' (the previous task
+        ended first), and acknowledged."""
+        pending, error = await asyncio.shield(cut)  # a cancelled wait for the acknowledgement leaves the writes going
+        await _all_acknowledged(previous, pending, error)
+        if not after:
+            return
+        held: list[asyncio.Future[object]] = []
+        try:
+            if self.fenced is not None:
+                raise Fenced(self.fenced)
+            async with self._sending:
+                await self._send(after, held)
+        except Exception as exc:
+            error = exc
+        await _all_acknowledged(None, held, error)
 
     async def _cut(
         self, before: asyncio.Future[Any] | None, queued: list[Queued]
@@ -311,10 +342,11 @@ class Outbox:
         partition before an earlier one.
         """
         async with self._sending:
-            await self._send(queued)
+            await self._send(queued, self._pending)
 
-    async def _send(self, queued: list[Queued]) -> None:
-        """One record batch per topic partition (partitioned by key as the producer would), in queue order."""
+    async def _send(self, queued: list[Queued], pending: list[asyncio.Future[object]]) -> None:
+        """One record batch per topic partition (partitioned by key as the producer would), in queue order; the
+        producer's futures for them appended to ``pending``."""
         if not queued:
             return
         by_partition: dict[tuple[str, int], list[Queued]] = {}
@@ -332,24 +364,20 @@ class Outbox:
                 else:  # as the producer's default partitioner: murmur2 of the key, as Java's
                     p = chosen[(topic, key)] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
             by_partition.setdefault((topic, p), []).append(write)
-        # the topics that say work is done (the router's lifecycle) go to the producer after everything else: a
-        # record saying a transfer completed must not be in an earlier produce request than that transfer's events
-        for (topic, p), writes in sorted(by_partition.items(), key=lambda kv: kv[0][0] in self.written_last):
+        for (topic, p), writes in by_partition.items():
             batch = self._producer.create_batch()
             for _, key, value, headers in writes:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     if batch.record_count():
                         batch.close()
-                        self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
+                        pending.append(await self._producer.send_batch(batch, topic, partition=p))
                         batch = self._producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                         # larger than a whole batch: the producer sizes a batch for it
-                        self._pending.append(
-                            await self._producer.send(topic, value, key=key, headers=headers, partition=p)
-                        )
+                        pending.append(await self._producer.send(topic, value, key=key, headers=headers, partition=p))
             if batch.record_count():
                 batch.close()  # complete: the producer sends a closed batch at once instead of lingering on it
-                self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
+                pending.append(await self._producer.send_batch(batch, topic, partition=p))
 
 
 def _gate_produce_requests(producer: Any, may_send: Callable[[], Awaitable[str | None]]) -> None:
@@ -413,11 +441,10 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
-async def _acknowledged(
-    previous: asyncio.Task[None] | None,
-    cut: asyncio.Future[tuple[list[asyncio.Future[object]], Exception | None]],
+async def _all_acknowledged(
+    previous: asyncio.Task[None] | None, pending: list[asyncio.Future[object]], error: Exception | None
 ) -> None:
-    pending, error = await asyncio.shield(cut)  # a cancelled wait for the acknowledgement leaves the writes going
+    """Until ``pending`` are answered and ``previous`` ended; raises OutputFailed if any failed, or ``error``."""
     results = await asyncio.gather(*pending, return_exceptions=True)
     if previous is not None:
         await previous  # raises OutputFailed if an earlier hand-over failed: this one is not "all so far" then

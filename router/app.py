@@ -214,7 +214,7 @@ class Router:
         #: per subscriber: its consumer, as the last batch came from it (whose membership the outbox's gate asks)
         self._consumers: dict[int | None, Any] = {}
         self.outbox.gate = self._still_member
-        self.outbox.written_last = frozenset({self.topics.lifecycle})
+        self.outbox.sent_after_acknowledged = frozenset({self.topics.lifecycle})
         for topic, tier, delay in subscriptions:
             self._subscribe(topic, tier, delay)
 

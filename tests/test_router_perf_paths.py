@@ -253,20 +253,84 @@ async def test_perf_the_flow_waits_once_max_queued_writes_wait_for_the_producer(
     assert written == sum(batch.record_count() for batch, _, _ in producer.batches)
 
 
-async def test_perf_the_lifecycle_partition_goes_to_the_producer_after_the_events_it_follows() -> None:
-    """A child's lifecycle record (the transfer completed) is handed to the producer after every other partition's
-    batch of the same hand-over, even when its partition came first in the queue: it never travels in an earlier
-    produce request than the transfer's events."""
+class _HeldProducer(_RecordingProducer):
+    """A producer whose writes are acknowledged (or failed) only when the test says."""
+
+    def __init__(self, real: AIOKafkaProducer) -> None:
+        super().__init__(real)
+        self.answers: list[asyncio.Future[object]] = []
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[object]:
+        self.batches.append((batch, topic, partition))
+        answer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.answers.append(answer)
+        return answer
+
+    def topics(self) -> list[str]:
+        return [topic for _, topic, _ in self.batches]
+
+    def answer(self, error: Exception | None = None) -> None:
+        for answer in self.answers:
+            if not answer.done():
+                answer.set_exception(error) if error is not None else answer.set_result(None)
+
+
+async def _turns() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_perf_a_lifecycle_record_is_sent_only_once_the_writes_it_follows_are_acknowledged() -> None:
+    """A child's lifecycle record (the transfer completed) goes to the producer only once every other write of its
+    hand-over and of every hand-over before is acknowledged (on any broker), in hand-over order; it never lands
+    without the transfer's events, whichever broker leads their partitions."""
     outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
     await outbox.stop()
-    producer = _RecordingProducer(outbox._producer)
+    producer = _HeldProducer(outbox._producer)
     outbox._producer = cast(Any, producer)
-    outbox.written_last = frozenset({"t.lifecycle"})
-    await outbox.send("t.lifecycle", b"child-1", b"done-1", [])  # an earlier transfer's completion
+    outbox.sent_after_acknowledged = frozenset({"t.lifecycle"})
+    await outbox.send("t.lifecycle", b"child-1", b"done-1", [])  # queued first, in the same hand-over
+    await outbox.send("events", b"tr-1", b"source-closed-1", [])
+    first = await outbox.hand_over()
     await outbox.send("events", b"tr-2", b"source-closed-2", [])
     await outbox.send("t.lifecycle", b"child-1", b"done-2", [])
-    await outbox.flush()
-    assert ["events", "t.lifecycle"] == [topic for _, topic, _ in producer.batches]
+    second = await outbox.hand_over()
+    await _turns()
+    assert ["events", "events"] == producer.topics(), "no lifecycle record before its events are acknowledged"
+    producer.answer()
+    await _turns()
+    assert ["events", "events", "t.lifecycle"] == producer.topics(), "the earlier hand-over's first"
+    assert not first.done(), "a hand-over ends once its lifecycle records are acknowledged"
+    producer.answer()
+    await asyncio.wait_for(first, 1.0)
+    await _turns()
+    assert [[b"done-1"], [b"done-2"]] == [[v for _, v in _records_of(b)] for b, _, _ in producer.batches[2:]]
+    assert not second.done()
+    producer.answer()
+    await asyncio.wait_for(second, 1.0)
+
+
+async def test_perf_a_lifecycle_record_is_never_sent_when_the_writes_it_follows_failed() -> None:
+    """Its hand-over's events not acknowledged: the lifecycle record is dropped (the batch is read again), and a
+    later hand-over's is not sent either (not every write before it was acknowledged)."""
+    outbox = Outbox("127.0.0.1:1", "events", "dlq", "g")
+    await outbox.stop()
+    producer = _HeldProducer(outbox._producer)
+    outbox._producer = cast(Any, producer)
+    outbox.sent_after_acknowledged = frozenset({"t.lifecycle"})
+    await outbox.send("events", b"tr-1", b"source-closed-1", [])
+    await outbox.send("t.lifecycle", b"child-1", b"done-1", [])
+    first = await outbox.hand_over()
+    await outbox.send("events", b"tr-2", b"source-closed-2", [])
+    await outbox.send("t.lifecycle", b"child-2", b"done-2", [])
+    second = await outbox.hand_over()
+    await _turns()
+    producer.answers[0].set_exception(KafkaTimeoutError())
+    producer.answer()  # the second hand-over's events acknowledged
+    for acked in (first, second):
+        with pytest.raises(OutputFailed):
+            await asyncio.wait_for(acked, 1.0)
+    assert ["events", "events"] == producer.topics()
 
 
 async def test_perf_hand_over_acknowledges_every_earlier_write_or_raises_output_failed() -> None:
