@@ -73,6 +73,7 @@ from ._history import ChildHistory
 from ._lifecycle import CompletedTransfers
 from ._outbox import Failure, Outbox, OutputFailed
 from ._retry import Origin, RetryState, due_at, original_headers
+from ._upgrade import carry_over_offsets
 from .closures import ClosurePlanner, timings_of
 from .flow import Outcome, TransferFlow, event_id, peek_transfer_id, urgent_first
 from .settings import Settings
@@ -657,6 +658,10 @@ class Router:
             await connector.start()
         # the topics every transfer writes: their partitions learnt now
         await self.outbox.start([t.events, t.history, t.lifecycle, t.pending_notices, t.pending_closures])
+        # upgraded from one process, whose tiers each had a group: each tier goes on where it was (``_upgrade``)
+        group = self.settings.group_id
+        earlier = {t.retry(n): [f"{group}-retry-{n}"] for n in range(len(self.tiers))}
+        await carry_over_offsets(self.settings.connection, group, earlier)
         await self.broker.start()
         log.info(
             "router_started", topic=t.transfers, group_id=self.settings.group_id, parked=len(self.retry_state.parked)

@@ -54,6 +54,7 @@ from ._history import Entry as HistoryEntry
 from ._history import decode as decode_history
 from ._history import hashed_key
 from ._reading import first_assignment, fold_compacted, owned_follower, partition_for, read_partitions, replay_compacted
+from ._upgrade import carry_over_offsets
 from .settings import Settings
 
 log = structlog.get_logger("casebridge.router.lifecycle")
@@ -266,6 +267,11 @@ class Lifecycle:
         parts = [TopicPartition(history, p) for p in sorted(await self.producer.partitions_for(history))]
         self.history.assign(parts)
         await self.history.seek_to_beginning(*parts)  # read again from the start: folding it twice is harmless
+        # upgraded from the two loops: start where both had got to, not at the beginning (``_upgrade``)
+        topics, earlier = self.settings.topics, [f"{self.settings.group_id}-{n}" for n in ("notices", "closures")]
+        await carry_over_offsets(
+            self.settings.connection, self.group_id, {topics.events: earlier, topics.audit: earlier}
+        )
         await self.consumer.start()
         await first_assignment(self.assigned, type(self).__name__)
 
