@@ -183,7 +183,9 @@ class ConsentExemption(Strict):
 class ManagementDecision(Strict):
     decided_by: Person
     forum: str | None = Field(
-        default=None, max_length=256, description="panel or meeting that ratified it, e.g. 'Transfer Meeting', 'CIN Panel'"
+        default=None,
+        max_length=256,
+        description="panel or meeting that ratified it, e.g. 'Transfer Meeting', 'CIN Panel'",
     )
     rationale: NonEmpty
     decided_on: date
@@ -359,8 +361,10 @@ class TransferMessage(Strict):
     """
 
     model_config = ConfigDict(
-        json_schema_extra={"x-casebridge-max-bytes": MAX_TRANSFER_BYTES, "x-casebridge-max-inline-document-bytes":
-                           MAX_INLINE_DOCUMENT_BYTES}  # fmt: skip
+        json_schema_extra={
+            "x-casebridge-max-bytes": MAX_TRANSFER_BYTES,
+            "x-casebridge-max-inline-document-bytes": MAX_INLINE_DOCUMENT_BYTES,
+        }
     )
 
     schema_version: SchemaVersion = Field(default=SCHEMA_VERSION)

@@ -231,7 +231,7 @@ class Router:
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
             decoder=_raw_body,
-            max_poll_interval_ms=int((delay + 300) * 1000),  # a tier's records wait until due
+            max_poll_interval_ms=self.settings.max_poll_interval_ms(delay),  # a tier's records wait until due
             partition_assignment_strategy=(self.assignor,),
             # a member that died is noticed in 6 s (the broker's minimum), so its partitions move on quickly
             session_timeout_ms=SESSION_TIMEOUT_MS,
