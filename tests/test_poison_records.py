@@ -81,6 +81,8 @@ async def test_a_valid_record_of_about_1_mib_that_needs_a_retry_is_dead_lettered
     """A record the contract accepts but another producer padded to about 1 MiB, whose target is unavailable: it is
     never written to a retry tier (with the retry headers the producer would refuse it, and the router halt on it
     at every restart); it is dead-lettered by reference naming its size, and the router goes on."""
+    from connectors import Source, Target
+    from contracts import TransferRetryScheduled
     from router.settings import RetrySettings
 
     topics = Topics(topic_prefix)
@@ -90,8 +92,9 @@ async def test_a_valid_record_of_about_1_mib_that_needs_a_retry_is_dead_lettered
     assert 1_020_000 < len(value) < 1_040_000
     target = MemoryTarget(unavailable={"ns-1": 1, "ns-2": 1})  # both need a retry; ns-2 waits in tier 0
     quick = RetrySettings(attempts=1, initial_seconds=0.02, max_seconds=0.05, total_seconds=1.0, tiers=[1.0])
-    systems = ({CaseSystem.EHM: target}, {CaseSystem.LCS: MemorySource()})
-    async with running_router(kafka_bootstrap, topic_prefix, *systems, retry=quick) as router:
+    targets: dict[CaseSystem, Target] = {CaseSystem.EHM: target}
+    sources: dict[CaseSystem, Source] = {CaseSystem.LCS: MemorySource()}
+    async with running_router(kafka_bootstrap, topic_prefix, targets, sources, retry=quick) as router:
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=1_100_000)
         await producer.start()
         try:
@@ -103,7 +106,8 @@ async def test_a_valid_record_of_about_1_mib_that_needs_a_retry_is_dead_lettered
         [dead] = await read(kafka_bootstrap, topics.dead_letter, lambda r: len(r) >= 1, timeout=30)
         assert not router.halted
     assert ["ns-2"] == [e.transfer_id for e in events if e.event_type == "source-closed"]  # retried, delivered
-    assert [("ns-2", 0)] == [(e.transfer_id, e.tier) for e in events if e.event_type == "retry-scheduled"]  # type: ignore[union-attr]
+    scheduled = [e for e in events if isinstance(e, TransferRetryScheduled)]
+    assert [("ns-2", 0)] == [(e.transfer_id, e.tier) for e in scheduled]
     headers = {k: v.decode() for k, v in dead.headers}
     assert (None, "true", "ns-1") == (
         dead.value,
