@@ -1068,7 +1068,7 @@ def monitor_cmd(
     _reach(kafka)  # before logging is set up: an unreachable broker gets one plain line, exit 5
     logging.getLogger("aiokafka").setLevel(logging.NOTSET)
     logging.getLogger("asyncio").setLevel(logging.NOTSET)
-    configure_logging()
+    configure_logging(level=os.environ.get("CASEBRIDGE_LOG_LEVEL", "INFO").upper())
     settings = settings.model_copy(
         update={k: v for k, v in {"host": host, "port": port, "db": db}.items() if v is not None}
     )

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.kafka import UNENCRYPTED, KafkaSecurity
 from contracts import Council, Direction
-from router.settings import RetrySettings, Settings, TopicSettings
+from router.settings import RetrySettings, Settings, TopicSettings, batch_budget_problem
 
 from .registry import KINDS, Kind, SystemConfig
 
@@ -270,6 +270,9 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
         problems += alert_problems
         security, kafka_problems = _kafka(top.kafka, context, where)
         problems += kafka_problems
+        batch = batch_budget_problem(top.batch_size, top.concurrency, top.retry)
+        if batch is not None:
+            problems.append(f"{path.name}: {batch}")
         named_kinds = {b.get("kind") for b in (data.get("systems") or {}).values() if isinstance(b, dict)}
         if any(getattr(c, "kind", "") == "email" for c in alerts.values()) and "mailbox" not in named_kinds:
             problems.append(f"{path.name}: an e-mail alert channel needs a [systems.NAME] block of kind mailbox")

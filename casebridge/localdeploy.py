@@ -346,7 +346,9 @@ class LocalDeployment:
         code = self.run.stop()
         if code != 0:
             raise RuntimeError(f"casebridge run exited {code}:\n{self.run.output()[-2000:]}")
-        self.run = RunningDeployment(self.config, self.env, self.log).start()
+        self.run = RunningDeployment(
+            self.config, self.env, self.log, level=self.run.env["CASEBRIDGE_LOG_LEVEL"]
+        ).start()
 
     def mails(self) -> list[EmailMessage]:
         """Every mail the relay accepted for the team mailboxes, in the order it accepted them."""

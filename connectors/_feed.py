@@ -330,10 +330,19 @@ class FeedPublisher(_FeedLoop):
         return len(pending) + await self.remap_once()
 
     async def publish(self, source: dict[str, Any], position: int) -> Awaitable[Any]:
-        """Send the mapping's transfer, or ``source`` as a dead letter naming the field and rule it broke."""
+        """Send the mapping's transfer, or ``source`` as a dead letter naming the field and rule it broke, or (a
+        transfer too big to send: the producer would refuse it, and the feed stop with its cursor stuck) naming its
+        size. The size is checked on the bytes that would be sent, with room for the trace context headers."""
         mapped = self.mapping(source, position)
         try:
             transfer = mapped.build()
+            encoded = transfer.model_dump_json().encode()
+            size, limit = len(mapped.key or b"") + len(encoded), MAX_DEAD_LETTER_BYTES - 4_096  # the trace headers
+            if size > limit:
+                raise MappingError(
+                    f"transfer_too_large: the transfer is {size} bytes as written, over {limit}: too big to publish; "
+                    "send its documents by reference"
+                )
         except (MappingError, ValidationError) as exc:
             log.warning(f"{self.what}_unmappable", transfer_id=mapped.transfer_id, error_class=_error_class(exc))
             value: bytes | None = json.dumps(source).encode()
@@ -347,8 +356,8 @@ class FeedPublisher(_FeedLoop):
             return cast(Awaitable[Any], sent)
         log.info(f"{self.what}_published", transfer_id=mapped.transfer_id)
         with publishing(mapped.transfer_id, self.name, self.transfers_topic):  # the transfer's trace starts here
-            sent = await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(),
-                                            key=mapped.key, headers=headers_with_context(()))  # fmt: skip
+            sent = await self.producer.send(self.transfers_topic, value=encoded, key=mapped.key,
+                                            headers=headers_with_context(()))  # fmt: skip
         return cast(Awaitable[Any], sent)
 
     def _map_failure_headers(

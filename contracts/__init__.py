@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from ._transfer import (
         MAX_DOCUMENTS,
         MAX_INLINE_DOCUMENT_BYTES,
+        MAX_TRANSFER_BYTES,
         Child,
         ClosureRecord,
         Consent,
@@ -127,6 +128,7 @@ _WHERE = {
     "upn_check_letter": "._identifiers",
     "MAX_DOCUMENTS": "._transfer",
     "MAX_INLINE_DOCUMENT_BYTES": "._transfer",
+    "MAX_TRANSFER_BYTES": "._transfer",
     "Child": "._transfer",
     "ClosureRecord": "._transfer",
     "Consent": "._transfer",
@@ -157,6 +159,7 @@ __all__ = [
     "EVENT_ADAPTER",
     "MAX_DOCUMENTS",
     "MAX_INLINE_DOCUMENT_BYTES",
+    "MAX_TRANSFER_BYTES",
     "KNOWN_VERSIONS",
     "SCHEMA_VERSION",
     "SYNTHETIC_NHS_NUMBERS",

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     ValidationInfo,
@@ -98,7 +99,7 @@ class Child(Strict):
     the expected date only (schema 1.1), and its ``sex``, where stated, is U (census rule 8750).
     """
 
-    identifiers: list[SystemIdentifier] = Field(min_length=1)
+    identifiers: list[SystemIdentifier] = Field(min_length=1, max_length=16)
     given_name: NonEmpty
     family_name: NonEmpty
     date_of_birth: date | None = Field(default=None, description="required unless expected_date_of_birth is given")
@@ -153,8 +154,8 @@ class Person(Strict):
 
     name: NonEmpty
     role: NonEmpty
-    organisation: str | None = None
-    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    organisation: str | None = Field(default=None, max_length=256)
+    email: str | None = Field(default=None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
 
 
 class ConsentScope(StrEnum):
@@ -167,7 +168,7 @@ class ConsentScope(StrEnum):
 class Consent(Strict):
     given_by: NonEmpty
     given_on: date
-    scope: list[ConsentScope] = Field(min_length=1)
+    scope: list[ConsentScope] = Field(min_length=1, max_length=8)
     signed: bool = False
 
 
@@ -182,7 +183,9 @@ class ConsentExemption(Strict):
 class ManagementDecision(Strict):
     decided_by: Person
     forum: str | None = Field(
-        default=None, description="panel or meeting that ratified it, e.g. 'Transfer Meeting', 'CIN Panel'"
+        default=None,
+        max_length=256,
+        description="panel or meeting that ratified it, e.g. 'Transfer Meeting', 'CIN Panel'",
     )
     rationale: NonEmpty
     decided_on: date
@@ -210,7 +213,7 @@ class Document(Strict):
     title: str | None = Field(default=None, max_length=256)
     content: str | None = Field(default=None, min_length=1, max_length=1_000_000)
     reference: Identifier | None = None
-    media_type: str = "text/plain"
+    media_type: str = Field(default="text/plain", max_length=128)
 
     @model_validator(mode="after")
     def _content_or_reference(self) -> Self:
@@ -269,7 +272,7 @@ class ClosureRecord(Strict):
 
     reason: NonEmpty
     lead_professional: Person | None = None
-    rule_ids: list[RuleId] = Field(default_factory=list)
+    rule_ids: list[RuleId] = Field(default_factory=list, max_length=50)
 
 
 _VERSION = re.compile(r"[0-9]{1,4}(\.[0-9]{1,4})?")
@@ -308,6 +311,40 @@ def _version_text(value: object) -> str:
 MAX_INLINE_DOCUMENT_BYTES = 700_000
 #: documents on one transfer (inline or by reference)
 MAX_DOCUMENTS = 100
+#: a whole transfer as written (``model_dump_json``, UTF-8 bytes). With the retry and dead-letter context headers
+#: (a few KB) it stays under ``MAX_DEAD_LETTER_BYTES`` (1,000,000, under Kafka's default 1 MiB), so a transfer that
+#: passes the contract can be published, sent to a retry tier and dead-lettered whole
+MAX_TRANSFER_BYTES = 900_000
+#: JSON writes a control character as ``\u00XX``: 6 bytes; any other character is at most 4 bytes of UTF-8
+_BYTES_A_CHARACTER = 6
+#: an upper bound of what a transfer's other fields (every one bounded in length or count, none of those that
+#: ``_large_text`` counts) add when written, keys and punctuation included; ``tests/test_contracts.py`` writes a
+#: transfer with each of them at its bound and checks it stays under
+_REST_BYTES = 80_000
+
+
+def _person_text(p: Person | None) -> int:
+    return 0 if p is None else len(p.name) + len(p.role)
+
+
+def _large_text(t: TransferMessage) -> int:
+    """Characters in the fields that can hold more than a few hundred (the NonEmpty texts, the documents)."""
+    c, pros = t.child, t.professionals
+    n = len(c.given_name) + len(c.family_name)
+    n += sum(map(_person_text, (pros.social_worker, pros.lead_professional, pros.support_leader,
+                                pros.family_support_worker)))  # fmt: skip
+    if t.consent is not None:
+        n += len(t.consent.given_by)
+    if t.consent_exemption is not None:
+        n += _person_text(t.consent_exemption.decided_by)
+    if t.management_decision is not None:
+        n += len(t.management_decision.rationale) + _person_text(t.management_decision.decided_by)
+    if t.closure is not None:
+        n += len(t.closure.reason) + _person_text(t.closure.lead_professional)
+    n += sum(len(d.what) for d in t.deadlines)
+    for doc in t.documents:
+        n += len(doc.content or "") + len(doc.title or "") + len(doc.reference or "") + len(doc.media_type) + 64
+    return n
 
 
 class TransferMessage(Strict):
@@ -317,7 +354,18 @@ class TransferMessage(Strict):
     validation context's ``schema_versions``: how a reader of an older minor version is modelled); another
     is refused as ``schema_version: unknown_version_<v>`` (a major version this reader does not know) or
     ``newer_version_<v>`` (a later minor version: upgrade the reader before its producers).
+
+    Size: at most MAX_TRANSFER_BYTES (900,000) bytes as written (UTF-8 JSON), inline documents together at most
+    MAX_INLINE_DOCUMENT_BYTES (700,000; larger ones by reference), so that with its Kafka headers it always fits
+    a 1 MiB record (``x-casebridge-max-bytes``); refused as ``transfer_too_large`` over it.
     """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-casebridge-max-bytes": MAX_TRANSFER_BYTES,
+            "x-casebridge-max-inline-document-bytes": MAX_INLINE_DOCUMENT_BYTES,
+        }
+    )
 
     schema_version: SchemaVersion = Field(default=SCHEMA_VERSION)
     transfer_id: Identifier = Field(description="stable for the handover: the same transfer published twice has one id")
@@ -334,7 +382,7 @@ class TransferMessage(Strict):
     documents: list[Document] = Field(default_factory=list, max_length=MAX_DOCUMENTS)
     professionals: Professionals = Field(default_factory=Professionals)
     source_record: SourceRecord
-    deadlines: list[Deadline] = Field(default_factory=list)
+    deadlines: list[Deadline] = Field(default_factory=list, max_length=50)
     assessment_outcome: str | None = Field(
         default=None, max_length=128, description="Care Director assessment outcome (SW22-7)"
     )
@@ -356,6 +404,7 @@ class TransferMessage(Strict):
     )
     services: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         default_factory=list,
+        max_length=20,
         description="services that will support the family after the handover (SW22-12: more than one needs a lead)",
     )
     closure: ClosureRecord | None = Field(
@@ -377,6 +426,23 @@ class TransferMessage(Strict):
                 {"size": size, "limit": MAX_INLINE_DOCUMENT_BYTES},
             )
         return documents
+
+    @model_validator(mode="after")
+    def _fits_in_a_record(self) -> Self:
+        """The whole transfer as written within ``MAX_TRANSFER_BYTES``. Written exactly only when a cheap upper bound
+        (its large texts at 6 bytes a character, the rest at its bound) does not already say it fits: a
+        transfer of ordinary size costs no second serialisation."""
+        if _BYTES_A_CHARACTER * _large_text(self) + _REST_BYTES <= MAX_TRANSFER_BYTES:
+            return self
+        size = len(self.__pydantic_serializer__.to_json(self))
+        if size > MAX_TRANSFER_BYTES:
+            raise PydanticCustomError(
+                "transfer_too_large",
+                "the transfer is {size} bytes as written, over {limit}: send documents by reference and keep texts "
+                "short",
+                {"size": size, "limit": MAX_TRANSFER_BYTES},
+            )
+        return self
 
     @field_validator("schema_version", mode="before")
     @classmethod

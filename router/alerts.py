@@ -47,6 +47,7 @@ In a deployment file, ``[alerts.NAME]`` blocks name them by ``kind`` (``CHANNEL_
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import sqlite3
@@ -69,6 +70,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.wait import wait_random_exponential
 
 from connectors import CasebridgeError, PermanentError, TargetRefused, TargetUnavailable
+from connectors._budget import call_deadline
 from connectors._feed import poll_forever
 from connectors.kafka import Kafka
 from connectors.mailbox import MailboxSettings, relay_tls_context, send_via_relay
@@ -448,10 +450,14 @@ class AlertDispatcher:
         headers = {"Content-Type": "application/json", "Idempotency-Key": alert.event_id}
         if channel.token is not None:
             headers["Authorization"] = f"Bearer {channel.token.get_secret_value()}"
+        deadline = call_deadline(channel.timeout)  # the whole exchange: httpx's own timeout is per read
         try:
-            response = await self._http.post(
-                str(channel.url), content=json.dumps(webhook_body(alert)), headers=headers, timeout=channel.timeout
-            )
+            async with asyncio.timeout(deadline):
+                response = await self._http.post(
+                    str(channel.url), content=json.dumps(webhook_body(alert)), headers=headers, timeout=channel.timeout
+                )
+        except TimeoutError:
+            raise TargetUnavailable(f"webhook: no whole answer within {deadline:.3g} s") from None
         except httpx.HTTPError as exc:  # the URL is not in the message: it may hold a key
             raise TargetUnavailable(f"webhook: no answer ({type(exc).__name__})") from None
         status = response.status_code

@@ -60,6 +60,7 @@ from pydantic import ValidationError
 from connectors import Source, Target
 from connectors import _tracing as tracing
 from connectors import kafka as clients
+from connectors._feed import MAX_DEAD_LETTER_BYTES
 from connectors._outage import within
 from connectors.kafka import Kafka
 from contracts import AlertRaised, CaseSystem, Council, TransferDuplicate, TransferMessage, TransferRetryScheduled
@@ -231,7 +232,7 @@ class Router:
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
             decoder=_raw_body,
-            max_poll_interval_ms=int((delay + 300) * 1000),  # a tier's records wait until due
+            max_poll_interval_ms=self.settings.max_poll_interval_ms(delay),  # a tier's records wait until due
             partition_assignment_strategy=(self.assignor,),
             # a member that died is noticed in 6 s (the broker's minimum), so its partitions move on quickly
             session_timeout_ms=SESSION_TIMEOUT_MS,
@@ -525,8 +526,11 @@ class Router:
         if record.key is not None and head_tier is not None and (tier is None or head_tier > tier):
             # an earlier transfer of this child waits in a retry tier: this one queues behind it
             origin = Origin.of(record)
-            await self._to_tier(record, origin, head_tier, attempts=origin.attempts, behind=True)
-            return Outcome("deferred")
+            if await self._to_tier(record, origin, head_tier, attempts=origin.attempts, behind=True):
+                return Outcome("deferred")
+            if tier is not None:  # too big to move on to the next tier: dead-lettered, it leaves the tiers
+                await self._resolve(record, origin)
+            return Outcome("dead-lettered", peek_transfer_id(record.value))
         outcome = await self._run(record, parsed)
         if outcome.state == "completed" and isinstance(parsed, TransferMessage) and record.key is not None:
             done = self.completed.complete(
@@ -539,28 +543,34 @@ class Router:
         if outcome.state == "transient":
             attempts = origin.attempts + outcome.attempts
             next_tier = 0 if tier is None else tier + 1
-            if next_tier < len(self.tiers):
-                await self._to_tier(record, origin, next_tier, attempts=attempts, outcome=outcome)
+            if next_tier >= len(self.tiers):
+                await self._dead_letter_exhausted(record, origin, outcome, attempts)
+                outcome = Outcome("dead-lettered", outcome.transfer_id)
+            elif await self._to_tier(record, origin, next_tier, attempts=attempts, outcome=outcome):
                 if tier is None:
                     await self._alert(outcome, "warning", "target unavailable: transfer entered the retry tiers")
                 return outcome
-            failure = Failure(
-                stage="deliver",
-                error_class=outcome.error_class or "TransientError",
-                message=outcome.message or "target unavailable",
-                attempts=attempts,
-                first_failure=origin.first_failure or datetime.now(UTC),
-                transfer_id=outcome.transfer_id,
-                council=outcome.council,
-            )
-            await self.outbox.dead_letter(record, failure)
-            await self._alert(outcome, "critical", "target unavailable through every retry tier: dead-lettered")
-            outcome = Outcome("dead-lettered", outcome.transfer_id)
+            else:  # too big for a retry tier: dead-lettered (by reference) instead
+                await self._alert(outcome, "critical", "target unavailable, too big to retry: dead-lettered")
+                outcome = Outcome("dead-lettered", outcome.transfer_id)
         if tier is not None and record.key is not None:
             await self._resolve(record, origin)
             if outcome.state == "completed" and origin.attempts > 0:  # it had failed, not only waited its turn
                 await self._alert(outcome, "info", "transfer recovered after retry and completed")
         return outcome
+
+    async def _dead_letter_exhausted(self, record: Record, origin: Origin, outcome: Outcome, attempts: int) -> None:
+        failure = Failure(
+            stage="deliver",
+            error_class=outcome.error_class or "TransientError",
+            message=outcome.message or "target unavailable",
+            attempts=attempts,
+            first_failure=origin.first_failure or datetime.now(UTC),
+            transfer_id=outcome.transfer_id,
+            council=outcome.council,
+        )
+        await self.outbox.dead_letter(record, failure)
+        await self._alert(outcome, "critical", "target unavailable through every retry tier: dead-lettered")
 
     async def _resolve(self, record: Record, origin: Origin) -> None:
         """A record left the tiers: its child's retry state forgets it (the child flows again if it was the last)."""
@@ -605,11 +615,32 @@ class Router:
         attempts: int,
         outcome: Outcome | None = None,
         behind: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Park ``record`` in retry tier ``tier``; False when it is too big to (the producer would refuse it, and the
+        router halt on it at every restart): then it is dead-lettered instead, by reference, naming its size."""
         now = datetime.now(UTC)
         due = now + timedelta(seconds=self.tiers[tier])
         headers = original_headers(record)  # without casebridge.retry.*
         headers += origin.retry_headers(tier, due, attempts, origin.first_failure or now)
+        size = len(record.key or b"") + len(record.value or b"") + sum(len(k) + len(v) for k, v in headers)
+        if size > MAX_DEAD_LETTER_BYTES:
+            transfer_id = outcome.transfer_id if outcome else peek_transfer_id(record.value)
+            log.warning("transfer_too_large_to_retry", transfer_id=transfer_id, tier=tier, size=size)
+            reason = (
+                f"too big for retry tier {tier}: {size} bytes with its retry headers, over {MAX_DEAD_LETTER_BYTES}"
+                + (" (it waited behind an earlier transfer of its child)" if behind else "")
+            )
+            failure = Failure(
+                stage="retry",
+                error_class="RecordTooLarge",
+                message=reason,
+                attempts=max(attempts, 1),
+                first_failure=origin.first_failure or now,
+                transfer_id=transfer_id,
+                council=outcome.council if outcome else None,
+            )
+            await self.outbox.dead_letter(record, failure)
+            return False
         await self.outbox.send(self.topics.retry(tier), record.key, record.value, headers)
         if record.key is not None:
             parked = self.retry_state.park(record.key, origin.retry_id, tier, record.partition)
@@ -628,6 +659,7 @@ class Router:
                 )
             )
         log.info("transfer_retry_scheduled", transfer_id=transfer_id, tier=tier, behind_earlier_transfer=behind)
+        return True
 
     async def _alert(self, outcome: Outcome, severity: Literal["info", "warning", "critical"], summary: str) -> None:
         """Raised once per state change of a transfer (entered retry, dead-lettered, recovered)."""

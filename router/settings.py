@@ -105,6 +105,33 @@ class RetrySettings(BaseModel):
     tiers: list[float] = Field(default_factory=lambda: [30.0, 300.0], min_length=1, max_length=10)
 
 
+#: the case-system calls one transfer makes at most, each within ``retry.total_seconds`` (``router/flow.py``
+#: ``_retrying``): the source record's state, the leader's absence, the delivery, its confirmation, the close (or
+#: keep-open), a notice
+CALLS_PER_TRANSFER = 6
+#: the longest a batch may take: the consumer's ``max.poll.interval.ms`` is derived from the settings' bound on it
+#: (``batch_seconds``), and a deployment whose bound is over this is refused at start
+MAX_BATCH_SECONDS = 3600
+
+
+def batch_seconds(batch_size: int, concurrency: int, retry: RetrySettings) -> float:
+    """The longest a batch of the transfers topic can take: its records ``concurrency`` at a time, each transfer's
+    calls within the retry budget (each call's attempts end with ``retry.total_seconds``, ``connectors._budget``)."""
+    return -(-batch_size // concurrency) * CALLS_PER_TRANSFER * retry.total_seconds
+
+
+def batch_budget_problem(batch_size: int, concurrency: int, retry: RetrySettings) -> str | None:
+    """Why these settings would let a batch outlast ``MAX_BATCH_SECONDS`` (its consumer evicted), in one line."""
+    worst = batch_seconds(batch_size, concurrency, retry)
+    if worst <= MAX_BATCH_SECONDS:
+        return None
+    return (
+        f"batch_size / concurrency x {CALLS_PER_TRANSFER} calls x retry.total_seconds = {batch_size} / {concurrency}"
+        f" x {CALLS_PER_TRANSFER} x {retry.total_seconds:g} = {worst:.0f} s, over the {MAX_BATCH_SECONDS} s a batch"
+        " may take before its consumer is evicted: lower batch_size or retry.total_seconds, or raise concurrency"
+    )
+
+
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -148,6 +175,12 @@ class Settings(BaseSettings):
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    def max_poll_interval_ms(self, delay: float = 0.0) -> int:
+        """A subscriber's ``max.poll.interval.ms``: a tier's wait (``delay``), then the longest its batch can take
+        (``batch_seconds``), and a minute to hand its outputs over: a member working within its settings is never
+        evicted from its group."""
+        return int((delay + batch_seconds(self.batch_size, self.concurrency, self.retry) + 60) * 1000)
 
     @property
     def connection(self) -> KafkaConnection:

@@ -21,10 +21,16 @@ QUICK_RETRY = {"attempts": 2, "initial_seconds": 0.05, "max_seconds": 0.2, "tota
 
 @asynccontextmanager
 async def deployed(
-    council: str, work: Path, bootstrap: str, prefix: str, alerts: str = "", env: dict[str, str] | None = None
+    council: str,
+    work: Path,
+    bootstrap: str,
+    prefix: str,
+    alerts: str = "",
+    env: dict[str, str] | None = None,
+    level: str = "INFO",
 ) -> AsyncIterator[LocalDeployment]:
     """The council deployed (``casebridge.localdeploy.deployed``) with quick retries; SIGTERM must end it with 0."""
-    async with local(council, work, bootstrap, prefix, retry=QUICK_RETRY, alerts=alerts, env=env) as d:
+    async with local(council, work, bootstrap, prefix, retry=QUICK_RETRY, alerts=alerts, env=env, level=level) as d:
         yield d
 
 

@@ -320,3 +320,83 @@ def test_a_transfers_inline_documents_are_bounded_and_larger_ones_go_by_referenc
     assert 2 == len(TransferMessage.model_validate(doc).documents)
     doc["documents"] = [{"type": "plan", "reference": f"DOC-{i}"} for i in range(MAX_DOCUMENTS + 1)]
     assert [("documents", "too_long")] == _errors(doc)
+
+
+def _at_every_small_bound() -> dict[str, Any]:
+    """A transfer whose bounded small fields (and lists) are all at their bound, each free text of control
+    characters (6 bytes each as JSON), and whose large texts and documents are as short as they can be."""
+    ctl = "\x01"
+    ident = "I" * 128
+    person = {"name": "n", "role": "r", "organisation": ctl * 256, "email": ctl * 159 + "@" + ctl * 160}
+    doc = example()
+    doc.update(transfer_id=ident, message_id=ident, correlation_id=ident, urgency="urgent")
+    doc["child"].update(
+        identifiers=[{"system": "care-director", "id": ident}] * 16, given_name="g", family_name="f",
+        locality=ctl * 64, gender="unknown", sex="U",
+    )  # fmt: skip
+    doc["schema_version"] = "1.1"
+    doc["consent"] = {"given_by": "p", "given_on": "2026-10-28", "scope": ["information-sharing"] * 8, "signed": True}
+    decided = {"decided_by": person, "decided_on": "2026-10-30"}
+    doc["consent_exemption"] = {"reason": "significant-harm-s47", **decided}
+    doc["management_decision"] = {**decided, "forum": ctl * 256, "rationale": "r"}
+    doc["documents"] = []
+    doc["professionals"] = {k: person for k in ("social_worker", "lead_professional", "support_leader",
+                                                 "family_support_worker")}  # fmt: skip
+    doc["source_record"] = {"system": "care-director", "record_id": ident, "request_id": ident, "state": "closed",
+                            "closed_at": "2026-11-02T10:15:00.123456+05:30"}  # fmt: skip
+    doc["deadlines"] = [{"rule_id": "SW22-99999", "due": "2026-11-16T10:15:00.123456+05:30", "what": "w"}] * 50
+    doc.update(assessment_outcome=ctl * 128, purpose=ctl * 256, purpose_code="onward-referral",
+               family_hub_universal=True, open_to_council_service=True, services=[ctl * 128] * 20)  # fmt: skip
+    doc["closure"] = {"reason": "r", "lead_professional": person, "rule_ids": ["SW22-99999"] * 50}
+    return doc
+
+
+def test_a_transfers_other_fields_at_their_bounds_stay_within_the_cheap_size_bound() -> None:
+    """The size check's fast path is sound: every field it does not count, at its bound, writes under _REST_BYTES."""
+    from contracts._transfer import _REST_BYTES
+
+    written = len(TransferMessage.model_validate(_at_every_small_bound()).model_dump_json().encode())
+    assert 50_000 < written <= _REST_BYTES
+
+
+def test_a_whole_transfer_is_bounded_so_it_fits_a_kafka_record_with_its_headers() -> None:
+    """Issue #19: no list and no text is unbounded, and a transfer over MAX_TRANSFER_BYTES as written is refused by
+    name (its size and the limit, never its content), however its bytes are spread over the fields."""
+    from contracts import MAX_TRANSFER_BYTES
+
+    doc = example()
+    long = {"organisation": "o" * 257}, {"email": "a@" + "b" * 320}, {"media_type": "t" * 129}
+    sw = doc["professionals"]["social_worker"]
+    assert [("professionals.social_worker.organisation", "string_too_long")] == _errors(
+        {**doc, "professionals": {"social_worker": {**sw, **long[0]}}}
+    )
+    assert [("professionals.social_worker.email", "string_too_long")] == _errors(
+        {**doc, "professionals": {"social_worker": {**sw, **long[1]}}}
+    )
+    assert [("documents.0.media_type", "string_too_long")] == _errors(
+        {**doc, "documents": [{**doc["documents"][0], **long[2]}]}
+    )
+    for field, item, n in (("services", "s", 21), ("deadlines", doc["deadlines"][0], 51)):
+        assert [(field, "too_long")] == _errors({**doc, field: [item] * n})
+    child = {**doc["child"], "identifiers": doc["child"]["identifiers"] * 17}
+    assert [("child.identifiers", "too_long")] == _errors({**doc, "child": child})
+    closure = {"reason": "r", "rule_ids": ["NS-4"] * 51}
+    assert [("closure.rule_ids", "too_long")] == _errors({**doc, "closure": closure})
+    # every field within its own bound, together over the whole: 650 KB of documents, 50 deadlines of 5,000
+    # characters (2 bytes each in UTF-8)
+    doc["documents"] = [{"type": "plan", "content": "x" * 650_000}]
+    doc["deadlines"] = [{**doc["deadlines"][0], "what": "é" * 5_000}] * 50
+    with pytest.raises(ValidationError) as caught:
+        TransferMessage.model_validate(doc)
+    [error] = field_errors(caught.value)
+    assert ("$", "transfer_too_large") == (error.field, error.rule)
+    assert f"over {MAX_TRANSFER_BYTES}" in error.message and "ééé" not in error.message and "xxx" not in error.message
+    doc["deadlines"] = doc["deadlines"][:20]  # under the whole bound: accepted, and written within it
+    written = TransferMessage.model_validate(doc).model_dump_json().encode()
+    assert 800_000 < len(written) <= MAX_TRANSFER_BYTES
+    schema = TransferMessage.model_json_schema()
+    assert (MAX_TRANSFER_BYTES, 20, 50) == (
+        schema["x-casebridge-max-bytes"],
+        schema["properties"]["services"]["maxItems"],
+        schema["properties"]["deadlines"]["maxItems"],
+    )

@@ -31,13 +31,14 @@ from casebridge.stack import Stack
 from connectors._outage import is_transient_kafka_error
 from router._outbox import OutputFailed
 from tests.deployed import deployed
+from tests.faults_support import leaks
 from tests.support import Systems, transfer_events
 
 #: how long the broker stays away in the down-for-a-while test (bench/broker_outage.py: 120)
 DOWN_SECONDS = float(os.environ.get("CASEBRIDGE_FAULT_DOWN_SECONDS", "35"))
-#: the log of ``casebridge run`` at INFO: a few lines per transfer and per outage, never a line per retry. The
-#: bounds are about 5x what a run writes (measured: see the printed figures); without the damping a 35 s outage
-#: alone wrote thousands of lines
+#: the log of ``casebridge run`` (at DEBUG, so the personal-data scan sees every line): a few lines per transfer
+#: and per outage, never a line per retry. The bounds are about 5x what a run writes (measured: see the printed
+#: figures); without the damping a 35 s outage alone wrote thousands of lines
 MAX_LINES_PER_TRANSFER = 25
 MAX_LINES_PER_OUTAGE = 60
 MAX_BYTES_PER_LINE = 900
@@ -134,6 +135,19 @@ def assert_exactly_once(found: dict[str, int]) -> None:
     ), found
 
 
+#: what the LCS sandbox holds about a child that is personal data (``faults_support.personal_forms`` adds its forms)
+PERSONAL = ("given_name", "family_name", "date_of_birth", "nhs_number", "upn", "postcode")
+
+
+def assert_no_personal_data(d: LocalDeployment, lcs: LcsSandboxClient, transfers: dict[str, str]) -> None:
+    """The whole log of every ``casebridge run`` of the test (at DEBUG, restarts included) holds none of the
+    children's personal data, in any of its forms (``faults_support.leaks``)."""
+    people = [{k: str(v) for k, v in lcs.child(c).items() if k in PERSONAL and v} for c in transfers.values()]
+    assert all(p.get("family_name") and p.get("nhs_number") for p in people)  # the scan has something to find
+    found = leaks(d.log.read_bytes().decode(errors="replace"), people)
+    assert [] == found, f"{len(found)} personal value(s) in the log of casebridge run"
+
+
 def assert_log_bounded(d: LocalDeployment, transfers: int, outages: int) -> tuple[int, int]:
     lines, size = log_volume(d)
     most = MAX_LINES_PER_TRANSFER * transfers + MAX_LINES_PER_OUTAGE * outages
@@ -146,7 +160,7 @@ async def test_broker_stopped_and_restarted_mid_flow_three_times_every_transfer_
     running: LocalKafka, topic_prefix: str, tmp_path: Path
 ) -> None:
     broker = running
-    async with deployed("north-somerset", tmp_path, broker.bootstrap, topic_prefix) as d:
+    async with deployed("north-somerset", tmp_path, broker.bootstrap, topic_prefix, level="DEBUG") as d:
         lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
         ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
         transfers: dict[str, str] = {}
@@ -169,6 +183,7 @@ async def test_broker_stopped_and_restarted_mid_flow_three_times_every_transfer_
               f" until every transfer was closed; casebridge run logged {lines} lines ({size} bytes)")  # fmt: skip
         assert_exactly_once(found)
         assert_log_bounded(d, len(transfers), outages=3)
+        assert_no_personal_data(d, lcs, transfers)
         lcs.close()
         ehm.close()
 
@@ -177,7 +192,7 @@ async def test_broker_down_for_a_while_waited_out_logged_once_away_and_once_back
     running: LocalKafka, topic_prefix: str, tmp_path: Path
 ) -> None:
     broker = running
-    async with deployed("north-somerset", tmp_path, broker.bootstrap, topic_prefix) as d:
+    async with deployed("north-somerset", tmp_path, broker.bootstrap, topic_prefix, level="DEBUG") as d:
         lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
         ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
         transfers = request_step_downs(lcs, 4)
@@ -210,6 +225,7 @@ async def test_broker_down_for_a_while_waited_out_logged_once_away_and_once_back
         assert (1, 1) == (away, back), out[-3000:]
         assert cpu <= MAX_CPU_WHILE_AWAY, f"{cpu:.0%} of a core while the broker was away"
         assert_log_bounded(d, len(transfers), outages=1 + int(DOWN_SECONDS // 60))
+        assert_no_personal_data(d, lcs, transfers)
         lcs.close()
         ehm.close()
 
@@ -222,7 +238,7 @@ async def test_sigterm_while_the_broker_is_away_exits_0_within_10_s_and_nothing_
     running: LocalKafka, topic_prefix: str, tmp_path: Path
 ) -> None:
     broker = running
-    async with deployed("north-somerset", tmp_path, broker.bootstrap, topic_prefix) as d:
+    async with deployed("north-somerset", tmp_path, broker.bootstrap, topic_prefix, level="DEBUG") as d:
         lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
         ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
         transfers = request_step_downs(lcs, 2)
@@ -242,6 +258,7 @@ async def test_sigterm_while_the_broker_is_away_exits_0_within_10_s_and_nothing_
         found = await figures(d, lcs, ehm, transfers, timeout=150)
         print(f"after the broker and casebridge run were started again: {found}")
         assert_exactly_once(found)
+        assert_no_personal_data(d, lcs, transfers)
         lcs.close()
         ehm.close()
 

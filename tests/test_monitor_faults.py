@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ import httpx
 import pytest
 
 from router.settings import Topics
+from tests.faults_support import leaks
 from tests.monitor_support import (
     MonitorProcess,
     auth,
@@ -32,7 +34,7 @@ from tests.monitor_support import (
     requested_events,
     stored_event_ids,
 )
-from tests.support import produce
+from tests.support import ns_transfer, produce
 
 LOCK_SECONDS = 8.0
 FULL_SECONDS = 5.0
@@ -105,6 +107,17 @@ def _figures(fault: str, produced: list[str], stored: list[str], recover: float,
     return figures
 
 
+async def _dead_letter_of_a_child(bootstrap: str, topics: Topics) -> dict[str, str]:
+    """A dead letter holding a synthetic child's whole transfer (as the router writes one), for the monitor to index
+    while it runs at DEBUG; the child's personal data, for the log scan."""
+    doc = ns_transfer(1)
+    headers = [(f"casebridge.dlq.{k}", v.encode()) for k, v in {"transfer.id": "ns-1", "council": "north-somerset",
+               "error.class": "TargetRefused", "error.message": "refused", "stage": "deliver"}.items()]  # fmt: skip
+    await produce(bootstrap, topics.dead_letter, [(b"lcs:LCS-1", json.dumps(doc).encode())], headers)
+    c = doc["child"]
+    return {k: str(c[k]) for k in ("given_name", "family_name", "date_of_birth", "nhs_number", "upn") if c.get(k)}
+
+
 def _assert_outage_logged_once(m: MonitorProcess) -> None:
     out = m.output()
     assert 1 == out.count("tracker_store_failing"), out[-3000:]  # once per outage, not once per attempt
@@ -120,7 +133,8 @@ async def test_monitor_database_locked_loses_nothing_and_says_it_is_behind(
     db = tmp_path / "monitor.sqlite3"
     before, during = requested_events(f"{topic_prefix}-a", 5), requested_events(f"{topic_prefix}-b", 40)
     await produce(kafka_bootstrap, topics.events, keyed(before))
-    env = {"CASEBRIDGE_MONITOR__BEHIND_THRESHOLD": "10"}
+    child = await _dead_letter_of_a_child(kafka_bootstrap, topics)
+    env = {"CASEBRIDGE_MONITOR__BEHIND_THRESHOLD": "10", "CASEBRIDGE_LOG_LEVEL": "DEBUG"}
     with monitor_process(kafka_bootstrap, topic_prefix, db, tmp_path, env) as m:
         await _until_stored(db, {e.event_id for e in before})
         lock = sqlite3.connect(str(db), isolation_level=None, timeout=10)
@@ -166,6 +180,7 @@ async def test_monitor_database_locked_loses_nothing_and_says_it_is_behind(
     assert after["tracker"]["store_failures"] >= 1 and after["tracker"]["storing"]
     assert "casebridge_monitor_tracker_storing 1.0" in metrics and "casebridge_monitor_tracker_lag 0.0" in metrics
     _assert_outage_logged_once(m)
+    assert [] == leaks(m.output(), [child])  # at DEBUG: the dead letter's child, in none of its forms
 
 
 @contextlib.contextmanager

@@ -313,3 +313,27 @@ async def test_health_says_when_a_consumer_group_is_behind_and_clears_when_it_ca
         await monitor.tracker.stop()
         await consumer.stop()
         monitor.store.close()
+
+
+def test_health_says_when_the_tracker_is_behind_and_clears_when_it_has_stored_everything(tmp_path: Path) -> None:
+    """The tracker storing but 5 events behind the events topic's ends (threshold 2): a "tracker-behind" problem
+    (the page's banner) saying how far; every event stored: gone. From memory: no broker asked."""
+    import time
+
+    settings = monitor_settings(tmp_path / "m.sqlite3").model_copy(update={"behind_threshold": 2})
+    monitor = Monitor(settings, "127.0.0.1:1", Topics("behind"))
+    try:
+        monitor.tracker.ends, monitor.tracker.ends_at = {0: 4, 1: 3}, time.time()
+        monitor.tracker.stored = {0: 1, 1: 1}
+        health = monitor.health()
+        assert (
+            "degraded",
+            [("tracker-behind", "The tracker is 5 event(s) behind the events topic (more than 2).")],
+        ) == (
+            health["status"],
+            [(p["kind"], p["message"]) for p in health["problems"]],
+        )
+        monitor.tracker.stored = {0: 4, 1: 3}
+        assert ("ok", []) == (monitor.health()["status"], monitor.health()["problems"])
+    finally:
+        monitor.store.close()

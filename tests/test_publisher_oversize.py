@@ -78,3 +78,61 @@ async def test_an_oversized_source_record_is_dead_lettered_by_reference_and_the_
         assert "documents: inline_documents_too_large" in reason and "xxxx" not in reason
     [published] = await read(kafka_bootstrap, topics.transfers, lambda rs: len(rs) >= 1, timeout=30)
     assert fine["transfer_id"] == json.loads(published.value or b"")["transfer_id"]
+
+
+class _PaddingFeed(_Feed):
+    """A mapping that builds without the contract's check (``model_copy``): a source record marked ``pad`` maps to
+    a transfer of about 1 MiB, which the producer would refuse."""
+
+    def mapping(self, source: dict[str, Any], position: int) -> Mapped:
+        from contracts import Document, DocumentType
+
+        plain = {k: v for k, v in source.items() if k != "pad"}
+        mapped = super().mapping(plain, position)
+        if "pad" not in source:
+            return mapped
+        doc = Document.model_construct(type=DocumentType.PLAN, content="x" * source["pad"], reference=None,
+                                       media_type="text/plain", title=None)  # fmt: skip
+        return Mapped(mapped.transfer_id, mapped.key, lambda: mapped.build().model_copy(update={"documents": [doc]}))
+
+
+async def test_a_transfer_too_big_to_publish_is_dead_lettered_at_the_map_stage_and_the_loop_goes_on(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Issue #19: a mapped transfer over the producer's limit (the contract's whole-size bound, or the encoded size
+    the publisher checks before it sends) is dead-lettered at the map stage naming its size; the running loop does
+    not die, and its cursor moves past it."""
+    import asyncio
+
+    topics = Topics(topic_prefix)
+    await ensure_topics(kafka_bootstrap, [topics.transfers, topics.dead_letter])
+    padded = {**step_down("north-somerset", 91), "pad": 1_060_000}
+    whole = step_down("north-somerset", 92)  # every field within its bound, the whole over MAX_TRANSFER_BYTES
+    whole["documents"] = [{"type": "plan", "content": "x" * 650_000}]
+    whole["deadlines"] = [{"rule_id": "NS-4", "due": "2026-11-16T10:15:00Z", "what": "é" * 5_000}] * 50
+    fine = step_down("north-somerset", 93)
+    feed = _PaddingFeed(
+        [padded, whole, fine], MemorySource(), kafka_bootstrap, topics.transfers, topics.dead_letter,
+        tmp_path / "cursor.json", Council.NORTH_SOMERSET,
+    )  # fmt: skip
+    await feed.start()
+    try:
+        await asyncio.wait_for(feed.run(interval=0.05, stop=lambda: feed.cursor.load() >= 3), 60)
+    finally:
+        await feed.stop()
+    assert (3, 3) == (feed.cursor.load(), feed.published)
+    letters = await read(kafka_bootstrap, topics.dead_letter, lambda rs: len(rs) >= 2, timeout=30)
+    reasons = {
+        dict(r.headers)["casebridge.dlq.transfer.id"].decode(): (
+            dict(r.headers)["casebridge.dlq.stage"],
+            dict(r.headers)["casebridge.dlq.error.message"].decode(),
+        )
+        for r in letters
+    }
+    stage, reason = reasons[padded["transfer_id"]]
+    assert b"map" == stage and reason.startswith("transfer_too_large: the transfer is 106")
+    assert "xxxx" not in reason
+    stage, reason = reasons[whole["transfer_id"]]
+    assert (b"map", "$: transfer_too_large") == (stage, reason)
+    [published] = await read(kafka_bootstrap, topics.transfers, lambda rs: len(rs) >= 1, timeout=30)
+    assert fine["transfer_id"] == json.loads(published.value or b"")["transfer_id"]

@@ -302,3 +302,30 @@ def test_missing_credentials_are_each_one_line_and_nothing_else_is_blamed(env: p
         load(EXAMPLES / "luton.toml")
     assert 4 == len(raised.value.problems), raised.value.problems
     assert all("environment variable" in p and "is not set" in p for p in raised.value.problems)
+
+
+def test_settings_that_let_a_batch_outlast_its_poll_interval_are_refused_in_one_line_naming_them(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue #19: batch_size / concurrency x calls a transfer x retry.total_seconds bounds how long a batch takes;
+    over MAX_BATCH_SECONDS the deployment is refused at start, naming the settings, and within it the consumer's
+    max.poll.interval.ms is derived from that bound, so a member working within its settings is never evicted."""
+    from router.settings import CALLS_PER_TRANSFER, MAX_BATCH_SECONDS
+
+    path = _file(tmp_path, BARNSLEY)
+    env.setenv("CASEBRIDGE_BATCH_SIZE", "2000")
+    env.setenv("CASEBRIDGE_CONCURRENCY", "4")
+    result = CliRunner().invoke(app, ["run", "--config", str(path)])
+    assert 0 != result.exit_code and "Traceback" not in result.output
+    [line] = [line for line in result.output.splitlines() if line.strip()]
+    assert line.startswith("error: deployment.toml: batch_size / concurrency x 6 calls x retry.total_seconds =")
+    assert "2000 / 4 x 6 x 30 = 90000 s, over the 3600 s" in line and "lower batch_size" in line
+    env.setenv("CASEBRIDGE_CONCURRENCY", "100")  # 20 rounds x 6 calls x 30 s = 3,600 s: within
+    settings = load(path).settings
+    worst = 20 * CALLS_PER_TRANSFER * 30.0
+    assert worst <= MAX_BATCH_SECONDS
+    assert (int((worst + 60) * 1000), int((300 + worst + 60) * 1000)) == (
+        settings.max_poll_interval_ms(),
+        settings.max_poll_interval_ms(300.0),
+    )
+    assert Settings().max_poll_interval_ms() > 16 * CALLS_PER_TRANSFER * 30 * 1000  # the defaults: 500 / 32 rounds

@@ -15,6 +15,7 @@ from contracts import CaseSystem, TransferMessage, utcnow
 from mappings import Route
 
 from .._base import Receipt, Target
+from .._budget import call_deadline
 from .._errors import PermanentError, TargetRefused, TargetUnavailable
 from ._message import build_message, message_reference
 
@@ -170,20 +171,31 @@ async def send_via_relay(
 
     Failures are translated: SMTP 4xx and connection failures are ``TargetUnavailable`` (retry), 5xx
     ``TargetRefused``; messages name the failure's class or code only, never an address or content.
+
+    ``timeout`` bounds the whole session (connect to the last answer), however slowly the relay trickles its
+    answers (aiosmtplib's own timeout is per answer), and within what the caller's retry budget has left
+    (``connectors._budget.call_deadline``); over it, ``TargetUnavailable``.
     """
     s = settings
+    deadline = call_deadline(s.timeout)
     smtp = aiosmtplib.SMTP(hostname=s.host, port=s.port, timeout=s.timeout, start_tls=False, tls_context=tls)
+    timed_out = False
     try:
-        await smtp.connect()
-        await smtp.ehlo()
-        if not smtp.supports_extension("starttls"):
-            raise InsecureChannel("mailbox: the relay does not offer STARTTLS; refusing to send in clear text")
         try:
-            await smtp.starttls(tls_context=tls)
-        except ssl.SSLError as exc:
-            raise InsecureChannel(f"mailbox: TLS with the relay failed ({type(exc).__name__})") from exc
-        await smtp.login(s.username, s.password.get_secret_value())
-        await smtp.send_message(message, sender=s.sender, recipients=recipients)  # type: ignore[arg-type]
+            async with asyncio.timeout(deadline):
+                await smtp.connect()
+                await smtp.ehlo()
+                if not smtp.supports_extension("starttls"):
+                    raise InsecureChannel("mailbox: the relay does not offer STARTTLS; refusing to send in clear text")
+                try:
+                    await smtp.starttls(tls_context=tls)
+                except ssl.SSLError as exc:
+                    raise InsecureChannel(f"mailbox: TLS with the relay failed ({type(exc).__name__})") from exc
+                await smtp.login(s.username, s.password.get_secret_value())
+                await smtp.send_message(message, sender=s.sender, recipients=recipients)  # type: ignore[arg-type]
+        except TimeoutError as exc:
+            timed_out = True
+            raise TargetUnavailable(f"mailbox: the relay did not finish the session within {deadline:.3g} s") from exc
     except aiosmtplib.SMTPRecipientsRefused as exc:
         code = exc.recipients[0].code if exc.recipients else 550
         raise _by_code(code, "recipient refused") from exc
@@ -192,10 +204,13 @@ async def send_via_relay(
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise TargetUnavailable(f"mailbox: the relay failed ({type(exc).__name__})") from exc
     finally:
-        if smtp.is_connected:
+        if smtp.is_connected and timed_out:
+            smtp.close()  # no QUIT: a relay that trickles its answers would hold that too
+        elif smtp.is_connected:
             try:
-                await smtp.quit()
-            except (aiosmtplib.SMTPException, OSError):
+                async with asyncio.timeout(min(5.0, s.timeout)):
+                    await smtp.quit()
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 smtp.close()
 
 
