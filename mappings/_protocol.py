@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -48,7 +49,7 @@ from contracts import (
     Urgency,
 )
 
-from ._deadlines import DEADLINES_FILE, DeadlineRule, deadlines_by_rule, due_at
+from ._deadlines import DEADLINES_FILE, DeadlineRule, deadlines_by_rule, due_at, message_times
 from ._fieldmap import DATA_DIR, MappingError
 from ._outcomes import AssessmentOutcome, outcome_table
 
@@ -371,12 +372,14 @@ class StatedDeadlineRule(_Rule):
 
     The length, unit and start event are not stated here: they are the monitor's deadline of the
     same rule id in ``mappings/data/deadlines.toml`` (one source of truth), and the due time is
-    ``_deadlines.due_at`` (working days skip England and Wales bank holidays). The protocol checks
-    when the transfer is requested, so the clock starts at ``requested_at``. The monitor starts a
-    deadline whose start event is ``requested`` (NS-4, SW22-15) at the same instant, the transfer's
-    ``requested_at`` that the ``requested`` event carries, however late the router handled it; for a
-    deadline whose start event comes later (acknowledged, allocated, source-closed) the request is
-    the earliest that event can happen, and the monitor times the deadline from the event itself.
+    ``_deadlines.due_at`` (working days skip England and Wales bank holidays). The clock starts at
+    the rule's own start event, at the instant the message states for it (``[message_times]`` in
+    ``deadlines.toml``: ``requested`` is the transfer's ``requested_at``, NS-4 and SW22-15): the
+    instant the monitor starts it at too, however late the router handled the message. A deadline
+    whose start event comes after the request (acknowledged, allocated, source-closed: SW26-6,
+    BA-12, BA-14, SW22-13) has no start yet when the protocol is checked, so no stated due can be
+    shown too late then: this check does not hold it (``limit`` is ``None``), and the monitor times
+    the deadline from the event when it happens.
     """
 
     check: Literal["deadline"]
@@ -388,6 +391,12 @@ class StatedDeadlineRule(_Rule):
                 f"deadline {self.id} is not in {DEADLINES_FILE.name}: its length is stated there, once, "
                 "with its unit and start event"
             )
+        path = message_times().get(self.deadline.start)
+        if path is not None and not _is_time_field(path):
+            raise ValueError(
+                f"{DEADLINES_FILE.name} [message_times]: {self.deadline.start} = {path!r} is not a time field "
+                "of the transfer message"
+            )
         return self
 
     @property
@@ -395,24 +404,67 @@ class StatedDeadlineRule(_Rule):
         """The deadline this rule checks (length, unit, start event), from ``deadlines.toml``."""
         return deadlines_by_rule()[self.id]
 
-    def limit(self, requested_at: datetime) -> datetime:
-        """The latest due time the transfer may state."""
+    def started_at(self, t: TransferMessage) -> datetime | None:
+        """When the deadline started, where the message states its start event (``None``: not known yet)."""
+        path = message_times().get(self.deadline.start)
+        if path is None:
+            return None
+        value: Any = t
+        for name in path.split("."):
+            value = getattr(value, name, None)
+        return value if isinstance(value, datetime) else None
+
+    def limit(self, t: TransferMessage) -> datetime | None:
+        """The latest due time the transfer may state (``None``: its start is not known, so not checked)."""
+        start = self.started_at(t)
+        if start is None:
+            return None
         d = self.deadline
-        return due_at(requested_at, d.length, d.unit)
+        return due_at(start, d.length, d.unit)
+
+    def _late(self, t: TransferMessage) -> tuple[datetime, datetime] | None:
+        """The first stated due later than the limit, with the limit."""
+        if not any(d.rule_id == self.id for d in t.deadlines):
+            return None
+        limit = self.limit(t)
+        if limit is None:
+            return None
+        late = next((d.due for d in t.deadlines if d.rule_id == self.id and d.due > limit), None)
+        return None if late is None else (late, limit)
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
-        stated = [d.due for d in t.deadlines if d.rule_id == self.id]
-        if not stated:
-            return True
-        limit = self.limit(t.requested_at)
-        return all(due <= limit for due in stated)
+        return self._late(t) is None
 
     def detail(self, t: TransferMessage) -> str | None:
-        limit = self.limit(t.requested_at)
-        late = [d.due for d in t.deadlines if d.rule_id == self.id and d.due > limit]
-        if not late:
+        late = self._late(t)
+        if late is None:
             return None
-        return f"stated due {late[0].isoformat()} is later than {limit.isoformat()}"
+        return f"stated due {late[0].isoformat()} is later than {late[1].isoformat()}"
+
+
+def _is_time_field(path: str) -> bool:
+    """Whether a dotted path names a date-time field of the transfer message (``requested_at``)."""
+    model: Any = TransferMessage
+    for name in path.split("."):
+        info = getattr(model, "model_fields", {}).get(name)
+        if info is None:
+            return False
+        model = next((a for a in _types_of(info.annotation) if a is datetime or _is_model(a)), None)
+    return model is datetime
+
+
+def _types_of(annotation: Any) -> list[Any]:
+    """The plain types an annotation allows (unions and ``Annotated`` unwrapped)."""
+    args = typing.get_args(annotation)
+    if not args:
+        return [annotation]
+    if typing.get_origin(annotation) is Annotated:
+        return _types_of(args[0])
+    return [t for a in args for t in _types_of(a)]
+
+
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
 
 
 Rule = Annotated[
