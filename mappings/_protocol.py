@@ -356,15 +356,16 @@ class AssessmentOutcomeRule(_Rule):
         return chosen is not None and chosen.to_level is t.pathway.to_level
 
     def detail(self, t: TransferMessage) -> str | None:
-        code = (t.assessment_outcome or "")[:60]
-        chosen = self.chosen(t)
-        if not code:
+        """The outcome named where it is a code (``_code``), never free text typed where the code belongs."""
+        if not t.assessment_outcome:
             return "no assessment outcome"
+        chosen = self.chosen(t)
+        named = _code("assessment outcome", t.assessment_outcome)
         if chosen is None:
-            return f"assessment outcome {code!r} is not a step-down outcome of {self.outcomes}"
+            return f"{named} is not a step-down outcome of {self.outcomes}"
         if chosen.to_level is t.pathway.to_level:
             return None
-        return f"assessment outcome {code!r} leads to {chosen.to_level.value}, not {t.pathway.to_level.value}"
+        return f"{named} leads to {chosen.to_level.value}, not {t.pathway.to_level.value}"
 
 
 class StatedDeadlineRule(_Rule):
@@ -708,7 +709,9 @@ def _code(what: str, value: str | None) -> str:
     """
     if not value:
         return f"no {what}"
-    return f"{what} {value!r}" if _CODE.match(value) else f"a {what} that is not a code"
+    if _CODE.match(value):
+        return f"{what} {value!r}"
+    return f"{'an' if what[:1] in 'aeiou' else 'a'} {what} that is not a code"
 
 
 def _with_detail(message: str, detail: str | None) -> str:

@@ -182,6 +182,26 @@ def test_sw22_07_assessment_outcome_selects_the_step_down_target(outcome: str, l
             " care-director-outcomes.toml"} == SW22.details(held)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "free_text",
+    [
+        "Spoke with mum, Jane Doe (DOB 01/02/1990); she agreed to early help",
+        "Refer to EHH Service as agreed with Jane Doe and her partner John Roe at the review",
+        "Jane Doe: refer to EHH",
+    ],
+)
+def test_sw22_07_free_text_outcome_is_not_repeated_in_the_reason_but_a_code_is(free_text: str) -> None:
+    """SW22-7: free text typed where the outcome code belongs (a name, a date of birth) is not repeated in the
+    violation or its detail; an unknown code is named."""
+    held = transfer(step_down("swindon-2022", assessment_outcome=free_text))
+    [violation] = SW22.check(held)
+    said = violation.message + violation.fix + SW22.details(held)["SW22-7"]
+    assert ("SW22-7", []) == (violation.rule_id, [w for w in ("Jane", "Doe", "1990", "mum") if w in said])
+    assert "an assessment outcome that is not a code is not a step-down outcome" in said
+    code = transfer(step_down("swindon-2022", assessment_outcome="CIN-CONT-2"))
+    assert "assessment outcome 'CIN-CONT-2' is not a step-down outcome" in SW22.details(code)["SW22-7"]
+
+
 def test_sw22_07_outcome_table_is_stated_once_and_read_by_protocol_and_care_director() -> None:
     """SW22-7: the protocol names the outcome file (no table of its own); the protocol and the Care Director
     connector see the same outcomes; a non-step-down outcome ("Continue as Child in Need") is held as before."""
