@@ -64,7 +64,17 @@ class _Model(BaseModel):
 
 
 def _has_role(person_role: str, roles: list[str]) -> bool:
-    return any(r.casefold() in person_role.casefold() for r in roles)
+    """Whether ``person_role`` is one of ``roles``, whole names (case and spacing aside).
+
+    Never a part of a name: an "Assistant Team Manager", or "not the Duty Manager", is not a "Team Manager" /
+    "Duty Manager". A protocol lists each title it accepts ("Contact Swindon Duty Manager" beside "Duty Manager").
+    """
+    said = _normal(person_role)
+    return any(_normal(r) == said for r in roles)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.casefold().split())
 
 
 class AppliesTo(_Model):
@@ -113,7 +123,7 @@ class ManagementDecisionRule(_Rule):
     forum_required: bool = False
     #: the decision must come from one of these forums ("Transfer Meeting", "CIN Panel", ...)
     forums: list[str] = Field(default_factory=list)
-    #: the decider's role must contain one of these ("Team Manager", "Duty Manager", ...)
+    #: the decider's role must be one of these, whole names ("Team Manager", "Duty Manager", ...)
     roles: list[str] = Field(default_factory=list)
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
@@ -215,7 +225,7 @@ class ConsentRule(_Rule):
     - its reason is one of ``exemption_reasons`` (the significant-harm code the source system states);
     - the transfer goes to one of ``exemption_to_levels`` (child protection, s.47): a step-up to
       child in need (s.17) or any step-down needs the family's consent;
-    - it was decided by a manager whose role contains one of ``exemption_roles`` (SW26-2: a Duty
+    - it was decided by a manager whose role is one of ``exemption_roles`` (whole names) (SW26-2: a Duty
       Manager; SW22-4: a MASH manager; NS-11: the Team Manager or Front Door management ...).
 
     A rule names all three or none: naming none (or ``exemption_allowed = false``: SW26-4,
