@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 import tomllib
 import typing
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.structs import ConsumerRecord
 
-import router.flow
-from contracts import TransferMessage, parse_event
+from contracts import parse_event
 from contracts._events import TransferEvent
 from mappings import (
     DeadlineRule,
@@ -30,9 +26,8 @@ from mappings import (
 )
 from mappings._protocol import PROTOCOL_DIR, StatedDeadlineRule
 from monitor import Store, deadlines
-from router.flow import TransferFlow
-from router.settings import RetrySettings
 from tests.council_data import step_down, step_up, transfer
+from tests.monitor_support import router_events
 
 
 def _stated_deadline_rules() -> list[tuple[str, StatedDeadlineRule]]:
@@ -100,38 +95,13 @@ def test_ns04_protocol_deadline_stating_its_own_length_is_refused(tmp_path: Path
         load_protocol(path)
 
 
-class _Events:
-    """A flow's sink that keeps the events it emits, as the tracker reads them off the events topic."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    async def emit(self, event: Any) -> None:
-        self.events.append(parse_event(event.model_dump_json()))
-
-    async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
-        self.events.append(parse_event(value))
-
-    async def dead_letter(self, record: Any, failure: Any) -> None:
-        return None
-
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> None:
-        return None
-
-
 async def _handled_at(doc: dict[str, Any], handled: datetime, monkeypatch: pytest.MonkeyPatch) -> Store:
     """The monitor's store after the router handled ``doc`` at ``handled`` (its events' clock)."""
-    micros = (handled - datetime.fromtimestamp(0, handled.tzinfo)) // timedelta(microseconds=1)
-    clock = SimpleNamespace(time_ns=lambda: micros * 1000, monotonic=time.monotonic)
-    monkeypatch.setattr(router.flow, "time", clock)
-    flow = TransferFlow(load_protocols(), {}, {}, RetrySettings(), "g")  # no connectors: the request is all we need
-    raw = TransferMessage.model_validate(doc).model_dump_json().encode()
-    sink = _Events()
-    await flow.run(ConsumerRecord("t", 0, 0, 0, 0, b"k", raw, None, 1, len(raw), []), sink)  # type: ignore[arg-type]
-    [requested] = [e for e in sink.events if e.event_type == "requested"]
+    events = [parse_event(value) for _, value in await router_events(doc, handled, monkeypatch)]
+    [requested] = [e for e in events if e.event_type == "requested"]
     assert handled == requested.occurred_at
     store = Store(":memory:")
-    store.apply(sink.events)
+    store.apply(events)
     return store
 
 
