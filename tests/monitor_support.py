@@ -195,5 +195,5 @@ async def router_events(doc: dict[str, Any], handled: datetime, monkeypatch: Any
     flow = TransferFlow(load_protocols(), {}, {}, RetrySettings(), "g")
     raw = TransferMessage.model_validate(doc).model_dump_json().encode()
     sink = _Events()
-    await flow.run(ConsumerRecord("t", 0, 0, 0, 0, b"k", raw, None, 1, len(raw), []), sink)  # type: ignore[arg-type]
+    await flow.run(ConsumerRecord("t", 0, 0, 0, 0, b"k", raw, None, 1, len(raw), []), sink)
     return sink.records
