@@ -364,7 +364,8 @@ class FeedPublisher(_FeedLoop):
         self, mapped: Mapped, exc: MappingError | ValidationError, position: int
     ) -> list[tuple[str, bytes]]:
         """A map-stage failure's headers: casebridge's context, then Spring's (``spring_dlt_headers``: the "original
-        topic" is the publisher's feed, ``<feed>`` as ``FeedPublisher.feed`` names it; partition 0; the offset the
+        topic" is the topic a redrive writes it back to, the remap topic this publisher follows (the record is a
+        source record, mapped again there; without a remap topic, the feed's name); partition 0; the offset the
         feed position)."""
         reason = _reason(exc)
         error_class = _error_class(exc)
@@ -378,7 +379,7 @@ class FeedPublisher(_FeedLoop):
             (wire.DLQ_LAST_FAILURE, datetime.now(UTC).isoformat().encode()),
             (wire.DLQ_PUBLISHER, self.name.encode()),
             (wire.DLQ_FEED_POSITION, str(position).encode()),
-            *wire.spring_dlt_headers(self.feed, 0, position, error_class, reason),
+            *wire.spring_dlt_headers(self.remap.topic if self.remap else self.feed, 0, position, error_class, reason),
         ]
 
     async def remap_once(self) -> int:

@@ -133,8 +133,9 @@ def dlq_field(name: str) -> str:
 DLT_PREFIX = "kafka_dlt-"
 DLT_ORIGINAL_TOPIC = _header(
     DLT_PREFIX + "original-topic",
-    "UTF-8: casebridge.dlq.original.topic; for a map-stage dead letter the publisher's feed "
-    "(lcs-changes, ehm-stepups, ted-changes, care-director-changes)",
+    "UTF-8: casebridge.dlq.original.topic, the topic a redrive writes the dead letter back to; for a map-stage "
+    "dead letter (a source record) the remap topic, <prefix>.remap, where its publisher maps it again (a redrive "
+    "keeps casebridge's headers: casebridge.dlq.publisher names the publisher)",
 )
 DLT_ORIGINAL_PARTITION = _header(
     DLT_PREFIX + "original-partition",

@@ -11,6 +11,7 @@ from ._deadlines import (
     due_at,
     evaluate,
     load_deadlines,
+    message_times,
 )
 from ._fieldmap import FieldMapping, MappingError, load_mapping
 from ._outcomes import CARE_DIRECTOR_OUTCOMES, AssessmentOutcome, load_outcomes, outcome_table
@@ -40,5 +41,6 @@ __all__ = [
     "due_at",
     "evaluate",
     "load_deadlines",
+    "message_times",
     "load_protocols",
 ]

@@ -213,6 +213,29 @@ def load_deadlines() -> tuple[DeadlineRule, ...]:
     return rules
 
 
+_FIELD_PATH = Field(pattern=r"^[a-z_]+(\.[a-z_]+)*$")
+
+
+class _MessageTimes(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_times: dict[EventKey, Annotated[str, _FIELD_PATH]]
+
+
+@cache
+def message_times() -> dict[str, str]:
+    """Start event -> the transfer message's field that states its instant (``[message_times]``).
+
+    The protocol check starts a deadline at that field; a deadline whose start event is not here
+    (it happens after the request: acknowledged, allocated, source-closed) is not checked by it.
+    """
+    try:
+        doc = tomllib.loads(DEADLINES_FILE.read_text(encoding="utf-8"))
+        return dict(_MessageTimes.model_validate({"message_times": doc.get("message_times", {})}).message_times)
+    except (ValidationError, tomllib.TOMLDecodeError) as exc:
+        raise MappingError(f"{DEADLINES_FILE.name}: [message_times]: {exc}") from exc
+
+
 @cache
 def deadlines_by_rule() -> dict[str, DeadlineRule]:
     """The shipped deadlines by rule id (a rule id has one deadline)."""

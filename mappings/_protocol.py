@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -48,7 +49,7 @@ from contracts import (
     Urgency,
 )
 
-from ._deadlines import DEADLINES_FILE, DeadlineRule, deadlines_by_rule, due_at
+from ._deadlines import DEADLINES_FILE, DeadlineRule, deadlines_by_rule, due_at, message_times
 from ._fieldmap import DATA_DIR, MappingError
 from ._outcomes import AssessmentOutcome, outcome_table
 
@@ -63,7 +64,17 @@ class _Model(BaseModel):
 
 
 def _has_role(person_role: str, roles: list[str]) -> bool:
-    return any(r.casefold() in person_role.casefold() for r in roles)
+    """Whether ``person_role`` is one of ``roles``, whole names (case and spacing aside).
+
+    Never a part of a name: an "Assistant Team Manager", or "not the Duty Manager", is not a "Team Manager" /
+    "Duty Manager". A protocol lists each title it accepts ("Contact Swindon Duty Manager" beside "Duty Manager").
+    """
+    said = _normal(person_role)
+    return any(_normal(r) == said for r in roles)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.casefold().split())
 
 
 class AppliesTo(_Model):
@@ -112,7 +123,7 @@ class ManagementDecisionRule(_Rule):
     forum_required: bool = False
     #: the decision must come from one of these forums ("Transfer Meeting", "CIN Panel", ...)
     forums: list[str] = Field(default_factory=list)
-    #: the decider's role must contain one of these ("Team Manager", "Duty Manager", ...)
+    #: the decider's role must be one of these, whole names ("Team Manager", "Duty Manager", ...)
     roles: list[str] = Field(default_factory=list)
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
@@ -214,7 +225,7 @@ class ConsentRule(_Rule):
     - its reason is one of ``exemption_reasons`` (the significant-harm code the source system states);
     - the transfer goes to one of ``exemption_to_levels`` (child protection, s.47): a step-up to
       child in need (s.17) or any step-down needs the family's consent;
-    - it was decided by a manager whose role contains one of ``exemption_roles`` (SW26-2: a Duty
+    - it was decided by a manager whose role is one of ``exemption_roles`` (whole names) (SW26-2: a Duty
       Manager; SW22-4: a MASH manager; NS-11: the Team Manager or Front Door management ...).
 
     A rule names all three or none: naming none (or ``exemption_allowed = false``: SW26-4,
@@ -355,15 +366,16 @@ class AssessmentOutcomeRule(_Rule):
         return chosen is not None and chosen.to_level is t.pathway.to_level
 
     def detail(self, t: TransferMessage) -> str | None:
-        code = (t.assessment_outcome or "")[:60]
-        chosen = self.chosen(t)
-        if not code:
+        """The outcome named where it is a code (``_code``), never free text typed where the code belongs."""
+        if not t.assessment_outcome:
             return "no assessment outcome"
+        chosen = self.chosen(t)
+        named = _code("assessment outcome", t.assessment_outcome)
         if chosen is None:
-            return f"assessment outcome {code!r} is not a step-down outcome of {self.outcomes}"
+            return f"{named} is not a step-down outcome of {self.outcomes}"
         if chosen.to_level is t.pathway.to_level:
             return None
-        return f"assessment outcome {code!r} leads to {chosen.to_level.value}, not {t.pathway.to_level.value}"
+        return f"{named} leads to {chosen.to_level.value}, not {t.pathway.to_level.value}"
 
 
 class StatedDeadlineRule(_Rule):
@@ -371,12 +383,14 @@ class StatedDeadlineRule(_Rule):
 
     The length, unit and start event are not stated here: they are the monitor's deadline of the
     same rule id in ``mappings/data/deadlines.toml`` (one source of truth), and the due time is
-    ``_deadlines.due_at`` (working days skip England and Wales bank holidays). The protocol checks
-    when the transfer is requested, so the clock starts at ``requested_at``. The monitor starts a
-    deadline whose start event is ``requested`` (NS-4, SW22-15) at the same instant, the transfer's
-    ``requested_at`` that the ``requested`` event carries, however late the router handled it; for a
-    deadline whose start event comes later (acknowledged, allocated, source-closed) the request is
-    the earliest that event can happen, and the monitor times the deadline from the event itself.
+    ``_deadlines.due_at`` (working days skip England and Wales bank holidays). The clock starts at
+    the rule's own start event, at the instant the message states for it (``[message_times]`` in
+    ``deadlines.toml``: ``requested`` is the transfer's ``requested_at``, NS-4 and SW22-15): the
+    instant the monitor starts it at too, however late the router handled the message. A deadline
+    whose start event comes after the request (acknowledged, allocated, source-closed: SW26-6,
+    BA-12, BA-14, SW22-13) has no start yet when the protocol is checked, so no stated due can be
+    shown too late then: this check does not hold it (``limit`` is ``None``), and the monitor times
+    the deadline from the event when it happens.
     """
 
     check: Literal["deadline"]
@@ -388,6 +402,12 @@ class StatedDeadlineRule(_Rule):
                 f"deadline {self.id} is not in {DEADLINES_FILE.name}: its length is stated there, once, "
                 "with its unit and start event"
             )
+        path = message_times().get(self.deadline.start)
+        if path is not None and not _is_time_field(path):
+            raise ValueError(
+                f"{DEADLINES_FILE.name} [message_times]: {self.deadline.start} = {path!r} is not a time field "
+                "of the transfer message"
+            )
         return self
 
     @property
@@ -395,24 +415,67 @@ class StatedDeadlineRule(_Rule):
         """The deadline this rule checks (length, unit, start event), from ``deadlines.toml``."""
         return deadlines_by_rule()[self.id]
 
-    def limit(self, requested_at: datetime) -> datetime:
-        """The latest due time the transfer may state."""
+    def started_at(self, t: TransferMessage) -> datetime | None:
+        """When the deadline started, where the message states its start event (``None``: not known yet)."""
+        path = message_times().get(self.deadline.start)
+        if path is None:
+            return None
+        value: Any = t
+        for name in path.split("."):
+            value = getattr(value, name, None)
+        return value if isinstance(value, datetime) else None
+
+    def limit(self, t: TransferMessage) -> datetime | None:
+        """The latest due time the transfer may state (``None``: its start is not known, so not checked)."""
+        start = self.started_at(t)
+        if start is None:
+            return None
         d = self.deadline
-        return due_at(requested_at, d.length, d.unit)
+        return due_at(start, d.length, d.unit)
+
+    def _late(self, t: TransferMessage) -> tuple[datetime, datetime] | None:
+        """The first stated due later than the limit, with the limit."""
+        if not any(d.rule_id == self.id for d in t.deadlines):
+            return None
+        limit = self.limit(t)
+        if limit is None:
+            return None
+        late = next((d.due for d in t.deadlines if d.rule_id == self.id and d.due > limit), None)
+        return None if late is None else (late, limit)
 
     def holds(self, t: TransferMessage, facts: Facts) -> bool:
-        stated = [d.due for d in t.deadlines if d.rule_id == self.id]
-        if not stated:
-            return True
-        limit = self.limit(t.requested_at)
-        return all(due <= limit for due in stated)
+        return self._late(t) is None
 
     def detail(self, t: TransferMessage) -> str | None:
-        limit = self.limit(t.requested_at)
-        late = [d.due for d in t.deadlines if d.rule_id == self.id and d.due > limit]
-        if not late:
+        late = self._late(t)
+        if late is None:
             return None
-        return f"stated due {late[0].isoformat()} is later than {limit.isoformat()}"
+        return f"stated due {late[0].isoformat()} is later than {late[1].isoformat()}"
+
+
+def _is_time_field(path: str) -> bool:
+    """Whether a dotted path names a date-time field of the transfer message (``requested_at``)."""
+    model: Any = TransferMessage
+    for name in path.split("."):
+        info = getattr(model, "model_fields", {}).get(name)
+        if info is None:
+            return False
+        model = next((a for a in _types_of(info.annotation) if a is datetime or _is_model(a)), None)
+    return model is datetime
+
+
+def _types_of(annotation: Any) -> list[Any]:
+    """The plain types an annotation allows (unions and ``Annotated`` unwrapped)."""
+    args = typing.get_args(annotation)
+    if not args:
+        return [annotation]
+    if typing.get_origin(annotation) is Annotated:
+        return _types_of(args[0])
+    return [t for a in args for t in _types_of(a)]
+
+
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
 
 
 Rule = Annotated[
@@ -656,7 +719,9 @@ def _code(what: str, value: str | None) -> str:
     """
     if not value:
         return f"no {what}"
-    return f"{what} {value!r}" if _CODE.match(value) else f"a {what} that is not a code"
+    if _CODE.match(value):
+        return f"{what} {value!r}"
+    return f"{'an' if what[:1] in 'aeiou' else 'a'} {what} that is not a code"
 
 
 def _with_detail(message: str, detail: str | None) -> str:

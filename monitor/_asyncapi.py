@@ -8,12 +8,14 @@ the contracts or topics change without it being regenerated. The monitor serves 
 from __future__ import annotations
 
 import json
+import typing
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from connectors.kafka import SaslMechanism
 from contracts import EVENT_ADAPTER, SCHEMA_VERSION, TransferMessage, wire
 from router._pending import PendingClosure
 from router.closures import AllocationAudit
@@ -570,13 +572,52 @@ def asyncapi_document() -> dict[str, Any]:
             "local": {
                 "host": "127.0.0.1:9092",
                 "protocol": "kafka",
-                "description": "casebridge kafka start (set CASEBRIDGE_BOOTSTRAP_SERVERS for others)",
-            }
+                "description": "casebridge kafka start: plaintext, local development only (set "
+                "CASEBRIDGE_BOOTSTRAP_SERVERS for others)",
+            },
+            "council": {
+                "host": "{bootstrap}",
+                "protocol": "kafka-secure",
+                "description": "a council's cluster, as casebridge kafka start --secure makes one: TLS (the [kafka] "
+                "table's security_protocol SASL_SSL or SSL, ca_file), and one of these security schemes",
+                "variables": {"bootstrap": {"description": "the brokers' host:port (bootstrap_servers)"}},
+                "security": [{"$ref": f"#/components/securitySchemes/{name}"} for name in security_schemes()],
+            },
         },
         "channels": channels,
         "operations": operations,
-        "components": {"messages": messages, "schemas": _asyncapi_discriminators(dict(sorted(schemas.items())))},
+        "components": {
+            "messages": messages,
+            "schemas": _asyncapi_discriminators(dict(sorted(schemas.items()))),
+            "securitySchemes": security_schemes(),
+        },
     }
+
+
+#: AsyncAPI 3.0's security scheme type for each SASL mechanism casebridge speaks (connectors/kafka.py)
+_SASL_SCHEMES = {"SCRAM-SHA-512": "scramSha512", "SCRAM-SHA-256": "scramSha256", "PLAIN": "plain"}
+
+
+def security_schemes() -> dict[str, Any]:
+    """How a client authenticates to a council's cluster: each SASL mechanism of the ``[kafka]`` table, and a
+    client certificate (mutual TLS), named by the AsyncAPI type (any one of them is enough)."""
+    mechanisms = typing.get_args(SaslMechanism)
+    if set(mechanisms) != set(_SASL_SCHEMES):
+        raise RuntimeError(f"a SASL mechanism without an AsyncAPI security scheme: {sorted(mechanisms)}")
+    out: dict[str, Any] = {
+        _SASL_SCHEMES[m]: {
+            "type": _SASL_SCHEMES[m],
+            "description": f'SASL {m} over TLS: security_protocol = "SASL_SSL", sasl_mechanism = "{m}", '
+            "username and the password by reference ({ file = ... } or { env = ... })",
+        }
+        for m in mechanisms
+    }
+    out["X509"] = {
+        "type": "X509",
+        "description": "a client certificate (mutual TLS): cert_file and key_file (PEM), with security_protocol "
+        '"SSL" alone or beside SASL over TLS',
+    }
+    return out
 
 
 def render() -> str:

@@ -15,14 +15,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+from aiokafka.structs import ConsumerRecord
 
+import router.flow
 from casebridge.localdeploy import free_port
-from contracts import CaseSystem, Council, Direction, ServiceLevel, TransferEvent, TransferRequested
+from contracts import CaseSystem, Council, Direction, ServiceLevel, TransferEvent, TransferMessage, TransferRequested
+from mappings import load_protocols
 from monitor import Monitor, MonitorSettings, TokenGrant, create_app
-from router.settings import Topics
+from router.flow import TransferFlow
+from router.settings import RetrySettings, Topics
 from sandboxes import ServerHandle, serve
 
 VIEWER_TOKEN = "viewer-token-synthetic-0001-0123456789"
@@ -160,3 +165,35 @@ def monitor_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+class _Events:
+    """A flow's sink that keeps the events it emits as the events topic holds them: (key, value)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+
+    async def emit(self, event: Any) -> None:
+        self.records.append((str(event.transfer_id).encode(), event.model_dump_json().encode()))
+
+    async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
+        self.records.append((transfer_id.encode(), value))
+
+    async def dead_letter(self, record: Any, failure: Any) -> None:
+        return None
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> None:
+        return None
+
+
+async def router_events(doc: dict[str, Any], handled: datetime, monkeypatch: Any) -> list[tuple[bytes, bytes]]:
+    """The events the router writes when it handles transfer ``doc`` at ``handled`` (its clock set there), with no
+    connectors (the request is all it gets to): each as the events topic's (key, value)."""
+    micros = (handled - datetime.fromtimestamp(0, handled.tzinfo)) // timedelta(microseconds=1)
+    clock = SimpleNamespace(time_ns=lambda: micros * 1000, monotonic=time.monotonic)
+    monkeypatch.setattr(router.flow, "time", clock)
+    flow = TransferFlow(load_protocols(), {}, {}, RetrySettings(), "g")
+    raw = TransferMessage.model_validate(doc).model_dump_json().encode()
+    sink = _Events()
+    await flow.run(ConsumerRecord("t", 0, 0, 0, 0, b"k", raw, None, 1, len(raw), []), sink)
+    return sink.records

@@ -187,7 +187,7 @@ def as_assigned(router: Router, topic: str, partitions: Iterable[int]) -> None:
 def map_stage_headers(position: int = 7) -> list[tuple[str, bytes]]:
     """The headers a publisher (feed ``probe-changes``, North Somerset) puts on a map-stage dead letter of the
     source record at ``position`` that could not be mapped (``MappingError`` naming NS-6)."""
-    from connectors._feed import FeedPublisher, Mapped
+    from connectors._feed import FeedPublisher, Mapped, Remap
     from contracts import Council
     from mappings import MappingError
 
@@ -202,5 +202,6 @@ def map_stage_headers(position: int = 7) -> list[tuple[str, bytes]]:
 
     probe = Probe.__new__(Probe)
     probe.council = Council.NORTH_SOMERSET
+    probe.remap = Remap("p.remap", "p.parking", "p.events", "p-remap-probe")
     failure = MappingError("probe.toml: field x (rule)", rule_ids=("NS-6",))
     return probe._map_failure_headers(Mapped("t-1", b"k", lambda: None), failure, position)  # type: ignore[arg-type, return-value, no-any-return]

@@ -15,6 +15,7 @@ from casebridge.scenarios import (
     EhmSandboxClient,
     LcsSandboxClient,
     TedSandboxClient,
+    ehm_exemption,
     on_record,
     s47_step_up,
     step_down,
@@ -26,9 +27,11 @@ from contracts import Council
 from tests.deployed import deployed, types, webhook
 
 
-async def test_ns_12_north_somerset_deployed_step_down_to_the_tray_and_step_up_closed_once_the_front_door_accepts(
+async def test_ns_12_g1_north_somerset_deployed_step_down_to_the_tray_step_up_closed_once_the_front_door_accepts(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
+    """... and G1: an EHM step-up to child in need (s.17) with the Team Manager's exemption and no consent is held
+    and dead-lettered naming G1 (an exemption is only for significant harm, s.47); its episode stays open."""
     async with deployed("north-somerset", tmp_path, kafka_bootstrap, topic_prefix) as d:
         lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
         ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
@@ -36,7 +39,18 @@ async def test_ns_12_north_somerset_deployed_step_down_to_the_tray_and_step_up_c
         down = f"north-somerset-lcs-{lcs.request_stepdown(child)}".lower()
         episode = ehm.open_episode(locality="East")
         up = stepup_transfer_id(Council.NORTH_SOMERSET, ehm.request_stepup(episode))
-        first = await d.wait({down: "source-closed", up: "source-kept-open"})
+        unconsented = ehm.open_episode(locality="East")
+        s17 = stepup_transfer_id(
+            Council.NORTH_SOMERSET,
+            ehm.request_stepup(unconsented, consent=None, consent_exemption=ehm_exemption("Team Manager")),
+        )
+        first = await d.wait({down: "source-closed", up: "source-kept-open", s17: "dead-lettered"})
+        [violations] = [e.violations for e in first[s17] if e.event_type == "held"]
+        assert ["G1"] == [v.rule_id for v in violations]
+        assert "only for a transfer to child-protection-s47, not child-in-need-s17" in violations[0].message
+        [dead] = [x for x in await d.dead_letters(1) if x.get("casebridge.dlq.transfer.id") == s17]
+        assert "G1" == dead["casebridge.dlq.rule.ids"] and "G1" in dead["casebridge.dlq.error.message"]
+        assert "delivered" not in types(first[s17]) and "open" == ehm.episode(unconsented)["status"]
         assert "delivered" in types(first[down]) and "acknowledged" in types(first[down])
         [item] = [i for i in ehm.tray() if i["transfer_id"] == down]
         assert "support-leader" == item["assigned_to"]["role"]  # NS-2: the North Support Leader

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 from aiokafka.structs import ConsumerRecord
 
+from connectors.kafka import SaslMechanism
 from monitor import asyncapi_document
 from monitor._asyncapi import ASYNCAPI_FILE, render
 from tests.monitor_support import auth, running_monitor
@@ -139,3 +141,21 @@ def test_dead_letter_payload_is_described_as_it_is_not_as_a_transfer_message() -
     assert "transfer_id" in doc["components"]["schemas"]["PendingClosure"]["properties"]
     for state in ("RetryState", "ChildHistory", "PendingNotice", "AllocationMark", "PendingClosure", "SignalMark"):
         assert "tombstone" in doc["components"]["messages"][state]["summary"], state
+
+
+def test_asyncapi_council_server_names_every_way_casebridge_authenticates_to_kafka() -> None:
+    """The secured server is kafka-secure with a security scheme per SASL mechanism of [kafka] and for a client
+    certificate (AsyncAPI 3.0 types); the local plaintext server asks for none."""
+    doc = asyncapi_document()
+    schemes = doc["components"]["securitySchemes"]
+    assert {"scramSha512": "scramSha512", "scramSha256": "scramSha256", "plain": "plain", "X509": "X509"} == {
+        name: scheme["type"] for name, scheme in schemes.items()
+    }
+    said = {m for m in typing.get_args(SaslMechanism) for s in schemes.values() if f'"{m}"' in s["description"]}
+    assert set(typing.get_args(SaslMechanism)) == said
+    council = doc["servers"]["council"]
+    assert ("kafka-secure", [f"#/components/securitySchemes/{n}" for n in schemes]) == (
+        council["protocol"],
+        [s["$ref"] for s in council["security"]],
+    )
+    assert ("kafka", None) == (doc["servers"]["local"]["protocol"], doc["servers"]["local"].get("security"))

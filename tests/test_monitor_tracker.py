@@ -25,6 +25,8 @@ from contracts._events import RuleViolation, TransferDeadLettered
 from mappings import DeadlineState
 from monitor import Store, Tracker, Watch, deadlines, drop_store, overview, transfer_detail
 from router.settings import Topics
+from tests.council_data import step_down
+from tests.monitor_support import router_events
 from tests.support import produce
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -192,3 +194,30 @@ def test_sw22_15_backlog_transfer_is_overdue_from_its_request_not_from_when_the_
     assert [("SW22-15", "overdue")] == [(d["rule_id"], d["state"]) for d in detail["deadlines"]]
     # the router's own latency still runs from when it handled the request, not from the request
     assert handled.isoformat() == (store.transfer("t-late") or {})["requested_at"]
+
+
+async def test_ns04_tracker_reads_a_late_handled_step_down_off_the_events_topic_overdue_from_its_request(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """NS-4 on the real broker: the router's events for a North Somerset step-down requested on 1 Dec 2026 and
+    handled five weeks later, read off the events topic by the tracker: the step-down meeting was due two weeks
+    after the request (15 Dec) and shows overdue, not due two weeks after the router read it."""
+    requested = datetime(2026, 12, 1, 10, 15, tzinfo=UTC)
+    handled = requested + timedelta(weeks=5)
+    doc = step_down("north-somerset", requested_at=requested.isoformat())
+    topics = Topics(topic_prefix)
+    await produce(kafka_bootstrap, topics.events, await router_events(doc, handled, monkeypatch))
+    store = Store(tmp_path / "monitor.sqlite3")
+    tracker = Tracker(store, kafka_bootstrap, topics)
+    await tracker.start()
+    try:
+        await tracker.catch_up(timeout=60)
+    finally:
+        await tracker.stop()
+    [status] = [s for t, s in deadlines(store, handled + timedelta(hours=1)) if s.rule_id == "NS-4"]
+    store.close()
+    assert (requested, datetime(2026, 12, 15, 10, 15, tzinfo=UTC), DeadlineState.OVERDUE) == (
+        status.started_at,
+        status.due_at,
+        status.state,
+    )

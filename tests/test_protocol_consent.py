@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from casebridge.scenarios import ehm_exemption
-from contracts import Council, ServiceLevel, TransferMessage
+from contracts import Council, Direction, ServiceLevel, TransferMessage
 from mappings import Facts, MappingError, load_mapping, load_protocol, load_protocols
-from mappings._protocol import PROTOCOL_DIR, ConsentRule
-from tests.council_data import exemption, step_up, step_up_s47, transfer
+from mappings._protocol import PROTOCOL_DIR, ConsentRule, ManagementDecisionRule
+from tests.council_data import exemption, step_down, step_up, step_up_s47, transfer
 from tests.support import Systems
 
 ALL = load_protocols()
@@ -137,6 +137,80 @@ def test_g1_barnsley_exemption_for_a_s17_step_up_is_held() -> None:
 def test_g1_barnsley_team_managers_s47_exemption_passes() -> None:
     """G1 (Barnsley): the social care Team Manager's s.47 exemption passes."""
     assert [] == _held("barnsley", _s47("barnsley", "Social Care Service Team Manager"))
+
+
+# -- whole role names, per council: "Assistant Team Manager" is not a "Team Manager" ------------------
+
+
+def _exemption_roles(council: str) -> tuple[str, list[str]]:
+    [rule] = [r for r in ALL[Council(council)].spec.rule if isinstance(r, ConsentRule) and r.accepts_exemptions]
+    return rule.id, rule.exemption_roles
+
+
+def _whole_role_names_only(council: str) -> None:
+    """Each listed manager's s.47 exemption passes whatever the case and spacing; a longer or negated title that
+    contains the name is held (the consent rule's id)."""
+    rule_id, roles = _exemption_roles(council)
+    for role in roles:
+        for same in (role, role.upper(), f"  {role}  ", role.replace(" ", "   ")):
+            assert [] == _held(council, _s47(council, same)), same
+        for title in (f"Assistant {role}", f"not the {role}", f"{role} (acting)", f"Deputy {role}s"):
+            if title.casefold() not in {r.casefold() for r in roles}:
+                assert [rule_id] == _held(council, _s47(council, title)), title
+
+
+def test_sw26_02_exemption_role_is_a_whole_listed_title_not_part_of_one() -> None:
+    """SW26-2: "Assistant Duty Manager" or "not the Duty Manager" is not the Duty Manager; "duty  MANAGER" is."""
+    assert ("SW26-2", ["Duty Manager", "Contact Swindon Duty Manager"]) == _exemption_roles("swindon")
+    _whole_role_names_only("swindon")
+
+
+def test_sw22_04_exemption_role_is_a_whole_listed_title_not_part_of_one() -> None:
+    """SW22-4: "Assistant MASH Manager" is not a MASH Manager."""
+    assert ("SW22-4", ["MASH Manager"]) == _exemption_roles("swindon-2022")
+    _whole_role_names_only("swindon-2022")
+
+
+def test_g1_ns11_north_somerset_exemption_role_is_a_whole_listed_title_not_part_of_one() -> None:
+    """G1 / NS-11 (North Somerset): "Assistant Team Manager" is not the Team Manager."""
+    assert ("G1", ["Team Manager", "Front Door Manager"]) == _exemption_roles("north-somerset")
+    _whole_role_names_only("north-somerset")
+
+
+def test_g1_luton_exemption_role_is_a_whole_listed_title_not_part_of_one() -> None:
+    """G1 (Luton): "Assistant EH Manager" is not an EH Manager; the EH Deputy Manager is listed by name."""
+    assert "EH Deputy Manager" in _exemption_roles("luton")[1]
+    _whole_role_names_only("luton")
+
+
+def test_g1_barnsley_exemption_role_is_a_whole_listed_title_not_part_of_one() -> None:
+    """G1 (Barnsley): "Assistant Team Manager" is not the social care Team Manager."""
+    assert ("G1", ["Team Manager", "Social Care Service Team Manager"]) == _exemption_roles("barnsley")
+    _whole_role_names_only("barnsley")
+
+
+def test_g2_sw26_01_decision_and_endorsement_roles_are_whole_titles_in_every_protocol() -> None:
+    """Every management-decision rule with roles, and SW26-1's endorsement: a listed title (any case) holds, the
+    same title with "Assistant" before it does not."""
+    checked = []
+    for council, protocol in ALL.items():
+        for rule in protocol.spec.rule:
+            if not isinstance(rule, ManagementDecisionRule) or not rule.roles:
+                continue
+            make = step_up if rule.applies_to.direction is Direction.STEP_UP else step_down
+            doc = make("swindon")  # the rule reads the decision only: any council's synthetic transfer carries one
+            doc["management_decision"]["forum"] = rule.forums[0] if rule.forums else "Panel"
+            for role in rule.roles:
+                doc["management_decision"]["decided_by"]["role"] = role.lower()
+                assert rule.holds(transfer(doc), Facts()), (council, rule.id, role)
+                doc["management_decision"]["decided_by"]["role"] = f"Assistant {role}"
+                assert not rule.holds(transfer(doc), Facts()), (council, rule.id, role)
+            checked.append(rule.id)
+    assert {"SW22-2", "BA-5"} <= set(checked)
+    doc = step_up("swindon")
+    for role, routed in (("Contact Swindon Duty Manager", "referral"), ("Assistant Duty Manager", "contact")):
+        doc["management_decision"]["decided_by"]["role"] = role
+        assert routed == ALL[Council.SWINDON].route(transfer(doc), Facts()).role, role
 
 
 # -- every council -----------------------------------------------------------------------------

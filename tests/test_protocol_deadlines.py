@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import time
+import json
 import tomllib
+import typing
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.structs import ConsumerRecord
 
-import router.flow
-from contracts import TransferMessage, parse_event
+from contracts import parse_event
+from contracts._events import TransferEvent
 from mappings import (
+    DeadlineRule,
     MappingError,
     deadlines_by_rule,
     deadlines_for,
@@ -22,12 +22,12 @@ from mappings import (
     load_deadlines,
     load_protocol,
     load_protocols,
+    message_times,
 )
 from mappings._protocol import PROTOCOL_DIR, StatedDeadlineRule
 from monitor import Store, deadlines
-from router.flow import TransferFlow
-from router.settings import RetrySettings
 from tests.council_data import step_down, step_up, transfer
+from tests.monitor_support import router_events
 
 
 def _stated_deadline_rules() -> list[tuple[str, StatedDeadlineRule]]:
@@ -52,9 +52,11 @@ def test_sw26_06_ns04_ba12_ba14_sw22_13_sw22_15_protocol_deadlines_are_the_monit
             rule.deadline.unit,
             rule.deadline.start,
         )
-        # the monitor, given the start event at the request, falls due exactly when the protocol's limit is
+        # the monitor, given the start event at the instant the message states it, falls due at the protocol's limit
+        make = step_down if monitor.direction == "step-down" else step_up
+        t = transfer(make(council, requested_at=requested.isoformat()))
         [status] = deadlines_for([monitor], council, monitor.direction, [(monitor.start, requested)], requested)
-        assert status.due_at == rule.limit(requested), rule.id
+        assert (status.due_at if monitor.start in message_times() else None) == rule.limit(t), rule.id
 
 
 def test_sw26_06_ns04_ba12_ba14_sw22_13_sw22_15_protocol_files_state_no_length() -> None:
@@ -93,66 +95,79 @@ def test_ns04_protocol_deadline_stating_its_own_length_is_refused(tmp_path: Path
         load_protocol(path)
 
 
-class _Events:
-    """A flow's sink that keeps the events it emits, as the tracker reads them off the events topic."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    async def emit(self, event: Any) -> None:
-        self.events.append(parse_event(event.model_dump_json()))
-
-    async def emit_encoded(self, transfer_id: str, event_type: str, value: bytes) -> None:
-        self.events.append(parse_event(value))
-
-    async def dead_letter(self, record: Any, failure: Any) -> None:
-        return None
-
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> None:
-        return None
-
-
 async def _handled_at(doc: dict[str, Any], handled: datetime, monkeypatch: pytest.MonkeyPatch) -> Store:
     """The monitor's store after the router handled ``doc`` at ``handled`` (its events' clock)."""
-    micros = (handled - datetime.fromtimestamp(0, handled.tzinfo)) // timedelta(microseconds=1)
-    clock = SimpleNamespace(time_ns=lambda: micros * 1000, monotonic=time.monotonic)
-    monkeypatch.setattr(router.flow, "time", clock)
-    flow = TransferFlow(load_protocols(), {}, {}, RetrySettings(), "g")  # no connectors: the request is all we need
-    raw = TransferMessage.model_validate(doc).model_dump_json().encode()
-    sink = _Events()
-    await flow.run(ConsumerRecord("t", 0, 0, 0, 0, b"k", raw, None, 1, len(raw), []), sink)  # type: ignore[arg-type]
-    [requested] = [e for e in sink.events if e.event_type == "requested"]
+    events = [parse_event(value) for _, value in await router_events(doc, handled, monkeypatch)]
+    [requested] = [e for e in events if e.event_type == "requested"]
     assert handled == requested.occurred_at
     store = Store(":memory:")
-    store.apply(sink.events)
+    store.apply(events)
     return store
 
 
-async def test_ns04_sw22_15_monitor_times_a_backlog_request_from_requested_at_as_the_protocol_does(
+def _start_event(rule: DeadlineRule, doc: dict[str, Any], at: datetime) -> Any:
+    """The event that starts ``rule``'s deadline for ``doc``'s transfer, occurring at ``at``."""
+    key = rule.start
+    body: dict[str, Any] = {
+        "event_id": f"{doc['transfer_id']}:{key}",
+        "transfer_id": doc["transfer_id"],
+        "council": doc["council"],
+        "occurred_at": at.isoformat(),
+    }
+    if key.startswith("milestone:"):
+        body.update(event_type="milestone", milestone=key.removeprefix("milestone:"))
+    elif key == "source-closed":
+        body.update(event_type=key, source_system=doc["pathway"]["from_system"], source_reference="SRC-1")
+    else:  # acknowledged, allocated: the target's
+        body.update(event_type=key, target_system=doc["pathway"]["to_system"], target_reference="TGT-1")
+        if key == "allocated":
+            body["episode_reference"] = "EP-1"
+    return parse_event(json.dumps(body))
+
+
+def test_every_message_time_is_carried_by_its_event_for_the_monitor() -> None:
+    """Each start event the message states a time for carries that time, so the monitor starts the clock there too."""
+    assert {"requested": "requested_at"} == message_times()
+    models = typing.get_args(typing.get_args(TransferEvent)[0])
+    for key, path in message_times().items():
+        [event] = [m for m in models if m.model_fields["event_type"].default == key]
+        assert path.split(".")[-1] in event.model_fields, key
+
+
+async def test_sw26_06_ns04_ba12_ba14_sw22_13_sw22_15_ns13_lu04_every_deadline_one_clock_for_a_backlog(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every deadline that starts at ``requested``: the router reads the request five weeks late (a backlog, a
-    replay), and the monitor still falls due exactly when the protocol check's limit does, from ``requested_at``
-    (not from when the router handled it); a stated due time at that limit passes the check, a minute later is held."""
-    from_request = [r for r in load_deadlines() if r.start == "requested"]
-    assert {"NS-4", "SW22-15"} <= {r.rule_id for r in from_request}
+    """Every deadline of deadlines.toml, for a transfer the router reads five weeks after it was requested (a
+    backlog, a replay): the monitor starts the clock at the rule's own start event, at the instant the message
+    states it (``requested``: ``requested_at``, not when the router handled it) or else when the event happened;
+    the protocol check's limit is the monitor's due time where the message states the start (a stated due at it
+    passes, a minute later is held), and where it does not (acknowledged, allocated, source-closed, a milestone)
+    the check has no limit and holds no stated due: the start is not known when it runs."""
+    rules = load_deadlines()
+    assert {r.rule_id for r in rules} >= {"SW26-6", "NS-4", "BA-12", "BA-14", "SW22-13", "SW22-15"}
     checks = {r.id: (council, r) for council, r in _stated_deadline_rules()}
     requested = datetime.fromisoformat("2026-12-21T10:15:00+00:00")  # Mon, before Christmas and New Year
     handled = requested + timedelta(weeks=5)
-    for rule in from_request:
+    started_later = handled + timedelta(days=1, hours=3)  # acknowledged, allocated, closed: after the late handling
+    for rule in rules:
         make = step_down if rule.direction == "step-down" else step_up
         doc = make(rule.council, requested_at=requested.isoformat())
         store = await _handled_at(doc, handled, monkeypatch)
+        stated = rule.start in message_times()
+        if not stated:
+            store.apply([_start_event(rule, doc, started_later)])
+        start = requested if stated else started_later
         [status] = [s for _, s in deadlines(store, now=handled) if s.rule_id == rule.rule_id]
-        assert (requested, due_at(requested, rule.length, rule.unit)) == (status.started_at, status.due_at), rule
+        assert (start, due_at(start, rule.length, rule.unit)) == (status.started_at, status.due_at), rule.rule_id
         if rule.rule_id not in checks:
-            continue  # a deadline only the monitor shows: the protocol would time it with due_at all the same
+            assert not stated, rule.rule_id  # a deadline only the monitor shows (NS-13, LU-4) starts after the request
+            continue
         council, check = checks[rule.rule_id]
-        assert status.due_at == check.limit(requested), rule.rule_id
+        assert (status.due_at if stated else None) == check.limit(transfer(doc)), rule.rule_id
         protocol = load_protocol(council)
         held = [
-            [v.rule_id for v in protocol.check(transfer(stated)) if v.rule_id == rule.rule_id]
-            for due in (status.due_at, status.due_at + timedelta(minutes=1))
-            for stated in [{**doc, "deadlines": [{"rule_id": rule.rule_id, "due": due.isoformat(), "what": "stated"}]}]
+            [v.rule_id for v in protocol.check(transfer(dated)) if v.rule_id == rule.rule_id]
+            for due in (status.due_at, status.due_at + timedelta(minutes=1), requested + timedelta(weeks=30))
+            for dated in [{**doc, "deadlines": [{"rule_id": rule.rule_id, "due": due.isoformat(), "what": "stated"}]}]
         ]
-        assert [[], [rule.rule_id]] == held, rule.rule_id
+        assert ([[], [rule.rule_id], [rule.rule_id]] if stated else [[], [], []]) == held, rule.rule_id

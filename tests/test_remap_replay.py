@@ -5,7 +5,8 @@ A step-down LCS accepts but the contract refuses (a malformed UPN) is dead-lette
 ``map`` stage. Once the child's record is corrected on LCS, ``casebridge replay`` sends the dead letter to the
 remap topic; the publisher in ``casebridge run`` maps it again, the router delivers it to EHM's tray, once; a
 second replay is skipped. A dead letter still unmappable when replayed is parked with the new reason. Every dead
-letter (the router's and the publisher's) carries Spring Kafka's ``kafka_dlt-*`` headers.
+letter (the router's and the publisher's) carries Spring Kafka's ``kafka_dlt-*`` headers; a map-stage one names
+the remap topic as its original topic, so a generic redrive tool that writes it back there remaps it too.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ async def test_map_stage_dead_letter_replayed_after_the_fix_is_delivered_once_an
                 h["casebridge.dlq.stage"], h["casebridge.dlq.error.class"], h["casebridge.dlq.error.message"]
             )  # fmt: skip
             assert b"lcs-changes/swindon" == h["casebridge.dlq.publisher"]
-            assert b"lcs-changes" == h["kafka_dlt-original-topic"]
+            assert f"{topic_prefix}.remap".encode() == h["kafka_dlt-original-topic"]  # where a redrive remaps it
             assert 0 == struct.unpack(">i", h["kafka_dlt-original-partition"])[0]
             position = int(h["casebridge.dlq.feed.position"])
             assert position > 0 and position == struct.unpack(">q", h["kafka_dlt-original-offset"])[0]
@@ -162,6 +163,39 @@ async def test_map_stage_dead_letter_replayed_after_the_fix_is_delivered_once_an
         assert 1 == len([i for i in ehm.tray() if i["transfer_id"] == fixed])
         assert 3 == len(await _records(d.bootstrap, f"{topic_prefix}.remap", 4, 5.0))  # one a replayed dead letter
         assert "Traceback" not in d.run.output()
+        lcs.close()
+        ehm.close()
+
+
+async def test_map_stage_dead_letter_redriven_by_a_generic_tool_to_its_kafka_dlt_original_topic_is_delivered(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A generic redrive tool writes a map-stage dead letter (value, key and headers as they are) back to its
+    ``kafka_dlt-original-topic``: that is the remap topic, so once the child's record is fixed on LCS the publisher
+    maps it again and the router delivers it to EHM's tray, not to a topic where it can only fail."""
+    async with deployed("swindon", tmp_path, kafka_bootstrap, topic_prefix) as d:
+        lcs = LcsSandboxClient(d.systems.urls["lcs"], d.systems.token)
+        ehm = EhmSandboxClient(d.systems.urls["ehm"], d.systems.token)
+        child = lcs.create_child(locality="North", upn=BAD_UPN)
+        tid = f"swindon-lcs-{lcs.request_stepdown(child, council='swindon')}".lower()
+        [letter] = await _records(d.bootstrap, f"{topic_prefix}.dlq", 1)
+        h = _headers(letter)
+        assert (tid.encode(), f"{topic_prefix}.remap".encode()) == (
+            h["casebridge.dlq.transfer.id"],
+            h["kafka_dlt-original-topic"],
+        )
+        _fix_child(d.systems.work / "lcs.db", child, upn=synthetic_upn(434343))
+        producer = clients.producer(d.bootstrap, acks="all")
+        await producer.start()
+        try:  # what a generic redrive does: the record as it is, to the topic its Spring header names
+            await producer.send_and_wait(
+                h["kafka_dlt-original-topic"].decode(), value=letter.value, key=letter.key, headers=list(letter.headers)
+            )
+        finally:
+            await producer.stop()
+        by = await d.wait({tid: "source-closed"})
+        assert "delivered" in types(by[tid])
+        assert 1 == len([i for i in ehm.tray() if i["transfer_id"] == tid])
         lcs.close()
         ehm.close()
 

@@ -117,6 +117,7 @@ def test_a_publishers_map_stage_dead_letter_carries_exactly_wires_map_stage_head
         h[wire.DLQ_STAGE], h[wire.DLQ_PUBLISHER], h[wire.DLQ_FEED_POSITION],
     )  # fmt: skip
     assert 7 == struct.unpack(">q", h[wire.DLT_ORIGINAL_OFFSET])[0]
+    assert b"p.remap" == h[wire.DLT_ORIGINAL_TOPIC]  # the publisher's remap topic: where a redrive remaps it
 
 
 def test_the_asyncapi_document_declares_wires_headers_with_wires_meaning() -> None:
