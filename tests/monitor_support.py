@@ -25,8 +25,8 @@ from monitor import Monitor, MonitorSettings, TokenGrant, create_app
 from router.settings import Topics
 from sandboxes import ServerHandle, serve
 
-VIEWER_TOKEN = "viewer-token-synthetic-0001-0123456789"
-OPERATOR_TOKEN = "operator-token-synthetic-0001-0123456789"
+VIEWER_TOKEN = "viewer-token-synthetic-0001-0123456789abcdefgh"
+OPERATOR_TOKEN = "operator-token-synthetic-0001-0123456789abcdefgh"
 OPERATOR_NAME = "ops-duty-1"
 
 
