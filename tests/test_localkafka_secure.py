@@ -23,12 +23,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped]
 from aiokafka.conn import create_conn  # type: ignore[import-untyped]
-from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 from aiokafka.errors import (  # type: ignore[import-untyped]
     KafkaConnectionError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
 )
+from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 
 from casebridge.localdeploy import free_port
 from casebridge.localkafka import LocalKafka, SecurityMismatch
