@@ -15,6 +15,7 @@ import time
 import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ from casebridge.localkafka import LocalKafka, SecurityMismatch
 from casebridge.localkafka_secure import PRINCIPALS, TLS_CLOSE_SECONDS
 from connectors import Receipt
 from contracts import CaseSystem, wire
+from router.allocations import AllocationAudit, MilestoneAudit
 from router.closures import ClosurePlanner
+from router.settings import ALLOCATION_AUDIT_PREFIX
 from tests.council_data import step_down, transfer
 
 PREFIX = f"sec-{uuid.uuid4().hex[:8]}"
@@ -276,6 +279,46 @@ async def test_an_allocation_by_a_principal_that_may_not_write_its_audit_record_
     pending = [r for r in await _records(broker, "router", topics["pending-closures"]) if r.key == key]
     assert [planned.encode()] == [r.value for r in pending]
     audit = [r for r in await _records(broker, "operator", topics["audit"]) if key in (r.key or b"")]
+    assert [] == audit
+
+
+@pytest.mark.parametrize("principal", ["router", "publisher", "viewer"])
+async def test_a_forged_allocation_or_milestone_audit_record_is_refused_by_the_broker_and_nothing_is_due(
+    broker: LocalKafka, topics: dict[str, str], principal: str
+) -> None:
+    """A recorded allocation or milestone is the signal only as an audit record, and only the operator and the
+    monitor may write the audit topic: one forged by any other principal is refused by the ACL, so the audit topic
+    holds nothing the closure scheduler or the notices step could act on for the closure waiting for it."""
+    planned = ClosurePlanner("t").plan(
+        transfer(step_down("barnsley", {"router": 92, "publisher": 93, "viewer": 94}[principal])),
+        ["BA-9"],
+        Receipt(CaseSystem.MAILBOX, "M-92"),
+    )
+    assert planned is not None and planned.due_at is None
+    tid = planned.transfer_id
+    await _produce(broker, "router", topics["pending-closures"], planned.encode())
+    now = datetime.now(UTC)
+    allocation = AllocationAudit(
+        operator="operator", at=now, transfer_id=tid, rule_id="BA-9", rule_ids=["BA-9"], council="barnsley",
+        organisation="O", target_system=CaseSystem.MAILBOX, target_reference="M-92",
+    )  # fmt: skip
+    milestone = MilestoneAudit(
+        operator="operator", at=now, transfer_id=tid, milestone="meeting-held", council="barnsley", rule_ids=["BA-9"]
+    )
+    forged = [
+        (f"{ALLOCATION_AUDIT_PREFIX}{tid}".encode(), allocation.model_dump_json().encode()),
+        (milestone.key, milestone.model_dump_json().encode()),
+    ]
+    producer = AIOKafkaProducer(acks="all", enable_idempotence=False, request_timeout_ms=15000,
+                                **_options(broker, principal))  # fmt: skip
+    await producer.start()
+    try:
+        for key, value in forged:
+            with pytest.raises(TopicAuthorizationFailedError):
+                await producer.send_and_wait(topics["audit"], value, key=key, partition=0)
+    finally:
+        await producer.stop()
+    audit = [r for r in await _records(broker, "operator", topics["audit"]) if tid.encode() in (r.key or b"")]
     assert [] == audit
 
 
