@@ -307,7 +307,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Deployment:
         batch_timeout_ms=top.batch_timeout_ms,
         concurrency=top.concurrency,
         retry=top.retry,
-        topic_config=top.topics,
+        topic_config=top.topics.with_fitted_replication(top.local_development),
         council=top.councils[0],
     )
     deployment = Deployment(

@@ -174,7 +174,7 @@ def _cursor(w: Wiring, feed: str) -> Path:
 def _remap(w: Wiring, feed: str) -> Remap:
     """Where a feed publisher follows the replayed map-stage dead letters (its own consumer group)."""
     t = w.topics
-    return Remap(t.remap, t.parking, t.events, f"{t.prefix}-remap-{w.name}-{feed}")
+    return Remap(t.remap, t.parking, t.events, f"{t.prefix}-remap-{w.name}-{feed}", t.audit)
 
 
 def _lcs(c: LcsSystem, w: Wiring) -> Built:

@@ -29,6 +29,7 @@ from . import kafka as clients
 from ._base import Connector
 from ._cursors import Cursor, FileCursor
 from ._outage import OUTAGE, close_producer, is_transient_kafka_error, is_unreachable
+from ._replay_audit import ReplayAudits, replayed_event
 from ._tracing import headers_with_context, publishing
 from .kafka import Kafka
 
@@ -236,6 +237,8 @@ class Remap:
     parking: str
     events: str
     group_id: str
+    #: the audit topic: a ``replayed`` event only for a replay it records (``_replay_audit.py``); None: trusted
+    audit: str | None = None
 
 
 class FeedPublisher(_FeedLoop):
@@ -274,6 +277,7 @@ class FeedPublisher(_FeedLoop):
         self.published = 0
         self.remap = remap
         self.remapped = 0
+        self.replay_audits = ReplayAudits(kafka, remap.audit) if remap is not None and remap.audit else None
         self._kafka = kafka
         self._remap_consumer: AIOKafkaConsumer | None = None
 
@@ -414,11 +418,9 @@ class FeedPublisher(_FeedLoop):
         return done
 
     async def _remap(self, r: ConsumerRecord[bytes, bytes]) -> list[Awaitable[Any]]:
-        from contracts import TransferReplayed
-
         assert self.remap is not None
         headers = {k: bytes(v).decode(errors="replace") for k, v in (r.headers or ())}
-        of, operator = headers.get(wire.REPLAY_OF, ""), headers.get(wire.REPLAY_OPERATOR, "unknown")
+        of, operator = headers.get(wire.REPLAY_OF, ""), headers.get(wire.REPLAY_OPERATOR, "")
         position = int(headers.get(wire.DLQ_FEED_POSITION, "0") or 0)
         replay = [(wire.REPLAY_OF, of.encode()), (wire.REPLAY_OPERATOR, operator.encode())]
         try:
@@ -452,13 +454,7 @@ class FeedPublisher(_FeedLoop):
             with publishing(mapped.transfer_id, self.name, self.transfers_topic):
                 out.append(await self.producer.send(self.transfers_topic, value=transfer.model_dump_json().encode(),
                                                     key=mapped.key, headers=headers_with_context(replay)))  # fmt: skip
-        _, _, offset = of.partition(":")
-        event = TransferReplayed(
-            event_id=wire.event_id(of, "replayed"),
-            transfer_id=mapped.transfer_id,
-            operator=operator,
-            dead_letter_offset=int(offset) if offset.isdigit() else 0,
-        )
+        event = await replayed_event(self.replay_audits, of, operator, mapped.transfer_id)
         out.append(await self.producer.send(self.remap.events, value=event.model_dump_json().encode(),
                                             key=wire.event_key(event),
                                             headers=wire.event_headers(event.event_type)))  # fmt: skip

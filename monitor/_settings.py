@@ -2,11 +2,12 @@
 
 A setting that cannot be used is refused by name and rule, never by value (``hide_input_in_errors``):
 ``load_settings`` turns pydantic's errors into one line per problem, e.g.
-``CASEBRIDGE_MONITOR__TOKENS[0].token: String should have at least 32 characters (value not shown)``.
+``CASEBRIDGE_MONITOR__TOKENS[0].token: a token must be 32 random bytes: at least 43 characters ... (value not shown)``.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 Role = Literal["viewer", "operator"]
 ENV_PREFIX = "CASEBRIDGE_MONITOR__"
-#: the shortest token accepted: 32 characters (e.g. ``secrets.token_urlsafe(32)`` gives 43)
-TOKEN_MIN_LENGTH = 32
+#: the shortest token accepted: 32 random bytes, url-safe base64 (``secrets.token_urlsafe(32)`` gives 43 characters)
+TOKEN_MIN_LENGTH = 43
+#: how to make one, as the refusal says it
+TOKEN_RULE = (
+    f"a token must be 32 random bytes: at least {TOKEN_MIN_LENGTH} characters of A-Z a-z 0-9 - _, made with"
+    " python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+)
+_URL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class TokenGrant(BaseModel):
@@ -33,8 +40,9 @@ class TokenGrant(BaseModel):
     @field_validator("token")
     @classmethod
     def _long_enough(cls, token: SecretStr) -> SecretStr:
-        if len(token.get_secret_value().strip()) < TOKEN_MIN_LENGTH:  # the message names the rule, not the length
-            raise ValueError(f"a token must be at least {TOKEN_MIN_LENGTH} characters")
+        value = token.get_secret_value()  # the message names the rule, never the value or its length
+        if len(value) < TOKEN_MIN_LENGTH or not _URL_SAFE.fullmatch(value):
+            raise ValueError(TOKEN_RULE)
         return token
 
 

@@ -62,6 +62,7 @@ from connectors import _tracing as tracing
 from connectors import kafka as clients
 from connectors._feed import MAX_DEAD_LETTER_BYTES
 from connectors._outage import within
+from connectors._replay_audit import ReplayAudits
 from connectors.kafka import Kafka
 from contracts import AlertRaised, CaseSystem, Council, TransferDuplicate, TransferMessage, TransferRetryScheduled
 from mappings import Protocol, load_protocols
@@ -750,4 +751,5 @@ def build_router(
         ClosurePlanner(settings.topics.pending_closures, timings_of(protocols.values())),
     )
     flow.keyed = True  # a record not keyed by its child is refused: per-child order depends on it
+    flow.replay_audits = ReplayAudits(settings.connection, settings.topics.audit)
     return Router(settings, flow)

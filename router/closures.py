@@ -45,6 +45,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from connectors import CasebridgeError, PermanentError, Receipt, Source, Target, TargetUnavailable
+from connectors._replay_audit import ReplayAudits, replayed_event
 from contracts import (
     AlertRaised,
     CaseSystem,
@@ -58,7 +59,6 @@ from contracts import (
     TransferDeadLettered,
     TransferEvent,
     TransferMessage,
-    TransferReplayed,
     field_errors,
     parse_event,
     wire,
@@ -241,8 +241,10 @@ class ClosureScheduler(Step):
         self._own: set[tuple[int, int]] = set()
         #: operators' recorded allocations and milestones read in this round: their events go out before the commit
         self._recorded: list[AllocationAudit | MilestoneAudit] = []
-        #: replayed closures read in this round: their ``replayed`` events go out before the commit
-        self._replays: list[TransferEvent] = []
+        #: replayed closures read in this round (dead letter id, operator, transfer id): their ``replayed`` events go
+        #: out before the commit, for a replay the audit topic records (else a critical alert, _replay_audit.py)
+        self._replays: list[tuple[str, str, str]] = []
+        self.replay_audits = ReplayAudits(host.settings.connection, host.settings.topics.audit)
 
     @property
     def step_downs(self) -> dict[str, tuple[HistoryEntry, ...]]:
@@ -265,17 +267,9 @@ class ClosureScheduler(Step):
             return
         self._apply(r)
         of = dict(r.headers or ()).get(H_REPLAY_OF)
-        if of is not None and r.key is not None:  # an operator replayed its dead letter: the event is ours
-            operator = dict(r.headers or ()).get(H_REPLAY_OPERATOR, b"unknown").decode(errors="replace")
-            offset = of.decode(errors="replace").partition(":")[2]
-            self._replays.append(
-                TransferReplayed(
-                    event_id=event_id(of.decode(errors="replace"), "replayed"),
-                    transfer_id=r.key.decode(),
-                    operator=operator,
-                    dead_letter_offset=int(offset) if offset.isdigit() else 0,
-                )
-            )
+        if of is not None and r.key is not None:  # an operator replayed its dead letter: the event is ours, if audited
+            operator = dict(r.headers or ()).get(H_REPLAY_OPERATOR, b"").decode(errors="replace")
+            self._replays.append((of.decode(errors="replace"), operator, r.key.decode()))
 
     def _apply(self, r: ConsumerRecord[bytes, bytes]) -> None:
         """One record of the pending-closures topic: a pending closure or a signal mark; no value: a tombstone."""
@@ -296,7 +290,8 @@ class ClosureScheduler(Step):
     async def act(self, now: datetime) -> int:
         """Close every record now due; returns how many records were closed."""
         # forgotten only once on the broker: a round that fails here sends them again (the same event ids)
-        await self._send_all([self._event_record(e) for e in [*(a.event() for a in self._recorded), *self._replays]])
+        replays = [await replayed_event(self.replay_audits, of, operator, tid) for of, operator, tid in self._replays]
+        await self._send_all([self._event_record(e) for e in [*(a.event() for a in self._recorded), *replays]])
         self._recorded, self._replays = [], []
         for tid in sorted(self.closed.keys() & self.pending.keys()):
             p = self.pending.get(tid)
@@ -368,6 +363,7 @@ class ClosureScheduler(Step):
 
     def read(self, r: ConsumerRecord[bytes, bytes]) -> None:
         if r.topic == self.settings.topics.audit:
+            self.replay_audits.remember(r.key, r.value)  # a replay's audit record: known before its record is read
             audit = recorded_allocation(r.key, r.value) or recorded_milestone(r.key, r.value)
             if audit is not None:
                 self._recorded.append(audit)

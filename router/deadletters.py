@@ -592,9 +592,14 @@ async def replay(
                 report.remapped.append(dl_id)
             else:
                 topic = topics.transfers
-            await producer.send_and_wait(topic, value=d.value, key=d.key, headers=headers)
+            # the audit record first, the message only once the broker acknowledged it: a principal that may
+            # write the transfers topic but not the audit topic (the router's, a publisher's) is refused here,
+            # having replayed nothing; and whoever reads the message finds its audit record already written (the
+            # ``replayed`` event is written only for a replay its audit record names, router/_replays.py). A
+            # failure between the two leaves an audited replay that sent nothing: listed ``replayed``, say so
             audit = {"operator": operator, "at": now.isoformat(), "dead_letter": dl_id, **d.summary()}
             await producer.send_and_wait(topics.audit, value=json.dumps(audit).encode(), key=dl_id.encode())
+            await producer.send_and_wait(topic, value=d.value, key=d.key, headers=headers)
             report.replayed.append(dl_id)
             if progress is not None:  # (replayed so far, of how many): the CLI's progress bar
                 progress(len(report.replayed), len(report.selected))

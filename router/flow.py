@@ -37,6 +37,7 @@ from typing_extensions import TypedDict
 
 from connectors import CasebridgeError, Receipt, Source, Target
 from connectors._budget import budget_ends, end_budget
+from connectors._replay_audit import ReplayAudits, replayed_event
 from contracts import (
     AlertRaised,
     CaseSystem,
@@ -56,7 +57,6 @@ from contracts import (
     TransferHeld,
     TransferMessage,
     TransferRejected,
-    TransferReplayed,
     TransferRequested,
     TransferValidated,
     field_errors,
@@ -163,6 +163,9 @@ class TransferFlow:
         self.closures = closures
         #: refuse a record not keyed by its child (the router sets it; a flow driven by hand takes any key)
         self.keyed = False
+        #: the replays the audit topic records: a ``replayed`` event only for those (the router sets it; a flow
+        #: driven by hand trusts the replay headers)
+        self.replay_audits: ReplayAudits | None = None
 
     @staticmethod
     def parse(record: ConsumerRecord[bytes, bytes]) -> TransferMessage | ValidationError:
@@ -499,21 +502,16 @@ class TransferFlow:
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def replayed(self, record: ConsumerRecord[bytes, bytes], sink: Sink) -> None:
-        """A dead letter an operator replayed (``casebridge replay`` wrote it back with its headers, and its audit
-        record): the ``replayed`` event is the router's to write, once, when the record is first read again (the
-        operator's principal writes no events). Its id is the dead letter's: a re-read writes the same event."""
+        """A dead letter an operator replayed (``casebridge replay`` wrote its audit record, then the record back
+        with its headers): the ``replayed`` event is the router's to write, once, when the record is first read again
+        (the operator's principal writes no events). Its id is the dead letter's: a re-read writes the same event.
+        Only for a replay the audit topic records by the operator the headers name (``replay_audits``); replay
+        headers without one get a critical alert instead (connectors/_replay_audit.py)."""
         of = header(record, H_REPLAY_OF)
         if of is None or header(record, H_TIER) is not None:  # not replayed, or a retry of the replayed record
             return
-        _, _, offset = of.partition(":")
-        await sink.emit(
-            TransferReplayed(
-                event_id=event_id(of, "replayed"),
-                transfer_id=peek_transfer_id(record.value),
-                operator=header(record, H_REPLAY_OPERATOR) or "unknown",
-                dead_letter_offset=int(offset) if offset.isdigit() else 0,
-            )
-        )
+        operator = header(record, H_REPLAY_OPERATOR) or ""
+        await sink.emit(await replayed_event(self.replay_audits, of, operator, peek_transfer_id(record.value)))
 
     async def _reject(self, record: ConsumerRecord[bytes, bytes], exc: ValidationError, sink: Sink) -> Outcome:
         errors = field_errors(exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connectors.kafka import KafkaConnection, KafkaSecurity
@@ -149,6 +149,20 @@ class TopicSettings(BaseModel):
     kept_retention_ms: int = Field(default=-1, ge=-1)
     transfers_retention_ms: int = Field(default=7 * DAY_MS, ge=-1)
     events_retention_ms: int = Field(default=365 * DAY_MS, ge=-1)
+    #: True: an unset replication factor is fitted to a smaller cluster (tests, the local broker); a deployment
+    #: file without ``local_development = true`` sets it False: fewer brokers than 3 are refused at start unless
+    #: ``replication_factor`` is set (``with_fitted_replication``)
+    _fit_replication: bool = PrivateAttr(default=True)
+
+    def with_fitted_replication(self, fit: bool) -> TopicSettings:
+        """These settings, the unset replication factor fitted to a smaller cluster (``fit``) or not."""
+        out = self.model_copy()
+        out._fit_replication = fit
+        return out
+
+    @property
+    def fit_replication(self) -> bool:
+        return self._fit_replication
 
 
 class Settings(BaseSettings):

@@ -13,10 +13,13 @@ pending-closures must have the same partition count. A child's (or a transfer's)
 number of each, which is what lets many router processes share the work (``router/_assignor.py``); an existing
 topic with another count is refused at start, naming the topics and their counts.
 
-Every topic gets ``min.insync.replicas`` and its replication factor from the settings; by default 3 and 2,
-or what the cluster can hold (a one-broker development Kafka: 1 and 1). An existing dead-letter, parking or
-audit topic that would delete records, or a state topic that is not compacted, is refused at start, naming
-the topic and the setting (``casebridge run`` says it in one line and exits 5): Kafka's default retention
+Every topic gets ``min.insync.replicas`` and its replication factor from the settings; by default 3 and 2.
+A cluster with fewer brokers than that is refused at start, naming ``[topics] replication_factor``, unless the
+setting is given or the deployment says ``local_development = true`` (then what the cluster can hold: a
+one-broker development Kafka, 1 and 1). An existing dead-letter, parking or audit topic that would delete
+records (``retention.ms`` other than -1 or ``kept_retention_ms``, ``retention.bytes`` other than -1, or a
+``cleanup.policy`` that compacts), or a state topic that is not compacted, is refused at start, naming the topic
+and the setting (``casebridge run`` says it in one line and exits 5): Kafka's default retention
 (7 days) would otherwise delete dead letters without a word.
 """
 
@@ -67,7 +70,7 @@ def configs(topics: Topics, tiers: int, s: TopicSettings, min_insync: int) -> di
         out[name] = {"retention.ms": str(s.transfers_retention_ms)}
     out[topics.events] = {"retention.ms": str(s.events_retention_ms)}
     for name in kept(topics):
-        out[name] = {"retention.ms": str(s.kept_retention_ms)}
+        out[name] = {"retention.ms": str(s.kept_retention_ms), "retention.bytes": "-1", "cleanup.policy": "delete"}
     for name in compacted(topics):
         out[name] = {"cleanup.policy": "compact"}
     for config in out.values():
@@ -82,7 +85,8 @@ async def prepare(kafka: Kafka, topics: Topics, tiers: int, s: TopicSettings, on
     await admin.start()
     try:
         brokers = len((await admin.describe_cluster())["brokers"]) or 1
-        replication = s.replication_factor or min(3, brokers)
+        _check_replication(s, brokers)
+        replication = s.replication_factor or min(DEFAULT_REPLICATION, brokers)
         min_insync = s.min_insync_replicas or max(1, replication - 1)
         wanted = configs(topics, tiers, s, min_insync)
         if only is not None:
@@ -110,6 +114,20 @@ async def prepare(kafka: Kafka, topics: Topics, tiers: int, s: TopicSettings, on
         await admin.close()
     problems = []
     for name in (n for n in kept(topics) if n in found):
+        policy = found.get(name, {}).get("cleanup.policy", "")
+        if "compact" in policy.split(","):
+            problems.append(
+                f"topic {name} has cleanup.policy={policy}: compaction keeps one record per key and would delete the"
+                f" others; set cleanup.policy=delete on it (kafka-configs.sh --alter --entity-type topics"
+                f" --entity-name {name} --add-config cleanup.policy=delete)"
+            )
+        size = int(found.get(name, {}).get("retention.bytes", "-1"))
+        if size != -1:
+            problems.append(
+                f"topic {name} has retention.bytes={size}: its oldest records would be deleted past that size; set"
+                f" its retention.bytes to -1 (kafka-configs.sh --alter --entity-type topics --entity-name {name}"
+                " --add-config retention.bytes=-1)"
+            )
         retention = int(found.get(name, {}).get("retention.ms", "-1"))
         if retention != -1 and (s.kept_retention_ms == -1 or retention < s.kept_retention_ms):
             days = retention / DAY_MS
@@ -135,6 +153,26 @@ async def prepare(kafka: Kafka, topics: Topics, tiers: int, s: TopicSettings, on
         )
     if problems:
         raise TopicMisconfigured("; ".join(problems))
+
+
+#: copies of each record unless ``[topics] replication_factor`` says otherwise
+DEFAULT_REPLICATION = 3
+
+
+def _check_replication(s: TopicSettings, brokers: int) -> None:
+    """Refused (one line naming the setting): a replication factor the cluster cannot hold, or, outside a local
+    development deployment, fewer brokers than the default replication factor with none set."""
+    if s.replication_factor is not None and s.replication_factor > brokers:
+        raise TopicMisconfigured(
+            f"[topics] replication_factor = {s.replication_factor} but the cluster has {brokers} broker(s): lower"
+            " it, or add brokers"
+        )
+    if s.replication_factor is None and brokers < DEFAULT_REPLICATION and not s.fit_replication:
+        raise TopicMisconfigured(
+            f"the cluster has {brokers} broker(s), fewer than the default replication factor {DEFAULT_REPLICATION}:"
+            f" each record would have {brokers} cop{'y' if brokers == 1 else 'ies'} only; add brokers, or set"
+            f" [topics] replication_factor = {brokers} to accept that"
+        )
 
 
 async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:

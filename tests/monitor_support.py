@@ -30,8 +30,8 @@ from router.flow import TransferFlow
 from router.settings import RetrySettings, Topics
 from sandboxes import ServerHandle, serve
 
-VIEWER_TOKEN = "viewer-token-synthetic-0001-0123456789"
-OPERATOR_TOKEN = "operator-token-synthetic-0001-0123456789"
+VIEWER_TOKEN = "viewer-token-synthetic-0001-0123456789abcdefgh"
+OPERATOR_TOKEN = "operator-token-synthetic-0001-0123456789abcdefgh"
 OPERATOR_NAME = "ops-duty-1"
 
 

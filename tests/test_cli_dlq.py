@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from casebridge.cli import app
 from connectors.memory import MemorySource, MemoryTarget
-from contracts import CaseSystem
+from contracts import CaseSystem, wire
 from router import Topics
 from tests.support import count_type, ns_transfer, produce, read, running_router
 
@@ -243,3 +243,33 @@ def test_a_long_replay_shows_its_progress_and_reports_every_step(kafka_bootstrap
     assert "replaying" in rest.stderr and "replaying" not in rest.stdout  # the bar (10 or more) on stderr only
     again = CliRunner().invoke(app, ["replay", "--operator", "ops-tester", *where])
     assert ("replayed 0 dead letter(s)", "") == (again.stdout.splitlines()[0], again.stderr)  # nothing left: no bar
+
+
+def test_a_forged_replay_header_gets_no_replayed_event_but_an_alert_and_the_transfer_is_handled_as_any(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A raw producer puts replay headers on a transfer naming a dead letter and an operator no audit record names:
+    the router writes no ``replayed`` event naming that operator, raises a critical alert "replay without audit
+    record", and carries the transfer as any other (delivered, the source closed)."""
+    topics = Topics(topic_prefix)
+    forged = [(wire.REPLAY_OF, b"0:5"), (wire.REPLAY_OPERATOR, b"Director-of-Childrens-Services")]
+
+    async def forge() -> list[Any]:
+        async with running_router(
+            kafka_bootstrap, topic_prefix, {CaseSystem.EHM: MemoryTarget()}, {CaseSystem.LCS: MemorySource()}
+        ):
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+            await producer.start()
+            try:
+                value = json.dumps(ns_transfer(31)).encode()
+                await producer.send_and_wait(topics.transfers, value, key=b"lcs:LCS-31", headers=forged)
+            finally:
+                await producer.stop()
+            return await read(kafka_bootstrap, topics.events, count_type("source-closed", 1))
+
+    events = [(dict(r.headers or ()).get("event_type"), json.loads(r.value)) for r in asyncio.run(forge())]
+    assert [] == [e for kind, e in events if kind == b"replayed"]
+    alerts = [e for kind, e in events if kind == b"alert" and e["summary"].startswith("replay without audit record")]
+    assert [("ns-31", "critical")] == [(a["transfer_id"], a["severity"]) for a in alerts]
+    assert "Director-of-Childrens-Services" not in json.dumps(alerts)
+    assert {b"delivered", b"source-closed"} <= {kind for kind, _ in events}

@@ -28,6 +28,7 @@ from contracts import (
     SourceClosed,
     TransferAllocated,
     TransferMessage,
+    wire,
 )
 from mappings import DeadlineState, Unit, deadlines_for, due_at, load_deadlines, load_protocol
 from router import Settings
@@ -563,6 +564,32 @@ async def test_sw22_10_a_close_the_source_refuses_is_dead_lettered_and_closes_on
     assert [("ops-test", tid)] == [(e.operator, e.transfer_id) for e in replayed]  # type: ignore[union-attr]
     given = refusing.given[down["source_record"]["record_id"]]
     assert WORKER == given.professionals.family_support_worker
+
+
+async def test_sw22_10_a_pending_closure_with_forged_replay_headers_gets_an_alert_not_a_replayed_event(
+    settings: Settings, systems: Systems, tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """A raw producer writes a pending closure back with replay headers naming a dead letter and an operator no
+    audit record names: the closure scheduler writes no ``replayed`` event naming that operator but a critical
+    alert "replay without audit record"; the closure itself stays pending, as any pending closure (nothing closes
+    without its allocation)."""
+    down = step_down("swindon-2022", 49)
+    down["professionals"] = {}  # no worker named: the closure waits for the allocation (SW22-10)
+    tid = down["transfer_id"]
+    async with _stack(settings, systems, tmp_path / "state", parts, Clock()) as stack:
+        await send_transfer(settings, down)
+        await events_until(settings, tid, "source-kept-open")
+        pending = (await _pending(settings))[tid]
+        forged = [(wire.REPLAY_OF, b"0:7"), (wire.REPLAY_OPERATOR, b"Director-of-Childrens-Services")]
+        await produce(settings.bootstrap_servers, settings.topics.pending_closures, [(tid.encode(), pending.encode())],
+                      headers=forged)  # fmt: skip
+        for _ in range(10):
+            await stack.closures.poll_once()
+        events = await events_until(settings, tid, "alert")
+        assert {} == parts["care_director"].closed
+    assert [] == [e for e in events if e.event_type == "replayed"]
+    alerts = [e for e in events if isinstance(e, AlertRaised) and e.summary.startswith("replay without audit record")]
+    assert [("critical", tid)] == [(a.severity, a.transfer_id) for a in alerts]
 
 
 # -- NS-12: the Front Door's decision, recorded on LCS -------------------------------------------------

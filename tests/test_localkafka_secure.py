@@ -15,6 +15,7 @@ import time
 import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,20 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
 )
+from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 
 from casebridge.localdeploy import free_port
 from casebridge.localkafka import LocalKafka, SecurityMismatch
 from casebridge.localkafka_secure import PRINCIPALS, TLS_CLOSE_SECONDS
+from connectors import Receipt
+from contracts import CaseSystem, wire
+from router.allocations import AllocationAudit, MilestoneAudit
+from router.closures import ClosurePlanner
+from router.settings import ALLOCATION_AUDIT_PREFIX
+from tests.council_data import step_down, transfer
 
 PREFIX = f"sec-{uuid.uuid4().hex[:8]}"
-TOPICS = ("transfers", "events", "dlq", "audit", "parking", "retry.1")
+TOPICS = ("transfers", "events", "dlq", "audit", "parking", "retry.1", "pending-closures", "pending-notices", "remap")
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +183,143 @@ async def test_only_the_operator_and_the_monitor_write_audit_and_the_publisher_w
     for topic in (topics["transfers"], topics["dlq"]):
         with pytest.raises(TopicAuthorizationFailedError):
             await _read(broker, "publisher", topic)
+
+
+def _cli_as(broker: LocalKafka, principal: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A ``casebridge`` operator command with ``principal``'s credentials (CASEBRIDGE_KAFKA__*, password by file)."""
+    files = broker.secure_files
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASEBRIDGE_")}
+    env.update(
+        CASEBRIDGE_BOOTSTRAP_SERVERS=broker.bootstrap,
+        CASEBRIDGE_TOPIC_PREFIX=PREFIX,
+        CASEBRIDGE_KAFKA__SECURITY_PROTOCOL="SASL_SSL",
+        CASEBRIDGE_KAFKA__SASL_MECHANISM="SCRAM-SHA-512",
+        CASEBRIDGE_KAFKA__USERNAME=principal,
+        CASEBRIDGE_KAFKA__PASSWORD_FILE=str(files.password_file(principal)),
+        CASEBRIDGE_KAFKA__CA_FILE=str(files.ca_file),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "casebridge", *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+async def _records(broker: LocalKafka, principal: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of partition 0 of ``topic`` now, as ``principal`` (read to the partition's end)."""
+    consumer = AIOKafkaConsumer(
+        group_id=None, auto_offset_reset="earliest", enable_auto_commit=False, **_options(broker, principal)
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        found: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = time.monotonic() + 30
+        while await consumer.position(tp) < end and time.monotonic() < deadline:
+            found += (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
+        return found
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("principal", ["router", "publisher"])
+async def test_a_replay_by_a_principal_that_may_not_write_its_audit_record_replays_nothing(
+    broker: LocalKafka, topics: dict[str, str], principal: str
+) -> None:
+    """The router's principal may write the transfers topic but not the audit topic: its replay is refused in one
+    line before anything reaches the transfers topic (the audit record is written first); the publisher's cannot
+    even read the dead letters."""
+    transfer_id = f"replay-{principal}-{uuid.uuid4().hex[:8]}"
+    headers = [
+        (wire.DLQ_TRANSFER_ID, transfer_id.encode()),
+        (wire.DLQ_ORIGINAL_TOPIC, topics["transfers"].encode()),
+        (wire.DLQ_STAGE, b"deliver"),
+        (wire.DLQ_ERROR_CLASS, b"TargetRefused"),
+    ]
+    producer = AIOKafkaProducer(acks="all", **_options(broker, "router"))
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics["dlq"], b'{"transfer_id": "%s"}' % transfer_id.encode(), partition=0,
+                                     headers=headers)  # fmt: skip
+    finally:
+        await producer.stop()
+    refused = await asyncio.to_thread(_cli_as, broker, principal, "replay", "--transfer", transfer_id, "--no-index")
+    assert (True, 1) == (refused.returncode in (1, 5), len(refused.stderr.splitlines())), refused.stderr
+    assert refused.stderr.startswith("error: "), refused.stderr
+    if principal == "router":  # it reads the dead letter, and is refused writing the audit record
+        assert "refused principal 'router': not authorized" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and broker.secure_files.password(principal) not in refused.stderr
+    replayed = [r for r in await _records(broker, "router", topics["transfers"]) if transfer_id.encode() in r.value]
+    assert [] == replayed
+    audit = [r for r in await _records(broker, "operator", topics["audit"]) if transfer_id.encode() in r.value]
+    assert [] == audit
+
+
+async def test_an_allocation_by_a_principal_that_may_not_write_its_audit_record_records_nothing(
+    broker: LocalKafka, topics: dict[str, str]
+) -> None:
+    """The router's principal may write the pending closures but not the audit topic: its allocation is refused
+    (the audit record is written first), and the closure waiting for it stays as it was."""
+    planned = ClosurePlanner("t").plan(
+        transfer(step_down("barnsley", 91)), ["BA-9"], Receipt(CaseSystem.MAILBOX, "M-91")
+    )
+    assert planned is not None and planned.due_at is None
+    key = planned.transfer_id.encode()
+    producer = AIOKafkaProducer(acks="all", **_options(broker, "router"))
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics["pending-closures"], planned.encode(), key=key, partition=0)
+    finally:
+        await producer.stop()
+    refused = await asyncio.to_thread(
+        _cli_as, broker, "router", "allocate", planned.transfer_id, "--worker", "A Madeup", "--organisation", "O"
+    )
+    assert (5, 1) == (refused.returncode, len(refused.stderr.splitlines())), refused.stderr
+    assert refused.stderr.startswith("error: ") and "not authorized" in refused.stderr, refused.stderr
+    pending = [r for r in await _records(broker, "router", topics["pending-closures"]) if r.key == key]
+    assert [planned.encode()] == [r.value for r in pending]
+    audit = [r for r in await _records(broker, "operator", topics["audit"]) if key in (r.key or b"")]
+    assert [] == audit
+
+
+@pytest.mark.parametrize("principal", ["router", "publisher", "viewer"])
+async def test_a_forged_allocation_or_milestone_audit_record_is_refused_by_the_broker_and_nothing_is_due(
+    broker: LocalKafka, topics: dict[str, str], principal: str
+) -> None:
+    """A recorded allocation or milestone is the signal only as an audit record, and only the operator and the
+    monitor may write the audit topic: one forged by any other principal is refused by the ACL, so the audit topic
+    holds nothing the closure scheduler or the notices step could act on for the closure waiting for it."""
+    planned = ClosurePlanner("t").plan(
+        transfer(step_down("barnsley", {"router": 92, "publisher": 93, "viewer": 94}[principal])),
+        ["BA-9"],
+        Receipt(CaseSystem.MAILBOX, "M-92"),
+    )
+    assert planned is not None and planned.due_at is None
+    tid = planned.transfer_id
+    await _produce(broker, "router", topics["pending-closures"], planned.encode())
+    now = datetime.now(UTC)
+    allocation = AllocationAudit(
+        operator="operator", at=now, transfer_id=tid, rule_id="BA-9", rule_ids=["BA-9"], council="barnsley",
+        organisation="O", target_system=CaseSystem.MAILBOX, target_reference="M-92",
+    )  # fmt: skip
+    milestone = MilestoneAudit(
+        operator="operator", at=now, transfer_id=tid, milestone="meeting-held", council="barnsley", rule_ids=["BA-9"]
+    )
+    forged = [
+        (f"{ALLOCATION_AUDIT_PREFIX}{tid}".encode(), allocation.model_dump_json().encode()),
+        (milestone.key, milestone.model_dump_json().encode()),
+    ]
+    producer = AIOKafkaProducer(acks="all", enable_idempotence=False, request_timeout_ms=15000,
+                                **_options(broker, principal))  # fmt: skip
+    await producer.start()
+    try:
+        for key, value in forged:
+            with pytest.raises(TopicAuthorizationFailedError):
+                await producer.send_and_wait(topics["audit"], value, key=key, partition=0)
+    finally:
+        await producer.stop()
+    audit = [r for r in await _records(broker, "operator", topics["audit"]) if tid.encode() in (r.key or b"")]
+    assert [] == audit
 
 
 async def test_a_wrong_password_is_refused(broker: LocalKafka) -> None:

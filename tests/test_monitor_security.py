@@ -7,6 +7,7 @@ under the same policy is tests/test_monitor_browser.py.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from connectors.mailbox import MailboxSettings
 from monitor import (
     CSP,
     LoginThrottle,
@@ -29,6 +31,7 @@ from monitor import (
     create_app,
     load_settings,
 )
+from monitor._settings import TOKEN_RULE
 from router.settings import Topics
 from tests.monitor_support import OPERATOR_TOKEN, VIEWER_TOKEN, auth, monitor_settings
 
@@ -240,16 +243,37 @@ def test_a_short_token_is_refused_naming_the_rule_never_the_value(monkeypatch: p
     monkeypatch.setenv("CASEBRIDGE_MONITOR__TOKENS", f'[{{"token": "{SHORT}", "name": "ops-1", "role": "operator"}}]')
     with pytest.raises(ValidationError) as caught:
         MonitorSettings()
-    assert "at least 32 characters" in str(caught.value) and SHORT not in str(caught.value)
+    assert "at least 43 characters" in str(caught.value) and SHORT not in str(caught.value)
     with pytest.raises(MonitorSettingsError) as refused:
         load_settings()
-    assert ["CASEBRIDGE_MONITOR__TOKENS[0].token: a token must be at least 32 characters (value not shown)"] == (
-        refused.value.problems
-    )
+    assert [f"CASEBRIDGE_MONITOR__TOKENS[0].token: {TOKEN_RULE} (value not shown)"] == (refused.value.problems)
     with pytest.raises(ValidationError) as direct:
         TokenGrant.model_validate({"token": SHORT, "name": "x", "role": "boss"})
     assert SHORT not in str(direct.value) and "boss" not in str(direct.value)
-    assert TokenGrant.model_validate({"token": "t" * 32, "name": "x", "role": "viewer"})
+    assert TokenGrant.model_validate({"token": secrets.token_urlsafe(32), "name": "x", "role": "viewer"})
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["t" * 32, secrets.token_urlsafe(32)[:42], secrets.token_urlsafe(32)[:40] + "+/=", " " + secrets.token_urlsafe(32)],
+)
+def test_a_token_shorter_than_32_random_bytes_url_safe_is_refused_naming_how_to_make_one(token: str) -> None:
+    """32 random bytes are 43 url-safe base64 characters (``secrets.token_urlsafe(32)``): fewer, or characters
+    outside A-Z a-z 0-9 - _, are refused with the rule and the command that makes one, never the token."""
+    with pytest.raises(ValidationError) as refused:
+        TokenGrant.model_validate({"token": token, "name": "x", "role": "viewer"})
+    assert TOKEN_RULE in str(refused.value) and token not in str(refused.value)
+    assert "secrets.token_urlsafe(32)" in TOKEN_RULE and "43" in TOKEN_RULE
+
+
+def test_a_mailbox_setting_error_never_prints_its_input() -> None:
+    """A misspelt key of the mailbox table (its password under ``passwd``) is refused naming the key, not the value."""
+    with pytest.raises(ValidationError) as refused:
+        MailboxSettings.model_validate(
+            {"host": "relay.example", "username": "cb", "password": "x", "passwd": "relay-secret-0123456789",
+             "sender": "cb@council.example", "mailboxes": {"luton": "team@luton.example"}}
+        )  # fmt: skip
+    assert "passwd" in str(refused.value) and "relay-secret-0123456789" not in str(refused.value)
 
 
 def test_casebridge_monitor_refuses_a_short_token_in_one_line_without_printing_it(tmp_path: Path) -> None:
@@ -267,7 +291,7 @@ def test_casebridge_monitor_refuses_a_short_token_in_one_line_without_printing_i
     assert 2 == done.returncode
     assert "" == done.stdout
     assert [
-        "error: CASEBRIDGE_MONITOR__TOKENS[0].token: a token must be at least 32 characters (value not shown)"
+        f"error: CASEBRIDGE_MONITOR__TOKENS[0].token: {TOKEN_RULE} (value not shown)"
     ] == done.stderr.strip().splitlines()
     assert SHORT not in done.stderr
     bad_json = {**env, "CASEBRIDGE_MONITOR__TOKENS": f'[{{"token": "{SHORT}"'}

@@ -104,7 +104,9 @@ def deployed(broker: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> It
         lines = [line for line in text.splitlines() if not line.startswith("local_development")]
         assert len(lines) == len(text.splitlines()) - 1  # a deployment like a council's: no local_development
         config = work / "north-somerset.toml"
-        config.write_text("\n".join(lines) + "\n\n" + broker.secure_files.client_table("router"))
+        # one broker: a council's deployment must say it accepts one copy of each record
+        topics = "[topics]\nreplication_factor = 1\n"
+        config.write_text("\n".join(lines) + "\n\n" + broker.secure_files.client_table("router") + "\n" + topics)
         run = RunningDeployment(config, env, work / "casebridge-run.log").start(timeout=180)
         try:
             yield Deployed(systems, run)

@@ -15,7 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from connectors.memory import MemorySource, MemoryTarget
 from contracts import CaseSystem
 from router import Settings, Topics, build_router
-from router.topics import DAY_MS, TopicMisconfigured, _configs
+from router.settings import TopicSettings
+from router.topics import DAY_MS, TopicMisconfigured, _configs, prepare
 
 
 async def _settings_of(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
@@ -110,3 +111,85 @@ mailboxes = {{ "barnsley" = "earlyhelp@barnsley.example" }}
     [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
     assert f"refuses to start: topic {t.dead_letter} has retention.ms=604800000 (7 days)" in line
     assert "Traceback" not in done.stderr
+
+
+async def test_g3_a_compacted_or_size_bounded_dead_letter_parking_or_audit_topic_is_refused_at_start(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """Compaction keeps one record per key and ``retention.bytes`` deletes the oldest past a size: either would
+    lose dead letters, parked messages or the audit trail, so each is refused in one line naming topic and setting."""
+    t = Topics(topic_prefix)
+    await _create(kafka_bootstrap, t.dead_letter, {"cleanup.policy": "compact,delete", "retention.ms": "-1"})
+    await _create(kafka_bootstrap, t.parking, {"retention.ms": "-1", "retention.bytes": "1048576"})
+    await _create(kafka_bootstrap, t.audit, {"cleanup.policy": "compact"})
+    for _ in range(50):  # a topic just created is described with its configuration a moment later
+        if "compact" == (await _settings_of(kafka_bootstrap, [t.audit])).get(t.audit, {}).get("cleanup.policy"):
+            break
+        await asyncio.sleep(0.2)
+    with pytest.raises(TopicMisconfigured) as refused:
+        await prepare(kafka_bootstrap, t, 1, TopicSettings())
+    message = str(refused.value)
+    assert 1 == len(message.splitlines())
+    assert f"topic {t.dead_letter} has cleanup.policy=compact,delete" in message
+    assert f"topic {t.parking} has retention.bytes=1048576" in message
+    assert f"topic {t.audit} has cleanup.policy=compact" in message
+    found = await _settings_of(kafka_bootstrap, [t.parking])
+    assert "1048576" == found[t.parking]["retention.bytes"]  # refused, not altered
+
+
+async def test_fewer_brokers_than_the_replication_factor_are_refused_outside_local_development(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A one-broker cluster under a council's deployment (no ``local_development``) is refused, naming
+    ``[topics] replication_factor``, unless that is set; a factor larger than the cluster is refused too; nothing
+    is created when refused. A local development deployment fits the factor to the cluster."""
+    t = Topics(topic_prefix)
+    council = TopicSettings().with_fitted_replication(False)
+    with pytest.raises(TopicMisconfigured) as refused:
+        await prepare(kafka_bootstrap, t, 1, council)
+    assert "the cluster has 1 broker(s), fewer than the default replication factor 3" in str(refused.value)
+    assert "set [topics] replication_factor = 1 to accept that" in str(refused.value)
+    with pytest.raises(TopicMisconfigured, match=r"\[topics\] replication_factor = 2 but the cluster has 1"):
+        await prepare(kafka_bootstrap, t, 1, TopicSettings(replication_factor=2).with_fitted_replication(False))
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert [] == [n for n in await admin.list_topics() if n.startswith(f"{topic_prefix}.")]
+    finally:
+        await admin.close()
+    await prepare(kafka_bootstrap, t, 1, TopicSettings(replication_factor=1).with_fitted_replication(False))
+    await prepare(kafka_bootstrap, t, 1, TopicSettings())  # local development: fitted to the cluster
+
+
+def test_a_deployment_file_fits_replication_only_when_it_says_local_development(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from casebridge.deployment import load
+
+    body = BARNSLEY_FILE.format(state=tmp_path / "state")
+    local, council = tmp_path / "local.toml", tmp_path / "council.toml"
+    local.write_text("local_development = true\n" + body)
+    council.write_text(body)
+    monkeypatch.setenv("TED_TOKEN", "ted-token-0123456789")
+    assert (True, False) == (
+        load(local).settings.topic_config.fit_replication,
+        load(council).settings.topic_config.fit_replication,
+    )
+
+
+BARNSLEY_FILE = """councils = ["barnsley"]
+bootstrap_servers = "127.0.0.1:9092"
+topic_prefix = "t-fit"
+state_dir = "{state}"
+[systems.ted]
+kind = "ted"
+url = "http://127.0.0.1:1/ted"
+token = {{ env = "TED_TOKEN" }}
+[systems.mail]
+kind = "mailbox"
+host = "127.0.0.1"
+username = "casebridge"
+password = {{ env = "TED_TOKEN" }}
+sender = "casebridge@barnsley.example"
+mailboxes = {{ "barnsley" = "earlyhelp@barnsley.example" }}
+"""

@@ -25,9 +25,10 @@ Address = str
 
 
 class MailboxSettings(BaseModel):
-    """How to reach the SMTP relay, and which team mailbox receives what. Secrets never print."""
+    """How to reach the SMTP relay, and which team mailbox receives what. Secrets never print (nor does any value
+    in a validation error: ``hide_input_in_errors``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     host: str = Field(min_length=1)
     port: int = Field(default=587, ge=1, le=65535)
