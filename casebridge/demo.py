@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import tempfile
 import time
 import warnings
@@ -638,9 +639,7 @@ async def run_demo(
         out(f"    casebridge dlq list --bootstrap {bootstrap} --prefix {r.prefix}")
     out("  the monitoring page of one council (tokens: CASEBRIDGE_MONITOR__TOKENS, see the README's Monitoring):")
     first = runs[0].prefix if runs else "PREFIX"
-    out(
-        '    CASEBRIDGE_MONITOR__TOKENS=\'[{"token": "a-long-random-viewer-token-of-32-chars-or-more", "name": "me", '
-        '"role": "viewer"}]\' \\'
-    )
+    token = secrets.token_urlsafe(32)  # a fresh one: the monitor refuses tokens of fewer than 32 random bytes
+    out(f'    CASEBRIDGE_MONITOR__TOKENS=\'[{{"token": "{token}", "name": "me", "role": "viewer"}}]\' \\')
     out(f"    casebridge monitor --bootstrap {bootstrap} --prefix {first} --db /tmp/{first}.sqlite3")
     return all(r.error is None for r in runs) and good == len(cases)
