@@ -320,7 +320,10 @@ def acl_grants(prefix: str = "casebridge") -> list[Grant]:
     # a replay writes the message back (transfers, or pending-closures for a later closure) and its audit record;
     # an allocation reads what waits for one (pending-closures, pending-notices), audits it, marks the closure due
     allow(
-        "monitor", "topic", (topic + t for t in ("events", "dlq", "parking", "intake-audit", "pending-notices")), ["read"]
+        "monitor",
+        "topic",
+        (topic + t for t in ("events", "dlq", "parking", "intake-audit", "pending-notices")),
+        ["read"],
     )
     allow("monitor", "topic", (topic + t for t in ("audit", "pending-closures")), rw)
     allow("monitor", "topic", [topic + t for t in ("transfers", "remap")], ["write"])
@@ -328,7 +331,10 @@ def acl_grants(prefix: str = "casebridge") -> list[Grant]:
     allow("monitor", "group", [groups], ["read", "describe"])
 
     allow(
-        "operator", "topic", (topic + t for t in ("dlq", "parking", "intake-audit", "events", "pending-notices")), ["read"]
+        "operator",
+        "topic",
+        (topic + t for t in ("dlq", "parking", "intake-audit", "events", "pending-notices")),
+        ["read"],
     )
     allow("operator", "topic", (topic + t for t in ("transfers", "retry.", "remap")), ["write"])
     allow("operator", "topic", (topic + t for t in ("audit", "pending-closures")), rw)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
@@ -31,8 +32,6 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     TopicAuthorizationFailedError,
 )
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
-
-import httpx
 
 from casebridge.localdeploy import free_port
 from casebridge.localkafka import LocalKafka, SecurityMismatch
