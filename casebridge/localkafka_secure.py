@@ -20,11 +20,13 @@ The ACLs are PREFIXED resource patterns on one topic prefix (``casebridge`` by d
 =========  ===============================================================================================
 router     the ``casebridge run`` process (router, feed publishers, reporters): read and write transfers,
            retry tiers, retry-state, lifecycle, child-history, pending-notices, pending-closures, events, dlq,
-           parking, remap (the publishers map replayed map-stage dead letters again); read audit; create
-           and describe the prefix's topics; its groups ``<prefix>-``; idempotent write
-monitor    read events, dlq, parking, audit, pending-notices, pending-closures; write audit, transfers, remap
-           and pending-closures (its replays and recorded allocations); describe; its groups ``<prefix>-``
-operator   the CLI (dlq list, replay, allocate): read dlq, parking, audit, events, pending-notices,
+           parking, remap (the publishers map replayed map-stage dead letters again); write intake-audit
+           (the intake's record of each post); read audit; create and describe the prefix's topics; its
+           groups ``<prefix>-``; idempotent write
+monitor    read events, dlq, parking, audit, intake-audit, pending-notices, pending-closures; write audit,
+           transfers, remap and pending-closures (its replays and recorded allocations); describe; its groups
+           ``<prefix>-``
+operator   the CLI (dlq list, replay, allocate): read dlq, parking, audit, intake-audit, events, pending-notices,
            pending-closures; write transfers, retry tiers, remap (a map-stage dead letter's replay), audit,
            pending-closures (a later closure's replay, an allocation); describe; describe groups
            ``<prefix>-`` (replay asks whether a router consumes)
@@ -32,7 +34,7 @@ viewer     read events; describe
 publisher  write transfers
 =========  ===============================================================================================
 
-Only the router writes events; only the operator and the monitor write audit.
+Only the router writes events and intake-audit; only the operator and the monitor write audit.
 """
 
 from __future__ import annotations
@@ -309,6 +311,7 @@ def acl_grants(prefix: str = "casebridge") -> list[Grant]:
     )  # fmt: skip
     allow("router", "topic", (topic + t for t in router_owned), rw)
     allow("router", "topic", [topic + "audit"], ["read"])
+    allow("router", "topic", [topic + "intake-audit"], ["write"])  # the intake's posts (connectors/intake)
     allow("router", "topic", [topic], ["create", "describe", "describe-configs"])
     allow("router", "group", [groups], ["read", "describe"])
     allow("router", "cluster", ["kafka-cluster"], ["idempotent-write"])
@@ -316,13 +319,23 @@ def acl_grants(prefix: str = "casebridge") -> list[Grant]:
     # the monitor replays and records allocations too (router/deadletters.replay, router/allocations.allocate):
     # a replay writes the message back (transfers, or pending-closures for a later closure) and its audit record;
     # an allocation reads what waits for one (pending-closures, pending-notices), audits it, marks the closure due
-    allow("monitor", "topic", (topic + t for t in ("events", "dlq", "parking", "pending-notices")), ["read"])
+    allow(
+        "monitor",
+        "topic",
+        (topic + t for t in ("events", "dlq", "parking", "intake-audit", "pending-notices")),
+        ["read"],
+    )
     allow("monitor", "topic", (topic + t for t in ("audit", "pending-closures")), rw)
     allow("monitor", "topic", [topic + t for t in ("transfers", "remap")], ["write"])
     allow("monitor", "topic", [topic], ["describe"])
     allow("monitor", "group", [groups], ["read", "describe"])
 
-    allow("operator", "topic", (topic + t for t in ("dlq", "parking", "events", "pending-notices")), ["read"])
+    allow(
+        "operator",
+        "topic",
+        (topic + t for t in ("dlq", "parking", "intake-audit", "events", "pending-notices")),
+        ["read"],
+    )
     allow("operator", "topic", (topic + t for t in ("transfers", "retry.", "remap")), ["write"])
     allow("operator", "topic", (topic + t for t in ("audit", "pending-closures")), rw)
     allow("operator", "topic", [topic], ["describe"])

@@ -253,7 +253,9 @@ SIGNAL_MARK_PREFIX = "signal:"
 #: the audit topic's keys: a replay's is its dead letter's id (``<partition>:<offset>``); the others' are these + ...
 ALLOCATION_AUDIT_PREFIX = "allocation/"  # ... the transfer id: an allocation an operator recorded
 MILESTONE_AUDIT_PREFIX = "milestone/"  # ... ``<transfer id>/<milestone>``: a milestone recorded on the monitor
-INTAKE_AUDIT_PREFIX = "intake/"  # ... the transfer id (``-`` for none): a post to the intake
+#: the intake audit topic's (``<prefix>.intake-audit``) keys, apart from the audit topic: this + the transfer id
+#: (``-`` for none): a post to the intake
+INTAKE_AUDIT_PREFIX = "intake/"
 KEY_PREFIXES = (
     ALLOCATION_MARK_PREFIX,
     SIGNAL_MARK_PREFIX,

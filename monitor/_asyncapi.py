@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from connectors.intake import INTAKE_AUDIT_PREFIX, IntakeAudit
 from connectors.kafka import SaslMechanism
 from contracts import EVENT_ADAPTER, SCHEMA_VERSION, TransferMessage, wire
 from router._pending import PendingClosure
@@ -125,6 +126,7 @@ def asyncapi_document() -> dict[str, Any]:
     schemas["TransferEvent"] = event
     schemas["AuditRecord"] = _hoist(_Audit.model_json_schema(ref_template=REF), schemas)
     schemas["AllocationAudit"] = _hoist(AllocationAudit.model_json_schema(ref_template=REF), schemas)
+    schemas["IntakeAudit"] = _hoist(IntakeAudit.model_json_schema(ref_template=REF), schemas)
     schemas["PendingClosure"] = _hoist(PendingClosure.model_json_schema(ref_template=REF), schemas)
     schemas["PendingNotice"] = {
         "type": "object",
@@ -349,6 +351,14 @@ def asyncapi_document() -> dict[str, Any]:
             "AllocationAudit",
             f"{ALLOCATION_AUDIT_PREFIX}<transfer id>",
         ),
+        "IntakeAudit": message(
+            "IntakeAudit",
+            "Intake audit record",
+            "One post to the intake, accepted or refused: the caller's name, the time, the transfer id, the outcome "
+            "(and the fields a refused transfer broke, never their values); no personal data.",
+            "IntakeAudit",
+            f"{INTAKE_AUDIT_PREFIX}<transfer id> ({INTAKE_AUDIT_PREFIX}- for none)",
+        ),
         "RetryState": message(
             "RetryState",
             "Retry state",
@@ -456,6 +466,13 @@ def asyncapi_document() -> dict[str, Any]:
             "AuditRecord",
             "AllocationAudit",
         ),
+        "intakeAudit": channel(
+            topics.intake_audit,
+            topics.intake_audit,
+            "Every post to the intake, apart from the operators' audit topic: the casebridge run principal writes it "
+            "(and may not write the audit topic).",
+            "IntakeAudit",
+        ),
         "retryState": channel(
             topics.retry_state, topics.retry_state, "Compacted: children waiting in a retry tier.", "RetryState"
         ),
@@ -540,6 +557,9 @@ def asyncapi_document() -> dict[str, Any]:
             "<prefix>-remap-<system>-<feed>, one per feed publisher",
         ),
         "audit": operation("send", "audit", "Each replay and each recorded allocation is audited."),
+        "auditIntakePost": operation(
+            "send", "intakeAudit", "The intake audits each post (an accepted one before it is answered)."
+        ),
         "keepRetryState": operation("send", "retryState", "The router records which children wait in a tier."),
         "rememberCompleted": operation("send", "lifecycle", "The router records each completed transfer."),
         "saveFeedCursor": operation("send", "feedCursors", "The feeds' owner saves a cursor once a page is acked."),

@@ -85,6 +85,13 @@ class Topics:
         keyed ``ALLOCATION_AUDIT_PREFIX`` + transfer id."""
         return f"{self.prefix}.audit"
 
+    @property
+    def intake_audit(self) -> str:
+        """Every post to the intake (``connectors/intake``), accepted or refused, keyed ``INTAKE_AUDIT_PREFIX`` +
+        transfer id: kept as the audit topic is, but apart from it, written by the ``casebridge run`` principal
+        (which may not write the operators' audit topic)."""
+        return f"{self.prefix}.intake-audit"
+
 
 #: the audit topic's key prefix for a recorded allocation (a replay's key is its dead letter id)
 ALLOCATION_AUDIT_PREFIX = wire.ALLOCATION_AUDIT_PREFIX

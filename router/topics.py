@@ -1,6 +1,6 @@
 """How each topic of a deployment is created, and the check at start that the existing ones keep what they must.
 
-- dead letters, parking, audit: ``retention.ms`` = ``kept_retention_ms`` (-1: kept until a person deletes
+- dead letters, parking, audit, intake-audit: ``retention.ms`` = ``kept_retention_ms`` (-1: kept until a person deletes
   them; G3, nothing is lost);
 - retry-state, child-history, pending-notices, pending-closures, feed-cursors: ``cleanup.policy=compact`` (state:
   the latest value per key; feed-cursors has one partition, its owner runs the feeds);
@@ -16,7 +16,7 @@ topic with another count is refused at start, naming the topics and their counts
 Every topic gets ``min.insync.replicas`` and its replication factor from the settings; by default 3 and 2.
 A cluster with fewer brokers than that is refused at start, naming ``[topics] replication_factor``, unless the
 setting is given or the deployment says ``local_development = true`` (then what the cluster can hold: a
-one-broker development Kafka, 1 and 1). An existing dead-letter, parking or audit topic that would delete
+one-broker development Kafka, 1 and 1). An existing dead-letter, parking, audit or intake-audit topic that would delete
 records (``retention.ms`` other than -1 or ``kept_retention_ms``, ``retention.bytes`` other than -1, or a
 ``cleanup.policy`` that compacts), or a state topic that is not compacted, is refused at start, naming the topic
 and the setting (``casebridge run`` says it in one line and exits 5): Kafka's default retention
@@ -42,7 +42,7 @@ class TopicMisconfigured(Exception):
 
 
 def kept(topics: Topics) -> list[str]:
-    return [topics.dead_letter, topics.parking, topics.audit]
+    return [topics.dead_letter, topics.parking, topics.audit, topics.intake_audit]
 
 
 def compacted(topics: Topics) -> list[str]:

@@ -62,8 +62,11 @@ async def http(intake: IntakeServer) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def audits(server: IntakeServer, n: int) -> list[dict[str, Any]]:
-    records = await read(server.kafka, server.topics.audit, lambda rs: len(rs) >= n, timeout=30)
+    """The intake's ``n`` audit records, from ``<prefix>.intake-audit``; none of them on the operators' audit topic
+    (under ACLs only the operator and the monitor may write that, not the ``casebridge run`` principal)."""
+    records = await read(server.kafka, server.topics.intake_audit, lambda rs: len(rs) >= n, timeout=30)
     assert all(r.key is not None and r.key.startswith(b"intake/") for r in records)
+    assert [] == await read(server.kafka, server.topics.audit, lambda rs: len(rs) >= 1, timeout=1)
     return [json.loads(r.value) for r in records if r.value is not None]
 
 
@@ -174,7 +177,7 @@ async def test_no_token_or_a_wrong_one_is_401_another_councils_transfer_403_too_
             (None, None, "refused-unauthenticated", 401),
             ("barnsley-eh", "luton-sd-4", "refused-council", 403),
             ("luton-fst-forms", None, "refused-too-large", 413),
-        ] == sorted(  # the audit topic's partitions (by key) interleave in any order
+        ] == sorted(  # the intake audit topic's partitions (by key) interleave in any order
             [(a["caller"], a["transfer_id"], a["outcome"], a["status"]) for a in found], key=lambda a: a[3]
         )
         # nothing refused reached the transfers topic

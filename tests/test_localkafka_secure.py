@@ -7,6 +7,7 @@ SCRAM-SHA-512 users, the StandardAuthorizer with the per-principal ACLs on this 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import subprocess
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
@@ -35,10 +37,13 @@ from casebridge.localdeploy import free_port
 from casebridge.localkafka import LocalKafka, SecurityMismatch
 from casebridge.localkafka_secure import PRINCIPALS, TLS_CLOSE_SECONDS
 from connectors import Receipt
+from connectors.intake import IntakeServer, IntakeSettings
+from connectors.kafka import KafkaConnection
 from contracts import CaseSystem, wire
+from router import topics as topic_setup
 from router.allocations import AllocationAudit, MilestoneAudit
 from router.closures import ClosurePlanner
-from router.settings import ALLOCATION_AUDIT_PREFIX
+from router.settings import ALLOCATION_AUDIT_PREFIX, Topics, TopicSettings
 from tests.council_data import step_down, transfer
 
 PREFIX = f"sec-{uuid.uuid4().hex[:8]}"
@@ -84,6 +89,33 @@ def topics(broker: LocalKafka) -> dict[str, str]:
 
     asyncio.run(create())
     return names
+
+
+def _as(broker: LocalKafka, principal: str) -> KafkaConnection:
+    """The connection of ``principal`` as its ``[kafka]`` table gives it (password by file)."""
+    files = broker.secure_files
+    return KafkaConnection(
+        bootstrap_servers=broker.bootstrap,
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        username=principal,
+        password_file=files.password_file(principal),
+        ca_file=files.ca_file,
+    )
+
+
+@pytest.fixture(scope="module")
+def intake_audit(broker: LocalKafka, topics: dict[str, str]) -> str:
+    """``<prefix>.intake-audit``, created and checked as ``casebridge run`` does (router/topics.py: kept forever) by
+    the router principal; one partition, so ``_records`` reads it all."""
+    t = Topics(PREFIX)
+
+    async def create() -> None:
+        await topic_setup.prepare(_as(broker, "router"), t, 0, TopicSettings(partitions=1), {t.intake_audit})
+        await asyncio.sleep(TLS_CLOSE_SECONDS)
+
+    asyncio.run(create())
+    return t.intake_audit
 
 
 def _options(broker: LocalKafka, principal: str, password: str | None = None) -> dict[str, Any]:
@@ -183,6 +215,51 @@ async def test_only_the_operator_and_the_monitor_write_audit_and_the_publisher_w
     for topic in (topics["transfers"], topics["dlq"]):
         with pytest.raises(TopicAuthorizationFailedError):
             await _read(broker, "publisher", topic)
+
+
+async def test_the_router_writes_intake_audit_but_not_audit_and_only_operator_and_monitor_read_it(
+    broker: LocalKafka, topics: dict[str, str], intake_audit: str
+) -> None:
+    """The intake runs in ``casebridge run`` as the router principal: it may write ``<prefix>.intake-audit`` and
+    still not ``<prefix>.audit``; nobody else may write the intake's audit; the operator and the monitor read it, as
+    they read the audit topic, and the viewer and the publisher may not."""
+    marker = f"intake audit by router {uuid.uuid4().hex[:8]}".encode()
+    await _produce(broker, "router", intake_audit, marker)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _produce(broker, "router", topics["audit"], b"forged audit", idempotent=False)
+    for principal in ("operator", "monitor", "publisher", "viewer"):
+        with pytest.raises(TopicAuthorizationFailedError):
+            await _produce(broker, principal, intake_audit, b"forged intake audit", idempotent=False)
+    for principal in ("operator", "monitor"):
+        assert marker in [r.value for r in await _records(broker, principal, intake_audit)], principal
+    for principal in ("viewer", "publisher"):
+        with pytest.raises(TopicAuthorizationFailedError):
+            await _read(broker, principal, intake_audit)
+
+
+async def test_a_secured_intake_post_as_the_router_principal_is_accepted_and_audited_on_intake_audit(
+    broker: LocalKafka, topics: dict[str, str], intake_audit: str, tmp_path: Path
+) -> None:
+    """Luton's form tool posts to the intake of a secured deployment (the router principal's connection, as
+    ``casebridge run`` gives it): 202 once the transfer and its audit record were acknowledged; the audit record is
+    on ``<prefix>.intake-audit``, readable by the operator, and nothing was written to the audit topic."""
+    token = "luton-fst-form-tool-" + "s" * 32
+    settings = IntakeSettings.model_validate(
+        {"host": "127.0.0.1", "port": 0, "callers": [{"name": "luton-fst-forms", "token": token, "council": "luton"}]}
+    )
+    doc = step_down("luton", 97)
+    audits_before = len(await _records(broker, "operator", topics["audit"]))
+    async with (
+        IntakeServer(settings, _as(broker, "router"), Topics(PREFIX), tmp_path / "intake.sqlite3") as intake,
+        httpx.AsyncClient(base_url=intake.url, timeout=60) as http,
+    ):
+        answer = await http.post("/api/transfers", json=doc, headers={"Authorization": f"Bearer {token}"})
+    assert (202, "accepted") == (answer.status_code, answer.json().get("status")), answer.text
+    found = [r for r in await _records(broker, "operator", intake_audit) if r.key == b"intake/luton-sd-97"]
+    assert [("accepted", 202, "luton-fst-forms")] == [
+        (a["outcome"], a["status"], a["caller"]) for a in (json.loads(r.value) for r in found)
+    ]
+    assert audits_before == len(await _records(broker, "operator", topics["audit"]))
 
 
 def _cli_as(broker: LocalKafka, principal: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -35,6 +35,7 @@ def test_asyncapi_document_names_every_topic_and_resolves_its_references() -> No
         "{prefix}.parking",
         "{prefix}.remap",
         "{prefix}.audit",
+        "{prefix}.intake-audit",
         "{prefix}.retry-state",
         "{prefix}.lifecycle",
         "{prefix}.child-history",

@@ -49,13 +49,16 @@ async def test_g3_the_router_creates_dead_letters_parking_and_audit_kept_forever
     await router.start()  # type: ignore[attr-defined]
     await router.stop()  # type: ignore[attr-defined]
     t = Topics(topic_prefix)
-    names = [t.dead_letter, t.parking, t.audit, t.retry_state, t.history, t.transfers, t.events]
+    names = [t.dead_letter, t.parking, t.audit, t.intake_audit, t.retry_state, t.history, t.transfers, t.events]
     for _ in range(50):  # a topic just created is described with its configuration a moment later
         found = await _settings_of(kafka_bootstrap, names)
         if found[t.dead_letter].get("retention.ms") == "-1" and found[t.history].get("cleanup.policy") == "compact":
             break
         await asyncio.sleep(0.2)
-    assert ["-1", "-1", "-1"] == [found[n]["retention.ms"] for n in (t.dead_letter, t.parking, t.audit)]
+    kept = (t.dead_letter, t.parking, t.audit, t.intake_audit)
+    assert [("-1", "-1", "delete")] * 4 == [
+        (found[n]["retention.ms"], found[n]["retention.bytes"], found[n]["cleanup.policy"]) for n in kept
+    ]
     assert ["compact", "compact"] == [found[n]["cleanup.policy"] for n in (t.retry_state, t.history)]
     assert str(7 * DAY_MS) == found[t.transfers]["retention.ms"]
     assert str(365 * DAY_MS) == found[t.events]["retention.ms"]
@@ -122,6 +125,7 @@ async def test_g3_a_compacted_or_size_bounded_dead_letter_parking_or_audit_topic
     await _create(kafka_bootstrap, t.dead_letter, {"cleanup.policy": "compact,delete", "retention.ms": "-1"})
     await _create(kafka_bootstrap, t.parking, {"retention.ms": "-1", "retention.bytes": "1048576"})
     await _create(kafka_bootstrap, t.audit, {"cleanup.policy": "compact"})
+    await _create(kafka_bootstrap, t.intake_audit, {"retention.ms": str(7 * DAY_MS)})
     for _ in range(50):  # a topic just created is described with its configuration a moment later
         if "compact" == (await _settings_of(kafka_bootstrap, [t.audit])).get(t.audit, {}).get("cleanup.policy"):
             break
@@ -133,6 +137,7 @@ async def test_g3_a_compacted_or_size_bounded_dead_letter_parking_or_audit_topic
     assert f"topic {t.dead_letter} has cleanup.policy=compact,delete" in message
     assert f"topic {t.parking} has retention.bytes=1048576" in message
     assert f"topic {t.audit} has cleanup.policy=compact" in message
+    assert f"topic {t.intake_audit} has retention.ms=604800000 (7 days)" in message
     found = await _settings_of(kafka_bootstrap, [t.parking])
     assert "1048576" == found[t.parking]["retention.bytes"]  # refused, not altered
 

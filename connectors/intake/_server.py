@@ -15,8 +15,10 @@
   different content;
 - 503 when the broker did not acknowledge (nothing is recorded as published; posting again is safe).
 
-Every post, accepted or refused, writes an audit record (:class:`IntakeAudit`) to the audit topic, keyed
-``intake/<transfer id>``: the caller's name, the time, the transfer id, the outcome; never personal data.
+Every post, accepted or refused, writes an audit record (:class:`IntakeAudit`) to the intake audit topic
+(``<prefix>.intake-audit``, kept as the audit topic is; the ``casebridge run`` principal writes it, not the operators'
+audit topic), keyed ``intake/<transfer id>``: the caller's name, the time, the transfer id, the outcome; never
+personal data.
 
 ``GET /api/transfers/{transfer_id}`` (same auth): received / closed (with the closure reason) / kept-open,
 for transfers of the caller's council only (another council's is answered 404, as an unknown one).
@@ -55,7 +57,7 @@ from ._store import IntakeStore, digest
 
 log = structlog.get_logger("casebridge.intake")
 
-#: the audit topic's key prefix for an intake post (beside ``router.settings.ALLOCATION_AUDIT_PREFIX``)
+#: the intake audit topic's key prefix for an intake post
 INTAKE_AUDIT_PREFIX = wire.INTAKE_AUDIT_PREFIX
 
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
@@ -73,7 +75,7 @@ Outcome = Literal[
 
 
 class IntakeAudit(BaseModel):
-    """One record of ``<prefix>.audit``: who posted to the intake, when, which transfer, what came of it.
+    """One record of ``<prefix>.intake-audit``: who posted to the intake, when, which transfer, what came of it.
 
     ``fields`` names the fields a refused transfer broke (``field: rule``), never their values."""
 
@@ -134,7 +136,7 @@ class IntakeServer:
     """The intake's HTTP endpoint, served by uvicorn on the running asyncio loop, and its Kafka producer.
 
     ``IntakeServer(settings, kafka, topics, store_path)``: ``settings`` says where to listen and
-    who may post; transfers go to ``topics.transfers`` and audit records to ``topics.audit``; ``store_path`` is
+    who may post; transfers go to ``topics.transfers`` and audit records to ``topics.intake_audit``; ``store_path`` is
     the SQLite file of what was received (:data:`STORE_NAME` under the deployment's state directory), the same
     file the router's :class:`IntakeSource` reads and writes. ``start()`` binds and serves (``port`` 0 picks a
     free port: see :attr:`port` / :attr:`url`), ``run(interval, stop)`` returns when ``stop()`` is true (and
@@ -183,7 +185,7 @@ class IntakeServer:
     async def start(self) -> None:
         # the router creates them too; whichever starts first, they are created alike (the router's partitions,
         # the audit trail kept forever: router/topics.py)
-        mine = {self.topics.transfers, self.topics.audit}
+        mine = {self.topics.transfers, self.topics.intake_audit}
         await topic_setup.prepare(self.kafka, self.topics, 0, TopicSettings(), mine)
         self._store = IntakeStore(self.store_path)
         await self._producer.start()
@@ -269,7 +271,7 @@ class IntakeServer:
 
     async def _audit(self, audit: IntakeAudit) -> None:
         key = f"{INTAKE_AUDIT_PREFIX}{audit.transfer_id or '-'}".encode()
-        await self._producer.send_and_wait(self.topics.audit, audit.model_dump_json().encode(), key=key)
+        await self._producer.send_and_wait(self.topics.intake_audit, audit.model_dump_json().encode(), key=key)
 
     def _lock(self, transfer_id: str) -> asyncio.Lock:
         return self._locks[zlib.crc32(transfer_id.encode()) % len(self._locks)]
