@@ -40,6 +40,11 @@ log = structlog.get_logger("casebridge.connectors")
 MAX_DEAD_LETTER_BYTES = 1_000_000
 
 
+def record_bytes(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    """A record's size as ``MAX_DEAD_LETTER_BYTES`` counts it: key, value and every header's name and value."""
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+
+
 #: how to build a producer again like each idempotent producer made here (``renew_producer``)
 _RENEW: weakref.WeakKeyDictionary[AIOKafkaProducer, Callable[[], AIOKafkaProducer]] = weakref.WeakKeyDictionary()
 
@@ -351,7 +356,7 @@ class FeedPublisher(_FeedLoop):
             log.warning(f"{self.what}_unmappable", transfer_id=mapped.transfer_id, error_class=_error_class(exc))
             value: bytes | None = json.dumps(source).encode()
             headers = self._map_failure_headers(mapped, exc, position)
-            size = len(mapped.key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+            size = record_bytes(mapped.key, value, headers)
             if size > MAX_DEAD_LETTER_BYTES:  # too big to dead-letter whole: by reference (the case system has it)
                 headers += [(wire.DLQ_BY_REFERENCE, b"true"), (wire.DLQ_ORIGINAL_SIZE, str(size).encode())]
                 value = None

@@ -33,7 +33,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from connectors import kafka as clients
-from connectors._feed import MAX_DEAD_LETTER_BYTES
+from connectors._feed import MAX_DEAD_LETTER_BYTES, record_bytes
 from connectors._outage import close_producer, is_transient_kafka_error
 from connectors.kafka import Kafka
 from contracts import TransferEvent, wire
@@ -201,7 +201,7 @@ class Outbox:
         topic = self._parking_topic if header(record, H_REPLAY_OF) is not None else self._dead_letter_topic
         headers = dead_letter_headers(record, self._group_id, failure)
         value = record.value
-        size = len(record.key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+        size = record_bytes(record.key, value, headers)
         if size > MAX_DEAD_LETTER_BYTES:
             headers += [(wire.DLQ_BY_REFERENCE, b"true"), (wire.DLQ_ORIGINAL_SIZE, str(size).encode())]
             value = None

@@ -60,7 +60,7 @@ from pydantic import ValidationError
 from connectors import Source, Target
 from connectors import _tracing as tracing
 from connectors import kafka as clients
-from connectors._feed import MAX_DEAD_LETTER_BYTES
+from connectors._feed import MAX_DEAD_LETTER_BYTES, record_bytes
 from connectors._outage import within
 from connectors._replay_audit import ReplayAudits
 from connectors.kafka import Kafka
@@ -623,7 +623,7 @@ class Router:
         due = now + timedelta(seconds=self.tiers[tier])
         headers = original_headers(record)  # without casebridge.retry.*
         headers += origin.retry_headers(tier, due, attempts, origin.first_failure or now)
-        size = len(record.key or b"") + len(record.value or b"") + sum(len(k) + len(v) for k, v in headers)
+        size = record_bytes(record.key, record.value, headers)
         if size > MAX_DEAD_LETTER_BYTES:
             transfer_id = outcome.transfer_id if outcome else peek_transfer_id(record.value)
             log.warning("transfer_too_large_to_retry", transfer_id=transfer_id, tier=tier, size=size)

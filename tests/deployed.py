@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -12,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from casebridge.localdeploy import LocalDeployment, free_port
+from casebridge.localdeploy import LocalDeployment, casebridge_command, free_port
 from casebridge.localdeploy import deployed as local
+from casebridge.localkafka import LocalKafka
 from contracts import TransferEvent
 
 QUICK_RETRY = {"attempts": 2, "initial_seconds": 0.05, "max_seconds": 0.2, "total_seconds": 2.0, "tiers": [3.0, 6.0]}
@@ -74,3 +77,22 @@ def webhook() -> Iterator[Webhook]:
 
 def types(events: list[TransferEvent]) -> list[str]:
     return [e.event_type for e in events]
+
+
+def secured_cli(broker: LocalKafka, prefix: str, principal: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A ``casebridge`` command as an operator runs it against the secured local broker, with ``principal``'s
+    credentials in CASEBRIDGE_KAFKA__* (the password by file) and no other CASEBRIDGE_ setting of this process."""
+    files = broker.secure_files
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASEBRIDGE_")}
+    env.update(
+        CASEBRIDGE_BOOTSTRAP_SERVERS=broker.bootstrap,
+        CASEBRIDGE_TOPIC_PREFIX=prefix,
+        CASEBRIDGE_KAFKA__SECURITY_PROTOCOL="SASL_SSL",
+        CASEBRIDGE_KAFKA__SASL_MECHANISM="SCRAM-SHA-512",
+        CASEBRIDGE_KAFKA__USERNAME=principal,
+        CASEBRIDGE_KAFKA__PASSWORD_FILE=str(files.password_file(principal)),
+        CASEBRIDGE_KAFKA__CA_FILE=str(files.ca_file),
+    )
+    return subprocess.run(
+        [*casebridge_command(), *args], env=env, capture_output=True, text=True, timeout=180, check=False
+    )

@@ -45,6 +45,7 @@ from router.allocations import AllocationAudit, MilestoneAudit
 from router.closures import ClosurePlanner
 from router.settings import ALLOCATION_AUDIT_PREFIX, Topics, TopicSettings
 from tests.council_data import step_down, transfer
+from tests.deployed import secured_cli
 
 PREFIX = f"sec-{uuid.uuid4().hex[:8]}"
 TOPICS = ("transfers", "events", "dlq", "audit", "parking", "retry.1", "pending-closures", "pending-notices", "remap")
@@ -263,21 +264,7 @@ async def test_a_secured_intake_post_as_the_router_principal_is_accepted_and_aud
 
 
 def _cli_as(broker: LocalKafka, principal: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """A ``casebridge`` operator command with ``principal``'s credentials (CASEBRIDGE_KAFKA__*, password by file)."""
-    files = broker.secure_files
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASEBRIDGE_")}
-    env.update(
-        CASEBRIDGE_BOOTSTRAP_SERVERS=broker.bootstrap,
-        CASEBRIDGE_TOPIC_PREFIX=PREFIX,
-        CASEBRIDGE_KAFKA__SECURITY_PROTOCOL="SASL_SSL",
-        CASEBRIDGE_KAFKA__SASL_MECHANISM="SCRAM-SHA-512",
-        CASEBRIDGE_KAFKA__USERNAME=principal,
-        CASEBRIDGE_KAFKA__PASSWORD_FILE=str(files.password_file(principal)),
-        CASEBRIDGE_KAFKA__CA_FILE=str(files.ca_file),
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "casebridge", *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return secured_cli(broker, PREFIX, principal, *args)
 
 
 async def _records(broker: LocalKafka, principal: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:

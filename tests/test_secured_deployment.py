@@ -10,7 +10,6 @@ dlq, a principal that is not the router is refused writing the events topic.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,6 @@ from casebridge.localdeploy import (
     Events,
     RunningDeployment,
     Sandboxes,
-    casebridge_command,
     deployment_file,
     free_port,
     sandboxes,
@@ -35,7 +33,7 @@ from casebridge.scenarios import EhmSandboxClient, LcsSandboxClient
 from connectors import kafka as clients
 from connectors.kafka import KafkaConnection
 from router.settings import Topics
-from tests.deployed import QUICK_RETRY, types
+from tests.deployed import QUICK_RETRY, secured_cli, types
 
 PREFIX = f"sd-{uuid.uuid4().hex[:8]}"
 
@@ -69,21 +67,7 @@ def _as(broker: LocalKafka, principal: str) -> KafkaConnection:
 
 
 def _operator_cli(broker: LocalKafka, principal: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """A ``casebridge`` command as an operator runs it, with ``principal``'s credentials in CASEBRIDGE_KAFKA__*."""
-    files = broker.secure_files
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASEBRIDGE_")}
-    env.update(
-        CASEBRIDGE_BOOTSTRAP_SERVERS=broker.bootstrap,
-        CASEBRIDGE_TOPIC_PREFIX=PREFIX,
-        CASEBRIDGE_KAFKA__SECURITY_PROTOCOL="SASL_SSL",
-        CASEBRIDGE_KAFKA__SASL_MECHANISM="SCRAM-SHA-512",
-        CASEBRIDGE_KAFKA__USERNAME=principal,
-        CASEBRIDGE_KAFKA__PASSWORD_FILE=str(files.password_file(principal)),
-        CASEBRIDGE_KAFKA__CA_FILE=str(files.ca_file),
-    )
-    return subprocess.run(
-        [*casebridge_command(), *args], env=env, capture_output=True, text=True, timeout=180, check=False
-    )
+    return secured_cli(broker, PREFIX, principal, *args)
 
 
 @dataclass
